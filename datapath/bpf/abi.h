@@ -1,0 +1,130 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * abi.h - everything that crosses the kernel/user boundary.
+ *
+ * Python never keeps a second copy of these definitions: datapath/abi.py builds its ctypes
+ * types from the BTF of the compiled object, so a field renamed or moved here is seen there at
+ * load time (and tests/test_abi.py names the fields Python relies on).
+ *
+ * Fixed-width types only, explicit padding, no implicit holes.
+ */
+#ifndef MOA_ABI_H
+#define MOA_ABI_H
+
+#include <linux/types.h>
+
+/* Which of the two classifier stages a parameter set, a state or a counter belongs to. */
+enum moa_stage {
+	MOA_STAGE_EGRESS = 0,	/* uplink egress: keyed by the receiving endpoint's VNI */
+	MOA_STAGE_INGRESS = 1,	/* uplink ingress: keyed by the sending endpoint's VNI (LAN ports) */
+	MOA_NR_STAGES = 2,
+};
+
+/* Why a packet was dropped. Also the index of the per-reason drop counters. */
+enum moa_drop_reason {
+	MOA_DROP_LOSS = 0,	/* random loss (Bernoulli or Gilbert-Elliott) */
+	MOA_DROP_QUEUE = 1,	/* tail drop: the link's backlog would exceed its queue */
+	MOA_DROP_HORIZON = 2,	/* departure further ahead than the horizon (fq would drop it) */
+	MOA_NR_DROP_REASONS = 3,
+};
+
+/* Loss models (stage_params.loss_model). */
+enum moa_loss_model {
+	MOA_LOSS_NONE = 0,
+	MOA_LOSS_BERNOULLI = 1,	/* drop with probability loss_threshold / 2^32 */
+	MOA_LOSS_GILBERT_ELLIOTT = 2,
+};
+
+/* stage_params.flags */
+enum moa_stage_flags {
+	MOA_F_REORDER = 1 << 0,	/* jitter may reorder this link's packets (netem-like) */
+};
+
+/*
+ * Probabilities are fixed point over 2^32: a packet is dropped when a uniform 32-bit random
+ * number is below the threshold, so 0 never drops and 2^32 (which needs 33 bits, hence __u64)
+ * always drops. Resolution 2.3e-10, not integer percent.
+ */
+struct moa_gilbert_elliott {
+	__u64 p_good_to_bad;	/* per packet, in the good state */
+	__u64 p_bad_to_good;	/* per packet, in the bad state */
+	__u64 loss_good;	/* loss probability while good (1 - k) */
+	__u64 loss_bad;		/* loss probability while bad (1 - h) */
+};
+
+/*
+ * One stage of one link endpoint. Times in ns, rate in bit/s. Userspace precomputes what the
+ * datapath would otherwise divide for on every packet.
+ */
+struct moa_stage_params {
+	__u64 rate_bps;		/* capacity in bit/s; 0 = unlimited (no timeline, no queue) */
+	__u64 queue_ns;		/* queue limit as time at rate_bps (queue bytes * 8e9 / rate); 0 = none */
+	__u64 latency_ns;	/* added after the capacity stage */
+	__u64 jitter_ns;	/* uniform in [latency - jitter, latency + jitter], clamped at 0 */
+	__u64 loss_threshold;	/* Bernoulli: P(drop) * 2^32 */
+	struct moa_gilbert_elliott ge;
+	__u16 overhead;		/* L1 bytes charged per frame (preamble, SFD, FCS, IFG): 24 */
+	__u8 loss_model;	/* enum moa_loss_model */
+	__u8 flags;		/* enum moa_stage_flags */
+	__u32 pad0;
+	__u64 reserved[2];
+};
+
+/* Value of moa_links, keyed by VNI (__u32, low 24 bits). Written by userspace only. */
+struct moa_link {
+	__u32 slot;		/* index of this link's state and counters: slot * MOA_NR_STAGES + stage */
+	__u32 pad0;
+	struct moa_stage_params stage[MOA_NR_STAGES];
+};
+
+/*
+ * The mutable part of a stage, shared by every CPU that sends on the link. Lives in an array
+ * (moa_state) apart from the parameters so that userspace can replace parameters at run time
+ * without touching - and racing with - the timeline. The spin lock serialises the timeline:
+ * reading t_last, judging the queue and advancing t_last must be one step, or two CPUs can both
+ * see an empty queue and send at the same departure time.
+ */
+struct moa_stage_state {
+	struct bpf_spin_lock lock;
+	__u32 ge_bad;		/* Gilbert-Elliott: 1 while in the bad state */
+	__u64 t_last;		/* end of serialisation of the last accepted packet (monotonic ns) */
+	__u64 t_depart;		/* latest departure handed to fq (keeps jitter from reordering) */
+	__u64 ev_window;	/* start of the current drop-event budget window */
+	__u32 ev_used;		/* drop events emitted in that window */
+	__u32 pad0;
+	__u64 reserved[2];
+};
+
+/* Per-CPU counters of one stage of one link (moa_counters, index slot * 2 + stage). */
+struct moa_link_counters {
+	__u64 packets;		/* passed (frames, counting every GSO segment) */
+	__u64 bytes;		/* passed, inner frame bytes as charged, without L1 overhead */
+	__u64 drops[MOA_NR_DROP_REASONS];
+	__u64 events_suppressed;	/* drops not reported as events: over budget */
+	__u64 reserved[2];
+};
+
+/* Per-CPU global counters (moa_global, one entry). */
+struct moa_global_counters {
+	__u64 non_vxlan;	/* frames that were not VXLAN to our port: passed untouched */
+	__u64 unknown_vni;	/* VXLAN frames whose VNI no link owns: passed untouched */
+	__u64 ringbuf_fail;	/* drop events lost: ring buffer reservation failed */
+	__u64 handover;		/* egress frames that carried an ingress-stage handover mark */
+	__u64 reserved[4];
+};
+
+#define MOA_DROP_EVENT_VERSION 1
+
+/* A drop, as written to the moa_events ring buffer. Versioned: readers check version. */
+struct moa_drop_event {
+	__u8 version;		/* MOA_DROP_EVENT_VERSION */
+	__u8 reason;		/* enum moa_drop_reason */
+	__u8 stage;		/* enum moa_stage */
+	__u8 pad0;
+	__u32 vni;
+	__u64 time_ns;		/* bpf_ktime_get_ns() at the drop */
+	__u32 len;		/* inner bytes of the dropped packet (all GSO segments) */
+	__u32 segs;		/* frames in it (GSO segments) */
+};
+
+#endif /* MOA_ABI_H */

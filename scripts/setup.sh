@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs everything moa's build, tests and demo need on a Debian 12 machine, as root.
+# Idempotent: a second run only checks. Used by `make setup` (and so by `make test`/`make demo`).
+set -euo pipefail
+
+DEB_PACKAGES=(
+  clang llvm libbpf-dev libbpf1 bpftool        # BPF build and inspection
+  iproute2 iperf3 ethtool socat tcpdump        # datapath plumbing and traffic
+  qemu-system-x86 busybox-static cpio kmod     # the VM fidelity tier
+  python3-venv
+)
+
+missing=()
+for p in "${DEB_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# bpffs: pinned maps live under /sys/fs/bpf/moa.
+if ! mount | grep -q ' /sys/fs/bpf type bpf'; then
+  mount -t bpf bpf /sys/fs/bpf
+fi
