@@ -1,4 +1,8 @@
-"""`moa`: the command line. Each subcommand lives in its own module; this file only dispatches."""
+"""`moa`: the command line. Each subcommand lives in its own module; this file only dispatches.
+
+Only the chosen subcommand's module is imported, so `moa doctor` works on a machine where, say,
+the benchmark's dependencies are missing.
+"""
 from __future__ import annotations
 
 import argparse
@@ -8,22 +12,34 @@ import sys
 # subcommand -> (module, help). Each module has `add_arguments(parser)` and `run(args) -> int`.
 COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("moa_bus.cmd_bench", "benchmarks: datapath, control, e2e"),
+    "doctor": ("moa_bus.cmd_doctor", "what this kernel and machine can and cannot do"),
+    "demo": ("moa_bus.cmd_demo", "a live demonstration in network namespaces"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="moa", description="in-kernel link emulator for testbeds")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, (module, help_text) in COMMANDS.items():
+def add_lazy_subcommands(parser: argparse.ArgumentParser, commands: dict[str, tuple[str, str]],
+                         argv: list[str], dest: str) -> None:
+    """Register `commands`; import and configure only the one named in `argv`."""
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    sub = parser.add_subparsers(dest=dest, required=True)
+    for name, (module, help_text) in commands.items():
         p = sub.add_parser(name, help=help_text)
-        p.set_defaults(_module=module)
-        importlib.import_module(module).add_arguments(p)
-    return parser
+        p.set_defaults(**{f"_{dest}_module": module})
+        if name == chosen:
+            rest = argv[argv.index(name) + 1:]
+            importlib.import_module(module).add_arguments(p, *([rest] if _wants_argv(module) else []))
+
+
+def _wants_argv(module: str) -> bool:
+    return getattr(importlib.import_module(module), "NESTED", False)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return importlib.import_module(args._module).run(args)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="moa", description="in-kernel link emulator for testbeds")
+    add_lazy_subcommands(parser, COMMANDS, argv, "command")
+    args = parser.parse_args(argv)
+    return importlib.import_module(args._command_module).run(args)
 
 
 if __name__ == "__main__":

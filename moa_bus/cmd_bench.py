@@ -4,18 +4,18 @@ from __future__ import annotations
 import argparse
 import importlib
 
-# benchmark -> module with `add_arguments(parser)` and `run(args) -> int`
-BENCHES = {
-    "datapath": "datapath.bench",
+from moa_bus.cli import add_lazy_subcommands
+
+NESTED = True  # add_arguments takes the argv after "bench" to pick its own subcommand
+
+# benchmark -> (module with `add_arguments(parser)` and `run(args) -> int`, help)
+BENCHES: dict[str, tuple[str, str]] = {
+    "datapath": ("datapath.bench", "ns per packet through BPF_PROG_TEST_RUN"),
 }
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="bench", required=True)
-    for name, module in BENCHES.items():
-        p = sub.add_parser(name)
-        p.set_defaults(_bench_module=module)
-        importlib.import_module(module).add_arguments(p)
+def add_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    add_lazy_subcommands(parser, BENCHES, argv, "bench")
 
 
 def run(args: argparse.Namespace) -> int:
