@@ -10,5 +10,7 @@ def object_path(name: str) -> str:
     """Path of the compiled object `name` (e.g. "tc_classifier" -> tc_classifier.bpf.o)."""
     path = BPF_DIR / f"{name}.bpf.o"
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: build the BPF objects with `make bpf`")
+        raise FileNotFoundError(
+            f"{path} is missing: in a source checkout run `make bpf`; an installed moa ships it "
+            "(reinstall with `pip install .`, which needs clang and libbpf-dev)")
     return str(path)

@@ -1,0 +1,117 @@
+"""`moa bench datapath`: ns per packet of the classifier, from BPF_PROG_TEST_RUN.
+
+Each figure is the kernel's average over `--repeat` runs of the program on one packet
+(test_run duration), the median of `--runs` such measurements. The baseline is an empty tc
+program (baseline.bpf.o) measured in the same run, so the figures can be read as "baseline +
+what moa costs". Cases, each with 1 and with 65,536 links in moa_links:
+  hit       VXLAN, configured VNI, capacity (100 Gbit/s, so the queue never fills) + 1 ms latency
+  loss      VXLAN, configured VNI, Bernoulli loss 1% only
+  miss      VXLAN, VNI not configured
+  non_vxlan UDP to another port
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Any
+
+from datapath.bpf import object_path
+from datapath.classifier import Classifier, ClassifierConfig
+from datapath.emulation import LinkEmulation
+from datapath.libbpf import BpfObject, Program
+
+__all__ = ["add_arguments", "run", "measure"]
+
+HIT_VNI = 70_000          # outside 1..65535, the filler links
+MISS_VNI = 1 << 23
+MANY = 65_536
+TARGET_HIT_OVER_BASELINE_NS = 40
+TARGET_MANY_OVER_ONE = 0.10
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--repeat", type=int, default=1_000_000,
+                        help="BPF_PROG_TEST_RUN repetitions per measurement (>= 1,000,000)")
+    parser.add_argument("--runs", type=int, default=5, help="measurements per figure (median)")
+
+
+def _frames() -> dict[str, bytes]:
+    from scapy.layers.inet import IP, TCP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.layers.vxlan import VXLAN
+    from scapy.packet import Raw
+
+    inner = (Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") /
+             IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=40000, dport=5201) / Raw(b"x" * 1400))
+    outer = Ether(src="02:aa:00:00:00:01", dst="02:aa:00:00:00:02") / IP(src="192.0.2.1",
+                                                                        dst="192.0.2.2")
+
+    def vx(vni: int) -> bytes:
+        return bytes(outer / UDP(sport=50000, dport=4789) / VXLAN(flags=0x08, vni=vni) / inner)
+
+    return {"hit": vx(HIT_VNI), "loss": vx(HIT_VNI), "miss": vx(MISS_VNI),
+            "non_vxlan": bytes(outer / UDP(sport=50000, dport=53) / Raw(b"q" * 100))}
+
+
+def _ns(prog: Program, frame: bytes, ctx: Any, repeat: int, runs: int) -> float:
+    return statistics.median(prog.test_run(frame, ctx=ctx, repeat=repeat).duration_ns
+                             for _ in range(runs))
+
+
+def measure(repeat: int = 1_000_000, runs: int = 5) -> dict[str, Any]:
+    frames = _frames()
+    out: dict[str, Any] = {}
+    hit = LinkEmulation(capacity_bps=100_000_000_000, latency_ns=1_000_000)
+    loss = LinkEmulation(loss=0.01)
+    with BpfObject.open(object_path("baseline")) as base, \
+            Classifier.load(ClassifierConfig(max_links=MANY + 1)) as clf:
+        ctx = clf.abi.SkBuff()
+        baseline = base.program("moa_baseline")
+        out["baseline_ns"] = _ns(baseline, frames["hit"], ctx, repeat, runs)
+        for links in (1, MANY):
+            suffix = "" if links == 1 else f"_{MANY}"
+            if links == MANY:
+                t0 = time.monotonic()
+                for vni in range(1, MANY):          # + HIT_VNI = 65,536 links
+                    clf.set_link(vni, egress=LinkEmulation(latency_ns=1_000_000))
+                out["fill_s"] = round(time.monotonic() - t0, 2)
+            out["links" + suffix] = len(clf.vnis()) + (0 if HIT_VNI in clf.vnis() else 1)
+            clf.set_link(HIT_VNI, egress=hit)
+            out["hit_ns" + suffix] = _ns(clf.egress_program, frames["hit"], ctx, repeat, runs)
+            clf.set_link(HIT_VNI, egress=loss)
+            out["loss_ns" + suffix] = _ns(clf.egress_program, frames["loss"], ctx, repeat, runs)
+            out["miss_ns" + suffix] = _ns(clf.egress_program, frames["miss"], ctx, repeat, runs)
+            out["non_vxlan_ns" + suffix] = _ns(clf.egress_program, frames["non_vxlan"], ctx,
+                                               repeat, runs)
+        out["baseline_ns_end"] = _ns(baseline, frames["hit"], ctx, repeat, runs)
+    out["hit_over_baseline_ns"] = out["hit_ns"] - out["baseline_ns"]
+    out["hit_65536_over_1"] = round(out[f"hit_ns_{MANY}"] / out["hit_ns"] - 1, 4)
+    out["target_hit_met"] = out["hit_over_baseline_ns"] <= TARGET_HIT_OVER_BASELINE_NS
+    out["target_65536_met"] = out["hit_65536_over_1"] <= TARGET_MANY_OVER_ONE
+    out.update(repeat=repeat, runs=runs, kernel=platform.release(), cpus=os.cpu_count())
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.repeat < 1_000_000:
+        raise SystemExit("moa bench datapath: --repeat must be at least 1,000,000")
+    r = measure(args.repeat, args.runs)
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    print(f"moa datapath, ns/packet (BPF_PROG_TEST_RUN, repeat {r['repeat']:,}, "
+          f"median of {r['runs']}; kernel {r['kernel']})")
+    print(f"{'case':<12}{'1 link':>10}{MANY:>10,}")
+    print(f"{'baseline':<12}{r['baseline_ns']:>10.0f}{r['baseline_ns_end']:>10.0f}  (start / end)")
+    for case in ("hit", "loss", "miss", "non_vxlan"):
+        print(f"{case:<12}{r[case + '_ns']:>10.0f}{r[f'{case}_ns_{MANY}']:>10.0f}")
+    print(f"hit - baseline: {r['hit_over_baseline_ns']:.0f} ns (target <= "
+          f"{TARGET_HIT_OVER_BASELINE_NS}: {'met' if r['target_hit_met'] else 'MISSED'}); "
+          f"{MANY:,} links vs 1: {r['hit_65536_over_1']:+.1%} (target <= "
+          f"{TARGET_MANY_OVER_ONE:.0%}: {'met' if r['target_65536_met'] else 'MISSED'})")
+    return 0

@@ -1,0 +1,131 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * classify.h - one packet through one stage: parse, look the VNI up, charge, decide.
+ *
+ * Hot path of a hit (docs/benchmarks.md): one hash lookup (moa_links), two array lookups the
+ * verifier inlines (moa_counters, moa_state), bpf_ktime_get_ns, the stage lock, one division.
+ * No random number is drawn unless the link has loss or jitter, and a stage with nothing
+ * configured touches neither the clock nor the lock.
+ */
+#ifndef MOA_CLASSIFY_H
+#define MOA_CLASSIFY_H
+
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include "abi.h"
+#include "config.h"
+#include "maps.h"
+#include "parse.h"
+#include "charge.h"
+#include "loss.h"
+#include "edt.h"
+#include "handover.h"
+#include "events.h"
+
+/*
+ * The departure as a monotonic delivery time. bpf_skb_set_tstamp() refuses skbs whose
+ * protocol is neither IPv4 nor IPv6 (net/core/filter.c: -EOPNOTSUPP), which is the case of a
+ * frame with in-band VLAN tags (skb->protocol 802.1Q/802.1ad). Then the tstamp is written
+ * directly: on egress the verifier's rewrite of a __sk_buff->tstamp store keeps the skb's
+ * tstamp type, and the value itself is from bpf_ktime_get_ns(), never added to an old tstamp
+ * of unknown clock.
+ */
+static __always_inline void moa_set_departure(struct __sk_buff *skb, __u64 departure)
+{
+	if (bpf_skb_set_tstamp(skb, departure, BPF_SKB_TSTAMP_DELIVERY_MONO))
+		skb->tstamp = departure;
+}
+
+/* Does the stage need its shared state (timeline, delay ordering, Gilbert-Elliott)? */
+static __always_inline int moa_needs_state(const struct moa_stage_params *p, __u64 handover)
+{
+	return p->rate_bps || p->latency_ns || p->jitter_ns || handover ||
+	       p->loss_model == MOA_LOSS_GILBERT_ELLIOTT;
+}
+
+static __always_inline int moa_classify(struct __sk_buff *skb, const enum moa_stage stage)
+{
+	const struct moa_stage_params *p;
+	struct moa_global_counters *g;
+	struct moa_link_counters *cnt;
+	struct moa_stage_state *st;
+	struct moa_step s = {};
+	struct moa_link *link;
+	struct moa_charge c;
+	struct moa_draws d;
+	struct moa_pkt pkt;
+	__u64 handover = 0;
+	__u32 idx;
+
+	if (moa_parse(skb, &pkt) != MOA_PARSE_VXLAN) {
+		g = moa_global_counters();
+		if (g)
+			g->non_vxlan++;
+		return TC_ACT_OK;
+	}
+
+	link = bpf_map_lookup_elem(&moa_links, &pkt.vni);
+	if (!link) {
+		g = moa_global_counters();
+		if (g)
+			g->unknown_vni++;
+		return TC_ACT_OK;
+	}
+	p = &link->stage[stage];
+	idx = link->slot * MOA_NR_STAGES + stage;
+	cnt = bpf_map_lookup_elem(&moa_counters, &idx);
+	if (!cnt)	/* slot beyond the arrays: a userspace bug, never a reason to drop */
+		return TC_ACT_OK;
+
+	if (stage == MOA_STAGE_EGRESS) {
+		handover = moa_handover_take(skb);
+		if (handover) {
+			g = moa_global_counters();
+			if (g)
+				g->handover++;
+		}
+	}
+	moa_charge(skb, &pkt, p->overhead, &c);
+
+	if (!moa_needs_state(p, handover) && p->loss_model == MOA_LOSS_NONE)
+		goto pass;
+
+	moa_draw(p, &d);
+	s.lost = moa_bernoulli_lost(p, &d);
+	if (!moa_needs_state(p, handover) && !s.lost)
+		goto pass;	/* Bernoulli loss only, kept: no lock */
+
+	st = bpf_map_lookup_elem(&moa_state, &idx);
+	if (!st)
+		return TC_ACT_OK;
+	s.now = bpf_ktime_get_ns();
+	if (p->rate_bps)
+		s.ser_ns = moa_ser_ns(c.wire, p->rate_bps);
+	s.delay_ns = moa_delay_ns(p, &d) + handover;
+
+	moa_stage_step(st, p, &d, &s);
+
+	if (s.drop) {
+		if (s.reason < MOA_NR_DROP_REASONS)
+			cnt->drops[s.reason] += c.segs;
+		if (s.emit)
+			moa_emit_drop(pkt.vni, stage, s.reason, s.now, c.bytes, c.segs);
+		else
+			cnt->events_suppressed++;
+		return TC_ACT_SHOT;
+	}
+
+	if (s.departure > s.now) {
+		if (stage == MOA_STAGE_EGRESS)
+			moa_set_departure(skb, s.departure);
+		else	/* no qdisc holds packets on ingress: the egress stage applies it */
+			moa_handover_put(skb, s.departure - s.now);
+	}
+pass:
+	cnt->packets += c.segs;
+	cnt->bytes += c.bytes;
+	return TC_ACT_OK;
+}
+
+#endif /* MOA_CLASSIFY_H */

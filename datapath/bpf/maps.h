@@ -1,0 +1,62 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * maps.h - the classifier's maps (docs/architecture.md). Sizes here are defaults: userspace
+ * sets max_entries before load (moa_links = max links, moa_state/moa_counters = 2x,
+ * moa_events = ring buffer bytes).
+ */
+#ifndef MOA_MAPS_H
+#define MOA_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "abi.h"
+
+#define MOA_DEFAULT_LINKS 65536
+
+/* VNI -> parameters of both stages and the link's slot. Written by userspace only. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MOA_DEFAULT_LINKS);
+	__type(key, __u32);
+	__type(value, struct moa_link);
+} moa_links SEC(".maps");
+
+/* Timeline per link stage, index slot * MOA_NR_STAGES + stage. BPF-owned after userspace
+ * zeroes it when it hands the slot out. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MOA_DEFAULT_LINKS * MOA_NR_STAGES);
+	__type(key, __u32);
+	__type(value, struct moa_stage_state);
+} moa_state SEC(".maps");
+
+/* Per-CPU counters per link stage, same index as moa_state. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MOA_DEFAULT_LINKS * MOA_NR_STAGES);
+	__type(key, __u32);
+	__type(value, struct moa_link_counters);
+} moa_counters SEC(".maps");
+
+/* Per-CPU global counters, one entry. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct moa_global_counters);
+} moa_global SEC(".maps");
+
+/* Drop events (struct moa_drop_event). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} moa_events SEC(".maps");
+
+static __always_inline struct moa_global_counters *moa_global_counters(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&moa_global, &zero);
+}
+
+#endif /* MOA_MAPS_H */

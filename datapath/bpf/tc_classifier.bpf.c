@@ -1,0 +1,43 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * moa's emulation classifier: tc clsact programs (direct action) for the uplink.
+ *
+ *   moa_egress   keyed by the receiving endpoint's VNI: the link toward it (capacity, queue,
+ *                loss, latency, jitter), plus the ingress stage's handover delay.
+ *   moa_ingress  keyed by the sending endpoint's VNI: the sender's own port on a LAN (capacity,
+ *                queue, loss); its delay goes to the egress stage in skb->mark (handover.h).
+ *
+ * The logic lives in the headers, one per concern; docs/architecture.md gives the order.
+ */
+#include "classify.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/*
+ * The ABI's enums and the drop event appear in no map definition; these typed globals keep
+ * them in the object's BTF, from which datapath/abi.py builds its mirror. Read-only and never
+ * referenced, they cost nothing at run time.
+ */
+const volatile enum moa_stage moa_abi_stage;
+const volatile enum moa_drop_reason moa_abi_drop_reason;
+const volatile enum moa_loss_model moa_abi_loss_model;
+const volatile enum moa_stage_flags moa_abi_stage_flags;
+const volatile struct moa_drop_event moa_abi_drop_event;
+
+/* abi.h's macros, as enumerators Python can read from BTF. */
+enum moa_abi_consts {
+	MOA_ABI_DROP_EVENT_VERSION = MOA_DROP_EVENT_VERSION,
+};
+const volatile enum moa_abi_consts moa_abi_consts;
+
+SEC("tc")
+int moa_egress(struct __sk_buff *skb)
+{
+	return moa_classify(skb, MOA_STAGE_EGRESS);
+}
+
+SEC("tc")
+int moa_ingress(struct __sk_buff *skb)
+{
+	return moa_classify(skb, MOA_STAGE_INGRESS);
+}

@@ -1,0 +1,269 @@
+"""Classifier: load (and pin) tc_classifier.bpf.o, manage links, read counters and drop events.
+
+One object holds both programs (moa_egress, moa_ingress) and the maps of docs/architecture.md.
+A link (VNI) owns a slot: its state and counters live at index slot * 2 + stage of moa_state and
+moa_counters. set_link() hands out the lowest free slot the first time a VNI is set and zeroes
+that slot's state and counters before the link becomes visible to the datapath; later calls
+only replace the parameters (one atomic hash update), so the timeline is not reset. With
+pinned maps the slot table is rebuilt from moa_links on load, so a restarted service keeps
+every link's slot (and its timeline and counters).
+"""
+from __future__ import annotations
+
+import ctypes
+import heapq
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from datapath import abi as _abi_mod
+from datapath.bpf import object_path
+from datapath.emulation import LinkEmulation
+from datapath.libbpf import BpfObject, Map, Program, RingBuffer
+
+__all__ = ["ClassifierConfig", "Classifier", "StageCounters", "MAX_VNI", "DropEventError"]
+
+MAX_VNI = (1 << 24) - 1
+OBJECT = "tc_classifier"
+PAGE = 4096
+
+
+class DropEventError(ValueError):
+    """A ring buffer record this reader does not understand (size or version)."""
+
+
+def _contiguous(mask: int) -> bool:
+    low = mask & -mask
+    return mask == 0 or (mask + low) & mask == 0
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Load-time settings (.rodata and map sizes); fixed for the life of the loaded object."""
+    vxlan_port: int = 4789
+    max_links: int = 65536
+    ringbuf_bytes: int = 256 * 1024
+    mark_mask: int = 0xFFFF0000          # contiguous bits of skb->mark; 0 = no handover
+    horizon_ns: int = 10_000_000_000
+    event_budget: int = 64               # drop events per link stage per window
+    event_window_ns: int = 100_000_000
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.vxlan_port <= 0xFFFF:
+            raise ValueError(f"vxlan_port: {self.vxlan_port} outside 1..65535")
+        if not 1 <= self.max_links <= 1 << 24:
+            raise ValueError(f"max_links: {self.max_links} outside 1..2^24")
+        rb = self.ringbuf_bytes
+        if rb < PAGE or rb & (rb - 1):
+            raise ValueError(f"ringbuf_bytes: {rb} must be a power of two >= {PAGE}")
+        if not 0 <= self.mark_mask <= 0xFFFFFFFF or not _contiguous(self.mark_mask):
+            raise ValueError(f"mark_mask: {self.mark_mask:#x} must be contiguous 32-bit bits")
+        if not 0 < self.horizon_ns < 1 << 63:
+            raise ValueError(f"horizon_ns: {self.horizon_ns} outside 1..2^63")
+        if not 0 <= self.event_budget < 1 << 32:
+            raise ValueError(f"event_budget: {self.event_budget} outside 0..2^32")
+        if not 0 <= self.event_window_ns < 1 << 64:
+            raise ValueError(f"event_window_ns: {self.event_window_ns} outside 0..2^64")
+
+    def rodata(self) -> dict[str, int]:
+        return {"vxlan_port": self.vxlan_port, "mark_mask": self.mark_mask,
+                "horizon_ns": self.horizon_ns, "event_budget": self.event_budget,
+                "event_window_ns": self.event_window_ns}
+
+    def max_entries(self) -> dict[str, int]:
+        arrays = self.max_links * 2  # MOA_NR_STAGES, checked against BTF on load
+        return {"moa_links": self.max_links, "moa_state": arrays, "moa_counters": arrays,
+                "moa_events": self.ringbuf_bytes}
+
+
+@dataclass
+class StageCounters:
+    """One stage of one link, summed over CPUs (frames count every GSO segment)."""
+    packets: int = 0
+    bytes: int = 0
+    drops: dict[str, int] = field(default_factory=dict)   # "loss" | "queue" | "horizon"
+    events_suppressed: int = 0
+
+
+class Classifier:
+    """A loaded classifier object (see the module docstring). Thread-safe for link updates."""
+
+    def __init__(self, obj: BpfObject, config: ClassifierConfig) -> None:
+        self.obj = obj
+        self.config = config
+        self.abi = _abi_mod.load(obj.path)
+        if self.abi.NR_STAGES != 2:
+            raise RuntimeError(f"{obj.path}: MOA_NR_STAGES is {self.abi.NR_STAGES}, expected 2")
+        self.egress_program: Program = obj.program("moa_egress")
+        self.ingress_program: Program = obj.program("moa_ingress")
+        self.links_map: Map = obj.map("moa_links")
+        self.state_map: Map = obj.map("moa_state")
+        self.counters_map: Map = obj.map("moa_counters")
+        self.global_map: Map = obj.map("moa_global")
+        self.events_map: Map = obj.map("moa_events")
+        consts = obj.btf.enum("moa_abi_consts")
+        self.event_version = consts["MOA_ABI_DROP_EVENT_VERSION"]
+        self._lock = threading.Lock()
+        self._slots: dict[int, int] = {}
+        self._restore_slots()
+
+    @classmethod
+    def load(cls, config: ClassifierConfig | None = None,
+             pin_root: str | None = None) -> "Classifier":
+        """Open and load the classifier; with pin_root, maps are pinned there (or reused)."""
+        config = config or ClassifierConfig()
+        obj = BpfObject.open(object_path(OBJECT), rodata=config.rodata(),
+                             max_entries=config.max_entries(), pin_root=pin_root)
+        try:
+            return cls(obj, config)
+        except BaseException:
+            obj.close()
+            raise
+
+    def close(self) -> None:
+        self.obj.close()
+
+    def __enter__(self) -> "Classifier":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- slots ------------------------------------------------------------------------------------
+
+    def _restore_slots(self) -> None:
+        used = set()
+        for vni, link in self.links_map.items(ctypes.c_uint32, self.abi.Link):
+            vni = int(vni.value) if hasattr(vni, "value") else int(vni)
+            self._slots[vni] = link.slot
+            used.add(link.slot)
+        self._free = [s for s in range(self.config.max_links) if s not in used]
+        heapq.heapify(self._free)
+
+    def slot(self, vni: int) -> int | None:
+        return self._slots.get(vni)
+
+    def vnis(self) -> list[int]:
+        return sorted(self._slots)
+
+    # -- links ------------------------------------------------------------------------------------
+
+    def _params(self, e: LinkEmulation | None) -> Any:
+        return e.to_params(self.abi) if e is not None else self.abi.StageParams()
+
+    def set_link(self, vni: int, egress: LinkEmulation | None = None,
+                 ingress: LinkEmulation | None = None) -> int:
+        """Create or update a link; None = that stage does nothing. Returns the slot."""
+        _check_vni(vni)
+        link = self.abi.Link()
+        link.stage[0] = self._params(egress)
+        link.stage[1] = self._params(ingress)
+        with self._lock:
+            slot = self._slots.get(vni)
+            if slot is None:
+                if not self._free:
+                    raise RuntimeError(f"no free link slot (max_links={self.config.max_links})")
+                slot = heapq.heappop(self._free)
+                try:
+                    for stage in (0, 1):
+                        idx = slot * 2 + stage
+                        self.state_map.update(idx, self.abi.StageState())
+                        self.counters_map.update(idx, self.abi.LinkCounters())
+                except BaseException:
+                    heapq.heappush(self._free, slot)
+                    raise
+                self._slots[vni] = slot
+            link.slot = slot
+            try:
+                self.links_map.update(vni, link)
+            except BaseException:
+                if self.links_map.lookup(vni) is None:
+                    del self._slots[vni]
+                    heapq.heappush(self._free, slot)
+                raise
+        return slot
+
+    def delete_link(self, vni: int) -> bool:
+        """Remove a link; its slot is free again (zeroed when handed out). False if unknown."""
+        _check_vni(vni)
+        with self._lock:
+            existed = self.links_map.delete(vni)
+            slot = self._slots.pop(vni, None)
+            if slot is not None:
+                heapq.heappush(self._free, slot)
+        return existed
+
+    def link(self, vni: int) -> Any:
+        """The raw struct moa_link of a VNI, or None."""
+        return self.links_map.lookup(vni, self.abi.Link)
+
+    def stage_state(self, vni: int, stage: int) -> Any:
+        """The raw struct moa_stage_state of one stage of a link (lock field included)."""
+        slot = self._require_slot(vni)
+        return self.state_map.lookup(slot * 2 + int(stage), self.abi.StageState)
+
+    def set_stage_state(self, vni: int, stage: int, state: Any) -> None:
+        """Overwrite a stage's state (tests, and resetting a timeline by hand)."""
+        slot = self._require_slot(vni)
+        self.state_map.update(slot * 2 + int(stage), state)
+
+    def _require_slot(self, vni: int) -> int:
+        slot = self._slots.get(vni)
+        if slot is None:
+            raise KeyError(f"VNI {vni} is not configured")
+        return slot
+
+    # -- counters ---------------------------------------------------------------------------------
+
+    def link_counters(self, vni: int) -> dict[str, StageCounters]:
+        """{"egress": ..., "ingress": ...}, each summed over CPUs."""
+        slot = self._require_slot(vni)
+        out = {}
+        for stage in self.abi.Stage:
+            if stage.value >= self.abi.NR_STAGES:
+                continue
+            per_cpu = self.counters_map.lookup(slot * 2 + stage.value, self.abi.LinkCounters)
+            total = StageCounters(drops={r.name.lower(): 0 for r in self.abi.DropReason
+                                         if r.value < self.abi.NR_DROP_REASONS})
+            for c in per_cpu:
+                total.packets += c.packets
+                total.bytes += c.bytes
+                total.events_suppressed += c.events_suppressed
+                for r in self.abi.DropReason:
+                    if r.value < self.abi.NR_DROP_REASONS:
+                        total.drops[r.name.lower()] += c.drops[r.value]
+            out[stage.name.lower()] = total
+        return out
+
+    def global_counters(self) -> dict[str, int]:
+        """non_vxlan, unknown_vni, ringbuf_fail, handover: summed over CPUs."""
+        names = [n for n, *_ in self.abi.GlobalCounters._fields_
+                 if not n.startswith(("reserved", "_pad"))]
+        totals = dict.fromkeys(names, 0)
+        for c in self.global_map.lookup(0, self.abi.GlobalCounters):
+            for n in names:
+                totals[n] += getattr(c, n)
+        return totals
+
+    # -- drop events ------------------------------------------------------------------------------
+
+    def parse_drop_event(self, record: bytes) -> Any:
+        size = ctypes.sizeof(self.abi.DropEvent)
+        if len(record) < size:
+            raise DropEventError(f"drop event of {len(record)} bytes, expected {size}")
+        ev = self.abi.DropEvent.from_buffer_copy(record[:size])
+        if ev.version != self.event_version:
+            raise DropEventError(f"drop event version {ev.version}, reader knows "
+                                 f"{self.event_version}")
+        return ev
+
+    def drop_event_reader(self, callback: Callable[[Any], None]) -> RingBuffer:
+        """A RingBuffer over moa_events calling callback(abi.DropEvent) per event; attach() it
+        to an asyncio loop or poll()/consume() it. Close it before the classifier."""
+        return RingBuffer(self.events_map, lambda rec: callback(self.parse_drop_event(rec)))
+
+
+def _check_vni(vni: int) -> None:
+    if isinstance(vni, bool) or not isinstance(vni, int) or not 0 <= vni <= MAX_VNI:
+        raise ValueError(f"vni: {vni!r} outside 0..{MAX_VNI}")

@@ -1,0 +1,329 @@
+"""The EDT timeline through BPF_PROG_TEST_RUN: exact spacing, queue limit, latency after
+capacity, jitter ordering, GSO charging, horizon, two CPUs on one link, ingress handover.
+
+Deterministic: rates are chosen low enough that a link's timeline stays ahead of the clock for
+the whole test, so every departure follows from t_last alone (read back from moa_state), never
+from when the test happened to run.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from datapath.classifier import Classifier, ClassifierConfig
+from datapath.emulation import LinkEmulation
+from tests.fixtures.packets import TC_ACT_OK, TC_ACT_SHOT, inner_tcp, outer_len, vxlan
+
+VNI = 300
+RX_VNI = 301            # the receiving endpoint (egress stage) in the handover tests
+EGRESS, INGRESS = 0, 1
+RATE = 8_000_000        # 8 Mbit/s: one byte = 1000 ns, so ser_ns = (bytes + 24) * 1000 exactly
+FRAME = vxlan(VNI, inner_tcp(payload=1000))
+INNER = len(FRAME) - outer_len(FRAME)          # 1054
+SER = (INNER + 24) * 8 * 10**9 // RATE          # 1,078,000 ns
+
+
+def mono() -> int:
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+@pytest.fixture
+def clf():
+    with Classifier.load(ClassifierConfig(max_links=64)) as c:
+        yield c
+
+
+def send(c: Classifier, frame: bytes = FRAME, repeat: int = 1, stage: int = EGRESS,
+         mark: int = 0, gso_segs: int = 0):
+    ctx = c.abi.SkBuff()
+    ctx.mark = mark
+    if gso_segs:
+        ctx.gso_segs = gso_segs
+        ctx.gso_size = 1000
+    prog = c.egress_program if stage == EGRESS else c.ingress_program
+    return prog.test_run(frame, ctx=ctx, repeat=repeat)
+
+
+def put_t_last(c: Classifier, vni: int, stage: int, t_last: int) -> None:
+    state = c.stage_state(vni, stage)
+    state.t_last = t_last
+    c.set_stage_state(vni, stage, state)
+
+
+def test_back_to_back_departures_spaced_by_serialisation(clf: Classifier) -> None:
+    clf.set_link(VNI, egress=LinkEmulation(capacity_bps=RATE, queue_bytes=0))
+    first = send(clf)
+    second = send(clf)
+    third = send(clf)
+    assert first.retval == second.retval == third.retval == TC_ACT_OK
+    assert second.ctx.tstamp - first.ctx.tstamp == SER
+    assert third.ctx.tstamp - second.ctx.tstamp == SER
+    assert clf.stage_state(VNI, EGRESS).t_last == third.ctx.tstamp
+    c = clf.link_counters(VNI)["egress"]
+    assert (c.packets, c.bytes) == (3, 3 * INNER)
+
+
+def test_timeline_advances_exactly_with_repeat(clf: Classifier) -> None:
+    clf.set_link(VNI, egress=LinkEmulation(capacity_bps=RATE, queue_bytes=0))
+    t0 = mono() + 1_000_000_000
+    put_t_last(clf, VNI, EGRESS, t0)
+    send(clf, repeat=1000)
+    assert clf.stage_state(VNI, EGRESS).t_last == t0 + 1000 * SER
+
+
+@pytest.mark.parametrize("rate", [1_000_000, 40_000_000_000, 100_000_000_000, 400_000_000_000])
+def test_serialisation_at_any_rate(clf: Classifier, rate: int) -> None:
+    """64-bit rates, > 34 Gbit/s included; ser = floor(bytes * 8e9 / rate)."""
+    clf.set_link(VNI, egress=LinkEmulation(capacity_bps=rate, queue_bytes=0))
+    t0 = mono() + 1_000_000_000
+    put_t_last(clf, VNI, EGRESS, t0)
+    r = send(clf)
+    assert r.ctx.tstamp == t0 + (INNER + 24) * 8 * 10**9 // rate
+
+
+def test_small_frames_are_padded_to_60_bytes(clf: Classifier) -> None:
+    tiny = vxlan(VNI, inner_tcp(payload=0))                # 54-byte inner frame
+    assert len(tiny) - outer_len(tiny) == 54
+    clf.set_link(VNI, egress=LinkEmulation(capacity_bps=RATE, queue_bytes=0))
+    t0 = mono() + 1_000_000_000
+    put_t_last(clf, VNI, EGRESS, t0)
+    assert send(clf, tiny).ctx.tstamp == t0 + (60 + 24) * 1000
+    assert clf.link_counters(VNI)["egress"].bytes == 60
+
+
+def test_queue_limit_drops_start_exactly_at_the_limit(clf: Classifier) -> None:
+    k = 10
+    clf.set_link(VNI, egress=LinkEmulation(capacity_bps=RATE, queue_bytes=k * (INNER + 24)))
+    r = send(clf, repeat=3 * k)
+    c = clf.link_counters(VNI)["egress"]
+    assert c.packets == k
+    assert c.drops["queue"] == 2 * k
+    assert r.retval == TC_ACT_SHOT
+    # The (k+1)th packet found k packets of backlog: exactly the queue, not one more.
+    state = clf.stage_state(VNI, EGRESS)
+    assert state.t_last - k * SER < mono()
+
+
+def test_queue_limit_with_standing_backlog(clf: Classifier) -> None:
+    """Backlog of 4.5 packets: a queue of 10 packets takes 5 more (the 6th would exceed it)."""
+    clf.set_link(VNI, egress=LinkEmulation(capacity_bps=RATE, queue_bytes=10 * (INNER + 24)))
+    put_t_last(clf, VNI, EGRESS, mono() + 9 * SER // 2)
+    send(clf, repeat=20)
+    c = clf.link_counters(VNI)["egress"]
+    assert (c.packets, c.drops["queue"]) == (5, 15)
+
+
+def test_latency_is_added_after_capacity(clf: Classifier) -> None:
+    lat = 20_000_000
+    clf.set_link(VNI, egress=LinkEmulation(capacity_bps=RATE, latency_ns=lat, queue_bytes=0))
+    t0 = mono() + 1_000_000_000
+    put_t_last(clf, VNI, EGRESS, t0)
+    a, b = send(clf), send(clf)
+    assert a.ctx.tstamp == t0 + SER + lat
+    assert b.ctx.tstamp == t0 + 2 * SER + lat
+    assert clf.stage_state(VNI, EGRESS).t_last == t0 + 2 * SER
+
+
+def departures(c: Classifier, n: int) -> tuple[list[int], int, int]:
+    t0 = mono()
+    out = [send(c).ctx.tstamp for _ in range(n)]
+    return out, t0, mono()
+
+
+def test_jitter_never_reorders_without_reorder_flag(clf: Classifier) -> None:
+    lat, jit = 10_000_000, 5_000_000
+    clf.set_link(VNI, egress=LinkEmulation(latency_ns=lat, jitter_ns=jit))
+    deps, t0, t1 = departures(clf, 2000)
+    assert all(b >= a for a, b in zip(deps, deps[1:]))
+    assert t0 + lat - jit <= deps[0] and deps[-1] <= t1 + lat + jit
+    assert len(set(deps)) > 10             # jitter did something (clamping repeats values)
+
+
+def test_jitter_reorders_with_reorder_flag(clf: Classifier) -> None:
+    lat, jit = 10_000_000, 5_000_000
+    clf.set_link(VNI, egress=LinkEmulation(latency_ns=lat, jitter_ns=jit, reorder=True))
+    sent, deps = [], []
+    for _ in range(2000):
+        sent.append(mono())
+        deps.append(send(clf).ctx.tstamp)
+    after = mono()
+    assert any(b < a for a, b in zip(deps, deps[1:]))
+    # Each sample within [lat - jit, lat + jit] of its send time.
+    for i, d in enumerate(deps):
+        upper = sent[i + 1] if i + 1 < len(sent) else after
+        assert sent[i] + lat - jit <= d <= upper + lat + jit
+    spread = [d - s for d, s in zip(deps, sent)]
+    assert min(spread) < lat - jit // 2 and max(spread) > lat + jit // 2
+
+
+def test_jitter_larger_than_latency_is_clamped_at_now(clf: Classifier) -> None:
+    clf.set_link(VNI, egress=LinkEmulation(latency_ns=1000, jitter_ns=50_000_000, reorder=True))
+    for _ in range(200):
+        t0 = mono()
+        r = send(clf)
+        assert r.retval == TC_ACT_OK
+        assert r.ctx.tstamp == 0 or r.ctx.tstamp >= t0
+
+
+@pytest.mark.parametrize("inner,hdr", [
+    (inner_tcp(payload=2896), 14 + 20 + 20),
+    (inner_tcp(payload=2896, ipv6=True, tcp_options=True), 14 + 40 + 32),
+])
+def test_gso_packet_charged_per_segment(clf: Classifier, inner, hdr: int) -> None:
+    segs = 3
+    frame = vxlan(VNI, inner)
+    inner_len = len(frame) - outer_len(frame)
+    clf.set_link(VNI, egress=LinkEmulation(capacity_bps=RATE, queue_bytes=0))
+    t0 = mono() + 1_000_000_000
+    put_t_last(clf, VNI, EGRESS, t0)
+    r = send(clf, frame, gso_segs=segs)
+    charged = inner_len + (segs - 1) * hdr
+    assert r.ctx.tstamp == t0 + (charged + segs * 24) * 1000
+    c = clf.link_counters(VNI)["egress"]
+    assert (c.packets, c.bytes) == (segs, charged)
+
+
+def test_gso_with_unparsable_inner_headers_charges_no_repeated_headers(clf: Classifier) -> None:
+    frame = vxlan(VNI, b"\x02" * 12 + b"\x88\xb5" + b"z" * 3000)   # inner: local ethertype
+    inner_len = len(frame) - outer_len(frame)
+    clf.set_link(VNI, egress=LinkEmulation(capacity_bps=RATE, queue_bytes=0))
+    t0 = mono() + 1_000_000_000
+    put_t_last(clf, VNI, EGRESS, t0)
+    r = send(clf, frame, gso_segs=3)
+    assert r.ctx.tstamp == t0 + (inner_len + 3 * 24) * 1000
+
+
+def test_horizon_drop_leaves_the_timeline_alone(clf: Classifier) -> None:
+    clf.set_link(VNI, egress=LinkEmulation(capacity_bps=RATE, latency_ns=11 * 10**9))
+    before = clf.stage_state(VNI, EGRESS)
+    r = send(clf)
+    assert r.retval == TC_ACT_SHOT
+    after = clf.stage_state(VNI, EGRESS)
+    assert (after.t_last, after.t_depart) == (before.t_last, before.t_depart)
+    assert clf.link_counters(VNI)["egress"].drops["horizon"] == 1
+
+
+def test_horizon_setting_bounds_the_backlog() -> None:
+    """horizon 50 ms, no queue limit: packets pass while departure - now <= 50 ms."""
+    with Classifier.load(ClassifierConfig(max_links=8, horizon_ns=50_000_000)) as c:
+        c.set_link(VNI, egress=LinkEmulation(capacity_bps=RATE, queue_bytes=0))
+        send(c, repeat=100)
+        counts = c.link_counters(VNI)["egress"]
+        # 46 packets fit in 50 ms at SER = 1.078 ms (46 * 1.078 = 49.6; 47 * 1.078 = 50.7).
+        assert counts.packets == 46
+        assert counts.drops["horizon"] == 54
+
+
+def test_two_cpus_one_link_lose_no_update(clf: Classifier) -> None:
+    """Two threads pinned to two CPUs send on one link at once: t_last advances by exactly
+    one serialisation per packet (a lost update would leave it short)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    assert len(cpus) >= 2, "needs two CPUs"
+    rate = 8_000_000_000                      # ser = 1078 ns, ahead of ~100-300 ns per packet
+    ser = (INNER + 24) * 8 * 10**9 // rate
+    n = 200_000
+    clf.set_link(VNI, egress=LinkEmulation(capacity_bps=rate, queue_bytes=0))
+    t0 = mono() + 50_000_000
+    put_t_last(clf, VNI, EGRESS, t0)
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def worker(cpu: int) -> None:
+        try:
+            os.sched_setaffinity(0, {cpu})    # 0 = this thread
+            barrier.wait()
+            for _ in range(4):
+                send(clf, repeat=n // 4)
+        except BaseException as e:            # re-raised in the test's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(cpu,)) for cpu in cpus[:2]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert clf.stage_state(VNI, EGRESS).t_last == t0 + 2 * n * ser
+    per_cpu = clf.counters_map.lookup(clf.slot(VNI) * 2, clf.abi.LinkCounters)
+    assert sum(c.packets for c in per_cpu) == 2 * n
+    assert sorted(c.packets for c in per_cpu if c.packets) == [n, n], "both CPUs sent"
+
+
+# --------------------------------------------------------------------------------------------
+# Ingress stage -> egress stage handover in skb->mark (default mask 0xffff0000, 1024 ns units)
+
+def test_ingress_stage_hands_its_port_delay_to_egress(clf: Classifier) -> None:
+    clf.set_link(VNI, ingress=LinkEmulation(capacity_bps=RATE, queue_bytes=0))
+    r = send(clf, stage=INGRESS, mark=0x1234)
+    assert r.retval == TC_ACT_OK
+    assert r.ctx.tstamp == 0, "ingress never delays itself: no qdisc holds packets there"
+    # Idle port: the delay is the packet's own serialisation at the port rate.
+    assert r.ctx.mark == ((SER + 512) >> 10) << 16 | 0x1234
+    # Standing backlog of 5 ms: the delay grows by it (minus the few us the test took).
+    put_t_last(clf, VNI, INGRESS, mono() + 5_000_000)
+    units = send(clf, stage=INGRESS).ctx.mark >> 16
+    assert (5_000_000 + SER - 200_000) >> 10 <= units <= (5_000_000 + SER + 512) >> 10
+    assert clf.link_counters(VNI)["ingress"].packets == 2
+
+
+def test_ingress_handover_saturates(clf: Classifier) -> None:
+    clf.set_link(VNI, ingress=LinkEmulation(capacity_bps=RATE, queue_bytes=0))
+    put_t_last(clf, VNI, INGRESS, mono() + 500_000_000)
+    assert send(clf, stage=INGRESS).ctx.mark == 0xFFFF0000
+
+
+def test_ingress_tail_drop_at_its_own_queue(clf: Classifier) -> None:
+    clf.set_link(VNI, ingress=LinkEmulation(capacity_bps=RATE, queue_bytes=3 * (INNER + 24)))
+    send(clf, stage=INGRESS, repeat=10)
+    c = clf.link_counters(VNI)
+    assert (c["ingress"].packets, c["ingress"].drops["queue"]) == (3, 7)
+    assert c["egress"].packets == 0
+
+
+def test_egress_adds_handover_after_capacity_and_clears_the_bits(clf: Classifier) -> None:
+    lat = 1_000_000
+    rx = vxlan(RX_VNI, inner_tcp(payload=1000))
+    clf.set_link(RX_VNI, egress=LinkEmulation(capacity_bps=RATE, latency_ns=lat, queue_bytes=0))
+    t0 = mono() + 1_000_000_000
+    put_t_last(clf, RX_VNI, EGRESS, t0)
+    before = clf.global_counters()["handover"]
+    r = send(clf, rx, mark=(3000 << 16) | 0xBEEF)
+    assert r.ctx.mark == 0xBEEF
+    assert r.ctx.tstamp == t0 + SER + lat + 3000 * 1024
+    assert clf.stage_state(RX_VNI, EGRESS).t_last == t0 + SER, "handover is not capacity"
+    assert clf.global_counters()["handover"] == before + 1
+
+
+def test_handover_alone_delays_an_otherwise_idle_egress_stage(clf: Classifier) -> None:
+    clf.set_link(RX_VNI)                                   # both stages idle
+    rx = vxlan(RX_VNI, inner_tcp(payload=100))
+    t0 = mono()
+    r = send(clf, rx, mark=100 << 16)
+    t1 = mono()
+    assert t0 + 100 * 1024 <= r.ctx.tstamp <= t1 + 100 * 1024
+    assert r.ctx.mark == 0
+    assert send(clf, rx).ctx.tstamp == 0                   # without a mark: untouched
+
+
+def test_handover_round_trip_ingress_then_egress(clf: Classifier) -> None:
+    """The sender's port (ingress, VNI) feeds the receiver's link (egress, RX_VNI)."""
+    clf.set_link(VNI, ingress=LinkEmulation(capacity_bps=RATE, queue_bytes=0))
+    clf.set_link(RX_VNI, egress=LinkEmulation(capacity_bps=RATE * 100, queue_bytes=0))
+    mark = send(clf, stage=INGRESS).ctx.mark
+    t0 = mono() + 1_000_000_000
+    put_t_last(clf, RX_VNI, EGRESS, t0)
+    r = send(clf, vxlan(RX_VNI, inner_tcp(payload=1000)), mark=mark)
+    assert r.ctx.tstamp == t0 + SER // 100 + ((SER + 512) >> 10 << 10)
+    assert r.ctx.mark == 0
+
+
+def test_handover_disabled_with_mark_mask_zero() -> None:
+    with Classifier.load(ClassifierConfig(max_links=8, mark_mask=0)) as c:
+        c.set_link(VNI, ingress=LinkEmulation(capacity_bps=RATE, queue_bytes=0))
+        assert send(c, stage=INGRESS, mark=7).ctx.mark == 7
+        c.set_link(RX_VNI)
+        r = send(c, vxlan(RX_VNI), mark=0xFFFF0000)
+        assert (r.ctx.mark, r.ctx.tstamp) == (0xFFFF0000, 0)

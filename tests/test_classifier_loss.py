@@ -1,0 +1,82 @@
+"""Random loss through BPF_PROG_TEST_RUN (repeat=N, then the counters): Bernoulli within 4
+sigma of the configured probability; Gilbert-Elliott's mean against its stationary value."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from datapath.classifier import Classifier, ClassifierConfig
+from datapath.emulation import GilbertElliott, LinkEmulation
+from tests.fixtures.packets import inner_udp, vxlan
+
+VNI = 400
+FRAME = vxlan(VNI, inner_udp(64))
+N = 200_000
+
+
+@pytest.fixture(scope="module")
+def clf():
+    # A tiny event budget keeps the ring buffer out of the way: losses are counted, not reported.
+    with Classifier.load(ClassifierConfig(max_links=16, event_budget=1)) as c:
+        yield c
+
+
+def lose(c: Classifier, emu: LinkEmulation, n: int = N) -> tuple[int, int]:
+    c.delete_link(VNI)
+    c.set_link(VNI, egress=emu)
+    c.egress_program.test_run(FRAME, ctx=c.abi.SkBuff(), repeat=n)
+    counts = c.link_counters(VNI)["egress"]
+    assert counts.packets + counts.drops["loss"] == n
+    assert counts.drops["queue"] == counts.drops["horizon"] == 0
+    return counts.drops["loss"], counts.packets
+
+
+@pytest.mark.parametrize("p", [0.0, 1.0, 0.01, 0.37])
+def test_bernoulli_loss_rate_within_4_sigma(clf: Classifier, p: float) -> None:
+    lost, passed = lose(clf, LinkEmulation(loss=p))
+    sigma = math.sqrt(N * p * (1 - p))
+    assert abs(lost - N * p) <= 4 * sigma, (lost, N * p, sigma)
+    if p == 0.0:
+        assert lost == 0
+    if p == 1.0:
+        assert passed == 0
+
+
+def test_tiny_probability_is_not_rounded_to_zero(clf: Classifier) -> None:
+    """1e-4 is not an integer percent: about 20 of 200,000 are lost."""
+    p = 1e-4
+    lost, _ = lose(clf, LinkEmulation(loss=p))
+    assert abs(lost - N * p) <= 4 * math.sqrt(N * p * (1 - p))
+    assert lost > 0
+
+
+def test_gilbert_elliott_mean_matches_stationary_value(clf: Classifier) -> None:
+    ge = GilbertElliott(p=0.01, r=0.1, loss_good=0.001, loss_bad=0.5)
+    n = 1_000_000
+    lost, _ = lose(clf, LinkEmulation(gilbert_elliott=ge), n)
+    m = ge.mean_loss()
+    # Losses are correlated through the state (eigenvalue 1 - p - r): the variance of the mean
+    # is about (1 + l) / (1 - l) times Bernoulli's. Allow 4 sigma of that.
+    lam = 1 - ge.p - ge.r
+    sigma = math.sqrt(n * m * (1 - m) * (1 + lam) / (1 - lam))
+    assert abs(lost - n * m) <= 4 * sigma, (lost, n * m, sigma)
+
+
+def test_gilbert_elliott_is_bursty(clf: Classifier) -> None:
+    """Same mean as a Bernoulli link, but losses come in runs: the bad state is visible in the
+    stage state after a run that ends in it. Deterministic corner cases first."""
+    # Never leaves good, good never loses.
+    lost, _ = lose(clf, LinkEmulation(gilbert_elliott=GilbertElliott(0.0, 1.0, 0.0, 1.0)), 10_000)
+    assert lost == 0
+    # First packet (good, kept) moves to bad for good; every later one is lost.
+    lost, passed = lose(clf, LinkEmulation(gilbert_elliott=GilbertElliott(1.0, 0.0, 0.0, 1.0)),
+                        10_000)
+    assert (lost, passed) == (9_999, 1)
+    assert clf.stage_state(VNI, 0).ge_bad == 1
+
+
+def test_loss_only_stage_leaves_the_timeline_alone(clf: Classifier) -> None:
+    lose(clf, LinkEmulation(loss=0.5), 10_000)
+    state = clf.stage_state(VNI, 0)
+    assert state.t_last == 0 and state.t_depart == 0
