@@ -1,0 +1,269 @@
+"""Desired state (a Materialize) + what the box holds -> the ordered operations between them.
+
+Build order, per the issue: a link's parameters are in the classifier map before its VTEP
+exists (so no packet of it leaves unshaped), then bridges, VTEPs (created up), bridge ports,
+pairs. Teardown runs the other way: pairs, VTEPs, bridges, parameters. Everything already as
+desired yields no operation, so identical content plans to nothing.
+
+Mapping of a link onto the box:
+- point-to-point (2 endpoints): two VTEPs joined by the redirect pair; the link's emulation is the
+  egress stage of each VNI (the egress VNI names the receiving endpoint); no ingress stage.
+- LAN (3+ endpoints): VTEPs on a bridge; the link's emulation is each member's egress stage (the
+  shared queue towards the receiver) and each member gets an ingress stage that models its own
+  switch port: the link's capacity with a small queue (`port_queue_bytes`). semantics.md (LAN
+  case): only with a port queue much smaller than the shared one (2 ms vs 20 ms) did the
+  slower sender keep its real-switch share, so the port queue is 2 ms at the link rate, at
+  least two full frames, at most the shared queue. Loss and latency are applied once, at egress.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import schemas
+from datapath.emulation import GilbertElliott, LinkEmulation
+from datapath.netlink import MoaDevice, VtepSpec
+from datapath.ops import (
+    AttachToBridge, CreateBridge, CreatePair, CreateVtep, DeleteBridge, DeleteLinkParams,
+    DeletePair, DeleteVtep, DetachFromBridge, Operation, SetLinkParams,
+)
+from datapath.pair import PeerEntry
+
+PORT_QUEUE_NS = 2_000_000
+FULL_FRAME = 1538  # 1500 + Ethernet header, FCS and L1 overhead
+DEFAULT_VXLAN_PORT = 4789
+
+Stages = tuple[LinkEmulation | None, LinkEmulation | None]
+
+
+class PlanConflict(ValueError):
+    """The desired state cannot be planned (a VNI or name held by another materialization)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    uplink: str
+    local: str
+    vtep_mtu: int = 1450
+
+
+def vtep_name(vni: int) -> str:
+    return f"mv{vni}"
+
+
+def bridge_name(materialization: str, link: str) -> str:
+    digest = hashlib.sha1(f"{materialization}\0{link}".encode()).hexdigest()[:10]
+    return f"mb{digest}"
+
+
+def to_link_emulation(e: schemas.Emulation) -> LinkEmulation:
+    ge = None
+    if e.burst is not None:
+        ge = GilbertElliott(p=e.burst.p, r=e.burst.r, loss_good=e.burst.loss_good,
+                            loss_bad=e.burst.loss_bad)
+    return LinkEmulation(latency_ns=e.latency, jitter_ns=e.jitter, loss=e.loss,
+                         capacity_bps=e.capacity, queue_bytes=e.queue, reorder=e.reorder,
+                         gilbert_elliott=ge)
+
+
+def port_stage(egress: LinkEmulation) -> LinkEmulation | None:
+    """A LAN member's own port (ingress stage): the link rate, a small queue, nothing else."""
+    if not egress.capacity_bps:
+        return None
+    q = max(2 * FULL_FRAME, egress.capacity_bps * PORT_QUEUE_NS // 8_000_000_000)
+    shared = egress.effective_queue_bytes
+    if shared:
+        q = min(q, shared)
+    return LinkEmulation(capacity_bps=egress.capacity_bps, queue_bytes=q,
+                         overhead=egress.overhead)
+
+
+@dataclass
+class Desired:
+    vteps: dict[str, tuple[VtepSpec, str]] = field(default_factory=dict)  # name -> spec, link
+    bridges: dict[str, str] = field(default_factory=dict)  # name -> link
+    masters: dict[str, str] = field(default_factory=dict)  # vtep -> bridge
+    pairs: list[tuple[str, str]] = field(default_factory=list)
+    params: dict[int, tuple[Stages, str]] = field(default_factory=dict)  # vni -> stages, link
+
+
+def desired_state(m: schemas.Materialize, cfg: PlanConfig) -> Desired:
+    d = Desired()
+    for i, link in enumerate(m.links):
+        egress = to_link_emulation(link.emulation)
+        names = []
+        for j, ep in enumerate(link.endpoints):
+            name = vtep_name(ep.vni)
+            if name in d.vteps:
+                raise PlanConflict(f"links[{i}].endpoints[{j}].vni",
+                                   f"VNI {ep.vni} is used twice in {m.id}")
+            spec = VtepSpec(name=name, vni=ep.vni, local=ep.local or cfg.local, remote=ep.remote,
+                            underlay=cfg.uplink, port=ep.port or DEFAULT_VXLAN_PORT,
+                            mtu=cfg.vtep_mtu)
+            d.vteps[name] = (spec, link.id)
+            names.append(name)
+        if len(link.endpoints) == 2:
+            d.pairs.append((names[0], names[1]))
+            for ep in link.endpoints:
+                d.params[ep.vni] = ((egress, None), link.id)
+        else:
+            br = bridge_name(m.id, link.id)
+            d.bridges[br] = link.id
+            ingress = port_stage(egress)
+            for ep, name in zip(link.endpoints, names):
+                d.masters[name] = br
+                d.params[ep.vni] = ((egress, ingress), link.id)
+    return d
+
+
+@dataclass
+class Current:
+    """What the box holds (read from the kernel), plus what this process remembers."""
+
+    devices: dict[str, MoaDevice] = field(default_factory=dict)  # by name, all materializations
+    pairs: dict[int, PeerEntry] = field(default_factory=dict)  # by ifindex
+    params: dict[int, bytes] = field(default_factory=dict)  # vni -> raw struct moa_link stages
+    known: dict[int, Stages] = field(default_factory=dict)  # vni -> stages this process wrote
+    owners: dict[int, str] = field(default_factory=dict)  # vni -> materialization (in memory)
+
+    def of(self, materialization: str) -> dict[str, MoaDevice]:
+        return {n: d for n, d in self.devices.items() if d.materialization == materialization}
+
+
+def _spec_of(dev: MoaDevice, cfg: PlanConfig, underlay_name: str) -> VtepSpec:
+    return VtepSpec(name=dev.name, vni=dev.vni or 0, local=dev.local or "", remote=dev.remote or "",
+                    underlay=underlay_name, port=dev.port or DEFAULT_VXLAN_PORT, mtu=dev.mtu)
+
+
+def plan(m: schemas.Materialize, current: Current, cfg: PlanConfig,
+         encode: Callable[[Stages], bytes], uplink_index: int | None = None) -> list[Operation]:
+    """Operations that turn `current` into `m` for the materialization m.id (others untouched).
+
+    `encode(stages)` gives the raw map value of a VNI's stages, compared with `current.params`
+    so that only changed parameters are written. `uplink_index` is the uplink's ifindex (a
+    VTEP on another underlay is re-created).
+    """
+    mid = m.id
+    want = desired_state(m, cfg)
+    have = current.of(mid)
+    by_index = {d.index: d for d in current.devices.values()}
+
+    # Names and VNIs held by someone else stop the plan before anything is touched.
+    for name, (spec, link) in want.vteps.items():
+        other = current.devices.get(name)
+        if other is not None and other.materialization != mid:
+            raise PlanConflict("links", f"VNI {spec.vni} ({name}) belongs to materialization "
+                                        f"{other.materialization!r}, link {other.link!r}")
+    for vni in want.params:
+        owner = current.owners.get(vni)
+        if owner is not None and owner != mid:
+            raise PlanConflict("links", f"VNI {vni} belongs to materialization {owner!r}")
+
+    # Which current VTEPs are kept as they are.
+    recreate: set[str] = set()
+    keep: set[str] = set()
+    for name, dev in have.items():
+        if dev.kind != "vxlan":
+            continue
+        wanted = want.vteps.get(name)
+        if wanted is None:
+            continue
+        spec = wanted[0]
+        same = (dev.vni == spec.vni and dev.local == spec.local and dev.remote == spec.remote
+                and dev.port == spec.port and dev.mtu == spec.mtu and dev.link == wanted[1]
+                and (uplink_index is None or dev.underlay == uplink_index))
+        (keep if same else recreate).add(name)
+
+    teardown: list[Operation] = []
+    build: list[Operation] = []
+
+    # 1. pairs: those not wanted (or whose VTEPs are re-created) go first.
+    wanted_pairs = {frozenset(p) for p in want.pairs}
+    intact_pairs: set[frozenset[str]] = set()
+    seen: set[int] = set()
+    for idx, entry in current.pairs.items():
+        if idx in seen:
+            continue
+        a = by_index.get(idx)
+        b = by_index.get(entry.peer_ifindex)
+        if (a is not None and a.materialization != mid) or (b is not None and b.materialization != mid):
+            continue
+        if a is None and b is None:
+            continue  # stale entries of devices long gone: reconcile's business
+        seen.update({idx, entry.peer_ifindex})
+        names = frozenset(d.name for d in (a, b) if d is not None)
+        back = current.pairs.get(entry.peer_ifindex)
+        complete = (a is not None and b is not None and back is not None
+                    and back.peer_ifindex == idx)
+        if complete and names in wanted_pairs and names <= keep:
+            intact_pairs.add(names)
+            continue
+        stale = tuple(i for i, d in ((idx, a), (entry.peer_ifindex, b)) if d is None)
+        an = a.name if a is not None else (b.name if b is not None else "")
+        bn = b.name if b is not None else an
+        teardown.append(DeletePair(an, bn, stale))
+
+    # 2. VTEPs not wanted or changed (deleting one also takes it off its bridge).
+    for name, dev in sorted(have.items()):
+        if dev.kind != "vxlan":
+            continue
+        master = by_index.get(dev.master) if dev.master else None
+        if name not in keep:
+            underlay = cfg.uplink
+            teardown.append(DeleteVtep(_spec_of(dev, cfg, underlay), mid, dev.link,
+                                       master.name if master is not None else None))
+        elif master is not None and want.masters.get(name) != master.name:
+            teardown.append(DetachFromBridge(name, master.name))
+
+    # 3. bridges not wanted.
+    for name, dev in sorted(have.items()):
+        if dev.kind == "bridge" and name not in want.bridges:
+            teardown.append(DeleteBridge(name, mid, dev.link, dev.mtu))
+        elif dev.kind == "bridge" and want.bridges.get(name) != dev.link:
+            teardown.append(DeleteBridge(name, mid, dev.link, dev.mtu))
+
+    # 4. parameters of VNIs this materialization no longer has.
+    mine = {d.vni for d in have.values() if d.kind == "vxlan" and d.vni is not None}
+    mine |= {vni for vni, owner in current.owners.items() if owner == mid}
+    for vni in sorted(mine - set(want.params)):
+        if vni in current.params:
+            teardown.append(DeleteLinkParams(vni, current.known.get(vni)))
+
+    # 5. parameters first (before any VTEP of theirs comes up).
+    for vni, (stages, link) in sorted(want.params.items()):
+        if current.params.get(vni) != encode(stages):
+            prev = current.known.get(vni) if vni in current.params else None
+            build.append(SetLinkParams(vni, stages[0], stages[1], prev, mid, link))
+    # 6. bridges.
+    for name, link in sorted(want.bridges.items()):
+        dev = have.get(name)
+        if dev is None or dev.kind != "bridge" or dev.link != link:
+            build.append(CreateBridge(name, mid, link, cfg.vtep_mtu))
+    # 7. VTEPs (created up).
+    for name, (spec, link) in sorted(want.vteps.items()):
+        if name not in keep:
+            build.append(CreateVtep(spec, mid, link))
+    # 8. bridge ports.
+    for name, br in sorted(want.masters.items()):
+        dev = have.get(name)
+        cur_master = by_index.get(dev.master).name if (
+            dev is not None and name in keep and dev.master and dev.master in by_index) else None
+        if cur_master != br:
+            build.append(AttachToBridge(name, br))
+    # 9. pairs.
+    for a, b in want.pairs:
+        if frozenset((a, b)) not in intact_pairs:
+            build.append(CreatePair(a, b))
+    return teardown + build
+
+
+def plan_removal(materialization: str, current: Current, cfg: PlanConfig,
+                 encode: Callable[[Stages], bytes], uplink_index: int | None = None) -> list[Operation]:
+    """Everything of one materialization, torn down."""
+    return plan(schemas.Materialize(id=materialization, links=[]), current, cfg, encode, uplink_index)
