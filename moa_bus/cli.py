@@ -11,6 +11,14 @@ import sys
 
 # subcommand -> (module, help). Each module has `add_arguments(parser)` and `run(args) -> int`.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("moa_bus.cmd_serve", "run the service (embedded nats-server without --nats)"),
+    "req": ("moa_bus.cmd_req", "send a request like `nats req`; exit 1 on an error ack"),
+    "materialize": ("moa_bus.cmd_materialize", "send a Materialize file (--dry-run: the plan)"),
+    "dematerialize": ("moa_bus.cmd_dematerialize", "remove a materialization"),
+    "set": ("moa_bus.cmd_set", "change links' emulation: set LINK-OR-TAG latency 50ms ..."),
+    "status": ("moa_bus.cmd_status", "what the box holds, with counters (JSON)"),
+    "show": ("moa_bus.cmd_show", "a table of links with live counters (--watch)"),
+    "watch": ("moa_bus.cmd_watch", "print acks and telemetry as they come"),
     "bench": ("moa_bus.cmd_bench", "benchmarks: datapath, control, e2e"),
     "doctor": ("moa_bus.cmd_doctor", "what this kernel and machine can and cannot do"),
     "demo": ("moa_bus.cmd_demo", "a live demonstration in network namespaces"),

@@ -1,0 +1,49 @@
+"""`moa materialize FILE [--dry-run]`: send a Materialize (JSON file, or - for stdin).
+
+The file is checked here first (same rules as the service), so a typo is reported without a
+round trip. --dry-run asks the service for the ordered operations it would run, changing nothing
+(the request carries the header Moa-Dry-Run: 1).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import schemas
+from moa_bus import client
+
+DRY_RUN_HEADER = "Moa-Dry-Run"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="Materialize JSON (see interfaces.md), or - for stdin")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the ordered operations the box would run; change nothing")
+    client.add_arguments(parser, timeout=120.0)
+
+
+def _show_plan(reply: client.Reply) -> None:
+    obj = reply.json
+    if reply.is_error or not isinstance(obj, dict) or "operations" not in obj:
+        client.print_reply(reply)
+        return
+    ops = obj["operations"]
+    for i, op in enumerate(ops, 1):
+        print(f"{i:4d}  {op}")
+    print(f"{len(ops)} operation(s); nothing applied (dry run)")
+
+
+def run(args: argparse.Namespace) -> int:
+    data = client.read_payload("@-" if args.file == "-" else f"@{args.file}")
+    try:
+        schemas.decode(schemas.Materialize, data)
+    except schemas.InvalidMessage as e:
+        where = f" at {e.field}" if e.field else ""
+        print(f"moa: {args.file}: {e.code}{where}: {e.message}", file=sys.stderr)
+        return 1
+    if args.dry_run:
+        return client.run_request(args, lambda s: s.op("materialize"), data,
+                                  headers={DRY_RUN_HEADER: "1"}, show=_show_plan)
+    return client.run_request(args, lambda s: s.op("materialize"), data)
+
+
