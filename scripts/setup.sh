@@ -5,7 +5,8 @@ set -euo pipefail
 
 DEB_PACKAGES=(
   clang llvm libbpf-dev libbpf1 bpftool        # BPF build and inspection
-  iproute2 iperf3 ethtool socat tcpdump        # datapath plumbing and traffic
+  iproute2 iputils-ping iperf3 ethtool socat tcpdump  # plumbing and traffic
+  systemd                                      # systemd-analyze checks the example unit
   qemu-system-x86 busybox-static cpio kmod     # the VM fidelity tier
   python3-venv
 )
