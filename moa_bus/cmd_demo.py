@@ -1,19 +1,42 @@
-"""`moa demo`: shows what moa can do on this machine, as far as it is built."""
+"""`moa demo`: a live demonstration in network namespaces (see moa_bus/demo.py for what it builds).
+
+Needs root; no stdin. On a terminal it shows a live `moa show` table; otherwise (CI, a pipe) it
+prints a few snapshots. Everything it makes is removed on exit, on error, on Ctrl-C and SIGTERM.
+"""
 from __future__ import annotations
 
 import argparse
-
-from moa_bus import cmd_doctor
+import os
+import re
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--allow-loss-only", action="store_true", default=True,
-                        help=argparse.SUPPRESS)
+    parser.add_argument("--duration", type=float, default=20.0, metavar="S",
+                        help="seconds of live table while pings run (default 20; the whole demo "
+                             "takes about 15 s more)")
+    parser.add_argument("--prefix", metavar="NAME",
+                        help="prefix of everything the demo creates: namespaces, pins, host id "
+                             "(default: md + 4 random hex digits; at most 6 characters)")
+    view = parser.add_mutually_exclusive_group()
+    view.add_argument("--live", dest="live", action="store_true", default=None,
+                      help="live table even when stdout is not a terminal")
+    view.add_argument("--snapshots", dest="live", action="store_false",
+                      help="print a few snapshots instead of a live table")
 
 
 def run(args: argparse.Namespace) -> int:
-    print("moa demo: first, what this machine can do\n")
-    checks = cmd_doctor.run_checks(nats_url=None, allow_loss_only=True)
-    for c in checks:
-        print(f"  {'pass' if c.ok else 'miss'}  {c.name}: {c.detail}")
-    return 0
+    from rich.console import Console
+
+    from moa_bus import demo
+
+    if args.prefix is not None and not re.fullmatch(r"[a-z][a-z0-9]{0,5}", args.prefix):
+        parser_error = "--prefix: 1-6 lowercase letters and digits, starting with a letter"
+        print(f"moa demo: {parser_error}")
+        return 2
+    if not 1 <= args.duration <= 600:
+        print("moa demo: --duration must be between 1 and 600 seconds")
+        return 2
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=160)  # a log, not a terminal: room for the table's columns
+    return demo.main(args.duration, prefix=args.prefix, live=args.live, console=console)

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 import schemas
-from moa_bus import client
+from moa_bus import client, progress
 
 DRY_RUN_HEADER = "Moa-Dry-Run"
 
@@ -36,14 +36,19 @@ def _show_plan(reply: client.Reply) -> None:
 def run(args: argparse.Namespace) -> int:
     data = client.read_payload("@-" if args.file == "-" else f"@{args.file}")
     try:
-        schemas.decode(schemas.Materialize, data)
+        m = schemas.decode(schemas.Materialize, data)
     except schemas.InvalidMessage as e:
         where = f" at {e.field}" if e.field else ""
         print(f"moa: {args.file}: {e.code}{where}: {e.message}", file=sys.stderr)
         return 1
+    what = progress.describe_materialize(m)
     if args.dry_run:
+        with progress.Waiting(f"planning {what} (dry run); waiting for the service") as w:
+            return client.run_request(args, lambda s: s.op("materialize"), data,
+                                      headers={DRY_RUN_HEADER: "1"}, show=w.then(_show_plan))
+    # On a terminal: a spinner with the time elapsed until the ack comes (stderr, transient).
+    with progress.Waiting(f"materializing {what}; waiting for the ack") as w:
         return client.run_request(args, lambda s: s.op("materialize"), data,
-                                  headers={DRY_RUN_HEADER: "1"}, show=_show_plan)
-    return client.run_request(args, lambda s: s.op("materialize"), data)
+                                  show=w.then(client.print_reply))
 
 
