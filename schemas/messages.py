@@ -203,8 +203,9 @@ class DropEvent(_Message, kw_only=True):
 
 
 class DropBatch(_Message, kw_only=True):
-    """Drop events of one interval. counts: drops per reason, including those not in events
-    (sampled out by the BPF budget: `suppressed`; lost in a full ring buffer: `lost`)."""
+    """Drop events of one interval. counts: the events of this batch per reason. Drops that
+    were not reported as events are counted apart: `suppressed` (over the BPF per-link budget)
+    and `lost` (the ring buffer was full); the per-link counters hold every drop."""
     host: str
     events: list[DropEvent]
     counts: dict[str, int]

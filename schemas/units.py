@@ -140,13 +140,17 @@ def format_rate(bps: int) -> str:
 
 
 def format_size(nbytes: int) -> str:
-    """262_144 -> "256KiB"; binary units when exact, else decimal ones, else bytes."""
+    """262_144 -> "256KiB", 64_000 -> "64KB", 1536 -> "1.5KiB", 1500 -> "1.5KB". Always exact
+    (parse_size gives nbytes back): a whole number of binary, else decimal units; else the
+    first of them needing at most three decimals; else plain bytes."""
     if nbytes == 0:
         return "0B"
     binary = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
     decimal = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9}
-    for table in (binary, decimal):
-        text = _format(nbytes, table, "bytes")
-        if "." not in text:
-            return text
-    return _format(nbytes, binary, "bytes")
+    texts = [_format(nbytes, table, "bytes") for table in (binary, decimal)]
+    for max_decimals in (0, 3):
+        for text in texts:
+            number = text.rstrip("BKMGi")
+            if "." not in number or len(number.split(".")[1]) <= max_decimals:
+                return text
+    return f"{nbytes}B"

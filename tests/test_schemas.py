@@ -92,7 +92,8 @@ def test_unit_rejects_with_reason(parse, value, words):
     (units.format_rate, 0, "unlimited"), (units.format_rate, 100 * 10**6, "100mbps"),
     (units.format_rate, 1_500_000_000, "1.5gbps"), (units.format_rate, 999, "999bps"),
     (units.format_size, 262_144, "256KiB"), (units.format_size, 64_000, "64KB"),
-    (units.format_size, 1536, "1.5KiB"), (units.format_size, 1500, "1.46484375KiB"),
+    (units.format_size, 1536, "1.5KiB"), (units.format_size, 1500, "1.5KB"), (units.format_size, 215_358, "215.358KB"),
+    (units.format_size, 215_359_001, "215359001B"),
     (units.format_size, 0, "0B"), (units.format_size, 100, "100B"),
 ])
 def test_unit_formats(fmt, value, text):
