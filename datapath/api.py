@@ -10,24 +10,30 @@ marked as moa's through their ifalias, the pinned maps) and, given the desired s
 from __future__ import annotations
 
 import abc
+import asyncio
 import logging
 import os
 import socket
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Iterable
 
 import msgspec
 
 import schemas
-from datapath.classifier import Classifier, ClassifierConfig
+from datapath.classifier import Classifier, ClassifierConfig, DropEventError
+from datapath.libbpf import RingBuffer
 from datapath.emulation import LinkEmulation
 from datapath.netlink import VXLAN_OVERHEAD, FqSizing, FqUnavailable, NetlinkWorker
 from datapath.ops import (
-    EnsureUplink, Env, Operation, OpHook, PlanError, ReleaseUplink, run_plan,
+    EnsureUplink, Env, Operation, OpHook, PlanError, ReleaseUplink, SetLinkParams, run_plan,
 )
 from datapath.pair import PairMode, PairProgram
-from datapath.planner import Current, PlanConfig, PlanConflict, Stages, plan
+from datapath.planner import (
+    Current, PlanConfig, PlanConflict, Stages, plan, port_stage, to_link_emulation,
+)
 
 log = logging.getLogger("datapath.api")
 
@@ -115,6 +121,13 @@ class KernelDatapath(Datapath):
         self._records: dict[str, _Record] = {}
         self._known: dict[int, Stages] = {}
         self._owners: dict[int, str] = {}
+        self._where: dict[int, tuple[str, str]] | None = None  # vni -> (materialization, link)
+        self._drop_reader: RingBuffer | None = None
+        self._drop_callbacks: list[Callable[[schemas.DropEvent], None]] = []
+        abi = classifier.abi
+        self._reasons = {r.value: r.name.lower() for r in abi.DropReason
+                         if r.value < abi.NR_DROP_REASONS}
+        self._stages = {s.value: s.name.lower() for s in abi.Stage if s.value < abi.NR_STAGES}
         self.env = Env(nl=worker.nl, links=classifier, pair=pair, pair_mode=config.pair_mode,
                        egress_program=classifier.egress_program,
                        ingress_program=classifier.ingress_program)
@@ -165,6 +178,9 @@ class KernelDatapath(Datapath):
 
     async def close(self) -> None:
         """Stop using the kernel objects; pins, devices and attached programs stay."""
+        if self._drop_reader is not None:
+            self._drop_reader.close()  # detaches from the loop; before the map it reads goes
+            self._drop_reader = None
         self.pair.close()
         self.classifier.close()
         self.worker.close()
@@ -222,6 +238,7 @@ class KernelDatapath(Datapath):
             links[d.materialization][d.link] = (kind, vnis)
         for mid, ls in links.items():
             self._records.setdefault(mid, _Record(desired=None, links=ls))
+        self._where = None
 
     def _purge_orphans(self, keep_vnis: set[int]) -> int:
         """Parameters and pair entries that no moa device backs (a crash between operations)."""
@@ -287,9 +304,10 @@ class KernelDatapath(Datapath):
             elif kind == "DeleteLinkParams":
                 self._known.pop(op.vni, None)
                 self._owners.pop(op.vni, None)
-        for link in m.links:
-            for ep in link.endpoints:
-                self._owners[ep.vni] = m.id
+        # After a plan the kernel holds exactly m's parameters (written or found right).
+        for vni, stages in self._stages_of(m).items():
+            self._known[vni] = stages
+            self._owners[vni] = m.id
         return len(ops)
 
     def _record(self, m: schemas.Materialize, changed: bool) -> int:
@@ -299,6 +317,7 @@ class KernelDatapath(Datapath):
                                [ep.vni for ep in link.endpoints]) for link in m.links}
         if changed or rec.generation == 0:
             rec.generation += 1
+        self._where = None
         return rec.generation
 
     async def materialize(self, m: schemas.Materialize) -> ApplyResult:
@@ -316,6 +335,7 @@ class KernelDatapath(Datapath):
         empty = schemas.Materialize(id=id, links=[])
         n = await self.worker.call(self._apply, empty)
         rec = self._records.pop(id, None)
+        self._where = None
         for vni in [v for v, o in self._owners.items() if o == id]:
             self._owners.pop(vni, None)
             self._known.pop(vni, None)
@@ -323,6 +343,9 @@ class KernelDatapath(Datapath):
         return ApplyResult(generation=generation, changed=n > 0, operations=n)
 
     async def update(self, u: schemas.Update) -> ApplyResult:
+        """New emulation for links chosen by id or tag: parameters only, so it goes straight to
+        the classifier map in one batch write (no netlink, no plan: an Update cannot change
+        endpoints). Only VNIs whose parameters change are written; `operations` counts them."""
         rec = self._records.get(u.id)
         if rec is None or rec.desired is None:
             raise schemas.InvalidMessage("id", f"{u.id!r} is not materialized on this box "
@@ -331,17 +354,75 @@ class KernelDatapath(Datapath):
         links = list(rec.desired.links)
         for i, lu in enumerate(u.links):
             hit = False
+            # A tag update gives thousands of links the same change: apply (and validate) it
+            # once per distinct starting emulation.
+            applied: dict[bytes, schemas.Emulation] = {}
             for j, link in enumerate(links):
                 if (lu.link is not None and link.id == lu.link) or (
                         lu.tag is not None and lu.tag in link.tags):
-                    emu = lu.emulation.apply(link.emulation, f"links[{i}].emulation")
+                    key = msgspec.json.encode(link.emulation)
+                    emu = applied.get(key)
+                    if emu is None:
+                        emu = applied[key] = lu.emulation.apply(link.emulation,
+                                                                f"links[{i}].emulation")
                     links[j] = msgspec.structs.replace(link, emulation=emu)
                     hit = True
             if not hit:
                 what = f"link {lu.link!r}" if lu.link is not None else f"tag {lu.tag!r}"
                 raise schemas.InvalidMessage(f"links[{i}]", f"{what} matches no link of {u.id!r}",
                                              code="unknown")
-        return await self.materialize(schemas.Materialize(id=u.id, links=links))
+        m = schemas.Materialize(id=u.id, links=links)
+        self._check_loss_only(m)
+        n = await self.worker.call(self._apply_params, m)
+        return ApplyResult(generation=self._record(m, n > 0), changed=n > 0, operations=n)
+
+    @staticmethod
+    def _stages_of(m: schemas.Materialize) -> dict[int, Stages]:
+        """vni -> the stages `m` gives it (what planner.desired_state writes)."""
+        out: dict[int, Stages] = {}
+        seen: dict[tuple[bool, bytes], Stages] = {}
+        for link in m.links:
+            p2p = len(link.endpoints) == 2
+            key = (p2p, msgspec.json.encode(link.emulation))
+            stages = seen.get(key)
+            if stages is None:
+                egress = to_link_emulation(link.emulation)
+                stages = seen[key] = (egress, None) if p2p else (egress, port_stage(egress))
+            for ep in link.endpoints:
+                out[ep.vni] = stages
+        return out
+
+    def _apply_params(self, m: schemas.Materialize) -> int:
+        """The parameter writes of `m` whose VNIs hold other parameters now; all or nothing."""
+        same: dict[tuple[int, int], bool] = {}  # stages tuples are shared by many links
+
+        def unchanged(old: Stages | None, new: Stages) -> bool:
+            k = (id(old), id(new))
+            r = same.get(k)
+            if r is None:
+                r = same[k] = old == new
+            return r
+
+        changes = {vni: stages for vni, stages in self._stages_of(m).items()
+                   if not unchanged(self._known.get(vni), stages)}
+        if not changes:
+            return 0
+        previous = {vni: self._known.get(vni, (None, None)) for vni in changes}
+        try:
+            self.classifier.update_links(changes)
+        except Exception as e:
+            vni = next(iter(changes))
+            op = SetLinkParams(vni, *changes[vni], previous=previous[vni],
+                               materialization=m.id, link="(parameter update)")
+            try:
+                self.classifier.update_links(previous)
+            except Exception as re:
+                raise PlanError(op, e, 0, [(op, re)]) from e
+            raise PlanError(op, e, 0) from e
+        for vni, stages in changes.items():
+            self._known[vni] = stages
+            self._owners[vni] = m.id
+        return len(changes)
 
     # -- status -----------------------------------------------------------------------------------
 
@@ -381,3 +462,66 @@ class KernelDatapath(Datapath):
     def pair_counters(self) -> dict[str, int]:
         return self.pair.counters()
 
+
+    # -- drop telemetry ---------------------------------------------------------------------------
+
+    def drop_events(self, callback: Callable[[schemas.DropEvent], None]) -> None:
+        """Call `callback(schemas.DropEvent)` in the running event loop for every drop event the
+        classifier writes to its ring buffer (moa_events), with the link and materialization
+        that own the VNI filled in (None for a VNI no materialization of this process holds).
+
+        The ring buffer's epoll fd is watched by the loop (RingBuffer.attach): nothing polls,
+        and a burst is read in one go. `time_ns` is wall-clock (CLOCK_REALTIME) nanoseconds,
+        converted from the monotonic clock the datapath stamps with, so that it means the same
+        on every host. Call from inside the loop; more callbacks may be added, each sees every
+        event. Drops that never became events are counted by `drop_event_losses()`.
+        """
+        self._drop_callbacks.append(callback)
+        if self._drop_reader is None:
+            reader = RingBuffer(self.classifier.events_map, self._on_drop_record)
+            reader.attach(asyncio.get_running_loop())
+            self._drop_reader = reader
+
+    def drop_event_losses(self) -> tuple[int, int]:
+        """(suppressed, lost): drops not reported as events since the maps were created.
+
+        suppressed: over a link stage's event budget (moa_global_counters.events_suppressed,
+        the sum of every link's count that, unlike theirs, survives link deletion); lost: the
+        ring buffer was full (ringbuf_fail). Both only grow: telemetry reports differences.
+        """
+        g = self.classifier.global_counters()
+        return g["events_suppressed"], g["ringbuf_fail"]
+
+    def _vni_owner(self, vni: int) -> tuple[str | None, str | None]:
+        if self._where is None:
+            self._where = {v: (mid, lid) for mid, rec in self._records.items()
+                           for lid, (_, vnis) in rec.links.items() for v in vnis}
+        return self._where.get(vni, (None, None))
+
+    def _drop_event(self, raw: bytes) -> schemas.DropEvent | None:
+        try:
+            ev = self.classifier.parse_drop_event(raw)
+        except DropEventError as e:
+            log.warning("drop event skipped: %s", e)
+            return None
+        reason = self._reasons.get(ev.reason)
+        stage = self._stages.get(ev.stage)
+        if reason is None or stage is None:
+            log.warning("drop event skipped: reason %d / stage %d unknown", ev.reason, ev.stage)
+            return None
+        mid, link = self._vni_owner(ev.vni)
+        wall = ev.time_ns + time.time_ns() - time.monotonic_ns()
+        return schemas.DropEvent(time_ns=wall, vni=ev.vni, reason=reason, stage=stage,
+                                 len=ev.len, segs=ev.segs, link=link, materialization=mid)
+
+    def _on_drop_record(self, raw: bytes) -> None:
+        # Runs inside RingBuffer.consume(), called by the loop: never let an error escape into
+        # the loop's reader (it would be logged per record and the rest of the batch lost).
+        ev = self._drop_event(raw)
+        if ev is None:
+            return
+        for cb in list(self._drop_callbacks):
+            try:
+                cb(ev)
+            except Exception:
+                log.exception("drop event callback failed")

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import ctypes
 import heapq
+import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +85,7 @@ class StageCounters:
     bytes: int = 0
     drops: dict[str, int] = field(default_factory=dict)   # "loss" | "queue" | "horizon"
     events_suppressed: int = 0
+    handover: int = 0    # egress: packets that carried an ingress-stage handover in skb->mark
 
 
 class Classifier:
@@ -184,6 +186,43 @@ class Classifier:
                 raise
         return slot
 
+    def update_links(self, links: Mapping[int, tuple[LinkEmulation | None,
+                                                     LinkEmulation | None]]) -> int:
+        """Set many links at once: {vni: (egress, ingress)}. Links that exist get their new
+        parameters in one BPF_MAP_UPDATE_BATCH (each element is still replaced whole under RCU:
+        a packet sees the old or the new parameters, never a mix; slots, timelines and counters
+        stay); new ones are created one by one (set_link). Returns how many were written.
+
+        Equal LinkEmulations are encoded once: a tag update gives thousands of links the same.
+        """
+        fresh = [v for v in links if v not in self._slots]
+        for vni in fresh:  # checked by set_link; those with a slot were checked when made
+            self.set_link(vni, *links[vni])
+        encoded: dict[LinkEmulation | None, bytes] = {}
+        pairs: dict[int, bytes] = {}  # id(stages tuple) -> both stages encoded: tuples are shared
+
+        def enc(e: LinkEmulation | None) -> bytes:
+            b = encoded.get(e)
+            if b is None:
+                b = encoded[e] = bytes(self._params(e))
+            return b
+
+        key = struct.Struct("=I")
+        head = struct.Struct("=II")  # struct moa_link: slot, pad0, then stage[2]
+        with self._lock:
+            existing = [v for v in links if v in self._slots and v not in fresh]
+            parts = []
+            for v in existing:
+                st = links[v]
+                b = pairs.get(id(st))
+                if b is None:
+                    b = pairs[id(st)] = enc(st[0]) + enc(st[1])
+                parts.append(head.pack(self._slots[v], 0))
+                parts.append(b)
+            keys = b"".join(key.pack(v) for v in existing)
+            self.links_map.update_batch(keys, b"".join(parts))
+        return len(fresh) + len(existing)
+
     def delete_link(self, vni: int) -> bool:
         """Remove a link; its slot is free again (zeroed when handed out). False if unknown."""
         _check_vni(vni)
@@ -230,6 +269,7 @@ class Classifier:
                 total.packets += c.packets
                 total.bytes += c.bytes
                 total.events_suppressed += c.events_suppressed
+                total.handover += c.handover
                 for r in self.abi.DropReason:
                     if r.value < self.abi.NR_DROP_REASONS:
                         total.drops[r.name.lower()] += c.drops[r.value]
@@ -237,7 +277,7 @@ class Classifier:
         return out
 
     def global_counters(self) -> dict[str, int]:
-        """non_vxlan, unknown_vni, ringbuf_fail, handover: summed over CPUs."""
+        """non_vxlan, unknown_vni, ringbuf_fail, handover, events_suppressed: summed over CPUs."""
         names = [n for n, *_ in self.abi.GlobalCounters._fields_
                  if not n.startswith(("reserved", "_pad"))]
         totals = dict.fromkeys(names, 0)

@@ -169,6 +169,8 @@ _PROTOS: dict[str, tuple[Any, list[Any]]] = {
     "bpf_map_lookup_elem": (_int, [_int, _vp, _vp]),
     "bpf_map_update_elem": (_int, [_int, _vp, _vp, _u64]),
     "bpf_map_delete_elem": (_int, [_int, _vp]),
+    "bpf_map_update_batch": (_int, [_int, _vp, _vp, _c.POINTER(_u32), _vp]),
+    "bpf_map_delete_batch": (_int, [_int, _vp, _c.POINTER(_u32), _vp]),
     "bpf_map_get_next_key": (_int, [_int, _vp, _vp]),
     "bpf_obj_pin": (_int, [_int, _str]),
     "bpf_obj_get": (_int, [_str]),
@@ -391,6 +393,11 @@ class _MapInfo(ctypes.Structure):
     ]
 
 
+class _BatchOpts(ctypes.Structure):
+    """struct bpf_map_batch_opts of libbpf (bpf/bpf.h): sz, elem_flags, flags."""
+    _fields_ = [("sz", _sz), ("elem_flags", _u64), ("flags", _u64)]
+
+
 class Map:
     """A BPF map by fd. Object maps live as long as their BpfObject; from_pin() maps own the fd."""
 
@@ -475,6 +482,40 @@ class Map:
             data = _to_bytes(value, self.value_size, f"{self.name} value")
         buf = ctypes.create_string_buffer(data, len(data))
         _check(_lib().bpf_map_update_elem(self.fd, k, buf, flags), f"update of map {self.name}")
+
+    def update_batch(self, keys: bytes, values: bytes, flags: int = BPF_ANY) -> None:
+        """Write many entries in one syscall (BPF_MAP_UPDATE_BATCH): `keys` and `values` are the
+        packed keys and values, back to back. Not for per-CPU maps. On an error the entries
+        before the failing one are written (the exception says how many)."""
+        if self.is_percpu:
+            raise BpfError(f"{self.name}: update_batch of a per-CPU map is not supported here")
+        n, rem = divmod(len(keys), self.key_size)
+        if rem or len(values) != n * self.value_size:
+            raise ValueError(f"{self.name}: {len(keys)} key bytes and {len(values)} value bytes "
+                             f"are not whole entries of {self.key_size}+{self.value_size}")
+        if n == 0:
+            return
+        count = _u32(n)
+        kb, vb = ctypes.create_string_buffer(keys, len(keys)), ctypes.create_string_buffer(values, len(values))
+        opts = _BatchOpts(ctypes.sizeof(_BatchOpts), flags, 0)
+        ret = _lib().bpf_map_update_batch(self.fd, kb, vb, ctypes.byref(count), ctypes.byref(opts))
+        if ret < 0:
+            raise _err(f"batch update of map {self.name} ({count.value} of {n} written)", -ret)
+
+    def delete_batch(self, keys: bytes) -> int:
+        """Delete many keys in one syscall; every key must exist (ENOENT otherwise, after the
+        ones before it are deleted). Returns how many were deleted."""
+        n, rem = divmod(len(keys), self.key_size)
+        if rem:
+            raise ValueError(f"{self.name}: {len(keys)} key bytes are not whole keys")
+        if n == 0:
+            return 0
+        count = _u32(n)
+        kb = ctypes.create_string_buffer(keys, len(keys))
+        ret = _lib().bpf_map_delete_batch(self.fd, kb, ctypes.byref(count), None)
+        if ret < 0:
+            raise _err(f"batch delete from map {self.name} ({count.value} of {n} deleted)", -ret)
+        return count.value
 
     def delete(self, key: Any) -> bool:
         """Delete `key`; False if it was not there."""

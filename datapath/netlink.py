@@ -29,6 +29,9 @@ from urllib.parse import quote, unquote
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from datapath import rtnl
+from datapath.rtnl import Rtnl
+
 T = TypeVar("T")
 
 ALIAS_PREFIX = "moa:"
@@ -44,6 +47,13 @@ XDP_FLAGS_SKB_MODE = 2  # VXLAN has no native XDP; attach AND detach must say ge
 IFF_UP = 1
 CLONE_NEWNET = 0x40000000
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
+IN6_ADDR_GEN_MODE_NONE = 1
+# moa's VTEPs and bridges are part of the wire: they must put no frame of their own into an
+# experiment. With an IPv6 link-local address a device sends DAD, router solicitations and MLD
+# reports when it comes up; address generation off (set before the device is up: the kernel
+# refuses it in RTM_NEWLINK and applies it after the flags in RTM_SETLINK) keeps it silent.
+NO_IPV6_ADDR = {"attrs": [["AF_INET6", {"attrs": [["IFLA_INET6_ADDR_GEN_MODE",
+                                                   IN6_ADDR_GEN_MODE_NONE]]}]]}
 
 
 class DatapathNetlinkError(RuntimeError):
@@ -156,6 +166,7 @@ class Netlink:
         self.ipr = ipr
         self.netns_path = netns_path
         self._thread = threading.get_ident()
+        self.rtnl = Rtnl()  # bulk paths of a plan (datapath/rtnl.py); same thread, same netns
 
     def _check_thread(self) -> None:
         if threading.get_ident() != self._thread:
@@ -202,8 +213,9 @@ class Netlink:
         return index
 
     def _mark(self, name: str, alias: str) -> int:
+        """Alias (moa's mark) and no IPv6 address generation, in one request, while down."""
         index = self.require_ifindex(name)
-        self.ipr.link("set", index=index, ifalias=alias)
+        self.ipr.link("set", index=index, ifalias=alias, IFLA_AF_SPEC=NO_IPV6_ADDR)
         return index
 
     def _delete_ours(self, name: str, alias: str | None) -> None:
@@ -257,12 +269,14 @@ class Netlink:
         self._delete_ours(name, alias)
 
     def create_bridge(self, name: str, alias: str, mtu: int | None = None) -> int:
-        """A LAN's bridge: STP off (it is part of the wire), forwarding delay irrelevant."""
+        """A LAN's bridge: STP off (it is part of the wire), forwarding delay irrelevant,
+        multicast snooping off: with it the bridge joins the multicast router discovery groups
+        (224.0.0.106, ff02::6a) and sends IGMP/MLD reports of its own into the LAN."""
         self._check_thread()
         index = self._claim(name, alias, "bridge")
         if index is None:
             attrs: dict[str, Any] = {"ifname": name, "kind": "bridge", "br_stp_state": 0,
-                                     "br_forward_delay": 0}
+                                     "br_forward_delay": 0, "br_mcast_snooping": 0}
             if mtu is not None:
                 attrs["mtu"] = mtu
             try:
@@ -295,28 +309,23 @@ class Netlink:
             raise DatapathNetlinkError(f"setting {name} {'up' if up else 'down'}: {e}") from e
 
     def list_moa_devices(self) -> list[MoaDevice]:
-        """Every device carrying a moa alias (VTEPs and bridges), with what reconcile needs."""
+        """Every device carrying a moa alias (VTEPs and bridges), with what reconcile needs.
+
+        One raw dump (datapath/rtnl.py): decoding thousands of links through pyroute2 took
+        seconds; only the messages with moa's alias are decoded here."""
         self._check_thread()
         out: list[MoaDevice] = []
-        for msg in self.ipr.get_links():
-            owner = parse_alias(msg.get("IFLA_IFALIAS"))
+        for payload in self.rtnl.dump_links():
+            owner = parse_alias(rtnl.alias_of(payload))
             if owner is None:
                 continue
-            linkinfo = msg.get("IFLA_LINKINFO")
-            kind = linkinfo.get("IFLA_INFO_KIND") if linkinfo else None
-            data = linkinfo.get("IFLA_INFO_DATA") if linkinfo else None
-            xdp = msg.get("IFLA_XDP")
-            xdp_id = xdp.get("IFLA_XDP_PROG_ID") if xdp else None
-            dev = dict(name=msg.get("IFLA_IFNAME"), index=msg["index"], kind=kind or "?",
-                       materialization=owner[0], link=owner[1], up=bool(msg["flags"] & IFF_UP),
-                       mtu=msg.get("IFLA_MTU"), master=msg.get("IFLA_MASTER"),
-                       xdp_prog_id=xdp_id or None)
-            if kind == "vxlan" and data is not None:
-                dev.update(vni=data.get("IFLA_VXLAN_ID"),
-                           local=data.get("IFLA_VXLAN_LOCAL") or data.get("IFLA_VXLAN_LOCAL6"),
-                           remote=data.get("IFLA_VXLAN_GROUP") or data.get("IFLA_VXLAN_GROUP6"),
-                           port=data.get("IFLA_VXLAN_PORT"), underlay=data.get("IFLA_VXLAN_LINK"))
-            out.append(MoaDevice(**dev))
+            d = rtnl.parse_link(payload)
+            out.append(MoaDevice(
+                name=d["name"], index=d["index"], kind=d["kind"] or "?",
+                materialization=owner[0], link=owner[1], up=bool(d["flags"] & IFF_UP),
+                mtu=d["mtu"], master=d["master"] or None, vni=d.get("vni"),
+                local=d.get("local"), remote=d.get("remote"), port=d.get("port"),
+                underlay=d.get("underlay"), xdp_prog_id=d["xdp_prog_id"] or None))
         return out
 
     # -- XDP (generic mode) -------------------------------------------------------------------
@@ -552,6 +561,7 @@ class NetlinkWorker:
         if self._nl is not None:
             try:
                 self._executor.submit(self._nl.ipr.close).result()
+                self._nl.rtnl.close()
             finally:
                 self._nl = None
         self._executor.shutdown(wait=True)

@@ -9,12 +9,18 @@ ndb/transaction.py does the same).
 """
 from __future__ import annotations
 
+import errno
 import logging
+import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
+from datapath import rtnl
 from datapath.emulation import LinkEmulation
-from datapath.netlink import FqSizing, FqUnavailable, Netlink, VtepSpec, make_alias
+from datapath.netlink import (
+    MOA_TC_HANDLE, MOA_TC_PRIO, TC_INGRESS, FqSizing, FqUnavailable, Netlink, NotOurs, VtepSpec,
+    make_alias,
+)
 from datapath.pair import PAIR_TC_FILTER, PairMode, PairProgram
 
 log = logging.getLogger("datapath.ops")
@@ -49,7 +55,20 @@ class Env:
 
 
 class Operation:
-    """Base: subclasses are frozen dataclasses with apply/revert and a one-line description."""
+    """Base: subclasses are frozen dataclasses with apply/revert and a one-line description.
+
+    Bulk application: `run_plan` hands consecutive operations of one class that has `bulk`
+    set to `apply_bulk(ops, env)`, which applies what it can in a few round trips (pipelined
+    rtnetlink, datapath/rtnl.py) and returns the operations it did not complete, untouched or
+    in a state their own idempotent `apply` finishes; run_plan applies those one by one, so a
+    failure is still reported against the operation it belongs to.
+    """
+
+    bulk = False
+
+    @classmethod
+    def apply_bulk(cls, ops: Sequence["Operation"], env: Env) -> list["Operation"]:
+        return list(ops)
 
     def apply(self, env: Env) -> None:
         raise NotImplementedError
@@ -200,11 +219,57 @@ class CreateVtep(Operation):
     materialization: str
     link: str
 
+    bulk = True
+
+    @classmethod
+    def apply_bulk(cls, ops: Sequence[Operation], env: Env) -> list[Operation]:
+        """Create and mark, then bring up, all of them in two pipelined rounds. Each device's
+        RTM_NEWLINK and its marking RTM_SETLINK travel in the same send (the kernel runs a send's
+        messages back to back), so a crash never leaves a window of created devices without
+        moa's alias, which nobody could claim. The marking is by name, so a name already taken
+        (moa's from an earlier run, or someone else's) must not get one: such names, seen in a
+        dump just before, go to the checked single path; a device appearing under one of our
+        names in the microseconds between the dump and the send would be marked (and
+        reported as a failed creation)."""
+        nl = env.nl
+        ops_in: list[CreateVtep] = list(ops)  # type: ignore[arg-type]
+        taken = {rtnl.link_name(p) for p in nl.rtnl.dump_links()}
+        todo = [op for op in ops_in if op.spec.name not in taken]
+        underlay = {n: nl.require_ifindex(n) for n in {op.spec.underlay for op in todo}}
+        requests = []
+        for op in todo:
+            s = op.spec
+            requests.append(rtnl.new_vxlan(s.name, s.vni, s.local, s.remote, underlay[s.underlay],
+                                           s.port, s.mtu))
+            requests.append(rtnl.mark(s.name, make_alias(op.materialization, op.link)))
+        replies = nl.rtnl.run(requests)  # windows of an even size: a pair is never split
+        left: set[int] = set()
+        marked: list[CreateVtep] = []
+        unmarked: list[CreateVtep] = []
+        for k, op in enumerate(todo):
+            created, mark = replies[2 * k], replies[2 * k + 1]
+            if created.error:
+                left.add(id(op))
+            elif mark.error:
+                left.add(id(op))
+                unmarked.append(op)
+            else:
+                marked.append(op)
+        if unmarked:  # created here, not recognisable as moa's: removed, the single path retries
+            nl.rtnl.run([rtnl.delete_name(op.spec.name) for op in unmarked])
+        for op, r in zip(marked, nl.rtnl.run([rtnl.set_up(op.spec.name) for op in marked])):
+            if r.error:
+                left.add(id(op))
+        return [op for op in ops_in if id(op) in left or op.spec.name in taken]
+
     def apply(self, env: Env) -> None:
         env.nl.create_vtep(self.spec, make_alias(self.materialization, self.link), up=True)
 
     def revert(self, env: Env) -> None:
-        env.nl.delete_vtep(self.spec.name, make_alias(self.materialization, self.link))
+        try:
+            env.nl.delete_vtep(self.spec.name, make_alias(self.materialization, self.link))
+        except NotOurs:
+            pass  # someone else's device under this name: apply never touched it, nor do we
 
     def describe(self) -> str:
         s = self.spec
@@ -222,6 +287,13 @@ class DeleteVtep(Operation):
     materialization: str
     link: str
     master: str | None = None
+    index: int | None = None  # from the plan's dump (its alias checked there): the bulk path
+
+    bulk = True
+
+    @classmethod
+    def apply_bulk(cls, ops: Sequence[Operation], env: Env) -> list[Operation]:
+        return delete_devices_bulk(ops, env)
 
     def apply(self, env: Env) -> None:
         env.nl.delete_vtep(self.spec.name, make_alias(self.materialization, self.link))
@@ -246,7 +318,10 @@ class CreateBridge(Operation):
         env.nl.create_bridge(self.name, make_alias(self.materialization, self.link), self.mtu)
 
     def revert(self, env: Env) -> None:
-        env.nl.delete_bridge(self.name, make_alias(self.materialization, self.link))
+        try:
+            env.nl.delete_bridge(self.name, make_alias(self.materialization, self.link))
+        except NotOurs:
+            pass  # someone else's device under this name: apply never touched it, nor do we
 
     def describe(self) -> str:
         return f"create bridge {self.name} ({self.materialization}/{self.link})"
@@ -258,6 +333,13 @@ class DeleteBridge(Operation):
     materialization: str
     link: str
     mtu: int | None = None
+    index: int | None = None  # from the plan's dump: the bulk path
+
+    bulk = True
+
+    @classmethod
+    def apply_bulk(cls, ops: Sequence[Operation], env: Env) -> list[Operation]:
+        return delete_devices_bulk(ops, env)
 
     def apply(self, env: Env) -> None:
         env.nl.delete_bridge(self.name, make_alias(self.materialization, self.link))
@@ -273,6 +355,18 @@ class DeleteBridge(Operation):
 class AttachToBridge(Operation):
     vtep: str
     bridge: str
+
+    bulk = True
+
+    @classmethod
+    def apply_bulk(cls, ops: Sequence[Operation], env: Env) -> list[Operation]:
+        todo: list[AttachToBridge] = list(ops)  # type: ignore[arg-type]
+        masters = {b: env.nl.ifindex(b) for b in {op.bridge for op in todo}}
+        ready = [op for op in todo if masters[op.bridge] is not None]
+        replies = env.nl.rtnl.run([rtnl.set_master(op.vtep, masters[op.bridge])  # type: ignore[arg-type]
+                                   for op in ready])
+        done = {id(op) for op, r in zip(ready, replies) if not r.error}
+        return [op for op in todo if id(op) not in done]
 
     def apply(self, env: Env) -> None:
         env.nl.set_master(self.vtep, self.bridge)
@@ -311,6 +405,42 @@ class CreatePair(Operation):
     a: str
     b: str
 
+    bulk = True
+
+    @classmethod
+    def apply_bulk(cls, ops: Sequence[Operation], env: Env) -> list[Operation]:
+        """tc mode: look both VTEPs up, add clsact and the pair filter, all pipelined, then the
+        map entries. A filter already at moa's slot (EEXIST) is left to the checked path."""
+        todo: list[CreatePair] = list(ops)  # type: ignore[arg-type]
+        if env.pair is None or env.pair_mode is not PairMode.TC:
+            return todo
+        nl = env.nl
+        names = [n for op in todo for n in (op.a, op.b)]
+        found: dict[str, tuple[int, int | None]] = {}
+        for n, r in zip(names, nl.rtnl.run([rtnl.get_link(n) for n in names])):
+            if not r.error and r.payload is not None:
+                found[n] = rtnl.link_index_mtu(r.payload)
+        ready = [op for op in todo if op.a in found and op.b in found
+                 and found[op.a][1] is not None and found[op.b][1] is not None]
+        devs = [n for op in ready for n in (op.a, op.b)]
+        bad: set[str] = set()
+        for n, r in zip(devs, nl.rtnl.run([rtnl.add_clsact(found[n][0]) for n in devs])):
+            if r.error and r.error != errno.EEXIST:
+                bad.add(n)
+        devs = [n for n in devs if n not in bad]
+        replies = nl.rtnl.run([rtnl.add_bpf_filter(found[n][0], TC_INGRESS, MOA_TC_PRIO,
+                                                   MOA_TC_HANDLE, env.pair.tc.fd, PAIR_TC_FILTER)
+                               for n in devs])
+        bad |= {n for n, r in zip(devs, replies) if r.error}
+        done = set()
+        for op in ready:
+            if op.a in bad or op.b in bad:
+                continue
+            (ia, ma), (ib, mb) = found[op.a], found[op.b]
+            env.pair.connect(ia, ib, ma, mb)  # type: ignore[arg-type]
+            done.add(id(op))
+        return [op for op in todo if id(op) not in done]
+
     def _pair(self, env: Env) -> PairProgram:
         if env.pair is None:
             raise RuntimeError("pair program not loaded")
@@ -342,13 +472,22 @@ class CreatePair(Operation):
 
 @dataclass(frozen=True)
 class DeletePair(Operation):
+    """Unjoin two VTEPs. `devices_go`: the same plan deletes both devices, which takes their
+    programs with them, so only the map entries (`indexes`, from the plan's dump) are removed:
+    no per-device lookups and filter dumps for a teardown."""
+
     a: str
     b: str
     stale: tuple[int, ...] = ()  # map keys of ifindexes whose devices are gone
+    devices_go: bool = False
+    indexes: tuple[int, ...] = ()
 
     def apply(self, env: Env) -> None:
         if self.stale and env.pair is not None:
             env.pair.disconnect(*self.stale)
+        if self.devices_go and self.indexes and env.pair is not None:
+            env.pair.disconnect(*self.indexes)
+            return
         CreatePair(self.a, self.b).revert(env)
 
     def revert(self, env: Env) -> None:
@@ -356,6 +495,40 @@ class DeletePair(Operation):
 
     def describe(self) -> str:
         return f"delete pair {self.a} <-> {self.b}"
+
+
+# -- deleting many devices at once -------------------------------------------------------------------
+
+# Device groups moa uses for a moment to delete many devices with one RTM_DELLINK (a range
+# nothing else is expected to use; every member is checked before the delete anyway).
+MOA_GROUP_BASE = 0x6D6F0000
+
+
+def delete_devices_bulk(ops: Sequence[Operation], env: Env) -> list[Operation]:
+    """Delete the devices of `ops` (DeleteVtep / DeleteBridge with the index of the plan's dump)
+    in one unregister: put them in a fresh device group, check that the group holds exactly
+    them, delete the group. Deleting one device waits for an RCU grace period (~20 ms here);
+    a group waits once. Anything unexpected leaves the operations to the one-by-one path."""
+    nl = env.nl
+    todo = [op for op in ops if getattr(op, "index", None) is not None]
+    if len(todo) < 2:
+        return list(ops)
+    indexes = {op.index: op for op in todo}  # type: ignore[attr-defined]
+    groups = rtnl.link_groups(nl.rtnl.dump_links())
+    used = set(groups.values())
+    group = next(g for g in (MOA_GROUP_BASE | secrets.randbelow(0x10000) for _ in range(64))
+                 if g not in used)
+    present = [i for i in indexes if i in groups]
+    replies = nl.rtnl.run([rtnl.set_group(i, group) for i in present])
+    members = {i for i, r in zip(present, replies) if not r.error}
+    in_group = {i for i, g in rtnl.link_groups(nl.rtnl.dump_links()).items() if g == group}
+    if in_group != members or not members:
+        nl.rtnl.run([rtnl.set_group(i, 0) for i in members & in_group])
+        return list(ops)
+    if nl.rtnl.run([rtnl.delete_group(group)])[0].error:
+        nl.rtnl.run([rtnl.set_group(i, 0) for i in members])
+        return list(ops)
+    return [op for op in ops if getattr(op, "index", None) not in members]
 
 
 # -- running a plan -------------------------------------------------------------------------------
@@ -395,22 +568,57 @@ def run_plan(ops: Sequence[Operation], env: Env, before_apply: OpHook | None = N
     `before_apply(index, op)` is called before each operation (tests inject failures with it).
     """
     done: list[Operation] = []
-    for i, op in enumerate(ops):
-        try:
-            if before_apply is not None:
-                before_apply(i, op)
-            op.apply(env)
-        except Exception as e:
-            errors: list[tuple[Operation, BaseException]] = []
-            # The failed operation may have half-applied: its revert is idempotent, run it too.
-            for undo in [op, *reversed(done)]:
+
+    def fail(i: int, op: Operation, e: Exception) -> PlanError:
+        errors: list[tuple[Operation, BaseException]] = []
+        # The failed operation may have half-applied: its revert is idempotent, run it too.
+        for undo in [op, *reversed(done)]:
+            try:
+                undo.revert(env)
+            except Exception as re:  # keep going: revert as much as possible
+                log.error("rollback of %s failed: %s", undo.describe(), re)
+                errors.append((undo, re))
+        return PlanError(op, e, i, errors)
+
+    i = 0
+    while i < len(ops):
+        # The run of operations of one bulk class starting here (see Operation).
+        j = i + 1
+        if type(ops[i]).bulk:
+            while j < len(ops) and type(ops[j]) is type(ops[i]):
+                j += 1
+        group = list(range(i, j))
+        hook_error: tuple[int, Exception] | None = None
+        if before_apply is not None:
+            for k in group:
                 try:
-                    undo.revert(env)
-                except Exception as re:  # keep going: revert as much as possible
-                    log.error("rollback of %s failed: %s", undo.describe(), re)
-                    errors.append((undo, re))
-            raise PlanError(op, e, i, errors) from e
-        done.append(op)
+                    before_apply(k, ops[k])
+                except Exception as e:
+                    hook_error = (k, e)
+                    group = list(range(i, k))
+                    break
+        if len(group) > 1:
+            try:
+                left = {id(op) for op in type(ops[i]).apply_bulk([ops[k] for k in group], env)}
+            except Exception as e:  # the bulk path itself broke: everything one by one
+                log.warning("bulk %s failed (%s): one by one", type(ops[i]).__name__, e)
+                left = {id(ops[k]) for k in group}
+        else:
+            left = {id(ops[k]) for k in group}
+        applied = [ops[k] for k in group if id(ops[k]) not in left]
+        for k in group:
+            if id(ops[k]) in left:
+                try:
+                    ops[k].apply(env)
+                except Exception as e:
+                    done.extend(applied)
+                    raise fail(k, ops[k], e) from e
+                applied.append(ops[k])
+        done.extend(applied)
+        if hook_error is not None:
+            k, e = hook_error
+            raise fail(k, ops[k], e) from e
+        i = group[-1] + 1 if group else i + 1
     return PlanResult(applied=len(done), operations=list(done))
 
 

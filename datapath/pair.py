@@ -27,6 +27,8 @@ PEERS_MAP = "moa_pair_peers"
 DEVMAP = "pair_devmap"  # not pinned: see pair.h
 STATS_MAP = "moa_pair_stats"
 COUNTERS = ("xdp_redirect", "xdp_too_big", "tc_redirect", "miss")  # enum moa_pair_counter
+COUNTER_ENUM = "moa_pair_counter"
+PEER_STRUCT = "struct moa_pair_peer"
 
 
 class PairMode(str, enum.Enum):
@@ -41,12 +43,6 @@ class PairMode(str, enum.Enum):
     @property
     def uses_tc(self) -> bool:
         return self is not PairMode.XDP
-
-
-class PairPeer(ctypes.Structure):
-    """struct moa_pair_peer (pair.h)."""
-
-    _fields_ = [("peer_ifindex", ctypes.c_uint32), ("peer_mtu", ctypes.c_uint32)]
 
 
 @dataclass(frozen=True)
@@ -72,13 +68,20 @@ class PairProgram:
         self.peers: Map = self.obj.map(PEERS_MAP)
         self.devmap: Map = self.obj.map(DEVMAP)
         self.stats: Map = self.obj.map(STATS_MAP)
+        # abi.h's pair records, from the object's BTF (no hand-written copy to drift).
+        btf = self.obj.btf
+        self.Peer = btf.ctype(PEER_STRUCT)
+        self.counter_names = counter_names(btf.enum(COUNTER_ENUM))
+        if self.counter_names != COUNTERS:
+            raise RuntimeError(f"{path}: enum {COUNTER_ENUM} is {self.counter_names}, this "
+                               f"code knows {COUNTERS}")
 
     def connect(self, a: int, b: int, a_mtu: int, b_mtu: int) -> None:
         """Entries for both directions; DEVMAP first so XDP never finds a peer without it."""
         self.devmap.update(a, b)
         self.devmap.update(b, a)
-        self.peers.update(a, PairPeer(b, b_mtu))
-        self.peers.update(b, PairPeer(a, a_mtu))
+        self.peers.update(a, self.Peer(peer_ifindex=b, peer_mtu=b_mtu))
+        self.peers.update(b, self.Peer(peer_ifindex=a, peer_mtu=a_mtu))
 
     def disconnect(self, *ifindexes: int) -> None:
         for i in ifindexes:
@@ -87,13 +90,23 @@ class PairProgram:
 
     def entries(self) -> dict[int, PeerEntry]:
         out = {}
-        for k, v in self.peers.items(key_type=ctypes.c_uint32, value_type=PairPeer):
+        for k, v in self.peers.items(key_type=ctypes.c_uint32, value_type=self.Peer):
             out[k.value] = PeerEntry(k.value, v.peer_ifindex, v.peer_mtu)
         return out
 
     def counters(self) -> dict[str, int]:
         return {name: sum(int.from_bytes(v, "little") for v in self.stats.lookup(i))
-                for i, name in enumerate(COUNTERS)}
+                for i, name in enumerate(self.counter_names)}
 
     def close(self) -> None:
         self.obj.close()
+
+
+def counter_names(values: dict[str, int]) -> tuple[str, ...]:
+    """The counters of `enum moa_pair_counter` by index, lower case without the prefix."""
+    named = {v: k.removeprefix("MOA_PAIR_").lower() for k, v in values.items()
+             if not k.startswith("MOA_PAIR_NR_")}
+    nr = values.get("MOA_PAIR_NR_COUNTERS", len(named))
+    if sorted(named) != list(range(nr)):
+        raise RuntimeError(f"enum moa_pair_counter is not 0..{nr - 1}: {values}")
+    return tuple(named[i] for i in range(nr))

@@ -207,7 +207,11 @@ def plan(m: schemas.Materialize, current: Current, cfg: PlanConfig,
         stale = tuple(i for i, d in ((idx, a), (entry.peer_ifindex, b)) if d is None)
         an = a.name if a is not None else (b.name if b is not None else "")
         bn = b.name if b is not None else an
-        teardown.append(DeletePair(an, bn, stale))
+        present = tuple(i for i, d in ((idx, a), (entry.peer_ifindex, b)) if d is not None)
+        # Both VTEPs go in this plan (not kept): their deletion takes the programs with them.
+        going = bool(present) and all(d is None or d.name not in keep for d in (a, b))
+        teardown.append(DeletePair(an, bn, stale, devices_go=going,
+                                   indexes=present if going else ()))
 
     # 2. VTEPs not wanted or changed (deleting one also takes it off its bridge).
     for name, dev in sorted(have.items()):
@@ -217,16 +221,16 @@ def plan(m: schemas.Materialize, current: Current, cfg: PlanConfig,
         if name not in keep:
             underlay = cfg.uplink
             teardown.append(DeleteVtep(_spec_of(dev, cfg, underlay), mid, dev.link,
-                                       master.name if master is not None else None))
+                                       master.name if master is not None else None, dev.index))
         elif master is not None and want.masters.get(name) != master.name:
             teardown.append(DetachFromBridge(name, master.name))
 
     # 3. bridges not wanted.
     for name, dev in sorted(have.items()):
         if dev.kind == "bridge" and name not in want.bridges:
-            teardown.append(DeleteBridge(name, mid, dev.link, dev.mtu))
+            teardown.append(DeleteBridge(name, mid, dev.link, dev.mtu, dev.index))
         elif dev.kind == "bridge" and want.bridges.get(name) != dev.link:
-            teardown.append(DeleteBridge(name, mid, dev.link, dev.mtu))
+            teardown.append(DeleteBridge(name, mid, dev.link, dev.mtu, dev.index))
 
     # 4. parameters of VNIs this materialization no longer has.
     mine = {d.vni for d in have.values() if d.kind == "vxlan" and d.vni is not None}

@@ -101,7 +101,8 @@ struct moa_link_counters {
 	__u64 bytes;		/* passed, inner frame bytes as charged, without L1 overhead */
 	__u64 drops[MOA_NR_DROP_REASONS];
 	__u64 events_suppressed;	/* drops not reported as events: over budget */
-	__u64 reserved[2];
+	__u64 handover;		/* egress: packets that arrived carrying an ingress-stage handover */
+	__u64 reserved[1];
 };
 
 /* Per-CPU global counters (moa_global, one entry). */
@@ -110,7 +111,9 @@ struct moa_global_counters {
 	__u64 unknown_vni;	/* VXLAN frames whose VNI no link owns: passed untouched */
 	__u64 ringbuf_fail;	/* drop events lost: ring buffer reservation failed */
 	__u64 handover;		/* egress frames that carried an ingress-stage handover mark */
-	__u64 reserved[4];
+	__u64 events_suppressed;	/* sum of every link's events_suppressed; unlike theirs it
+					 * outlives deleted links, so it only ever grows */
+	__u64 reserved[3];
 };
 
 #define MOA_DROP_EVENT_VERSION 1
@@ -125,6 +128,25 @@ struct moa_drop_event {
 	__u64 time_ns;		/* bpf_ktime_get_ns() at the drop */
 	__u32 len;		/* inner bytes of the dropped packet (all GSO segments) */
 	__u32 segs;		/* frames in it (GSO segments) */
+};
+
+/*
+ * The point-to-point redirect pair (pair_redirect.bpf.c, datapath/pair.py).
+ */
+
+/* Value of moa_pair_peers (key: the ingress VTEP's ifindex): where its frames go. */
+struct moa_pair_peer {
+	__u32 peer_ifindex;	/* the other VTEP of the link, same network namespace */
+	__u32 peer_mtu;		/* its MTU: larger frames cannot be redirected by generic XDP */
+};
+
+/* Index of the per-CPU __u64 counters of moa_pair_stats. */
+enum moa_pair_counter {
+	MOA_PAIR_XDP_REDIRECT = 0,	/* XDP redirected through the DEVMAP */
+	MOA_PAIR_XDP_TOO_BIG = 1,	/* XDP passed to tc: larger than the peer's MTU (GRO/GSO) */
+	MOA_PAIR_TC_REDIRECT = 2,	/* tc ingress bpf_redirect to the peer */
+	MOA_PAIR_MISS = 3,		/* no peer for this ifindex: passed to the stack */
+	MOA_PAIR_NR_COUNTERS = 4,
 };
 
 #endif /* MOA_ABI_H */

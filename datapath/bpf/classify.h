@@ -81,6 +81,7 @@ static __always_inline int moa_classify(struct __sk_buff *skb, const enum moa_st
 	if (stage == MOA_STAGE_EGRESS) {
 		handover = moa_handover_take(skb);
 		if (handover) {
+			cnt->handover++;
 			g = moa_global_counters();
 			if (g)
 				g->handover++;
@@ -112,7 +113,7 @@ static __always_inline int moa_classify(struct __sk_buff *skb, const enum moa_st
 		if (s.emit)
 			moa_emit_drop(pkt.vni, stage, s.reason, s.now, c.bytes, c.segs);
 		else
-			cnt->events_suppressed++;
+			moa_count_suppressed(cnt);
 		return TC_ACT_SHOT;
 	}
 

@@ -19,6 +19,17 @@
  * comparisons: the random numbers, the serialisation time (a division) and bpf_ktime_get_ns()
  * are computed before the lock is taken, since no helper may be called while it is held.
  * Tested: tests/test_classifier_edt.py::test_two_cpus_one_link (no lost update).
+ *
+ * Cost (docs/benchmarks.md): a hit with capacity is baseline + ~120 ns against a target of +40;
+ * the lock and unlock are ~50 ns of it, bpf_ktime_get_ns ~33 ns, parse + lookup + counters ~33.
+ * A lock-free timeline (t_last advanced by a bounded cmpxchg loop, needs -mcpu=v3; the queue
+ * decision made against the t_last the cmpxchg validates; the lock kept for Gilbert-Elliott,
+ * the jitter/handover ordering clamp on t_depart and the event budget) could save at most the
+ * lock's ~50 ns on the plain capacity path and still leaves the clock read over the target.
+ * Decision for now: the lock stays until such a variant is built and shown, with `moa bench
+ * datapath` in the same run conditions, to be faster and to pass the two-CPU, spacing and
+ * queue tests; a departure that ignores t_depart would let a latency lowered at run time or a
+ * varying handover reorder a link's packets, so that clamp must stay exact in any variant.
  */
 #ifndef MOA_EDT_H
 #define MOA_EDT_H

@@ -39,4 +39,15 @@ static __always_inline void moa_emit_drop(__u32 vni, __u8 stage, __u8 reason, __
 	bpf_ringbuf_submit(ev, 0);
 }
 
+/* A drop over its link stage's budget: counted per link and globally (the global total is what
+ * telemetry reports as `suppressed`; a link's own count goes with the link when it is deleted). */
+static __always_inline void moa_count_suppressed(struct moa_link_counters *cnt)
+{
+	struct moa_global_counters *g = moa_global_counters();
+
+	cnt->events_suppressed++;
+	if (g)
+		g->events_suppressed++;
+}
+
 #endif /* MOA_EVENTS_H */

@@ -6,31 +6,17 @@
  * is sent out of the other, link-local frames (LLDP, LACP, STP) included, which a bridge would
  * consume. Keyed by the ingress VTEP's ifindex; one set of maps serves every pair in the box.
  *
- * TODO(abi.h owner): struct moa_pair_peer and enum moa_pair_counter cross the kernel/user
- * boundary and belong in abi.h; they live here until the pair is merged into it.
+ * The records that cross the kernel/user boundary (struct moa_pair_peer, enum
+ * moa_pair_counter) live in abi.h; datapath/pair.py reads them from this object's BTF.
  */
 #ifndef MOA_PAIR_H
 #define MOA_PAIR_H
 
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
+#include "abi.h"
 
 #define MOA_PAIR_DEFAULT_VTEPS 65536
-
-/* Value of moa_pair_peers: where frames received on the key's VTEP go. */
-struct moa_pair_peer {
-	__u32 peer_ifindex;	/* the other VTEP of the link, same network namespace */
-	__u32 peer_mtu;		/* its MTU: larger frames cannot be redirected by generic XDP */
-};
-
-/* Index of the per-CPU counters of moa_pair_stats. */
-enum moa_pair_counter {
-	MOA_PAIR_XDP_REDIRECT = 0,	/* XDP redirected through the DEVMAP */
-	MOA_PAIR_XDP_TOO_BIG = 1,	/* XDP passed to tc: larger than the peer's MTU (GRO/GSO) */
-	MOA_PAIR_TC_REDIRECT = 2,	/* tc ingress bpf_redirect to the peer */
-	MOA_PAIR_MISS = 3,		/* no peer for this ifindex: passed to the stack */
-	MOA_PAIR_NR_COUNTERS = 4,
-};
 
 /* ifindex -> peer. Read by both programs; written by userspace only. */
 struct {

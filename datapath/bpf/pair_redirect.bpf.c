@@ -60,3 +60,7 @@ int moa_pair_tc(struct __sk_buff *skb)
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Keeps enum moa_pair_counter in the object's BTF (datapath/pair.py reads the counter names
+ * from it); read-only and never referenced. */
+const volatile enum moa_pair_counter moa_abi_pair_counter;
