@@ -11,6 +11,9 @@ NESTED = True  # add_arguments takes the argv after "bench" to pick its own subc
 # benchmark -> (module with `add_arguments(parser)` and `run(args) -> int`, help)
 BENCHES: dict[str, tuple[str, str]] = {
     "datapath": ("datapath.bench", "ns per packet through BPF_PROG_TEST_RUN"),
+    "e2e": ("moa_bus.vm.e2e", "end-to-end fidelity in a qemu VM with sch_fq, against tc-netem"),
+    "control": ("moa_bus.bench_control", "materialize/update time, memory, pair vs bridge "
+                "throughput, request round trip, drop events to NATS"),
 }
 
 

@@ -1,0 +1,559 @@
+"""`moa bench control`: the control plane's figures, measured on this machine in one run.
+
+A throw-away testbed in network namespaces (an underlay bridge, the box with uplink `up0`, three
+"hypervisors" holding the far ends of the VXLAN links), a nats-server on a free loopback port, and
+`moa serve` as its own process with the real KernelDatapath (loss-only on a kernel without
+sch_fq). Then, each figure independently (one that cannot be measured is reported as null with
+the reason in `notes`):
+
+- request/reply round trip, sequential, `--requests` each: status (a box holding one link) and an
+  unchanged materialize of that link; p50/p99 per kind and over both (rtt_p50_us, rtt_p99_us);
+- materialize `--p2p` point-to-point links and `--lans` LANs of `--lan-size` in one Materialize
+  through NATS (materialize_s; the operation count comes from a dry run first: ops_per_s);
+- a parameter-only update of every link of it through NATS, by tag (update_links, update_s), and
+  10,000 links' parameters rewritten the way Datapath.update writes them, in a classifier of its
+  own (map_update_10k_s: no netlink, no NATS);
+- the service's resident memory with all that applied (rss_mib), the pinned BPF maps' memory
+  (bpf_map_bytes), the worst-case sch_fq memory the links imply, as `moa status` reports it;
+- TCP throughput through a point-to-point link (the redirect pair) and through a 3-member LAN
+  (the bridge), iperf3 between two hypervisors, offloads on (pair_gbps, bridge_gbps);
+- drop events from the BPF ring buffer to NATS: a classifier of its own in this process, a
+  loss-1 link driven with BPF_PROG_TEST_RUN, events read in asyncio and published by the bus's
+  Telemetry in batches, counted by a subscriber; every drop the counters saw must arrive, be
+  counted as suppressed, or as a failed ring buffer reservation (drop_events_per_s,
+  drop_events_lost must be 0).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import schemas
+from moa_bus.natsserver import NatsServer, free_port
+from moa_bus.service import DRY_RUN_HEADER
+from moa_bus.subjects import Subjects
+
+UNDERLAY = "10.203.0"
+BOX_ADDR = f"{UNDERLAY}.1"
+UPLINK = "up0"
+P2P_FIRST_VNI = 10_000
+LAN_FIRST_VNI = 40_000
+RTT_VNIS = (90_001, 90_002)
+PAIR_VNIS = (91_001, 91_002)
+LAN_VNIS = (92_001, 92_002, 92_003)
+DROP_VNI = 93_000
+MAP_UPDATE_LINKS = 10_000
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--p2p", type=int, default=1000, help="point-to-point links (1000)")
+    parser.add_argument("--lans", type=int, default=50, help="LANs (50)")
+    parser.add_argument("--lan-size", type=int, default=8, help="members per LAN (8)")
+    parser.add_argument("--requests", type=int, default=2000,
+                        help="round trips per kind of request (>= 2000)")
+    parser.add_argument("--drop-events", type=int, default=200_000,
+                        help="drop events pushed through the ring buffer (200000)")
+    parser.add_argument("--iperf-seconds", type=float, default=5.0, help="per iperf3 run (5)")
+
+
+# ---------------------------------------------------------------------------- the testbed
+
+def _sh(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({r.returncode}): {r.stderr.strip()}")
+    return r
+
+
+@dataclass
+class Testbed:
+    """underlay bridge <- veths -> the box (up0) and hypervisors h1..h3 (eth0)."""
+    tag: str = field(default_factory=lambda: f"mbc{os.getpid() % 100000}{secrets.token_hex(2)}")
+    namespaces: list[str] = field(default_factory=list)
+
+    @property
+    def box(self) -> str:
+        return f"{self.tag}m"
+
+    def hv(self, i: int) -> str:
+        return f"{self.tag}h{i}"
+
+    @staticmethod
+    def hv_addr(i: int) -> str:
+        return f"{UNDERLAY}.{10 + i}"
+
+    @property
+    def pin_root(self) -> str:
+        return f"/sys/fs/bpf/{self.tag}"
+
+    def _ns(self, name: str) -> None:
+        _sh("ip", "netns", "add", name)
+        self.namespaces.append(name)
+        _sh("ip", "-n", name, "link", "set", "lo", "up")
+
+    def _wire(self, ns: str, inner: str, outer: str, addr: str) -> None:
+        u = f"{self.tag}u"
+        _sh("ip", "-n", u, "link", "add", outer, "type", "veth", "peer", "name", inner, "netns", ns)
+        _sh("ip", "-n", u, "link", "set", outer, "master", "ubr0", "up")
+        _sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", inner)
+        _sh("ip", "-n", ns, "link", "set", inner, "up")
+
+    def build(self) -> "Testbed":
+        try:
+            u = f"{self.tag}u"
+            self._ns(u)
+            _sh("ip", "-n", u, "link", "add", "ubr0", "type", "bridge")
+            _sh("ip", "-n", u, "link", "set", "ubr0", "up")
+            self._ns(self.box)
+            self._wire(self.box, UPLINK, "ubox", BOX_ADDR)
+            for i in (1, 2, 3):
+                self._ns(self.hv(i))
+                self._wire(self.hv(i), "eth0", f"uhv{i}", self.hv_addr(i))
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def endpoint(self, i: int, vni: int, addr: str) -> None:
+        """The far end of a link: a VXLAN device in hypervisor i towards the box, inner addr."""
+        hv, dev = self.hv(i), f"vx{vni}"
+        _sh("ip", "-n", hv, "link", "add", dev, "type", "vxlan", "id", str(vni), "local",
+            self.hv_addr(i), "remote", BOX_ADDR, "dstport", "4789", "dev", "eth0", "nolearning")
+        _sh("ip", "-n", hv, "addr", "add", addr, "dev", dev)
+        _sh("ip", "-n", hv, "link", "set", dev, "up")
+
+    def exec(self, ns: str, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+        # nsenter --net only: `ip netns exec` remounts /sys and would hide /sys/fs/bpf
+        return _sh("nsenter", f"--net=/var/run/netns/{ns}", *args, **kw)
+
+    def cleanup(self) -> None:
+        for ns in reversed(self.namespaces):
+            _sh("ip", "netns", "del", ns, check=False)
+        self.namespaces.clear()
+        shutil.rmtree(self.pin_root, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- documents
+
+def _link(lid: str, vnis: list[int], remotes: list[str], emulation: dict) -> dict:
+    return {"id": lid, "tags": ["bench"], "emulation": emulation,
+            "endpoints": [{"vni": v, "remote": r} for v, r in zip(vnis, remotes)]}
+
+
+def big_materialize(bed: Testbed, p2p: int, lans: int, lan_size: int) -> dict:
+    emu = {"loss": 0.001}
+    links = [_link(f"p{i}", [P2P_FIRST_VNI + 2 * i, P2P_FIRST_VNI + 2 * i + 1],
+                   [bed.hv_addr(1), bed.hv_addr(2)], emu) for i in range(p2p)]
+    for k in range(lans):
+        vnis = [LAN_FIRST_VNI + lan_size * k + j for j in range(lan_size)]
+        links.append(_link(f"lan{k}", vnis, [bed.hv_addr(1 + j % 3) for j in range(lan_size)], emu))
+    return {"id": "bench", "links": links}
+
+
+def _pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def _links_map(pin_root: str) -> dict[bytes, bytes]:
+    from datapath.libbpf import Map
+
+    with Map.from_pin(os.path.join(pin_root, "moa_links")) as m:
+        return {bytes(k): bytes(v) for k, v in m.items()}
+
+
+def _bpf_map_bytes(pin_root: str) -> int:
+    total = 0
+    for name in sorted(os.listdir(pin_root)):
+        r = _sh("bpftool", "-j", "map", "show", "pinned", os.path.join(pin_root, name), check=False)
+        if r.returncode == 0:
+            total += int(json.loads(r.stdout).get("bytes_memlock", 0))
+    return total
+
+
+# ---------------------------------------------------------------------------- the measurements
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.out: dict[str, Any] = {
+            "p2p_links": args.p2p, "lans": args.lans, "lan_size": args.lan_size,
+            "materialize_s": None, "operations": None, "ops_per_s": None,
+            "update_links": None, "update_s": None, "map_update_10k_s": None,
+            "rss_mib": None, "bpf_map_bytes": None, "fq_memory_bytes": None,
+            "pair_gbps": None, "bridge_gbps": None,
+            "rtt_p50_us": None, "rtt_p99_us": None, "requests": args.requests,
+            "drop_events_per_s": None, "drop_events": None, "drop_events_lost": None,
+            "notes": [],
+        }
+        self.host = f"bench{os.getpid()}"
+        self.subjects = Subjects(self.host)
+
+    def note(self, what: str, e: BaseException) -> None:
+        self.out["notes"].append(f"{what}: {type(e).__name__}: {e}")
+
+    async def run(self) -> dict[str, Any]:
+        import nats
+
+        bed = Testbed().build()
+        tmp = Path(tempfile.mkdtemp(prefix="moa-bench-"))
+        server = NatsServer(port=free_port(), state_dir=tmp / "nats")
+        serve: subprocess.Popen[bytes] | None = None
+        nc = None
+        try:
+            await asyncio.to_thread(server.start)
+            serve = self._start_serve(bed, server.url, tmp / "serve.log")
+            nc = await nats.connect(server.url, connect_timeout=5, max_reconnect_attempts=1,
+                                    pending_size=256 << 20)
+            await self._wait_ready(nc, serve, tmp / "serve.log")
+            self.out["loss_only"] = "loss-only" in (tmp / "serve.log").read_text(errors="replace")
+            for what, step in (("round trips", self._rtt), ("materialize", self._materialize),
+                               ("update", self._update), ("memory", self._memory),
+                               ("throughput", self._throughput)):
+                try:
+                    await step(nc, bed, serve)
+                except Exception as e:
+                    self.note(what, e)
+            for what, sync_step in (("map updates", self._map_updates),):
+                try:
+                    await asyncio.to_thread(sync_step)
+                except Exception as e:
+                    self.note(what, e)
+            try:
+                await self._drop_events(server.url)
+            except Exception as e:
+                self.note("drop events", e)
+        finally:
+            if nc is not None:
+                await nc.close()
+            if serve is not None and serve.poll() is None:
+                serve.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.to_thread(serve.wait, 30)
+                except subprocess.TimeoutExpired:
+                    serve.kill()
+                    serve.wait()
+            await asyncio.to_thread(server.stop)
+            bed.cleanup()
+            shutil.rmtree(tmp, ignore_errors=True)
+        return self.out
+
+    def _start_serve(self, bed: Testbed, url: str, log: Path) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "MOA_NATS_URL": "", "MOA_UPLINK": "", "MOA_HOST": ""}
+        cmd = [sys.executable, "-m", "moa_bus.cli", "serve", "--nats", url, "--host", self.host,
+               "--uplink", UPLINK, "--local", BOX_ADDR, "--netns", bed.box,
+               "--pin-root", bed.pin_root, "--allow-loss-only"]
+        with open(log, "wb") as f:
+            return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
+                                    env=env, cwd=str(Path(__file__).resolve().parents[1]))
+
+    async def _wait_ready(self, nc, serve: subprocess.Popen[bytes], log: Path) -> None:
+        import nats.errors
+
+        for _ in range(600):
+            if serve.poll() is not None:
+                raise RuntimeError(f"moa serve exited: {log.read_text(errors='replace')[-2000:]}")
+            try:
+                await nc.request(self.subjects.op("status"), b"{}", timeout=1)
+                return
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                await asyncio.sleep(0.1)
+        raise RuntimeError("moa serve not ready within 60 s")
+
+    async def _request(self, nc, op: str, doc: object, timeout: float = 600,
+                       headers: dict[str, str] | None = None) -> dict:
+        data = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+        reply = json.loads((await nc.request(self.subjects.op(op), data, timeout=timeout,
+                                             headers=headers)).data)
+        if isinstance(reply, dict) and reply.get("ok") is False:
+            raise RuntimeError(f"{op} refused: {reply.get('error')}")
+        return reply
+
+    async def _rtt(self, nc, bed: Testbed, serve) -> None:
+        doc = json.dumps({"id": "rtt", "links": [_link("r", list(RTT_VNIS),
+                                                       [bed.hv_addr(1), bed.hv_addr(2)], {})]}).encode()
+        await self._request(nc, "materialize", doc)
+        everything: list[float] = []
+        for kind, op, data in (("status", "status", b"{}"), ("materialize_unchanged", "materialize", doc)):
+            for _ in range(50):  # warm-up
+                await nc.request(self.subjects.op(op), data, timeout=30)
+            times = []
+            for _ in range(self.args.requests):
+                t0 = time.perf_counter_ns()
+                msg = await nc.request(self.subjects.op(op), data, timeout=30)
+                times.append((time.perf_counter_ns() - t0) / 1000)
+                if b'"ok":false' in msg.data:
+                    raise RuntimeError(f"{op} refused: {msg.data[:200]!r}")
+            self.out[f"rtt_{kind}_p50_us"] = round(_pct(times, 0.5), 1)
+            self.out[f"rtt_{kind}_p99_us"] = round(_pct(times, 0.99), 1)
+            everything += times
+        self.out["rtt_p50_us"] = round(_pct(everything, 0.5), 1)
+        self.out["rtt_p99_us"] = round(_pct(everything, 0.99), 1)
+
+    async def _materialize(self, nc, bed: Testbed, serve) -> None:
+        doc = big_materialize(bed, self.args.p2p, self.args.lans, self.args.lan_size)
+        data = json.dumps(doc).encode()
+        plan = await self._request(nc, "materialize", data, headers={DRY_RUN_HEADER: "1"})
+        self.out["operations"] = len(plan["operations"])
+        t0 = time.perf_counter()
+        ack = await self._request(nc, "materialize", data)
+        self.out["materialize_s"] = round(time.perf_counter() - t0, 3)
+        self.out["vteps"] = sum(len(link["endpoints"]) for link in doc["links"])
+        self.out["ops_per_s"] = round(self.out["operations"] / self.out["materialize_s"])
+        self.out["materialize_elapsed_ms"] = ack.get("elapsed_ms")
+        # Proof that it reached the kernel: moa's devices (VTEPs and bridges) in the box.
+        links = json.loads(_sh("ip", "-n", bed.box, "-j", "link", "show").stdout)
+        self.out["moa_devices"] = sum(1 for d in links if d.get("ifalias", "").startswith("moa:"))
+
+    async def _update(self, nc, bed: Testbed, serve) -> None:
+        if self.out["materialize_s"] is None:
+            raise RuntimeError("nothing materialized to update")
+        doc = {"id": "bench", "links": [{"tag": "bench", "emulation": {"loss": 0.002}}]}
+        before = await asyncio.to_thread(_links_map, bed.pin_root)
+        t0 = time.perf_counter()
+        await self._request(nc, "update", doc)
+        self.out["update_s"] = round(time.perf_counter() - t0, 3)
+        self.out["update_links"] = self.args.p2p + self.args.lans
+        # Proof that it reached the kernel: every VNI of the materialization has new parameters.
+        after = await asyncio.to_thread(_links_map, bed.pin_root)
+        self.out["update_vnis_changed"] = sum(1 for k, v in after.items() if before.get(k) != v)
+
+    async def _memory(self, nc, bed: Testbed, serve) -> None:
+        self.out["rss_mib"] = _rss_mib(serve.pid)
+        self.out["bpf_map_bytes"] = await asyncio.to_thread(_bpf_map_bytes, bed.pin_root)
+        st = await self._request(nc, "status", b"{}")
+        self.out["fq_memory_bytes"] = st.get("fq_memory_bytes")
+
+    async def _throughput(self, nc, bed: Testbed, serve) -> None:
+        doc = {"id": "tput", "links": [
+            _link("pair", list(PAIR_VNIS), [bed.hv_addr(1), bed.hv_addr(2)], {}),
+            _link("lan", list(LAN_VNIS), [bed.hv_addr(i) for i in (1, 2, 3)], {})]}
+        await self._request(nc, "materialize", doc)
+        bed.endpoint(1, PAIR_VNIS[0], "192.168.31.1/24")
+        bed.endpoint(2, PAIR_VNIS[1], "192.168.31.2/24")
+        for i, vni in enumerate(LAN_VNIS, start=1):
+            bed.endpoint(i, vni, f"192.168.32.{i}/24")
+        self.out["pair_gbps"] = await asyncio.to_thread(self._iperf, bed, "192.168.31")
+        self.out["bridge_gbps"] = await asyncio.to_thread(self._iperf, bed, "192.168.32")
+
+    def _iperf(self, bed: Testbed, net: str) -> float:
+        bed.exec(bed.hv(1), "ping", "-c", "2", "-i", "0.2", "-W", "2", f"{net}.2")  # ARP, or fail
+        port = free_port()
+        srv = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{bed.hv(2)}", "iperf3", "-s",
+                                "-1", "-B", f"{net}.2", "-p", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(50):
+                time.sleep(0.1)
+                r = bed.exec(bed.hv(1), "iperf3", "-c", f"{net}.2", "-p", str(port), "-B",
+                             f"{net}.1", "-t", str(self.args.iperf_seconds), "-J", check=False,
+                             timeout=self.args.iperf_seconds + 60)
+                if r.returncode == 0:
+                    bps = json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"]
+                    return round(bps / 1e9, 2)
+                if "Connection refused" not in r.stdout + r.stderr:
+                    raise RuntimeError(f"iperf3: {r.stdout[-300:]} {r.stderr[-300:]}")
+            raise RuntimeError("iperf3 server did not come up")
+        finally:
+            srv.kill()
+            srv.wait()
+
+    def _map_updates(self) -> None:
+        """10,000 links' parameters rewritten in a classifier's map, the way Datapath.update
+        writes them (Classifier.update_links: one batch), without netlink or NATS."""
+        from datapath.classifier import Classifier, ClassifierConfig
+        from datapath.emulation import LinkEmulation
+
+        vnis = range(1, MAP_UPDATE_LINKS + 1)
+        with Classifier.load(ClassifierConfig(max_links=16_384)) as clf:
+            old, new = LinkEmulation(loss=0.001), LinkEmulation(loss=0.002)
+            for vni in vnis:
+                clf.set_link(vni, egress=old)
+            t0 = time.perf_counter()
+            batch = getattr(clf, "update_links", None)
+            if batch is not None:
+                batch({vni: (new, None) for vni in vnis})
+            else:  # an older classifier: one map update per link
+                for vni in vnis:
+                    clf.set_link(vni, egress=new)
+            self.out["map_update_10k_s"] = round(time.perf_counter() - t0, 4)
+            if any(bytes(clf.link(v).stage[0]) != bytes(new.to_params(clf.abi)) for v in vnis):
+                raise RuntimeError("not every link has the new parameters")
+
+    async def _drop_events(self, url: str) -> None:
+        import nats
+
+        from datapath.classifier import Classifier, ClassifierConfig
+        from datapath.emulation import LinkEmulation
+        from moa_bus.telemetry import Telemetry
+
+        total = self.args.drop_events
+        clf = Classifier.load(ClassifierConfig(max_links=16, event_budget=(1 << 32) - 1,
+                                               ringbuf_bytes=4 << 20))
+        pub = await nats.connect(url, pending_size=256 << 20)
+        sub_nc = await nats.connect(url, pending_size=256 << 20)
+        source = RingBufferDrops(clf)
+        telemetry = Telemetry(pub, source, Subjects(self.host), stats_interval=3600,
+                              drop_interval=0.02)
+        arrived = 0
+        batches = 0
+        done = asyncio.Event()
+        expected: list[int] = []
+
+        async def on_batch(msg) -> None:
+            nonlocal arrived, batches
+            batch = schemas.decode(schemas.DropBatch, msg.data)
+            arrived += len(batch.events)
+            batches += 1
+            if expected and arrived >= expected[0]:
+                done.set()
+        try:
+            await sub_nc.subscribe(self.subjects.drops, cb=on_batch, pending_msgs_limit=-1,
+                                   pending_bytes_limit=-1)
+            await sub_nc.flush()
+            clf.set_link(DROP_VNI, egress=LinkEmulation(loss=1.0))
+            frame, ctx = _vxlan_frame(DROP_VNI), clf.abi.SkBuff()
+            telemetry.start()
+            chunk = 4096  # well under the ring buffer (4 MiB / 32 B per record)
+            t0 = time.perf_counter()
+            sent = 0
+            while sent < total:
+                n = min(chunk, total - sent)
+                await asyncio.to_thread(clf.egress_program.test_run, frame, ctx, n)
+                sent += n
+                await asyncio.sleep(0)  # let the reader and the publisher run
+            c = clf.link_counters(DROP_VNI)["egress"]
+            failed = clf.global_counters().get("ringbuf_fail", 0)
+            expected.append(c.drops["loss"] - c.events_suppressed - failed)
+            if arrived < expected[0]:
+                await asyncio.wait_for(done.wait(), 60)
+            elapsed = time.perf_counter() - t0
+            self.out["drop_events"] = arrived
+            self.out["drop_events_per_s"] = round(arrived / elapsed)
+            self.out["drop_batches"] = batches
+            self.out["drop_events_suppressed"] = c.events_suppressed
+            self.out["drop_events_ringbuf_fail"] = failed
+            self.out["drop_events_lost"] = c.drops["loss"] - arrived - c.events_suppressed - failed
+            if c.drops["loss"] != total:
+                self.out["notes"].append(f"drop events: {total} packets run, {c.drops['loss']} "
+                                         "counted as loss drops")
+        finally:
+            await telemetry.stop()
+            source.close()
+            await pub.close()
+            await sub_nc.close()
+            clf.close()
+
+
+class RingBufferDrops:
+    """What the bus's Telemetry needs from a datapath for drop events, over a Classifier's ring
+    buffer: drop_events(callback) (read in the event loop), drop_event_losses(), link_stats().
+    KernelDatapath has no drop-event reader yet; this is the same wiring, for the benchmark."""
+
+    def __init__(self, clf: Any) -> None:
+        self.clf = clf
+        self.reader: Any = None
+        self._reasons = {r.value: r.name.lower() for r in clf.abi.DropReason}
+        self._stages = {s.value: s.name.lower() for s in clf.abi.Stage}
+
+    def drop_events(self, callback) -> None:
+        def on_event(ev: Any) -> None:
+            callback(schemas.DropEvent(time_ns=ev.time_ns, vni=ev.vni,
+                                       reason=self._reasons[ev.reason],
+                                       stage=self._stages[ev.stage], len=ev.len, segs=ev.segs))
+        self.reader = self.clf.drop_event_reader(on_event)
+        self.reader.attach()
+
+    def drop_event_losses(self) -> tuple[int, int]:
+        suppressed = sum(c.events_suppressed for vni in self.clf.vnis()
+                         for c in self.clf.link_counters(vni).values())
+        return suppressed, self.clf.global_counters().get("ringbuf_fail", 0)
+
+    async def link_stats(self) -> list[schemas.LinkStats]:
+        return []
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.detach()
+            self.reader.close()
+            self.reader = None
+
+
+def _vxlan_frame(vni: int) -> bytes:
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.layers.vxlan import VXLAN
+    from scapy.packet import Raw
+
+    inner = (Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") /
+             IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=40000, dport=5201) / Raw(b"x" * 100))
+    return bytes(Ether(src="02:aa:00:00:00:01", dst="02:aa:00:00:00:02") /
+                 IP(src="192.0.2.1", dst="192.0.2.2") / UDP(sport=50000, dport=4789) /
+                 VXLAN(flags=0x08, vni=vni) / inner)
+
+
+# ---------------------------------------------------------------------------- the command
+
+def run(args: argparse.Namespace) -> int:
+    if args.requests < 2000:
+        raise SystemExit("moa bench control: --requests must be at least 2000")
+    if os.geteuid() != 0:
+        raise SystemExit("moa bench control: needs root (network namespaces, BPF)")
+    import uvloop
+
+    out = uvloop.run(Bench(args).run())
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    _print(out)
+    return 0
+
+
+def _fmt(v: Any, unit: str = "") -> str:
+    return "not measured" if v is None else f"{v}{unit}"
+
+
+def _print(r: dict[str, Any]) -> None:
+    mode = " (loss-only: no sch_fq in this kernel)" if r.get("loss_only") else ""
+    print(f"moa control plane{mode}")
+    print(f"  materialize {r['p2p_links']} P2P links + {r['lans']} LANs of {r['lan_size']}: "
+          f"{_fmt(r['materialize_s'], ' s')}, {_fmt(r['operations'])} operations, "
+          f"{_fmt(r['ops_per_s'], ' ops/s')}; {_fmt(r.get('moa_devices'))} moa devices in the box")
+    print(f"  parameter-only update of {_fmt(r['update_links'])} links through NATS: "
+          f"{_fmt(r['update_s'], ' s')} ({_fmt(r.get('update_vnis_changed'))} VNIs' parameters "
+          f"changed in the kernel); 10,000 links' parameters written to the map: "
+          f"{_fmt(r['map_update_10k_s'], ' s')}")
+    print(f"  service RSS {_fmt(r['rss_mib'], ' MiB')}, pinned BPF maps "
+          f"{_fmt(r['bpf_map_bytes'], ' B')}, worst-case fq memory {_fmt(r['fq_memory_bytes'], ' B')}")
+    print(f"  TCP through the pair {_fmt(r['pair_gbps'], ' Gbit/s')}, through a bridge "
+          f"{_fmt(r['bridge_gbps'], ' Gbit/s')}")
+    print(f"  request/reply round trip over {r['requests']} requests per kind: "
+          f"p50 {_fmt(r['rtt_p50_us'], ' us')}, p99 {_fmt(r['rtt_p99_us'], ' us')} "
+          f"(status p50/p99 {_fmt(r.get('rtt_status_p50_us'))}/{_fmt(r.get('rtt_status_p99_us'))} us, "
+          f"unchanged materialize {_fmt(r.get('rtt_materialize_unchanged_p50_us'))}/"
+          f"{_fmt(r.get('rtt_materialize_unchanged_p99_us'))} us)")
+    print(f"  drop events ring buffer -> NATS: {_fmt(r['drop_events_per_s'], ' events/s')} "
+          f"({_fmt(r['drop_events'])} events, lost {_fmt(r['drop_events_lost'])})")
+    for n in r["notes"]:
+        print(f"  not measured or partial: {n}")
+
