@@ -10,21 +10,19 @@ marked as moa's through their ifalias, the pinned maps) and, given the desired s
 from __future__ import annotations
 
 import abc
-import asyncio
 import logging
 import os
 import socket
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Iterable
 
 import msgspec
 
 import schemas
-from datapath.classifier import Classifier, ClassifierConfig, DropEventError
-from datapath.libbpf import RingBuffer
+from datapath.classifier import Classifier, ClassifierConfig
+from datapath.drops import DropEventReader
 from datapath.emulation import LinkEmulation
 from datapath.netlink import VXLAN_OVERHEAD, FqSizing, FqUnavailable, NetlinkWorker
 from datapath.ops import (
@@ -122,12 +120,7 @@ class KernelDatapath(Datapath):
         self._known: dict[int, Stages] = {}
         self._owners: dict[int, str] = {}
         self._where: dict[int, tuple[str, str]] | None = None  # vni -> (materialization, link)
-        self._drop_reader: RingBuffer | None = None
-        self._drop_callbacks: list[Callable[[schemas.DropEvent], None]] = []
-        abi = classifier.abi
-        self._reasons = {r.value: r.name.lower() for r in abi.DropReason
-                         if r.value < abi.NR_DROP_REASONS}
-        self._stages = {s.value: s.name.lower() for s in abi.Stage if s.value < abi.NR_STAGES}
+        self._drops = DropEventReader(classifier, self._vni_owner)
         self.env = Env(nl=worker.nl, links=classifier, pair=pair, pair_mode=config.pair_mode,
                        egress_program=classifier.egress_program,
                        ingress_program=classifier.ingress_program)
@@ -178,9 +171,7 @@ class KernelDatapath(Datapath):
 
     async def close(self) -> None:
         """Stop using the kernel objects; pins, devices and attached programs stay."""
-        if self._drop_reader is not None:
-            self._drop_reader.close()  # detaches from the loop; before the map it reads goes
-            self._drop_reader = None
+        self._drops.close()  # detaches from the loop; before the map it reads goes
         self.pair.close()
         self.classifier.close()
         self.worker.close()
@@ -466,62 +457,16 @@ class KernelDatapath(Datapath):
     # -- drop telemetry ---------------------------------------------------------------------------
 
     def drop_events(self, callback: Callable[[schemas.DropEvent], None]) -> None:
-        """Call `callback(schemas.DropEvent)` in the running event loop for every drop event the
-        classifier writes to its ring buffer (moa_events), with the link and materialization
-        that own the VNI filled in (None for a VNI no materialization of this process holds).
-
-        The ring buffer's epoll fd is watched by the loop (RingBuffer.attach): nothing polls,
-        and a burst is read in one go. `time_ns` is wall-clock (CLOCK_REALTIME) nanoseconds,
-        converted from the monotonic clock the datapath stamps with, so that it means the same
-        on every host. Call from inside the loop; more callbacks may be added, each sees every
-        event. Drops that never became events are counted by `drop_event_losses()`.
-        """
-        self._drop_callbacks.append(callback)
-        if self._drop_reader is None:
-            reader = RingBuffer(self.classifier.events_map, self._on_drop_record)
-            reader.attach(asyncio.get_running_loop())
-            self._drop_reader = reader
+        """Call `callback(schemas.DropEvent)` in the running event loop for every drop event,
+        with the link and materialization that own the VNI (datapath.drops.DropEventReader)."""
+        self._drops.subscribe(callback)
 
     def drop_event_losses(self) -> tuple[int, int]:
-        """(suppressed, lost): drops not reported as events since the maps were created.
-
-        suppressed: over a link stage's event budget (moa_global_counters.events_suppressed,
-        the sum of every link's count that, unlike theirs, survives link deletion); lost: the
-        ring buffer was full (ringbuf_fail). Both only grow: telemetry reports differences.
-        """
-        g = self.classifier.global_counters()
-        return g["events_suppressed"], g["ringbuf_fail"]
+        """(suppressed, lost): drops not reported as events (DropEventReader.losses)."""
+        return self._drops.losses()
 
     def _vni_owner(self, vni: int) -> tuple[str | None, str | None]:
         if self._where is None:
             self._where = {v: (mid, lid) for mid, rec in self._records.items()
                            for lid, (_, vnis) in rec.links.items() for v in vnis}
         return self._where.get(vni, (None, None))
-
-    def _drop_event(self, raw: bytes) -> schemas.DropEvent | None:
-        try:
-            ev = self.classifier.parse_drop_event(raw)
-        except DropEventError as e:
-            log.warning("drop event skipped: %s", e)
-            return None
-        reason = self._reasons.get(ev.reason)
-        stage = self._stages.get(ev.stage)
-        if reason is None or stage is None:
-            log.warning("drop event skipped: reason %d / stage %d unknown", ev.reason, ev.stage)
-            return None
-        mid, link = self._vni_owner(ev.vni)
-        wall = ev.time_ns + time.time_ns() - time.monotonic_ns()
-        return schemas.DropEvent(time_ns=wall, vni=ev.vni, reason=reason, stage=stage,
-                                 len=ev.len, segs=ev.segs, link=link, materialization=mid)
-
-    def _on_drop_record(self, raw: bytes) -> None:
-        # Runs inside RingBuffer.consume(), called by the loop: never let an error escape into
-        # the loop's reader (it would be logged per record and the rest of the batch lost).
-        ev = self._drop_event(raw)
-        if ev is None:
-            return
-        for cb in list(self._drop_callbacks):
-            try:
-                cb(ev)
-            except Exception:
-                log.exception("drop event callback failed")

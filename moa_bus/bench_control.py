@@ -412,7 +412,7 @@ class Bench:
                                                ringbuf_bytes=4 << 20))
         pub = await nats.connect(url, pending_size=256 << 20)
         sub_nc = await nats.connect(url, pending_size=256 << 20)
-        source = RingBufferDrops(clf)
+        source = BareClassifierDrops(clf)
         telemetry = Telemetry(pub, source, Subjects(self.host), stats_interval=3600,
                               drop_interval=0.02)
         arrived = 0
@@ -465,38 +465,22 @@ class Bench:
             clf.close()
 
 
-class RingBufferDrops:
-    """What the bus's Telemetry needs from a datapath for drop events, over a Classifier's ring
-    buffer: drop_events(callback) (read in the event loop), drop_event_losses(), link_stats().
-    KernelDatapath has no drop-event reader yet; this is the same wiring, for the benchmark."""
+class BareClassifierDrops:
+    """What the bus's Telemetry reads from a datapath for drop events, over a bare classifier:
+    the same DropEventReader that KernelDatapath uses, with no links to name."""
 
     def __init__(self, clf: Any) -> None:
-        self.clf = clf
-        self.reader: Any = None
-        self._reasons = {r.value: r.name.lower() for r in clf.abi.DropReason}
-        self._stages = {s.value: s.name.lower() for s in clf.abi.Stage}
+        from datapath.drops import DropEventReader
 
-    def drop_events(self, callback) -> None:
-        def on_event(ev: Any) -> None:
-            callback(schemas.DropEvent(time_ns=ev.time_ns, vni=ev.vni,
-                                       reason=self._reasons[ev.reason],
-                                       stage=self._stages[ev.stage], len=ev.len, segs=ev.segs))
-        self.reader = self.clf.drop_event_reader(on_event)
-        self.reader.attach()
-
-    def drop_event_losses(self) -> tuple[int, int]:
-        suppressed = sum(c.events_suppressed for vni in self.clf.vnis()
-                         for c in self.clf.link_counters(vni).values())
-        return suppressed, self.clf.global_counters().get("ringbuf_fail", 0)
+        self.reader = DropEventReader(clf)
+        self.drop_events = self.reader.subscribe
+        self.drop_event_losses = self.reader.losses
 
     async def link_stats(self) -> list[schemas.LinkStats]:
         return []
 
     def close(self) -> None:
-        if self.reader is not None:
-            self.reader.detach()
-            self.reader.close()
-            self.reader = None
+        self.reader.close()
 
 
 def _vxlan_frame(vni: int) -> bytes:
