@@ -28,8 +28,11 @@ def totals(status: schemas.StatusReply) -> Totals:
     out: Totals = {}
     for m in status.materializations:
         for link in m.links:
-            p = sum(c.packets for c in link.counters)
-            b = sum(c.bytes for c in link.counters)
+            # A frame passes exactly one egress stage (its receiving VNI's); a LAN frame also
+            # passed its sender's ingress stage, so counting both would count it twice. Drops
+            # happen at either stage and are each a frame lost.
+            p = sum(c.packets for c in link.counters if c.stage == "egress")
+            b = sum(c.bytes for c in link.counters if c.stage == "egress")
             d = sum(sum(c.drops.values()) for c in link.counters)
             out[(m.id, link.id)] = (p, b, d)
     return out

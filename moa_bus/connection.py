@@ -137,8 +137,10 @@ def add_arguments(parser: Any) -> None:
     g.add_argument("--nats-ca", metavar="FILE", help="CA bundle to verify the server's TLS certificate")
     g.add_argument("--nats-cert", metavar="FILE", help="client TLS certificate")
     g.add_argument("--nats-key", metavar="FILE", help="client TLS key")
-    g.add_argument("--connect-timeout", type=float, default=5.0, metavar="S",
-                   help="give up connecting after S seconds (default 5)")
+    # default None, not 5: `moa serve` layers flags over its --config file, and a default here
+    # would always win over the file's connect_timeout.
+    g.add_argument("--connect-timeout", type=float, default=None, metavar="S",
+                   help=f"give up connecting after S seconds (default {NatsOptions.connect_timeout:g})")
 
 
 def options_from_args(args: Any, url: str | None = None) -> NatsOptions:
@@ -151,5 +153,6 @@ def options_from_args(args: Any, url: str | None = None) -> NatsOptions:
         tls_ca=args.nats_ca,
         tls_cert=args.nats_cert,
         tls_key=args.nats_key,
-        connect_timeout=args.connect_timeout,
+        connect_timeout=(NatsOptions.connect_timeout if args.connect_timeout is None
+                         else args.connect_timeout),
     )

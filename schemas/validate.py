@@ -144,7 +144,7 @@ def _check_ip(value: object, path: str) -> ipaddress.IPv4Address | ipaddress.IPv
         ip = ipaddress.ip_address(value)  # type: ignore[arg-type]
     except ValueError:
         raise InvalidMessage(path, f"{value!r} is not an IPv4 or IPv6 address") from None
-    if ip.is_unspecified or ip.is_multicast:
+    if ip.is_unspecified or ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255"):
         raise InvalidMessage(path, f"{ip} is not a unicast address")
     return ip
 

@@ -185,7 +185,8 @@ def bad_materialize(draw) -> Case:
         return _case("materialize", doc, "invalid", f"links[{i}].endpoints")
     if kind == "remote":
         link["endpoints"][j]["remote"] = draw(st.one_of(
-            st.sampled_from(["0.0.0.0", "224.0.0.1", "::", "ff02::1", "10.0.0", "x"]),
+            st.sampled_from(["0.0.0.0", "224.0.0.1", "255.255.255.255", "::", "ff02::1", "10.0.0",
+                             "x"]),
             st.integers()))
         return _case("materialize", doc, "invalid", f"{ep_path}.remote")
     if kind == "port":

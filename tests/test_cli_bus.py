@@ -171,13 +171,17 @@ def _serve_args(argv: list[str]) -> argparse.Namespace:
 def test_serve_settings_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     conf = tmp_path / "moa.toml"
     conf.write_text('host = "fromfile"\nuplink = "eth9"\nallow_loss_only = true\n'
-                    'stats_interval = 2.5\nnats = "nats://10.1.2.3:4222"\n')
+                    'stats_interval = 2.5\nnats = "nats://10.1.2.3:4222"\n'
+                    'connect_timeout = 0.7\n')
     monkeypatch.delenv("MOA_NATS_URL", raising=False)
     monkeypatch.delenv("MOA_HOST", raising=False)
     monkeypatch.setenv("MOA_UPLINK", "eth7")
     s = cmd_serve.resolve(_serve_args(["--config", str(conf), "--stats-interval", "0.5"]))
     assert (s.host, s.uplink, s.allow_loss_only, s.stats_interval, s.nats) == (
         "fromfile", "eth7", True, 0.5, "nats://10.1.2.3:4222")
+    assert s.connect_timeout == 0.7  # no flag given: the file's value, not the flag's default
+    s = cmd_serve.resolve(_serve_args(["--config", str(conf), "--connect-timeout", "2"]))
+    assert s.connect_timeout == 2.0
     conf.write_text('colour = "blue"\n')
     with pytest.raises(cmd_serve.SettingsError, match="unknown key 'colour'"):
         cmd_serve.resolve(_serve_args(["--config", str(conf)]))
@@ -218,3 +222,16 @@ def test_show_table_has_rates() -> None:
     text = console.export_text()
     assert "10ms" in text and "300" in text and "100" in text  # 200 packets / 2 s
     assert "1mbps" in text  # 250,000 bytes * 8 / 2 s
+
+
+def test_show_counts_a_frame_once_though_two_stages_saw_it() -> None:
+    def stats(stage: str, packets: int, drops: int) -> schemas.LinkStats:
+        return schemas.LinkStats(materialization="m", link="lan", vni=7, stage=stage,
+                                 packets=packets, bytes=packets * 100, drops={"queue": drops})
+    status = schemas.StatusReply(host="h", fq_memory_bytes=0, materializations=[
+        schemas.MaterializationStatus(id="m", generation=1, links=[schemas.LinkStatus(
+            id="lan", kind="lan", vnis=[7, 8, 9], emulation=schemas.Emulation(),
+            counters=[stats("ingress", 50, 2), stats("egress", 48, 1)])])])
+    # 50 frames left the sender's port stage (2 dropped there), 48 passed the receiver's
+    # egress stage (1 dropped): 48 frames delivered, 3 lost.
+    assert cmd_show.totals(status) == {("m", "lan"): (48, 4800, 3)}

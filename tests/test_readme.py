@@ -180,11 +180,10 @@ def test_example_toml_documents_and_sets_every_key(monkeypatch: pytest.MonkeyPat
     assert (s.uplink, s.host, s.allow_loss_only, s.pin_root, s.nats) == (
         "eth1", "box1", False, "/sys/fs/bpf/moa", None)
     assert (s.embedded_port, s.state_dir, s.stream_replicas, s.ack_wait, s.stats_interval,
-            s.drop_interval) == (4222, "/var/lib/moa/nats", 1, 30.0, 1.0, 0.25)
+            s.drop_interval, s.connect_timeout) == (4222, "/var/lib/moa/nats", 1, 30.0, 1.0, 0.25,
+                                                    5.0)
     text = EXAMPLE_TOML.read_text()
-    # connect_timeout is left out: `moa serve --connect-timeout` has a default (5 s) that always
-    # overrides the file, so documenting the key would promise something that does not happen.
-    documented = {f.name for f in fields(cmd_serve.ServeSettings)} - {"connect_timeout"}
+    documented = {f.name for f in fields(cmd_serve.ServeSettings)}
     for name in documented:
         assert re.search(rf"^#? ?{name} = ", text, flags=re.M), f"{name} not in examples/moa.toml"
     # Every commented-out example is valid too: uncommented, the file still parses.
