@@ -116,6 +116,29 @@ def test_queue_limit_with_standing_backlog(clf: Classifier) -> None:
     assert (c.packets, c.drops["queue"]) == (5, 15)
 
 
+def test_an_empty_queue_takes_a_packet_larger_than_the_queue(clf: Classifier) -> None:
+    """A GSO packet of 3 frames into a queue of 1 frame: taken when nothing is queued, as an
+    idle port takes the frame it starts sending; the next packet finds 3 frames queued."""
+    gso = vxlan(VNI, inner_tcp(payload=3 * 1000))
+    clf.set_link(VNI, egress=LinkEmulation(capacity_bps=RATE, queue_bytes=INNER + 24))
+    first, second = send(clf, gso, gso_segs=3), send(clf, gso, gso_segs=3)
+    assert (first.retval, second.retval) == (TC_ACT_OK, TC_ACT_SHOT)
+    c = clf.link_counters(VNI)["egress"]
+    assert (c.packets, c.drops["queue"]) == (3, 3)
+    assert send(clf).retval == TC_ACT_SHOT  # even one frame: 3 queued exceed the 1 it holds
+
+
+def test_a_lowered_latency_never_departs_at_or_before_the_last_packet(clf: Classifier) -> None:
+    """Latency lowered at run time: the next departure would fall before the last one; it is
+    clamped to strictly after it (fq releases equal tstamps in enqueue order, which two CPUs
+    can swap)."""
+    clf.set_link(VNI, egress=LinkEmulation(latency_ns=50_000_000))
+    before = send(clf).ctx.tstamp
+    clf.set_link(VNI, egress=LinkEmulation(latency_ns=1_000_000))
+    after = [send(clf).ctx.tstamp for _ in range(3)]
+    assert after == [before + 1, before + 2, before + 3]
+
+
 def test_latency_is_added_after_capacity(clf: Classifier) -> None:
     lat = 20_000_000
     clf.set_link(VNI, egress=LinkEmulation(capacity_bps=RATE, latency_ns=lat, queue_bytes=0))
@@ -137,7 +160,7 @@ def test_jitter_never_reorders_without_reorder_flag(clf: Classifier) -> None:
     lat, jit = 10_000_000, 5_000_000
     clf.set_link(VNI, egress=LinkEmulation(latency_ns=lat, jitter_ns=jit))
     deps, t0, t1 = departures(clf, 2000)
-    assert all(b >= a for a, b in zip(deps, deps[1:]))
+    assert all(b > a for a, b in zip(deps, deps[1:]))  # strictly: fq keeps equal ones FIFO
     assert t0 + lat - jit <= deps[0] and deps[-1] <= t1 + lat + jit
     assert len(set(deps)) > 10             # jitter did something (clamping repeats values)
 

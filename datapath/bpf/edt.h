@@ -83,8 +83,14 @@ static __always_inline void moa_stage_step(struct moa_stage_state *st,
 	if (p->rate_bps) {
 		__u64 start = st->t_last > now ? st->t_last : now;
 
-		/* Tail drop: the backlog ahead of it plus itself would exceed the queue. */
-		if (p->queue_ns && (start - now) + s->ser_ns > p->queue_ns) {
+		/*
+		 * Tail drop: the backlog ahead of it plus itself would exceed the queue. A packet
+		 * that finds the queue empty is always taken, as an idle port always takes the
+		 * frame it starts sending: a GRO/GSO packet is many frames judged at once, and one
+		 * larger than the whole queue (64 KiB into a 2 ms LAN port queue at 50 Mbit/s)
+		 * would otherwise never pass - TCP through such a link collapsed in the VM tier.
+		 */
+		if (p->queue_ns && start > now && (start - now) + s->ser_ns > p->queue_ns) {
 			s->reason = MOA_DROP_QUEUE;
 			goto drop;
 		}
@@ -94,9 +100,14 @@ static __always_inline void moa_stage_step(struct moa_stage_state *st,
 		dep = now + s->delay_ns;
 	}
 
-	/* fq orders a flow by tstamp: a departure before the last one would overtake it. */
-	if (!(p->flags & MOA_F_REORDER) && dep < st->t_depart)
-		dep = st->t_depart;
+	/*
+	 * fq orders a flow by tstamp: a departure before the last one would overtake it. Equal
+	 * tstamps leave in the order the packets reach fq, which two CPUs can swap after leaving
+	 * this lock (seen in the VM around a run-time parameter change, when CPUs briefly use
+	 * old and new parameters): a departure is strictly after the last one.
+	 */
+	if (!(p->flags & MOA_F_REORDER) && dep <= st->t_depart)
+		dep = st->t_depart + 1;
 
 	/* Checked before anything is committed: a horizon drop leaves the timeline as it was. */
 	if (dep - now > horizon_ns) {
