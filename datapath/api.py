@@ -26,7 +26,8 @@ from datapath.drops import DropEventReader
 from datapath.emulation import LinkEmulation
 from datapath.netlink import VXLAN_OVERHEAD, FqSizing, FqUnavailable, NetlinkWorker
 from datapath.ops import (
-    EnsureUplink, Env, Operation, OpHook, PlanError, ReleaseUplink, SetLinkParams, run_plan,
+    DeleteLinkParams, EnsureUplink, Env, Operation, OpHook, PlanError, ReleaseUplink,
+    SetLinkParams, run_plan,
 )
 from datapath.pair import PairMode, PairProgram
 from datapath.planner import (
@@ -286,16 +287,12 @@ class KernelDatapath(Datapath):
     def _apply(self, m: schemas.Materialize) -> int:
         ops = self._plan(m)
         run_plan(ops, self.env, self._op_hook)
-        # Remember what was written (for reverts and status).
+        # Remember what the kernel holds now (for reverts and status): no parameters for the
+        # VNIs the plan deleted, exactly m's for m's VNIs (written or found right).
         for op in ops:
-            kind = type(op).__name__
-            if kind == "SetLinkParams":
-                self._known[op.vni] = (op.egress, op.ingress)
-                self._owners[op.vni] = m.id
-            elif kind == "DeleteLinkParams":
+            if isinstance(op, DeleteLinkParams):
                 self._known.pop(op.vni, None)
                 self._owners.pop(op.vni, None)
-        # After a plan the kernel holds exactly m's parameters (written or found right).
         for vni, stages in self._stages_of(m).items():
             self._known[vni] = stages
             self._owners[vni] = m.id

@@ -139,7 +139,16 @@ class Btf:
         type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", raw, 8)
         self._strings = raw[hdr_len + str_off: hdr_len + str_off + str_len]
         data = raw[hdr_len + type_off: hdr_len + type_off + type_len]
-        pos = 0
+        pos = vlen = 0
+
+        def records(fmt: str) -> list[tuple]:
+            """The current type's `vlen` trailing records of layout `fmt`, at `pos`."""
+            nonlocal pos
+            end = pos + struct.calcsize(fmt) * vlen
+            out = list(struct.iter_unpack(fmt, data[pos:end]))
+            pos = end
+            return out
+
         while pos < len(data):
             name_off, info, size_or_type = struct.unpack_from("<III", data, pos)
             pos += 12
@@ -155,49 +164,29 @@ class Btf:
                 extra = struct.unpack_from("<III", data, pos)
                 pos += 12
             elif kind in (Kind.STRUCT, Kind.UNION):
-                members = []
-                for _ in range(vlen):
-                    m_name, m_type, m_off = struct.unpack_from("<III", data, pos)
-                    pos += 12
-                    if kind_flag:
-                        members.append(Member(self._str(m_name), m_type, m_off & 0xFFFFFF, m_off >> 24))
-                    else:
-                        members.append(Member(self._str(m_name), m_type, m_off, 0))
-                extra = tuple(members)
+                # kind_flag set: the offset's top 8 bits are the bitfield size.
+                extra = tuple(Member(self._str(n), t, o & 0xFFFFFF, o >> 24) if kind_flag
+                              else Member(self._str(n), t, o, 0)
+                              for n, t, o in records("<III"))
             elif kind == Kind.ENUM:
-                vals = []
-                for _ in range(vlen):
-                    e_name, e_val = struct.unpack_from("<Ii", data, pos)
-                    pos += 8
-                    # kind_flag set: signed enum; otherwise the value is unsigned.
-                    vals.append((self._str(e_name), e_val if kind_flag else e_val & 0xFFFFFFFF))
-                extra = tuple(vals)
+                # kind_flag set: signed enum; otherwise the value is unsigned.
+                extra = tuple((self._str(n), v if kind_flag else v & 0xFFFFFFFF)
+                              for n, v in records("<Ii"))
             elif kind == Kind.ENUM64:
                 vals = []
-                for _ in range(vlen):
-                    e_name, lo, hi = struct.unpack_from("<III", data, pos)
-                    pos += 12
+                for n, lo, hi in records("<III"):
                     v = (hi << 32) | lo
                     if kind_flag and v >= 1 << 63:
                         v -= 1 << 64
-                    vals.append((self._str(e_name), v))
+                    vals.append((self._str(n), v))
                 extra = tuple(vals)
             elif kind == Kind.FUNC_PROTO:
-                params = []
-                for _ in range(vlen):
-                    p_name, p_type = struct.unpack_from("<II", data, pos)
-                    pos += 8
-                    params.append((self._str(p_name), p_type))
-                extra = tuple(params)
+                extra = tuple((self._str(n), t) for n, t in records("<II"))
             elif kind == Kind.VAR:
                 (extra,) = struct.unpack_from("<I", data, pos)
                 pos += 4
             elif kind == Kind.DATASEC:
-                secs = []
-                for _ in range(vlen):
-                    secs.append(struct.unpack_from("<III", data, pos))
-                    pos += 12
-                extra = tuple(secs)
+                extra = tuple(records("<III"))
             elif kind == Kind.DECL_TAG:
                 (extra,) = struct.unpack_from("<i", data, pos)
                 pos += 4

@@ -398,8 +398,34 @@ class _BatchOpts(ctypes.Structure):
     _fields_ = [("sz", _sz), ("elem_flags", _u64), ("flags", _u64)]
 
 
-class Map:
+class _Pinnable:
+    """pin()/unpin() of a BPF map or program by its fd."""
+
+    kind: str  # "map" or "program", for messages
+    fd: int
+    name: str
+    pin_path: str | None
+
+    def pin(self, path: str) -> None:
+        _require_bpffs(os.path.dirname(path) or ".")
+        _check(_lib().bpf_obj_pin(self.fd, path.encode()),
+               f"pin of {self.kind} {self.name} at {path}")
+        self.pin_path = path
+
+    def unpin(self) -> None:
+        """Remove the pin (the object itself lives on while fds or programs reference it)."""
+        if self.pin_path:
+            try:
+                os.unlink(self.pin_path)
+            except FileNotFoundError:
+                pass
+            self.pin_path = None
+
+
+class Map(_Pinnable):
     """A BPF map by fd. Object maps live as long as their BpfObject; from_pin() maps own the fd."""
+
+    kind = "map"
 
     def __init__(self, fd: int, name: str, type: int, key_size: int, value_size: int,
                  max_entries: int, *, owner: Any = None, owns_fd: bool = False,
@@ -545,20 +571,6 @@ class Map:
             if v is not None:
                 yield _from_bytes(k, key_type), v
 
-    def pin(self, path: str) -> None:
-        _require_bpffs(os.path.dirname(path) or ".")
-        _check(_lib().bpf_obj_pin(self.fd, path.encode()), f"pin of map {self.name} at {path}")
-        self.pin_path = path
-
-    def unpin(self) -> None:
-        """Remove the pin (the map itself lives on while fds or programs reference it)."""
-        if self.pin_path:
-            try:
-                os.unlink(self.pin_path)
-            except FileNotFoundError:
-                pass
-            self.pin_path = None
-
     def close(self) -> None:
         if self._owns_fd and self.fd >= 0:
             os.close(self.fd)
@@ -595,8 +607,10 @@ class TestRun(NamedTuple):
 TestRun.__test__ = False  # type: ignore[attr-defined]  # not a pytest class despite the name
 
 
-class Program:
+class Program(_Pinnable):
     """A loaded BPF program (lives as long as its BpfObject)."""
+
+    kind = "program"
 
     def __init__(self, fd: int, name: str, type: int = 0, *, owner: Any = None) -> None:
         self.fd = fd
@@ -634,19 +648,6 @@ class Program:
         _check(ret, f"BPF_PROG_TEST_RUN of {self.name}")
         retval = opts.retval - (1 << 32) if opts.retval >= 1 << 31 else opts.retval
         return TestRun(retval, dout.raw[:opts.data_size_out], ctx_out, opts.duration)
-
-    def pin(self, path: str) -> None:
-        _require_bpffs(os.path.dirname(path) or ".")
-        _check(_lib().bpf_obj_pin(self.fd, path.encode()), f"pin of program {self.name} at {path}")
-        self.pin_path = path
-
-    def unpin(self) -> None:
-        if self.pin_path:
-            try:
-                os.unlink(self.pin_path)
-            except FileNotFoundError:
-                pass
-            self.pin_path = None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -83,6 +83,19 @@ class Operation:
         return self.describe()
 
 
+class Inverse(Operation):
+    """An operation that is another one run backwards: apply reverts it, revert applies it."""
+
+    def forward(self) -> Operation:
+        raise NotImplementedError
+
+    def apply(self, env: Env) -> None:
+        self.forward().revert(env)
+
+    def revert(self, env: Env) -> None:
+        self.forward().apply(env)
+
+
 # -- the uplink ------------------------------------------------------------------------------
 
 
@@ -128,15 +141,12 @@ class EnsureUplink(Operation):
 
 
 @dataclass(frozen=True)
-class ReleaseUplink(Operation):
+class ReleaseUplink(Inverse):
     uplink: str
     fq: FqSizing | None
 
-    def apply(self, env: Env) -> None:
-        EnsureUplink(self.uplink, self.fq).revert(env)
-
-    def revert(self, env: Env) -> None:
-        EnsureUplink(self.uplink, self.fq).apply(env)
+    def forward(self) -> Operation:
+        return EnsureUplink(self.uplink, self.fq)
 
     def describe(self) -> str:
         return f"release uplink {self.uplink}"
@@ -380,15 +390,12 @@ class AttachToBridge(Operation):
 
 
 @dataclass(frozen=True)
-class DetachFromBridge(Operation):
+class DetachFromBridge(Inverse):
     vtep: str
     bridge: str
 
-    def apply(self, env: Env) -> None:
-        AttachToBridge(self.vtep, self.bridge).revert(env)
-
-    def revert(self, env: Env) -> None:
-        AttachToBridge(self.vtep, self.bridge).apply(env)
+    def forward(self) -> Operation:
+        return AttachToBridge(self.vtep, self.bridge)
 
     def describe(self) -> str:
         return f"detach {self.vtep} from bridge {self.bridge}"
@@ -471,7 +478,7 @@ class CreatePair(Operation):
 
 
 @dataclass(frozen=True)
-class DeletePair(Operation):
+class DeletePair(Inverse):
     """Unjoin two VTEPs. `devices_go`: the same plan deletes both devices, which takes their
     programs with them, so only the map entries (`indexes`, from the plan's dump) are removed:
     no per-device lookups and filter dumps for a teardown."""
@@ -482,16 +489,16 @@ class DeletePair(Operation):
     devices_go: bool = False
     indexes: tuple[int, ...] = ()
 
+    def forward(self) -> Operation:
+        return CreatePair(self.a, self.b)
+
     def apply(self, env: Env) -> None:
         if self.stale and env.pair is not None:
             env.pair.disconnect(*self.stale)
         if self.devices_go and self.indexes and env.pair is not None:
             env.pair.disconnect(*self.indexes)
             return
-        CreatePair(self.a, self.b).revert(env)
-
-    def revert(self, env: Env) -> None:
-        CreatePair(self.a, self.b).apply(env)
+        super().apply(env)
 
     def describe(self) -> str:
         return f"delete pair {self.a} <-> {self.b}"
@@ -625,6 +632,6 @@ def run_plan(ops: Sequence[Operation], env: Env, before_apply: OpHook | None = N
 __all__ = [
     "AttachToBridge", "CreateBridge", "CreatePair", "CreateVtep", "DeleteBridge",
     "DeleteLinkParams", "DeletePair", "DeleteVtep", "DetachFromBridge", "EnsureUplink", "Env",
-    "FqUnavailable", "LinkTable", "Operation", "OpHook", "PlanError", "PlanResult",
+    "FqUnavailable", "Inverse", "LinkTable", "Operation", "OpHook", "PlanError", "PlanResult",
     "ReleaseUplink", "SetLinkParams", "run_plan",
 ]

@@ -16,6 +16,7 @@ import ipaddress
 import os
 import socket
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 NETLINK_ROUTE = 0
@@ -24,6 +25,7 @@ NETLINK_CAP_ACK = 10   # ACKs without the request echoed back
 NETLINK_EXT_ACK = 11   # error messages in ACKs
 
 NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLMSGERR_ATTR_MSG = 1
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
 NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
@@ -130,19 +132,14 @@ class Rtnl:
         out: list[bytes] = []
         while True:
             data = self.sock.recv(1 << 20)
-            off = 0
-            while off + _HDR.size <= len(data):
-                length, mtype, _flags, mseq, _pid = _HDR.unpack_from(data, off)
-                if length < _HDR.size:
-                    break
+            for off, length, mtype, _flags, mseq in _messages(data):
                 if mseq == seq:
                     if mtype == NLMSG_DONE:
                         return out
                     if mtype == NLMSG_ERROR:
-                        err = -struct.unpack_from("=i", data, off + _HDR.size)[0]
+                        err = _error(data, off)
                         raise OSError(err, f"link dump: {os.strerror(err)}")
                     out.append(data[off + _HDR.size: off + length])
-                off += (length + 3) & ~3
 
     def _window(self, requests: list[Request]) -> list[Reply]:
         first = self._seq
@@ -156,16 +153,12 @@ class Rtnl:
         pending = len(requests)
         while pending:
             data = self.sock.recv(1 << 20)
-            off = 0
-            while off + _HDR.size <= len(data):
-                length, mtype, mflags, seq, _pid = _HDR.unpack_from(data, off)
-                if length < _HDR.size:
-                    break
+            for off, length, mtype, mflags, seq in _messages(data):
                 k = seq - first
                 if 0 <= k < len(requests):
                     rep = replies[k]
                     if mtype == NLMSG_ERROR:
-                        err = -struct.unpack_from("=i", data, off + _HDR.size)[0]
+                        err = _error(data, off)
                         rep.error = err
                         if err:
                             rep.message = _ext_ack_message(data, off, length, mflags)
@@ -174,8 +167,23 @@ class Rtnl:
                         rep.payload = data[off + _HDR.size: off + length]
                         if not requests[k].ack:
                             pending -= 1
-                off += (length + 3) & ~3
         return replies
+
+
+def _messages(data: bytes) -> Iterator[tuple[int, int, int, int, int]]:
+    """(offset, length, type, flags, seq) of every netlink message in one recv()'s data."""
+    off = 0
+    while off + _HDR.size <= len(data):
+        length, mtype, flags, seq, _pid = _HDR.unpack_from(data, off)
+        if length < _HDR.size:
+            return
+        yield off, length, mtype, flags, seq
+        off += (length + 3) & ~3
+
+
+def _error(data: bytes, off: int) -> int:
+    """The positive errno (0: an ACK) of the NLMSG_ERROR message at `off`."""
+    return -struct.unpack_from("=i", data, off + _HDR.size)[0]
 
 
 def _ext_ack_message(data: bytes, off: int, length: int, flags: int) -> str:
@@ -183,15 +191,7 @@ def _ext_ack_message(data: bytes, off: int, length: int, flags: int) -> str:
     if not flags & 0x200:  # NLM_F_ACK_TLVS
         return ""
     pos = off + _HDR.size + 4 + _HDR.size  # error code, then the request's header
-    end = off + length
-    while pos + 4 <= end:
-        n, kind = struct.unpack_from("=HH", data, pos)
-        if n < 4:
-            break
-        if kind == 1:  # NLMSGERR_ATTR_MSG
-            return data[pos + 4: pos + n].split(b"\0")[0].decode(errors="replace")
-        pos += (n + 3) & ~3
-    return ""
+    return _str(attr_of(data, NLMSGERR_ATTR_MSG, pos, off + length)) or ""
 
 
 # -- the requests the bulk paths send -------------------------------------------------------------
@@ -241,52 +241,48 @@ def get_link(name: str) -> Request:
     return Request(RTM_GETLINK, ifinfo() + string(IFLA_IFNAME, name), ack=False)
 
 
-def _u32_attr(payload: bytes, want: int) -> int | None:
-    pos = _IFINFO.size
-    while pos + 4 <= len(payload):
-        n, kind = struct.unpack_from("=HH", payload, pos)
-        if n < 4:
-            break
-        if kind & 0x3FFF == want and n >= 8:
-            return struct.unpack_from("=I", payload, pos + 4)[0]
-        pos += (n + 3) & ~3
-    return None
-
-
 def link_index_mtu(payload: bytes) -> tuple[int, int | None]:
     """(ifindex, mtu) from an RTM_NEWLINK answer."""
-    return _IFINFO.unpack_from(payload, 0)[2], _u32_attr(payload, IFLA_MTU)
+    return _IFINFO.unpack_from(payload, 0)[2], _u32(attr_of(payload, IFLA_MTU, _IFINFO.size))
 
 
 def link_groups(links: list[bytes]) -> dict[int, int]:
     """ifindex -> device group, from dump_links()."""
-    return {_IFINFO.unpack_from(p, 0)[2]: _u32_attr(p, IFLA_GROUP) or 0 for p in links}
+    return {_IFINFO.unpack_from(p, 0)[2]: _u32(attr_of(p, IFLA_GROUP, _IFINFO.size)) or 0
+            for p in links}
 
 
 def link_name(payload: bytes) -> str | None:
-    return _str(attrs(payload, _IFINFO.size).get(IFLA_IFNAME))
+    return _str(attr_of(payload, IFLA_IFNAME, _IFINFO.size))
 
 
 def alias_of(payload: bytes) -> str | None:
     """IFLA_IFALIAS of a link message without decoding the rest (most devices have none)."""
-    b = attrs(payload, _IFINFO.size).get(IFLA_IFALIAS)
-    return _str(b)
+    return _str(attr_of(payload, IFLA_IFALIAS, _IFINFO.size))
 
 
 IFLA_XDP, IFLA_XDP_PROG_ID = 43, 4
 
 
-def attrs(data: bytes, pos: int = 0, end: int | None = None) -> dict[int, bytes]:
-    """{type: payload} of a run of rtattrs (the NLA_F_* bits masked off)."""
+def _rtattrs(data: bytes, pos: int, end: int | None) -> Iterator[tuple[int, bytes]]:
+    """(type, payload) of each rtattr in a run, the NLA_F_* bits masked off."""
     end = len(data) if end is None else end
-    out = {}
     while pos + 4 <= end:
         n, kind = struct.unpack_from("=HH", data, pos)
         if n < 4:
-            break
-        out[kind & 0x3FFF] = data[pos + 4: pos + n]
+            return
+        yield kind & 0x3FFF, data[pos + 4: pos + n]
         pos += (n + 3) & ~3
-    return out
+
+
+def attrs(data: bytes, pos: int = 0, end: int | None = None) -> dict[int, bytes]:
+    """{type: payload} of a run of rtattrs (the NLA_F_* bits masked off)."""
+    return dict(_rtattrs(data, pos, end))
+
+
+def attr_of(data: bytes, want: int, pos: int = 0, end: int | None = None) -> bytes | None:
+    """The payload of the first rtattr of type `want` in a run; the rest is not looked at."""
+    return next((p for kind, p in _rtattrs(data, pos, end) if kind == want), None)
 
 
 def _str(b: bytes | None) -> str | None:

@@ -1,10 +1,10 @@
 """`moa bench control`: the control plane's figures, measured on this machine in one run.
 
-A throw-away testbed in network namespaces (an underlay bridge, the box with uplink `up0`, three
-"hypervisors" holding the far ends of the VXLAN links), a nats-server on a free loopback port, and
-`moa serve` as its own process with the real KernelDatapath (loss-only on a kernel without
-sch_fq). Then, each figure independently (one that cannot be measured is reported as null with
-the reason in `notes`):
+A throw-away testbed in network namespaces (moa_bus/testbed.py: an underlay bridge, the box with
+uplink `up0`, three "hypervisors" whose nodes hold the far ends of the VXLAN links), a nats-server
+on a free loopback port, and `moa serve` as its own process with the real KernelDatapath
+(loss-only on a kernel without sch_fq). Then, each figure independently (one that cannot be
+measured is reported as null with the reason in `notes`):
 
 - request/reply round trip, sequential, `--requests` each: status (a box holding one link) and an
   unchanged materialize of that link; p50/p99 per kind and over both (rtt_p50_us, rtt_p99_us);
@@ -16,7 +16,7 @@ the reason in `notes`):
 - the service's resident memory with all that applied (rss_mib), the pinned BPF maps' memory
   (bpf_map_bytes), the worst-case sch_fq memory the links imply, as `moa status` reports it;
 - TCP throughput through a point-to-point link (the redirect pair) and through a 3-member LAN
-  (the bridge), iperf3 between two hypervisors, offloads on (pair_gbps, bridge_gbps);
+  (the bridge), iperf3 between two nodes, offloads on (pair_gbps, bridge_gbps);
 - drop events from the BPF ring buffer to NATS: a classifier of its own in this process, a
   loss-1 link driven with BPF_PROG_TEST_RUN, events read in asyncio and published by the bus's
   Telemetry in batches, counted by a subscriber; every drop the counters saw must arrive, be
@@ -29,14 +29,12 @@ import argparse
 import asyncio
 import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +42,8 @@ import schemas
 from moa_bus.natsserver import NatsServer, free_port
 from moa_bus.service import DRY_RUN_HEADER
 from moa_bus.subjects import Subjects
+from moa_bus.testbed import BOX_ADDR, UPLINK, Testbed, ns_exec, nsenter, sh, unique_tag
 
-UNDERLAY = "10.203.0"
-BOX_ADDR = f"{UNDERLAY}.1"
-UPLINK = "up0"
 P2P_FIRST_VNI = 10_000
 LAN_FIRST_VNI = 40_000
 RTT_VNIS = (90_001, 90_002)
@@ -67,83 +63,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drop-events", type=int, default=200_000,
                         help="drop events pushed through the ring buffer (200000)")
     parser.add_argument("--iperf-seconds", type=float, default=5.0, help="per iperf3 run (5)")
-
-
-# ---------------------------------------------------------------------------- the testbed
-
-def _sh(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
-    if check and r.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed ({r.returncode}): {r.stderr.strip()}")
-    return r
-
-
-@dataclass
-class Testbed:
-    """underlay bridge <- veths -> the box (up0) and hypervisors h1..h3 (eth0)."""
-    tag: str = field(default_factory=lambda: f"mbc{os.getpid() % 100000}{secrets.token_hex(2)}")
-    namespaces: list[str] = field(default_factory=list)
-
-    @property
-    def box(self) -> str:
-        return f"{self.tag}m"
-
-    def hv(self, i: int) -> str:
-        return f"{self.tag}h{i}"
-
-    @staticmethod
-    def hv_addr(i: int) -> str:
-        return f"{UNDERLAY}.{10 + i}"
-
-    @property
-    def pin_root(self) -> str:
-        return f"/sys/fs/bpf/{self.tag}"
-
-    def _ns(self, name: str) -> None:
-        _sh("ip", "netns", "add", name)
-        self.namespaces.append(name)
-        _sh("ip", "-n", name, "link", "set", "lo", "up")
-
-    def _wire(self, ns: str, inner: str, outer: str, addr: str) -> None:
-        u = f"{self.tag}u"
-        _sh("ip", "-n", u, "link", "add", outer, "type", "veth", "peer", "name", inner, "netns", ns)
-        _sh("ip", "-n", u, "link", "set", outer, "master", "ubr0", "up")
-        _sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", inner)
-        _sh("ip", "-n", ns, "link", "set", inner, "up")
-
-    def build(self) -> "Testbed":
-        try:
-            u = f"{self.tag}u"
-            self._ns(u)
-            _sh("ip", "-n", u, "link", "add", "ubr0", "type", "bridge")
-            _sh("ip", "-n", u, "link", "set", "ubr0", "up")
-            self._ns(self.box)
-            self._wire(self.box, UPLINK, "ubox", BOX_ADDR)
-            for i in (1, 2, 3):
-                self._ns(self.hv(i))
-                self._wire(self.hv(i), "eth0", f"uhv{i}", self.hv_addr(i))
-        except BaseException:
-            self.cleanup()
-            raise
-        return self
-
-    def endpoint(self, i: int, vni: int, addr: str) -> None:
-        """The far end of a link: a VXLAN device in hypervisor i towards the box, inner addr."""
-        hv, dev = self.hv(i), f"vx{vni}"
-        _sh("ip", "-n", hv, "link", "add", dev, "type", "vxlan", "id", str(vni), "local",
-            self.hv_addr(i), "remote", BOX_ADDR, "dstport", "4789", "dev", "eth0", "nolearning")
-        _sh("ip", "-n", hv, "addr", "add", addr, "dev", dev)
-        _sh("ip", "-n", hv, "link", "set", dev, "up")
-
-    def exec(self, ns: str, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
-        # nsenter --net only: `ip netns exec` remounts /sys and would hide /sys/fs/bpf
-        return _sh("nsenter", f"--net=/var/run/netns/{ns}", *args, **kw)
-
-    def cleanup(self) -> None:
-        for ns in reversed(self.namespaces):
-            _sh("ip", "netns", "del", ns, check=False)
-        self.namespaces.clear()
-        shutil.rmtree(self.pin_root, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------- documents
@@ -185,7 +104,7 @@ def _links_map(pin_root: str) -> dict[bytes, bytes]:
 def _bpf_map_bytes(pin_root: str) -> int:
     total = 0
     for name in sorted(os.listdir(pin_root)):
-        r = _sh("bpftool", "-j", "map", "show", "pinned", os.path.join(pin_root, name), check=False)
+        r = sh("bpftool", "-j", "map", "show", "pinned", os.path.join(pin_root, name), check=False)
         if r.returncode == 0:
             total += int(json.loads(r.stdout).get("bytes_memlock", 0))
     return total
@@ -215,7 +134,7 @@ class Bench:
     async def run(self) -> dict[str, Any]:
         import nats
 
-        bed = Testbed().build()
+        bed = Testbed(tag=unique_tag("mbc")).build()
         tmp = Path(tempfile.mkdtemp(prefix="moa-bench-"))
         server = NatsServer(port=free_port(), state_dir=tmp / "nats")
         serve: subprocess.Popen[bytes] | None = None
@@ -254,7 +173,7 @@ class Bench:
                     serve.kill()
                     serve.wait()
             await asyncio.to_thread(server.stop)
-            bed.cleanup()
+            self.out["notes"] += [f"cleanup: {p}" for p in bed.cleanup()]
             shutil.rmtree(tmp, ignore_errors=True)
         return self.out
 
@@ -322,7 +241,7 @@ class Bench:
         self.out["ops_per_s"] = round(self.out["operations"] / self.out["materialize_s"])
         self.out["materialize_elapsed_ms"] = ack.get("elapsed_ms")
         # Proof that it reached the kernel: moa's devices (VTEPs and bridges) in the box.
-        links = json.loads(_sh("ip", "-n", bed.box, "-j", "link", "show").stdout)
+        links = json.loads(sh("ip", "-n", bed.box, "-j", "link", "show").stdout)
         self.out["moa_devices"] = sum(1 for d in links if d.get("ifalias", "").startswith("moa:"))
 
     async def _update(self, nc, bed: Testbed, serve) -> None:
@@ -349,23 +268,22 @@ class Bench:
             _link("pair", list(PAIR_VNIS), [bed.hv_addr(1), bed.hv_addr(2)], {}),
             _link("lan", list(LAN_VNIS), [bed.hv_addr(i) for i in (1, 2, 3)], {})]}
         await self._request(nc, "materialize", doc)
-        bed.endpoint(1, PAIR_VNIS[0], "192.168.31.1/24")
-        bed.endpoint(2, PAIR_VNIS[1], "192.168.31.2/24")
+        bed.add_endpoint(1, PAIR_VNIS[0], "192.168.31.1/24")
+        bed.add_endpoint(2, PAIR_VNIS[1], "192.168.31.2/24")
         for i, vni in enumerate(LAN_VNIS, start=1):
-            bed.endpoint(i, vni, f"192.168.32.{i}/24")
+            bed.add_endpoint(i, vni, f"192.168.32.{i}/24")
         self.out["pair_gbps"] = await asyncio.to_thread(self._iperf, bed, "192.168.31")
         self.out["bridge_gbps"] = await asyncio.to_thread(self._iperf, bed, "192.168.32")
 
     def _iperf(self, bed: Testbed, net: str) -> float:
-        bed.exec(bed.hv(1), "ping", "-c", "2", "-i", "0.2", "-W", "2", f"{net}.2")  # ARP, or fail
+        ns_exec(bed.node(1), "ping", "-c", "2", "-i", "0.2", "-W", "2", f"{net}.2")  # ARP, or fail
         port = free_port()
-        srv = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{bed.hv(2)}", "iperf3", "-s",
-                                "-1", "-B", f"{net}.2", "-p", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        srv = subprocess.Popen([*nsenter(bed.node(2)), "iperf3", "-s", "-1", "-B", f"{net}.2",
+                                "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             for _ in range(50):
                 time.sleep(0.1)
-                r = bed.exec(bed.hv(1), "iperf3", "-c", f"{net}.2", "-p", str(port), "-B",
+                r = ns_exec(bed.node(1), "iperf3", "-c", f"{net}.2", "-p", str(port), "-B",
                              f"{net}.1", "-t", str(self.args.iperf_seconds), "-J", check=False,
                              timeout=self.args.iperf_seconds + 60)
                 if r.returncode == 0:
@@ -390,12 +308,7 @@ class Bench:
             for vni in vnis:
                 clf.set_link(vni, egress=old)
             t0 = time.perf_counter()
-            batch = getattr(clf, "update_links", None)
-            if batch is not None:
-                batch({vni: (new, None) for vni in vnis})
-            else:  # an older classifier: one map update per link
-                for vni in vnis:
-                    clf.set_link(vni, egress=new)
+            clf.update_links({vni: (new, None) for vni in vnis})
             self.out["map_update_10k_s"] = round(time.perf_counter() - t0, 4)
             if any(bytes(clf.link(v).stage[0]) != bytes(new.to_params(clf.abi)) for v in vnis):
                 raise RuntimeError("not every link has the new parameters")

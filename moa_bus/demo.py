@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import secrets
 import shlex
 import shutil
@@ -33,6 +32,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich import box
 from rich.console import Console, Group
@@ -43,6 +43,9 @@ from rich.text import Text
 import schemas
 from moa_bus import cmd_show
 from moa_bus.natsserver import NatsServer, NatsServerError, free_port
+from moa_bus.testbed import (
+    UPLINK, PingResult, Testbed, TestbedError, parse_ping, ping_cmd,
+)
 
 P2P_LOSS = 0.2
 # With sch_fq (a kernel that can hold packets): what the demo adds on top of the loss.
@@ -64,137 +67,23 @@ class Stopped(BaseException):
         self.signum = signum
 
 
-# ------------------------------------------------------------------------------------- topology
-# Its own small builder rather than moa_bus/vm/topo.py's: that one is test tooling (bonds, fq
-# on slaves) and is not shipped by `pip install .`, while `moa demo` must work from an install.
+# ------------------------------------------------------------------------------------- testbed
+# moa_bus/testbed.py builds it (the same builder as `moa bench control` and the tests); here only
+# what the demo puts on it: (node, vni, inner address) of every link endpoint.
 
-VXLAN_PORT = 4789
-
-
-@dataclass(frozen=True)
-class Vtep:
-    vni: int
-    address: str  # overlay address with prefix, e.g. "192.168.10.1/24"
-
-    @property
-    def dev(self) -> str:
-        return f"vx{self.vni}"
-
-
-@dataclass(frozen=True)
-class Node:
-    name: str
-    underlay: str  # the node's underlay IPv4 address
-    vteps: tuple[Vtep, ...]
-
-
-@dataclass
-class Testbed:
-    """`fab` (a bridge: the switch), `box` (moa's namespace, uplink veth to fab) and one namespace
-    per node, whose VTEPs send VXLAN to the box, as a testbed's hypervisors do."""
-    prefix: str
-    nodes: tuple[Node, ...]
-    box_underlay: str = "10.77.0.1"
-    uplink_dev: str = "uplink"
-    underlay_mtu: int = 1600  # room for VXLAN's 50 bytes: the overlay keeps MTU 1500
-
-    def ns(self, role: str) -> str:
-        return f"{self.prefix}{role}"
-
-    @property
-    def namespaces(self) -> list[str]:
-        return [self.ns("box"), self.ns("fab")] + [self.ns(n.name) for n in self.nodes]
-
-    def owner_of(self, vni: int) -> Node:
-        return next(n for n in self.nodes for v in n.vteps if v.vni == vni)
-
-    def setup(self) -> list[str]:
-        box, fab, mtu = self.ns("box"), self.ns("fab"), self.underlay_mtu
-        cmds = [f"ip netns add {n}" for n in self.namespaces]
-        cmds += [f"ip -n {n} link set lo up" for n in self.namespaces]
-        cmds += [f"ip -n {fab} link add fabric type bridge", f"ip -n {fab} link set fabric mtu {mtu} up",
-                 f"ip link add {self.uplink_dev} netns {box} type veth peer name boxport netns {fab}",
-                 f"ip -n {fab} link set boxport mtu {mtu} master fabric",
-                 f"ip -n {fab} link set boxport up",
-                 f"ip -n {box} link set {self.uplink_dev} mtu {mtu} up",
-                 f"ip -n {box} addr add {self.box_underlay}/24 dev {self.uplink_dev}"]
-        for n in self.nodes:
-            ns, port = self.ns(n.name), f"p{n.name}"
-            cmds += [f"ip link add eth0 netns {ns} type veth peer name {port} netns {fab}",
-                     f"ip -n {fab} link set {port} mtu {mtu} master fabric",
-                     f"ip -n {fab} link set {port} up",
-                     f"ip -n {ns} link set eth0 mtu {mtu} up",
-                     f"ip -n {ns} addr add {n.underlay}/24 dev eth0"]
-            for v in n.vteps:
-                cmds += [f"ip -n {ns} link add {v.dev} type vxlan id {v.vni} local {n.underlay} "
-                         f"remote {self.box_underlay} dstport {VXLAN_PORT} nolearning",
-                         f"ip -n {ns} link set {v.dev} mtu 1500",
-                         f"ip -n {ns} addr add {v.address} dev {v.dev}",
-                         f"ip -n {ns} link set {v.dev} up"]
-        return cmds
-
-
-def testbed(prefix: str) -> Testbed:
-    """Three nodes; node1-node2 share the P2P link, all three the LAN. No qdisc from the
-    topology: the service puts sch_fq on the uplink itself when the kernel has it."""
-    return Testbed(prefix=prefix, nodes=(
-        Node("node1", "10.77.0.11", (Vtep(100, "192.168.10.1/24"), Vtep(200, "192.168.20.1/24"))),
-        Node("node2", "10.77.0.12", (Vtep(101, "192.168.10.2/24"), Vtep(201, "192.168.20.2/24"))),
-        Node("node3", "10.77.0.13", (Vtep(202, "192.168.20.3/24"),)),
-    ))
+P2P_ENDPOINTS = ((1, 100, "192.168.10.1/24"), (2, 101, "192.168.10.2/24"))
+LAN_ENDPOINTS = ((1, 200, "192.168.20.1/24"), (2, 201, "192.168.20.2/24"),
+                 (3, 202, "192.168.20.3/24"))
 
 
 def materialize_doc(tb: Testbed, mid: str) -> dict:
     """The Materialize for the testbed: no emulation yet (the "before")."""
-    def endpoints(*vnis: int) -> list[dict]:
-        return [{"vni": v, "remote": tb.owner_of(v).underlay} for v in vnis]
+    def endpoints(eps: tuple[tuple[int, int, str], ...]) -> list[dict]:
+        return [{"vni": vni, "remote": tb.hv_addr(node)} for node, vni, _ in eps]
     return {"id": mid, "links": [
-        {"id": "p2p", "tags": ["demo"], "endpoints": endpoints(100, 101)},
-        {"id": "lan", "tags": ["demo"], "endpoints": endpoints(200, 201, 202)},
+        {"id": "p2p", "tags": ["demo"], "endpoints": endpoints(P2P_ENDPOINTS)},
+        {"id": "lan", "tags": ["demo"], "endpoints": endpoints(LAN_ENDPOINTS)},
     ]}
-
-
-# ------------------------------------------------------------------------------------- pings
-
-@dataclass
-class PingResult:
-    sent: int = 0
-    received: int = 0
-    rtt_min: float | None = None  # ms
-    rtt_avg: float | None = None
-    rtt_max: float | None = None
-
-    @property
-    def loss(self) -> float:
-        return 1 - self.received / self.sent if self.sent else 0.0
-
-    def describe(self) -> str:
-        rtt = (f"rtt min/avg/max {self.rtt_min:.3f}/{self.rtt_avg:.3f}/{self.rtt_max:.3f} ms"
-               if self.rtt_avg is not None else "no replies")
-        return f"{self.received}/{self.sent} answered ({self.loss:.0%} lost), {rtt}"
-
-
-_SUMMARY = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?received")
-_RTT = re.compile(r"= ([\d.]+)/([\d.]+)/([\d.]+)/")
-
-
-def parse_ping(text: str) -> PingResult:
-    r = PingResult()
-    if m := _SUMMARY.search(text):
-        r.sent, r.received = int(m.group(1)), int(m.group(2))
-    if m := _RTT.search(text):
-        r.rtt_min, r.rtt_avg, r.rtt_max = (float(x) for x in m.groups())
-    return r
-
-
-def ping_cmd(ns: str, dst: str, count: int | None, interval: float, deadline: float | None = None) -> list[str]:
-    """ping from namespace `ns` (nsenter --net: `ip netns exec` would also remount /sys)."""
-    cmd = ["nsenter", f"--net=/var/run/netns/{ns}", "ping", "-n", "-q", "-i", f"{interval:g}", "-W", "1"]
-    if count is not None:
-        cmd += ["-c", str(count)]
-    if deadline is not None:
-        cmd += ["-w", f"{deadline:g}"]
-    return cmd + [dst]
 
 
 # ------------------------------------------------------------------------------------- the demo
@@ -203,17 +92,17 @@ def ping_cmd(ns: str, dst: str, count: int | None, interval: float, deadline: fl
 class Pair:
     """Two nodes that ping each other over one link."""
     link: str
-    src: str  # hypervisor (node) name
+    src: int  # node number
+    dst: int
     dst_ip: str
-    dst: str
 
     @property
     def label(self) -> str:
-        return f"{self.src} -> {self.dst} ({self.link})"
+        return f"node{self.src} -> node{self.dst} ({self.link})"
 
 
-PAIRS = (Pair("p2p", "node1", "192.168.10.2", "node2"), Pair("lan", "node1", "192.168.20.3", "node3"),
-         Pair("lan", "node2", "192.168.20.3", "node3"))
+PAIRS = (Pair("p2p", 1, 2, "192.168.10.2"), Pair("lan", 1, 3, "192.168.20.3"),
+         Pair("lan", 2, 3, "192.168.20.3"))
 
 
 @dataclass
@@ -228,7 +117,6 @@ class Demo:
     nats: NatsServer | None = None
     serve: subprocess.Popen | None = None
     children: list[subprocess.Popen] = field(default_factory=list)
-    made_namespaces: list[str] = field(default_factory=list)
     has_fq: bool = False
 
     @property
@@ -253,11 +141,6 @@ class Demo:
         self.console.print(Text(f"== {text}", style="bold cyan"), soft_wrap=True)
 
     # -- running commands -------------------------------------------------------------------------
-
-    def sh(self, cmd: str, timeout: float = 30) -> None:
-        r = subprocess.run(shlex.split(cmd), capture_output=True, text=True, timeout=timeout)
-        if r.returncode != 0:
-            raise DemoError(f"`{cmd}` failed: {r.stderr.strip() or r.stdout.strip()}")
 
     def moa(self, *argv: str, check: bool = True, show: bool = True, timeout: float = 120) -> tuple[int, str]:
         """Run the moa CLI like a user would, printing the command line and its output."""
@@ -293,7 +176,7 @@ class Demo:
         return p
 
     def pings(self, pairs: tuple[Pair, ...], count: int, interval: float, tag: str) -> list[PingResult]:
-        procs = [(self.popen(ping_cmd(self.tb.ns(p.src), p.dst_ip, count, interval),
+        procs = [(self.popen(ping_cmd(self.tb.node(p.src), p.dst_ip, count, interval),
                              self.tmp / f"ping-{tag}-{i}.txt"), i) for i, p in enumerate(pairs)]
         results = []
         for proc, i in procs:
@@ -315,14 +198,15 @@ class Demo:
         return ok
 
     def build(self) -> None:
-        self.tb = testbed(self.prefix)
         self.step(f"1. a testbed in network namespaces ({self.prefix}*)")
-        self.made_namespaces = list(self.tb.namespaces)  # before the first command: cleanup knows
-        for cmd in self.tb.setup():
-            self.sh(cmd)
-        self.say("   node1, node2, node3: VXLAN endpoints (VTEPs) of the emulated links, as a "
-                 "testbed's hypervisors have")
-        self.say("   fab: the switch (a bridge); box: where moa runs, uplink `uplink` (veth to fab)")
+        self.tb = Testbed(tag=self.prefix, pin_root=self.pin_root)  # before building: cleanup knows
+        self.tb.build()
+        for node, vni, addr in P2P_ENDPOINTS + LAN_ENDPOINTS:
+            self.tb.add_endpoint(node, vni, addr)
+        self.say("   node1, node2, node3: VXLAN endpoints (VTEPs) of the emulated links, made by "
+                 "hypervisors hv1-hv3 (which keep their UDP sockets), as a testbed's are")
+        self.say(f"   fab: the switch (a bridge); box: where moa runs, uplink `{UPLINK}` "
+                 "(veth to fab)")
         self.say("   link p2p: node1 (vni 100, 192.168.10.1) <-> node2 (vni 101, 192.168.10.2)")
         self.say("   link lan: node1 (vni 200, .20.1), node2 (vni 201, .20.2), node3 (vni 202, .20.3)")
 
@@ -339,8 +223,8 @@ class Demo:
                     raise
         self.say(f"   nats-server with JetStream on {self.nats.url} (state in {self.tmp / 'nats'}); "
                  "`moa serve` without --nats starts the same on 127.0.0.1:4222")
-        argv = ["serve", "--host", self.host, "--uplink", self.tb.uplink_dev,
-                "--netns", self.tb.ns("box"), "--pin-root", self.pin_root, "--stats-interval", "0.5"]
+        argv = ["serve", "--host", self.host, "--uplink", UPLINK,
+                "--netns", self.tb.box, "--pin-root", self.pin_root, "--stats-interval", "0.5"]
         if not self.has_fq:
             argv.append("--allow-loss-only")
         shown = ["moa", *argv, "--nats", self.nats.url]
@@ -392,7 +276,8 @@ class Demo:
     def live_table(self, runner: asyncio.Runner, nc) -> schemas.StatusReply:
         """`moa show --watch`'s table while pings run; a few snapshots when not on a terminal."""
         live = self.console.is_terminal if self.live is None else self.live
-        procs = [self.popen(ping_cmd(self.tb.ns(p.src), p.dst_ip, None, 1 / PING_RATE, self.duration + 1),
+        procs = [self.popen(ping_cmd(self.tb.node(p.src), p.dst_ip, None, 1 / PING_RATE,
+                                     deadline=self.duration + 1),
                             self.tmp / f"ping-live-{i}.txt") for i, p in enumerate(PAIRS)]
         note = Text(f"pings running: {', '.join(p.label for p in PAIRS)}, {PING_RATE}/s each",
                     style="dim")
@@ -534,14 +419,8 @@ class Demo:
                 self.serve.wait()
         if self.nats is not None:
             self.nats.stop()
-        for ns in self.made_namespaces:
-            r = subprocess.run(["ip", "netns", "del", ns], capture_output=True, text=True)
-            if r.returncode != 0 and "No such file" not in r.stderr:
-                problems.append(f"namespace {ns}: {r.stderr.strip()}")
-        if os.path.exists(self.pin_root):
-            shutil.rmtree(self.pin_root, ignore_errors=True)
-            if os.path.exists(self.pin_root):
-                problems.append(f"pins left in {self.pin_root}")
+        if self.tb is not None:
+            problems += self.tb.cleanup()
         if self.tmp is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
         return problems
@@ -600,21 +479,9 @@ def critical() -> Iterator[None]:
 
 
 @contextmanager
-def _signals_unwind() -> Iterator[None]:
-    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    old = {s: signal.signal(s, _Signals.handler) for s in sigs}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
-@contextmanager
-def _signals_ignored() -> Iterator[None]:
-    """While cleaning up, a second Ctrl-C must not leave half the testbed behind."""
-    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in sigs}
+def _on_stop_signals(handler: Any) -> Iterator[None]:
+    """`handler` for SIGINT, SIGTERM and SIGHUP while inside; the previous ones after."""
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
@@ -645,7 +512,7 @@ def main(duration: float, prefix: str | None = None, live: bool | None = None,
     demo = Demo(duration=duration, live=live, console=console,
                 **({"prefix": prefix} if prefix else {}))
     rc = 1
-    with _signals_unwind():
+    with _on_stop_signals(_Signals.handler):
         try:
             demo.tmp = Path(tempfile.mkdtemp(prefix=f"moa-demo-{demo.prefix}-"))
             rc = demo.run()
@@ -655,11 +522,12 @@ def main(duration: float, prefix: str | None = None, live: bool | None = None,
         except Stopped as e:
             console.print(f"\nmoa demo: {e} received; cleaning up", markup=False)
             rc = 128 + e.signum
-        except (DemoError, NatsServerError, subprocess.TimeoutExpired, OSError) as e:
+        except (DemoError, TestbedError, NatsServerError, subprocess.TimeoutExpired, OSError) as e:
             console.print(f"\nmoa demo failed: {e}", markup=False)
             rc = 1
         finally:
-            with _signals_ignored():
+            # While cleaning up, a second Ctrl-C must not leave half the testbed behind.
+            with _on_stop_signals(signal.SIG_IGN):
                 problems = demo.cleanup()
     for p in problems:
         console.print(f"moa demo: cleanup: {p}", markup=False)

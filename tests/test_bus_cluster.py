@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +18,9 @@ import pytest
 from moa_bus import cmd_serve
 from moa_bus.natsserver import NatsServer, free_port
 from moa_bus.subjects import Subjects
+from moa_bus.testbed import BOX_ADDR, UPLINK, Testbed
 from tests.fixtures.moabox import js_stream_idle, moa_devices, p2p_materialize, vni_keys
-from tests.fixtures.topology import MOA_ADDR, UPLINK, Topology
+from tests.fixtures.topology import topo  # noqa: F401
 
 pytestmark = [pytest.mark.netns, pytest.mark.nats]
 
@@ -130,20 +130,6 @@ class Recording:
 
 
 @pytest.fixture
-def topo() -> Iterator[Topology]:
-    t = Topology(tag=f"bc{os.getpid() % 100000}{os.urandom(2).hex()}", hypervisors=2).build()
-    t.pin_root = f"/sys/fs/bpf/{t.tag}"  # type: ignore[attr-defined]
-    try:
-        yield t
-    finally:
-        try:
-            t.cleanup()
-        finally:
-            subprocess.run(["rm", "-rf", t.pin_root])  # type: ignore[attr-defined]
-    assert t.leftover_namespaces() == []
-
-
-@pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     c = Cluster(tmp_path, f"moac{os.getpid()}{os.urandom(2).hex()}").start()
     try:
@@ -152,7 +138,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         c.stop()
 
 
-def _events(topo: Topology) -> list[tuple[str, dict, tuple[str, str, str]]]:
+def _events(topo: Testbed) -> list[tuple[str, dict, tuple[str, str, str]]]:
     """100 events: updates of link l0's loss (each a new value), every tenth a materialization of
     a new id; with what the datapath must be asked, in this order."""
     out = []
@@ -169,7 +155,7 @@ def _events(topo: Topology) -> list[tuple[str, dict, tuple[str, str, str]]]:
 
 
 async def test_cluster_node_killed_during_event_stream_loses_nothing(
-        topo: Topology, cluster: Cluster) -> None:
+        topo: Testbed, cluster: Cluster) -> None:
     host = f"clu{os.getpid()}"
     s = Subjects(host)
     holder: list[Recording] = []
@@ -182,8 +168,8 @@ async def test_cluster_node_killed_during_event_stream_loses_nothing(
                                  max_reconnect_attempts=-1, reconnect_time_wait=0.2)
     await _jetstream_ready(watcher)
     settings = cmd_serve.ServeSettings(
-        nats=cluster.urls(), host=host, uplink=UPLINK, local=MOA_ADDR, netns=topo.moa,
-        pin_root=topo.pin_root, allow_loss_only=True, stream_replicas=3, ack_wait=3.0)  # type: ignore[attr-defined]
+        nats=cluster.urls(), host=host, uplink=UPLINK, local=BOX_ADDR, netns=topo.box,
+        pin_root=topo.pin_root, allow_loss_only=True, stream_replicas=3, ack_wait=3.0)
     stop = asyncio.Event()
     said: list[str] = []
     server = asyncio.create_task(cmd_serve.serve(settings, factory, stop, said.append))
@@ -250,9 +236,9 @@ async def test_cluster_node_killed_during_event_stream_loses_nothing(
         assert set(held) == {"base"} | {f"c{i}" for i in range(9, EVENTS, 10)}
         assert held["base"]["links"][0]["emulation"]["loss"] == pytest.approx(99 / 1000)
         assert held["base"]["generation"] == 1 + 90
-        devices = await asyncio.to_thread(moa_devices, topo.moa)
+        devices = await asyncio.to_thread(moa_devices, topo.box)
         assert len(devices) == 2 * (1 + 10)
-        assert vni_keys(topo.pin_root) == (  # type: ignore[attr-defined]
+        assert vni_keys(topo.pin_root) == (
             {6000, 6001} | {7000 + 2 * i + k for i in range(9, EVENTS, 10) for k in (0, 1)})
     finally:
         stop.set()

@@ -7,7 +7,7 @@ import asyncio
 import json
 import os
 import subprocess
-from collections.abc import Iterator
+import sys
 
 import nats
 import pytest
@@ -15,30 +15,17 @@ import pytest
 from moa_bus import cmd_serve
 from moa_bus.natsserver import NatsServer
 from moa_bus.subjects import Subjects
+from moa_bus.testbed import BOX_ADDR, UPLINK, Testbed
+from tests.fixtures.moabox import ServeProcess, serve_cmd
 from tests.fixtures.nats import nats_server  # noqa: F401
-from tests.fixtures.topology import MOA_ADDR, UPLINK, Topology
+from tests.fixtures.topology import topo  # noqa: F401
 
 pytestmark = [pytest.mark.netns, pytest.mark.nats]
 
 
-@pytest.fixture
-def topo() -> Iterator[Topology]:
-    t = Topology(tag=f"bs{os.getpid() % 100000}{os.urandom(2).hex()}").build()
-    pin = f"/sys/fs/bpf/{t.tag}"
-    t.pin_root = pin  # type: ignore[attr-defined]
-    try:
-        yield t
-    finally:
-        try:
-            t.cleanup()
-        finally:
-            subprocess.run(["rm", "-rf", pin])
-    assert t.leftover_namespaces() == []
-
-
-def kernel_state(t: Topology, dp) -> dict:
+def kernel_state(t: Testbed, dp) -> dict:
     """What moa made in the box's namespace: devices (with alias, master, xdp) and link params."""
-    links = json.loads(subprocess.run(["ip", "-n", t.moa, "-d", "-j", "link", "show"],
+    links = json.loads(subprocess.run(["ip", "-n", t.box, "-d", "-j", "link", "show"],
                                       capture_output=True, text=True, check=True).stdout)
     devices = sorted((d["ifname"], d.get("ifalias"), d.get("master"), d.get("operstate"),
                       json.dumps(d.get("xdp"), sort_keys=True))
@@ -47,13 +34,13 @@ def kernel_state(t: Topology, dp) -> dict:
     return {"devices": devices, "params": params, "pairs": sorted(dp.pair.entries())}
 
 
-def doc(t: Topology, mid: str, vnis: tuple[int, int], emulation: dict) -> bytes:
+def doc(t: Testbed, mid: str, vnis: tuple[int, int], emulation: dict) -> bytes:
     return json.dumps({"id": mid, "links": [{"id": "a-b", "tags": ["wan"], "emulation": emulation,
                        "endpoints": [{"vni": vnis[0], "remote": t.hv_addr(1)},
                                      {"vni": vnis[1], "remote": t.hv_addr(2)}]}]}).encode()
 
 
-async def test_full_stack_materialize_update_dematerialize(topo: Topology, nats_server: NatsServer) -> None:
+async def test_full_stack_materialize_update_dematerialize(topo: Testbed, nats_server: NatsServer) -> None:
     host = f"fullstack{os.getpid()}"
     s = Subjects(host)
     holder: list = []
@@ -63,8 +50,8 @@ async def test_full_stack_materialize_update_dematerialize(topo: Topology, nats_
         holder.append(dp)
         return dp
 
-    settings = cmd_serve.ServeSettings(nats=nats_server.url, host=host, uplink=UPLINK, local=MOA_ADDR,
-                                       netns=topo.moa, pin_root=topo.pin_root, allow_loss_only=True,
+    settings = cmd_serve.ServeSettings(nats=nats_server.url, host=host, uplink=UPLINK, local=BOX_ADDR,
+                                       netns=topo.box, pin_root=topo.pin_root, allow_loss_only=True,
                                        stats_interval=0.3)
     stop = asyncio.Event()
     said: list[str] = []
@@ -145,48 +132,32 @@ async def test_full_stack_materialize_update_dematerialize(topo: Topology, nats_
         assert await asyncio.wait_for(server, 30) == 0
 
 
-async def test_moa_serve_on_uvloop_sigterm_leaves_datapath(topo: Topology, nats_server: NatsServer,
+async def test_moa_serve_on_uvloop_sigterm_leaves_datapath(topo: Testbed, nats_server: NatsServer,
                                                            tmp_path) -> None:
     """`moa serve` as a process (uvloop, real datapath): materialize with `moa materialize`,
     SIGTERM: exit 0, and the kernel keeps the links (traffic stays shaped across a restart)."""
-    import signal
-    import sys
-
     host = f"fullsig{os.getpid()}"
-    base = ["--nats", nats_server.url, "--host", host]
-    env = {**os.environ, "MOA_NATS_URL": "", "MOA_UPLINK": ""}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "moa_bus.cli", "serve", *base, "--uplink", UPLINK, "--local", MOA_ADDR,
-        "--netns", topo.moa, "--pin-root", topo.pin_root, "--allow-loss-only",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+    proc = ServeProcess(serve_cmd(topo, nats_server.url, host), tmp_path / "serve.log").start()
     try:
         nc = await nats.connect(nats_server.url, connect_timeout=2, max_reconnect_attempts=1)
         try:
-            for _ in range(300):
-                try:
-                    await nc.request(f"moa.{host}.status", b"{}", timeout=0.5)
-                    break
-                except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-                    await asyncio.sleep(0.1)
+            await proc.wait_ready(nc, host)
         finally:
             await nc.close()
         f = tmp_path / "m.json"
         f.write_bytes(doc(topo, "sig1", (100, 101), {"loss": 0.25}))
         cli = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "moa_bus.cli", "materialize", str(f), *base,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+            sys.executable, "-m", "moa_bus.cli", "materialize", str(f), "--nats", nats_server.url,
+            "--host", host, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "MOA_NATS_URL": "", "MOA_UPLINK": ""})
         out, err = await asyncio.wait_for(cli.communicate(), 60)
         assert cli.returncode == 0, err
         assert json.loads(out)["ok"] is True
-        proc.send_signal(signal.SIGTERM)
-        _, serr = await asyncio.wait_for(proc.communicate(), 30)
-        assert proc.returncode == 0, serr
-        assert b"the datapath stays in place" in serr
+        assert await asyncio.to_thread(proc.stop) == 0, proc.log()  # SIGTERM
+        assert "the datapath stays in place" in proc.log()
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    links = json.loads(subprocess.run(["ip", "-n", topo.moa, "-j", "link", "show"],
+        proc.kill9()
+    links = json.loads(subprocess.run(["ip", "-n", topo.box, "-j", "link", "show"],
                                       capture_output=True, text=True, check=True).stdout)
     assert sum(1 for d in links if d.get("ifalias", "").startswith("moa")) >= 2
     assert os.listdir(topo.pin_root)  # pinned maps stay

@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,11 +23,12 @@ from hypothesis import strategies as st
 
 from moa_bus.natsserver import NatsServer
 from moa_bus.subjects import Subjects
+from moa_bus.testbed import Testbed
 from tests.fixtures.moabox import (
     ServeProcess, kernel_snapshot, serve_cmd, settled_snapshot, snapshot_diff,
 )
 from tests.fixtures.nats import nats_server  # noqa: F401
-from tests.fixtures.topology import Topology
+from tests.fixtures.topology import topo  # noqa: F401
 
 pytestmark = [pytest.mark.netns, pytest.mark.nats]
 
@@ -290,19 +289,6 @@ events = st.one_of(bad_materialize(), bad_materialize(), bad_update(), bad_demat
 
 # ---------------------------------------------------------------------------- the test
 
-@pytest.fixture
-def topo() -> Iterator[Topology]:
-    t = Topology(tag=f"bz{os.getpid() % 100000}{os.urandom(2).hex()}", hypervisors=2).build()
-    t.pin_root = f"/sys/fs/bpf/{t.tag}"  # type: ignore[attr-defined]
-    try:
-        yield t
-    finally:
-        try:
-            t.cleanup()
-        finally:
-            subprocess.run(["rm", "-rf", t.pin_root])  # type: ignore[attr-defined]
-    assert t.leftover_namespaces() == []
-
 
 def check(case: Case, ack: dict) -> None:
     where = (case.op, case.data[:300])
@@ -317,13 +303,13 @@ def check(case: Case, ack: dict) -> None:
         assert (err["field"] or "").endswith(case.field_suffix), (where, ack)
 
 
-def test_fuzz_10000_invalid_events_change_nothing(topo: Topology, nats_server: NatsServer,
+def test_fuzz_10000_invalid_events_change_nothing(topo: Testbed, nats_server: NatsServer,
                                                   tmp_path: Path) -> None:
     host = f"fuzz{os.getpid()}"
     s = Subjects(host)
-    pin: str = topo.pin_root  # type: ignore[attr-defined]
+    pin = topo.pin_root
     loop = asyncio.new_event_loop()
-    proc = ServeProcess(serve_cmd(topo, pin, nats_server.url, host), tmp_path / "serve.log").start()
+    proc = ServeProcess(serve_cmd(topo, nats_server.url, host), tmp_path / "serve.log").start()
     nc = loop.run_until_complete(nats.connect(nats_server.url, connect_timeout=2,
                                               max_reconnect_attempts=1, pending_size=64 << 20))
     sent: list[Case] = []
@@ -334,7 +320,7 @@ def test_fuzz_10000_invalid_events_change_nothing(topo: Topology, nats_server: N
             nc.request(s.op("materialize"), json.dumps(HELD).encode(), timeout=30)).data)
         assert ack["ok"] is True, ack
         status_before = loop.run_until_complete(nc.request(s.op("status"), b"{}", timeout=10)).data
-        before = settled_snapshot(topo.moa, pin)
+        before = settled_snapshot(topo.box, pin)
         assert len(before["maps"]["moa_links"]) == len(HELD_VNIS)
 
         async def one(case: Case) -> None:
@@ -377,7 +363,7 @@ def test_fuzz_10000_invalid_events_change_nothing(topo: Topology, nats_server: N
         for case, ack in zip(sample, acks):
             check(case, ack)
 
-        after = kernel_snapshot(topo.moa, pin)
+        after = kernel_snapshot(topo.box, pin)
         assert snapshot_diff(before, after) == []
         status_after = loop.run_until_complete(nc.request(s.op("status"), b"{}", timeout=10)).data
         assert json.loads(status_after)["materializations"][0]["generation"] == \

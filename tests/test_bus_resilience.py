@@ -7,8 +7,6 @@ import asyncio
 import json
 import os
 import re
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import nats
@@ -16,31 +14,18 @@ import pytest
 
 from moa_bus.natsserver import NatsServer
 from moa_bus.subjects import Subjects
+from moa_bus.testbed import Testbed
 from tests.fixtures.moabox import (
     ServeProcess, ip_json, js_stream_idle, map_contents, moa_devices, p2p_materialize, serve_cmd, vni_keys,
 )
 from tests.fixtures.nats import nats_server  # noqa: F401
-from tests.fixtures.topology import Topology
+from tests.fixtures.topology import topo  # noqa: F401
 
 pytestmark = [pytest.mark.netns, pytest.mark.nats]
 
 LINKS = 200
 FIRST_VNI = 5000
 ACK_WAIT = 3.0  # s: the killed process's unacked event comes back this soon
-
-
-@pytest.fixture
-def topo() -> Iterator[Topology]:
-    t = Topology(tag=f"br{os.getpid() % 100000}{os.urandom(2).hex()}", hypervisors=2).build()
-    t.pin_root = f"/sys/fs/bpf/{t.tag}"  # type: ignore[attr-defined]
-    try:
-        yield t
-    finally:
-        try:
-            t.cleanup()
-        finally:
-            subprocess.run(["rm", "-rf", t.pin_root])  # type: ignore[attr-defined]
-    assert t.leftover_namespaces() == []
 
 
 async def _kill_when_devices(ns: str, count: int, proc: ServeProcess, timeout: float,
@@ -75,11 +60,11 @@ async def _kill_when_devices(ns: str, count: int, proc: ServeProcess, timeout: f
 # the restarted service then refused the unmarked devices as not moa's.
 @pytest.mark.parametrize("phase", ["created", "up"])
 async def test_kill9_mid_materialization_then_restart_converges(
-        topo: Topology, nats_server: NatsServer, tmp_path: Path, phase: str) -> None:
+        topo: Testbed, nats_server: NatsServer, tmp_path: Path, phase: str) -> None:
     host = f"res{os.getpid()}"
     s = Subjects(host)
-    pin: str = topo.pin_root  # type: ignore[attr-defined]
-    cmd = serve_cmd(topo, pin, nats_server.url, host, "--ack-wait", str(ACK_WAIT))
+    pin = topo.pin_root
+    cmd = serve_cmd(topo, nats_server.url, host, "--ack-wait", str(ACK_WAIT))
     doc = p2p_materialize("big", LINKS, FIRST_VNI, topo, loss=0.01, tags=["wan"])
     vnis = {FIRST_VNI + k for k in range(2 * LINKS)}
 
@@ -94,13 +79,13 @@ async def test_kill9_mid_materialization_then_restart_converges(
             acks.append(json.loads(msg.data))
         await nc.subscribe(s.acks, cb=on_ack)
         # Kill -9 once a tenth of the 400 VTEPs exist: the plan is in the middle.
-        killer = asyncio.create_task(_kill_when_devices(topo.moa, 2 * LINKS // 10, first, 60, phase))
+        killer = asyncio.create_task(_kill_when_devices(topo.box, 2 * LINKS // 10, first, 60, phase))
         await asyncio.sleep(0.3)  # ip monitor is listening
         await nc.jetstream().publish(s.event("materialize"), json.dumps(doc).encode())
         made = await killer
         # Half-made: not all VTEPs exist (killed while creating; those created may not carry
         # moa's mark yet), or not all are up (killed while bringing them up).
-        left = [d["ifname"] for d in await asyncio.to_thread(ip_json, topo.moa, "link", "show")
+        left = [d["ifname"] for d in await asyncio.to_thread(ip_json, topo.box, "link", "show")
                 if d["ifname"].startswith("mv") and (phase == "created" or "UP" in d["flags"])]
         assert 2 * LINKS // 10 <= made <= len(left) < 2 * LINKS, (made, len(left), first.log())
         assert acks == []  # killed before it could ack
@@ -119,7 +104,7 @@ async def test_kill9_mid_materialization_then_restart_converges(
             (acks, second.log())
 
         # Every link's two VTEPs, marked as that link's, and nothing else of moa's.
-        devices = await asyncio.to_thread(moa_devices, topo.moa)
+        devices = await asyncio.to_thread(moa_devices, topo.box)
         assert devices == {f"mv{FIRST_VNI + 2 * i + k}": f"moa:big:l{i}"
                            for i in range(LINKS) for k in (0, 1)}
         # Each VNI's parameters exactly once in moa_links, each in a slot of its own, and all
@@ -143,7 +128,7 @@ async def test_kill9_mid_materialization_then_restart_converges(
         again = json.loads((await nc.request(s.op("materialize"), json.dumps(doc).encode(),
                                              timeout=60)).data)
         assert again["ok"] is True and again["generation"] == m["generation"], again
-        assert await asyncio.to_thread(moa_devices, topo.moa) == devices
+        assert await asyncio.to_thread(moa_devices, topo.box) == devices
         assert second.stop() == 0, second.log()
     finally:
         await nc.close()

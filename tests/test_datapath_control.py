@@ -5,49 +5,24 @@ parameter-only update that goes straight to the classifier map without netlink.
 from __future__ import annotations
 
 import json
-import subprocess
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 import schemas
 from datapath import ops as ops_mod
-from datapath.api import DatapathConfig, KernelDatapath
+from datapath.api import KernelDatapath
 from datapath.netlink import MOA_TC_PRIO
 from datapath.planner import bridge_name
-from tests.fixtures.topology import MOA_ADDR, UPLINK, Topology, sh
+from moa_bus.testbed import UPLINK, Testbed, sh
+from tests.fixtures.moabox import box, ip_json  # noqa: F401
+from tests.fixtures.topology import topo  # noqa: F401
 
 pytestmark = pytest.mark.netns
 
 P2P, LANS, LAN_N = 24, 3, 5
 
 
-@pytest.fixture
-def topo() -> Iterator[Topology]:
-    t = Topology(hypervisors=2).build()
-    t.pin_root = f"/sys/fs/bpf/{t.tag}"  # type: ignore[attr-defined]
-    try:
-        yield t
-    finally:
-        try:
-            t.cleanup()
-        finally:
-            subprocess.run(["rm", "-rf", t.pin_root])  # type: ignore[attr-defined]
-    assert t.leftover_namespaces() == []
-
-
-@pytest.fixture
-async def box(topo: Topology) -> AsyncIterator[KernelDatapath]:
-    dp = await KernelDatapath.start(DatapathConfig(
-        uplink=UPLINK, local=MOA_ADDR, netns=topo.moa, allow_loss_only=True,
-        pin_root=topo.pin_root))  # type: ignore[attr-defined]
-    try:
-        yield dp
-    finally:
-        await dp.teardown()
-
-
-def many(t: Topology, mid: str = "big", loss: float = 0.0) -> schemas.Materialize:
+def many(t: Testbed, mid: str = "big", loss: float = 0.0) -> schemas.Materialize:
     links = [{"id": f"p{i}", "tags": ["all", "p2p"], "emulation": {"loss": loss},
               "endpoints": [{"vni": 1000 + 2 * i, "remote": t.hv_addr(1)},
                             {"vni": 1001 + 2 * i, "remote": t.hv_addr(2)}]} for i in range(P2P)]
@@ -55,10 +30,6 @@ def many(t: Topology, mid: str = "big", loss: float = 0.0) -> schemas.Materializ
                "endpoints": [{"vni": 3000 + 10 * j + k, "remote": t.hv_addr(1 + k % 2)}
                              for k in range(LAN_N)]} for j in range(LANS)]
     return schemas.decode(schemas.Materialize, json.dumps({"id": mid, "links": links}))
-
-
-def ip_json(ns: str, *args: str) -> list[dict]:
-    return json.loads(sh("ip", "-n", ns, "-j", *args).stdout or "[]")
 
 
 def vteps_of(m: schemas.Materialize) -> set[str]:
@@ -70,7 +41,7 @@ async def test_bulk_materialize_builds_every_device_pair_and_port(topo, box):
     res = await box.materialize(m)
     n_vteps = 2 * P2P + LANS * LAN_N
     assert res.operations == n_vteps + n_vteps + LANS + LANS * LAN_N + P2P  # params, VTEPs, ...
-    links = {d["ifname"]: d for d in ip_json(topo.moa, "-d", "link", "show")}
+    links = {d["ifname"]: d for d in ip_json(topo.box, "-d", "link", "show")}
     assert vteps_of(m) <= set(links)
     for name in vteps_of(m):
         d = links[name]
@@ -83,7 +54,7 @@ async def test_bulk_materialize_builds_every_device_pair_and_port(topo, box):
         ports = [n for n, d in links.items() if d.get("master") == br]
         assert sorted(ports) == sorted(f"mv{3000 + 10 * j + k}" for k in range(LAN_N))
     # moa's devices carry no address of their own: nothing they could send into a link
-    addrs = {a["ifname"]: a.get("addr_info", []) for a in ip_json(topo.moa, "addr", "show")}
+    addrs = {a["ifname"]: a.get("addr_info", []) for a in ip_json(topo.box, "addr", "show")}
     assert all(addrs.get(n, []) == [] for n in vteps_of(m))
     # each P2P VTEP has the pair's tc filter at moa's slot, and both map entries point across
     entries = box.pair.entries()
@@ -105,16 +76,16 @@ async def test_bulk_teardown_removes_all_and_spares_foreign_devices(topo, box, m
     await box.materialize(m)
     # Someone else's devices: one in the group moa would pick first, one plain.
     first = ops_mod.MOA_GROUP_BASE | 0x1234
-    sh("ip", "-n", topo.moa, "link", "add", "foreign0", "type", "veth", "peer", "name", "foreign1")
-    sh("ip", "-n", topo.moa, "link", "set", "foreign0", "group", str(first))
+    sh("ip", "-n", topo.box, "link", "add", "foreign0", "type", "veth", "peer", "name", "foreign1")
+    sh("ip", "-n", topo.box, "link", "set", "foreign0", "group", str(first))
     picks = iter([0x1234, 0x1235])
     monkeypatch.setattr(ops_mod.secrets, "randbelow", lambda n: next(picks))
     res = await box.dematerialize("big")
     assert res.changed
-    names = {d["ifname"] for d in ip_json(topo.moa, "link", "show")}
+    names = {d["ifname"] for d in ip_json(topo.box, "link", "show")}
     assert names == {"lo", UPLINK, "foreign0", "foreign1"}
     assert box.pair.entries() == {} and box.classifier.vnis() == []
-    groups = {d["ifname"]: d.get("group") for d in ip_json(topo.moa, "-d", "link", "show")}
+    groups = {d["ifname"]: d.get("group") for d in ip_json(topo.box, "-d", "link", "show")}
     assert groups["foreign0"] == str(first) or groups["foreign0"] == first
     assert (await box.status()).materializations == []
 
@@ -191,12 +162,12 @@ async def test_parameter_update_rolls_back_when_the_map_write_fails(topo, box, m
 
 async def test_bulk_create_leaves_a_foreign_device_alone_and_rolls_back(topo, box):
     # A name moa would use, taken by someone else's device, in the middle of a bulk round.
-    sh("ip", "-n", topo.moa, "link", "add", "mv1011", "type", "veth", "peer", "name", "foreign9")
+    sh("ip", "-n", topo.box, "link", "add", "mv1011", "type", "veth", "peer", "name", "foreign9")
     with pytest.raises(ops_mod.PlanError) as e:
         await box.materialize(many(topo))
     assert "not moa's" in str(e.value.cause) and "mv1011" in e.value.operation.describe()
     assert e.value.rollback_errors == []
-    links = {d["ifname"]: d for d in ip_json(topo.moa, "link", "show")}
+    links = {d["ifname"]: d for d in ip_json(topo.box, "link", "show")}
     assert set(links) == {"lo", UPLINK, "mv1011", "foreign9"}
     assert "ifalias" not in links["mv1011"]  # never marked
     assert box.classifier.vnis() == [] and box.pair.entries() == {}

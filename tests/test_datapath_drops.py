@@ -6,40 +6,22 @@ not become an event. Real VXLAN traffic between namespaces (tests/fixtures/topol
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
 import schemas
-from datapath.api import DatapathConfig, KernelDatapath
+from datapath.api import KernelDatapath
 from datapath.classifier import ClassifierConfig
-from tests.fixtures.topology import MOA_ADDR, UPLINK, Topology
+from moa_bus.testbed import Testbed
+from tests.fixtures.moabox import box_config
+from tests.fixtures.topology import topo  # noqa: F401
 
 pytestmark = pytest.mark.netns
 
 
-@pytest.fixture
-def topo() -> Iterator[Topology]:
-    t = Topology(hypervisors=2).build()
-    t.pin_root = f"/sys/fs/bpf/{t.tag}"  # type: ignore[attr-defined]
-    try:
-        yield t
-    finally:
-        try:
-            t.cleanup()
-        finally:
-            subprocess.run(["rm", "-rf", t.pin_root])  # type: ignore[attr-defined]
-    assert t.leftover_namespaces() == []
-
-
-def config(t: Topology, **kw) -> DatapathConfig:
-    return DatapathConfig(uplink=UPLINK, local=MOA_ADDR, netns=t.moa, allow_loss_only=True,
-                          pin_root=t.pin_root, **kw)  # type: ignore[attr-defined]
-
-
-def p2p(t: Topology, loss: float) -> schemas.Materialize:
+def p2p(t: Testbed, loss: float) -> schemas.Materialize:
     return schemas.decode(schemas.Materialize, f'''{{"id": "m1", "links": [
         {{"id": "a-b", "emulation": {{"loss": {loss}}}, "endpoints": [
           {{"vni": 100, "remote": "{t.hv_addr(1)}"}},
@@ -47,9 +29,9 @@ def p2p(t: Topology, loss: float) -> schemas.Materialize:
 
 
 @pytest.fixture
-async def box(topo: Topology, request: pytest.FixtureRequest) -> AsyncIterator[KernelDatapath]:
+async def box(topo: Testbed, request: pytest.FixtureRequest) -> AsyncIterator[KernelDatapath]:
     budget = getattr(request, "param", 64)
-    dp = await KernelDatapath.start(config(
+    dp = await KernelDatapath.start(box_config(
         topo, classifier=ClassifierConfig(max_links=64, event_budget=budget,
                                           event_window_ns=600 * 10**9)))
     try:

@@ -9,45 +9,19 @@ of each receiving member's VNI finds it (per-link `handover` counter), adds it a
 """
 from __future__ import annotations
 
-import subprocess
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 import schemas
-from datapath.api import DatapathConfig, KernelDatapath
+from datapath.api import KernelDatapath
 from datapath.emulation import LinkEmulation
 from datapath.planner import port_stage
-from tests.fixtures.topology import MOA_ADDR, UPLINK, Topology
+from tests.fixtures.moabox import box  # noqa: F401
+from tests.fixtures.topology import topo  # noqa: F401
 
 pytestmark = pytest.mark.netns
 
 RATE = 10_000_000  # 10 Mbit/s: a ping frame is ~100 us on the port, ~98 handover units
-
-
-@pytest.fixture
-def topo() -> Iterator[Topology]:
-    t = Topology().build()
-    t.pin_root = f"/sys/fs/bpf/{t.tag}"  # type: ignore[attr-defined]
-    try:
-        yield t
-    finally:
-        try:
-            t.cleanup()
-        finally:
-            subprocess.run(["rm", "-rf", t.pin_root])  # type: ignore[attr-defined]
-    assert t.leftover_namespaces() == []
-
-
-@pytest.fixture
-async def box(topo: Topology) -> AsyncIterator[KernelDatapath]:
-    dp = await KernelDatapath.start(DatapathConfig(
-        uplink=UPLINK, local=MOA_ADDR, netns=topo.moa, allow_loss_only=True,
-        pin_root=topo.pin_root))  # type: ignore[attr-defined]
-    try:
-        yield dp
-    finally:
-        await dp.teardown()
 
 
 def materialize_doc(mid: str, eps: list[tuple[int, str]]) -> schemas.Materialize:

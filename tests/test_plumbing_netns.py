@@ -8,54 +8,25 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 import schemas
-from datapath.api import DatapathConfig, KernelDatapath
+from datapath.api import KernelDatapath
 from datapath.classifier import Classifier
 from datapath.netlink import FqUnavailable, NetlinkWorker
 from datapath.ops import PlanError, run_plan
 from datapath.pair import PairMode
-from tests.fixtures.topology import MOA_ADDR, UPLINK, Topology, ns_exec, sh
+from moa_bus.testbed import BOX_ADDR, UPLINK, Testbed, ns_exec, sh
+from tests.fixtures.moabox import box, box_config  # noqa: F401
+from tests.fixtures.topology import topo  # noqa: F401
 
 pytestmark = pytest.mark.netns
 
 LLDP_DST = "01:80:c2:00:00:0e"
 
 
-@pytest.fixture
-def topo() -> Iterator[Topology]:
-    t = Topology().build()
-    pin = f"/sys/fs/bpf/{t.tag}"
-    t.pin_root = pin  # type: ignore[attr-defined]
-    try:
-        yield t
-    finally:
-        try:
-            t.cleanup()
-        finally:
-            subprocess.run(["rm", "-rf", pin])
-    assert t.leftover_namespaces() == []
-
-
-def config(t: Topology, **kw) -> DatapathConfig:
-    kw.setdefault("allow_loss_only", True)
-    return DatapathConfig(uplink=UPLINK, local=MOA_ADDR, netns=t.moa, pin_root=t.pin_root, **kw)
-
-
-@pytest.fixture
-async def box(topo: Topology) -> AsyncIterator[KernelDatapath]:
-    dp = await KernelDatapath.start(config(topo))
-    try:
-        yield dp
-    finally:
-        if dp.worker._nl is not None:
-            await dp.teardown()
-
-
-def p2p(t: Topology, mid: str = "m1", vnis: tuple[int, int] = (100, 101), nodes=(1, 2),
+def p2p(t: Testbed, mid: str = "m1", vnis: tuple[int, int] = (100, 101), nodes=(1, 2),
         emulation: str = "{}") -> schemas.Materialize:
     a, b = vnis
     return schemas.decode(schemas.Materialize, f'''{{"id": "{mid}", "links": [
@@ -64,17 +35,17 @@ def p2p(t: Topology, mid: str = "m1", vnis: tuple[int, int] = (100, 101), nodes=
           {{"vni": {b}, "remote": "{t.hv_addr(nodes[1])}"}}]}}]}}''')
 
 
-def lan(t: Topology, mid: str = "m2", base: int = 200) -> schemas.Materialize:
+def lan(t: Testbed, mid: str = "m2", base: int = 200) -> schemas.Materialize:
     eps = ", ".join(f'{{"vni": {base + i}, "remote": "{t.hv_addr(i)}"}}' for i in (1, 2, 3))
     return schemas.decode(schemas.Materialize,
                           f'{{"id": "{mid}", "links": [{{"id": "lan1", "endpoints": [{eps}]}}]}}')
 
 
-def p2p_endpoints(t: Topology):
+def p2p_endpoints(t: Testbed):
     return (t.add_endpoint(1, 100, "192.168.100.1/24"), t.add_endpoint(2, 101, "192.168.100.2/24"))
 
 
-def iperf3_tcp(t: Topology, src, dst, seconds: int = 3) -> dict:
+def iperf3_tcp(t: Testbed, src, dst, seconds: int = 3) -> dict:
     server = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{t.node(dst.node)}", "iperf3",
                                "-s", "-1", "-B", dst.ip], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
@@ -116,7 +87,7 @@ async def test_p2p_pair_traffic_meets_uplink_egress_classifier(topo, box):
 @pytest.mark.parametrize("mode", [PairMode.TC, PairMode.XDP_TC])
 async def test_p2p_bulk_tcp_with_offloads_on(topo, mode):
     a, b = p2p_endpoints(topo)
-    dp = await KernelDatapath.start(config(topo, pair_mode=mode))
+    dp = await KernelDatapath.start(box_config(topo, pair_mode=mode))
     try:
         await dp.materialize(p2p(topo))
         feats = ns_exec(topo.node(1), "ethtool", "-k", a.dev).stdout
@@ -149,7 +120,7 @@ for _ in range(5):
 """
 
 
-def lldp_crosses(t: Topology, src, dst) -> bool:
+def lldp_crosses(t: Testbed, src, dst) -> bool:
     cap = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{t.node(dst.node)}", "tcpdump",
                             "-n", "-i", dst.dev, "-c", "1", "-e", "ether proto 0x88cc"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -220,10 +191,10 @@ async def test_loss_applied_end_to_end_and_updated(topo, box):
 async def test_unknown_vni_and_foreign_devices_untouched(topo, box):
     # Somebody else's VXLAN in the box's namespace, VNI 999, to node 3.
     n3 = topo.add_endpoint(3, 999, "192.168.99.3/24")
-    sh("ip", "-n", topo.moa, "link", "add", "other999", "type", "vxlan", "id", "999", "local",
-       MOA_ADDR, "remote", topo.hv_addr(3), "dstport", "4789", "dev", UPLINK, "nolearning")
-    sh("ip", "-n", topo.moa, "addr", "add", "192.168.99.1/24", "dev", "other999")
-    sh("ip", "-n", topo.moa, "link", "set", "other999", "up")
+    sh("ip", "-n", topo.box, "link", "add", "other999", "type", "vxlan", "id", "999", "local",
+       BOX_ADDR, "remote", topo.hv_addr(3), "dstport", "4789", "dev", UPLINK, "nolearning")
+    sh("ip", "-n", topo.box, "addr", "add", "192.168.99.1/24", "dev", "other999")
+    sh("ip", "-n", topo.box, "link", "set", "other999", "up")
     await box.materialize(p2p(topo))
     before = box.classifier.global_counters()["unknown_vni"]
     r = ns_exec(topo.node(3), "ping", "-n", "-q", "-c", "3", "-i", "0.2", "-w", "10", "192.168.99.1",
@@ -233,7 +204,7 @@ async def test_unknown_vni_and_foreign_devices_untouched(topo, box):
     assert 999 not in box.classifier.vnis()
     await box.dematerialize("m1")
     assert moa_devices(box) == []
-    assert "other999" in sh("ip", "-n", topo.moa, "link", "show", "other999").stdout
+    assert "other999" in sh("ip", "-n", topo.box, "link", "show", "other999").stdout
     del n3
 
 
@@ -249,7 +220,7 @@ async def test_rollback_when_third_operation_fails(topo):
         if i == 2:
             raise Boom("injected")
 
-    dp = await KernelDatapath.start(config(topo), op_hook=fail_third)
+    dp = await KernelDatapath.start(box_config(topo), op_hook=fail_third)
     try:
         with pytest.raises(PlanError) as e:
             await dp.materialize(p2p(topo))
@@ -267,13 +238,13 @@ async def test_rollback_when_third_operation_fails(topo):
 async def test_reconcile_after_crash_with_half_applied_plan(topo):
     a, b = p2p_endpoints(topo)
     m = p2p(topo)
-    dp = await KernelDatapath.start(config(topo))
+    dp = await KernelDatapath.start(box_config(topo))
     ops = dp.worker.run(dp._plan, m)
     # The process "dies" after three operations: params of both VNIs and one VTEP.
     dp.worker.run(run_plan, ops[:3], dp.env)
     await dp.close()
 
-    dp = await KernelDatapath.start(config(topo))  # no desired state: recover only
+    dp = await KernelDatapath.start(box_config(topo))  # no desired state: recover only
     try:
         st = await dp.status()
         assert [x.id for x in st.materializations] == ["m1"]
@@ -286,10 +257,10 @@ async def test_reconcile_after_crash_with_half_applied_plan(topo):
 
     # A crash that left only parameters (no device): reconcile with an empty desired state
     # removes everything, orphaned parameters included.
-    dp = await KernelDatapath.start(config(topo))
+    dp = await KernelDatapath.start(box_config(topo))
     dp.worker.run(run_plan, dp.worker.run(dp._plan, lan(topo))[:2], dp.env)
     await dp.close()
-    dp = await KernelDatapath.start(config(topo), desired=[])
+    dp = await KernelDatapath.start(box_config(topo), desired=[])
     try:
         assert moa_devices(dp) == []
         assert dp.classifier.vnis() == []
@@ -301,7 +272,7 @@ async def test_reconcile_after_crash_with_half_applied_plan(topo):
 async def test_restart_keeps_loss_applied_while_down(topo):
     a, b = p2p_endpoints(topo)
     topo.quiet(a, b)  # no ARP: each echo request is one frame on the wire
-    dp = await KernelDatapath.start(config(topo))
+    dp = await KernelDatapath.start(box_config(topo))
     await dp.materialize(p2p(topo, emulation='{"loss": 1.0}'))
     await dp.close()  # service down; pins and attached programs stay
     assert topo.ping(a, b, count=4, deadline=1) == (4, 0)
@@ -310,7 +281,7 @@ async def test_restart_keeps_loss_applied_while_down(topo):
         assert pinned.link_counters(101)["egress"].drops["loss"] == 4
     finally:
         pinned.close()
-    dp = await KernelDatapath.start(config(topo), desired=[p2p(topo, emulation='{"loss": 0.0}')])
+    dp = await KernelDatapath.start(box_config(topo), desired=[p2p(topo, emulation='{"loss": 0.0}')])
     try:
         assert topo.ping(a, b) == (3, 3)
     finally:
@@ -319,12 +290,12 @@ async def test_restart_keeps_loss_applied_while_down(topo):
 
 async def test_teardown_leaves_nothing(topo):
     p2p_endpoints(topo)
-    dp = await KernelDatapath.start(config(topo))
+    dp = await KernelDatapath.start(box_config(topo))
     await dp.materialize(p2p(topo))
     await dp.materialize(lan(topo))
     assert len(os.listdir(topo.pin_root)) > 0
     await dp.teardown()
-    w = NetlinkWorker(topo.moa)
+    w = NetlinkWorker(topo.box)
     try:
         assert w.run(w.nl.list_moa_devices) == []
         assert w.run(w.nl.list_filters, UPLINK, "egress") == []
@@ -338,19 +309,19 @@ async def test_teardown_leaves_nothing(topo):
 
 
 async def test_device_name_taken_by_someone_else_is_not_touched(topo, box):
-    sh("ip", "-n", topo.moa, "link", "add", "mv101", "type", "veth", "peer", "name", "foreign1")
+    sh("ip", "-n", topo.box, "link", "add", "mv101", "type", "veth", "peer", "name", "foreign1")
     with pytest.raises(PlanError) as e:
         await box.materialize(p2p(topo))
     assert "not moa's" in str(e.value.cause) and e.value.operation.describe().startswith(
         "create VTEP mv101")
     assert moa_devices(box) == [] and box.classifier.vnis() == []
-    assert "mv101" in sh("ip", "-n", topo.moa, "link", "show", "mv101").stdout
+    assert "mv101" in sh("ip", "-n", topo.box, "link", "show", "mv101").stdout
 
 
 async def test_without_fq_start_fails_unless_loss_only(topo):
     with pytest.raises(FqUnavailable, match="sch_fq"):
-        await KernelDatapath.start(config(topo, allow_loss_only=False))
-    w = NetlinkWorker(topo.moa)
+        await KernelDatapath.start(box_config(topo, allow_loss_only=False))
+    w = NetlinkWorker(topo.box)
     try:
         assert w.run(w.nl.qdisc_kind, UPLINK) != "fq"
     finally:

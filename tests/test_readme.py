@@ -13,7 +13,6 @@ import shlex
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 
@@ -25,8 +24,9 @@ import schemas
 from moa_bus import cmd_serve
 from moa_bus.cmd_doctor import ScratchNetns
 from moa_bus.natsserver import NatsServer, free_port
+from moa_bus.testbed import UPLINK, Testbed
 from tests.fixtures.nats import nats_server  # noqa: F401
-from tests.fixtures.topology import UPLINK, Topology
+from tests.fixtures.topology import topo  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -58,21 +58,8 @@ def kernel_has_fq() -> bool:
         return ns.try_("tc", "qdisc", "add", "dev", "lo", "root", "fq")[0]
 
 
-@pytest.fixture
-def topo() -> Iterator[Topology]:
-    t = Topology(tag=f"rd{os.getpid() % 100000}{os.urandom(2).hex()}").build()
-    t.pin_root = f"/sys/fs/bpf/{t.tag}"  # type: ignore[attr-defined]
-    try:
-        yield t
-    finally:
-        try:
-            t.cleanup()
-        finally:
-            subprocess.run(["rm", "-rf", t.pin_root])
-
-
-def moa_devices(t: Topology) -> list[str]:
-    links = json.loads(subprocess.run(["ip", "-n", t.moa, "-j", "link", "show"], capture_output=True,
+def moa_devices(t: Testbed) -> list[str]:
+    links = json.loads(subprocess.run(["ip", "-n", t.box, "-j", "link", "show"], capture_output=True,
                                       text=True, check=True).stdout)
     return sorted(d["ifname"] for d in links if (d.get("ifalias") or "").startswith("moa"))
 
@@ -90,12 +77,12 @@ def test_readme_has_the_lines_it_promises() -> None:
         assert cmd in README, cmd
 
 
-async def test_readme_req_lines_against_a_real_service(topo: Topology, nats_server: NatsServer) -> None:
+async def test_readme_req_lines_against_a_real_service(topo: Testbed, nats_server: NatsServer) -> None:
     has_fq = await asyncio.to_thread(kernel_has_fq)
     env = {**os.environ, "MOA_NATS_URL": "", "MOA_HOST": "", "MOA_UPLINK": ""}
     serve = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "moa_bus.cli", "serve", "--nats", nats_server.url, "--host", HOST,
-        "--uplink", UPLINK, "--netns", topo.moa, "--pin-root", topo.pin_root,
+        "--uplink", UPLINK, "--netns", topo.box, "--pin-root", topo.pin_root,
         *([] if has_fq else ["--allow-loss-only"]),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env)
     nc = await nats.connect(nats_server.url, connect_timeout=2, max_reconnect_attempts=1)
