@@ -1,0 +1,36 @@
+"""Fixtures of the VM fidelity tier: the VM is prepared once per session (scripts/vm/prepare.sh
+installs and downloads what is missing) and the reference batch boots once per session; the tests
+assert on its results. pytest runs on the host; only the network steps run inside the VM."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from moa_bus.vm import e2e, report, runner
+
+
+@pytest.fixture(scope="session")
+def vm_image() -> runner.VmImage:
+    return runner.prepare()
+
+
+@dataclass(frozen=True)
+class ReferenceRun:
+    results: dict
+    vm: runner.VmRun
+    folder: Path
+
+
+@pytest.fixture(scope="session")
+def reference_run(vm_image: runner.VmImage, tmp_path_factory) -> ReferenceRun:
+    """One boot: topology with a bond uplink, then latency / capacity / bond / UDP scenarios, each
+    with tc-netem and the reference EDT program. A boot failure raises runner.VmError (fails)."""
+    work = tmp_path_factory.mktemp("vm-reference")
+    results, vm = e2e.run_reference(work)
+    report.write_all(results, work / "results")
+    # On failure the assertion messages point here: console.log, cmd.log, steps/*.{out,err}.
+    print(f"VM reference run in {work}: {json.dumps(results.get('vm'))}")
+    return ReferenceRun(results, vm, work)
