@@ -71,7 +71,8 @@ def run_reference(
     image = runner.prepare()
     sc, ms = _scenarios(workdir, cfg, mcfg or moa_scenarios.MoaConfig())
     t0, load0 = time.monotonic(), os.getloadavg()[0]
-    run = runner.run_script(full_batch(sc, ms).script(), workdir, timeout_s=timeout_s)
+    run = runner.run_script(full_batch(sc, ms).script(), workdir, timeout_s=timeout_s,
+                            progress=sys.stderr.isatty())
     results = analyse(sc, ms, workdir)
     results["vm"] = _vm_info(image.version, run, time.monotonic() - t0)
     # The VM's 2 vCPUs share the host's cores: other load shows up as late timers and slow

@@ -66,11 +66,13 @@ def run_script(
     timeout_s: int = 900,
     append: str = "",
     env: dict[str, str] | None = None,
+    progress: bool = False,
 ) -> VmRun:
     """Boot once, run `script` (bash) inside with MOA_VM_OUT=outdir, return its exit code and times.
 
     Raises VmError when the VM does not reach the script (boot failure or timeout), with the
     console's tail: a broken VM must fail loudly, never look like a failed measurement.
+    With `progress`, run.sh's ticker (phase, latest step, elapsed time) goes to our stderr.
     """
     outdir.mkdir(parents=True, exist_ok=True)
     cmd = outdir / "cmd.sh"
@@ -79,15 +81,19 @@ def run_script(
     run_env["MOA_VM_TIMEOUT"] = str(timeout_s)
     if append:
         run_env["MOA_VM_APPEND"] = append
+    if progress:
+        run_env["MOA_VM_PROGRESS"] = "1"
     proc = subprocess.run(
         [str(SCRIPTS / "run.sh"), str(cmd), str(outdir)],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=None if progress else subprocess.PIPE,  # the ticker needs the real stderr
         text=True,
         env=run_env,
         timeout=timeout_s + 60,
     )
     if proc.returncode == BOOT_FAILURE_RC or not (outdir / "rc").exists():
-        raise VmError(f"VM boot failed (run.sh exit {proc.returncode}):\n{proc.stderr[-6000:]}")
+        said = proc.stderr[-6000:] if proc.stderr is not None else _tail(outdir / "console.log")
+        raise VmError(f"VM boot failed (run.sh exit {proc.returncode}):\n{said}")
     boot_s = _read_float(outdir / "boot_s")
     return VmRun(
         rc=proc.returncode,
@@ -96,3 +102,11 @@ def run_script(
         boot_s=boot_s,
         cmd_s=_read_float(outdir / "end_s") - boot_s,
     )
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "BOOT FAILURE; console.log (tail):\n" + "\n".join(
+            path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as e:
+        return f"BOOT FAILURE; no console log: {e}"

@@ -54,13 +54,15 @@ mount -t tmpfs shm $R/dev/shm
 mount -t bpf bpf $R/sys/fs/bpf || fail "bpffs"
 mount -t debugfs debugfs $R/sys/kernel/debug 2>/dev/null
 mount -t tracefs tracefs $R/sys/kernel/tracing 2>/dev/null
-# Fresh, empty writable paths (the overlay would show the host's contents there). Not /root:
-# the host's Python (pyenv) and the venv's interpreter link may live there.
-for d in /tmp /run /var/tmp /var/log; do
+# Fresh, empty writable paths (the overlay would show the host's contents there: its network
+# namespaces, pids, sockets). Not /root: the host's Python (pyenv) and the venv's interpreter
+# link may live there. Not /tmp: a checkout cloned under /tmp (CI's may be) holds the venv and
+# the code the VM runs; through the overlay it is visible and writable like the rest of /.
+for d in /run /var/tmp /var/log; do
     mkdir -p $R$d
     mount -t tmpfs tmpfs $R$d
 done
-chmod 1777 $R/tmp $R/var/tmp
+chmod 1777 $R/var/tmp
 mkdir -p $R/run/netns $R/run/lock
 
 [ -n "$KDIR" ] && [ -n "$VER" ] || fail "moa.kdir= / moa.ver= missing on the kernel command line"

@@ -53,6 +53,29 @@ boot() { # ACCEL: tcg or kvm
     </dev/null >"$OUT/qemu.log" 2>&1
 }
 
+# Progress on stderr while qemu runs (a boot plus a batch takes minutes under TCG): the phase,
+# the batch's latest step and the elapsed time. On when stderr is a terminal or
+# MOA_VM_PROGRESS=1; never in the files the batch is judged by.
+progress() {
+  local t0=$SECONDS phase step
+  while sleep 2; do
+    if [[ -f "$OUT/rc" ]]; then
+      phase="powering off"
+    elif [[ -f "$OUT/boot_s" ]]; then
+      step=$(ls -t "$OUT/steps" 2>/dev/null | head -n 1)
+      phase="running $(basename "$CMDFILE")${step:+: ${step%.*}}"
+    else
+      phase="booting Linux $MOA_VM_VERSION under qemu ($([[ -f "$OUT/accel" ]] && cat "$OUT/accel"))"
+    fi
+    printf '\rVM: %-70s %4ds' "$phase" $((SECONDS - t0)) >&2
+  done
+}
+if [[ -t 2 || "${MOA_VM_PROGRESS:-0}" == 1 ]]; then
+  progress &
+  ticker=$!
+  trap 'kill "$ticker" 2>/dev/null; echo >&2' EXIT
+fi
+
 start=$(date +%s.%N)
 set +e
 qrc=1

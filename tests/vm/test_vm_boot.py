@@ -1,6 +1,10 @@
 """The VM boots Debian's 6.1 kernel, runs a script, returns its exit code, and fails loudly."""
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+
 import pytest
 
 from moa_bus.vm import runner
@@ -19,6 +23,19 @@ def test_exit_code_and_output_share(vm_image: runner.VmImage, tmp_path) -> None:
     assert (tmp_path / "uname").read_text().strip() == vm_image.version
     assert "from-vm" in run.log
     assert 0 < run.boot_s < 120, run  # guest uptime when the script started
+
+
+def test_progress_ticker_shows_the_phases(vm_image: runner.VmImage, tmp_path) -> None:
+    """Booting and running a batch take minutes under TCG: run.sh says which phase it is in,
+    with the elapsed time, on stderr (on a terminal, or with MOA_VM_PROGRESS=1)."""
+    script = 'mkdir -p "$MOA_VM_OUT/steps"; touch "$MOA_VM_OUT/steps/warm-up.out"; sleep 5\n'
+    (tmp_path / "in.sh").write_text(script)
+    proc = subprocess.run([str(runner.SCRIPTS / "run.sh"), str(tmp_path / "in.sh"),
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=400,
+                          env={**os.environ, "MOA_VM_PROGRESS": "1", "MOA_VM_TIMEOUT": "300"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert re.search(r"VM: booting Linux 6\.1\S* under qemu \(tcg\) +\d+s", proc.stderr)
+    assert re.search(r"VM: running in\.sh: warm-up +\d+s", proc.stderr), proc.stderr[-2000:]
 
 
 def test_boot_failure_is_loud(vm_image: runner.VmImage, tmp_path) -> None:
