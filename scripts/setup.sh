@@ -11,16 +11,7 @@ DEB_PACKAGES=(
   python3-venv
 )
 
-missing=()
-for p in "${DEB_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  echo "setup: installing Debian packages: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+APT_ENSURE_TAG=setup "$(dirname "$0")/apt-ensure.sh" "${DEB_PACKAGES[@]}"
 
 # bpffs: pinned maps live under /sys/fs/bpf/moa.
 if ! mount | grep -q ' /sys/fs/bpf type bpf'; then

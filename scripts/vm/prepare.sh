@@ -23,16 +23,7 @@ die() { echo "vm-prepare: ERROR: $*" >&2; exit 1; }
 # 1. Debian packages the tier uses (host side and, through the shared root, inside the VM).
 #    iputils-ping: busybox's ping has no sub-second interval.
 DEB_PACKAGES=(qemu-system-x86 busybox-static cpio kmod iproute2 iperf3 iputils-ping clang xz-utils)
-missing=()
-for p in "${DEB_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  log "installing Debian packages: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+APT_ENSURE_TAG=vm-prepare "$HERE/../apt-ensure.sh" "${DEB_PACKAGES[@]}"
 
 mkdir -p "$CACHE"
 
