@@ -57,6 +57,7 @@ boot() { # ACCEL: tcg or kvm
 # the batch's latest step and the elapsed time. On when stderr is a terminal or
 # MOA_VM_PROGRESS=1; never in the files the batch is judged by.
 progress() {
+  set +e +o pipefail  # a background ticker: nothing it reads (a missing steps/) may end it
   local t0=$SECONDS phase step
   while sleep 2; do
     if [[ -f "$OUT/rc" ]]; then
@@ -73,7 +74,7 @@ progress() {
 if [[ -t 2 || "${MOA_VM_PROGRESS:-0}" == 1 ]]; then
   progress &
   ticker=$!
-  trap 'kill "$ticker" 2>/dev/null; echo >&2' EXIT
+  trap 'kill "$ticker" 2>/dev/null || true; echo >&2' EXIT  # errexit holds in traps too
 fi
 
 start=$(date +%s.%N)
