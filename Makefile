@@ -7,7 +7,7 @@ BPF_DIR := datapath/bpf
 BPF_SRC := $(wildcard $(BPF_DIR)/*.bpf.c)
 BPF_OBJ := $(BPF_SRC:.bpf.c=.bpf.o)
 BPF_HDR := $(wildcard $(BPF_DIR)/*.h)
-BPF_CFLAGS := -O2 -g -Wall -Werror -target bpf -I/usr/include/x86_64-linux-gnu -I$(BPF_DIR)
+BPF_CFLAGS := -O2 -g -Wall -Werror -target bpf -mcpu=v3 -I/usr/include/x86_64-linux-gnu -I$(BPF_DIR)
 
 .PHONY: all setup bpf test test-host test-vm demo schemas clean distclean
 

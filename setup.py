@@ -35,7 +35,7 @@ INSTALL_HINT = ("moa's BPF programs are compiled when moa is installed: they nee
 def bpf_cflags(src_dir: Path) -> list[str]:
     """The Makefile's BPF_CFLAGS. Debian's clang needs the multiarch include dir for asm/types.h."""
     multiarch = sysconfig.get_config_var("MULTIARCH") or "x86_64-linux-gnu"
-    return ["-O2", "-g", "-Wall", "-Werror", "-target", "bpf",
+    return ["-O2", "-g", "-Wall", "-Werror", "-target", "bpf", "-mcpu=v3",
             f"-I/usr/include/{multiarch}", f"-I{src_dir}"]
 
 

@@ -17,7 +17,7 @@ from datapath.btf import Btf, BtfError, Kind
 
 REPO = Path(__file__).resolve().parent.parent
 BPF_DIR = REPO / "datapath" / "bpf"
-BPF_CFLAGS = ["-O2", "-g", "-Wall", "-Werror", "-target", "bpf",
+BPF_CFLAGS = ["-O2", "-g", "-Wall", "-Werror", "-target", "bpf", "-mcpu=v3",
               "-I/usr/include/x86_64-linux-gnu", f"-I{BPF_DIR}"]
 
 # Fields the Python side relies on, by Python type name: renaming one in abi.h must fail here.

@@ -25,7 +25,7 @@ from datapath.libbpf import (
 
 REPO = Path(__file__).resolve().parent.parent
 BPF_DIR = REPO / "datapath" / "bpf"
-CFLAGS = ["-O2", "-g", "-Wall", "-Werror", "-target", "bpf",
+CFLAGS = ["-O2", "-g", "-Wall", "-Werror", "-target", "bpf", "-mcpu=v3",
           "-I/usr/include/x86_64-linux-gnu", f"-I{BPF_DIR}"]
 FRAME = bytes(range(64))  # any 64 bytes: the selftest programs do not parse the packet
 
