@@ -7,7 +7,9 @@ BPF_DIR := datapath/bpf
 BPF_SRC := $(wildcard $(BPF_DIR)/*.bpf.c)
 BPF_OBJ := $(BPF_SRC:.bpf.c=.bpf.o)
 BPF_HDR := $(wildcard $(BPF_DIR)/*.h)
-BPF_CFLAGS := -O2 -g -Wall -Werror -target bpf -mcpu=v3 -I/usr/include/x86_64-linux-gnu -I$(BPF_DIR)
+# The compile command (clang's flags) is defined once, in build.py, shared with setup.py and the
+# tests; the system python3 runs it, so `make bpf` needs no venv.
+BPF_BUILD := $(BPF_DIR)/build.py
 
 .PHONY: all setup bpf test test-host test-vm demo schemas clean distclean
 
@@ -26,8 +28,8 @@ $(VENV)/.installed: pyproject.toml scripts/setup.sh
 
 bpf: $(BPF_OBJ)
 
-$(BPF_DIR)/%.bpf.o: $(BPF_DIR)/%.bpf.c $(BPF_HDR)
-	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+$(BPF_DIR)/%.bpf.o: $(BPF_DIR)/%.bpf.c $(BPF_HDR) $(BPF_BUILD)
+	CLANG='$(CLANG)' python3 $(BPF_BUILD) $< $@
 
 schemas: setup
 	$(PY) -m schemas.generate

@@ -2,8 +2,9 @@
 
 pyproject.toml holds all the metadata; this file adds one step to setuptools' build_py. Every
 datapath/bpf/*.bpf.c present at build time (except the test-only ones) is compiled with clang,
-with the Makefile's flags, into the build's datapath/bpf/, so the .bpf.o files travel in the
-wheel as package data and `datapath.bpf.object_path()` finds them next to the installed module.
+by datapath/bpf/build.py (the command `make bpf` runs too), into the build's datapath/bpf/, so the
+.bpf.o files travel in the wheel as package data and `datapath.bpf.object_path()` finds them next
+to the installed module.
 
 Editable installs (`pip install -e .`, as `make setup` does) skip this: they run from the source
 tree, where `make bpf` builds the objects next to their sources.
@@ -12,11 +13,7 @@ clang is taken from $CLANG (default "clang"; may carry extra words, e.g. "ccache
 """
 from __future__ import annotations
 
-import os
-import shlex
-import shutil
-import subprocess
-import sysconfig
+import importlib.util
 from pathlib import Path
 
 from setuptools import setup
@@ -24,19 +21,25 @@ from setuptools.command.build_py import build_py
 from setuptools.errors import CompileError
 
 BPF_PACKAGE = "datapath.bpf"
-# Compiled by the tests themselves into private tmp dirs (tests/test_libbpf.py, test_abi.py);
-# nothing at run time loads them, so they are not shipped as objects (their sources are).
+# Compiled by the tests themselves into private tmp dirs (tests/fixtures/bpf.py); nothing at run
+# time loads them, so they are not shipped as objects (their sources are).
 TEST_ONLY = frozenset({"selftest"})
 INSTALL_HINT = ("moa's BPF programs are compiled when moa is installed: they need clang and "
                 "libbpf's headers (Debian/Ubuntu: apt-get install clang libbpf-dev), then run "
                 "pip install again; `moa doctor` checks both")
 
 
-def bpf_cflags(src_dir: Path) -> list[str]:
-    """The Makefile's BPF_CFLAGS. Debian's clang needs the multiarch include dir for asm/types.h."""
-    multiarch = sysconfig.get_config_var("MULTIARCH") or "x86_64-linux-gnu"
-    return ["-O2", "-g", "-Wall", "-Werror", "-target", "bpf", "-mcpu=v3",
-            f"-I/usr/include/{multiarch}", f"-I{src_dir}"]
+def _load_bpf_build():
+    """datapath/bpf/build.py by path: importing the package would need moa's dependencies,
+    which are not installed yet when this runs."""
+    path = Path(__file__).resolve().parent / "datapath" / "bpf" / "build.py"
+    spec = importlib.util.spec_from_file_location("moa_bpf_build", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+bpf_build = _load_bpf_build()
 
 
 def bpf_sources(src_dir: Path) -> list[Path]:
@@ -45,38 +48,20 @@ def bpf_sources(src_dir: Path) -> list[Path]:
                   if p.name.removesuffix(".bpf.c") not in TEST_ONLY)
 
 
-def object_name(src: Path) -> str:
-    return src.name.removesuffix(".c") + ".o"  # x.bpf.c -> x.bpf.o, as `make bpf` names it
-
-
-def clang_command() -> list[str]:
-    words = shlex.split(os.environ.get("CLANG", "clang")) or ["clang"]
-    if shutil.which(words[0]) is None:
-        raise CompileError(f"{words[0]} not found (set CLANG to use another clang): {INSTALL_HINT}")
-    return words
-
-
 def compile_bpf_objects(src_dir: Path, out_dir: Path,
                         clang: list[str] | None = None) -> list[Path]:
     """Compile every shipped program of `src_dir` into `out_dir`; return the objects' paths."""
     sources = bpf_sources(src_dir)
     if not sources:
         return []
-    clang = clang or clang_command()
     out_dir.mkdir(parents=True, exist_ok=True)
-    objects = []
-    for src in sources:
-        obj = out_dir / object_name(src)
-        cmd = [*clang, *bpf_cflags(src_dir), "-c", str(src), "-o", str(obj)]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True)
-        except OSError as e:  # e.g. CLANG names something that is not executable
-            raise CompileError(f"running {clang[0]} failed ({e}): {INSTALL_HINT}") from None
-        if done.returncode != 0:
-            raise CompileError(f"compiling {src.name} failed:\n{done.stderr.strip()}\n"
-                               f"command: {shlex.join(cmd)}\n{INSTALL_HINT}")
-        objects.append(obj)
-    return objects
+    try:
+        clang = clang or bpf_build.clang_command()
+        return [bpf_build.compile_object(src, out_dir / bpf_build.object_name(src),
+                                         include_dir=src_dir, clang=clang)
+                for src in sources]
+    except bpf_build.BpfCompileError as e:
+        raise CompileError(f"{e}\n{INSTALL_HINT}") from None
 
 
 class BuildPyWithBpf(build_py):
@@ -92,7 +77,7 @@ class BuildPyWithBpf(build_py):
     def get_outputs(self, include_bytecode: bool = True) -> list[str]:
         outputs = super().get_outputs(include_bytecode)
         if not self.editable_mode:
-            outputs += [str(self._bpf_out_dir() / object_name(src))
+            outputs += [str(self._bpf_out_dir() / bpf_build.object_name(src))
                         for src in bpf_sources(self._bpf_src_dir())]
         return outputs
 

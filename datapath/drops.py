@@ -30,6 +30,10 @@ class DropEventReader:
         self.classifier = classifier
         self.owner = owner
         self._reader: RingBuffer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # CLOCK_REALTIME - CLOCK_MONOTONIC, read once per batch (_on_readable): the records of a
+        # batch are converted within microseconds, and only a clock step changes the offset.
+        self._wall_offset = 0
         self._callbacks: list[Callable[[schemas.DropEvent], None]] = []
         abi = classifier.abi
         self._reasons = {r.value: r.name.lower() for r in abi.DropReason
@@ -40,17 +44,20 @@ class DropEventReader:
         """Call `callback(schemas.DropEvent)` in the running event loop for every drop event the
         classifier writes to its ring buffer, with the owning link and materialization filled in.
 
-        The ring buffer's epoll fd is watched by the loop (RingBuffer.attach): nothing polls,
-        and a burst is read in one go. `time_ns` is wall-clock (CLOCK_REALTIME) nanoseconds,
-        converted from the monotonic clock the datapath stamps with, so that it means the same
-        on every host. Call from inside the loop; more callbacks may be added, each sees every
-        event. Drops that never became events are counted by `losses()`.
+        The ring buffer's epoll fd is watched by the loop: nothing polls, and a burst is read in
+        one go. `time_ns` is wall-clock (CLOCK_REALTIME) nanoseconds, converted from the
+        monotonic clock the datapath stamps with, so that it means the same on every host. Call
+        from inside the loop; more callbacks may be added, each sees every event. Drops that
+        never became events are counted by `losses()`.
         """
         self._callbacks.append(callback)
         if self._reader is None:
+            # Watched here rather than by RingBuffer.attach, so that each batch reads the
+            # clocks once before its records (_on_readable).
             reader = RingBuffer(self.classifier.events_map, self._on_record)
-            reader.attach(asyncio.get_running_loop())
-            self._reader = reader
+            loop = asyncio.get_running_loop()
+            loop.add_reader(reader.fileno(), self._on_readable)
+            self._reader, self._loop = reader, loop
 
     def losses(self) -> tuple[int, int]:
         """(suppressed, lost): drops not reported as events since the maps were created.
@@ -64,7 +71,10 @@ class DropEventReader:
 
     def close(self) -> None:
         if self._reader is not None:
-            self._reader.close()  # detaches from the loop; before the map it reads goes
+            if self._loop is not None:  # off the loop before the fd (and the map it reads) goes
+                self._loop.remove_reader(self._reader.fileno())
+                self._loop = None
+            self._reader.close()
             self._reader = None
 
     def _event(self, raw: bytes) -> schemas.DropEvent | None:
@@ -79,9 +89,16 @@ class DropEventReader:
             log.warning("drop event skipped: reason %d / stage %d unknown", ev.reason, ev.stage)
             return None
         mid, link = self.owner(ev.vni)
-        wall = ev.time_ns + time.time_ns() - time.monotonic_ns()
+        wall = ev.time_ns + self._wall_offset
         return schemas.DropEvent(time_ns=wall, vni=ev.vni, reason=reason, stage=stage,
                                  len=ev.len, segs=ev.segs, link=link, materialization=mid)
+
+    def _on_readable(self) -> None:
+        """The loop's reader: one batch, every record available now, under one clock reading."""
+        if self._reader is None:
+            return
+        self._wall_offset = time.time_ns() - time.monotonic_ns()
+        self._reader.consume()
 
     def _on_record(self, raw: bytes) -> None:
         # Runs inside RingBuffer.consume(), called by the loop: never let an error escape into

@@ -14,11 +14,10 @@ import pytest
 
 from datapath import abi as abi_mod
 from datapath.btf import Btf, BtfError, Kind
+from tests.fixtures.bpf import compile_bpf, selftest_o  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 BPF_DIR = REPO / "datapath" / "bpf"
-BPF_CFLAGS = ["-O2", "-g", "-Wall", "-Werror", "-target", "bpf", "-mcpu=v3",
-              "-I/usr/include/x86_64-linux-gnu", f"-I{BPF_DIR}"]
 
 # Fields the Python side relies on, by Python type name: renaming one in abi.h must fail here.
 FIELDS = {
@@ -33,18 +32,6 @@ FIELDS = {
     "SkBuff": ["len", "mark", "cb", "tstamp", "wire_len", "gso_segs", "gso_size", "tstamp_type",
                "hwtstamp", "data", "data_end", "ifindex", "priority"],
 }
-
-
-def compile_bpf(src: Path, out_dir: Path) -> Path:
-    out = out_dir / (src.name.removesuffix(".c") + ".o")
-    subprocess.run(["clang", *BPF_CFLAGS, "-c", str(src), "-o", str(out)], check=True,
-                   capture_output=True, text=True)
-    return out
-
-
-@pytest.fixture(scope="module")
-def selftest_o(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return compile_bpf(BPF_DIR / "selftest.bpf.c", tmp_path_factory.mktemp("abi-selftest"))
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 import schemas
 from moa_bus.natsserver import NatsServer
 from moa_bus.subjects import Subjects
-from tests.fixtures.nats import nats_server  # noqa: F401
+from tests.fixtures.nats import nats_client, nats_server  # noqa: F401
 from tests.test_bus_support import RecordingFakeDatapath, materialize_doc, running_service
 
 pytestmark = pytest.mark.nats
@@ -20,10 +20,6 @@ pytestmark = pytest.mark.nats
 
 def _host() -> str:
     return f"bustest{os.getpid()}"
-
-
-async def _client(server: NatsServer):
-    return await nats.connect(server.url, connect_timeout=2, max_reconnect_attempts=1)
 
 
 async def _req(nc, subject: str, doc: object, timeout: float = 5) -> dict:
@@ -52,8 +48,7 @@ class AckCollector:
 async def test_srv_ping_info_discovers_moa(nats_server: NatsServer) -> None:
     host = _host()
     async with running_service(nats_server, RecordingFakeDatapath(), host):
-        nc = await _client(nats_server)
-        try:
+        async with nats_client(nats_server.url) as nc:
             ping = await _req(nc, "$SRV.PING.moa", b"")
             assert ping["name"] == "moa" and ping["metadata"]["host"] == host
             info = await _req(nc, "$SRV.INFO.moa", b"")
@@ -65,18 +60,15 @@ async def test_srv_ping_info_discovers_moa(nats_server: NatsServer) -> None:
             assert stats["name"] == "moa"
             counted = {e["name"]: e["num_requests"] for e in stats["endpoints"]}
             assert counted["status"] == 1 and counted["materialize"] == 0
-        finally:
-            await nc.close()
 
 
 async def test_request_reply_round_trips_and_acks(nats_server: NatsServer) -> None:
     host, dp = _host(), RecordingFakeDatapath()
     s = Subjects(host)
     async with running_service(nats_server, dp, host):
-        nc = await _client(nats_server)
-        acks = AckCollector()
-        await nc.subscribe(s.acks, cb=acks.on_msg)
-        try:
+        async with nats_client(nats_server.url) as nc:
+            acks = AckCollector()
+            await nc.subscribe(s.acks, cb=acks.on_msg)
             a = await _req(nc, s.op("materialize"), materialize_doc("exp1", 100, 2, tags=["wan"]))
             assert a == {"id": "exp1", "op": "materialize", "ok": True, "generation": 1,
                          "elapsed_ms": a["elapsed_ms"], "error": None}
@@ -100,8 +92,6 @@ async def test_request_reply_round_trips_and_acks(nats_server: NatsServer) -> No
                 ("materialize", True), ("materialize", True), ("update", True), ("dematerialize", True)]
             assert dp.changes == [("materialize", "exp1", 1), ("update", "exp1", 2),
                                   ("dematerialize", "exp1", 3)]
-        finally:
-            await nc.close()
 
 
 async def test_order_preserved_under_concurrency(nats_server: NatsServer) -> None:
@@ -109,8 +99,7 @@ async def test_order_preserved_under_concurrency(nats_server: NatsServer) -> Non
     host, dp = _host(), RecordingFakeDatapath()
     s = Subjects(host)
     async with running_service(nats_server, dp, host):
-        nc = await _client(nats_server)
-        try:
+        async with nats_client(nats_server.url) as nc:
             sent: list[tuple[str, str]] = []
             inbox = nc.new_inbox()
             replies: list[dict] = []
@@ -134,16 +123,13 @@ async def test_order_preserved_under_concurrency(nats_server: NatsServer) -> Non
             await asyncio.wait_for(done.wait(), 30)
             assert all(r["ok"] for r in replies), [r for r in replies if not r["ok"]][:3]
             assert dp.applied_ops == sent
-        finally:
-            await nc.close()
 
 
 async def test_bad_input_gets_coded_ack_and_nothing_applied(nats_server: NatsServer) -> None:
     host, dp = _host(), RecordingFakeDatapath()
     s = Subjects(host)
     async with running_service(nats_server, dp, host):
-        nc = await _client(nats_server)
-        try:
+        async with nats_client(nats_server.url) as nc:
             ok = await _req(nc, s.op("materialize"), materialize_doc("held", 500))
             assert ok["ok"]
             calls_before = list(dp.calls)
@@ -172,16 +158,13 @@ async def test_bad_input_gets_coded_ack_and_nothing_applied(nats_server: NatsSer
                 assert msg.headers and msg.headers["Nats-Service-Error-Code"] == code
             assert dp.calls == calls_before  # no rejected message reached the datapath
             assert list(dp.held) == ["held"]
-        finally:
-            await nc.close()
 
 
 async def test_plan_error_becomes_apply_failed(nats_server: NatsServer) -> None:
     host, dp = _host(), RecordingFakeDatapath()
     s = Subjects(host)
     async with running_service(nats_server, dp, host):
-        nc = await _client(nats_server)
-        try:
+        async with nats_client(nats_server.url) as nc:
             dp.fail_next = "attach clsact on vtep100"
             ack = await _req(nc, s.op("materialize"), materialize_doc("f", 100))
             assert ack["ok"] is False and ack["error"]["code"] == "apply_failed"
@@ -190,18 +173,13 @@ async def test_plan_error_becomes_apply_failed(nats_server: NatsServer) -> None:
             # the holdings did not record it: the same VNIs are free for another id
             ack2 = await _req(nc, s.op("materialize"), materialize_doc("g", 100))
             assert ack2["ok"] is True
-        finally:
-            await nc.close()
 
 
 async def _js_publish(server: NatsServer, host: str, events: list[tuple[str, dict]]) -> None:
-    nc = await _client(server)
-    try:
+    async with nats_client(server.url) as nc:
         js = nc.jetstream()
         for op, doc in events:
             await js.publish(Subjects(host).event(op), json.dumps(doc).encode())
-    finally:
-        await nc.close()
 
 
 def _event_script(n: int) -> list[tuple[str, dict]]:
@@ -221,10 +199,9 @@ async def test_jetstream_events_applied_in_order_once_after_restart(nats_server:
     events = _event_script(10)
     await _js_publish(nats_server, host, events)  # published while no service runs
     dp = RecordingFakeDatapath()
-    nc = await _client(nats_server)
-    acks = AckCollector()
-    await nc.subscribe(s.acks, cb=acks.on_msg)
-    try:
+    async with nats_client(nats_server.url) as nc:
+        acks = AckCollector()
+        await nc.subscribe(s.acks, cb=acks.on_msg)
         async with running_service(nats_server, dp, host):
             got = await acks.wait_for(len(events), timeout=30)
             assert all(a["ok"] for a in got)
@@ -237,8 +214,6 @@ async def test_jetstream_events_applied_in_order_once_after_restart(nats_server:
             assert dp2.applied_ops == []
         info = await nc.jetstream().consumer_info(s.stream, s.durable)
         assert info.num_pending == 0 and info.num_ack_pending == 0
-    finally:
-        await nc.close()
 
 
 async def _crash(svc) -> None:
@@ -251,81 +226,62 @@ async def _crash(svc) -> None:
     await svc.nc.close()
 
 
-async def test_redelivery_after_crash_does_not_apply_twice(nats_server: NatsServer) -> None:
+async def _apply_then_crash(server: NatsServer, dp: RecordingFakeDatapath, host: str, op: str,
+                            doc: dict) -> None:
+    """A service on its own connection takes the event (op, doc) from JetStream, applies it
+    to `dp`, and dies before it acks (the datapath hangs after the change)."""
     from moa_bus.connection import NatsOptions, connect
     from moa_bus.service import MoaService, ServiceConfig
 
+    svc = MoaService(await connect(NatsOptions(url=server.url)), dp,
+                     ServiceConfig(host=host, ack_wait=1.0))
+    await svc.start()
+    original = getattr(dp, op)
+
+    async def apply_then_hang(*args):
+        await original(*args)
+        await asyncio.Event().wait()
+
+    setattr(dp, op, apply_then_hang)
+    dp.entered.clear()
+    await _js_publish(server, host, [(op, doc)])
+    await asyncio.wait_for(dp.entered.wait(), 10)
+    await _crash(svc)
+    setattr(dp, op, original)
+
+
+async def test_redelivery_after_crash_does_not_apply_twice(nats_server: NatsServer) -> None:
     host = _host()
     s = Subjects(host)
     dp = RecordingFakeDatapath()  # its `held` plays the kernel: it survives the crash
-    nc1 = await connect(NatsOptions(url=nats_server.url))
-    svc1 = MoaService(nc1, dp, ServiceConfig(host=host, ack_wait=1.0))
-    await svc1.start()
-    # Applied, then the service dies before it acks: the datapath hangs after the change.
-    original = dp.materialize
-
-    async def apply_then_hang(m):
-        result = await original(m)
-        await asyncio.Event().wait()
-        return result
-
-    dp.materialize = apply_then_hang  # type: ignore[method-assign]
-    await _js_publish(nats_server, host, [("materialize", materialize_doc("r1", 300))])
-    await asyncio.wait_for(dp.entered.wait(), 10)
-    await _crash(svc1)
+    await _apply_then_crash(nats_server, dp, host, "materialize", materialize_doc("r1", 300))
     assert dp.changes == [("materialize", "r1", 1)]
-    dp.materialize = original  # type: ignore[method-assign]
-
-    nc = await _client(nats_server)
-    acks = AckCollector()
-    await nc.subscribe(s.acks, cb=acks.on_msg)
-    try:
+    async with nats_client(nats_server.url) as nc:
+        acks = AckCollector()
+        await nc.subscribe(s.acks, cb=acks.on_msg)
         async with running_service(nats_server, dp, host, ack_wait=1.0):
             (ack,) = await acks.wait_for(1, timeout=20)
             assert ack["ok"] and ack["generation"] == 1
         assert dp.changes == [("materialize", "r1", 1)]  # once in effect
         info = await nc.jetstream().consumer_info(s.stream, s.durable)
         assert info.num_ack_pending == 0 and info.num_pending == 0
-    finally:
-        await nc.close()
 
 
 async def test_redelivered_dematerialize_of_gone_id_acks_ok(nats_server: NatsServer) -> None:
-    from moa_bus.connection import NatsOptions, connect
-    from moa_bus.service import MoaService, ServiceConfig
-
     host = _host()
     s = Subjects(host)
     dp = RecordingFakeDatapath()
     async with running_service(nats_server, dp, host, ack_wait=1.0):
-        nc = await _client(nats_server)
-        assert (await _req(nc, s.op("materialize"), materialize_doc("d1", 700)))["ok"]
-        await nc.close()
-    nc1 = await connect(NatsOptions(url=nats_server.url))
-    svc1 = MoaService(nc1, dp, ServiceConfig(host=host, ack_wait=1.0))
-    await svc1.start()
-    original = dp.dematerialize
-
-    async def apply_then_hang(id):
-        await original(id)
-        await asyncio.Event().wait()
-
-    dp.dematerialize = apply_then_hang  # type: ignore[method-assign]
-    dp.entered.clear()
-    await _js_publish(nats_server, host, [("dematerialize", {"id": "d1"})])
-    await asyncio.wait_for(dp.entered.wait(), 10)
-    await _crash(svc1)
-    dp.dematerialize = original  # type: ignore[method-assign]
-    nc = await _client(nats_server)
-    acks = AckCollector()
-    await nc.subscribe(s.acks, cb=acks.on_msg)
-    try:
+        async with nats_client(nats_server.url) as nc:
+            assert (await _req(nc, s.op("materialize"), materialize_doc("d1", 700)))["ok"]
+    await _apply_then_crash(nats_server, dp, host, "dematerialize", {"id": "d1"})
+    async with nats_client(nats_server.url) as nc:
+        acks = AckCollector()
+        await nc.subscribe(s.acks, cb=acks.on_msg)
         async with running_service(nats_server, dp, host, ack_wait=1.0):
             (ack,) = await acks.wait_for(1, timeout=20)
             assert ack["ok"] and ack["op"] == "dematerialize"
         assert [c for c in dp.changes if c[0] == "dematerialize"] == [("dematerialize", "d1", 2)]
-    finally:
-        await nc.close()
 
 
 async def test_stop_finishes_operation_in_hand_and_leaves_datapath(nats_server: NatsServer) -> None:
@@ -337,24 +293,23 @@ async def test_stop_finishes_operation_in_hand_and_leaves_datapath(nats_server: 
     nc_svc = await connect(NatsOptions(url=nats_server.url))
     svc = MoaService(nc_svc, dp, ServiceConfig(host=host))
     await svc.start()
-    nc = await _client(nats_server)
     try:
-        dp.gate = asyncio.Event()
-        pending = asyncio.create_task(
-            nc.request(s.op("materialize"), json.dumps(materialize_doc("s1", 900)).encode(), timeout=10))
-        await asyncio.wait_for(dp.entered.wait(), 10)
-        stopping = asyncio.create_task(svc.stop())
-        await asyncio.sleep(0.2)
-        assert not stopping.done()  # waits for the operation in hand
-        dp.gate.set()
-        reply = json.loads((await pending).data)
-        await asyncio.wait_for(stopping, 10)
-        assert reply["ok"] is True
-        assert "s1" in dp.held and not dp.closed  # state left in place
-        with pytest.raises(nats.errors.NoRespondersError):
-            await nc.request(s.op("status"), b"{}", timeout=2)
+        async with nats_client(nats_server.url) as nc:
+            dp.gate = asyncio.Event()
+            pending = asyncio.create_task(nc.request(
+                s.op("materialize"), json.dumps(materialize_doc("s1", 900)).encode(), timeout=10))
+            await asyncio.wait_for(dp.entered.wait(), 10)
+            stopping = asyncio.create_task(svc.stop())
+            await asyncio.sleep(0.2)
+            assert not stopping.done()  # waits for the operation in hand
+            dp.gate.set()
+            reply = json.loads((await pending).data)
+            await asyncio.wait_for(stopping, 10)
+            assert reply["ok"] is True
+            assert "s1" in dp.held and not dp.closed  # state left in place
+            with pytest.raises(nats.errors.NoRespondersError):
+                await nc.request(s.op("status"), b"{}", timeout=2)
     finally:
-        await nc.close()
         await nc_svc.close()
 
 
@@ -363,20 +318,19 @@ async def test_telemetry_drops_batched_and_link_counters(nats_server: NatsServer
     s = Subjects(host)
     async with running_service(nats_server, dp, host, stats_interval=0.2, drop_interval=0.1) as svc:
         svc.telemetry.max_batch = 100
-        nc = await _client(nats_server)
-        drops: list[dict] = []
-        links: list[dict] = []
+        async with nats_client(nats_server.url) as nc:
+            drops: list[dict] = []
+            links: list[dict] = []
 
-        async def on_drops(m) -> None:
-            drops.append(json.loads(m.data))
+            async def on_drops(m) -> None:
+                drops.append(json.loads(m.data))
 
-        async def on_links(m) -> None:
-            links.append(json.loads(m.data))
+            async def on_links(m) -> None:
+                links.append(json.loads(m.data))
 
-        await nc.subscribe(s.drops, cb=on_drops)
-        await nc.subscribe(s.links, cb=on_links)
-        await nc.flush()
-        try:
+            await nc.subscribe(s.drops, cb=on_drops)
+            await nc.subscribe(s.links, cb=on_links)
+            await nc.flush()
             assert (await _req(nc, s.op("materialize"), materialize_doc("t1", 40)))["ok"]
             dp.losses = (7, 3)
             for i in range(250):
@@ -393,5 +347,3 @@ async def test_telemetry_drops_batched_and_link_counters(nats_server: NatsServer
             assert sum(d["suppressed"] for d in drops) == 7 and sum(d["lost"] for d in drops) == 3
             assert links[-1]["host"] == host
             assert {(x["link"], x["vni"]) for x in links[-1]["links"]} == {("l0", 40), ("l0", 41)}
-        finally:
-            await nc.close()

@@ -22,24 +22,10 @@ from datapath.libbpf import (
     BPF_NOEXIST, BpfError, BpfLoadError, BpfObject, LibbpfMissing, Map, MapType, RingBuffer,
     check_environment, load_libbpf, possible_cpus,
 )
+from tests.fixtures.bpf import compile_bpf, selftest_o  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
-BPF_DIR = REPO / "datapath" / "bpf"
-CFLAGS = ["-O2", "-g", "-Wall", "-Werror", "-target", "bpf", "-mcpu=v3",
-          "-I/usr/include/x86_64-linux-gnu", f"-I{BPF_DIR}"]
 FRAME = bytes(range(64))  # any 64 bytes: the selftest programs do not parse the packet
-
-
-def compile_bpf(src: Path, out_dir: Path) -> Path:
-    out = out_dir / (src.name.removesuffix(".c") + ".o")
-    subprocess.run(["clang", *CFLAGS, "-c", str(src), "-o", str(out)], check=True,
-                   capture_output=True, text=True)
-    return out
-
-
-@pytest.fixture(scope="module")
-def selftest_o(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return compile_bpf(BPF_DIR / "selftest.bpf.c", tmp_path_factory.mktemp("libbpf-selftest"))
 
 
 @pytest.fixture(scope="module")

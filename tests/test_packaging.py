@@ -208,3 +208,18 @@ def test_compile_error_names_the_file_and_shows_clang(tmp_path: Path) -> None:
         setup_mod.compile_bpf_objects(src_dir, tmp_path / "out")
     msg = str(err.value)
     assert "compiling zz_broken.bpf.c failed" in msg and "error:" in msg and "libbpf-dev" in msg
+
+
+def test_make_bpf_compiles_with_build_py_under_the_system_python(tmp_path: Path) -> None:
+    """`make bpf` may run before the venv exists: it runs datapath/bpf/build.py (the one compile
+    command, which setup.py and tests/fixtures/bpf.py use too) with the system python3, so that
+    file needs the standard library only (-I: no venv, no user site, no sibling modules)."""
+    out = tmp_path / "probe.bpf.o"
+    done = run(["/usr/bin/python3", "-I", BPF_SRC / "build.py", BPF_SRC / "probe.bpf.c", out],
+               cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert int.from_bytes(out.read_bytes()[18:20], "little") == EM_BPF
+    done = run(["make", "-n", "-B", "datapath/bpf/probe.bpf.o"], cwd=REPO)  # -n: prints only
+    assert done.returncode == 0, done.stderr
+    assert "python3 datapath/bpf/build.py datapath/bpf/probe.bpf.c datapath/bpf/probe.bpf.o" \
+        in done.stdout, done.stdout
