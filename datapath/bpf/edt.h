@@ -6,30 +6,68 @@
  * and jitter (+ the ingress stage's handover delay on egress) -> departure clamped to the
  * link's last departure unless MOA_F_REORDER -> horizon.
  *
- * Why a spin lock. The timeline is a read-modify-write of several words: read t_last, judge the
- * backlog against the queue, advance t_last, and keep t_depart (jitter ordering), ge_bad and
- * the event budget consistent with it. Kernel selftest test_tc_edt.c and Cilium's edt.h update
- * t_last without synchronisation; with two CPUs sending on one link both read the same t_last,
- * both see the same backlog and both leave at the same time, so the link carries more than its
- * rate and the queue limit is exceeded. A single atomic (cmpxchg loop on t_last) would cover
- * t_last alone but not the queue decision together with t_depart and the Gilbert-Elliott
- * state, and BPF has no bounded retry loop worth having on the hot path. bpf_spin_lock in the
- * map value (struct moa_stage_state) makes the whole step atomic per link stage; contention is
- * per link, so links never serialise each other, and the critical section is a few
- * comparisons: the random numbers, the serialisation time (a division) and bpf_ktime_get_ns()
- * are computed before the lock is taken, since no helper may be called while it is held.
- * Tested: tests/test_classifier_edt.py::test_two_cpus_one_link (no lost update).
+ * Two words carry the timeline of a stage (struct moa_stage_state): t_last, the end of
+ * serialisation of the last accepted packet, and t_depart, the latest departure handed out.
+ * Several CPUs send on one link at once, so both are shared. Kernel selftest test_tc_edt.c and
+ * Cilium's edt.h update t_last without synchronisation: two CPUs read the same t_last, see the
+ * same backlog and leave at the same time, the link carries more than its rate and exceeds
+ * its queue. Here every change of either word is atomic against every other, in two paths:
  *
- * Cost (docs/benchmarks.md): a hit with capacity is baseline + ~120 ns against a target of +40;
- * the lock and unlock are ~50 ns of it, bpf_ktime_get_ns ~33 ns, parse + lookup + counters ~33.
- * A lock-free timeline (t_last advanced by a bounded cmpxchg loop, needs -mcpu=v3; the queue
- * decision made against the t_last the cmpxchg validates; the lock kept for Gilbert-Elliott,
- * the jitter/handover ordering clamp on t_depart and the event budget) could save at most the
- * lock's ~50 ns on the plain capacity path and still leaves the clock read over the target.
- * Decision for now: the lock stays until such a variant is built and shown, with `moa bench
- * datapath` in the same run conditions, to be faster and to pass the two-CPU, spacing and
- * queue tests; a departure that ignores t_depart would let a latency lowered at run time or a
- * varying handover reorder a link's packets, so that clamp must stay exact in any variant.
+ * Fast path (lock-free; every stage but Gilbert-Elliott, whose state needs the lock): read
+ * t_last and t_depart; decide queue and horizon against them; then
+ *   1. raise t_depart: cmpxchg(t_depart, td, dep), dep > td (the clamp below), and
+ *   2. commit t_last:  cmpxchg(t_last, tl, tl_new);
+ * the packet leaves at dep when both succeed. When one fails, the attempt starts again from
+ * the value the cmpxchg returned, up to MOA_FAST_TRIES attempts; then, or when a word reads
+ * MOA_OWNED, the packet takes the locked path. A drop writes nothing; only the drop-event
+ * budget is taken under the lock.
+ *
+ * Locked path (Gilbert-Elliott, and the fallback): under bpf_spin_lock (which orders locked
+ * steps among themselves and guards ge_bad and the event budget) it takes both words with
+ * xchg(word, MOA_OWNED), computes exactly as before, and stores the new values back (or the
+ * old ones on a drop). While a word reads MOA_OWNED, every fast-path cmpxchg on it fails (its
+ * expected value is never MOA_OWNED) and fast attempts that read it fall back: the locked
+ * path owns the timeline without a retry loop of its own, so it always completes.
+ *
+ * Why this is correct (the two properties tests/test_classifier_edt.py and
+ * test_classifier_timeline.py check, on two CPUs, with both paths racing):
+ * - No lost update of t_last. Each accepted packet moves t_last from the value its tl_new was
+ *   computed from: a fast commit only succeeds if t_last still holds that value, and a locked
+ *   step got it from xchg and no one else can change t_last until it stores the result. The
+ *   words carry the whole state, so a value that left and came back (a locked drop restores
+ *   it) is as good as one that never moved. The queue decision is made against a value t_last
+ *   really held: a drop is decided at that read and writes nothing.
+ * - Strictly increasing departures (no MOA_F_REORDER). t_depart never decreases: a fast raise
+ *   writes dep > td over td exactly (cmpxchg), a locked step writes back max(old, dep) or the
+ *   old value (MOA_OWNED in between is no time: no step acts on it), and nothing else changes
+ *   it. Every departure handed out is the value of one
+ *   such transition from a smaller value (the clamp: dep <= td becomes td + 1), so departures
+ *   are distinct, and a packet whose step starts after another's has ended raises t_depart
+ *   after that one did, hence departs strictly after it. This holds when latency is lowered
+ *   at run time, with jitter and with a varying handover: the clamp is exact in both paths.
+ *   Packets whose steps overlap have no order of their own (as two CPUs racing for the lock
+ *   never had), only distinct departures, which is what fq needs to keep them apart.
+ *   Raising t_depart before committing t_last matters: a locked step that takes t_last after
+ *   a fast commit then finds that packet's departure in t_depart. The price is a "phantom":
+ *   an attempt whose raise succeeded but whose commit failed leaves its dep in t_depart, and
+ *   a packet racing it may be clamped to just after it - later than without the phantom by
+ *   less than the phantom packet's own serialisation plus delay, and only while packets race
+ *   (the retry of the phantom's own packet departs after it anyway).
+ * - Horizon: checked before anything is written, in both paths; a horizon drop leaves the
+ *   timeline as it was.
+ * Memory order: cmpxchg and xchg are full barriers on x86 (the JIT emits lock cmpxchg and
+ * xchg; the host and the VM are x86), which keeps each attempt's reads before its raise and
+ * its raise before its commit; other JITs are meant to give BPF's fetching atomics the full
+ * ordering of the kernel's value-returning atomics (not tested here). The plain reads need no
+ * order of their own: every value a step acts on is validated by the cmpxchg or taken by xchg.
+ * The whole protocol is model-checked over every interleaving of small scenarios
+ * (tests/test_classifier_timeline_model.py), which also shows that swapping the raise and the
+ * commit, or a locked step merely reading either word, breaks it.
+ *
+ * Cost (docs/benchmarks.md): the lock and unlock were ~50 ns of a hit's ~120 ns over the empty
+ * program; the fast path replaces them by two cmpxchg (~3 ns each, uncontended). What is left
+ * is bpf_ktime_get_ns (~33 ns), parse + lookup + counters (~33), bpf_skb_set_tstamp (13) and
+ * the division (8).
  */
 #ifndef MOA_EDT_H
 #define MOA_EDT_H
@@ -39,6 +77,16 @@
 #include "abi.h"
 #include "config.h"
 #include "loss.h"
+
+/* t_last / t_depart while a locked step owns them: never a time (2^64 ns is 584 years). */
+#define MOA_OWNED (~0ULL)
+
+/* Fast-path attempts before a packet takes the locked path (each failure means another step
+ * changed the word, so under contention the link is making progress regardless). */
+#define MOA_FAST_TRIES 4
+
+#define MOA_READ_ONCE(x) (*(volatile __typeof__(x) *)&(x))
+#define MOA_WRITE_ONCE(x, v) (*(volatile __typeof__(x) *)&(x) = (v))
 
 /* What one packet gets from the stage. */
 struct moa_step {
@@ -65,11 +113,77 @@ static __always_inline void moa_event_budget(struct moa_stage_state *st, struct 
 	}
 }
 
-static __always_inline void moa_stage_step(struct moa_stage_state *st,
-					   const struct moa_stage_params *p,
-					   const struct moa_draws *d, struct moa_step *s)
+/* Outcome of the fast path. */
+enum moa_fast {
+	MOA_FAST_PASS,		/* s->departure is set: the packet leaves */
+	MOA_FAST_DROP,		/* s->reason is set: the packet is dropped, nothing written */
+	MOA_FAST_LOCKED,	/* contention or a locked step in progress: take the locked path */
+};
+
+/* The fast path: the timeline by cmpxchg, no lock (see the top of this file). */
+static __always_inline enum moa_fast moa_step_fast(struct moa_stage_state *st,
+						   const struct moa_stage_params *p,
+						   struct moa_step *s)
 {
-	__u64 now = s->now, t_new = 0, dep;
+	__u64 now = s->now, tl = 0, td, t_new = 0, dep, seen;
+	int i;
+
+	if (p->rate_bps)
+		tl = MOA_READ_ONCE(st->t_last);
+#pragma unroll
+	for (i = 0; i < MOA_FAST_TRIES; i++) {
+		td = MOA_READ_ONCE(st->t_depart);
+		if (tl == MOA_OWNED || td == MOA_OWNED)
+			return MOA_FAST_LOCKED;
+
+		if (p->rate_bps) {
+			__u64 start = tl > now ? tl : now;
+
+			/* Tail drop: as in the locked path (its comment says why an empty queue
+			 * always takes the packet). */
+			if (p->queue_ns && start > now && (start - now) + s->ser_ns > p->queue_ns) {
+				s->reason = MOA_DROP_QUEUE;
+				return MOA_FAST_DROP;
+			}
+			t_new = start + s->ser_ns;
+			dep = t_new + s->delay_ns;
+		} else {
+			dep = now + s->delay_ns;
+		}
+		if (!(p->flags & MOA_F_REORDER) && dep <= td)
+			dep = td + 1;
+		if (dep - now > horizon_ns) {
+			s->reason = MOA_DROP_HORIZON;
+			return MOA_FAST_DROP;
+		}
+
+		/* 1. t_depart first, so that whoever takes t_last after our commit sees dep. */
+		seen = __sync_val_compare_and_swap(&st->t_depart, td, dep > td ? dep : td);
+		if (seen != td) {
+			if (p->rate_bps)
+				tl = MOA_READ_ONCE(st->t_last);
+			continue;
+		}
+		/* 2. t_last: the commit. On failure dep stays in t_depart as a phantom. */
+		if (p->rate_bps) {
+			seen = __sync_val_compare_and_swap(&st->t_last, tl, t_new);
+			if (seen != tl) {
+				tl = seen;
+				continue;
+			}
+		}
+		s->departure = dep;
+		return MOA_FAST_PASS;
+	}
+	return MOA_FAST_LOCKED;
+}
+
+/* The locked path: owns both words by xchg under the lock (see the top of this file). */
+static __always_inline void moa_step_locked(struct moa_stage_state *st,
+					    const struct moa_stage_params *p,
+					    const struct moa_draws *d, struct moa_step *s)
+{
+	__u64 now = s->now, tl = 0, td, t_new = 0, dep;
 
 	bpf_spin_lock(&st->lock);
 
@@ -80,9 +194,19 @@ static __always_inline void moa_stage_step(struct moa_stage_state *st,
 		goto drop;
 	}
 
+	/* Both words are taken before anything is decided (in either order: the model check
+	 * passes both). A fast attempt that committed t_last before we took it had raised
+	 * t_depart before that, so td holds its departure. */
+	td = __sync_lock_test_and_set(&st->t_depart, MOA_OWNED);
+	if (td == MOA_OWNED)	/* only userspace can have written it: no departure yet */
+		td = 0;
 	if (p->rate_bps) {
-		__u64 start = st->t_last > now ? st->t_last : now;
+		__u64 start;
 
+		tl = __sync_lock_test_and_set(&st->t_last, MOA_OWNED);
+		if (tl == MOA_OWNED)
+			tl = 0;
+		start = tl > now ? tl : now;
 		/*
 		 * Tail drop: the backlog ahead of it plus itself would exceed the queue. A packet
 		 * that finds the queue empty is always taken, as an idle port always takes the
@@ -92,7 +216,7 @@ static __always_inline void moa_stage_step(struct moa_stage_state *st,
 		 */
 		if (p->queue_ns && start > now && (start - now) + s->ser_ns > p->queue_ns) {
 			s->reason = MOA_DROP_QUEUE;
-			goto drop;
+			goto restore;
 		}
 		t_new = start + s->ser_ns;
 		dep = t_new + s->delay_ns;
@@ -103,30 +227,57 @@ static __always_inline void moa_stage_step(struct moa_stage_state *st,
 	/*
 	 * fq orders a flow by tstamp: a departure before the last one would overtake it. Equal
 	 * tstamps leave in the order the packets reach fq, which two CPUs can swap after leaving
-	 * this lock (seen in the VM around a run-time parameter change, when CPUs briefly use
+	 * this step (seen in the VM around a run-time parameter change, when CPUs briefly use
 	 * old and new parameters): a departure is strictly after the last one.
 	 */
-	if (!(p->flags & MOA_F_REORDER) && dep <= st->t_depart)
-		dep = st->t_depart + 1;
+	if (!(p->flags & MOA_F_REORDER) && dep <= td)
+		dep = td + 1;
 
 	/* Checked before anything is committed: a horizon drop leaves the timeline as it was. */
 	if (dep - now > horizon_ns) {
 		s->reason = MOA_DROP_HORIZON;
-		goto drop;
+		goto restore;
 	}
 
+	/* Stores, not atomics: no one else writes a word that reads MOA_OWNED. t_depart first,
+	 * so that a fast attempt reading the new t_last does not find t_depart still owned. */
+	MOA_WRITE_ONCE(st->t_depart, dep > td ? dep : td);
 	if (p->rate_bps)
-		st->t_last = t_new;
-	if (dep > st->t_depart)
-		st->t_depart = dep;
+		MOA_WRITE_ONCE(st->t_last, t_new);
 	s->departure = dep;
 	bpf_spin_unlock(&st->lock);
 	return;
 
+restore:
+	MOA_WRITE_ONCE(st->t_depart, td);
+	if (p->rate_bps)
+		MOA_WRITE_ONCE(st->t_last, tl);
 drop:
 	s->drop = 1;
 	moa_event_budget(st, s);
 	bpf_spin_unlock(&st->lock);
+}
+
+static __always_inline void moa_stage_step(struct moa_stage_state *st,
+					   const struct moa_stage_params *p,
+					   const struct moa_draws *d, struct moa_step *s)
+{
+	if (p->loss_model != MOA_LOSS_GILBERT_ELLIOTT) {
+		enum moa_fast r = s->lost ? MOA_FAST_DROP : moa_step_fast(st, p, s);
+
+		if (r == MOA_FAST_PASS)
+			return;
+		if (r == MOA_FAST_DROP) {
+			if (s->lost)
+				s->reason = MOA_DROP_LOSS;
+			s->drop = 1;
+			bpf_spin_lock(&st->lock);	/* the drop-event budget only */
+			moa_event_budget(st, s);
+			bpf_spin_unlock(&st->lock);
+			return;
+		}
+	}
+	moa_step_locked(st, p, d, s);
 }
 
 #endif /* MOA_EDT_H */
