@@ -110,7 +110,7 @@ _SHAPING = ("latency", "jitter", "capacity", "queue")
 
 class KernelDatapath(Datapath):
     def __init__(self, config: DatapathConfig, worker: NetlinkWorker, classifier: Classifier,
-                 pair: PairProgram, loss_only: bool, op_hook: OpHook | None) -> None:
+                 pair: PairProgram, env: Env, loss_only: bool, op_hook: OpHook | None) -> None:
         self.config = config
         self.worker = worker
         self.classifier = classifier
@@ -122,13 +122,12 @@ class KernelDatapath(Datapath):
         self._owners: dict[int, str] = {}
         self._where: dict[int, tuple[str, str]] | None = None  # vni -> (materialization, link)
         self._drops = DropEventReader(classifier, self._vni_owner)
-        self.env = Env(nl=worker.nl, links=classifier, pair=pair, pair_mode=config.pair_mode,
-                       egress_program=classifier.egress_program,
-                       ingress_program=classifier.ingress_program)
+        self.env = env  # built by start(), which needs it first for the uplink
         self.uplink_index = worker.run(worker.nl.require_ifindex, config.uplink)
         mtu = worker.run(worker.nl.mtu, config.uplink)
         self.plan_config = PlanConfig(uplink=config.uplink, local=config.local,
-                                      vtep_mtu=config.vtep_mtu or mtu - VXLAN_OVERHEAD)
+                                      vtep_mtu=config.vtep_mtu or mtu - VXLAN_OVERHEAD,
+                                      port_hold=None if loss_only else config.fq)
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -147,9 +146,10 @@ class KernelDatapath(Datapath):
             os.makedirs(config.pin_root, exist_ok=True)
             classifier = Classifier.load(config.classifier, pin_root=config.pin_root)
             pair = PairProgram(config.pin_root, max_vteps=2 * config.classifier.max_links)
-            env = Env(nl=worker.nl, links=classifier, pair=pair,
+            env = Env(nl=worker.nl, links=classifier, pair=pair, pair_mode=config.pair_mode,
                       egress_program=classifier.egress_program,
-                      ingress_program=classifier.ingress_program)
+                      ingress_program=classifier.ingress_program,
+                      port_hold_program=classifier.port_hold_program)
             loss_only = False
             try:
                 await worker.call(EnsureUplink(config.uplink, config.fq).apply, env)
@@ -159,7 +159,7 @@ class KernelDatapath(Datapath):
                 log.warning("no sch_fq: loss-only mode (latency and capacity refused per link)")
                 loss_only = True
                 await worker.call(EnsureUplink(config.uplink, None).apply, env)
-            self = cls(config, worker, classifier, pair, loss_only, op_hook)
+            self = cls(config, worker, classifier, pair, env, loss_only, op_hook)
         except BaseException:
             if pair is not None:
                 pair.close()
@@ -364,8 +364,7 @@ class KernelDatapath(Datapath):
         n = await self.worker.call(self._apply_params, m)
         return ApplyResult(generation=self._record(m, n > 0), changed=n > 0, operations=n)
 
-    @staticmethod
-    def _stages_of(m: schemas.Materialize) -> dict[int, Stages]:
+    def _stages_of(self, m: schemas.Materialize) -> dict[int, Stages]:
         """vni -> the stages `m` gives it (what planner.desired_state writes)."""
         out: dict[int, Stages] = {}
         seen: dict[tuple[bool, bytes], Stages] = {}
@@ -375,7 +374,8 @@ class KernelDatapath(Datapath):
             stages = seen.get(key)
             if stages is None:
                 egress = to_link_emulation(link.emulation)
-                stages = seen[key] = (egress, None) if p2p else (egress, port_stage(egress))
+                held = self.plan_config.port_hold is not None
+                stages = seen[key] = (egress, None) if p2p else (egress, port_stage(egress, held))
             for ep in link.endpoints:
                 out[ep.vni] = stages
         return out
@@ -438,7 +438,8 @@ class KernelDatapath(Datapath):
                                                       links=links))
         fq = fq_memory_bytes(stages[0] for stages in self._known.values())
         return schemas.StatusReply(host=self.config.host, materializations=mats,
-                                   fq_memory_bytes=0 if self.loss_only else fq)
+                                   fq_memory_bytes=0 if self.loss_only else fq,
+                                   datapath=self.classifier.global_counters())
 
     async def link_stats(self) -> list[schemas.LinkStats]:
         out = []

@@ -1,6 +1,6 @@
 """Classifier: load (and pin) tc_classifier.bpf.o, manage links, read counters and drop events.
 
-One object holds both programs (moa_egress, moa_ingress) and the maps of docs/architecture.md.
+One object holds the programs (moa_egress, moa_ingress, moa_port_hold) and the maps of docs/architecture.md.
 A link (VNI) owns a slot: its state and counters live at index slot * 2 + stage of moa_state and
 moa_counters. set_link() hands out the lowest free slot the first time a VNI is set and zeroes
 that slot's state and counters before the link becomes visible to the datapath; later calls
@@ -99,6 +99,7 @@ class Classifier:
             raise RuntimeError(f"{obj.path}: MOA_NR_STAGES is {self.abi.NR_STAGES}, expected 2")
         self.egress_program: Program = obj.program("moa_egress")
         self.ingress_program: Program = obj.program("moa_ingress")
+        self.port_hold_program: Program = obj.program("moa_port_hold")
         self.links_map: Map = obj.map("moa_links")
         self.state_map: Map = obj.map("moa_state")
         self.counters_map: Map = obj.map("moa_counters")

@@ -465,21 +465,42 @@ class Netlink:
                 return q.get("TCA_KIND")
         return None
 
+    @staticmethod
+    def _fq_args(name: str, sizing: FqSizing) -> list[str]:
+        horizon_us = max(1, sizing.horizon_ns // 1000)
+        return ["qdisc", "replace", "dev", name, "root", "fq",
+                "limit", str(sizing.limit), "flow_limit", str(sizing.flow_limit),
+                "buckets", str(sizing.buckets), "orphan_mask", str(sizing.orphan_mask),
+                "horizon", f"{horizon_us}us", "horizon_drop"]
+
+    @staticmethod
+    def _fq_error(name: str, r: subprocess.CompletedProcess[str]) -> Exception:
+        msg = (r.stderr or r.stdout).strip()
+        if "unknown" in msg.lower() or "no such file" in msg.lower():
+            return FqUnavailable(f"this kernel has no sch_fq ({msg}): latency and capacity "
+                                 "cannot be emulated; allow loss-only mode to run anyway")
+        return DatapathNetlinkError(f"setting sch_fq on {name}: {msg}")
+
     def ensure_fq(self, name: str, sizing: FqSizing) -> None:
         """sch_fq as root qdisc of `name`, sized as given (replaces whatever root qdisc was)."""
         self._check_thread()
         self.require_ifindex(name)
-        horizon_us = max(1, sizing.horizon_ns // 1000)
-        r = self._tc_cli("qdisc", "replace", "dev", name, "root", "fq",
-                         "limit", str(sizing.limit), "flow_limit", str(sizing.flow_limit),
-                         "buckets", str(sizing.buckets), "orphan_mask", str(sizing.orphan_mask),
-                         "horizon", f"{horizon_us}us", "horizon_drop")
+        r = self._tc_cli(*self._fq_args(name, sizing))
         if r.returncode != 0:
-            msg = (r.stderr or r.stdout).strip()
-            if "unknown" in msg.lower() or "no such file" in msg.lower():
-                raise FqUnavailable(f"this kernel has no sch_fq ({msg}): latency and capacity "
-                                    "cannot be emulated; allow loss-only mode to run anyway")
-            raise DatapathNetlinkError(f"setting sch_fq on {name}: {msg}")
+            raise self._fq_error(name, r)
+
+    def ensure_fq_many(self, devices: list[tuple[str, FqSizing]]) -> None:
+        """ensure_fq for many devices in one `tc -batch` process (a fork each costs ~5 ms).
+        On a failure the devices are retried one by one, so the error names the device."""
+        self._check_thread()
+        if not devices:
+            return
+        script = "".join(" ".join(self._fq_args(n, z)) + "\n" for n, z in devices)
+        r = subprocess.run(["tc", "-force", "-batch", "-"], input=script, capture_output=True,
+                           text=True)
+        if r.returncode != 0:
+            for name, sizing in devices:
+                self.ensure_fq(name, sizing)
 
     def remove_fq(self, name: str) -> None:
         self._check_thread()

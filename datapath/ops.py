@@ -27,6 +27,7 @@ log = logging.getLogger("datapath.ops")
 
 UPLINK_EGRESS_FILTER = "moa_egress"
 UPLINK_INGRESS_FILTER = "moa_ingress"
+PORT_HOLD_FILTER = "moa_port_hold"
 
 
 class LinkTable(Protocol):
@@ -52,6 +53,7 @@ class Env:
     pair_mode: PairMode = PairMode.TC
     egress_program: ProgramFd | None = None
     ingress_program: ProgramFd | None = None
+    port_hold_program: ProgramFd | None = None
 
 
 class Operation:
@@ -387,6 +389,50 @@ class AttachToBridge(Operation):
 
     def describe(self) -> str:
         return f"attach {self.vtep} to bridge {self.bridge}"
+
+
+@dataclass(frozen=True)
+class HoldAtPort(Operation):
+    """A LAN member's VTEP holds frames until they leave the sending member's port.
+
+    sch_fq as its root qdisc and moa_port_hold on its tc egress (datapath/bpf/port.h): the
+    uplink's ingress stage hands the frame's wait at the sender's port over in skb->mark, this
+    VTEP makes it the frame's departure, so the receiver's stage on the uplink judges the frame
+    when it would reach the switch. Deleting the VTEP takes both with it.
+    """
+
+    vtep: str
+    fq: FqSizing
+
+    bulk = True
+
+    @classmethod
+    def apply_bulk(cls, ops: Sequence[Operation], env: Env) -> list[Operation]:
+        todo: list[HoldAtPort] = list(ops)  # type: ignore[arg-type]
+        env.nl.ensure_fq_many([(op.vtep, op.fq) for op in todo])  # one tc process for all
+        for op in todo:
+            op.attach(env)
+        return []
+
+    def attach(self, env: Env) -> None:
+        if env.port_hold_program is None:
+            raise RuntimeError("the classifier's moa_port_hold program is not loaded")
+        env.nl.attach_bpf(self.vtep, "egress", env.port_hold_program.fd, PORT_HOLD_FILTER)
+
+    def apply(self, env: Env) -> None:
+        env.nl.ensure_fq(self.vtep, self.fq)
+        self.attach(env)
+
+    def revert(self, env: Env) -> None:
+        if env.nl.ifindex(self.vtep) is None:
+            return
+        env.nl.detach_bpf(self.vtep, "egress")
+        env.nl.remove_clsact(self.vtep)
+        env.nl.remove_fq(self.vtep)
+
+    def describe(self) -> str:
+        return (f"hold frames on {self.vtep} until they leave the sender's port: sch_fq "
+                f"limit={self.fq.limit} flow_limit={self.fq.flow_limit} + {PORT_HOLD_FILTER}")
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,13 @@ Mapping of a link onto the box:
   egress stage of each VNI (the egress VNI names the receiving endpoint); no ingress stage.
 - LAN (3+ endpoints): VTEPs on a bridge; the link's emulation is each member's egress stage (the
   shared queue towards the receiver) and each member gets an ingress stage that models its own
-  switch port: the link's capacity with a small queue (`port_queue_bytes`). semantics.md (LAN
-  case): only with a port queue much smaller than the shared one (2 ms vs 20 ms) did the
-  slower sender keep its real-switch share, so the port queue is 2 ms at the link rate, at
-  least two full frames, at most the shared queue. Loss and latency are applied once, at egress.
+  switch port: the link's capacity and queue, nothing else. A LAN is two real hops
+  (datapath/bpf/port.h): every member's VTEP holds a frame (sch_fq + moa_port_hold) until it
+  has left the sender's port, and only then does the receiver's stage judge it.
+  Without sch_fq (loss-only boxes) nothing is held, the port delay is added at egress, and the
+  port queue is kept at 2 ms: semantics.md (LAN case) found that in one computation only a port
+  queue much smaller than the shared one (2 ms vs 20 ms) left the slower sender its share.
+  Loss and latency are applied once, at egress.
 """
 from __future__ import annotations
 
@@ -23,14 +26,17 @@ from typing import Callable
 
 import schemas
 from datapath.emulation import GilbertElliott, LinkEmulation
-from datapath.netlink import MoaDevice, VtepSpec
+from datapath.netlink import FqSizing, MoaDevice, VtepSpec
 from datapath.ops import (
     AttachToBridge, CreateBridge, CreatePair, CreateVtep, DeleteBridge, DeleteLinkParams,
-    DeletePair, DeleteVtep, DetachFromBridge, Operation, SetLinkParams,
+    DeletePair, DeleteVtep, DetachFromBridge, HoldAtPort, Operation, SetLinkParams,
 )
 from datapath.pair import PeerEntry
 
-PORT_QUEUE_NS = 2_000_000
+PORT_QUEUE_NS = 2_000_000  # one computation (no hold): see the module doc
+# With the hold: the handover field (16 bits of 1.024 us under the default mark mask, handover.h)
+# reaches 67 ms; a port queue within 60 ms of link time never saturates it with full frames.
+HELD_PORT_QUEUE_NS = 60_000_000
 FULL_FRAME = 1538  # 1500 + Ethernet header, FCS and L1 overhead
 DEFAULT_VXLAN_PORT = 4789
 
@@ -51,6 +57,7 @@ class PlanConfig:
     uplink: str
     local: str
     vtep_mtu: int = 1450
+    port_hold: FqSizing | None = None  # LAN VTEPs hold frames (sch_fq of this size); None: no
 
 
 def vtep_name(vni: int) -> str:
@@ -72,12 +79,17 @@ def to_link_emulation(e: schemas.Emulation) -> LinkEmulation:
                          gilbert_elliott=ge)
 
 
-def port_stage(egress: LinkEmulation) -> LinkEmulation | None:
-    """A LAN member's own port (ingress stage): the link rate, a small queue, nothing else."""
+def port_stage(egress: LinkEmulation, held: bool = False) -> LinkEmulation | None:
+    """A LAN member's own port (ingress stage): the link rate and a queue, nothing else.
+
+    held: the VTEPs hold frames (two real hops), so the port has the link's queue, within
+    HELD_PORT_QUEUE_NS of link time; else 2 ms (module doc). At least two full frames, at most
+    the link's queue."""
     if not egress.capacity_bps:
         return None
-    q = max(2 * FULL_FRAME, egress.capacity_bps * PORT_QUEUE_NS // 8_000_000_000)
     shared = egress.effective_queue_bytes
+    port_ns = HELD_PORT_QUEUE_NS if held else PORT_QUEUE_NS
+    q = max(2 * FULL_FRAME, egress.capacity_bps * port_ns // 8_000_000_000)
     if shared:
         q = min(q, shared)
     return LinkEmulation(capacity_bps=egress.capacity_bps, queue_bytes=q,
@@ -115,7 +127,7 @@ def desired_state(m: schemas.Materialize, cfg: PlanConfig) -> Desired:
         else:
             br = bridge_name(m.id, link.id)
             d.bridges[br] = link.id
-            ingress = port_stage(egress)
+            ingress = port_stage(egress, held=cfg.port_hold is not None)
             for ep, name in zip(link.endpoints, names):
                 d.masters[name] = br
                 d.params[ep.vni] = ((egress, ingress), link.id)
@@ -253,13 +265,18 @@ def plan(m: schemas.Materialize, current: Current, cfg: PlanConfig,
     for name, (spec, link) in sorted(want.vteps.items()):
         if name not in keep:
             build.append(CreateVtep(spec, mid, link))
-    # 8. bridge ports.
+    # 8. bridge ports, each held at its port first (a VTEP joining a bridge: new, or kept and
+    # changing bridge or kind of link).
+    joining = []
     for name, br in sorted(want.masters.items()):
         dev = have.get(name)
         cur_master = by_index.get(dev.master).name if (
             dev is not None and name in keep and dev.master and dev.master in by_index) else None
         if cur_master != br:
-            build.append(AttachToBridge(name, br))
+            joining.append((name, br))
+    if cfg.port_hold is not None:
+        build += [HoldAtPort(name, cfg.port_hold) for name, _ in joining]
+    build += [AttachToBridge(name, br) for name, br in joining]
     # 9. pairs.
     for a, b in want.pairs:
         if frozenset((a, b)) not in intact_pairs:

@@ -247,7 +247,12 @@ class MaterializationStatus(_Message, kw_only=True):
 
 
 class StatusReply(_Message, kw_only=True):
-    """What the box holds. fq_memory_bytes: worst-case sch_fq memory implied by the links."""
+    """What the box holds. fq_memory_bytes: worst-case sch_fq memory implied by the links.
+    datapath: the classifier's box-wide counters since it was loaded (frames): non_vxlan,
+    unknown_vni (passed untouched), ringbuf_fail (drop events lost), handover (LAN frames
+    whose port wait the egress stage added), port_held (LAN frames a VTEP held until they left
+    the sender's port), events_suppressed."""
     host: str
     materializations: list[MaterializationStatus]
     fq_memory_bytes: int
+    datapath: dict[str, int] = {}

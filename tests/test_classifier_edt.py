@@ -1,5 +1,6 @@
 """The EDT timeline through BPF_PROG_TEST_RUN: exact spacing, queue limit, latency after
-capacity, jitter ordering, GSO charging, horizon, two CPUs on one link, ingress handover.
+capacity, jitter ordering, GSO charging, horizon, two CPUs on one link (the ingress stage and
+its handover: test_classifier_port.py).
 
 Deterministic: rates are chosen low enough that a link's timeline stays ahead of the clock for
 the whole test, so every departure follows from t_last alone (read back from moa_state), never
@@ -9,48 +10,15 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
 import pytest
 
 from datapath.classifier import Classifier, ClassifierConfig
 from datapath.emulation import LinkEmulation
+from tests.fixtures.classifier import (  # noqa: F401 (clf is a fixture)
+    EGRESS, INNER, RATE, SER, VNI, clf, mono, put_t_last, send,
+)
 from tests.fixtures.packets import TC_ACT_OK, TC_ACT_SHOT, inner_tcp, outer_len, vxlan
-
-VNI = 300
-RX_VNI = 301            # the receiving endpoint (egress stage) in the handover tests
-EGRESS, INGRESS = 0, 1
-RATE = 8_000_000        # 8 Mbit/s: one byte = 1000 ns, so ser_ns = (bytes + 24) * 1000 exactly
-FRAME = vxlan(VNI, inner_tcp(payload=1000))
-INNER = len(FRAME) - outer_len(FRAME)          # 1054
-SER = (INNER + 24) * 8 * 10**9 // RATE          # 1,078,000 ns
-
-
-def mono() -> int:
-    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-
-
-@pytest.fixture
-def clf():
-    with Classifier.load(ClassifierConfig(max_links=64)) as c:
-        yield c
-
-
-def send(c: Classifier, frame: bytes = FRAME, repeat: int = 1, stage: int = EGRESS,
-         mark: int = 0, gso_segs: int = 0):
-    ctx = c.abi.SkBuff()
-    ctx.mark = mark
-    if gso_segs:
-        ctx.gso_segs = gso_segs
-        ctx.gso_size = 1000
-    prog = c.egress_program if stage == EGRESS else c.ingress_program
-    return prog.test_run(frame, ctx=ctx, repeat=repeat)
-
-
-def put_t_last(c: Classifier, vni: int, stage: int, t_last: int) -> None:
-    state = c.stage_state(vni, stage)
-    state.t_last = t_last
-    c.set_stage_state(vni, stage, state)
 
 
 def test_back_to_back_departures_spaced_by_serialisation(clf: Classifier) -> None:
@@ -241,8 +209,9 @@ def test_horizon_setting_bounds_the_backlog() -> None:
 
 
 def test_two_cpus_one_link_lose_no_update(clf: Classifier) -> None:
-    """Two threads pinned to two CPUs send on one link at once: t_last advances by exactly
-    one serialisation per packet (a lost update would leave it short)."""
+    """Two threads pinned to two CPUs send on one link at once, on the lock-free path (capacity
+    without Gilbert-Elliott: edt.h's cmpxchg): t_last advances by exactly one serialisation per
+    packet (a lost update would leave it short). Both paths racing: test_classifier_timeline."""
     cpus = sorted(os.sched_getaffinity(0))
     assert len(cpus) >= 2, "needs two CPUs"
     rate = 8_000_000_000                      # ser = 1078 ns, ahead of ~100-300 ns per packet
@@ -273,80 +242,3 @@ def test_two_cpus_one_link_lose_no_update(clf: Classifier) -> None:
     per_cpu = clf.counters_map.lookup(clf.slot(VNI) * 2, clf.abi.LinkCounters)
     assert sum(c.packets for c in per_cpu) == 2 * n
     assert sorted(c.packets for c in per_cpu if c.packets) == [n, n], "both CPUs sent"
-
-
-# --------------------------------------------------------------------------------------------
-# Ingress stage -> egress stage handover in skb->mark (default mask 0xffff0000, 1024 ns units)
-
-def test_ingress_stage_hands_its_port_delay_to_egress(clf: Classifier) -> None:
-    clf.set_link(VNI, ingress=LinkEmulation(capacity_bps=RATE, queue_bytes=0))
-    r = send(clf, stage=INGRESS, mark=0x1234)
-    assert r.retval == TC_ACT_OK
-    assert r.ctx.tstamp == 0, "ingress never delays itself: no qdisc holds packets there"
-    # Idle port: the delay is the packet's own serialisation at the port rate.
-    assert r.ctx.mark == ((SER + 512) >> 10) << 16 | 0x1234
-    # Standing backlog of 5 ms: the delay grows by it (minus the few us the test took).
-    put_t_last(clf, VNI, INGRESS, mono() + 5_000_000)
-    units = send(clf, stage=INGRESS).ctx.mark >> 16
-    assert (5_000_000 + SER - 200_000) >> 10 <= units <= (5_000_000 + SER + 512) >> 10
-    assert clf.link_counters(VNI)["ingress"].packets == 2
-
-
-def test_ingress_handover_saturates(clf: Classifier) -> None:
-    clf.set_link(VNI, ingress=LinkEmulation(capacity_bps=RATE, queue_bytes=0))
-    put_t_last(clf, VNI, INGRESS, mono() + 500_000_000)
-    assert send(clf, stage=INGRESS).ctx.mark == 0xFFFF0000
-
-
-def test_ingress_tail_drop_at_its_own_queue(clf: Classifier) -> None:
-    clf.set_link(VNI, ingress=LinkEmulation(capacity_bps=RATE, queue_bytes=3 * (INNER + 24)))
-    send(clf, stage=INGRESS, repeat=10)
-    c = clf.link_counters(VNI)
-    assert (c["ingress"].packets, c["ingress"].drops["queue"]) == (3, 7)
-    assert c["egress"].packets == 0
-
-
-def test_egress_adds_handover_after_capacity_and_clears_the_bits(clf: Classifier) -> None:
-    lat = 1_000_000
-    rx = vxlan(RX_VNI, inner_tcp(payload=1000))
-    clf.set_link(RX_VNI, egress=LinkEmulation(capacity_bps=RATE, latency_ns=lat, queue_bytes=0))
-    t0 = mono() + 1_000_000_000
-    put_t_last(clf, RX_VNI, EGRESS, t0)
-    before = clf.global_counters()["handover"]
-    r = send(clf, rx, mark=(3000 << 16) | 0xBEEF)
-    assert r.ctx.mark == 0xBEEF
-    assert r.ctx.tstamp == t0 + SER + lat + 3000 * 1024
-    assert clf.stage_state(RX_VNI, EGRESS).t_last == t0 + SER, "handover is not capacity"
-    assert clf.global_counters()["handover"] == before + 1
-
-
-def test_handover_alone_delays_an_otherwise_idle_egress_stage(clf: Classifier) -> None:
-    clf.set_link(RX_VNI)                                   # both stages idle
-    rx = vxlan(RX_VNI, inner_tcp(payload=100))
-    t0 = mono()
-    r = send(clf, rx, mark=100 << 16)
-    t1 = mono()
-    assert t0 + 100 * 1024 <= r.ctx.tstamp <= t1 + 100 * 1024
-    assert r.ctx.mark == 0
-    assert send(clf, rx).ctx.tstamp == 0                   # without a mark: untouched
-
-
-def test_handover_round_trip_ingress_then_egress(clf: Classifier) -> None:
-    """The sender's port (ingress, VNI) feeds the receiver's link (egress, RX_VNI)."""
-    clf.set_link(VNI, ingress=LinkEmulation(capacity_bps=RATE, queue_bytes=0))
-    clf.set_link(RX_VNI, egress=LinkEmulation(capacity_bps=RATE * 100, queue_bytes=0))
-    mark = send(clf, stage=INGRESS).ctx.mark
-    t0 = mono() + 1_000_000_000
-    put_t_last(clf, RX_VNI, EGRESS, t0)
-    r = send(clf, vxlan(RX_VNI, inner_tcp(payload=1000)), mark=mark)
-    assert r.ctx.tstamp == t0 + SER // 100 + ((SER + 512) >> 10 << 10)
-    assert r.ctx.mark == 0
-
-
-def test_handover_disabled_with_mark_mask_zero() -> None:
-    with Classifier.load(ClassifierConfig(max_links=8, mark_mask=0)) as c:
-        c.set_link(VNI, ingress=LinkEmulation(capacity_bps=RATE, queue_bytes=0))
-        assert send(c, stage=INGRESS, mark=7).ctx.mark == 7
-        c.set_link(RX_VNI)
-        r = send(c, vxlan(RX_VNI), mark=0xFFFF0000)
-        assert (r.ctx.mark, r.ctx.tstamp) == (0xFFFF0000, 0)

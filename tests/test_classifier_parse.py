@@ -50,7 +50,7 @@ def test_fixture_table_egress(clf: Classifier, case: Case) -> None:
     assert (r.ctx.tstamp != 0) == case.delayed
     d = delta(before_g, clf.global_counters())
     expect = {"non_vxlan": 0, "unknown_vni": 0, "ringbuf_fail": 0, "handover": 0,
-              "events_suppressed": 0}
+              "events_suppressed": 0, "port_held": 0}
     if case.counter:
         expect[case.counter] = 1
     assert d == expect

@@ -7,10 +7,10 @@ import pytest
 import schemas
 from datapath.api import fq_memory_bytes
 from datapath.emulation import LinkEmulation
-from datapath.netlink import MoaDevice, fq_sizing_for, make_alias, parse_alias
+from datapath.netlink import FqSizing, MoaDevice, fq_sizing_for, make_alias, parse_alias
 from datapath.ops import (
     AttachToBridge, CreateBridge, CreatePair, CreateVtep, DeleteBridge, DeleteLinkParams,
-    DeletePair, DeleteVtep, Env, Operation, PlanError, SetLinkParams, run_plan,
+    DeletePair, DeleteVtep, Env, HoldAtPort, Operation, PlanError, SetLinkParams, run_plan,
 )
 from datapath.pair import PeerEntry
 from datapath.planner import (
@@ -103,6 +103,48 @@ def test_port_stage_bounds():
     assert slow.queue_bytes == 2 * 1538  # at least two full frames
     tight = port_stage(LinkEmulation(capacity_bps=10_000_000_000, queue_bytes=10_000))
     assert tight.queue_bytes == 10_000  # never more than the shared queue
+
+
+HELD = PlanConfig(uplink="up0", local="10.0.0.1", vtep_mtu=1450, port_hold=FqSizing())
+
+
+def test_with_sch_fq_lan_vteps_hold_at_the_port_before_joining_the_bridge():
+    """Two real hops (datapath/bpf/port.h): every LAN member's VTEP holds frames, the point-to-
+    point VTEPs do not; the hold is in place before the VTEP joins its bridge."""
+    ops = plan(mat(), Current(), HELD, encode, UPLINK_INDEX)
+    assert kinds(ops) == (["SetLinkParams"] * 5 + ["CreateBridge"] + ["CreateVtep"] * 5
+                          + ["HoldAtPort"] * 3 + ["AttachToBridge"] * 3 + ["CreatePair"])
+    held = [op for op in ops if isinstance(op, HoldAtPort)]
+    assert {op.vtep for op in held} == {"mv200", "mv201", "mv202"}
+    assert all(op.fq == FqSizing() for op in held)
+
+
+def test_held_port_stage_has_the_link_queue_within_60_ms():
+    d = desired_state(mat(), HELD)
+    (eg, ing), _ = d.params[201]
+    # 100 Mbit/s: 60 ms is 750,000 bytes; the link's own queue (64 KiB default) is smaller
+    assert ing == LinkEmulation(capacity_bps=100_000_000, queue_bytes=eg.effective_queue_bytes)
+    deep = LinkEmulation(capacity_bps=10_000_000, queue_bytes=1_000_000)
+    assert port_stage(deep, held=True).queue_bytes == 75_000  # 60 ms at 10 Mbit/s
+    assert port_stage(LinkEmulation(capacity_bps=100_000), held=True).queue_bytes == 2 * 1538
+
+
+def test_vtep_moving_from_a_pair_to_a_lan_gets_held():
+    """A kept VTEP that joins a bridge (its link grew from 2 to 3 endpoints) is held too."""
+    before = schemas.decode(schemas.Materialize, '''{"id": "m", "links": [{"id": "lan", "endpoints": [
+        {"vni": 200, "remote": "10.0.0.11"}, {"vni": 201, "remote": "10.0.0.12"}]}]}''')
+    ops = plan(mat(lan=True), applied(before), HELD, encode, UPLINK_INDEX)
+    assert not any(isinstance(op, DeleteVtep) for op in ops), "mv200 and mv201 are kept"
+    assert {op.vtep for op in ops if isinstance(op, HoldAtPort)} == {"mv200", "mv201", "mv202"}
+
+
+def test_held_plan_of_identical_content_is_empty():
+    m = mat()
+    cur = applied(m)
+    d = desired_state(m, HELD)
+    for vni, (stages, _) in d.params.items():
+        cur.params[vni] = encode(stages)
+    assert plan(m, cur, HELD, encode, UPLINK_INDEX) == []
 
 
 def test_identical_content_plans_nothing():

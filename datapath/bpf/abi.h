@@ -80,9 +80,11 @@ struct moa_link {
 /*
  * The mutable part of a stage, shared by every CPU that sends on the link. Lives in an array
  * (moa_state) apart from the parameters so that userspace can replace parameters at run time
- * without touching - and racing with - the timeline. The spin lock serialises the timeline:
- * reading t_last, judging the queue and advancing t_last must be one step, or two CPUs can both
- * see an empty queue and send at the same departure time.
+ * without touching - and racing with - the timeline. Reading t_last, judging the queue and
+ * advancing t_last must be one step, or two CPUs can both see an empty queue and send at the
+ * same departure time: edt.h makes it one by cmpxchg on t_last and t_depart (the fast path)
+ * and takes the spin lock only for Gilbert-Elliott's ge_bad, the drop-event budget and its
+ * fallback, which owns both words while it works.
  */
 struct moa_stage_state {
 	struct bpf_spin_lock lock;
@@ -113,7 +115,8 @@ struct moa_global_counters {
 	__u64 handover;		/* egress frames that carried an ingress-stage handover mark */
 	__u64 events_suppressed;	/* sum of every link's events_suppressed; unlike theirs it
 					 * outlives deleted links, so it only ever grows */
-	__u64 reserved[3];
+	__u64 port_held;	/* frames a LAN member's VTEP held until their port-exit time */
+	__u64 reserved[2];
 };
 
 #define MOA_DROP_EVENT_VERSION 1

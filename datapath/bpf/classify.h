@@ -3,9 +3,10 @@
  * classify.h - one packet through one stage: parse, look the VNI up, charge, decide.
  *
  * Hot path of a hit (docs/benchmarks.md): one hash lookup (moa_links), two array lookups the
- * verifier inlines (moa_counters, moa_state), bpf_ktime_get_ns, the stage lock, one division.
- * No random number is drawn unless the link has loss or jitter, and a stage with nothing
- * configured touches neither the clock nor the lock.
+ * verifier inlines (moa_counters, moa_state), bpf_ktime_get_ns, one division, two cmpxchg on
+ * the stage's timeline (edt.h: the stage lock only for Gilbert-Elliott, drop events and
+ * contention). No random number is drawn unless the link has loss or jitter, and a stage with
+ * nothing configured touches neither the clock nor the timeline.
  */
 #ifndef MOA_CLASSIFY_H
 #define MOA_CLASSIFY_H
@@ -117,11 +118,17 @@ static __always_inline int moa_classify(struct __sk_buff *skb, const enum moa_st
 		return TC_ACT_SHOT;
 	}
 
-	if (s.departure > s.now) {
-		if (stage == MOA_STAGE_EGRESS)
+	if (stage == MOA_STAGE_EGRESS) {
+		if (s.departure > s.now)
 			moa_set_departure(skb, s.departure);
-		else	/* no qdisc holds packets on ingress: the egress stage applies it */
-			moa_handover_put(skb, s.departure - s.now);
+	} else if (s.departure - s.ser_ns > s.now) {
+		/*
+		 * No qdisc holds packets on ingress: the wait goes to the receiving VTEP's hold
+		 * (port.h) or, without one, to the egress stage. Cut-through: the frame is handed
+		 * on when its transmission on the sender's port begins, so it waits for the
+		 * frames ahead of it and a frame finding its port idle is not held at all.
+		 */
+		moa_handover_put(skb, s.departure - s.ser_ns - s.now);
 	}
 pass:
 	cnt->packets += c.segs;

@@ -6,10 +6,14 @@
  *                loss, latency, jitter), plus the ingress stage's handover delay.
  *   moa_ingress  keyed by the sending endpoint's VNI: the sender's own port on a LAN (capacity,
  *                queue, loss); its delay goes to the egress stage in skb->mark (handover.h).
+ *   moa_port_hold  on the egress of a LAN member's VTEP (root qdisc sch_fq): turns that
+ *                handover into the frame's departure, so the frame reaches the uplink's egress
+ *                stage when it leaves the sender's emulated port (port.h).
  *
  * The logic lives in the headers, one per concern; docs/architecture.md gives the order.
  */
 #include "classify.h"
+#include "port.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -40,4 +44,10 @@ SEC("tc")
 int moa_ingress(struct __sk_buff *skb)
 {
 	return moa_classify(skb, MOA_STAGE_INGRESS);
+}
+
+SEC("tc")
+int moa_port_hold(struct __sk_buff *skb)
+{
+	return moa_port_hold_frame(skb);
 }

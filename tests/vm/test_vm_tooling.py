@@ -211,3 +211,18 @@ def test_step_trap_keeps_status_and_stops_background_jobs(tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert res["good"].rc == 0 and res["nojobs"].rc == 0 and res["bad"].rc == 1, res
     assert res["gone"].rc == 0, res["gone"].out
+
+
+def test_batch_of_only_some_scenarios(tmp_path) -> None:
+    """`moa bench e2e --only lan,update`: the set-up and the service, those scenarios, the final
+    status; an unknown name is refused before anything boots."""
+    from moa_bus.vm import e2e, moa_scenarios, scenarios
+
+    sc, ms = e2e._scenarios(tmp_path, scenarios.E2eConfig(), moa_scenarios.MoaConfig())
+    names = [s.name for s in e2e.full_batch(sc, ms, only=["lan", "update"]).steps]
+    assert {"setup", "moa-serve", "moa-materialize", "lan-moa-0", "update-moa",
+            "update-moa-control", "moa-final"} <= set(names)
+    assert not any(n.startswith(("latency-", "capacity-", "iso-", "pvl-", "loss-"))
+                   for n in names)
+    with pytest.raises(ValueError, match="unknown scenarios"):
+        e2e.full_batch(sc, ms, only=["lann"])
