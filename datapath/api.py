@@ -96,7 +96,8 @@ class _Record:
 
 
 def fq_memory_bytes(stages: Iterable[LinkEmulation | None]) -> int:
-    """Worst case that fq holds for these egress stages: rate x (latency + queue time)."""
+    """Worst case that fq holds for these stages: rate x (latency + queue time). An egress
+    stage's frames wait in the uplink's fq, a LAN port stage's in its receivers' VTEP fq."""
     total = 0
     for e in stages:
         if e is None or not e.capacity_bps:
@@ -436,7 +437,7 @@ class KernelDatapath(Datapath):
                      for lid, (kind, vnis) in sorted(rec.links.items())]
             mats.append(schemas.MaterializationStatus(id=mid, generation=rec.generation,
                                                       links=links))
-        fq = fq_memory_bytes(stages[0] for stages in self._known.values())
+        fq = fq_memory_bytes(s for stages in self._known.values() for s in stages)
         return schemas.StatusReply(host=self.config.host, materializations=mats,
                                    fq_memory_bytes=0 if self.loss_only else fq,
                                    datapath=self.classifier.global_counters())

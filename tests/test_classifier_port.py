@@ -39,9 +39,10 @@ def test_idle_port_hands_nothing_over(clf: Classifier) -> None:
     assert r.retval == TC_ACT_OK
     assert r.ctx.tstamp == 0, "ingress never delays itself: no qdisc holds packets there"
     assert r.ctx.mark == 0x1234, "cut-through: an idle port passes the frame on at once"
-    # ... but it occupies the port: the next frame waits for it (less the us the test took).
+    # ... but it occupies the port: the next frame waits for it (less the us the test took),
+    # handed on at a random point of its own transmission (the phase dither, port.h).
     second = send(clf, stage=INGRESS).ctx.mark >> 16
-    assert units(SER - 200_000) <= second <= units(SER)
+    assert units(SER - 200_000) <= second <= units(2 * SER)
     assert clf.link_counters(VNI)["ingress"].packets == 2
 
 
@@ -49,11 +50,30 @@ def test_backlogged_port_hands_its_wait_over(clf: Classifier) -> None:
     clf.set_link(VNI, ingress=PORT)
     put_t_last(clf, VNI, INGRESS, mono() + 5_000_000)  # 5 ms of frames ahead
     first = send(clf, stage=INGRESS, mark=0x1234).ctx.mark
-    # the wait minus the few us the test took, never the frame's own serialisation
-    assert units(5_000_000 - 200_000) <= first >> 16 <= units(5_000_000)
+    # the wait (less the few us the test took) and a dither within the frame's own transmission
+    assert units(5_000_000 - 200_000) <= first >> 16 <= units(5_000_000 + SER)
     assert first & 0xFFFF == 0x1234
     second = send(clf, stage=INGRESS).ctx.mark >> 16
-    assert units(5_000_000 + SER - 200_000) <= second <= units(5_000_000 + SER)
+    assert units(5_000_000 + SER - 200_000) <= second <= units(5_000_000 + 2 * SER)
+
+
+def test_dither_spreads_over_the_frame_time(clf: Classifier) -> None:
+    """The phase dither (port.h): uniform over [0, ser) of the frame, so a flooding port's
+    frames do not reach the shared queue in lock-step with the room it frees."""
+    clf.set_link(VNI, ingress=PORT)
+    dithers = []
+    for _ in range(400):
+        t_start = mono() + 50_000_000
+        put_t_last(clf, VNI, INGRESS, t_start)
+        before = mono()
+        handed = (send(clf, stage=INGRESS).ctx.mark >> 16) << 10
+        after = mono()
+        # handed = t_start - now + dither (+-512 ns of rounding), now in [before, after]
+        assert t_start - after - 512 <= handed <= t_start - before + SER + 512
+        dithers.append(handed - (t_start - before))
+    assert min(dithers) < SER / 10 and max(dithers) > SER * 9 / 10, "not spread over [0, ser)"
+    below_half = sum(d < SER / 2 for d in dithers)
+    assert 140 <= below_half <= 260, below_half  # 200 +- 4 sigma (binomial, p = 0.5)
 
 
 def test_ingress_handover_saturates(clf: Classifier) -> None:
@@ -149,14 +169,16 @@ def test_hold_with_another_mark_mask() -> None:
 
 
 def test_port_wait_round_trips_through_the_hold(clf: Classifier) -> None:
-    """Sender's port (uplink ingress) -> the receiving VTEP's hold: the frame departs when its
-    transmission on the port begins, and the egress stage then finds no handover."""
+    """Sender's port (uplink ingress) -> the receiving VTEP's hold: the frame departs during
+    its transmission on the port, and the egress stage then finds no handover."""
     clf.set_link(VNI, ingress=PORT)
     t_start = mono() + 5_000_000
     put_t_last(clf, VNI, INGRESS, t_start)
+    t0 = mono()
     mark = send(clf, stage=INGRESS).ctx.mark
     r = hold(clf, mark)
+    between = mono() - t0  # the hold counts the wait from its own clock read
     assert r.ctx.mark == 0
-    # the 1.024 us units round the wait to +-512 ns
-    assert t_start - 512 <= r.ctx.tstamp <= mono() + 5_000_000 + 512
+    # the 1.024 us units round the wait to +-512 ns; the dither adds less than one frame time
+    assert t_start - 512 <= r.ctx.tstamp <= t_start + SER + 512 + between
     assert clf.global_counters()["handover"] == 0

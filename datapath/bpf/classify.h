@@ -22,21 +22,9 @@
 #include "loss.h"
 #include "edt.h"
 #include "handover.h"
+#include "port.h"
+#include "tstamp.h"
 #include "events.h"
-
-/*
- * The departure as a monotonic delivery time. bpf_skb_set_tstamp() refuses skbs whose
- * protocol is neither IPv4 nor IPv6 (net/core/filter.c: -EOPNOTSUPP), which is the case of a
- * frame with in-band VLAN tags (skb->protocol 802.1Q/802.1ad). Then the tstamp is written
- * directly: on egress the verifier's rewrite of a __sk_buff->tstamp store keeps the skb's
- * tstamp type, and the value itself is from bpf_ktime_get_ns(), never added to an old tstamp
- * of unknown clock.
- */
-static __always_inline void moa_set_departure(struct __sk_buff *skb, __u64 departure)
-{
-	if (bpf_skb_set_tstamp(skb, departure, BPF_SKB_TSTAMP_DELIVERY_MONO))
-		skb->tstamp = departure;
-}
 
 /* Does the stage need its shared state (timeline, delay ordering, Gilbert-Elliott)? */
 static __always_inline int moa_needs_state(const struct moa_stage_params *p, __u64 handover)
@@ -121,14 +109,17 @@ static __always_inline int moa_classify(struct __sk_buff *skb, const enum moa_st
 	if (stage == MOA_STAGE_EGRESS) {
 		if (s.departure > s.now)
 			moa_set_departure(skb, s.departure);
-	} else if (s.departure - s.ser_ns > s.now) {
+	} else {
 		/*
 		 * No qdisc holds packets on ingress: the wait goes to the receiving VTEP's hold
 		 * (port.h) or, without one, to the egress stage. Cut-through: the frame is handed
-		 * on when its transmission on the sender's port begins, so it waits for the
-		 * frames ahead of it and a frame finding its port idle is not held at all.
+		 * on during its transmission on the sender's port, so it waits for the frames
+		 * ahead of it and a frame finding its port idle is not held at all.
 		 */
-		moa_handover_put(skb, s.departure - s.ser_ns - s.now);
+		__u64 wait = moa_port_wait(s.departure - s.ser_ns, s.ser_ns, s.now);
+
+		if (wait)
+			moa_handover_put(skb, wait);
 	}
 pass:
 	cnt->packets += c.segs;
