@@ -120,3 +120,25 @@ async def test_lan_vtep_hold_takes_the_handover_before_the_uplink_egress(topo, b
     assert box.classifier.global_counters()["handover"] == 0
     assert [handovers(box, e.vni) for e in eps] == [0, 0, 0]
     assert box.classifier.link_counters(212)["egress"].packets == 5  # requests, at the uplink
+
+
+async def test_a_hold_the_kernel_refuses_rolls_the_whole_plan_back(topo, box):
+    """HoldAtPort is a plan operation like any other: on this host (no sch_fq) it fails when
+    forced on, and the Materialize is rolled back, leaving the box exactly as it was."""
+    import dataclasses
+
+    from datapath.netlink import FqSizing, FqUnavailable
+    from datapath.ops import HoldAtPort, PlanError
+    from tests.fixtures.moabox import kernel_snapshot, moa_devices
+
+    eps = [topo.add_endpoint(i, 220 + i, f"192.168.220.{i}/24") for i in (1, 2, 3)]
+    before = kernel_snapshot(topo.box, topo.pin_root)
+    box.plan_config = dataclasses.replace(box.plan_config, port_hold=FqSizing())
+    with pytest.raises(PlanError) as e:
+        await box.materialize(materialize_doc("held", [(x.vni, topo.hv_addr(x.node))
+                                                       for x in eps]))
+    assert isinstance(e.value.operation, HoldAtPort), e.value
+    assert isinstance(e.value.cause, FqUnavailable), e.value
+    assert e.value.rollback_errors == []
+    assert moa_devices(topo.box) == {}
+    assert kernel_snapshot(topo.box, topo.pin_root) == before
