@@ -14,13 +14,13 @@ from __future__ import annotations
 import bisect
 import os
 import threading
-import time
 from typing import Callable
 
 import pytest
 
-from datapath.classifier import Classifier, ClassifierConfig
+from datapath.classifier import Classifier
 from datapath.emulation import GilbertElliott, LinkEmulation
+from tests.fixtures.classifier import clf, mono  # noqa: F401 (clf is a fixture)
 from tests.fixtures.packets import TC_ACT_OK, inner_tcp, outer_len, vxlan
 
 FAST_VNI = 400          # its own parameters: the lock-free path
@@ -33,18 +33,8 @@ NO_LOSS = GilbertElliott(p=0.5, r=0.5, loss_good=0.0, loss_bad=0.0)
 OWNED = (1 << 64) - 1                          # MOA_OWNED: a word a locked step holds
 
 
-def mono() -> int:
-    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-
-
 def ser_ns(rate: int) -> int:
     return WIRE * 8 * 10**9 // rate
-
-
-@pytest.fixture
-def clf():
-    with Classifier.load(ClassifierConfig(max_links=16)) as c:
-        yield c
 
 
 def send(c: Classifier, frame: bytes, repeat: int = 1):
