@@ -5,7 +5,7 @@
 Method (environment.md's calibration): added delay = ping RTT minus the same boot's
 baseline median RTT, one direction shaped. Software emulation's timers add 0.2-0.9 ms, single
 probes up to +17 ms, so the bounds are on the median and the 90th percentile; baseline and
-shapers take turns in 5 rounds of 60 probes, and the tested figures are the median over the
+shapers take turns in 5 rounds of 120 probes, and the tested figures are the median over the
 rounds of each round's median / p90 (a burst of host load then spoils one round, not a shaper).
 """
 from __future__ import annotations
