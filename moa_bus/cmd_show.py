@@ -66,9 +66,24 @@ def build_table(status: schemas.StatusReply, previous: Totals | None = None,
                 row += [f"{(p - p0) / dt:,.0f}", schemas.format_rate(int(max(b - b0, 0) * 8 / dt))
                         if b > b0 else "0"]
             table.add_row(*row)
-    if status.fq_memory_bytes:
-        table.caption = f"sch_fq worst-case memory: {schemas.format_size(status.fq_memory_bytes)}"
+    table.caption = caption(status)
     return table
+
+
+def caption(status: schemas.StatusReply) -> str | None:
+    """The box-wide figures under the table: fq's worst case and the classifier's counters of
+    frames that belong to no link (only those that are not zero)."""
+    parts = []
+    if status.fq_memory_bytes:
+        parts.append(f"sch_fq worst-case memory: {schemas.format_size(status.fq_memory_bytes)}")
+    dp = status.datapath
+    for key, label in (("port_held", "frames held at LAN ports"),
+                       ("unknown_vni", "passed, VNI of no link"),
+                       ("non_vxlan", "passed, not VXLAN"),
+                       ("ringbuf_fail", "drop events lost")):
+        if dp.get(key):
+            parts.append(f"{label}: {dp[key]:,}")
+    return " · ".join(parts) or None
 
 
 async def _status(nc, args) -> schemas.StatusReply:

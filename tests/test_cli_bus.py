@@ -235,3 +235,16 @@ def test_show_counts_a_frame_once_though_two_stages_saw_it() -> None:
     # 50 frames left the sender's port stage (2 dropped there), 48 passed the receiver's
     # egress stage (1 dropped): 48 frames delivered, 3 lost.
     assert cmd_show.totals(status) == {("m", "lan"): (48, 4800, 3)}
+
+
+def test_show_caption_has_the_box_counters_that_are_not_zero() -> None:
+    status = schemas.StatusReply(host="h", fq_memory_bytes=2_000_000, materializations=[],
+                                 datapath={"non_vxlan": 0, "unknown_vni": 12_345, "ringbuf_fail": 0,
+                                           "handover": 0, "port_held": 30_141,
+                                           "events_suppressed": 7})
+    text = cmd_show.caption(status)
+    assert "sch_fq worst-case memory: 2MB" in text
+    assert "frames held at LAN ports: 30,141" in text and "VNI of no link: 12,345" in text
+    assert "not VXLAN" not in text and "drop events lost" not in text
+    assert cmd_show.caption(schemas.StatusReply(host="h", fq_memory_bytes=0,
+                                                materializations=[])) is None
