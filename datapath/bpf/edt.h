@@ -113,6 +113,54 @@ static __always_inline void moa_event_budget(struct moa_stage_state *st, struct 
 	}
 }
 
+/*
+ * Where the packet goes on a timeline whose words read tl (t_last, used with a rate) and td
+ * (t_depart): tail drop -> capacity -> delay -> strictly after the last departure -> horizon.
+ * Both paths call it with the values they hold; it writes nothing shared, so a drop (1,
+ * s->reason set) leaves the timeline as it was. 0: *t_new and *dep are the packet's.
+ */
+static __always_inline int moa_timeline_place(const struct moa_stage_params *p,
+					      struct moa_step *s, __u64 tl, __u64 td,
+					      __u64 *t_new, __u64 *dep)
+{
+	__u64 now = s->now;
+
+	if (p->rate_bps) {
+		__u64 start = tl > now ? tl : now;
+
+		/*
+		 * Tail drop: the backlog ahead of it plus itself would exceed the queue. A packet
+		 * that finds the queue empty is always taken, as an idle port always takes the
+		 * frame it starts sending: a GRO/GSO packet is many frames judged at once, and one
+		 * larger than the whole queue (64 KiB into a 2 ms LAN port queue at 50 Mbit/s)
+		 * would otherwise never pass - TCP through such a link collapsed in the VM tier.
+		 */
+		if (p->queue_ns && start > now && (start - now) + s->ser_ns > p->queue_ns) {
+			s->reason = MOA_DROP_QUEUE;
+			return 1;
+		}
+		*t_new = start + s->ser_ns;
+		*dep = *t_new + s->delay_ns;
+	} else {
+		*dep = now + s->delay_ns;
+	}
+
+	/*
+	 * fq orders a flow by tstamp: a departure before the last one would overtake it. Equal
+	 * tstamps leave in the order the packets reach fq, which two CPUs can swap after leaving
+	 * this step (seen in the VM around a run-time parameter change, when CPUs briefly use
+	 * old and new parameters): a departure is strictly after the last one.
+	 */
+	if (!(p->flags & MOA_F_REORDER) && *dep <= td)
+		*dep = td + 1;
+
+	if (*dep - now > horizon_ns) {
+		s->reason = MOA_DROP_HORIZON;
+		return 1;
+	}
+	return 0;
+}
+
 /* Outcome of the fast path. */
 enum moa_fast {
 	MOA_FAST_PASS,		/* s->departure is set: the packet leaves */
@@ -125,7 +173,7 @@ static __always_inline enum moa_fast moa_step_fast(struct moa_stage_state *st,
 						   const struct moa_stage_params *p,
 						   struct moa_step *s)
 {
-	__u64 now = s->now, tl = 0, td, t_new = 0, dep, seen;
+	__u64 tl = 0, td, t_new = 0, dep = 0, seen;
 	int i;
 
 	if (p->rate_bps)
@@ -135,27 +183,8 @@ static __always_inline enum moa_fast moa_step_fast(struct moa_stage_state *st,
 		td = MOA_READ_ONCE(st->t_depart);
 		if (tl == MOA_OWNED || td == MOA_OWNED)
 			return MOA_FAST_LOCKED;
-
-		if (p->rate_bps) {
-			__u64 start = tl > now ? tl : now;
-
-			/* Tail drop: as in the locked path (its comment says why an empty queue
-			 * always takes the packet). */
-			if (p->queue_ns && start > now && (start - now) + s->ser_ns > p->queue_ns) {
-				s->reason = MOA_DROP_QUEUE;
-				return MOA_FAST_DROP;
-			}
-			t_new = start + s->ser_ns;
-			dep = t_new + s->delay_ns;
-		} else {
-			dep = now + s->delay_ns;
-		}
-		if (!(p->flags & MOA_F_REORDER) && dep <= td)
-			dep = td + 1;
-		if (dep - now > horizon_ns) {
-			s->reason = MOA_DROP_HORIZON;
+		if (moa_timeline_place(p, s, tl, td, &t_new, &dep))
 			return MOA_FAST_DROP;
-		}
 
 		/* 1. t_depart first, so that whoever takes t_last after our commit sees dep. */
 		seen = __sync_val_compare_and_swap(&st->t_depart, td, dep > td ? dep : td);
@@ -183,7 +212,7 @@ static __always_inline void moa_step_locked(struct moa_stage_state *st,
 					    const struct moa_stage_params *p,
 					    const struct moa_draws *d, struct moa_step *s)
 {
-	__u64 now = s->now, tl = 0, td, t_new = 0, dep;
+	__u64 tl = 0, td, t_new = 0, dep = 0;
 
 	bpf_spin_lock(&st->lock);
 
@@ -201,43 +230,12 @@ static __always_inline void moa_step_locked(struct moa_stage_state *st,
 	if (td == MOA_OWNED)	/* only userspace can have written it: no departure yet */
 		td = 0;
 	if (p->rate_bps) {
-		__u64 start;
-
 		tl = __sync_lock_test_and_set(&st->t_last, MOA_OWNED);
 		if (tl == MOA_OWNED)
 			tl = 0;
-		start = tl > now ? tl : now;
-		/*
-		 * Tail drop: the backlog ahead of it plus itself would exceed the queue. A packet
-		 * that finds the queue empty is always taken, as an idle port always takes the
-		 * frame it starts sending: a GRO/GSO packet is many frames judged at once, and one
-		 * larger than the whole queue (64 KiB into a 2 ms LAN port queue at 50 Mbit/s)
-		 * would otherwise never pass - TCP through such a link collapsed in the VM tier.
-		 */
-		if (p->queue_ns && start > now && (start - now) + s->ser_ns > p->queue_ns) {
-			s->reason = MOA_DROP_QUEUE;
-			goto restore;
-		}
-		t_new = start + s->ser_ns;
-		dep = t_new + s->delay_ns;
-	} else {
-		dep = now + s->delay_ns;
 	}
-
-	/*
-	 * fq orders a flow by tstamp: a departure before the last one would overtake it. Equal
-	 * tstamps leave in the order the packets reach fq, which two CPUs can swap after leaving
-	 * this step (seen in the VM around a run-time parameter change, when CPUs briefly use
-	 * old and new parameters): a departure is strictly after the last one.
-	 */
-	if (!(p->flags & MOA_F_REORDER) && dep <= td)
-		dep = td + 1;
-
-	/* Checked before anything is committed: a horizon drop leaves the timeline as it was. */
-	if (dep - now > horizon_ns) {
-		s->reason = MOA_DROP_HORIZON;
+	if (moa_timeline_place(p, s, tl, td, &t_new, &dep))
 		goto restore;
-	}
 
 	/* Stores, not atomics: no one else writes a word that reads MOA_OWNED. t_depart first,
 	 * so that a fast attempt reading the new t_last does not find t_depart still owned. */
