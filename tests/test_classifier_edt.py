@@ -8,15 +8,12 @@ from when the test happened to run.
 """
 from __future__ import annotations
 
-import os
-import threading
-
 import pytest
 
 from datapath.classifier import Classifier, ClassifierConfig
 from datapath.emulation import LinkEmulation
 from tests.fixtures.classifier import (  # noqa: F401 (clf is a fixture)
-    EGRESS, INNER, RATE, SER, VNI, clf, mono, put_t_last, send,
+    EGRESS, INNER, RATE, SER, VNI, clf, mono, on_two_cpus, put_t_last, send,
 )
 from tests.fixtures.packets import TC_ACT_OK, TC_ACT_SHOT, inner_tcp, outer_len, vxlan
 
@@ -212,32 +209,18 @@ def test_two_cpus_one_link_lose_no_update(clf: Classifier) -> None:
     """Two threads pinned to two CPUs send on one link at once, on the lock-free path (capacity
     without Gilbert-Elliott: edt.h's cmpxchg): t_last advances by exactly one serialisation per
     packet (a lost update would leave it short). Both paths racing: test_classifier_timeline."""
-    cpus = sorted(os.sched_getaffinity(0))
-    assert len(cpus) >= 2, "needs two CPUs"
     rate = 8_000_000_000                      # ser = 1078 ns, ahead of ~100-300 ns per packet
     ser = (INNER + 24) * 8 * 10**9 // rate
     n = 200_000
     clf.set_link(VNI, egress=LinkEmulation(capacity_bps=rate, queue_bytes=0))
     t0 = mono() + 50_000_000
     put_t_last(clf, VNI, EGRESS, t0)
-    barrier = threading.Barrier(2)
-    errors: list[BaseException] = []
 
-    def worker(cpu: int) -> None:
-        try:
-            os.sched_setaffinity(0, {cpu})    # 0 = this thread
-            barrier.wait()
-            for _ in range(4):
-                send(clf, repeat=n // 4)
-        except BaseException as e:            # re-raised in the test's thread
-            errors.append(e)
+    def work(_: int) -> None:
+        for _ in range(4):
+            send(clf, repeat=n // 4)
 
-    threads = [threading.Thread(target=worker, args=(cpu,)) for cpu in cpus[:2]]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    on_two_cpus(work)
     assert clf.stage_state(VNI, EGRESS).t_last == t0 + 2 * n * ser
     per_cpu = clf.counters_map.lookup(clf.slot(VNI) * 2, clf.abi.LinkCounters)
     assert sum(c.packets for c in per_cpu) == 2 * n

@@ -12,15 +12,12 @@ every t_last follows from the packets alone, never from when the test ran.
 from __future__ import annotations
 
 import bisect
-import os
-import threading
-from typing import Callable
 
 import pytest
 
 from datapath.classifier import Classifier
 from datapath.emulation import GilbertElliott, LinkEmulation
-from tests.fixtures.classifier import clf, mono  # noqa: F401 (clf is a fixture)
+from tests.fixtures.classifier import clf, mono, on_two_cpus  # noqa: F401 (clf: a fixture)
 from tests.fixtures.packets import TC_ACT_OK, inner_tcp, outer_len, vxlan
 
 FAST_VNI = 400          # its own parameters: the lock-free path
@@ -59,27 +56,17 @@ def put_state(c: Classifier, **fields: int) -> None:
     c.set_stage_state(FAST_VNI, EGRESS, state)
 
 
-def on_two_cpus(work: Callable[[int], None]) -> None:
-    """work(0) and work(1) in two threads pinned to two CPUs, started together."""
-    cpus = sorted(os.sched_getaffinity(0))
-    assert len(cpus) >= 2, "needs two CPUs"
-    barrier = threading.Barrier(2)
-    errors: list[BaseException] = []
-
-    def run(i: int) -> None:
-        try:
-            os.sched_setaffinity(0, {cpus[i]})     # 0 = this thread
-            barrier.wait()
-            work(i)
-        except BaseException as e:                 # re-raised in the test's thread
-            errors.append(e)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in (0, 1)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+def race(c: Classifier, rate: int, lat: int, fast_jitter: int) -> int:
+    """FAST_VNI (latency lat, fast_jitter) and LOCKED_VNI (lat / 2, Gilbert-Elliott) on one
+    timeline of `rate`, put 50 ms ahead of the clock; returns that start (t0)."""
+    share_slot(c,
+               LinkEmulation(capacity_bps=rate, queue_bytes=0, latency_ns=lat,
+                             jitter_ns=fast_jitter),
+               LinkEmulation(capacity_bps=rate, queue_bytes=0, latency_ns=lat // 2,
+                             gilbert_elliott=NO_LOSS))
+    t0 = mono() + 50_000_000
+    put_state(c, t_last=t0)
+    return t0
 
 
 def egress_packets(c: Classifier) -> list[int]:
@@ -155,14 +142,8 @@ def test_two_cpus_both_paths_lose_no_update(clf: Classifier, fast_jitter: int) -
     rate = 8_000_000_000                     # ser = 1078 ns, ahead of ~100-300 ns per packet
     ser = ser_ns(rate)
     lat = 1_000_000
-    share_slot(clf,
-               LinkEmulation(capacity_bps=rate, queue_bytes=0, latency_ns=lat,
-                             jitter_ns=fast_jitter),
-               LinkEmulation(capacity_bps=rate, queue_bytes=0, latency_ns=lat // 2,
-                             gilbert_elliott=NO_LOSS))
+    t0 = race(clf, rate, lat, fast_jitter)
     n, batch = 400_000, 10_000
-    t0 = mono() + 50_000_000
-    put_state(clf, t_last=t0)
 
     def work(i: int) -> None:
         frames = (FAST, LOCKED) if i == 0 else (LOCKED, FAST)
@@ -189,14 +170,8 @@ def test_two_cpus_both_paths_never_depart_backwards(clf: Classifier, fast_jitter
     ser = ser_ns(rate)
     assert ser == 400_000
     lat = 2_000_000
-    share_slot(clf,
-               LinkEmulation(capacity_bps=rate, queue_bytes=0, latency_ns=lat,
-                             jitter_ns=fast_jitter),
-               LinkEmulation(capacity_bps=rate, queue_bytes=0, latency_ns=lat // 2,
-                             gilbert_elliott=NO_LOSS))
     n = 10_000                               # per CPU: 20,000 * 400 us = 8 s of timeline
-    t0 = mono() + 50_000_000
-    put_state(clf, t_last=t0)
+    t0 = race(clf, rate, lat, fast_jitter)
     records: list[list[tuple[int, int, int]]] = [[], []]
 
     def work(i: int) -> None:
