@@ -31,7 +31,7 @@ from datapath.ops import (
 )
 from datapath.pair import PairMode, PairProgram
 from datapath.planner import (
-    Current, PlanConfig, PlanConflict, Stages, plan, port_stage, to_link_emulation,
+    Current, PlanConfig, PlanConflict, Stages, link_stages, plan,
 )
 
 log = logging.getLogger("datapath.api")
@@ -374,9 +374,7 @@ class KernelDatapath(Datapath):
             key = (p2p, msgspec.json.encode(link.emulation))
             stages = seen.get(key)
             if stages is None:
-                egress = to_link_emulation(link.emulation)
-                held = self.plan_config.port_hold is not None
-                stages = seen[key] = (egress, None) if p2p else (egress, port_stage(egress, held))
+                stages = seen[key] = link_stages(link, self.plan_config)
             for ep in link.endpoints:
                 out[ep.vni] = stages
         return out

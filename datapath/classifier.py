@@ -278,7 +278,8 @@ class Classifier:
         return out
 
     def global_counters(self) -> dict[str, int]:
-        """non_vxlan, unknown_vni, ringbuf_fail, handover, events_suppressed: summed over CPUs."""
+        """Every field of struct moa_global_counters (non_vxlan, unknown_vni, ringbuf_fail,
+        handover, events_suppressed, port_held, ...), summed over CPUs."""
         names = [n for n, *_ in self.abi.GlobalCounters._fields_
                  if not n.startswith(("reserved", "_pad"))]
         totals = dict.fromkeys(names, 0)

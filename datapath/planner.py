@@ -96,6 +96,15 @@ def port_stage(egress: LinkEmulation, held: bool = False) -> LinkEmulation | Non
                          overhead=egress.overhead)
 
 
+def link_stages(link: schemas.Link, cfg: PlanConfig) -> Stages:
+    """The stages every endpoint of `link` gets: the link's emulation at egress, and on a LAN
+    the member's own port as its ingress stage (module doc)."""
+    egress = to_link_emulation(link.emulation)
+    if len(link.endpoints) == 2:
+        return egress, None
+    return egress, port_stage(egress, held=cfg.port_hold is not None)
+
+
 @dataclass
 class Desired:
     vteps: dict[str, tuple[VtepSpec, str]] = field(default_factory=dict)  # name -> spec, link
@@ -108,7 +117,7 @@ class Desired:
 def desired_state(m: schemas.Materialize, cfg: PlanConfig) -> Desired:
     d = Desired()
     for i, link in enumerate(m.links):
-        egress = to_link_emulation(link.emulation)
+        stages = link_stages(link, cfg)
         names = []
         for j, ep in enumerate(link.endpoints):
             name = vtep_name(ep.vni)
@@ -123,14 +132,13 @@ def desired_state(m: schemas.Materialize, cfg: PlanConfig) -> Desired:
         if len(link.endpoints) == 2:
             d.pairs.append((names[0], names[1]))
             for ep in link.endpoints:
-                d.params[ep.vni] = ((egress, None), link.id)
+                d.params[ep.vni] = (stages, link.id)
         else:
             br = bridge_name(m.id, link.id)
             d.bridges[br] = link.id
-            ingress = port_stage(egress, held=cfg.port_hold is not None)
             for ep, name in zip(link.endpoints, names):
                 d.masters[name] = br
-                d.params[ep.vni] = ((egress, ingress), link.id)
+                d.params[ep.vni] = (stages, link.id)
     return d
 
 
