@@ -9,7 +9,7 @@ Public API
 ----------
 Module attributes (built lazily from the classifier object on first access):
     ``Link``, ``StageParams``, ``GilbertElliott``, ``StageState``, ``LinkCounters``,
-    ``GlobalCounters``, ``DropEvent``: ctypes.Structure subclasses of ``struct moa_*``;
+    ``GlobalCounters``, ``DropEvent``, ``Box``: ctypes.Structure subclasses of ``struct moa_*``;
     ``SkBuff``: ``struct __sk_buff`` (the tc context, for ``Program.test_run``);
     ``Stage``, ``DropReason``, ``LossModel``: IntEnums from ``enum moa_stage`` ... with the
     ``MOA_STAGE_``/``MOA_DROP_``/``MOA_LOSS_`` prefixes stripped (``Stage.EGRESS``);
@@ -44,6 +44,7 @@ STRUCTS = {
     "LinkCounters": "moa_link_counters",
     "GlobalCounters": "moa_global_counters",
     "DropEvent": "moa_drop_event",
+    "Box": "moa_box",
     "SkBuff": "__sk_buff",
 }
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import ctypes
 import heapq
-import struct
+import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,6 +105,7 @@ class Classifier:
         self.counters_map: Map = obj.map("moa_counters")
         self.global_map: Map = obj.map("moa_global")
         self.events_map: Map = obj.map("moa_events")
+        self.box_map: Map = obj.map("moa_box")
         consts = obj.btf.enum("moa_abi_consts")
         self.event_version = consts["MOA_ABI_DROP_EVENT_VERSION"]
         self._lock = threading.Lock()
@@ -155,74 +156,107 @@ class Classifier:
     def _params(self, e: LinkEmulation | None) -> Any:
         return e.to_params(self.abi) if e is not None else self.abi.StageParams()
 
-    def set_link(self, vni: int, egress: LinkEmulation | None = None,
-                 ingress: LinkEmulation | None = None) -> int:
-        """Create or update a link; None = that stage does nothing. Returns the slot."""
-        _check_vni(vni)
+    def encode_stages(self, egress: LinkEmulation | None,
+                      ingress: LinkEmulation | None) -> bytes:
+        """The `stage` array of a struct moa_link for these stages (None = that stage does
+        nothing): what the planner compares with the kernel's and what the writes below take."""
+        return bytes(self._params(egress)) + bytes(self._params(ingress))
+
+    def stages_of(self, raw_link: bytes) -> bytes:
+        """The `stage` array of a raw struct moa_link (its slot left out)."""
+        off = self.abi.Link.stage.offset
+        return raw_link[off:off + self.abi.Link.stage.size]
+
+    def _link(self, slot: int, stages: bytes) -> Any:
         link = self.abi.Link()
-        link.stage[0] = self._params(egress)
-        link.stage[1] = self._params(ingress)
+        link.slot = slot
+        ctypes.memmove(ctypes.addressof(link) + self.abi.Link.stage.offset, stages,
+                       self.abi.Link.stage.size)
+        return link
+
+    def _take_slot(self, vni: int, want: int | None = None) -> tuple[int, bool]:
+        """(slot, fresh) for `vni`, under the lock: its own if it has one; else `want` when that
+        slot is free (a link restored into the slot it had: its timeline and counters are still
+        there), else the lowest free slot, zeroed before the link becomes visible."""
+        slot = self._slots.get(vni)
+        if slot is not None:
+            return slot, False
+        if want is not None and want in self._free_set():
+            self._free.remove(want)
+            heapq.heapify(self._free)
+            self._slots[vni] = want
+            return want, False
+        if not self._free:
+            raise RuntimeError(f"no free link slot (max_links={self.config.max_links})")
+        slot = heapq.heappop(self._free)
+        try:
+            for stage in range(self.abi.NR_STAGES):
+                idx = slot * self.abi.NR_STAGES + stage
+                self.state_map.update(idx, self.abi.StageState())
+                self.counters_map.update(idx, self.abi.LinkCounters())
+        except BaseException:
+            heapq.heappush(self._free, slot)
+            raise
+        self._slots[vni] = slot
+        return slot, True
+
+    def _free_set(self) -> set[int]:
+        return set(self._free)
+
+    def _write(self, vni: int, stages: bytes, want_slot: int | None = None) -> int:
         with self._lock:
-            slot = self._slots.get(vni)
-            if slot is None:
-                if not self._free:
-                    raise RuntimeError(f"no free link slot (max_links={self.config.max_links})")
-                slot = heapq.heappop(self._free)
-                try:
-                    for stage in (0, 1):
-                        idx = slot * 2 + stage
-                        self.state_map.update(idx, self.abi.StageState())
-                        self.counters_map.update(idx, self.abi.LinkCounters())
-                except BaseException:
-                    heapq.heappush(self._free, slot)
-                    raise
-                self._slots[vni] = slot
-            link.slot = slot
+            had = vni in self._slots
+            slot, _ = self._take_slot(vni, want_slot)
             try:
-                self.links_map.update(vni, link)
+                self.links_map.update(vni, self._link(slot, stages))
             except BaseException:
-                if self.links_map.lookup(vni) is None:
+                if not had and self.links_map.lookup(vni) is None:
                     del self._slots[vni]
                     heapq.heappush(self._free, slot)
                 raise
         return slot
 
-    def update_links(self, links: Mapping[int, tuple[LinkEmulation | None,
-                                                     LinkEmulation | None]]) -> int:
-        """Set many links at once: {vni: (egress, ingress)}. Links that exist get their new
+    def set_link(self, vni: int, egress: LinkEmulation | None = None,
+                 ingress: LinkEmulation | None = None) -> int:
+        """Create or update a link; None = that stage does nothing. Returns the slot."""
+        _check_vni(vni)
+        return self._write(vni, self.encode_stages(egress, ingress))
+
+    def set_link_stages(self, vni: int, stages: bytes) -> int:
+        """set_link with the stages already encoded (encode_stages)."""
+        _check_vni(vni)
+        return self._write(vni, stages)
+
+    def restore_link(self, vni: int, raw_link: bytes) -> int:
+        """Put back a struct moa_link read from the map earlier (a rollback): into the slot it
+        had when that slot is still free, so the link keeps its timeline and counters."""
+        _check_vni(vni)
+        want = self.abi.Link.from_buffer_copy(raw_link).slot
+        return self._write(vni, self.stages_of(raw_link), want)
+
+    def update_links(self, links: Mapping[int, bytes]) -> int:
+        """Set many links at once: {vni: encoded stages}. Links that exist get their new
         parameters in one BPF_MAP_UPDATE_BATCH (each element is still replaced whole under RCU:
         a packet sees the old or the new parameters, never a mix; slots, timelines and counters
-        stay); new ones are created one by one (set_link). Returns how many were written.
-
-        Equal LinkEmulations are encoded once: a tag update gives thousands of links the same.
-        """
+        stay); new ones are created one by one. Returns how many were written."""
         fresh = [v for v in links if v not in self._slots]
-        for vni in fresh:  # checked by set_link; those with a slot were checked when made
-            self.set_link(vni, *links[vni])
-        encoded: dict[LinkEmulation | None, bytes] = {}
-        pairs: dict[int, bytes] = {}  # id(stages tuple) -> both stages encoded: tuples are shared
-
-        def enc(e: LinkEmulation | None) -> bytes:
-            b = encoded.get(e)
-            if b is None:
-                b = encoded[e] = bytes(self._params(e))
-            return b
-
-        key = struct.Struct("=I")
-        head = struct.Struct("=II")  # struct moa_link: slot, pad0, then stage[2]
+        for vni in fresh:
+            self.set_link_stages(vni, links[vni])
         with self._lock:
             existing = [v for v in links if v in self._slots and v not in fresh]
-            parts = []
-            for v in existing:
-                st = links[v]
-                b = pairs.get(id(st))
-                if b is None:
-                    b = pairs[id(st)] = enc(st[0]) + enc(st[1])
-                parts.append(head.pack(self._slots[v], 0))
-                parts.append(b)
-            keys = b"".join(key.pack(v) for v in existing)
-            self.links_map.update_batch(keys, b"".join(parts))
+            values = b"".join(bytes(self._link(self._slots[v], links[v])) for v in existing)
+            keys = b"".join(int(v).to_bytes(4, sys.byteorder) for v in existing)
+            self.links_map.update_batch(keys, values)
         return len(fresh) + len(existing)
+
+    def raw_links(self, vnis: Iterable[int]) -> dict[int, bytes]:
+        """The raw struct moa_link of each of `vnis` the map holds (read from the kernel)."""
+        out = {}
+        for vni in vnis:
+            raw = self.links_map.lookup(vni)
+            if raw is not None:
+                out[vni] = bytes(raw)
+        return out
 
     def delete_link(self, vni: int) -> bool:
         """Remove a link; its slot is free again (zeroed when handed out). False if unknown."""
@@ -233,6 +267,16 @@ class Classifier:
             if slot is not None:
                 heapq.heappush(self._free, slot)
         return existed
+
+    # -- the box record -----------------------------------------------------------------------
+
+    def box_generation(self) -> int:
+        """The highest generation recorded in the kernel (moa_box; 0 on a new box)."""
+        box = self.box_map.lookup(0, self.abi.Box)
+        return int(box.generation) if box is not None else 0
+
+    def set_box_generation(self, generation: int) -> None:
+        self.box_map.update(0, self.abi.Box(generation=generation))
 
     def link(self, vni: int) -> Any:
         """The raw struct moa_link of a VNI, or None."""

@@ -140,6 +140,7 @@ class MoaDevice:
     port: int | None = None
     underlay: int | None = None
     xdp_prog_id: int | None = None
+    root_qdisc: str | None = None  # kind of its root qdisc when asked for ("fq": a held LAN port)
 
 
 @dataclass(frozen=True)
@@ -308,12 +309,14 @@ class Netlink:
         except NetlinkError as e:
             raise DatapathNetlinkError(f"setting {name} {'up' if up else 'down'}: {e}") from e
 
-    def list_moa_devices(self) -> list[MoaDevice]:
-        """Every device carrying a moa alias (VTEPs and bridges), with what reconcile needs.
+    def list_moa_devices(self, qdiscs: bool = False) -> list[MoaDevice]:
+        """Every device carrying a moa alias (VTEPs and bridges), with what reconcile needs;
+        with `qdiscs`, the kind of each one's root qdisc too (one more dump).
 
         One raw dump (datapath/rtnl.py): decoding thousands of links through pyroute2 took
         seconds; only the messages with moa's alias are decoded here."""
         self._check_thread()
+        roots = rtnl.root_qdiscs(self.rtnl.dump_qdiscs()) if qdiscs else {}
         out: list[MoaDevice] = []
         for payload in self.rtnl.dump_links():
             owner = parse_alias(rtnl.alias_of(payload))
@@ -325,7 +328,8 @@ class Netlink:
                 materialization=owner[0], link=owner[1], up=bool(d["flags"] & IFF_UP),
                 mtu=d["mtu"], master=d["master"] or None, vni=d.get("vni"),
                 local=d.get("local"), remote=d.get("remote"), port=d.get("port"),
-                underlay=d.get("underlay"), xdp_prog_id=d["xdp_prog_id"] or None))
+                underlay=d.get("underlay"), xdp_prog_id=d["xdp_prog_id"] or None,
+                root_qdisc=roots.get(d["index"])))
         return out
 
     # -- XDP (generic mode) -------------------------------------------------------------------

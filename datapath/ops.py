@@ -13,9 +13,9 @@ import errno
 import logging
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
-from datapath import rtnl
+from datapath import faults, rtnl
 from datapath.emulation import LinkEmulation
 from datapath.netlink import (
     MOA_TC_HANDLE, MOA_TC_PRIO, TC_INGRESS, FqSizing, FqUnavailable, Netlink, NotOurs, VtepSpec,
@@ -33,8 +33,9 @@ PORT_HOLD_FILTER = "moa_port_hold"
 class LinkTable(Protocol):
     """Where link parameters live: the classifier's moa_links map (datapath.classifier)."""
 
-    def set_link(self, vni: int, egress: LinkEmulation | None,
-                 ingress: LinkEmulation | None) -> Any: ...
+    def set_link_stages(self, vni: int, stages: bytes) -> Any: ...
+
+    def restore_link(self, vni: int, raw_link: bytes) -> Any: ...
 
     def delete_link(self, vni: int) -> Any: ...
 
@@ -159,19 +160,22 @@ class ReleaseUplink(Inverse):
 
 @dataclass(frozen=True)
 class SetLinkParams(Operation):
-    """Write one VNI's stages into the classifier map; revert restores what was there."""
+    """Write one VNI's stages into the classifier map; revert puts back what the kernel held
+    before the plan (`previous`: the raw struct moa_link read from the map when the plan was
+    made, None when there was no entry), never what a process remembers."""
 
     vni: int
     egress: LinkEmulation | None
     ingress: LinkEmulation | None
-    previous: tuple[LinkEmulation | None, LinkEmulation | None] | None = None
+    stages: bytes  # the map's encoding of (egress, ingress): Classifier.encode_stages
+    previous: bytes | None = None
     materialization: str = ""
     link: str = ""
 
     def apply(self, env: Env) -> None:
         if env.links is None:
             raise RuntimeError("no classifier loaded: cannot write link parameters")
-        env.links.set_link(self.vni, self.egress, self.ingress)
+        env.links.set_link_stages(self.vni, self.stages)
 
     def revert(self, env: Env) -> None:
         if env.links is None:
@@ -179,7 +183,7 @@ class SetLinkParams(Operation):
         if self.previous is None:
             env.links.delete_link(self.vni)
         else:
-            env.links.set_link(self.vni, *self.previous)
+            env.links.restore_link(self.vni, self.previous)
 
     def describe(self) -> str:
         return (f"set params VNI {self.vni} ({self.materialization}/{self.link}): "
@@ -188,8 +192,11 @@ class SetLinkParams(Operation):
 
 @dataclass(frozen=True)
 class DeleteLinkParams(Operation):
+    """Remove one VNI's parameters; revert restores the entry the kernel held (`previous`,
+    read when the plan was made), in its old slot when that is still free."""
+
     vni: int
-    previous: tuple[LinkEmulation | None, LinkEmulation | None] | None = None
+    previous: bytes | None = None
 
     def apply(self, env: Env) -> None:
         if env.links is not None:
@@ -197,7 +204,7 @@ class DeleteLinkParams(Operation):
 
     def revert(self, env: Env) -> None:
         if env.links is not None and self.previous is not None:
-            env.links.set_link(self.vni, *self.previous)
+            env.links.restore_link(self.vni, self.previous)
 
     def describe(self) -> str:
         return f"delete params VNI {self.vni}"
@@ -291,15 +298,19 @@ class CreateVtep(Operation):
 
 @dataclass(frozen=True)
 class DeleteVtep(Operation):
-    """Delete the device (which also leaves its bridge and drops its XDP/tc programs).
+    """Delete the device (which also leaves its bridge and drops its XDP/tc programs, and
+    its qdisc).
 
-    `master` is the bridge it was in, so that revert puts it back."""
+    What revert rebuilds was read from the kernel when the plan was made: `master`, the bridge
+    it was in, and `hold`, the sch_fq sizing of its port hold when it had one (a LAN member's
+    VTEP on a box with sch_fq: HoldAtPort)."""
 
     spec: VtepSpec
     materialization: str
     link: str
     master: str | None = None
     index: int | None = None  # from the plan's dump (its alias checked there): the bulk path
+    hold: FqSizing | None = None
 
     bulk = True
 
@@ -312,6 +323,8 @@ class DeleteVtep(Operation):
 
     def revert(self, env: Env) -> None:
         CreateVtep(self.spec, self.materialization, self.link).apply(env)
+        if self.hold is not None:
+            HoldAtPort(self.spec.name, self.hold).apply(env)
         if self.master:
             env.nl.set_master(self.spec.name, self.master)
 
@@ -606,26 +619,25 @@ class PlanError(Exception):
         super().__init__(msg)
 
 
-OpHook = Callable[[int, Operation], None]
-
-
 @dataclass
 class PlanResult:
     applied: int = 0
     operations: list[Operation] = field(default_factory=list)
 
 
-def run_plan(ops: Sequence[Operation], env: Env, before_apply: OpHook | None = None) -> PlanResult:
+def run_plan(ops: Sequence[Operation], env: Env, label: str = "") -> PlanResult:
     """Apply `ops` in order; on a failure revert the applied ones in reverse, raise PlanError.
 
-    `before_apply(index, op)` is called before each operation (tests inject failures with it).
+    `label` names the plan (its materialization) for the failpoints `plan.before/<label>/<i>`
+    and `plan.after/<label>/<i>` (datapath/faults.py), which tests arm to fail operation i.
     """
     done: list[Operation] = []
 
     def fail(i: int, op: Operation, e: Exception) -> PlanError:
         errors: list[tuple[Operation, BaseException]] = []
         # The failed operation may have half-applied: its revert is idempotent, run it too.
-        for undo in [op, *reversed(done)]:
+        undo_list = [*([] if any(op is d for d in done) else [op]), *reversed(done)]
+        for undo in undo_list:
             try:
                 undo.revert(env)
             except Exception as re:  # keep going: revert as much as possible
@@ -641,15 +653,14 @@ def run_plan(ops: Sequence[Operation], env: Env, before_apply: OpHook | None = N
             while j < len(ops) and type(ops[j]) is type(ops[i]):
                 j += 1
         group = list(range(i, j))
-        hook_error: tuple[int, Exception] | None = None
-        if before_apply is not None:
-            for k in group:
-                try:
-                    before_apply(k, ops[k])
-                except Exception as e:
-                    hook_error = (k, e)
-                    group = list(range(i, k))
-                    break
+        stopped: tuple[int, Exception] | None = None
+        for k in group:
+            try:
+                faults.hit("plan.before", label, k)
+            except Exception as e:
+                stopped = (k, e)
+                group = list(range(i, k))
+                break
         if len(group) > 1:
             try:
                 left = {id(op) for op in type(ops[i]).apply_bulk([ops[k] for k in group], env)}
@@ -668,16 +679,21 @@ def run_plan(ops: Sequence[Operation], env: Env, before_apply: OpHook | None = N
                     raise fail(k, ops[k], e) from e
                 applied.append(ops[k])
         done.extend(applied)
-        if hook_error is not None:
-            k, e = hook_error
+        for k in group:
+            try:
+                faults.hit("plan.after", label, k)
+            except Exception as e:
+                raise fail(k, ops[k], e) from e
+        if stopped is not None:
+            k, e = stopped
             raise fail(k, ops[k], e) from e
-        i = group[-1] + 1 if group else i + 1
+        i = j
     return PlanResult(applied=len(done), operations=list(done))
 
 
 __all__ = [
     "AttachToBridge", "CreateBridge", "CreatePair", "CreateVtep", "DeleteBridge",
     "DeleteLinkParams", "DeletePair", "DeleteVtep", "DetachFromBridge", "EnsureUplink", "Env",
-    "FqUnavailable", "Inverse", "LinkTable", "Operation", "OpHook", "PlanError", "PlanResult",
+    "FqUnavailable", "Inverse", "LinkTable", "Operation", "PlanError", "PlanResult",
     "ReleaseUplink", "SetLinkParams", "run_plan",
 ]

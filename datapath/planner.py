@@ -144,13 +144,12 @@ def desired_state(m: schemas.Materialize, cfg: PlanConfig) -> Desired:
 
 @dataclass
 class Current:
-    """What the box holds (read from the kernel), plus what this process remembers."""
+    """What the box holds, read from the kernel just before planning: nothing from memory."""
 
     devices: dict[str, MoaDevice] = field(default_factory=dict)  # by name, all materializations
     pairs: dict[int, PeerEntry] = field(default_factory=dict)  # by ifindex
-    params: dict[int, bytes] = field(default_factory=dict)  # vni -> raw struct moa_link stages
-    known: dict[int, Stages] = field(default_factory=dict)  # vni -> stages this process wrote
-    owners: dict[int, str] = field(default_factory=dict)  # vni -> materialization (in memory)
+    params: dict[int, bytes] = field(default_factory=dict)  # vni -> its stages, as encoded
+    links: dict[int, bytes] = field(default_factory=dict)  # vni -> raw struct moa_link (rollback)
 
     def of(self, materialization: str) -> dict[str, MoaDevice]:
         return {n: d for n, d in self.devices.items() if d.materialization == materialization}
@@ -180,10 +179,6 @@ def plan(m: schemas.Materialize, current: Current, cfg: PlanConfig,
         if other is not None and other.materialization != mid:
             raise PlanConflict("links", f"VNI {spec.vni} ({name}) belongs to materialization "
                                         f"{other.materialization!r}, link {other.link!r}")
-    for vni in want.params:
-        owner = current.owners.get(vni)
-        if owner is not None and owner != mid:
-            raise PlanConflict("links", f"VNI {vni} belongs to materialization {owner!r}")
 
     # Which current VTEPs are kept as they are.
     recreate: set[str] = set()
@@ -239,9 +234,10 @@ def plan(m: schemas.Materialize, current: Current, cfg: PlanConfig,
             continue
         master = by_index.get(dev.master) if dev.master else None
         if name not in keep:
-            underlay = cfg.uplink
-            teardown.append(DeleteVtep(_spec_of(dev, cfg, underlay), mid, dev.link,
-                                       master.name if master is not None else None, dev.index))
+            held = cfg.port_hold if dev.root_qdisc == "fq" else None
+            teardown.append(DeleteVtep(_spec_of(dev, cfg, cfg.uplink), mid, dev.link,
+                                       master.name if master is not None else None, dev.index,
+                                       hold=held))
         elif master is not None and want.masters.get(name) != master.name:
             teardown.append(DetachFromBridge(name, master.name))
 
@@ -254,16 +250,20 @@ def plan(m: schemas.Materialize, current: Current, cfg: PlanConfig,
 
     # 4. parameters of VNIs this materialization no longer has.
     mine = {d.vni for d in have.values() if d.kind == "vxlan" and d.vni is not None}
-    mine |= {vni for vni, owner in current.owners.items() if owner == mid}
     for vni in sorted(mine - set(want.params)):
         if vni in current.params:
-            teardown.append(DeleteLinkParams(vni, current.known.get(vni)))
+            teardown.append(DeleteLinkParams(vni, current.links.get(vni)))
 
-    # 5. parameters first (before any VTEP of theirs comes up).
+    # 5. parameters first (before any VTEP of theirs comes up). Links share their stages with
+    # every endpoint: each distinct stages value is encoded once.
+    encoded: dict[Stages, bytes] = {}
     for vni, (stages, link) in sorted(want.params.items()):
-        if current.params.get(vni) != encode(stages):
-            prev = current.known.get(vni) if vni in current.params else None
-            build.append(SetLinkParams(vni, stages[0], stages[1], prev, mid, link))
+        enc = encoded.get(stages)
+        if enc is None:
+            enc = encoded[stages] = encode(stages)
+        if current.params.get(vni) != enc:
+            build.append(SetLinkParams(vni, stages[0], stages[1], enc, current.links.get(vni),
+                                       mid, link))
     # 6. bridges.
     for name, link in sorted(want.bridges.items()):
         dev = have.get(name)

@@ -19,6 +19,8 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from datapath import faults
+
 NETLINK_ROUTE = 0
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10   # ACKs without the request echoed back
@@ -29,7 +31,8 @@ NLMSGERR_ATTR_MSG = 1
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
 NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
-RTM_NEWQDISC, RTM_NEWTFILTER = 36, 44
+RTM_NEWQDISC, RTM_GETQDISC, RTM_NEWTFILTER = 36, 38, 44
+TC_H_ROOT = 0xFFFFFFFF
 
 IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO = 3, 4, 10, 18
 IFLA_IFALIAS, IFLA_AF_SPEC, IFLA_GROUP = 20, 26, 27
@@ -118,16 +121,23 @@ class Rtnl:
     def run(self, requests: list[Request]) -> list[Reply]:
         """Send every request; one Reply each, in order. Errors are returned, never raised."""
         out: list[Reply] = []
-        for i in range(0, len(requests), WINDOW):
+        for w, i in enumerate(range(0, len(requests), WINDOW)):
             out.extend(self._window(requests[i:i + WINDOW]))
+            faults.hit("rtnl.window", w)  # a test's kill -9 in the middle of a batch
         return out
 
     def dump_links(self) -> list[bytes]:
         """Every link of the namespace (RTM_GETLINK dump): the messages after their nlmsghdr."""
+        return self._dump(RTM_GETLINK, ifinfo(), "link dump")
+
+    def dump_qdiscs(self) -> list[bytes]:
+        """Every qdisc of the namespace (RTM_GETQDISC dump), after their nlmsghdr."""
+        return self._dump(RTM_GETQDISC, _TCMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0), "qdisc dump")
+
+    def _dump(self, mtype_req: int, body: bytes, what: str) -> list[bytes]:
         seq = self._seq
         self._seq += 1
-        body = ifinfo()
-        self.sock.sendall(_HDR.pack(_HDR.size + len(body), RTM_GETLINK,
+        self.sock.sendall(_HDR.pack(_HDR.size + len(body), mtype_req,
                                     NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
         out: list[bytes] = []
         while True:
@@ -138,7 +148,7 @@ class Rtnl:
                         return out
                     if mtype == NLMSG_ERROR:
                         err = _error(data, off)
-                        raise OSError(err, f"link dump: {os.strerror(err)}")
+                        raise OSError(err, f"{what}: {os.strerror(err)}")
                     out.append(data[off + _HDR.size: off + length])
 
     def _window(self, requests: list[Request]) -> list[Reply]:
@@ -254,6 +264,16 @@ def link_groups(links: list[bytes]) -> dict[int, int]:
 
 def link_name(payload: bytes) -> str | None:
     return _str(attr_of(payload, IFLA_IFNAME, _IFINFO.size))
+
+
+def root_qdiscs(qdiscs: list[bytes]) -> dict[int, str]:
+    """ifindex -> kind of its root qdisc, from a qdisc dump."""
+    out = {}
+    for payload in qdiscs:
+        _family, index, _handle, parent, _info = _TCMSG.unpack_from(payload)
+        if parent == TC_H_ROOT:
+            out[index] = _str(attr_of(payload, TCA_KIND, _TCMSG.size)) or "?"
+    return out
 
 
 def alias_of(payload: bytes) -> str | None:

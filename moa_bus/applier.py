@@ -6,24 +6,29 @@ messages, whichever way they came. A single worker task takes them in that order
 checks them, calls the datapath, publishes the Ack (through `ack_sink`, in the same order) and
 resolves the submitter's future with the reply to send.
 
-A rejected message (malformed, invalid, conflict, not_found) never reaches the datapath; a
-datapath PlanError was rolled back by the datapath: either way the box is unchanged.
+A change goes: judged against the desired state (moa_bus.desired), applied by the datapath,
+committed to the desired state (durable), acked. A rejected message (malformed, invalid,
+conflict, not_found, unsupported) never reaches the datapath; a datapath PlanError was rolled
+back from what the kernel held before the plan: either way the box is unchanged and the desired
+state too. When a rollback could not undo everything, the box is read again and the ack says by
+what it differs from before (code rollback_incomplete).
 """
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
 import schemas
-from moa_bus.holdings import Holdings
-from moa_bus.ports import Datapath, PlanConflict, PlanError, plan_error_operation
+from datapath import faults
+from datapath.api import Datapath, PlanConflict, PlanError
+from moa_bus import status
+from moa_bus.desired import DesiredState
 from schemas import InvalidMessage
 
 log = logging.getLogger("moa.bus")
@@ -36,6 +41,7 @@ MESSAGE_TYPES: dict[str, type] = {
     "plan": schemas.Materialize,  # a materialize with the dry-run header: operations, no change
 }
 APPLY_OPS = ("materialize", "dematerialize", "update")  # the ops that change the box and are acked
+SHOWN_DIFFERENCES = 10  # operations named in a rollback_incomplete ack (the count is exact)
 
 AckSink = Callable[[schemas.Ack], Awaitable[None]]
 
@@ -51,10 +57,6 @@ class Outcome:
         return self.ack is None or self.ack.ok
 
 
-async def maybe_await(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
-
-
 def _best_effort_id(data: bytes) -> str | None:
     """The "id" of a message that failed to decode, when there is one to name in the Ack."""
     try:
@@ -65,19 +67,22 @@ def _best_effort_id(data: bytes) -> str | None:
     return ident if isinstance(ident, str) and len(ident) <= 256 else None
 
 
+@dataclass
 class Applier:
-    def __init__(self, datapath: Datapath, ack_sink: AckSink | None = None) -> None:
-        self.datapath = datapath
-        self.ack_sink = ack_sink
-        self.holdings = Holdings()
+    datapath: Datapath
+    desired: DesiredState
+    host: str
+    ack_sink: AckSink | None = None
+    # materializations the kernel does not hold as desired (id -> why): status reports them
+    unconverged: dict[str, str] = field(default_factory=dict)
+    busy: bool = False  # an operation is in hand (for the shutdown message)
+
+    def __post_init__(self) -> None:
         self._queue: asyncio.Queue[tuple[str, bytes, bool, asyncio.Future[Outcome]] | None] = (
             asyncio.Queue())
         self._worker: asyncio.Task[None] | None = None
-        self.busy = False  # an operation is in hand (for the shutdown message)
 
-    async def start(self) -> None:
-        """Learn what the box already holds, then start taking operations."""
-        self.holdings.seed(await maybe_await(self.datapath.status(None)))
+    def start(self) -> None:
         self._worker = asyncio.create_task(self._run(), name="moa-applier")
 
     def submit(self, op: str, data: bytes, *, redelivered: bool = False) -> asyncio.Future[Outcome]:
@@ -110,6 +115,7 @@ class Applier:
             try:
                 outcome = await self._apply(op, data, redelivered)
                 if outcome.ack is not None and op in APPLY_OPS and self.ack_sink is not None:
+                    faults.hit("ack.before", outcome.ack.id)
                     try:
                         await self.ack_sink(outcome.ack)
                     except Exception as e:  # a lost ack publish must not stop the worker
@@ -149,64 +155,88 @@ class Applier:
         except PlanConflict as e:
             return self._error(op, msg.id, InvalidMessage(e.field, e.message, "conflict"), t0)
         except PlanError as e:
-            where = plan_error_operation(e)
-            text = str(e) if not where or where in str(e) else f"{where}: {e}"
-            return self._error(op, msg.id, InvalidMessage("", text, "apply_failed"), t0)
+            return self._error(op, msg.id, await self._plan_failed(msg.id, e), t0)
         except Exception as e:
-            # Not a rolled-back plan: what the box holds is uncertain, so ask the datapath again.
             log.exception("%s %s failed", op, getattr(msg, "id", None))
-            await self._reseed()
-            return self._error(op, msg.id, InvalidMessage("", f"{type(e).__name__}: {e}", "internal"), t0)
+            return self._error(op, msg.id, InvalidMessage(
+                "", f"{type(e).__name__}: {e}", "internal"), t0)
         ack = schemas.Ack(id=msg.id, op=op, ok=True, generation=generation,
                           elapsed_ms=round((time.perf_counter() - t0) * 1000, 3))
         return Outcome(ack, schemas.encode(ack))
 
     async def _change(self, op: str, msg: Any, redelivered: bool) -> int | None:
-        """Check against the holdings, call the datapath, record; the generation now held."""
-        h = self.holdings
+        """Judge, apply, commit (durable); the generation the materialization is now at."""
+        d = self.desired
         if op == "materialize":
-            if redelivered and h.same_content(msg):
-                return h.generation(msg.id)  # applied before the redelivery: nothing to do again
-            h.check_materialize(msg)
-            result = await self.datapath.materialize(msg)
-            h.record_materialize(msg, result.generation)
-            return result.generation
+            held = d.get(msg.id)
+            if held is not None and d.same_content(msg):
+                # The same content again: nothing to commit. Unless this is a redelivery of an
+                # event already applied, converge anyway: the kernel is the truth, and a device
+                # or entry someone removed by hand comes back.
+                if not redelivered:
+                    result = await self.datapath.apply(msg)
+                    if result.changed:
+                        log.warning("%s: repaired %d operation(s) of drift", msg.id,
+                                    result.operations)
+                    self.unconverged.pop(msg.id, None)
+                return held.generation
+            d.check_materialize(msg)
+            await self.datapath.apply(msg)
+            self.unconverged.pop(msg.id, None)
+            return d.commit(msg)
         if op == "dematerialize":
-            if redelivered and h.generation(msg.id) is None:
+            if redelivered and d.get(msg.id) is None:
                 return None  # applied before the redelivery: already gone
-            h.check_dematerialize(msg.id)
-            result = await self.datapath.dematerialize(msg.id)
-            h.record_dematerialize(msg.id)
-            return result.generation
-        # update
-        h.check_update(msg)
-        result = await self.datapath.update(msg)
-        if h.knows_tags(msg.id):
-            h.record_update(msg, result.generation)
-        else:
-            await self._reseed()
-        return result.generation
+            d.check_dematerialize(msg.id)
+            await self.datapath.apply(schemas.Materialize(id=msg.id, links=[]))
+            self.unconverged.pop(msg.id, None)
+            return d.remove(msg.id)
+        # update: parameters only; the new content is made here, once
+        m = d.resolve_update(msg)
+        held = d.get(msg.id)
+        assert held is not None  # resolve_update raised not_found otherwise
+        if d.same_content(m):
+            return held.generation
+        await self.datapath.apply(m, params_only=msg.id not in self.unconverged)
+        self.unconverged.pop(msg.id, None)
+        return d.commit(m)
+
+    async def _plan_failed(self, mid: str, e: PlanError) -> InvalidMessage:
+        """The Ack's error for a failed plan. Rolled back in full: apply_failed, naming the
+        operation. Not in full: the box is read again and the ack names what still differs
+        from the previous desired state (rollback_incomplete); status reports it too."""
+        text = str(e)
+        if not e.rollback_errors:
+            return InvalidMessage("", text, "apply_failed")
+        held = self.desired.get(mid)
+        previous = held.materialize if held is not None else schemas.Materialize(id=mid, links=[])
+        try:
+            remaining = await self.datapath.plan(previous)
+        except Exception as re:  # noqa: BLE001 - the ack must still go out
+            remaining = [f"(the box could not be read again: {re})"]
+        if remaining:
+            shown = "; ".join(remaining[:SHOWN_DIFFERENCES])
+            more = (f" and {len(remaining) - SHOWN_DIFFERENCES} more"
+                    if len(remaining) > SHOWN_DIFFERENCES else "")
+            text += (f". Read again, the box differs from its previous state by "
+                     f"{len(remaining)} operation(s): {shown}{more}")
+            self.unconverged[mid] = text
+            return InvalidMessage("", text, "rollback_incomplete")
+        text += ". Read again, the box is as it was before"
+        return InvalidMessage("", text, "apply_failed")
 
     async def _status(self, req: schemas.StatusRequest, t0: float) -> Outcome:
-        if req.id is not None and self.holdings.generation(req.id) is None:
+        if req.id is not None and self.desired.get(req.id) is None:
             return self._error("status", req.id, InvalidMessage(
                 "id", f"no materialization {req.id!r} on this box", "not_found"), t0)
-        reply = await maybe_await(self.datapath.status(req.id))
+        reply = await status.status_reply(self.desired, self.datapath, self.host, req.id,
+                                          self.unconverged)
         return Outcome(None, schemas.encode(reply))
 
     async def _plan(self, m: schemas.Materialize) -> Outcome:
-        self.holdings.check_materialize(m)
-        plan_for = getattr(self.datapath, "plan_for", None)
-        if plan_for is None:
-            raise InvalidMessage("", "this datapath cannot plan without applying", "unsupported")
-        operations = [str(op) for op in await plan_for(m)]
+        self.desired.check_materialize(m)
+        operations = await self.datapath.plan(m)
         return Outcome(None, msgspec.json.encode({"id": m.id, "operations": operations}))
-
-    async def _reseed(self) -> None:
-        try:
-            self.holdings.seed(await maybe_await(self.datapath.status(None)))
-        except Exception as e:
-            log.warning("could not re-read the datapath's status: %s", e)
 
     @staticmethod
     def _error(op: str, ident: str | None, e: InvalidMessage, t0: float) -> Outcome:

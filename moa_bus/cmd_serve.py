@@ -23,12 +23,17 @@ import sys
 import tomllib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
 
 from moa_bus import connection
-from moa_bus.natsserver import DEFAULT_PORT, DEFAULT_STATE_DIR, NatsServer, NatsServerError
+from moa_bus.desired import DesiredState, StateError, StateStore
+from moa_bus.natsserver import DEFAULT_PORT, NatsServer, NatsServerError
 from moa_bus.subjects import check_host, default_host
 
 log = logging.getLogger("moa.bus")
+
+DEFAULT_STATE_DIR = "/var/lib/moa"
 
 
 @dataclass
@@ -38,7 +43,7 @@ class ServeSettings:
     uplink: str | None = None
     local: str | None = None  # VTEP source address; default: the uplink's first IPv4 address
     allow_loss_only: bool = False
-    state_dir: str = str(DEFAULT_STATE_DIR)
+    state_dir: str = DEFAULT_STATE_DIR  # desired/<host>/: the desired state; nats/: embedded store
     embedded_port: int = DEFAULT_PORT
     stats_interval: float = 1.0
     drop_interval: float = 0.25
@@ -74,7 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local", help="VTEP source address (default: the uplink's IPv4 address)")
     parser.add_argument("--allow-loss-only", action="store_true", default=None,
                         help="on a kernel without sch_fq, run anyway: loss only")
-    parser.add_argument("--state-dir", help=f"embedded nats-server's store (default {DEFAULT_STATE_DIR})")
+    parser.add_argument("--state-dir", help="the box's desired state (desired/<host>/) and the "
+                        f"embedded nats-server's store (nats/); default {DEFAULT_STATE_DIR}")
     parser.add_argument("--embedded-port", type=int, help=f"embedded nats-server's port ({DEFAULT_PORT})")
     parser.add_argument("--stats-interval", type=float, help="s between link counter messages (1)")
     parser.add_argument("--drop-interval", type=float, help="s between drop batches (0.25)")
@@ -142,32 +148,69 @@ def uplink_ipv4(uplink: str, netns: str | None) -> str:
     raise SettingsError(f"uplink {uplink} has no IPv4 address: give --local ADDRESS")
 
 
-async def open_kernel_datapath(s: ServeSettings):
-    """The real datapath (datapath.api.KernelDatapath) on s.uplink."""
+@dataclass
+class OpenedBox:
+    """A box ready to serve: its datapath converged to its durable desired state."""
+    datapath: Any  # datapath.api.Datapath
+    desired: DesiredState
+    unconverged: dict[str, str]  # materializations the kernel could not be converged to
+
+
+def desired_dir(s: ServeSettings) -> Path:
+    """Where this box's desired state lives: per host id, as its JetStream stream is."""
+    return Path(s.state_dir) / "desired" / s.host
+
+
+async def open_kernel_box(s: ServeSettings) -> OpenedBox:
+    """The real datapath (datapath.api.KernelDatapath) on s.uplink, converged to the desired
+    state stored under s.state_dir: what the kernel holds and no materialization owns is
+    removed, what a materialization lacks is made (docs/architecture.md, "Desired state").
+    `moa serve` and the tests of restarts both start a box through here."""
     from datapath.api import DatapathConfig, FqUnavailable, KernelDatapath
 
     if not s.uplink:
         raise SettingsError("--uplink DEV is required: the device that carries the VXLAN traffic "
                             "(or MOA_UPLINK, or uplink = \"...\" in --config)")
+    store = StateStore(desired_dir(s))
+    held, stored_generation = store.load()  # a damaged state stops us before the kernel
     local = s.local or uplink_ipv4(s.uplink, s.netns)
     config = DatapathConfig(uplink=s.uplink, local=local, netns=s.netns, pin_root=s.pin_root,
                             allow_loss_only=s.allow_loss_only, host=s.host)
     try:
-        return await KernelDatapath.start(config)
+        datapath = await KernelDatapath.start(config)
     except FqUnavailable as e:
         raise SettingsError(
             f"this kernel has no sch_fq ({e}): latency and capacity cannot be emulated. "
             "Start with --allow-loss-only to emulate loss only (links asking for latency or "
             "capacity are then refused), or run moa on a kernel with sch_fq "
             "(see README, the VM path).") from None
+    try:
+        desired = DesiredState(store=store, held=held,
+                               generation=max(stored_generation, datapath.generation_floor()),
+                               on_generation=datapath.record_generation)
+        datapath.record_generation(desired.generation)
+        report = await datapath.reconcile(desired.materializations())
+    except BaseException:
+        await datapath.close()
+        raise
+    for line in report.operations:
+        log.info("start-up: %s", line)
+    for line in report.purged:
+        log.info("start-up: purged %s (no materialization owns it)", line)
+    for mid, why in report.failed.items():
+        log.error("start-up: %s is not what the kernel holds: %s", mid, why)
+    log.info("desired state %s: %d materialization(s), generation %d; start-up changed %d "
+             "thing(s)", desired_dir(s), len(held), desired.generation,
+             len(report.operations) + len(report.purged))
+    return OpenedBox(datapath, desired, dict(report.failed))
 
 
 # ---------------------------------------------------------------------------- running
 
-DatapathFactory = Callable[[ServeSettings], Awaitable[object]]
+BoxFactory = Callable[[ServeSettings], Awaitable[OpenedBox]]
 
 
-async def serve(s: ServeSettings, datapath_factory: DatapathFactory = open_kernel_datapath,
+async def serve(s: ServeSettings, box_factory: BoxFactory = open_kernel_box,
                 stop: asyncio.Event | None = None, say: Callable[[str], None] | None = None) -> int:
     """Run until `stop` is set (or SIGTERM/SIGINT when running in the main thread)."""
     from moa_bus.service import MoaService, ServiceConfig
@@ -177,7 +220,7 @@ async def serve(s: ServeSettings, datapath_factory: DatapathFactory = open_kerne
     embedded: NatsServer | None = None
     url = s.nats
     if url is None:
-        embedded = NatsServer(port=s.embedded_port, state_dir=s.state_dir)
+        embedded = NatsServer(port=s.embedded_port, state_dir=Path(s.state_dir) / "nats")
         try:
             await asyncio.to_thread(embedded.start)
         except NatsServerError as e:
@@ -185,16 +228,17 @@ async def serve(s: ServeSettings, datapath_factory: DatapathFactory = open_kerne
             return 1
         url = embedded.url
         say(f"no NATS URL given: started an embedded nats-server on {url} "
-            f"(JetStream, state in {s.state_dir}); pass --nats URL to use another server")
-    nc = datapath = service = None
+            f"(JetStream, store in {Path(s.state_dir) / 'nats'}); pass --nats URL to use another "
+            "server")
+    nc = box = service = None
     try:
         nc = await connection.connect(s.nats_options(url),
                                       disconnected_cb=_quiet("disconnected from NATS"),
                                       reconnected_cb=_quiet("reconnected to NATS"))
-        datapath = await datapath_factory(s)
-        service = MoaService(nc, datapath, ServiceConfig(
+        box = await box_factory(s)
+        service = MoaService(nc, box.datapath, box.desired, ServiceConfig(
             host=s.host, stats_interval=s.stats_interval, drop_interval=s.drop_interval,
-            stream_replicas=s.stream_replicas, ack_wait=s.ack_wait))
+            stream_replicas=s.stream_replicas, ack_wait=s.ack_wait), box.unconverged)
         await service.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -206,14 +250,14 @@ async def serve(s: ServeSettings, datapath_factory: DatapathFactory = open_kerne
         await stop.wait()
         say("stopping: finishing the operation in hand; the datapath stays in place")
         return 0
-    except (connection.BusConnectError, SettingsError) as e:
+    except (connection.BusConnectError, SettingsError, StateError) as e:
         say(str(e))
         return 1
     finally:
         if service is not None:
             await service.stop()
-        if datapath is not None:
-            await datapath.close()
+        if box is not None:
+            await box.datapath.close()
         if nc is not None:
             try:
                 await asyncio.wait_for(nc.drain(), 5)

@@ -21,8 +21,9 @@ from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER, Request
 from nats.micro.service import DEFAULT_QUEUE_GROUP, Service
 
 import schemas
+from datapath.api import Datapath
 from moa_bus.applier import APPLY_OPS, Applier, Outcome
-from moa_bus.ports import Datapath
+from moa_bus.desired import DesiredState
 from moa_bus.subjects import SERVICE_NAME, Subjects
 from moa_bus.telemetry import Telemetry
 
@@ -43,13 +44,18 @@ class ServiceConfig:
 
 
 class MoaService:
-    def __init__(self, nc: Client, datapath: Datapath, config: ServiceConfig) -> None:
+    """`unconverged`: materializations the start-up reconcile could not converge (id -> why)."""
+
+    def __init__(self, nc: Client, datapath: Datapath, desired: DesiredState,
+                 config: ServiceConfig, unconverged: dict[str, str] | None = None) -> None:
         self.nc = nc
         self.datapath = datapath
+        self.desired = desired
         self.config = config
         self.subjects = Subjects(config.host)
-        self.applier = Applier(datapath, self._publish_ack)
-        self.telemetry = Telemetry(nc, datapath, self.subjects,
+        self.applier = Applier(datapath, desired, config.host, self._publish_ack,
+                               dict(unconverged or {}))
+        self.telemetry = Telemetry(nc, datapath, desired, self.subjects,
                                    config.stats_interval, config.drop_interval)
         self.micro: Service | None = None
         self._endpoints: dict[str, Any] = {}
@@ -63,7 +69,7 @@ class MoaService:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        await self.applier.start()
+        self.applier.start()
         self.micro = await add_service(
             self.nc, name=SERVICE_NAME, version=VERSION,
             description="moa: in-kernel link emulation", metadata={"host": self.config.host})

@@ -16,19 +16,21 @@ from collections import Counter
 from nats.aio.client import Client
 
 import schemas
-from moa_bus.applier import maybe_await
-from moa_bus.ports import Datapath, drop_losses
+from datapath.api import Datapath
+from moa_bus import status
+from moa_bus.desired import DesiredState
 from moa_bus.subjects import Subjects
 
 log = logging.getLogger("moa.bus")
 
 
 class Telemetry:
-    def __init__(self, nc: Client, datapath: Datapath, subjects: Subjects,
-                 stats_interval: float = 1.0, drop_interval: float = 0.25,
+    def __init__(self, nc: Client, datapath: Datapath, desired: DesiredState,
+                 subjects: Subjects, stats_interval: float = 1.0, drop_interval: float = 0.25,
                  max_batch: int = 2000) -> None:
         self.nc = nc
         self.datapath = datapath
+        self.desired = desired
         self.subjects = subjects
         self.stats_interval = stats_interval
         self.drop_interval = drop_interval
@@ -39,12 +41,8 @@ class Telemetry:
         self.events_published = 0
 
     def start(self) -> None:
-        self._losses = drop_losses(self.datapath)
-        register = getattr(self.datapath, "drop_events", None)
-        if register is not None:
-            register(self._drops.append)
-        else:
-            log.warning("this datapath reports no drop events: %s stays silent", self.subjects.drops)
+        self._losses = self.datapath.drop_event_losses()
+        self.datapath.drop_events(self._drops.append, self.desired.owner)
         self._tasks = [
             asyncio.create_task(self._every(self.drop_interval, self.flush_drops), name="moa-drops"),
             asyncio.create_task(self._every(self.stats_interval, self.publish_links), name="moa-links"),
@@ -71,7 +69,7 @@ class Telemetry:
                 log.warning("telemetry: %s", e)
 
     async def flush_drops(self) -> None:
-        suppressed_total, lost_total = drop_losses(self.datapath)
+        suppressed_total, lost_total = self.datapath.drop_event_losses()
         suppressed = suppressed_total - self._losses[0]
         lost = lost_total - self._losses[1]
         events = self._drops[:]
@@ -90,6 +88,6 @@ class Telemetry:
             self.events_published += len(chunk)
 
     async def publish_links(self) -> None:
-        links = await maybe_await(self.datapath.link_stats())
+        links = await status.link_stats(self.desired, self.datapath)
         batch = schemas.LinkStatsBatch(host=self.subjects.host, time_ns=time.time_ns(), links=links)
         await self.nc.publish(self.subjects.links, schemas.encode(batch))

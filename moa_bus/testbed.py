@@ -24,6 +24,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 
 UNDERLAY_NET = "10.201.0"
@@ -129,6 +130,7 @@ class Testbed:
     tag: str = field(default_factory=lambda: unique_tag("mtb"))
     hypervisors: int = 3
     pin_root: str = ""  # where moa in the box pins its objects; default /sys/fs/bpf/<tag>
+    state_dir: str = ""  # moa serve's --state-dir for the box; default <tmp>/moa-<tag>
     # Names are recorded before the command that creates them: cleanup after an interruption
     # anywhere in build() finds everything (deleting a namespace that was not made yet is fine).
     namespaces: list[str] = field(default_factory=list)
@@ -136,6 +138,7 @@ class Testbed:
 
     def __post_init__(self) -> None:
         self.pin_root = self.pin_root or f"/sys/fs/bpf/{self.tag}"
+        self.state_dir = self.state_dir or os.path.join(tempfile.gettempdir(), f"moa-{self.tag}")
 
     @property
     def fab(self) -> str:
@@ -242,10 +245,11 @@ class Testbed:
             if r.returncode != 0 and "No such file" not in r.stderr:
                 problems.append(f"namespace {ns}: {r.stderr.strip()}")
             self.namespaces.pop()
-        if os.path.exists(self.pin_root):
-            shutil.rmtree(self.pin_root, ignore_errors=True)
-            if os.path.exists(self.pin_root):
-                problems.append(f"pins left in {self.pin_root}")
+        for path, what in ((self.pin_root, "pins"), (self.state_dir, "state")):
+            if os.path.exists(path):
+                shutil.rmtree(path, ignore_errors=True)
+                if os.path.exists(path):
+                    problems.append(f"{what} left in {path}")
         return problems
 
     def leftover_namespaces(self) -> list[str]:

@@ -241,9 +241,13 @@ class LinkStatus(_Message, kw_only=True):
 
 
 class MaterializationStatus(_Message, kw_only=True):
+    """One materialization as the box holds it. error: null when the kernel holds exactly this
+    content; otherwise why it does not (the service could not converge the box to it at start,
+    or a rollback was incomplete): re-send the Materialize to retry."""
     id: str
     generation: int
     links: list[LinkStatus]
+    error: str | None = None
 
 
 class StatusReply(_Message, kw_only=True):

@@ -10,11 +10,10 @@ import pytest
 
 import schemas
 from datapath import ops as ops_mod
-from datapath.api import KernelDatapath
 from datapath.netlink import MOA_TC_PRIO
 from datapath.planner import bridge_name
 from moa_bus.testbed import UPLINK, Testbed, sh
-from tests.fixtures.moabox import box, ip_json  # noqa: F401
+from tests.fixtures.moabox import box, ip_json, removal, updated  # noqa: F401
 from tests.fixtures.topology import topo  # noqa: F401
 
 pytestmark = pytest.mark.netns
@@ -38,7 +37,7 @@ def vteps_of(m: schemas.Materialize) -> set[str]:
 
 async def test_bulk_materialize_builds_every_device_pair_and_port(topo, box):
     m = many(topo)
-    res = await box.materialize(m)
+    res = await box.apply(m)
     n_vteps = 2 * P2P + LANS * LAN_N
     assert res.operations == n_vteps + n_vteps + LANS + LANS * LAN_N + P2P  # params, VTEPs, ...
     links = {d["ifname"]: d for d in ip_json(topo.box, "-d", "link", "show")}
@@ -67,32 +66,31 @@ async def test_bulk_materialize_builds_every_device_pair_and_port(topo, box):
         assert (entries[ia].peer_ifindex, entries[ib].peer_ifindex) == (ib, ia)
         assert entries[ia].peer_mtu == 1450
     # and the same content plans to nothing
-    again = await box.materialize(m)
+    again = await box.apply(m)
     assert (again.changed, again.operations) == (False, 0)
 
 
 async def test_bulk_teardown_removes_all_and_spares_foreign_devices(topo, box, monkeypatch):
     m = many(topo)
-    await box.materialize(m)
+    await box.apply(m)
     # Someone else's devices: one in the group moa would pick first, one plain.
     first = ops_mod.MOA_GROUP_BASE | 0x1234
     sh("ip", "-n", topo.box, "link", "add", "foreign0", "type", "veth", "peer", "name", "foreign1")
     sh("ip", "-n", topo.box, "link", "set", "foreign0", "group", str(first))
     picks = iter([0x1234, 0x1235])
     monkeypatch.setattr(ops_mod.secrets, "randbelow", lambda n: next(picks))
-    res = await box.dematerialize("big")
+    res = await box.apply(removal("big"))
     assert res.changed
     names = {d["ifname"] for d in ip_json(topo.box, "link", "show")}
     assert names == {"lo", UPLINK, "foreign0", "foreign1"}
     assert box.pair.entries() == {} and box.classifier.vnis() == []
     groups = {d["ifname"]: d.get("group") for d in ip_json(topo.box, "-d", "link", "show")}
     assert groups["foreign0"] == str(first) or groups["foreign0"] == first
-    assert (await box.status()).materializations == []
 
 
 async def test_parameter_update_needs_no_netlink(topo, box):
     m = many(topo)
-    await box.materialize(m)
+    await box.apply(m)
     before = {vni: box.classifier.slot(vni) for vni in box.classifier.vnis()}
 
     class NoNetlink:
@@ -103,15 +101,13 @@ async def test_parameter_update_needs_no_netlink(topo, box):
     saved = nl.ipr, nl.rtnl
     nl.ipr, nl.rtnl = NoNetlink(), NoNetlink()  # type: ignore[assignment]
     try:
-        u = schemas.decode(schemas.Update,
-                           '{"id": "big", "links": [{"tag": "p2p", "emulation": {"loss": 0.25}}]}')
-        res = await box.update(u)
+        m1 = updated(m, '{"id": "big", "links": [{"tag": "p2p", "emulation": {"loss": 0.25}}]}')
+        res = await box.apply(m1, params_only=True)
         assert (res.changed, res.operations) == (True, 2 * P2P)  # the P2P VNIs, nothing else
-        again = await box.update(u)
+        again = await box.apply(m1, params_only=True)
         assert (again.changed, again.operations) == (False, 0)
-        lan = schemas.decode(schemas.Update,
-                             '{"id": "big", "links": [{"link": "l1", "emulation": {"loss": 0.5}}]}')
-        assert (await box.update(lan)).operations == LAN_N
+        m2 = updated(m1, '{"id": "big", "links": [{"link": "l1", "emulation": {"loss": 0.5}}]}')
+        assert (await box.apply(m2, params_only=True)).operations == LAN_N
     finally:
         nl.ipr, nl.rtnl = saved
     threshold = box.classifier.abi.LossModel.BERNOULLI
@@ -122,22 +118,13 @@ async def test_parameter_update_needs_no_netlink(topo, box):
     assert box.classifier.link(3010).stage[0].loss_threshold == round(0.5 * 2**32)
     assert box.classifier.link(3000).stage[0].loss_model == box.classifier.abi.LossModel.NONE
     assert {vni: box.classifier.slot(vni) for vni in box.classifier.vnis()} == before  # timelines kept
-    status = await box.status("big")
-    emus = {link.id: link.emulation.loss for link in status.materializations[0].links}
-    assert emus["p0"] == 0.25 and emus["l1"] == 0.5 and emus["l0"] == 0.0
-    # the full plan agrees that the kernel holds what the fast path wrote
-    assert await box.plan_for(status_materialization(box)) == []
-
-
-def status_materialization(dp: KernelDatapath) -> schemas.Materialize:
-    desired = dp._records["big"].desired
-    assert desired is not None
-    return desired
+    # the full plan, reading the kernel, agrees that it holds what the fast path wrote
+    assert await box.plan(m2) == []
 
 
 async def test_parameter_update_rolls_back_when_the_map_write_fails(topo, box, monkeypatch):
     m = many(topo)
-    await box.materialize(m)
+    await box.apply(m)
     raw = {vni: bytes(box.classifier.link(vni)) for vni in box.classifier.vnis()}
     calls = []
     real = box.classifier.update_links
@@ -150,21 +137,19 @@ async def test_parameter_update_rolls_back_when_the_map_write_fails(topo, box, m
         return real(links)
 
     monkeypatch.setattr(box.classifier, "update_links", failing)
-    u = schemas.decode(schemas.Update,
-                       '{"id": "big", "links": [{"tag": "all", "emulation": {"loss": 0.1}}]}')
+    m1 = updated(m, '{"id": "big", "links": [{"tag": "all", "emulation": {"loss": 0.1}}]}')
     with pytest.raises(ops_mod.PlanError) as e:
-        await box.update(u)
+        await box.apply(m1, params_only=True)
     assert "injected" in str(e.value) and e.value.rollback_errors == []
     assert {vni: bytes(box.classifier.link(vni)) for vni in box.classifier.vnis()} == raw
-    status = await box.status("big")
-    assert all(link.emulation.loss == 0.0 for link in status.materializations[0].links)
+    assert await box.plan(m) == []  # the kernel holds m, as before the update
 
 
 async def test_bulk_create_leaves_a_foreign_device_alone_and_rolls_back(topo, box):
     # A name moa would use, taken by someone else's device, in the middle of a bulk round.
     sh("ip", "-n", topo.box, "link", "add", "mv1011", "type", "veth", "peer", "name", "foreign9")
     with pytest.raises(ops_mod.PlanError) as e:
-        await box.materialize(many(topo))
+        await box.apply(many(topo))
     assert "not moa's" in str(e.value.cause) and "mv1011" in e.value.operation.describe()
     assert e.value.rollback_errors == []
     links = {d["ifname"]: d for d in ip_json(topo.box, "link", "show")}

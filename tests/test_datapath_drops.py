@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 import schemas
+from moa_bus.desired import DesiredState, Held
 from datapath.api import KernelDatapath
 from datapath.classifier import ClassifierConfig
 from moa_bus.testbed import Testbed
@@ -40,6 +41,10 @@ async def box(topo: Testbed, request: pytest.FixtureRequest) -> AsyncIterator[Ke
         await dp.teardown()
 
 
+def nobody(vni: int) -> tuple[None, None]:
+    return None, None
+
+
 def loss_drops(dp: KernelDatapath, vni: int) -> int:
     return dp.classifier.link_counters(vni)["egress"].drops["loss"]
 
@@ -62,11 +67,12 @@ async def test_drop_events_carry_vni_reason_link_and_materialization(topo, box):
     a = topo.add_endpoint(1, 100, "192.168.100.1/24")
     b = topo.add_endpoint(2, 101, "192.168.100.2/24")
     topo.quiet(a, b)
-    await box.materialize(p2p(topo, 1.0))
+    m = p2p(topo, 1.0)
+    await box.apply(m)
     base = box.drop_event_losses()
     base_drops = loss_drops(box, 101)
     events: list[schemas.DropEvent] = []
-    box.drop_events(events.append)
+    box.drop_events(events.append, DesiredState(held={"m1": Held(m, 1)}).owner)
 
     t0 = time.time_ns()
     # ping runs in a thread: the loop must stay free to read the ring buffer meanwhile.
@@ -92,13 +98,13 @@ async def test_drop_events_carry_vni_reason_link_and_materialization(topo, box):
 async def test_over_budget_drops_are_counted_as_suppressed(topo, box):
     a = topo.add_endpoint(1, 100, "192.168.100.1/24")
     b = topo.add_endpoint(2, 101, "192.168.100.2/24")
-    await box.materialize(p2p(topo, 1.0))
+    await box.apply(p2p(topo, 1.0))
     base = box.drop_event_losses()
     base_drops = loss_drops(box, 101)
     events: list[schemas.DropEvent] = []
-    box.drop_events(events.append)
+    box.drop_events(events.append, nobody)
     seen_twice: list[schemas.DropEvent] = []
-    box.drop_events(seen_twice.append)  # a second subscriber sees the same events
+    box.drop_events(seen_twice.append, nobody)  # a second subscriber sees the same events
 
     topo.quiet(a, b)  # every echo request is a dropped frame, nothing else is
     assert await asyncio.to_thread(topo.ping, a, b, 6, 0.05, 1) == (6, 0)
@@ -110,7 +116,7 @@ async def test_over_budget_drops_are_counted_as_suppressed(topo, box):
     # the global total is the sum of the links' own counts (only this link drops here)
     assert sum(c.events_suppressed for c in box.classifier.link_counters(101).values()) == 4
     # and it outlives the link: deleting it does not make the total go back
-    await box.dematerialize("m1")
+    await box.apply(schemas.Materialize(id="m1", links=[]))
     assert box.drop_event_losses()[0] - base[0] == suppressed
 
 
@@ -122,7 +128,7 @@ async def test_events_of_unowned_vni_have_no_link(topo, box):
 
     box.classifier.set_link(4000, egress=LinkEmulation(loss=1.0))
     events: list[schemas.DropEvent] = []
-    box.drop_events(events.append)
+    box.drop_events(events.append, DesiredState().owner)
     frame = vxlan(4000, inner_udp(100))
     r = box.classifier.egress_program.test_run(frame, ctx=box.classifier.abi.SkBuff(), repeat=3)
     assert r.retval == 2  # TC_ACT_SHOT

@@ -45,7 +45,7 @@ def handovers(dp: KernelDatapath, vni: int) -> int:
 async def test_handover_survives_decap_bridge_and_encap_on_a_lan(topo, box):
     eps = [topo.add_endpoint(i, 200 + i, f"192.168.200.{i}/24") for i in (1, 2, 3)]
     topo.quiet(*eps)
-    await box.materialize(materialize_doc("lan", [(e.vni, topo.hv_addr(e.node)) for e in eps]))
+    await box.apply(materialize_doc("lan", [(e.vni, topo.hv_addr(e.node)) for e in eps]))
     # Nothing configured yet: the egress stages see no mark.
     assert topo.ping(eps[0], eps[1], count=2) == (2, 2)
     assert [handovers(box, e.vni) for e in eps] == [0, 0, 0]
@@ -80,7 +80,7 @@ async def test_handover_survives_the_p2p_pair(topo, box):
     the tc redirect pair too (bpf_redirect without BPF_F_INGRESS keeps skb->mark)."""
     a = topo.add_endpoint(1, 100, "192.168.100.1/24")
     b = topo.add_endpoint(2, 101, "192.168.100.2/24")
-    await box.materialize(materialize_doc("p2p", [(100, topo.hv_addr(1)), (101, topo.hv_addr(2))]))
+    await box.apply(materialize_doc("p2p", [(100, topo.hv_addr(1)), (101, topo.hv_addr(2))]))
     assert topo.ping(a, b, count=2) == (2, 2)
     assert handovers(box, 100) == handovers(box, 101) == 0
 
@@ -103,7 +103,7 @@ async def test_lan_vtep_hold_takes_the_handover_before_the_uplink_egress(topo, b
 
     eps = [topo.add_endpoint(i, 210 + i, f"192.168.210.{i}/24") for i in (1, 2, 3)]
     topo.quiet(*eps)
-    await box.materialize(materialize_doc("held", [(e.vni, topo.hv_addr(e.node)) for e in eps]))
+    await box.apply(materialize_doc("held", [(e.vni, topo.hv_addr(e.node)) for e in eps]))
     shared = LinkEmulation(capacity_bps=RATE)
     for e in eps:
         box.classifier.set_link(e.vni, egress=shared, ingress=BUSY_PORT)
@@ -135,7 +135,7 @@ async def test_a_hold_the_kernel_refuses_rolls_the_whole_plan_back(topo, box):
     before = kernel_snapshot(topo.box, topo.pin_root)
     box.plan_config = dataclasses.replace(box.plan_config, port_hold=FqSizing())
     with pytest.raises(PlanError) as e:
-        await box.materialize(materialize_doc("held", [(x.vni, topo.hv_addr(x.node))
+        await box.apply(materialize_doc("held", [(x.vni, topo.hv_addr(x.node))
                                                        for x in eps]))
     assert isinstance(e.value.operation, HoldAtPort), e.value
     assert isinstance(e.value.cause, FqUnavailable), e.value

@@ -12,13 +12,14 @@ import time
 import pytest
 
 import schemas
+from datapath import faults
 from datapath.api import KernelDatapath
 from datapath.classifier import Classifier
 from datapath.netlink import FqUnavailable, NetlinkWorker
 from datapath.ops import PlanError, run_plan
 from datapath.pair import PairMode
 from moa_bus.testbed import BOX_ADDR, UPLINK, Testbed, ns_exec, sh
-from tests.fixtures.moabox import box, box_config  # noqa: F401
+from tests.fixtures.moabox import box, box_config, removal, updated  # noqa: F401
 from tests.fixtures.topology import topo  # noqa: F401
 
 pytestmark = pytest.mark.netns
@@ -69,7 +70,7 @@ def moa_devices(dp: KernelDatapath):
 
 async def test_p2p_pair_traffic_meets_uplink_egress_classifier(topo, box):
     a, b = p2p_endpoints(topo)
-    res = await box.materialize(p2p(topo))
+    res = await box.apply(p2p(topo))
     assert res.changed and res.operations == 5  # 2 params, 2 VTEPs, 1 pair
     before = box.classifier.link_counters(101)["egress"].packets
     assert topo.ping(a, b, count=5) == (5, 5)
@@ -79,9 +80,9 @@ async def test_p2p_pair_traffic_meets_uplink_egress_classifier(topo, box):
     assert box.classifier.link_counters(100)["egress"].packets >= 5
     # (misses are possible: programs are attached before the map entries are written)
     assert box.pair.counters()["tc_redirect"] >= 10
-    # identical content: nothing to do, same generation
-    again = await box.materialize(p2p(topo))
-    assert (again.changed, again.operations, again.generation) == (False, 0, res.generation)
+    # identical content: nothing to do
+    again = await box.apply(p2p(topo))
+    assert (again.changed, again.operations) == (False, 0)
 
 
 @pytest.mark.parametrize("mode", [PairMode.TC, PairMode.XDP_TC])
@@ -89,7 +90,7 @@ async def test_p2p_bulk_tcp_with_offloads_on(topo, mode):
     a, b = p2p_endpoints(topo)
     dp = await KernelDatapath.start(box_config(topo, pair_mode=mode))
     try:
-        await dp.materialize(p2p(topo))
+        await dp.apply(p2p(topo))
         feats = ns_exec(topo.node(1), "ethtool", "-k", a.dev).stdout
         assert "tcp-segmentation-offload: on" in feats
         assert topo.ping(a, b) == (3, 3)
@@ -142,7 +143,7 @@ def lldp_crosses(t: Testbed, src, dst) -> bool:
 
 async def test_lldp_frame_crosses_pair_both_ways(topo, box):
     a, b = p2p_endpoints(topo)
-    await box.materialize(p2p(topo))
+    await box.apply(p2p(topo))
     assert lldp_crosses(topo, a, b)
     assert lldp_crosses(topo, b, a)
 
@@ -152,7 +153,7 @@ async def test_lldp_frame_crosses_pair_both_ways(topo, box):
 
 async def test_lan_of_three_through_bridge(topo, box):
     eps = [topo.add_endpoint(i, 200 + i, f"192.168.200.{i}/24") for i in (1, 2, 3)]
-    res = await box.materialize(lan(topo))
+    res = await box.apply(lan(topo))
     assert res.operations == 3 + 1 + 3 + 3  # params, bridge, VTEPs, ports
     for x in eps:
         for y in eps:
@@ -170,21 +171,21 @@ async def test_lan_of_three_through_bridge(topo, box):
 async def test_loss_applied_end_to_end_and_updated(topo, box):
     a, b = p2p_endpoints(topo)
     topo.quiet(a, b)  # no ARP: each echo request is one frame on the wire
-    await box.materialize(p2p(topo, emulation='{"loss": 1.0}'))
+    await box.apply(p2p(topo, emulation='{"loss": 1.0}'))
     assert topo.ping(a, b, count=5, deadline=1) == (5, 0)
     drops = box.classifier.link_counters(101)["egress"].drops["loss"]
     assert drops == 5
-    res = await box.update(schemas.decode(
-        schemas.Update, '{"id": "m1", "links": [{"tag": "wan", "emulation": {"loss": 0.3}}]}'))
+    m = updated(p2p(topo, emulation='{"loss": 1.0}'),
+                '{"id": "m1", "links": [{"tag": "wan", "emulation": {"loss": 0.3}}]}')
+    res = await box.apply(m, params_only=True)
     assert res.changed and res.operations == 2  # only the two VNIs' parameters
     tx, rx = topo.ping(a, b, count=60, interval=0.02, deadline=1)
     assert tx == 60 and 5 <= rx <= 50  # P(round trip) = 0.49; far tails excluded
     c101 = box.classifier.link_counters(101)["egress"]
     assert c101.drops["loss"] > drops
-    status = await box.status("m1")
-    assert status.materializations[0].links[0].emulation.loss == 0.3
+    assert await box.plan(m) == []  # the kernel holds exactly the new parameters
     with pytest.raises(schemas.InvalidMessage) as e:
-        await box.materialize(p2p(topo, emulation='{"latency": "10ms"}'))
+        await box.apply(p2p(topo, emulation='{"latency": "10ms"}'))
     assert e.value.code == "unsupported" and e.value.field == "links[0].emulation.latency"
 
 
@@ -195,14 +196,14 @@ async def test_unknown_vni_and_foreign_devices_untouched(topo, box):
        BOX_ADDR, "remote", topo.hv_addr(3), "dstport", "4789", "dev", UPLINK, "nolearning")
     sh("ip", "-n", topo.box, "addr", "add", "192.168.99.1/24", "dev", "other999")
     sh("ip", "-n", topo.box, "link", "set", "other999", "up")
-    await box.materialize(p2p(topo))
+    await box.apply(p2p(topo))
     before = box.classifier.global_counters()["unknown_vni"]
     r = ns_exec(topo.node(3), "ping", "-n", "-q", "-c", "3", "-i", "0.2", "-w", "10", "192.168.99.1",
                 check=False)
     assert " 0% packet loss" in r.stdout
     assert box.classifier.global_counters()["unknown_vni"] - before >= 3
     assert 999 not in box.classifier.vnis()
-    await box.dematerialize("m1")
+    await box.apply(removal("m1"))
     assert moa_devices(box) == []
     assert "other999" in sh("ip", "-n", topo.box, "link", "show", "other999").stdout
     del n3
@@ -211,27 +212,20 @@ async def test_unknown_vni_and_foreign_devices_untouched(topo, box):
 # -- plans: rollback, reconcile, restart, teardown ----------------------------------------------------
 
 
-class Boom(RuntimeError):
-    pass
-
-
 async def test_rollback_when_third_operation_fails(topo):
-    def fail_third(i, op):
-        if i == 2:
-            raise Boom("injected")
-
-    dp = await KernelDatapath.start(box_config(topo), op_hook=fail_third)
+    faults.arm("plan.before/m1/2=error:netlink")
+    dp = await KernelDatapath.start(box_config(topo))
     try:
         with pytest.raises(PlanError) as e:
-            await dp.materialize(p2p(topo))
-        assert e.value.index == 2 and isinstance(e.value.cause, Boom)
+            await dp.apply(p2p(topo))
+        assert e.value.index == 2 and "failpoint plan.before/m1/2" in str(e.value.cause)
         assert "create VTEP mv100" in e.value.operation.describe()
         assert e.value.rollback_errors == []
         assert moa_devices(dp) == []
         assert dp.classifier.vnis() == []  # the two parameter writes were reverted
         assert dp.pair.entries() == {}
-        assert (await dp.status()).materializations == []
     finally:
+        faults.disarm()
         await dp.teardown()
 
 
@@ -244,13 +238,14 @@ async def test_reconcile_after_crash_with_half_applied_plan(topo):
     dp.worker.run(run_plan, ops[:3], dp.env)
     await dp.close()
 
-    dp = await KernelDatapath.start(box_config(topo))  # no desired state: recover only
+    dp = await KernelDatapath.start(box_config(topo))  # the kernel is left as it is until told
     try:
-        st = await dp.status()
-        assert [x.id for x in st.materializations] == ["m1"]
         assert [d.name for d in moa_devices(dp)] == ["mv100"]
-        res = await dp.materialize(m)
-        assert res.operations == 2  # the missing VTEP and the pair; params already right
+        report = await dp.reconcile([m])
+        # the missing VTEP and the pair; params already right
+        assert [line.split()[:2] for line in report.operations] == [["create", "VTEP"],
+                                                                    ["create", "pair"]]
+        assert report.failed == {} and report.purged == []
         assert topo.ping(a, b) == (3, 3)
     finally:
         await dp.close()
@@ -260,11 +255,13 @@ async def test_reconcile_after_crash_with_half_applied_plan(topo):
     dp = await KernelDatapath.start(box_config(topo))
     dp.worker.run(run_plan, dp.worker.run(dp._plan, lan(topo))[:2], dp.env)
     await dp.close()
-    dp = await KernelDatapath.start(box_config(topo), desired=[])
+    dp = await KernelDatapath.start(box_config(topo))
     try:
+        report = await dp.reconcile([])
         assert moa_devices(dp) == []
         assert dp.classifier.vnis() == []
         assert dp.pair.entries() == {}
+        assert report.purged == ["parameters of VNI 201", "parameters of VNI 202"]
     finally:
         await dp.teardown()
 
@@ -273,7 +270,7 @@ async def test_restart_keeps_loss_applied_while_down(topo):
     a, b = p2p_endpoints(topo)
     topo.quiet(a, b)  # no ARP: each echo request is one frame on the wire
     dp = await KernelDatapath.start(box_config(topo))
-    await dp.materialize(p2p(topo, emulation='{"loss": 1.0}'))
+    await dp.apply(p2p(topo, emulation='{"loss": 1.0}'))
     await dp.close()  # service down; pins and attached programs stay
     assert topo.ping(a, b, count=4, deadline=1) == (4, 0)
     pinned = Classifier.load(pin_root=topo.pin_root)
@@ -281,8 +278,9 @@ async def test_restart_keeps_loss_applied_while_down(topo):
         assert pinned.link_counters(101)["egress"].drops["loss"] == 4
     finally:
         pinned.close()
-    dp = await KernelDatapath.start(box_config(topo), desired=[p2p(topo, emulation='{"loss": 0.0}')])
+    dp = await KernelDatapath.start(box_config(topo))
     try:
+        await dp.reconcile([p2p(topo, emulation='{"loss": 0.0}')])
         assert topo.ping(a, b) == (3, 3)
     finally:
         await dp.teardown()
@@ -291,8 +289,8 @@ async def test_restart_keeps_loss_applied_while_down(topo):
 async def test_teardown_leaves_nothing(topo):
     p2p_endpoints(topo)
     dp = await KernelDatapath.start(box_config(topo))
-    await dp.materialize(p2p(topo))
-    await dp.materialize(lan(topo))
+    await dp.apply(p2p(topo))
+    await dp.apply(lan(topo))
     assert len(os.listdir(topo.pin_root)) > 0
     await dp.teardown()
     w = NetlinkWorker(topo.box)
@@ -311,7 +309,7 @@ async def test_teardown_leaves_nothing(topo):
 async def test_device_name_taken_by_someone_else_is_not_touched(topo, box):
     sh("ip", "-n", topo.box, "link", "add", "mv101", "type", "veth", "peer", "name", "foreign1")
     with pytest.raises(PlanError) as e:
-        await box.materialize(p2p(topo))
+        await box.apply(p2p(topo))
     assert "not moa's" in str(e.value.cause) and e.value.operation.describe().startswith(
         "create VTEP mv101")
     assert moa_devices(box) == [] and box.classifier.vnis() == []

@@ -57,10 +57,9 @@ def applied(m: schemas.Materialize) -> Current:
         ia, ib = cur.devices[a].index, cur.devices[b].index
         cur.pairs[ia] = PeerEntry(ia, ib, 1450)
         cur.pairs[ib] = PeerEntry(ib, ia, 1450)
-    for vni, (stages, _) in d.params.items():
+    for slot, (vni, (stages, _)) in enumerate(sorted(d.params.items())):
         cur.params[vni] = encode(stages)
-        cur.known[vni] = stages
-        cur.owners[vni] = m.id
+        cur.links[vni] = slot.to_bytes(8, "little") + encode(stages)  # what the map read gives
     return cur
 
 
@@ -157,7 +156,8 @@ def test_parameter_change_is_parameters_only():
     ops = run(mat(emulation='{"loss": 0.1}'), cur)
     assert kinds(ops) == ["SetLinkParams", "SetLinkParams"]
     assert [op.vni for op in ops] == [100, 101]
-    assert all(op.previous == (LinkEmulation(), None) for op in ops)  # what revert restores
+    # what revert restores: the map entry read from the kernel before the plan
+    assert [op.previous for op in ops] == [cur.links[100], cur.links[101]]
 
 
 def test_changed_remote_recreates_that_vtep_and_its_pair_only():
@@ -181,6 +181,7 @@ def test_dropping_one_link_touches_only_it():
     ops = run(mat(lan=False), cur)
     assert kinds(ops) == ["DeleteVtep"] * 3 + ["DeleteBridge"] + ["DeleteLinkParams"] * 3
     assert {op.vni for op in ops if isinstance(op, DeleteLinkParams)} == {200, 201, 202}
+    assert all(op.previous == cur.links[op.vni] for op in ops if isinstance(op, DeleteLinkParams))
 
 
 def test_half_applied_state_is_completed():

@@ -119,6 +119,17 @@ struct moa_global_counters {
 	__u64 reserved[2];
 };
 
+/*
+ * The box's own record (moa_box, one entry), written by userspace only: the highest generation
+ * the service has handed out. It lives in the kernel beside the links it describes, so a
+ * service whose state directory was lost still never hands out a generation that goes back
+ * (docs/architecture.md, "Desired state").
+ */
+struct moa_box {
+	__u64 generation;
+	__u64 reserved[3];
+};
+
 #define MOA_DROP_EVENT_VERSION 1
 
 /* A drop, as written to the moa_events ring buffer. Versioned: readers check version. */

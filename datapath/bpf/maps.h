@@ -46,6 +46,14 @@ struct {
 	__type(value, struct moa_global_counters);
 } moa_global SEC(".maps");
 
+/* The box's record (struct moa_box), one entry; userspace only, no program reads it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct moa_box);
+} moa_box SEC(".maps");
+
 /* Drop events (struct moa_drop_event). */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

@@ -64,6 +64,9 @@ const volatile enum moa_abi_consts st_consts;
 /* A drop event template, so struct moa_drop_event is in BTF (ring buffers carry no value type). */
 struct moa_drop_event st_event_template;
 
+/* The box record, so struct moa_box is in BTF as it is in the classifier's. */
+struct moa_box st_box_template;
+
 /* Returns the .rodata value the loader set: proves rodata offsets and sizes. */
 SEC("tc")
 int st_echo_prog(struct __sk_buff *skb)

@@ -1,0 +1,286 @@
+"""The box's desired state: what each materialization must hold and the generation it is at.
+
+This is its only owner (docs/architecture.md, "Desired state"). The applier asks it to judge a
+message against everything else the box holds (a VNI another materialization uses: "conflict";
+an id, link or tag that is not there: "not_found"), turns an Update into the new content of
+its materialization here, once, and commits a change only after the datapath applied it.
+A commit is durable before it returns: the state store writes the materialization's whole
+content and generation to a file (write, fsync, rename, fsync the directory), so the ack that
+follows never promises more than a restart would restore.
+
+Generations are box-wide: every change (a new content, a removal) takes the next number, so a
+generation never repeats and never goes back, also across a dematerialize and a new
+materialize of the same id. The highest one handed out is kept twice: in the state directory
+and in the kernel (the classifier's moa_box map, through `on_generation`), and a restart takes
+the larger of the two, so losing either one alone does not make it go back.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote, unquote
+
+import msgspec
+
+import schemas
+from datapath import faults
+from schemas import InvalidMessage
+
+log = logging.getLogger("moa.bus")
+
+FORMAT = 1
+_PREFIX, _SUFFIX = "mat.", ".json"
+_FLOOR = "generation"
+
+
+class StateError(RuntimeError):
+    """The state directory cannot be read or written (names the file and why)."""
+
+
+class _Stored(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One file of the store: a materialization's whole content and its generation."""
+    format: int
+    generation: int
+    materialize: msgspec.Raw
+
+
+@dataclass
+class Held:
+    materialize: schemas.Materialize
+    generation: int
+    digest: bytes = b""  # of the canonical JSON of `materialize`: recognises a resend
+
+    def __post_init__(self) -> None:
+        if not self.digest:
+            self.digest = content_digest(self.materialize)
+
+
+def content_digest(m: schemas.Materialize) -> bytes:
+    return hashlib.blake2b(msgspec.json.encode(m, order="sorted"), digest_size=16).digest()
+
+
+class StateStore:
+    """Files in one directory: `mat.<id>.json` per materialization (the id percent-encoded),
+    and `generation`, the highest generation handed out, rewritten before a file is removed."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.dir = Path(directory)
+
+    def _path(self, mid: str) -> Path:
+        return self.dir / f"{_PREFIX}{quote(mid, safe='')}{_SUFFIX}"
+
+    def load(self) -> tuple[dict[str, Held], int]:
+        """Every materialization stored and the highest generation recorded (0: none)."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            names = sorted(os.listdir(self.dir))
+        except OSError as e:
+            raise StateError(f"state directory {self.dir}: {e.strerror}") from None
+        held: dict[str, Held] = {}
+        floor = 0
+        for name in names:
+            path = self.dir / name
+            if name.endswith(".tmp"):  # a write that a crash interrupted: never renamed
+                path.unlink(missing_ok=True)
+                continue
+            if name == _FLOOR:
+                floor = max(floor, self._read_floor(path))
+                continue
+            if not (name.startswith(_PREFIX) and name.endswith(_SUFFIX)):
+                continue
+            h = self._read(path)
+            mid = unquote(name[len(_PREFIX):-len(_SUFFIX)])
+            if h.materialize.id != mid:
+                raise StateError(f"{path}: holds materialization {h.materialize.id!r}, "
+                                 f"not {mid!r}")
+            held[mid] = h
+            floor = max(floor, h.generation)
+        return held, floor
+
+    def _read(self, path: Path) -> Held:
+        try:
+            stored = msgspec.json.decode(path.read_bytes(), type=_Stored)
+            if stored.format != FORMAT:
+                raise StateError(f"{path}: format {stored.format}, this moa reads {FORMAT}")
+            m = schemas.decode(schemas.Materialize, bytes(stored.materialize))
+        except OSError as e:
+            raise StateError(f"{path}: {e.strerror}") from None
+        except (msgspec.DecodeError, InvalidMessage) as e:
+            raise StateError(f"{path} is damaged ({e}): restore it from a backup or remove it "
+                             "(the box then drops that materialization at start)") from None
+        return Held(m, stored.generation)
+
+    def _read_floor(self, path: Path) -> int:
+        try:
+            return int(path.read_text().strip() or 0)
+        except (OSError, ValueError) as e:
+            raise StateError(f"{path} is damaged ({e}): remove it") from None
+
+    def put(self, held: Held) -> None:
+        data = msgspec.json.encode(_Stored(format=FORMAT, generation=held.generation,
+                                           materialize=msgspec.Raw(
+                                               schemas.encode(held.materialize))))
+        self._write(self._path(held.materialize.id), data)
+
+    def remove(self, mid: str, generation: int) -> None:
+        """Forget `mid`; `generation` (of the removal) is recorded first, so the highest
+        generation handed out survives the file that carried it."""
+        self._write(self.dir / _FLOOR, f"{generation}\n".encode())
+        try:
+            self._path(mid).unlink(missing_ok=True)
+            self._sync_dir()
+        except OSError as e:
+            raise StateError(f"removing {self._path(mid)}: {e.strerror}") from None
+
+    def _write(self, path: Path, data: bytes) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            self._sync_dir()
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise StateError(f"writing {path}: {e.strerror}") from None
+
+    def _sync_dir(self) -> None:
+        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@dataclass
+class DesiredState:
+    """What every materialization must hold (module doc). `store` None: kept in memory only
+    (tools that own no box); `on_generation(n)` is told each generation handed out."""
+
+    store: StateStore | None = None
+    held: dict[str, Held] = field(default_factory=dict)
+    generation: int = 0  # the highest generation handed out
+    on_generation: Callable[[int], None] | None = None
+    _owners: dict[int, tuple[str, str]] | None = None  # vni -> (materialization, link)
+
+    @classmethod
+    def open(cls, store: StateStore, floor: int = 0,
+             on_generation: Callable[[int], None] | None = None) -> "DesiredState":
+        """The state `store` holds; generations continue above max(stored, `floor`)."""
+        held, stored = store.load()
+        return cls(store=store, held=held, generation=max(stored, floor),
+                   on_generation=on_generation)
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def get(self, mid: str) -> Held | None:
+        return self.held.get(mid)
+
+    def materializations(self) -> list[schemas.Materialize]:
+        return [h.materialize for _, h in sorted(self.held.items())]
+
+    def owner(self, vni: int) -> tuple[str | None, str | None]:
+        """(materialization, link) holding `vni`, (None, None) for nobody."""
+        if self._owners is None:
+            self._owners = {ep.vni: (mid, link.id) for mid, h in self.held.items()
+                            for link in h.materialize.links for ep in link.endpoints}
+        return self._owners.get(vni, (None, None))
+
+    def same_content(self, m: schemas.Materialize) -> bool:
+        h = self.held.get(m.id)
+        return h is not None and h.digest == content_digest(m)
+
+    # -- judging messages (raise InvalidMessage) --------------------------------------------------
+
+    def check_materialize(self, m: schemas.Materialize) -> None:
+        """VNIs must not be held by another materialization (the same id may keep or move its own)."""
+        for i, link in enumerate(m.links):
+            for j, ep in enumerate(link.endpoints):
+                mid, lid = self.owner(ep.vni)
+                if mid is not None and mid != m.id:
+                    raise InvalidMessage(f"links[{i}].endpoints[{j}].vni",
+                                         f"VNI {ep.vni} is held by {mid}/{lid}", "conflict")
+
+    def check_dematerialize(self, mid: str) -> Held:
+        h = self.held.get(mid)
+        if h is None:
+            raise InvalidMessage("id", f"no materialization {mid!r} on this box", "not_found")
+        return h
+
+    def resolve_update(self, u: schemas.Update) -> schemas.Materialize:
+        """The content u.id has once `u` is applied: every link it names (by id or tag) with
+        its emulation patched and validated as a whole. A patch is applied once per distinct
+        starting emulation (a tag update gives thousands of links the same change)."""
+        h = self.held.get(u.id)
+        if h is None:
+            raise InvalidMessage("id", f"no materialization {u.id!r} on this box", "not_found")
+        links = list(h.materialize.links)
+        for i, lu in enumerate(u.links):
+            if lu.link is not None:
+                hits = [j for j, link in enumerate(links) if link.id == lu.link]
+                if not hits:
+                    raise InvalidMessage(f"links[{i}].link", f"materialization {u.id!r} has no "
+                                                             f"link {lu.link!r}", "not_found")
+            else:
+                hits = [j for j, link in enumerate(links) if lu.tag in link.tags]
+                if not hits:
+                    raise InvalidMessage(f"links[{i}].tag", f"materialization {u.id!r} has no "
+                                                            f"link tagged {lu.tag!r}", "not_found")
+            patched: dict[bytes, schemas.Emulation] = {}
+            for j in hits:
+                key = msgspec.json.encode(links[j].emulation)
+                emu = patched.get(key)
+                if emu is None:
+                    emu = patched[key] = lu.emulation.apply(links[j].emulation,
+                                                            f"links[{i}].emulation")
+                links[j] = msgspec.structs.replace(links[j], emulation=emu)
+        return schemas.Materialize(id=u.id, links=links)
+
+    # -- changing (durable before returning) --------------------------------------------------------
+
+    def _next(self) -> int:
+        return self.generation + 1
+
+    def _handed_out(self, generation: int) -> None:
+        self.generation = generation
+        self._owners = None
+        if self.on_generation is not None:
+            try:
+                self.on_generation(generation)
+            except Exception as e:  # the file already holds it; the kernel copy is a floor
+                log.warning("could not record generation %d in the kernel: %s", generation, e)
+
+    def commit(self, m: schemas.Materialize) -> int:
+        """m is now what m.id must hold: durable, then its new generation returned."""
+        h = Held(m, self._next())
+        faults.hit("state.before-write", m.id)
+        if self.store is not None:
+            self.store.put(h)
+        faults.hit("state.after-write", m.id)
+        self.held[m.id] = h
+        self._handed_out(h.generation)
+        return h.generation
+
+    def remove(self, mid: str) -> int:
+        """mid holds nothing any more: durable, then the generation of the removal returned."""
+        generation = self._next()
+        faults.hit("state.before-write", mid)
+        if self.store is not None:
+            self.store.remove(mid, generation)
+        faults.hit("state.after-write", mid)
+        self.held.pop(mid, None)
+        self._handed_out(generation)
+        return generation
+
+    def vnis(self, mids: Iterable[str] | None = None) -> list[int]:
+        return [ep.vni for mid, h in self.held.items() if mids is None or mid in mids
+                for link in h.materialize.links for ep in link.endpoints]
