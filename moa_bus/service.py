@@ -33,6 +33,40 @@ VERSION = "0.1.0"
 DRY_RUN_HEADER = "Moa-Dry-Run"  # on a materialize request: reply with the plan, apply nothing
 
 
+class JetStreamUnavailable(RuntimeError):
+    """The NATS server does not offer JetStream to this connection (the message says why and what
+    to do); `moa serve` prints it and exits 1."""
+
+
+def _server_url(nc: Client) -> str:
+    u = nc.connected_url  # the server of a cluster's list this client is connected to
+    return f"{u.scheme}://{u.hostname}:{u.port}" if u is not None else "(not connected)"
+
+
+async def require_jetstream(nc: Client, timeout: float = 5.0) -> None:
+    """Return if JetStream answers for this connection's account; else JetStreamUnavailable."""
+    url = _server_url(nc)
+    try:
+        await nc.jetstream(timeout=timeout).account_info()
+    except nats.js.errors.ServiceUnavailableError as e:
+        why = (e.description or "").lower()
+        if not why:  # nothing answers $JS.API: the server runs without JetStream
+            raise JetStreamUnavailable(
+                f"the NATS server at {url} has no JetStream, which moa needs (its events stream "
+                "and durable consumer): start nats-server with -js, or put `jetstream {}` in its "
+                "configuration file, or give moa no NATS URL to use its embedded server") from None
+        if "not enabled for account" in why:
+            raise JetStreamUnavailable(
+                f"the NATS server at {url} has JetStream, but not for the account moa connects "
+                f"as ({e.description}): enable it for that account in the server's "
+                "configuration (`jetstream: enabled` in the account's block)") from None
+        raise JetStreamUnavailable(
+            f"JetStream at {url} is unavailable ({e.description})") from None
+    except nats.errors.TimeoutError:
+        raise JetStreamUnavailable(
+            f"JetStream at {url} did not answer within {timeout:g} s") from None
+
+
 @dataclass
 class ServiceConfig:
     host: str
@@ -162,6 +196,7 @@ class MoaService:
 
     async def _ensure_jetstream(self):
         """The stream for moa.<host>.events.* and our durable pull consumer, created if missing."""
+        await require_jetstream(self.nc)  # one line saying why, rather than a 503 from below
         js = self.nc.jetstream()
         s = self.subjects
         try:

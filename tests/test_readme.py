@@ -167,7 +167,7 @@ def test_example_toml_documents_and_sets_every_key(monkeypatch: pytest.MonkeyPat
     assert (s.uplink, s.host, s.allow_loss_only, s.pin_root, s.nats) == (
         "eth1", "box1", False, "/sys/fs/bpf/moa", None)
     assert (s.embedded_port, s.state_dir, s.stream_replicas, s.ack_wait, s.stats_interval,
-            s.drop_interval, s.connect_timeout) == (4222, "/var/lib/moa/nats", 1, 30.0, 1.0, 0.25,
+            s.drop_interval, s.connect_timeout) == (4222, "/var/lib/moa", 1, 30.0, 1.0, 0.25,
                                                     5.0)
     text = EXAMPLE_TOML.read_text()
     documented = {f.name for f in fields(cmd_serve.ServeSettings)}
@@ -182,12 +182,15 @@ def test_example_toml_documents_and_sets_every_key(monkeypatch: pytest.MonkeyPat
 
 def test_moa_serve_reads_the_example_toml(tmp_path: Path) -> None:
     """The real command with the example file: settings accepted (exit 1 at connecting to a dead
-    NATS, not 2), while an unknown key is a settings error (exit 2)."""
+    NATS, not 2), while an unknown key is a settings error (exit 2). The file's uplink (eth1) and
+    its sch_fq requirement are checked against this machine before NATS: here the uplink is `lo`
+    (it has 127.0.0.1) and, on a kernel without sch_fq, loss-only is allowed."""
     dead = f"nats://127.0.0.1:{free_port()}"
     env = {**os.environ, "MOA_NATS_URL": "", "MOA_HOST": "", "MOA_UPLINK": ""}
+    machine = ["--uplink", "lo", *([] if kernel_has_fq() else ["--allow-loss-only"])]
     r = subprocess.run([sys.executable, "-m", "moa_bus.cli", "serve", "--config", str(EXAMPLE_TOML),
-                        "--nats", dead, "--connect-timeout", "1"], capture_output=True, text=True,
-                       timeout=60, env=env, cwd=ROOT)
+                        *machine, "--nats", dead, "--connect-timeout", "1"], capture_output=True,
+                       text=True, timeout=60, env=env, cwd=ROOT)
     assert r.returncode == 1, r.stderr
     assert f"cannot connect to NATS at {dead}" in r.stderr
     bad = tmp_path / "bad.toml"
