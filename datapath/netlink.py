@@ -98,7 +98,7 @@ class VtepSpec:
 @dataclass(frozen=True)
 class FqSizing:
     """sch_fq parameters. Defaults of fq (limit 10k, flow_limit 100) drop under EDT delays
-    (kernel-facts.md): size them from the links' bandwidth-delay products (`fq_sizing_for`)."""
+    (docs/kernel-facts.md): size them from the links' bandwidth-delay products (`fq_sizing_for`)."""
 
     limit: int = 100_000
     flow_limit: int = 100_000

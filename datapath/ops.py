@@ -108,7 +108,7 @@ class EnsureUplink(Operation):
 
     fq=None is the loss-only mode: no fq is installed (the operator allowed it explicitly).
     The classifier stays on the bond itself: tstamp survives the bond's transmit path and fq on
-    each slave then sees it (kernel-facts.md, Bonds).
+    each slave then sees it (docs/kernel-facts.md, Bonds).
     """
 
     uplink: str

@@ -5,7 +5,7 @@ One loaded copy of pair_redirect.bpf.o serves every pair; its maps are pinned un
 while the service is down and a restarted service finds the pairs again.
 
 Mode (measured on the host kernel 6.18, namespaces, offloads on at the senders, iperf3 TCP 4 s;
-see tests/test_plumbing_pair.py and the report in docs): the tc ingress `bpf_redirect` carries
+see tests/test_plumbing_netns.py and docs/kernel-facts.md): the tc ingress `bpf_redirect` carries
 GRO/GSO super-packets that generic XDP cannot redirect, and generic XDP copies every non-linear
 skb before the program even runs, so moa attaches the tc program alone by default
 (`PairMode.TC`). `PairMode.XDP_TC` (XDP for MTU-sized frames, tc for the rest) is kept for
@@ -34,7 +34,7 @@ PEER_STRUCT = "struct moa_pair_peer"
 class PairMode(str, enum.Enum):
     TC = "tc"  # tc ingress bpf_redirect only (default)
     XDP_TC = "xdp+tc"  # generic XDP for MTU-sized frames, tc for GRO/GSO super-packets
-    XDP = "xdp"  # XDP only: collapses TCP with offloads on (kernel-facts.md); benchmarks only
+    XDP = "xdp"  # XDP only: collapses TCP with offloads on (docs/kernel-facts.md); benchmarks only
 
     @property
     def uses_xdp(self) -> bool:

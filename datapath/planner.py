@@ -14,7 +14,7 @@ Mapping of a link onto the box:
   (datapath/bpf/port.h): every member's VTEP holds a frame (sch_fq + moa_port_hold) until it
   has left the sender's port, and only then does the receiver's stage judge it.
   Without sch_fq (loss-only boxes) nothing is held, the port delay is added at egress, and the
-  port queue is kept at 2 ms: semantics.md (LAN case) found that in one computation only a port
+  port queue is kept at 2 ms: docs/semantics.md (LAN case) found that in one computation only a port
   queue much smaller than the shared one (2 ms vs 20 ms) left the slower sender its share.
   Loss and latency are applied once, at egress.
 """

@@ -16,7 +16,7 @@ DRY_RUN_HEADER = "Moa-Dry-Run"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", help="Materialize JSON (see interfaces.md), or - for stdin")
+    parser.add_argument("file", help="Materialize JSON (see docs/contract.md), or - for stdin")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the ordered operations the box would run; change nothing")
     client.add_arguments(parser, timeout=120.0)

@@ -1,4 +1,4 @@
-"""NATS subject names of interfaces.md, for one box (`host`), and the host id itself."""
+"""NATS subject names of docs/contract.md, for one box (`host`), and the host id itself."""
 from __future__ import annotations
 
 import os

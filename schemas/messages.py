@@ -1,4 +1,4 @@
-"""The messages of interfaces.md as msgspec Structs.
+"""The messages of moa's contract (docs/contract.md) as msgspec Structs.
 
 After schemas.decode every field is in Python units: durations in ns, rates in bit/s, sizes in
 bytes (plain ints), loss as a float in [0, 1]. All Structs are keyword-only and reject unknown
@@ -49,7 +49,7 @@ Stage = Literal["egress", "ingress"]
 LinkKind = Literal["p2p", "lan"]
 
 # Names of the drop reasons and stages in the order of enum moa_drop_reason / enum moa_stage in
-# datapath/bpf/abi.h (index = enum value). tests/test_abi.py should compare these with the BTF.
+# datapath/bpf/abi.h (index = enum value); tests/test_schemas.py checks them against abi.h.
 DROP_REASONS: tuple[str, ...] = ("loss", "queue", "horizon")
 STAGES: tuple[str, ...] = ("egress", "ingress")
 
@@ -73,7 +73,7 @@ class GilbertElliott(_Message, kw_only=True):
 
 
 class Emulation(_Message, kw_only=True):
-    """One link's parameters (both directions, every endpoint). See semantics.md."""
+    """One link's parameters (both directions, every endpoint). See docs/semantics.md."""
     latency: Duration = 0
     jitter: Duration = 0
     loss: Probability = 0.0
@@ -172,7 +172,7 @@ class StatusRequest(_Message, kw_only=True):
 
 class AckError(_Message, kw_only=True):
     """Why an operation was refused. code: "malformed" (not JSON), "invalid" (fails the schema or
-    a rule; field says where), or a code the service adds (e.g. "unknown_id", "conflict")."""
+    a rule; field says where) or a service code ("conflict", "not_found", ...: docs/contract.md)."""
     code: str
     field: str | None = None
     message: str

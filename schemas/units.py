@@ -1,4 +1,4 @@
-"""Durations, rates and sizes: parsing the units of interfaces.md and formatting them for display.
+"""Durations, rates and sizes: parsing docs/contract.md's units and formatting them for display.
 
 Python-side units are plain integers: nanoseconds, bits per second, bytes. On the wire a value is
 either such an integer or a string with a unit. Parsing is exact (decimal arithmetic, no floats):
@@ -6,7 +6,7 @@ either such an integer or a string with a unit. Parsing is exact (decimal arithm
 ("1.5ns", "0.5B") is rejected rather than rounded, so that format_*(parse_*(s)) loses nothing.
 
 Bounds (ValueError outside them), chosen as "absurd beyond here", not as what the datapath can do:
-- durations: 0 .. 1 hour (semantics.md asks for latency up to at least 10 s; interplanetary
+- durations: 0 .. 1 hour (latency must reach at least 10 s, docs/contract.md; interplanetary
   emulation wants minutes);
 - rates: 0 .. 10 Tbit/s (0 means unlimited; 400 Gbit/s must fit);
 - sizes: 0 .. 1 TiB.

@@ -51,7 +51,7 @@ async def test_handover_survives_decap_bridge_and_encap_on_a_lan(topo, box):
     assert [handovers(box, e.vni) for e in eps] == [0, 0, 0]
     assert box.classifier.global_counters()["handover"] == 0
 
-    # A LAN with capacity (semantics.md, LAN case), written by hand, every port backlogged.
+    # A LAN with capacity (docs/semantics.md, LAN case), written by hand, every port backlogged.
     shared = LinkEmulation(capacity_bps=RATE)
     for e in eps:
         box.classifier.set_link(e.vni, egress=shared, ingress=BUSY_PORT)

@@ -109,7 +109,7 @@ def test_format_parse_round_trip_is_exact(ns, bps, size):
     assert units.parse_size(units.format_size(size)) == size
 
 
-# ----------------------------------------------------------------------------- interfaces.md
+# ----------------------------------------------------------------------------- docs/contract.md
 
 MATERIALIZE_EXAMPLE = """{"id": "rlz42.exp.proj",
  "links": [
@@ -155,7 +155,7 @@ def test_interfaces_ack_examples_decode_and_encode_exactly():
 
 
 def test_interfaces_error_ack_is_what_decode_reports():
-    """The error example of interfaces.md is exactly the error decode produces for VNI 0."""
+    """The error example of docs/contract.md is exactly the error decode produces for VNI 0."""
     text = MATERIALIZE_EXAMPLE.replace('"vni": 101', '"vni": 0')
     with pytest.raises(InvalidMessage) as e:
         decode(Materialize, text)

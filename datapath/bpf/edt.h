@@ -6,68 +6,14 @@
  * and jitter (+ the ingress stage's handover delay on egress) -> departure clamped to the
  * link's last departure unless MOA_F_REORDER -> horizon.
  *
- * Two words carry the timeline of a stage (struct moa_stage_state): t_last, the end of
- * serialisation of the last accepted packet, and t_depart, the latest departure handed out.
- * Several CPUs send on one link at once, so both are shared. Kernel selftest test_tc_edt.c and
- * Cilium's edt.h update t_last without synchronisation: two CPUs read the same t_last, see the
- * same backlog and leave at the same time, the link carries more than its rate and exceeds
- * its queue. Here every change of either word is atomic against every other, in two paths:
- *
- * Fast path (lock-free; every stage but Gilbert-Elliott, whose state needs the lock): read
- * t_last and t_depart; decide queue and horizon against them; then
- *   1. raise t_depart: cmpxchg(t_depart, td, dep), dep > td (the clamp below), and
- *   2. commit t_last:  cmpxchg(t_last, tl, tl_new);
- * the packet leaves at dep when both succeed. When one fails, the attempt starts again from
- * the value the cmpxchg returned, up to MOA_FAST_TRIES attempts; then, or when a word reads
- * MOA_OWNED, the packet takes the locked path. A drop writes nothing; only the drop-event
- * budget is taken under the lock.
- *
- * Locked path (Gilbert-Elliott, and the fallback): under bpf_spin_lock (which orders locked
- * steps among themselves and guards ge_bad and the event budget) it takes both words with
- * xchg(word, MOA_OWNED), computes exactly as before, and stores the new values back (or the
- * old ones on a drop). While a word reads MOA_OWNED, every fast-path cmpxchg on it fails (its
- * expected value is never MOA_OWNED) and fast attempts that read it fall back: the locked
- * path owns the timeline without a retry loop of its own, so it always completes.
- *
- * Why this is correct (the two properties tests/test_classifier_edt.py and
- * test_classifier_timeline.py check, on two CPUs, with both paths racing):
- * - No lost update of t_last. Each accepted packet moves t_last from the value its tl_new was
- *   computed from: a fast commit only succeeds if t_last still holds that value, and a locked
- *   step got it from xchg and no one else can change t_last until it stores the result. The
- *   words carry the whole state, so a value that left and came back (a locked drop restores
- *   it) is as good as one that never moved. The queue decision is made against a value t_last
- *   really held: a drop is decided at that read and writes nothing.
- * - Strictly increasing departures (no MOA_F_REORDER). t_depart never decreases: a fast raise
- *   writes dep > td over td exactly (cmpxchg), a locked step writes back max(old, dep) or the
- *   old value (MOA_OWNED in between is no time: no step acts on it), and nothing else changes
- *   it. Every departure handed out is the value of one
- *   such transition from a smaller value (the clamp: dep <= td becomes td + 1), so departures
- *   are distinct, and a packet whose step starts after another's has ended raises t_depart
- *   after that one did, hence departs strictly after it. This holds when latency is lowered
- *   at run time, with jitter and with a varying handover: the clamp is exact in both paths.
- *   Packets whose steps overlap have no order of their own (as two CPUs racing for the lock
- *   never had), only distinct departures, which is what fq needs to keep them apart.
- *   Raising t_depart before committing t_last matters: a locked step that takes t_last after
- *   a fast commit then finds that packet's departure in t_depart. The price is a "phantom":
- *   an attempt whose raise succeeded but whose commit failed leaves its dep in t_depart, and
- *   a packet racing it may be clamped to just after it - later than without the phantom by
- *   less than the phantom packet's own serialisation plus delay, and only while packets race
- *   (the retry of the phantom's own packet departs after it anyway).
- * - Horizon: checked before anything is written, in both paths; a horizon drop leaves the
- *   timeline as it was.
- * Memory order: cmpxchg and xchg are full barriers on x86 (the JIT emits lock cmpxchg and
- * xchg; the host and the VM are x86), which keeps each attempt's reads before its raise and
- * its raise before its commit; other JITs are meant to give BPF's fetching atomics the full
- * ordering of the kernel's value-returning atomics (not tested here). The plain reads need no
- * order of their own: every value a step acts on is validated by the cmpxchg or taken by xchg.
- * The whole protocol is model-checked over every interleaving of small scenarios
- * (tests/test_classifier_timeline_model.py), which also shows that swapping the raise and the
- * commit, or a locked step merely reading either word, breaks it.
- *
- * Cost (docs/benchmarks.md): the lock and unlock were ~50 ns of a hit's ~120 ns over the empty
- * program; the fast path replaces them by two cmpxchg (~3 ns each, uncontended). What is left
- * is bpf_ktime_get_ns (~33 ns), parse + lookup + counters (~33), bpf_skb_set_tstamp (13) and
- * the division (8).
+ * The timeline of a stage is two words shared by every CPU (struct moa_stage_state): t_last,
+ * the end of serialisation of the last accepted packet, and t_depart, the latest departure
+ * handed out. Invariant: every change of either word is atomic against every other, so no
+ * accepted packet's update of t_last is lost and, without MOA_F_REORDER, departures strictly
+ * increase. Fast path (all but Gilbert-Elliott): cmpxchg t_depart up first, then cmpxchg the
+ * commit of t_last, at most MOA_FAST_TRIES attempts. Locked path (Gilbert-Elliott, fallback):
+ * under the stage lock, own both words by xchg(word, MOA_OWNED), then store the results.
+ * Why this is correct, the memory order it needs and what it costs: docs/timeline.md.
  */
 #ifndef MOA_EDT_H
 #define MOA_EDT_H

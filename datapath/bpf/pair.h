@@ -28,7 +28,7 @@ struct {
 
 /*
  * ifindex -> peer device, for bpf_redirect_map. The kernel resolves the value's ifindex in the
- * network namespace of the process that WRITES the entry (kernel-facts.md): userspace writes
+ * network namespace of the process that WRITES the entry (docs/kernel-facts.md): userspace writes
  * it from the box's namespace (the netlink thread).
  *
  * Not pinned (no "moa_" prefix, which is what the loader pins): the kernel adds

@@ -7,7 +7,7 @@
  *    the frames that fit the peer's MTU;
  *  - moa_pair_tc (tc ingress, direct action) redirects with bpf_redirect(peer, 0) whatever XDP
  *    passed: GRO/GSO super-packets, which generic XDP refuses to redirect (xdp_redirect_err
- *    EMSGSIZE, kernel-facts.md: TCP through an XDP-only pair collapsed to 0 Mbit/s).
+ *    EMSGSIZE, docs/kernel-facts.md: TCP through an XDP-only pair collapsed to 0 Mbit/s).
  * Either program works alone: tc alone carries everything (the XDP program is optional, see
  * datapath/pair.py for which mode moa attaches and why).
  *

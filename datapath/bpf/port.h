@@ -2,7 +2,7 @@
 /*
  * port.h - a LAN as two real hops: the sender's port, then the shared queue to the receiver.
  *
- * The LAN case of semantics.md (x0 floods x2 over a LAN of capacity C, x1 sends 0.5 C to x2):
+ * The LAN case of docs/semantics.md (x0 floods x2 over a LAN of capacity C, x1 sends 0.5 C to x2):
  * a real switch drops x0's excess at x0's own port and lets the port to x2 share C among
  * what actually arrives. The ingress stage (uplink ingress, keyed by the sender's VNI) decides
  * the sender's port: drop, or the delay until the frame has left that port. Applying that

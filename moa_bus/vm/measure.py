@@ -82,7 +82,7 @@ def iperf3(
     """One iperf3 run; client JSON (with the server's output) on stdout, "$STEP.server.json".
 
     The server is waited for by pid (a bare `wait` would hang on daemonized servers) and must
-    run with -J for --get-server-output (environment.md).
+    run with -J for --get-server-output (docs/environment.md).
     """
     opts = f"-c {dst} -p {port} -t {seconds} -J --get-server-output -P {parallel}"
     if omit_s:

@@ -111,7 +111,7 @@ def testbed(prefix: str) -> Testbed:
 
 
 def materialize_doc(links: tuple[MoaLink, ...] = LINKS) -> dict:
-    """The Materialize message (interfaces.md): endpoints carry the hypervisor's underlay address
+    """The Materialize message (docs/contract.md): endpoints carry the hypervisor's underlay address
     as `remote`; moa creates the box's VTEPs itself."""
     out = []
     for lk in links:

@@ -21,7 +21,7 @@ from .topo import Testbed
 
 MSS = 1448  # TCP payload per 1500-byte frame with timestamps
 INNER_TCP_FRAME = 1514  # Ethernet frame carrying MSS (no FCS)
-L1_OVERHEAD = 24  # charged per frame (semantics.md)
+L1_OVERHEAD = 24  # charged per frame (docs/semantics.md)
 UDP_FRAME_OVERHEAD = 8 + 20 + 14  # UDP + IPv4 + Ethernet headers around an iperf3 datagram
 
 
@@ -55,7 +55,7 @@ class E2eConfig:
     latency_ms: float = 20.0
     capacity_bps: int = 50_000_000
     # Issue 5: 2x overload of a 20 Mbit/s link. One iperf3 UDP sender holds 40 Mbit/s under TCG
-    # when the host is quiet (65-200 Mbit/s, environment.md); with other load on the host it may
+    # when the host is quiet (65-200 Mbit/s, docs/environment.md); with other host load it may
     # not: the tests check the sender's rate before judging a shaper.
     udp_capacity_bps: int = 20_000_000
     udp_offered_bps: int = 40_000_000

@@ -6,7 +6,7 @@
  * a constant delay; every other packet goes on to the next filter (TC_ACT_UNSPEC), so it shares
  * the hook with moa's classifier (which sits at a later prio).
  *
- * Parameters are compile-time (moa_bus.vm.edt_ref builds one object per configuration):
+ * Parameters are compile-time (moa_bus.vm.shaping.build_edt_ref builds one object per configuration):
  *   VNI       the shaped VXLAN network identifier
  *   DELAY_NS  added one-way delay
  *   RATE_BPS  capacity in bit/s, 0 = unlimited; charged per inner frame + 24 bytes L1 overhead
@@ -38,7 +38,7 @@
 #define VXLAN_PORT 4789
 /* Outer Ethernet + IPv4 (no options) + UDP + VXLAN: what a segment carries beyond its inner frame. */
 #define OUTER_LEN (14 + 20 + 8 + 8)
-/* Preamble + SFD + FCS + inter-frame gap, per inner frame (semantics.md). */
+/* Preamble + SFD + FCS + inter-frame gap, per inner frame (docs/semantics.md). */
 #define L1_OVERHEAD 24
 
 struct timeline {
@@ -140,7 +140,7 @@ int edt_ref(struct __sk_buff *skb)
 		if (drop)
 			return TC_ACT_SHOT;
 	}
-	/* MONO: skb->tstamp may hold a CLOCK_REALTIME receive time (kernel-facts.md). */
+	/* MONO: skb->tstamp may hold a CLOCK_REALTIME receive time (docs/kernel-facts.md). */
 	bpf_skb_set_tstamp(skb, depart + DELAY_NS, BPF_SKB_TSTAMP_DELIVERY_MONO);
 	return TC_ACT_OK;
 }

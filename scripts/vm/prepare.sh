@@ -51,8 +51,8 @@ fi
 VERSION="$(cat "$CACHE/kernel.version")"
 VMLINUZ="$KDIR/boot/vmlinuz-$VERSION"
 
-# 3. Uncompressed vmlinux: boots about 5 s faster under TCG than the bzImage (environment.md).
-#    Same idea as the kernel's scripts/extract-vmlinux: find the compressed payload by magic.
+# 3. Uncompressed vmlinux: boots about 5 s faster under TCG than the bzImage (docs/environment.md).
+#    Same idea as the kernel's extract-vmlinux script: find the compressed payload by magic.
 VMLINUX="$CACHE/vmlinux-$VERSION"
 if [[ ! -s "$VMLINUX" ]]; then
   log "extracting vmlinux"

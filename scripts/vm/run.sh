@@ -81,7 +81,7 @@ start=$(date +%s.%N)
 set +e
 qrc=1
 if [[ "${MOA_VM_KVM:-0}" == "1" ]]; then
-  # KVM only where it works: on these machines it cannot boot a stock kernel (environment.md).
+  # KVM only where it works: on these machines it cannot boot a stock kernel (docs/environment.md).
   MOA_VM_TIMEOUT="${MOA_VM_KVM_TIMEOUT:-120}" boot kvm
   qrc=$?
   [[ -f "$OUT/rc" ]] || echo "run.sh: KVM boot failed (qemu exit $qrc), falling back to TCG" >&2

@@ -2,7 +2,7 @@
 (scripts/vm/edt_ref.bpf.c), in one boot, on a box whose uplink is a bond with fq on its slaves
 (put there by moa's service, which runs in the same boot: tests/vm/test_vm_moa.py).
 
-Method (environment.md's calibration): added delay = ping RTT minus the same boot's
+Method (docs/environment.md's calibration): added delay = ping RTT minus the same boot's
 baseline median RTT, one direction shaped. Software emulation's timers add 0.2-0.9 ms, single
 probes up to +17 ms, so the bounds are on the median and the 90th percentile; baseline and
 shapers take turns in 5 rounds of 120 probes, and the tested figures are the median over the
