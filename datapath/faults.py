@@ -11,7 +11,8 @@ process (read once, at import), or by `arm()` in-process. A spec is a comma-sepa
     state.after-write/big=kill         big's desired state is durable, the ack not yet sent
 
 A point's path segments are matched one by one, `*` matching any. Points (who calls `hit`):
-`plan.before/<id>/<i>` and `plan.after/<id>/<i>` (datapath.ops.run_plan),
+`plan.before/<id>/<i>`, `plan.after/<id>/<i>` and `plan.revert/<id>/<i>` (the undoing of
+operation i in a rollback) (datapath.ops.run_plan),
 `rtnl.window/<k>` (datapath.rtnl.Rtnl.run), `params.before-write/<id>` and
 `params.after-write/<id>` (a parameters-only update, datapath.api), `state.before-write/<id>`
 and `state.after-write/<id>` (moa_bus.desired), `ack.before/<id>` (moa_bus.applier).

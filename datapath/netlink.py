@@ -93,6 +93,7 @@ class VtepSpec:
     underlay: str
     port: int = 4789
     mtu: int = 1450
+    address: str | None = None  # its MAC; None: the kernel picks one (a rollback restores it)
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,7 @@ class MoaDevice:
     port: int | None = None
     underlay: int | None = None
     xdp_prog_id: int | None = None
+    address: str | None = None  # MAC
     root_qdisc: str | None = None  # kind of its root qdisc when asked for ("fq": a held LAN port)
 
 
@@ -254,6 +256,8 @@ class Netlink:
                 "vxlan_port": spec.port, "vxlan_learning": 0, "vxlan_link": underlay,
                 "mtu": spec.mtu,
             }
+            if spec.address is not None:
+                attrs["address"] = spec.address
             attrs["vxlan_group6" if six else "vxlan_group"] = spec.remote
             attrs["vxlan_local6" if six else "vxlan_local"] = spec.local
             try:
@@ -329,6 +333,7 @@ class Netlink:
                 mtu=d["mtu"], master=d["master"] or None, vni=d.get("vni"),
                 local=d.get("local"), remote=d.get("remote"), port=d.get("port"),
                 underlay=d.get("underlay"), xdp_prog_id=d["xdp_prog_id"] or None,
+                address=d.get("address"),
                 root_qdisc=roots.get(d["index"])))
         return out
 

@@ -628,10 +628,12 @@ class PlanResult:
 def run_plan(ops: Sequence[Operation], env: Env, label: str = "") -> PlanResult:
     """Apply `ops` in order; on a failure revert the applied ones in reverse, raise PlanError.
 
-    `label` names the plan (its materialization) for the failpoints `plan.before/<label>/<i>`
-    and `plan.after/<label>/<i>` (datapath/faults.py), which tests arm to fail operation i.
+    `label` names the plan (its materialization) for the failpoints `plan.before/<label>/<i>`,
+    `plan.after/<label>/<i>` and `plan.revert/<label>/<i>` (datapath/faults.py), which tests
+    arm to fail operation i, or its undoing.
     """
     done: list[Operation] = []
+    index = {id(op): i for i, op in enumerate(ops)}
 
     def fail(i: int, op: Operation, e: Exception) -> PlanError:
         errors: list[tuple[Operation, BaseException]] = []
@@ -639,6 +641,7 @@ def run_plan(ops: Sequence[Operation], env: Env, label: str = "") -> PlanResult:
         undo_list = [*([] if any(op is d for d in done) else [op]), *reversed(done)]
         for undo in undo_list:
             try:
+                faults.hit("plan.revert", label, index[id(undo)])
                 undo.revert(env)
             except Exception as re:  # keep going: revert as much as possible
                 log.error("rollback of %s failed: %s", undo.describe(), re)

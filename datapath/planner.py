@@ -156,8 +156,10 @@ class Current:
 
 
 def _spec_of(dev: MoaDevice, cfg: PlanConfig, underlay_name: str) -> VtepSpec:
+    """The spec of a VTEP the kernel holds, its MAC included: what a rollback re-creates."""
     return VtepSpec(name=dev.name, vni=dev.vni or 0, local=dev.local or "", remote=dev.remote or "",
-                    underlay=underlay_name, port=dev.port or DEFAULT_VXLAN_PORT, mtu=dev.mtu)
+                    underlay=underlay_name, port=dev.port or DEFAULT_VXLAN_PORT, mtu=dev.mtu,
+                    address=dev.address)
 
 
 def plan(m: schemas.Materialize, current: Current, cfg: PlanConfig,

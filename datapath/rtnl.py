@@ -34,7 +34,7 @@ RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 RTM_NEWQDISC, RTM_GETQDISC, RTM_NEWTFILTER = 36, 38, 44
 TC_H_ROOT = 0xFFFFFFFF
 
-IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO = 3, 4, 10, 18
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO = 1, 3, 4, 10, 18
 IFLA_IFALIAS, IFLA_AF_SPEC, IFLA_GROUP = 20, 26, 27
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 IFLA_VXLAN_ID, IFLA_VXLAN_GROUP, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL = 1, 2, 3, 4
@@ -326,6 +326,7 @@ def parse_link(payload: bytes) -> dict:
     out = dict(index=index, flags=flags, name=_str(a.get(IFLA_IFNAME)),
                alias=_str(a.get(IFLA_IFALIAS)), mtu=_u32(a.get(IFLA_MTU)),
                master=_u32(a.get(IFLA_MASTER)), kind=kind, group=_u32(a.get(IFLA_GROUP)) or 0,
+               address=a[IFLA_ADDRESS].hex(":") if IFLA_ADDRESS in a else None,
                xdp_prog_id=_u32(attrs(a[IFLA_XDP]).get(IFLA_XDP_PROG_ID)) if IFLA_XDP in a else None)
     if kind == "vxlan" and IFLA_INFO_DATA in info:
         d = attrs(info[IFLA_INFO_DATA])

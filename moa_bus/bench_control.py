@@ -15,6 +15,9 @@ measured is reported as null with the reason in `notes`):
   own (map_update_10k_s: no netlink, no NATS);
 - the service's resident memory with all that applied (rss_mib), the pinned BPF maps' memory
   (bpf_map_bytes), the worst-case sch_fq memory the links imply, as `moa status` reports it;
+- a restart: `kill -9` of the service holding all of it, started again, until its first status
+  reply that holds every link at the generation acked before (restart_s: the durable state is
+  read, the kernel compared with it, and the service answers);
 - TCP throughput through a point-to-point link (the redirect pair) and through a 3-member LAN
   (the bridge), iperf3 between two nodes, offloads on (pair_gbps, bridge_gbps);
 - drop events from the BPF ring buffer to NATS: a classifier of its own in this process, a
@@ -63,6 +66,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drop-events", type=int, default=200_000,
                         help="drop events pushed through the ring buffer (200000)")
     parser.add_argument("--iperf-seconds", type=float, default=5.0, help="per iperf3 run (5)")
+    parser.add_argument("--only", metavar="STEPS",
+                        help=f"comma-separated steps to run, of {', '.join(STEPS)} "
+                             "(default: all; update, memory and restart need materialize)")
+
+
+STEPS = ("rtt", "materialize", "update", "memory", "restart", "throughput", "map_updates",
+         "drop_events")
 
 
 # ---------------------------------------------------------------------------- documents
@@ -121,10 +131,14 @@ class Bench:
             "update_links": None, "update_s": None, "map_update_10k_s": None,
             "rss_mib": None, "bpf_map_bytes": None, "fq_memory_bytes": None,
             "pair_gbps": None, "bridge_gbps": None,
-            "rtt_p50_us": None, "rtt_p99_us": None, "requests": args.requests,
+            "rtt_p50_us": None, "rtt_p99_us": None, "requests": args.requests, "restart_s": None,
             "drop_events_per_s": None, "drop_events": None, "drop_events_lost": None,
             "notes": [],
         }
+        self.steps = set(args.only.split(",")) if getattr(args, "only", None) else set(STEPS)
+        unknown = self.steps - set(STEPS)
+        if unknown:
+            raise SystemExit(f"moa bench control: --only: unknown steps {sorted(unknown)}")
         self.host = f"bench{os.getpid()}"
         self.subjects = Subjects(self.host)
 
@@ -141,27 +155,39 @@ class Bench:
         nc = None
         try:
             await asyncio.to_thread(server.start)
+            self.url = server.url
             serve = self._start_serve(bed, server.url, tmp / "serve.log")
             nc = await nats.connect(server.url, connect_timeout=5, max_reconnect_attempts=1,
                                     pending_size=256 << 20)
             await self._wait_ready(nc, serve, tmp / "serve.log")
             self.out["loss_only"] = "loss-only" in (tmp / "serve.log").read_text(errors="replace")
-            for what, step in (("round trips", self._rtt), ("materialize", self._materialize),
-                               ("update", self._update), ("memory", self._memory),
-                               ("throughput", self._throughput)):
+            for what, step in (("rtt", self._rtt), ("materialize", self._materialize),
+                               ("update", self._update), ("memory", self._memory)):
+                if what in self.steps:
+                    try:
+                        await step(nc, bed, serve)
+                    except Exception as e:
+                        self.note(what, e)
+            if "restart" in self.steps:
                 try:
-                    await step(nc, bed, serve)
+                    serve = await self._restart(nc, bed, serve, tmp)
                 except Exception as e:
-                    self.note(what, e)
-            for what, sync_step in (("map updates", self._map_updates),):
+                    self.note("restart", e)
+            if "throughput" in self.steps:
                 try:
-                    await asyncio.to_thread(sync_step)
+                    await self._throughput(nc, bed, serve)
                 except Exception as e:
-                    self.note(what, e)
-            try:
-                await self._drop_events(server.url)
-            except Exception as e:
-                self.note("drop events", e)
+                    self.note("throughput", e)
+            if "map_updates" in self.steps:
+                try:
+                    await asyncio.to_thread(self._map_updates)
+                except Exception as e:
+                    self.note("map updates", e)
+            if "drop_events" in self.steps:
+                try:
+                    await self._drop_events(server.url)
+                except Exception as e:
+                    self.note("drop events", e)
         finally:
             if nc is not None:
                 await nc.close()
@@ -181,8 +207,8 @@ class Bench:
         env = {**os.environ, "MOA_NATS_URL": "", "MOA_UPLINK": "", "MOA_HOST": ""}
         cmd = [sys.executable, "-m", "moa_bus.cli", "serve", "--nats", url, "--host", self.host,
                "--uplink", UPLINK, "--local", BOX_ADDR, "--netns", bed.box,
-               "--pin-root", bed.pin_root, "--allow-loss-only"]
-        with open(log, "wb") as f:
+               "--pin-root", bed.pin_root, "--state-dir", bed.state_dir, "--allow-loss-only"]
+        with open(log, "ab") as f:
             return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
                                     env=env, cwd=str(Path(__file__).resolve().parents[1]))
 
@@ -263,6 +289,36 @@ class Bench:
         st = await self._request(nc, "status", b"{}")
         self.out["fq_memory_bytes"] = st.get("fq_memory_bytes")
 
+    async def _restart(self, nc, bed: Testbed, serve: subprocess.Popen[bytes],
+                       tmp: Path) -> subprocess.Popen[bytes]:
+        """kill -9, start again, time until the first status reply that holds every link of
+        the materialization at the generation it had: the service restarted for real."""
+        import nats.errors
+
+        before = await self._request(nc, "status", {"id": "bench"})
+        (held,) = before["materializations"]
+        want = (held["generation"], len(held["links"]))
+        serve.kill()
+        serve.wait()
+        t0 = time.perf_counter()
+        serve = self._start_serve(bed, self.url, tmp / "serve.log")
+        while time.perf_counter() - t0 < 120:
+            if serve.poll() is not None:
+                raise RuntimeError("moa serve exited after its restart")
+            try:
+                reply = json.loads((await nc.request(self.subjects.op("status"),
+                                                     b'{"id": "bench"}', timeout=1)).data)
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                await asyncio.sleep(0.01)
+                continue
+            got = reply.get("materializations") or [{}]
+            if (got[0].get("generation"), len(got[0].get("links", []))) == want:
+                self.out["restart_s"] = round(time.perf_counter() - t0, 3)
+                return serve
+            raise RuntimeError(f"after the restart, status holds {got[0].get('generation')} / "
+                               f"{len(got[0].get('links', []))} links, not {want}")
+        raise RuntimeError("no status reply within 120 s of the restart")
+
     async def _throughput(self, nc, bed: Testbed, serve) -> None:
         doc = {"id": "tput", "links": [
             _link("pair", list(PAIR_VNIS), [bed.hv_addr(1), bed.hv_addr(2)], {}),
@@ -308,9 +364,10 @@ class Bench:
             for vni in vnis:
                 clf.set_link(vni, egress=old)
             t0 = time.perf_counter()
-            clf.update_links({vni: (new, None) for vni in vnis})
+            stages = clf.encode_stages(new, None)
+            clf.update_links({vni: stages for vni in vnis})
             self.out["map_update_10k_s"] = round(time.perf_counter() - t0, 4)
-            if any(bytes(clf.link(v).stage[0]) != bytes(new.to_params(clf.abi)) for v in vnis):
+            if any(clf.stages_of(raw) != stages for raw in clf.raw_links(vnis).values()):
                 raise RuntimeError("not every link has the new parameters")
 
     async def _drop_events(self, url: str) -> None:
@@ -318,6 +375,7 @@ class Bench:
 
         from datapath.classifier import Classifier, ClassifierConfig
         from datapath.emulation import LinkEmulation
+        from moa_bus.desired import DesiredState
         from moa_bus.telemetry import Telemetry
 
         total = self.args.drop_events
@@ -326,8 +384,8 @@ class Bench:
         pub = await nats.connect(url, pending_size=256 << 20)
         sub_nc = await nats.connect(url, pending_size=256 << 20)
         source = BareClassifierDrops(clf)
-        telemetry = Telemetry(pub, source, Subjects(self.host), stats_interval=3600,
-                              drop_interval=0.02)
+        telemetry = Telemetry(pub, source, DesiredState(), Subjects(self.host),  # type: ignore[arg-type]
+                              stats_interval=3600, drop_interval=0.02)
         arrived = 0
         batches = 0
         done = asyncio.Event()
@@ -386,11 +444,14 @@ class BareClassifierDrops:
         from datapath.drops import DropEventReader
 
         self.reader = DropEventReader(clf)
-        self.drop_events = self.reader.subscribe
         self.drop_event_losses = self.reader.losses
 
-    async def link_stats(self) -> list[schemas.LinkStats]:
-        return []
+    def drop_events(self, callback: Any, owner: Any) -> None:
+        self.reader.owner = owner
+        self.reader.subscribe(callback)
+
+    async def counters(self, vnis: Any) -> dict:
+        return {}
 
     def close(self) -> None:
         self.reader.close()
@@ -414,6 +475,9 @@ def _vxlan_frame(vni: int) -> bytes:
 def run(args: argparse.Namespace) -> int:
     if args.requests < 2000:
         raise SystemExit("moa bench control: --requests must be at least 2000")
+    for step in (args.only or "").split(","):
+        if step and step not in STEPS:
+            raise SystemExit(f"moa bench control: --only: {step!r} is not one of {', '.join(STEPS)}")
     if os.geteuid() != 0:
         raise SystemExit("moa bench control: needs root (network namespaces, BPF)")
     import uvloop
@@ -442,6 +506,8 @@ def _print(r: dict[str, Any]) -> None:
           f"{_fmt(r['map_update_10k_s'], ' s')}")
     print(f"  service RSS {_fmt(r['rss_mib'], ' MiB')}, pinned BPF maps "
           f"{_fmt(r['bpf_map_bytes'], ' B')}, worst-case fq memory {_fmt(r['fq_memory_bytes'], ' B')}")
+    print(f"  restart: kill -9, then the first correct status reply after "
+          f"{_fmt(r['restart_s'], ' s')}")
     print(f"  TCP through the pair {_fmt(r['pair_gbps'], ' Gbit/s')}, through a bridge "
           f"{_fmt(r['bridge_gbps'], ' Gbit/s')}")
     print(f"  request/reply round trip over {r['requests']} requests per kind: "

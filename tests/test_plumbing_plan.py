@@ -137,6 +137,25 @@ def test_vtep_moving_from_a_pair_to_a_lan_gets_held():
     assert {op.vtep for op in ops if isinstance(op, HoldAtPort)} == {"mv200", "mv201", "mv202"}
 
 
+def test_a_held_vtep_deleted_is_rebuilt_with_its_hold_and_mac():
+    """What undoes a DeleteVtep comes from the kernel's reading: the LAN member's root qdisc
+    (sch_fq: it was held at its port), its bridge and its MAC. A point-to-point VTEP (no fq)
+    comes back without a hold. (DeleteVtep.revert runs them on a kernel with sch_fq in the VM
+    tier.)"""
+    import dataclasses
+
+    cur = applied(mat())
+    for name in ("mv200", "mv201", "mv202"):
+        cur.devices[name] = dataclasses.replace(cur.devices[name], root_qdisc="fq",
+                                                address=f"02:00:00:00:02:{name[-2:]}")
+    ops = plan(schemas.Materialize(id="m", links=[]), cur, HELD, encode, UPLINK_INDEX)
+    deleted = {op.spec.name: op for op in ops if isinstance(op, DeleteVtep)}
+    assert {n: op.hold for n, op in deleted.items()} == {
+        "mv100": None, "mv101": None, "mv200": FqSizing(), "mv201": FqSizing(), "mv202": FqSizing()}
+    assert deleted["mv201"].spec.address == "02:00:00:00:02:01"
+    assert deleted["mv201"].master == bridge_name("m", "lan")
+
+
 def test_held_plan_of_identical_content_is_empty():
     m = mat()
     cur = applied(m)
