@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -65,6 +66,21 @@ def _best_effort_id(data: bytes) -> str | None:
         return None
     ident = obj.get("id") if isinstance(obj, dict) else None
     return ident if isinstance(ident, str) and len(ident) <= 256 else None
+
+
+_LINK_FIELD = re.compile(r"^links\[(\d+)\]")
+
+
+def _in_update(e: InvalidMessage, m: schemas.Materialize, origin: dict[str, int]) -> InvalidMessage:
+    """An error about links[j] of the materialization an Update resolved to, moved to the
+    entry of the Update that changed that link (links[i] of the Update)."""
+    found = _LINK_FIELD.match(e.field)
+    if found is None or int(found[1]) >= len(m.links):
+        return e
+    i = origin.get(m.links[int(found[1])].id)
+    if i is None:
+        return e
+    return InvalidMessage(f"links[{i}]" + e.field[found.end():], e.message, e.code)
 
 
 @dataclass
@@ -186,18 +202,22 @@ class Applier:
             return d.commit(msg)
         if op == "dematerialize":
             if redelivered and d.get(msg.id) is None:
-                return None  # applied before the redelivery: already gone
+                # applied before the redelivery: already gone, at the generation it went
+                return d.removed.get(msg.id)
             d.check_dematerialize(msg.id)
             await self.datapath.apply(schemas.Materialize(id=msg.id, links=[]))
             self.unconverged.pop(msg.id, None)
             return d.remove(msg.id)
         # update: parameters only; the new content is made here, once
-        m = d.resolve_update(msg)
+        m, origin = d.resolve_update(msg)
         held = d.get(msg.id)
         assert held is not None  # resolve_update raised not_found otherwise
         if d.same_content(m):
             return held.generation
-        await self.datapath.apply(m, params_only=msg.id not in self.unconverged)
+        try:
+            await self.datapath.apply(m, params_only=msg.id not in self.unconverged)
+        except InvalidMessage as e:  # names a link of m: name the update's entry instead
+            raise _in_update(e, m, origin) from None
         self.unconverged.pop(msg.id, None)
         return d.commit(m)
 

@@ -375,7 +375,7 @@ async def open_kernel_box(s: ServeSettings) -> OpenedBox:
     try:
         desired = DesiredState(store=store, held=held,
                                generation=max(stored_generation, datapath.generation_floor()),
-                               on_generation=datapath.record_generation)
+                               removed=store.removed, on_generation=datapath.record_generation)
         datapath.record_generation(desired.generation)
         report = await datapath.reconcile(desired.materializations())
     except BaseException:

@@ -224,7 +224,8 @@ class Demo:
         self.say(f"   nats-server with JetStream on {self.nats.url} (state in {self.tmp / 'nats'}); "
                  "`moa serve` without --nats starts the same on 127.0.0.1:4222")
         argv = ["serve", "--host", self.host, "--uplink", UPLINK,
-                "--netns", self.tb.box, "--pin-root", self.pin_root, "--stats-interval", "0.5"]
+                "--netns", self.tb.box, "--pin-root", self.pin_root,
+                "--state-dir", str(self.tmp / "state"), "--stats-interval", "0.5"]
         if not self.has_fq:
             argv.append("--allow-loss-only")
         shown = ["moa", *argv, "--nats", self.nats.url]

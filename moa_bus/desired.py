@@ -41,6 +41,17 @@ class StateError(RuntimeError):
     """The state directory cannot be read or written (names the file and why)."""
 
 
+REMOVALS_KEPT = 1024  # the last removals remembered (a redelivered dematerialize's generation)
+
+
+class _Floor(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The `generation` file: the highest generation handed out when a file was last removed,
+    and the generation at which each of the last removed materializations went."""
+    format: int
+    generation: int
+    removed: dict[str, int] = {}
+
+
 class _Stored(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """One file of the store: a materialization's whole content and its generation."""
     format: int
@@ -65,7 +76,8 @@ def content_digest(m: schemas.Materialize) -> bytes:
 
 class StateStore:
     """Files in one directory: `mat.<id>.json` per materialization (the id percent-encoded),
-    and `generation`, the highest generation handed out, rewritten before a file is removed."""
+    and `generation`: the highest generation handed out and the last removals, rewritten
+    before a file is removed."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.dir = Path(directory)
@@ -74,7 +86,8 @@ class StateStore:
         return self.dir / f"{_PREFIX}{quote(mid, safe='')}{_SUFFIX}"
 
     def load(self) -> tuple[dict[str, Held], int]:
-        """Every materialization stored and the highest generation recorded (0: none)."""
+        """Every materialization stored and the highest generation recorded (0: none); the
+        last removals in `self.removed`."""
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             names = sorted(os.listdir(self.dir))
@@ -82,13 +95,16 @@ class StateStore:
             raise StateError(f"state directory {self.dir}: {e.strerror}") from None
         held: dict[str, Held] = {}
         floor = 0
+        self.removed: dict[str, int] = {}
         for name in names:
             path = self.dir / name
             if name.endswith(".tmp"):  # a write that a crash interrupted: never renamed
                 path.unlink(missing_ok=True)
                 continue
             if name == _FLOOR:
-                floor = max(floor, self._read_floor(path))
+                recorded = self._read_floor(path)
+                floor = max(floor, recorded.generation)
+                self.removed = dict(recorded.removed)
                 continue
             if not (name.startswith(_PREFIX) and name.endswith(_SUFFIX)):
                 continue
@@ -114,11 +130,14 @@ class StateStore:
                              "(the box then drops that materialization at start)") from None
         return Held(m, stored.generation)
 
-    def _read_floor(self, path: Path) -> int:
+    def _read_floor(self, path: Path) -> _Floor:
         try:
-            return int(path.read_text().strip() or 0)
-        except (OSError, ValueError) as e:
-            raise StateError(f"{path} is damaged ({e}): remove it") from None
+            return msgspec.json.decode(path.read_bytes(), type=_Floor)
+        except OSError as e:
+            raise StateError(f"{path}: {e.strerror}") from None
+        except msgspec.DecodeError as e:
+            raise StateError(f"{path} is damaged ({e}): remove it (the kernel keeps a copy of "
+                             "the generation)") from None
 
     def put(self, held: Held) -> None:
         data = msgspec.json.encode(_Stored(format=FORMAT, generation=held.generation,
@@ -126,10 +145,12 @@ class StateStore:
                                                schemas.encode(held.materialize))))
         self._write(self._path(held.materialize.id), data)
 
-    def remove(self, mid: str, generation: int) -> None:
-        """Forget `mid`; `generation` (of the removal) is recorded first, so the highest
-        generation handed out survives the file that carried it."""
-        self._write(self.dir / _FLOOR, f"{generation}\n".encode())
+    def remove(self, mid: str, generation: int, removed: dict[str, int]) -> None:
+        """Forget `mid`; `generation` (of the removal) and `removed` (the last removals, this
+        one included) are recorded first, so the highest generation handed out survives the
+        file that carried it."""
+        self._write(self.dir / _FLOOR, msgspec.json.encode(
+            _Floor(format=FORMAT, generation=generation, removed=removed)))
         try:
             self._path(mid).unlink(missing_ok=True)
             self._sync_dir()
@@ -169,6 +190,7 @@ class DesiredState:
     store: StateStore | None = None
     held: dict[str, Held] = field(default_factory=dict)
     generation: int = 0  # the highest generation handed out
+    removed: dict[str, int] = field(default_factory=dict)  # the last removals: id -> generation
     on_generation: Callable[[int], None] | None = None
     _owners: dict[int, tuple[str, str]] | None = None  # vni -> (materialization, link)
 
@@ -178,7 +200,7 @@ class DesiredState:
         """The state `store` holds; generations continue above max(stored, `floor`)."""
         held, stored = store.load()
         return cls(store=store, held=held, generation=max(stored, floor),
-                   on_generation=on_generation)
+                   removed=store.removed, on_generation=on_generation)
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -216,14 +238,17 @@ class DesiredState:
             raise InvalidMessage("id", f"no materialization {mid!r} on this box", "not_found")
         return h
 
-    def resolve_update(self, u: schemas.Update) -> schemas.Materialize:
+    def resolve_update(self, u: schemas.Update) -> tuple[schemas.Materialize, dict[str, int]]:
         """The content u.id has once `u` is applied: every link it names (by id or tag) with
-        its emulation patched and validated as a whole. A patch is applied once per distinct
-        starting emulation (a tag update gives thousands of links the same change)."""
+        its emulation patched and validated as a whole; and, for each link it changed, the
+        index of the last of u's entries that named it (to name u's field in an error about
+        that link). A patch is applied once per distinct starting emulation (a tag update gives
+        thousands of links the same change)."""
         h = self.held.get(u.id)
         if h is None:
             raise InvalidMessage("id", f"no materialization {u.id!r} on this box", "not_found")
         links = list(h.materialize.links)
+        origin: dict[str, int] = {}
         for i, lu in enumerate(u.links):
             if lu.link is not None:
                 hits = [j for j, link in enumerate(links) if link.id == lu.link]
@@ -243,7 +268,8 @@ class DesiredState:
                     emu = patched[key] = lu.emulation.apply(links[j].emulation,
                                                             f"links[{i}].emulation")
                 links[j] = msgspec.structs.replace(links[j], emulation=emu)
-        return schemas.Materialize(id=u.id, links=links)
+                origin[links[j].id] = i
+        return schemas.Materialize(id=u.id, links=links), origin
 
     # -- changing (durable before returning) --------------------------------------------------------
 
@@ -267,17 +293,23 @@ class DesiredState:
             self.store.put(h)
         faults.hit("state.after-write", m.id)
         self.held[m.id] = h
+        self.removed.pop(m.id, None)
         self._handed_out(h.generation)
         return h.generation
 
     def remove(self, mid: str) -> int:
         """mid holds nothing any more: durable, then the generation of the removal returned."""
         generation = self._next()
+        removed = {k: v for k, v in self.removed.items() if k != mid}
+        removed[mid] = generation
+        while len(removed) > REMOVALS_KEPT:
+            del removed[next(iter(removed))]  # the oldest
         faults.hit("state.before-write", mid)
         if self.store is not None:
-            self.store.remove(mid, generation)
+            self.store.remove(mid, generation, removed)
         faults.hit("state.after-write", mid)
         self.held.pop(mid, None)
+        self.removed = removed
         self._handed_out(generation)
         return generation
 

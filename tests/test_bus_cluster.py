@@ -20,6 +20,7 @@ from moa_bus.natsserver import NatsServer, free_port
 from moa_bus.subjects import Subjects
 from moa_bus.testbed import BOX_ADDR, UPLINK, Testbed
 from tests.fixtures.moabox import js_stream_idle, moa_devices, p2p_materialize, vni_keys
+from tests.fixtures.service import plan_of
 from tests.fixtures.topology import topo  # noqa: F401
 
 pytestmark = [pytest.mark.netns, pytest.mark.nats]
@@ -103,29 +104,20 @@ async def _publish(js, subject: str, data: bytes, msg_id: str, timeout: float = 
 
 
 class Recording:
-    """The real KernelDatapath, with the sequence of changes it was asked to apply written down
-    (the proof of order and once-ness that does not depend on at-most-once acks)."""
+    """The real KernelDatapath, with every change it was asked to apply written down as
+    (materialization, parameters only, loss of its first link): the proof of order and
+    once-ness that does not depend on at-most-once acks. Everything else goes straight through."""
 
     def __init__(self, dp) -> None:
         self._dp = dp
-        self.applied: list[tuple[str, str, str]] = []
+        self.applied: list[tuple[str, bool, float | None]] = []
 
     def __getattr__(self, name: str):
         return getattr(self._dp, name)
 
-    async def materialize(self, m):
-        r = await self._dp.materialize(m)
-        self.applied.append(("materialize", m.id, ""))
-        return r
-
-    async def update(self, u):
-        r = await self._dp.update(u)
-        self.applied.append(("update", u.id, repr(u.links[0].emulation.loss)))
-        return r
-
-    async def dematerialize(self, id):
-        r = await self._dp.dematerialize(id)
-        self.applied.append(("dematerialize", id, ""))
+    async def apply(self, m, *, params_only: bool = False):
+        r = await self._dp.apply(m, params_only=params_only)
+        self.applied.append((m.id, params_only, m.links[0].emulation.loss if m.links else None))
         return r
 
 
@@ -138,7 +130,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         c.stop()
 
 
-def _events(topo: Testbed) -> list[tuple[str, dict, tuple[str, str, str]]]:
+def _events(topo: Testbed) -> list[tuple[str, dict, tuple[str, bool, float]]]:
     """100 events: updates of link l0's loss (each a new value), every tenth a materialization of
     a new id; with what the datapath must be asked, in this order."""
     out = []
@@ -146,11 +138,11 @@ def _events(topo: Testbed) -> list[tuple[str, dict, tuple[str, str, str]]]:
         if i % 10 == 9:
             mid = f"c{i}"
             out.append(("materialize", p2p_materialize(mid, 1, 7000 + 2 * i, topo),
-                        ("materialize", mid, "")))
+                        (mid, False, 0.0)))
         else:
             loss = (i + 1) / 1000
             out.append(("update", {"id": "base", "links": [{"link": "l0", "emulation": {"loss": loss}}]},
-                        ("update", "base", repr(loss))))
+                        ("base", True, loss)))
     return out
 
 
@@ -161,15 +153,17 @@ async def test_cluster_node_killed_during_event_stream_loses_nothing(
     holder: list[Recording] = []
 
     async def factory(settings):
-        holder.append(Recording(await cmd_serve.open_kernel_datapath(settings)))
-        return holder[0]
+        box = await cmd_serve.open_kernel_box(settings)
+        holder.append(Recording(box.datapath))
+        return cmd_serve.OpenedBox(holder[0], box.desired, box.unconverged)
 
     watcher = await nats.connect(servers=cluster.urls().split(","), connect_timeout=2,
                                  max_reconnect_attempts=-1, reconnect_time_wait=0.2)
     await _jetstream_ready(watcher)
     settings = cmd_serve.ServeSettings(
         nats=cluster.urls(), host=host, uplink=UPLINK, local=BOX_ADDR, netns=topo.box,
-        pin_root=topo.pin_root, allow_loss_only=True, stream_replicas=3, ack_wait=3.0)
+        pin_root=topo.pin_root, state_dir=topo.state_dir, allow_loss_only=True,
+        stream_replicas=3, ack_wait=3.0)
     stop = asyncio.Event()
     said: list[str] = []
     server = asyncio.create_task(cmd_serve.serve(settings, factory, stop, said.append))
@@ -186,7 +180,9 @@ async def test_cluster_node_killed_during_event_stream_loses_nothing(
         base = json.dumps(p2p_materialize("base", 1, 6000, topo)).encode()
         ack = json.loads((await watcher.request(s.op("materialize"), base, timeout=30)).data)
         assert ack["ok"] is True, ack
+        g0 = ack["generation"]  # generations are box-wide: event i makes generation g0 + 1 + i
         (dp,) = holder
+        assert dp.applied == [("base", False, 0.0)]
         dp.applied.clear()
 
         victim = await asyncio.to_thread(cluster.hosting, f"moa-serve-{host}")
@@ -222,20 +218,31 @@ async def test_cluster_node_killed_during_event_stream_loses_nothing(
         assert (await pub.jetstream().stream_info(s.stream)).state.messages == EVENTS
 
         # Acks are plain publishes (at most once): those that arrived are all ok, in order, and
-        # none twice; one published at the instant its server died may be missing.
-        got = [(a["op"], a["id"]) for a in acks]
+        # none twice; one published at the instant its server died may be missing. Each names
+        # the event it acks by its generation: every event was a change, event i the
+        # (i + 1)-th after base's materialize.
         assert all(a["ok"] for a in acks), [a for a in acks if not a["ok"]]
-        assert len(set(zip(got, (a.get("generation") for a in acks)))) == len(got)
-        it = iter([(op, mid) for op, mid, _ in expected])
-        assert all(x in it for x in got)  # a subsequence of the published order
-        assert len(got) >= EVENTS - 2, (len(got), said)
+        gens = [a["generation"] for a in acks]
+        assert gens == sorted(set(gens)), gens  # in order, none twice
+        assert all(g0 < g <= g0 + EVENTS for g in gens), (g0, gens)
+        assert [(a["op"], a["id"]) for a in acks] == [
+            (events[g - g0 - 1][0], events[g - g0 - 1][1]["id"]) for g in gens]
+        assert len(acks) >= EVENTS - 2, (len(acks), said)
 
-        # The kernel holds the end state: base with the last loss, and the ten new links.
+        # The box holds the end state: base with the last loss at the generation of the last
+        # update (event 98), each new id at the generation of its event.
         st = json.loads((await pub.request(s.op("status"), b"{}", timeout=30)).data)
         held = {m["id"]: m for m in st["materializations"]}
         assert set(held) == {"base"} | {f"c{i}" for i in range(9, EVENTS, 10)}
         assert held["base"]["links"][0]["emulation"]["loss"] == pytest.approx(99 / 1000)
-        assert held["base"]["generation"] == 1 + 90
+        assert held["base"]["generation"] == g0 + 1 + 98
+        assert {mid: m["generation"] for mid, m in held.items() if mid != "base"} == {
+            f"c{i}": g0 + 1 + i for i in range(9, EVENTS, 10)}
+        # ... and the kernel holds exactly that: the box's own plan against each is empty
+        final = [p2p_materialize("base", 1, 6000, topo, loss=99 / 1000)] + [
+            doc for op, doc, _ in events if op == "materialize"]
+        for doc in final:
+            assert await plan_of(pub, host, doc) == [], doc["id"]
         devices = await asyncio.to_thread(moa_devices, topo.box)
         assert len(devices) == 2 * (1 + 10)
         assert vni_keys(topo.pin_root) == (

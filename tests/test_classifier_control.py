@@ -68,14 +68,42 @@ def test_pinned_maps_survive_a_restart_with_their_slots(pin_root: str) -> None:
         c.delete_link(31)
         send(c, 32, repeat=4)
         t_last = c.stage_state(32, 0).t_last
-    assert sorted(os.listdir(pin_root)) == ["moa_counters", "moa_events", "moa_global",
-                                            "moa_links", "moa_state"]
+    assert sorted(os.listdir(pin_root)) == ["moa_box", "moa_counters", "moa_events",
+                                            "moa_global", "moa_links", "moa_state"]
     with Classifier.load(ClassifierConfig(max_links=8), pin_root=pin_root) as c:
         assert (c.slot(30), c.slot(32)) == (0, 2)
         assert c.link_counters(32)["egress"].packets == 4
         assert c.stage_state(32, 0).t_last == t_last
         assert c.set_link(33) == 1                         # the slot 31 had
         assert c.set_link(34) == 3
+
+
+def test_restore_link_puts_back_the_entry_in_its_slot_with_its_counters() -> None:
+    """A rollback's undo of a deletion: the raw entry read before goes back into the slot it
+    had (its counters and timeline were never zeroed); taken meanwhile, a fresh slot."""
+    with Classifier.load(ClassifierConfig(max_links=8)) as c:
+        for vni in (40, 41, 42):
+            c.set_link(vni, LinkEmulation(capacity_bps=8_000_000, queue_bytes=0))
+        send(c, 41, repeat=3)
+        raw = c.raw_links([41])[41]
+        assert c.delete_link(41)
+        assert c.restore_link(41, raw) == 1
+        assert c.raw_links([41])[41] == raw
+        assert c.link_counters(41)["egress"].packets == 3
+        raw42 = c.raw_links([42])[42]
+        c.delete_link(42)
+        c.set_link(43)  # takes slot 2, which 42 had
+        assert c.restore_link(42, raw42) == 3
+        assert c.stages_of(c.raw_links([42])[42]) == c.stages_of(raw42)
+        assert c.link_counters(42)["egress"].packets == 0  # a fresh slot starts at zero
+
+
+def test_the_box_generation_is_kept_in_the_kernel(pin_root: str) -> None:
+    with Classifier.load(ClassifierConfig(max_links=8), pin_root=pin_root) as c:
+        assert c.box_generation() == 0
+        c.set_box_generation(41)
+    with Classifier.load(ClassifierConfig(max_links=8), pin_root=pin_root) as c:
+        assert c.box_generation() == 41
 
 
 def test_set_link_validates_the_vni() -> None:

@@ -1,7 +1,7 @@
-"""The `moa` client commands and `moa serve`, as a user runs them, against a real nats-server.
-
-The service side uses RecordingFakeDatapath (these tests are about the CLI's requests, replies and
-exit status, not the kernel)."""
+"""The `moa` client commands and `moa serve`, as a user runs them, against a real nats-server
+and the real box: the testbed's box namespace and the real KernelDatapath (loss-only: this host
+has no sch_fq), opened as `moa serve` opens it (tests/fixtures/service.py). What the commands
+change is checked in the kernel."""
 from __future__ import annotations
 
 import argparse
@@ -12,13 +12,18 @@ import socket
 import sys
 from pathlib import Path
 
+import nats
 import pytest
 
 import schemas
 from moa_bus import cmd_serve, cmd_set, cmd_show
 from moa_bus.natsserver import NatsServer, free_port
-from tests.fixtures.nats import nats_server  # noqa: F401
-from tests.test_bus_support import RecordingFakeDatapath, materialize_doc, running_service
+from moa_bus.testbed import Testbed
+from tests.fixtures.docs import materialize, materialize_doc, with_loss
+from tests.fixtures.moabox import moa_devices, vni_keys
+from tests.fixtures.nats import nats_client, nats_server  # noqa: F401
+from tests.fixtures.service import box_service, box_settings, kernel_holds
+from tests.fixtures.topology import topo  # noqa: F401
 
 pytestmark = pytest.mark.nats
 
@@ -37,15 +42,21 @@ async def moa(*argv: str, stdin: bytes | None = None, env: dict | None = None,
     return proc.returncode, out.decode(), err.decode()
 
 
-async def test_req_prints_reply_and_exits_1_on_error_ack(nats_server: NatsServer, tmp_path: Path) -> None:
+@pytest.mark.netns
+async def test_req_prints_reply_and_exits_1_on_error_ack(nats_server: NatsServer, topo: Testbed,
+                                                         tmp_path: Path) -> None:
     host = _host()
     base = ("--nats", nats_server.url, "--host", host)
-    async with running_service(nats_server, RecordingFakeDatapath(), host):
+    doc = materialize_doc("c1", 100)
+    async with box_service(nats_server, topo, host):
         f = tmp_path / "m.json"
-        f.write_text(json.dumps(materialize_doc("c1", 100)))
+        f.write_text(json.dumps(doc))
         rc, out, err = await moa("req", f"moa.{host}.materialize", f"@{f}", *base)
         assert rc == 0, err
-        assert json.loads(out)["ok"] is True
+        ack = json.loads(out)
+        assert ack["ok"] is True and ack["generation"] == 1, ack
+        async with nats_client(nats_server.url) as nc:
+            await kernel_holds(nc, host, topo, doc)
         rc, out, err = await moa("req", f"moa.{host}.dematerialize", '{"id": "missing"}', *base)
         assert rc == 1
         ack = json.loads(out)
@@ -58,35 +69,58 @@ async def test_req_prints_reply_and_exits_1_on_error_ack(nats_server: NatsServer
     assert rc == 1 and ("no service answers" in err or "no reply" in err)
 
 
-async def test_client_commands_round_trip(nats_server: NatsServer, tmp_path: Path) -> None:
-    host, dp = _host(), RecordingFakeDatapath()
+@pytest.mark.netns
+async def test_client_commands_round_trip(nats_server: NatsServer, topo: Testbed,
+                                          tmp_path: Path) -> None:
+    host = _host()
     base = ("--nats", nats_server.url, "--host", host)
-    async with running_service(nats_server, dp, host):
+    doc = materialize_doc("c2", 200, n_links=2, tags=["wan"])
+    async with box_service(nats_server, topo, host) as svc, nats_client(nats_server.url) as nc:
         f = tmp_path / "m.json"
-        f.write_text(json.dumps(materialize_doc("c2", 200, n_links=2, tags=["wan"])))
+        f.write_text(json.dumps(doc))
+        plan = await svc.datapath.plan(materialize(doc))
         rc, out, err = await moa("materialize", str(f), "--dry-run", *base)
         assert rc == 0, err
-        assert "set params of vni 200" in out and "nothing applied" in out
-        assert dp.changes == []
+        # the box's own plan, numbered, and nothing applied
+        assert [line.split(None, 1)[1] for line in out.splitlines()[:-1]] == plan, out
+        assert f"{len(plan)} operation(s); nothing applied (dry run)" in out
+        assert await asyncio.to_thread(moa_devices, topo.box) == {}
+        assert vni_keys(topo.pin_root) == set() and svc.desired.get("c2") is None
+
         rc, out, err = await moa("materialize", str(f), *base)
         assert rc == 0 and json.loads(out)["generation"] == 1, err
-        rc, out, err = await moa("set", "l1", "latency", "50ms", "loss", "0.2", *base)
-        assert rc == 0, err
-        held = dp.held["c2"][0]
-        assert held.links[1].emulation.latency == 50_000_000 and held.links[1].emulation.loss == 0.2
-        assert held.links[0].emulation.latency == 1_000_000
-        rc, out, err = await moa("set", "wan", "capacity", "10mbps", *base)  # a tag, one id held
-        assert rc == 0, err
-        assert [link.emulation.capacity for link in dp.held["c2"][0].links] == [10**7, 10**7]
+        await kernel_holds(nc, host, topo, doc)
+
+        rc, out, err = await moa("set", "l1", "loss", "0.2", *base)  # a link, found by id
+        assert rc == 0 and json.loads(out)["generation"] == 2, err
+        now = with_loss(doc, 0.2, ["l1"])
+        await kernel_holds(nc, host, topo, now)
+
+        # latency on a loss-only box: refused, exit 1, nothing changes
+        rc, out, err = await moa("set", "l0", "latency", "50ms", *base)
+        assert rc == 1 and json.loads(out)["error"]["code"] == "unsupported", (out, err)
+        assert "unsupported at links[0].emulation.latency" in err
+        await kernel_holds(nc, host, topo, now)
+
+        rc, out, err = await moa("set", "wan", "loss", "0.05", *base)  # a tag, one id held
+        assert rc == 0 and json.loads(out)["generation"] == 3, err
+        now = with_loss(doc, 0.05)
+        await kernel_holds(nc, host, topo, now)
+
         rc, out, err = await moa("status", "c2", *base)
-        assert rc == 0 and json.loads(out)["materializations"][0]["id"] == "c2"
+        assert rc == 0, err
+        (st,) = json.loads(out)["materializations"]
+        assert st["id"] == "c2" and st["generation"] == 3
+        assert [(link["id"], link["emulation"]["loss"]) for link in st["links"]] == [
+            ("l0", 0.05), ("l1", 0.05)]
         rc, out, err = await moa("show", *base, env={"COLUMNS": "200"})
-        assert rc == 0 and "c2" in out and "l1" in out and "50ms" in out, out
+        assert rc == 0 and "c2" in out and "l1" in out and "0.05" in out, out
         rc, out, err = await moa("dematerialize", "c2", *base)
-        assert rc == 0 and json.loads(out)["op"] == "dematerialize"
+        assert rc == 0 and json.loads(out)["op"] == "dematerialize", err
+        assert json.loads(out)["generation"] == 4
+        await kernel_holds(nc, host, topo)  # nothing of moa's left
         rc, out, err = await moa("dematerialize", "c2", *base)
-        assert rc == 1
-        assert [c[0] for c in dp.changes] == ["materialize", "update", "update", "dematerialize"]
+        assert rc == 1 and json.loads(out)["error"]["code"] == "not_found"
 
 
 async def test_materialize_rejects_bad_file_locally(nats_server: NatsServer, tmp_path: Path) -> None:
@@ -97,13 +131,15 @@ async def test_materialize_rejects_bad_file_locally(nats_server: NatsServer, tmp
     assert "links[0].endpoints[0].vni" in err
 
 
-async def test_watch_prints_acks(nats_server: NatsServer) -> None:
+@pytest.mark.netns
+async def test_watch_prints_acks(nats_server: NatsServer, topo: Testbed) -> None:
     host = _host()
     base = ("--nats", nats_server.url, "--host", host)
-    async with running_service(nats_server, RecordingFakeDatapath(), host):
+    async with box_service(nats_server, topo, host):
         watcher = asyncio.create_task(moa("watch", "--acks", "--count", "1", *base))
         await asyncio.sleep(1.5)  # let it subscribe (it says so on stderr)
-        rc, _, _ = await moa("req", f"moa.{host}.materialize", json.dumps(materialize_doc("w", 300)), *base)
+        rc, _, _ = await moa("req", f"moa.{host}.materialize",
+                             json.dumps(materialize_doc("w", 300)), *base)
         assert rc == 0
         rc, out, err = await watcher
         assert rc == 0, err
@@ -117,37 +153,47 @@ async def test_bounded_connect_failure_message() -> None:
     assert f"cannot connect to NATS at {url} within 1 s" in err
 
 
-async def test_serve_embedded_server_start_and_stop(tmp_path: Path) -> None:
-    """No NATS URL: serve starts nats-server (JetStream, state dir), says so, answers, stops it."""
+@pytest.mark.netns
+async def test_serve_embedded_server_start_and_stop(topo: Testbed) -> None:
+    """No NATS URL: serve starts nats-server (JetStream, store under the state dir), says so,
+    answers over it with the real box, and on stop takes the server down and leaves the box's
+    kernel state in place."""
     port = free_port()
+    host = _host()
     said: list[str] = []
     stop = asyncio.Event()
-    dp = RecordingFakeDatapath()
-
-    async def factory(settings):
-        return dp
-
-    settings = cmd_serve.ServeSettings(host=_host(), state_dir=str(tmp_path / "js"), embedded_port=port)
-    task = asyncio.create_task(cmd_serve.serve(settings, factory, stop, said.append))
-    import nats
-    for _ in range(100):
-        if any("serving" in s for s in said):
-            break
-        await asyncio.sleep(0.05)
-    assert any("embedded nats-server on nats://127.0.0.1:" + str(port) in s for s in said), said
-    nc = await nats.connect(f"nats://127.0.0.1:{port}", connect_timeout=2, max_reconnect_attempts=1)
+    settings = box_settings(topo, host, None, embedded_port=port)
+    task = asyncio.create_task(cmd_serve.serve(settings, cmd_serve.open_kernel_box, stop,
+                                               said.append))
     try:
-        ping = json.loads((await nc.request("$SRV.PING.moa", b"", timeout=2)).data)
-        assert ping["metadata"]["host"] == _host()
-        streams = await nc.jetstream().streams_info()
-        assert [s.config.name for s in streams] == [f"MOA_EVENTS_{_host()}"]
+        for _ in range(600):
+            if any("serving" in s for s in said) or task.done():
+                break
+            await asyncio.sleep(0.05)
+        assert any("embedded nats-server on nats://127.0.0.1:" + str(port) in s for s in said), said
+        doc = materialize_doc("e1", 100)
+        nc = await nats.connect(f"nats://127.0.0.1:{port}", connect_timeout=2,
+                                max_reconnect_attempts=1)
+        try:
+            ping = json.loads((await nc.request("$SRV.PING.moa", b"", timeout=2)).data)
+            assert ping["metadata"]["host"] == host
+            streams = await nc.jetstream().streams_info()
+            assert [s.config.name for s in streams] == [f"MOA_EVENTS_{host}"]
+            ack = json.loads((await nc.request(f"moa.{host}.materialize",
+                                               json.dumps(doc).encode(), timeout=30)).data)
+            assert ack["ok"] is True and ack["generation"] == 1, ack
+            await kernel_holds(nc, host, topo, doc)
+        finally:
+            await nc.close()
+        assert (Path(topo.state_dir) / "nats" / "jetstream").is_dir()
     finally:
-        await nc.close()
-    assert (tmp_path / "js" / "jetstream").is_dir()
-    stop.set()
-    assert await asyncio.wait_for(task, 20) == 0
-    assert dp.closed  # handles released; the fake's state (the "kernel") stays
-    with pytest.raises(OSError):
+        stop.set()
+        assert await asyncio.wait_for(task, 30) == 0
+    # the datapath was closed, not torn down: the kernel keeps the link
+    assert await asyncio.to_thread(moa_devices, topo.box) == {"mv100": "moa:e1:l0",
+                                                              "mv101": "moa:e1:l0"}
+    assert vni_keys(topo.pin_root) == {100, 101}
+    with pytest.raises(OSError):  # the embedded server went away with it
         socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
 
 

@@ -1,5 +1,7 @@
 """`moa materialize` of thousands of links: a spinner with the time elapsed on a terminal's stderr
-while the service works, nothing extra on a pipe, and stdout the same either way."""
+while the service works, nothing extra on a pipe, and stdout the same either way. The service
+is the real one over the testbed's box (tests/fixtures/service.py); a failpoint holds its plan
+for 2.5 s (datapath/faults.py), as a slow kernel would."""
 from __future__ import annotations
 
 import asyncio
@@ -11,21 +13,19 @@ from pathlib import Path
 
 import pytest
 
+from datapath import faults
 from moa_bus import progress
 from moa_bus.natsserver import NatsServer
+from moa_bus.testbed import Testbed
+from tests.fixtures.docs import materialize_doc
+from tests.fixtures.moabox import moa_devices
 from tests.fixtures.nats import nats_server  # noqa: F401
-from tests.test_bus_support import RecordingFakeDatapath, running_service
+from tests.fixtures.service import box_service
+from tests.fixtures.topology import topo  # noqa: F401
 
-pytestmark = pytest.mark.nats
+pytestmark = [pytest.mark.netns, pytest.mark.nats]
 
 N_LINKS = 3000
-
-
-def big_doc(mid: str) -> dict:
-    return {"id": mid, "links": [
-        {"id": f"l{i}", "endpoints": [{"vni": 1000 + 2 * i, "remote": "10.0.0.1"},
-                                      {"vni": 1001 + 2 * i, "remote": "10.0.0.2"}]}
-        for i in range(N_LINKS)]}
 
 
 async def _materialize(path: Path, url: str, host: str, tty: bool) -> tuple[int, bytes, bytes]:
@@ -62,31 +62,35 @@ async def _materialize(path: Path, url: str, host: str, tty: bool) -> tuple[int,
     return proc.returncode, out, err
 
 
-async def test_materialize_shows_progress_on_a_terminal_only(nats_server: NatsServer, tmp_path: Path) -> None:
+async def test_materialize_shows_progress_on_a_terminal_only(nats_server: NatsServer,
+                                                              topo: Testbed,
+                                                              tmp_path: Path) -> None:
     host = f"progress{os.getpid()}"
-    dp = RecordingFakeDatapath()
     f = tmp_path / "big.json"
-    f.write_text(json.dumps(big_doc("big")))
-    async with running_service(nats_server, dp, host):
-        # The service takes 2.5 s: the gate holds materialize until the test opens it.
-        dp.gate = asyncio.Event()
-        task = asyncio.create_task(_materialize(f, nats_server.url, host, tty=True))
-        await asyncio.wait_for(dp.entered.wait(), 30)
-        await asyncio.sleep(2.5)
-        dp.gate.set()
-        rc, out, err = await task
+    f.write_text(json.dumps(materialize_doc("big", 1000, N_LINKS)))
+    async with box_service(nats_server, topo, host):
+        # The service takes 2.5 s more than it would: its plan sleeps before operation 0 (on
+        # the netlink worker thread; the service's loop stays free).
+        faults.arm("plan.before/big/0=sleep:2500")
+        try:
+            rc, out, err = await _materialize(f, nats_server.url, host, tty=True)
+        finally:
+            faults.disarm()
         assert rc == 0, err
         ack = json.loads(out)  # stdout is the reply only, no spinner in it
-        assert ack["ok"] is True and ack["id"] == "big"
+        assert ack["ok"] is True and ack["id"] == "big" and ack["generation"] == 1, ack
         text = err.decode(errors="replace")
         assert f"materializing {N_LINKS:,} link(s), {2 * N_LINKS:,} endpoint(s) of big" in text
         assert "0:00:02" in text  # the elapsed time counted up while waiting
+        devices = await asyncio.to_thread(moa_devices, topo.box)
+        assert len(devices) == 2 * N_LINKS and set(devices.values()) == {
+            f"moa:big:l{i}" for i in range(N_LINKS)}
         # On a pipe: the same stdout, nothing on stderr.
-        dp.gate = None
         rc2, out2, err2 = await _materialize(f, nats_server.url, host, tty=False)
         assert rc2 == 0 and err2 == b""
         ack2 = json.loads(out2)
         assert ack2["ok"] is True and ack2["generation"] == ack["generation"]  # same content
+        assert await asyncio.to_thread(moa_devices, topo.box) == devices
 
 
 def test_waiting_is_silent_off_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:

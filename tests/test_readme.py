@@ -83,7 +83,7 @@ async def test_readme_req_lines_against_a_real_service(topo: Testbed, nats_serve
     serve = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "moa_bus.cli", "serve", "--nats", nats_server.url, "--host", HOST,
         "--uplink", UPLINK, "--netns", topo.box, "--pin-root", topo.pin_root,
-        *([] if has_fq else ["--allow-loss-only"]),
+        "--state-dir", topo.state_dir, *([] if has_fq else ["--allow-loss-only"]),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env)
     nc = await nats.connect(nats_server.url, connect_timeout=2, max_reconnect_attempts=1)
     try:
