@@ -187,9 +187,9 @@ class Applier:
             held = d.get(msg.id)
             if held is not None and d.same_content(msg):
                 # The same content again: nothing to commit. Unless this is a redelivery of an
-                # event already applied, converge anyway: the kernel is the truth, and a device
-                # or entry someone removed by hand comes back.
-                if not redelivered:
+                # event already applied to a converged box, converge anyway: the kernel is the
+                # truth, and a device or entry someone removed by hand comes back.
+                if not redelivered or msg.id in self.unconverged:
                     result = await self.datapath.apply(msg)
                     if result.changed:
                         log.warning("%s: repaired %d operation(s) of drift", msg.id,
