@@ -26,12 +26,14 @@ from datapath import faults
 from datapath.classifier import Classifier, ClassifierConfig, StageCounters
 from datapath.drops import DropEventReader, OwnerLookup
 from datapath.emulation import LinkEmulation
-from datapath.netlink import VXLAN_OVERHEAD, FqSizing, FqUnavailable, NetlinkWorker
-from datapath.ops import (
-    EnsureUplink, Env, Operation, PlanError, ReleaseUplink, SetLinkParams, run_plan,
-)
+from datapath.netlink.model import VXLAN_OVERHEAD, FqSizing, FqUnavailable
+from datapath.netlink.worker import NetlinkWorker
 from datapath.pair import PairMode, PairProgram
-from datapath.planner import Current, PlanConfig, PlanConflict, Stages, link_stages, plan
+from datapath.plan.operation import Env, Operation
+from datapath.plan.params import SetLinkParams
+from datapath.plan.planner import Current, PlanConfig, PlanConflict, Stages, link_stages, plan
+from datapath.plan.runner import PlanError, run_plan
+from datapath.plan.uplink import EnsureUplink, ReleaseUplink
 
 log = logging.getLogger("datapath.api")
 

@@ -18,10 +18,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from datapath import abi as _abi_mod
 from datapath.bpf import object_path
 from datapath.emulation import LinkEmulation
 from datapath.libbpf import BpfObject, Map, Program, RingBuffer
+from datapath.libbpf import abi as _abi_mod
 
 __all__ = ["ClassifierConfig", "Classifier", "StageCounters", "MAX_VNI", "DropEventError"]
 

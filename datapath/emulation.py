@@ -14,8 +14,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # datapath.abi reads the compiled object's BTF at import
-    from datapath import abi as _abi
+if TYPE_CHECKING:  # datapath.libbpf.abi reads the compiled object's BTF at import
+    from datapath.libbpf import abi as _abi
 
 __all__ = ["GilbertElliott", "LinkEmulation", "probability_threshold", "DEFAULT_QUEUE_MS",
            "MIN_DEFAULT_QUEUE_BYTES", "DEFAULT_OVERHEAD"]
@@ -117,9 +117,9 @@ class LinkEmulation:
                     or self.gilbert_elliott)
 
     def to_params(self, abi: "_abi | None" = None) -> Any:
-        """Fill a `struct moa_stage_params` (datapath.abi.StageParams)."""
+        """Fill a `struct moa_stage_params` (datapath.libbpf.abi.StageParams)."""
         if abi is None:
-            from datapath import abi
+            from datapath.libbpf import abi
         p = abi.StageParams()
         p.rate_bps = self.capacity_bps
         p.queue_ns = self.queue_ns

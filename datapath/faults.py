@@ -12,8 +12,8 @@ process (read once, at import), or by `arm()` in-process. A spec is a comma-sepa
 
 A point's path segments are matched one by one, `*` matching any. Points (who calls `hit`):
 `plan.before/<id>/<i>`, `plan.after/<id>/<i>` and `plan.revert/<id>/<i>` (the undoing of
-operation i in a rollback) (datapath.ops.run_plan),
-`rtnl.window/<k>` (datapath.rtnl.Rtnl.run), `params.before-write/<id>` and
+operation i in a rollback) (datapath.plan.runner.run_plan),
+`rtnl.window/<k>` (datapath.netlink.raw.Rtnl.run), `params.before-write/<id>` and
 `params.after-write/<id>` (a parameters-only update, datapath.api), `state.before-write/<id>`
 and `state.after-write/<id>` (moa_bus.desired), `ack.before/<id>` (moa_bus.applier).
 
@@ -103,7 +103,7 @@ def _fire(action: str, where: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
         threading.Event().wait()  # not reached: SIGKILL cannot be caught
     if action == "error:netlink":
-        from datapath.netlink import DatapathNetlinkError
+        from datapath.netlink.model import DatapathNetlinkError
         raise DatapathNetlinkError(f"failpoint {where}: RTNETLINK answers: "
                                    f"{os.strerror(errno.EBUSY)}")
     if action == "error:map":
@@ -111,7 +111,7 @@ def _fire(action: str, where: str) -> None:
         raise BpfError(f"failpoint {where}: update of map moa_links: "
                        f"{os.strerror(errno.ENOSPC)}", errno.ENOSPC)
     if action == "error:qdisc":
-        from datapath.netlink import DatapathNetlinkError
+        from datapath.netlink.model import DatapathNetlinkError
         raise DatapathNetlinkError(f"failpoint {where}: setting sch_fq: Error: "
                                    "Specified qdisc kind is unknown.")
     raise FailpointError(f"unknown failpoint action {action!r}")

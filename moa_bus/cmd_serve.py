@@ -245,7 +245,7 @@ def check_ranges(s: ServeSettings) -> None:
 # ---------------------------------------------------------------------------- the box's settings
 
 def _in_netns(netns: str | None, *cmd: str) -> subprocess.CompletedProcess[str]:
-    from datapath.netlink import netns_path
+    from datapath.netlink.worker import netns_path
 
     path = netns_path(netns)
     # nsenter, not `ip -n`: --netns may be a path, and `ip -n` takes only a name
@@ -261,7 +261,7 @@ def _where(netns: str | None) -> str:
 def uplink_addresses(uplink: str, netns: str | None) -> list[dict]:
     """iproute2's addr_info of `uplink`; a SettingsError when the namespace or the device does
     not exist."""
-    from datapath.netlink import netns_path
+    from datapath.netlink.worker import netns_path
 
     path = netns_path(netns)
     if path and not os.path.exists(path):

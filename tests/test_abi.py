@@ -1,4 +1,4 @@
-"""The BTF reader (datapath/btf.py) and the generated ABI mirror (datapath/abi.py).
+"""The BTF reader (datapath/libbpf/btf.py) and the generated ABI mirror (datapath/libbpf/abi.py).
 
 Cross-checks are independent of the code under test: the C compiler's own sizeof/offsetof of
 abi.h (a tiny host program compiled here), and bpftool's dump of the object's BTF.
@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from datapath import abi as abi_mod
-from datapath.btf import Btf, BtfError, Kind
+from datapath.libbpf import abi as abi_mod
+from datapath.libbpf import read_btf
+from datapath.libbpf.btf import Btf, BtfError, Kind
 from tests.fixtures.bpf import compile_bpf, selftest_o  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
@@ -255,7 +256,7 @@ def cases(tmp_path_factory: pytest.TempPathFactory) -> tuple[Btf, Path]:
     src = d / "cases.bpf.c"
     src.write_text(BTF_CASES)
     obj = compile_bpf(src, d)
-    return Btf.from_object_file(str(obj)), src
+    return read_btf(str(obj)), src
 
 
 def test_btf_packed_union_anonymous_and_arrays(cases: tuple[Btf, Path], tmp_path: Path) -> None:

@@ -114,7 +114,7 @@ def test_set_link_validates_the_vni() -> None:
 
 
 def test_stage_params_from_link_emulation() -> None:
-    from datapath import abi
+    from datapath.libbpf import abi
     e = LinkEmulation(latency_ns=10_000_000, jitter_ns=1_000, loss=0.25,
                       capacity_bps=100_000_000, queue_bytes=125_000, reorder=True)
     p = e.to_params()
@@ -158,11 +158,11 @@ def test_classifier_config_validation(kwargs) -> None:
 
 
 def test_every_abi_type_is_in_the_classifier_btf() -> None:
-    """datapath/abi.py mirrors abi.h from this object's BTF: all of it must be there."""
-    from datapath import abi
+    """datapath/libbpf/abi.py mirrors abi.h from this object's BTF: all of it must be there."""
     from datapath.bpf import object_path
-    from datapath.btf import Btf, Kind
-    btf = Btf.from_object_file(object_path("tc_classifier"))
+    from datapath.libbpf import abi, read_btf
+    from datapath.libbpf.btf import Kind
+    btf = read_btf(object_path("tc_classifier"))
     structs = set(btf.names(Kind.STRUCT))
     for name in ("moa_gilbert_elliott", "moa_stage_params", "moa_link", "moa_stage_state",
                  "moa_link_counters", "moa_global_counters", "moa_drop_event"):

@@ -9,9 +9,10 @@ import json
 import pytest
 
 import schemas
-from datapath import ops as ops_mod
-from datapath.netlink import MOA_TC_PRIO
-from datapath.planner import bridge_name
+from datapath.netlink.tc import MOA_TC_PRIO
+from datapath.plan import devices as plan_devices
+from datapath.plan.planner import bridge_name
+from datapath.plan.runner import PlanError
 from moa_bus.testbed import UPLINK, Testbed, sh
 from tests.fixtures.moabox import box, ip_json, removal, updated  # noqa: F401
 from tests.fixtures.topology import topo  # noqa: F401
@@ -74,11 +75,11 @@ async def test_bulk_teardown_removes_all_and_spares_foreign_devices(topo, box, m
     m = many(topo)
     await box.apply(m)
     # Someone else's devices: one in the group moa would pick first, one plain.
-    first = ops_mod.MOA_GROUP_BASE | 0x1234
+    first = plan_devices.MOA_GROUP_BASE | 0x1234
     sh("ip", "-n", topo.box, "link", "add", "foreign0", "type", "veth", "peer", "name", "foreign1")
     sh("ip", "-n", topo.box, "link", "set", "foreign0", "group", str(first))
     picks = iter([0x1234, 0x1235])
-    monkeypatch.setattr(ops_mod.secrets, "randbelow", lambda n: next(picks))
+    monkeypatch.setattr(plan_devices.secrets, "randbelow", lambda n: next(picks))
     res = await box.apply(removal("big"))
     assert res.changed
     names = {d["ifname"] for d in ip_json(topo.box, "link", "show")}
@@ -138,7 +139,7 @@ async def test_parameter_update_rolls_back_when_the_map_write_fails(topo, box, m
 
     monkeypatch.setattr(box.classifier, "update_links", failing)
     m1 = updated(m, '{"id": "big", "links": [{"tag": "all", "emulation": {"loss": 0.1}}]}')
-    with pytest.raises(ops_mod.PlanError) as e:
+    with pytest.raises(PlanError) as e:
         await box.apply(m1, params_only=True)
     assert "injected" in str(e.value) and e.value.rollback_errors == []
     assert {vni: bytes(box.classifier.link(vni)) for vni in box.classifier.vnis()} == raw
@@ -148,7 +149,7 @@ async def test_parameter_update_rolls_back_when_the_map_write_fails(topo, box, m
 async def test_bulk_create_leaves_a_foreign_device_alone_and_rolls_back(topo, box):
     # A name moa would use, taken by someone else's device, in the middle of a bulk round.
     sh("ip", "-n", topo.box, "link", "add", "mv1011", "type", "veth", "peer", "name", "foreign9")
-    with pytest.raises(ops_mod.PlanError) as e:
+    with pytest.raises(PlanError) as e:
         await box.apply(many(topo))
     assert "not moa's" in str(e.value.cause) and "mv1011" in e.value.operation.describe()
     assert e.value.rollback_errors == []

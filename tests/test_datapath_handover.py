@@ -76,8 +76,8 @@ async def test_handover_survives_decap_bridge_and_encap_on_a_lan(topo, box):
 
 async def test_handover_survives_the_p2p_pair(topo, box):
     """A point-to-point link hands nothing over (its emulation is the receiving VNI's egress
-    stage alone, planner.py); should an ingress stage be configured on it, its mark crosses
-    the tc redirect pair too (bpf_redirect without BPF_F_INGRESS keeps skb->mark)."""
+    stage alone, datapath/plan/planner.py); should an ingress stage be configured on it, its
+    mark crosses the tc redirect pair too (bpf_redirect without BPF_F_INGRESS keeps skb->mark)."""
     a = topo.add_endpoint(1, 100, "192.168.100.1/24")
     b = topo.add_endpoint(2, 101, "192.168.100.2/24")
     await box.apply(materialize_doc("p2p", [(100, topo.hv_addr(1)), (101, topo.hv_addr(2))]))
@@ -99,7 +99,7 @@ async def test_lan_vtep_hold_takes_the_handover_before_the_uplink_egress(topo, b
     sender's port delay out of the mark after decapsulation and bridging, so the uplink's egress
     stage sees none. The host has no sch_fq: only the program part of HoldAtPort is attached
     here (the VM tier holds frames for real); its counter proves where the mark was taken."""
-    from datapath.ops import PORT_HOLD_FILTER
+    from datapath.plan.devices import PORT_HOLD_FILTER
 
     eps = [topo.add_endpoint(i, 210 + i, f"192.168.210.{i}/24") for i in (1, 2, 3)]
     topo.quiet(*eps)
@@ -127,8 +127,9 @@ async def test_a_hold_the_kernel_refuses_rolls_the_whole_plan_back(topo, box):
     forced on, and the Materialize is rolled back, leaving the box exactly as it was."""
     import dataclasses
 
-    from datapath.netlink import FqSizing, FqUnavailable
-    from datapath.ops import HoldAtPort, PlanError
+    from datapath.netlink.model import FqSizing, FqUnavailable
+    from datapath.plan.devices import HoldAtPort
+    from datapath.plan.runner import PlanError
     from tests.fixtures.moabox import kernel_snapshot, moa_devices
 
     eps = [topo.add_endpoint(i, 220 + i, f"192.168.220.{i}/24") for i in (1, 2, 3)]

@@ -1,4 +1,4 @@
-"""The libbpf loader on the host kernel (root, real BPF): datapath/libbpf.py.
+"""The libbpf loader on the host kernel (root, real BPF): datapath/libbpf/.
 
 The object under test is datapath/bpf/selftest.bpf.c compiled into a private tmp dir (so parallel
 `make bpf` runs cannot swap it under us); pins go to a unique directory under /sys/fs/bpf.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from datapath import abi as abi_mod
+from datapath.libbpf import abi as abi_mod
 from datapath.libbpf import (
     BPF_NOEXIST, BpfError, BpfLoadError, BpfObject, LibbpfMissing, Map, MapType, RingBuffer,
     check_environment, load_libbpf, possible_cpus,

@@ -7,15 +7,18 @@ import pytest
 import schemas
 from datapath.api import fq_memory_bytes
 from datapath.emulation import LinkEmulation
-from datapath.netlink import FqSizing, MoaDevice, fq_sizing_for, make_alias, parse_alias
-from datapath.ops import (
-    AttachToBridge, CreateBridge, CreatePair, CreateVtep, DeleteBridge, DeleteLinkParams,
-    DeletePair, DeleteVtep, Env, HoldAtPort, Operation, PlanError, SetLinkParams, run_plan,
-)
+from datapath.netlink.model import FqSizing, MoaDevice, fq_sizing_for, make_alias, parse_alias
 from datapath.pair import PeerEntry
-from datapath.planner import (
+from datapath.plan.devices import (
+    AttachToBridge, CreateBridge, CreateVtep, DeleteBridge, DeleteVtep, HoldAtPort,
+)
+from datapath.plan.operation import Env, Operation
+from datapath.plan.pair import CreatePair, DeletePair
+from datapath.plan.params import DeleteLinkParams, SetLinkParams
+from datapath.plan.planner import (
     Current, PlanConfig, PlanConflict, bridge_name, desired_state, plan, port_stage, vtep_name,
 )
+from datapath.plan.runner import PlanError, run_plan
 
 CFG = PlanConfig(uplink="up0", local="10.0.0.1", vtep_mtu=1450)
 UPLINK_INDEX = 2

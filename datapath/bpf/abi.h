@@ -2,9 +2,9 @@
 /*
  * abi.h - everything that crosses the kernel/user boundary.
  *
- * Python never keeps a second copy of these definitions: datapath/abi.py builds its ctypes
- * types from the BTF of the compiled object, so a field renamed or moved here is seen there at
- * load time (and tests/test_abi.py names the fields Python relies on).
+ * Python never keeps a second copy of these definitions: datapath/libbpf/abi.py builds its
+ * ctypes types from the BTF of the compiled object, so a field renamed or moved here is seen
+ * there at load time (and tests/test_abi.py names the fields Python relies on).
  *
  * Fixed-width types only, explicit padding, no implicit holes.
  */

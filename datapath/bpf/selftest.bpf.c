@@ -3,8 +3,8 @@
  * selftest.bpf.c - a tiny object for the loader's own tests (tests/test_libbpf.py, test_abi.py).
  *
  * It uses every type of abi.h in a map or a global, because BTF only holds the types an object
- * uses: that lets datapath/abi.py build its mirror from this object as well as from the
- * classifier. Map names start with "moa_" so that pin_root pins them.
+ * uses: that lets datapath/libbpf/abi.py build its mirror from this object as well as from
+ * the classifier. Map names start with "moa_" so that pin_root pins them.
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>

@@ -19,8 +19,8 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /*
  * The ABI's enums and the drop event appear in no map definition; these typed globals keep
- * them in the object's BTF, from which datapath/abi.py builds its mirror. Read-only and never
- * referenced, they cost nothing at run time.
+ * them in the object's BTF, from which datapath/libbpf/abi.py builds its mirror. Read-only and
+ * never referenced, they cost nothing at run time.
  */
 const volatile enum moa_stage moa_abi_stage;
 const volatile enum moa_drop_reason moa_abi_drop_reason;

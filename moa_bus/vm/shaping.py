@@ -18,7 +18,7 @@ from .topo import Testbed
 EDT_REF_SOURCE = SCRIPTS / "edt_ref.bpf.c"
 
 
-# edt_ref's filter on the uplink's egress hook: before moa's classifier (datapath.netlink
+# edt_ref's filter on the uplink's egress hook: before moa's classifier (datapath.netlink.tc
 # MOA_TC_PRIO 0xA0), which may share the hook; edt_ref passes other VNIs on (TC_ACT_UNSPEC).
 EDT_REF_PRIO = 1
 

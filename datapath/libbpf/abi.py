@@ -17,7 +17,7 @@ Module attributes (built lazily from the classifier object on first access):
     ``NR_STAGES``, ``NR_DROP_REASONS``: the ``MOA_NR_*`` enumerators;
     ``DROP_EVENT_VERSION`` (and any other ``MOA_ABI_*`` of ``enum moa_abi_consts``, which the
     object declares to carry abi.h's macros into BTF); ``constants``: all of these as a dict;
-    ``btf``: the ``datapath.btf.Btf`` it all came from; ``path``: the object.
+    ``btf``: the ``datapath.libbpf.btf.Btf`` it all came from; ``path``: the object.
 ``load(path=None) -> Abi``
     The same set, as attributes of an ``Abi``, from any object whose BTF carries abi.h's types
     (tests use datapath/bpf/selftest.bpf.o). Cached per path.
@@ -31,7 +31,8 @@ import os
 import threading
 from typing import Any
 
-from datapath.btf import Btf, BtfError, Kind
+from datapath.libbpf.btf import Btf, BtfError, Kind
+from datapath.libbpf.objects import read_btf
 
 __all__ = ["Abi", "AbiError", "load", "STRUCTS", "ENUMS"]
 
@@ -71,7 +72,7 @@ class Abi:
 
     def __init__(self, path: str, btf: Btf | None = None) -> None:
         self.path = path
-        self.btf = btf if btf is not None else Btf.from_object_file(path)
+        self.btf = btf if btf is not None else read_btf(path)
         self.constants: dict[str, int] = {}
         for pyname, cname in STRUCTS.items():
             try:
@@ -136,7 +137,7 @@ _EXPORTS = set(STRUCTS) | set(ENUMS) | {"NR_STAGES", "NR_DROP_REASONS", "DROP_EV
 
 
 def __getattr__(name: str) -> Any:
-    # PEP 562: module attributes built on first access, so importing datapath.abi is cheap and
+    # PEP 562: module attributes built on first access, so importing this module is cheap and
     # works before the classifier is built (only touching a type needs the object).
     if name in _EXPORTS:
         abi = load()

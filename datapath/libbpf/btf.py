@@ -4,8 +4,6 @@ Public API
 ----------
 ``Btf(raw: bytes)``
     Parse raw BTF (the bytes of a ``.BTF`` blob, header included).
-``Btf.from_object_file(path)``
-    Open (not load: no privilege needed) a BPF object with libbpf and parse its BTF.
 ``btf.ctype(name) -> type``
     A ctypes type for the named struct, union, typedef, enum or int. Structs and unions become
     ``ctypes.Structure`` / ``ctypes.Union`` subclasses with the same field names, offsets and size
@@ -22,8 +20,9 @@ Public API
 
 Where the bytes come from (and why)
 -----------------------------------
-From libbpf after ``bpf_object__open`` (``bpf_object__btf`` + ``btf__raw_data``), not from the
-ELF ``.BTF`` section. clang writes DATASECs with size 0 and leaves variable offsets for the loader
+From libbpf after ``bpf_object__open`` (``bpf_object__btf`` + ``btf__raw_data``; ``read_btf(path)``
+and ``BpfObject.btf`` in datapath/libbpf/objects.py hand them to ``Btf``), not from the ELF
+``.BTF`` section. clang writes DATASECs with size 0 and leaves variable offsets for the loader
 to fix from the ELF symbol table; libbpf does that fix-up while opening the object. Reading the
 section ourselves would mean re-implementing that with an ELF symbol-table parser, and the loader
 already has the object open anyway.
@@ -118,14 +117,7 @@ class Btf:
         self._ctypes: dict[int, Any] = {}
         self._parse()
 
-    # -- construction -------------------------------------------------------------------------
-
-    @classmethod
-    def from_object_file(cls, path: str) -> "Btf":
-        """BTF of the object at `path`, as libbpf fixed it up while opening (nothing is loaded)."""
-        from datapath.libbpf import open_btf_raw  # late import: libbpf.py imports this module
-
-        return cls(open_btf_raw(path))
+    # -- parsing -------------------------------------------------------------------------------
 
     def _parse(self) -> None:
         raw = self.raw

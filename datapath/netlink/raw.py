@@ -1,14 +1,16 @@
-"""Pipelined rtnetlink for the bulk operations of a plan (thousands of VTEPs at once).
+"""rtnetlink by hand, pipelined: the bulk operations of a plan (thousands of VTEPs) and fast dumps.
 
 pyroute2 costs about a millisecond of CPU per request and waits for each answer; a plan of a
 thousand point-to-point links is ~14,000 requests. Here a request is a few struct.pack calls,
 and requests go out in windows: the kernel processes every message of one send in order and
 answers each with an ACK (or an error) carrying its sequence number, so a window of 128 costs one
-round trip. Only the handful of messages the bulk paths need are built here; everything else
-(dumps, single operations, checks) stays with pyroute2 (datapath/netlink.py).
+round trip. Only the handful of messages the bulk paths need are built here, and the link and
+qdisc dumps are decoded only as far as moa needs; single operations and checks stay with
+pyroute2 (datapath/netlink/devices.py, datapath/netlink/tc.py). The kernel's numbers
+(linux/rtnetlink.h, if_link.h, pkt_sched.h) that the package uses are defined here, once.
 
 The socket belongs to the network namespace of the thread that creates it: create an `Rtnl` on
-the netlink worker thread (datapath/netlink.py does).
+the netlink worker thread (`Netlink` does, datapath/netlink/devices.py).
 """
 from __future__ import annotations
 
@@ -48,9 +50,13 @@ TCA_BPF_FD, TCA_BPF_NAME, TCA_BPF_FLAGS = 6, 7, 8
 TCA_BPF_FLAG_ACT_DIRECT = 1
 TC_H_CLSACT = 0xFFFFFFF1
 TC_CLSACT_HANDLE = 0xFFFF0000
+TC_EGRESS = 0xFFFFFFF3  # TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_EGRESS): egress filters' parent
+TC_INGRESS = 0xFFFFFFF2  # TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS)
 ETH_P_ALL = 0x0003
 
-WINDOW = 128  # requests in flight (their ACKs must fit the receive buffer); even: see ops.py
+# Requests in flight (their ACKs must fit the receive buffer). Even: CreateVtep's bulk path
+# (datapath/plan/devices.py) sends each device's creation and marking as a pair.
+WINDOW = 128
 
 _HDR = struct.Struct("=IHHII")       # struct nlmsghdr
 _IFINFO = struct.Struct("=BxHiII")   # struct ifinfomsg
@@ -223,7 +229,7 @@ def new_vxlan(name: str, vni: int, local: str, remote: str, underlay: int, port:
 
 
 def mark(name: str, alias: str) -> Request:
-    """RTM_SETLINK by name: moa's alias and no IPv6 address generation (see netlink.NO_IPV6_ADDR)."""
+    """RTM_SETLINK by name: moa's alias and no IPv6 address generation (devices.NO_IPV6_ADDR)."""
     af = attr(IFLA_AF_SPEC, attr(socket.AF_INET6, u8(IFLA_INET6_ADDR_GEN_MODE,
                                                      IN6_ADDR_GEN_MODE_NONE)))
     return Request(RTM_SETLINK, ifinfo() + string(IFLA_IFNAME, name) + string(IFLA_IFALIAS, alias) + af)
@@ -318,7 +324,7 @@ def _ip(b: bytes | None) -> str | None:
 
 
 def parse_link(payload: bytes) -> dict:
-    """What datapath.netlink.MoaDevice needs from an RTM_NEWLINK message (a dump's entry)."""
+    """What datapath.netlink.model.MoaDevice needs from an RTM_NEWLINK message (a dump's entry)."""
     _fam, _type, index, flags, _change = _IFINFO.unpack_from(payload, 0)
     a = attrs(payload, _IFINFO.size)
     info = attrs(a[IFLA_LINKINFO]) if IFLA_LINKINFO in a else {}

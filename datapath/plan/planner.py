@@ -26,12 +26,15 @@ from typing import Callable
 
 import schemas
 from datapath.emulation import GilbertElliott, LinkEmulation
-from datapath.netlink import FqSizing, MoaDevice, VtepSpec
-from datapath.ops import (
-    AttachToBridge, CreateBridge, CreatePair, CreateVtep, DeleteBridge, DeleteLinkParams,
-    DeletePair, DeleteVtep, DetachFromBridge, HoldAtPort, Operation, SetLinkParams,
-)
+from datapath.netlink.model import FqSizing, MoaDevice, VtepSpec
 from datapath.pair import PeerEntry
+from datapath.plan.devices import (
+    AttachToBridge, CreateBridge, CreateVtep, DeleteBridge, DeleteVtep, DetachFromBridge,
+    HoldAtPort,
+)
+from datapath.plan.operation import Operation
+from datapath.plan.pair import CreatePair, DeletePair
+from datapath.plan.params import DeleteLinkParams, SetLinkParams
 
 PORT_QUEUE_NS = 2_000_000  # one computation (no hold): see the module doc
 # With the hold: the handover field (16 bits of 1.024 us under the default mark mask, handover.h)
