@@ -91,6 +91,27 @@ def test_mirror_enums(mirror: abi_mod.Abi) -> None:
     assert (mirror.NR_STAGES, mirror.NR_DROP_REASONS, mirror.DROP_EVENT_VERSION) == (2, 3, 1)
 
 
+def test_names_are_schemas_table(mirror: abi_mod.Abi) -> None:
+    """The one Python table of drop reasons and stages (schemas) is the object's enums, by value."""
+    import schemas
+    assert tuple(m.name.lower() for m in sorted(mirror.DropReason)) == schemas.DROP_REASONS
+    assert tuple(m.name.lower() for m in sorted(mirror.Stage)) == schemas.STAGES
+
+
+def test_a_table_that_differs_from_the_enums_stops_the_load(
+        classifier_o: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import schemas
+    monkeypatch.setattr(schemas, "DROP_REASONS", ("loss", "horizon", "queue"))
+    with pytest.raises(abi_mod.AbiError, match=r"enum moa_drop_reason is loss=0, queue=1, "
+                                               r"horizon=2 .*schemas.DROP_REASONS is loss, "
+                                               r"horizon, queue"):
+        abi_mod.Abi(str(classifier_o))
+    monkeypatch.setattr(schemas, "DROP_REASONS", ("loss", "queue", "horizon"))
+    monkeypatch.setattr(schemas, "STAGES", ("egress",))
+    with pytest.raises(abi_mod.AbiError, match="enum moa_stage is egress=0, ingress=1"):
+        abi_mod.Abi(str(classifier_o))
+
+
 def test_module_attributes_come_from_the_classifier(classifier_o: Path) -> None:
     assert abi_mod.path == str(classifier_o)
     assert abi_mod.Link is abi_mod.load().Link
