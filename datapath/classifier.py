@@ -329,6 +329,9 @@ class Classifier:
     # -- drop events ------------------------------------------------------------------------------
 
     def parse_drop_event(self, record: bytes) -> Any:
+        """One ring buffer record as an abi.DropEvent (struct moa_drop_event, from BTF). Its
+        reserved words give it room to grow; any change bumps MOA_DROP_EVENT_VERSION, and a
+        record of another version is refused (DropEventError) rather than misread."""
         size = ctypes.sizeof(self.abi.DropEvent)
         if len(record) < size:
             raise DropEventError(f"drop event of {len(record)} bytes, expected {size}")

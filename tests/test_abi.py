@@ -28,7 +28,7 @@ FIELDS = {
     "StageState": ["lock", "ge_bad", "t_last", "t_depart", "ev_window", "ev_used"],
     "LinkCounters": ["packets", "bytes", "drops", "events_suppressed"],
     "GlobalCounters": ["non_vxlan", "unknown_vni", "ringbuf_fail", "handover"],
-    "DropEvent": ["version", "reason", "stage", "vni", "time_ns", "len", "segs"],
+    "DropEvent": ["version", "reason", "stage", "vni", "time_ns", "len", "segs", "reserved"],
     "SkBuff": ["len", "mark", "cb", "tstamp", "wire_len", "gso_segs", "gso_size", "tstamp_type",
                "hwtstamp", "data", "data_end", "ifindex", "priority"],
 }
@@ -80,6 +80,8 @@ def test_mirror_has_the_fields_python_relies_on(mirror: abi_mod.Abi) -> None:
     assert ctypes.sizeof(mirror.Link) == 8 + 2 * ctypes.sizeof(mirror.StageParams)
     assert mirror.Link.stage.size == 2 * ctypes.sizeof(mirror.StageParams)
     assert ctypes.sizeof(mirror.SkBuff) == 192
+    # Room to grow: two reserved words after the version 1 fields (abi.h).
+    assert ctypes.sizeof(mirror.DropEvent) == 40 and mirror.DropEvent.reserved.offset == 24
 
 
 def test_mirror_enums(mirror: abi_mod.Abi) -> None:
@@ -88,7 +90,7 @@ def test_mirror_enums(mirror: abi_mod.Abi) -> None:
     assert {m.name: m.value for m in mirror.LossModel} == {
         "NONE": 0, "BERNOULLI": 1, "GILBERT_ELLIOTT": 2}
     assert mirror.StageFlags.REORDER == 1
-    assert (mirror.NR_STAGES, mirror.NR_DROP_REASONS, mirror.DROP_EVENT_VERSION) == (2, 3, 1)
+    assert (mirror.NR_STAGES, mirror.NR_DROP_REASONS, mirror.DROP_EVENT_VERSION) == (2, 3, 2)
 
 
 def test_names_are_schemas_table(mirror: abi_mod.Abi) -> None:

@@ -3,9 +3,12 @@ budget (events_suppressed), and reservation failures (ringbuf_fail)."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import time
 
-from datapath.classifier import Classifier, ClassifierConfig
+import pytest
+
+from datapath.classifier import Classifier, ClassifierConfig, DropEventError
 from schemas import Emulation
 from tests.fixtures.packets import inner_udp, outer_len, vxlan
 
@@ -51,7 +54,8 @@ async def test_drop_events_through_asyncio_within_budget() -> None:
         t1 = mono()
         assert len(events) == 5
         for ev in events:
-            assert ev.version == c.event_version == 1
+            assert ev.version == c.event_version == 2
+            assert list(ev.reserved) == [0, 0]
             assert (ev.vni, ev.reason, ev.stage) == (VNI, c.abi.DropReason.LOSS, c.abi.Stage.EGRESS)
             assert (ev.len, ev.segs) == (INNER, 1)
             assert t0 <= ev.time_ns <= t1
@@ -114,3 +118,16 @@ def test_full_ring_buffer_counts_every_lost_event() -> None:
         assert len(got) + fails == 1000
         assert c.link_counters(VNI)["egress"].events_suppressed == 0
 
+
+def test_a_record_of_another_version_or_size_is_refused() -> None:
+    """The reader refuses what it cannot read rather than misread it (abi.h: any change to
+    struct moa_drop_event bumps MOA_DROP_EVENT_VERSION)."""
+    with Classifier.load(ClassifierConfig(max_links=8)) as c:
+        ev = c.abi.DropEvent(version=c.event_version, vni=VNI, len=100, segs=1)
+        assert c.parse_drop_event(bytes(ev)).vni == VNI
+        old = c.abi.DropEvent(version=c.event_version - 1, vni=VNI)
+        with pytest.raises(DropEventError, match="version 1"):
+            c.parse_drop_event(bytes(old))
+        with pytest.raises(DropEventError, match="expected 40"):
+            c.parse_drop_event(bytes(ev)[:24])  # a version 1 record: no reserved words
+        assert ctypes.sizeof(c.abi.DropEvent) == 40

@@ -40,7 +40,7 @@ def test_idle_port_hands_nothing_over(clf: Classifier) -> None:
     assert r.ctx.tstamp == 0, "ingress never delays itself: no qdisc holds packets there"
     assert r.ctx.mark == 0x1234, "cut-through: an idle port passes the frame on at once"
     # ... but it occupies the port: the next frame waits for it (less the us the test took),
-    # handed on at a random point of its own transmission (the phase dither, port.h).
+    # handed on at a random point of its own transmission (the phase dither, handover.h).
     second = send(clf, stage=INGRESS).ctx.mark >> 16
     assert units(SER - 200_000) <= second <= units(2 * SER)
     assert clf.link_counters(VNI)["ingress"].packets == 2
@@ -58,7 +58,7 @@ def test_backlogged_port_hands_its_wait_over(clf: Classifier) -> None:
 
 
 def test_dither_spreads_over_the_frame_time(clf: Classifier) -> None:
-    """The phase dither (port.h): uniform over [0, ser) of the frame, so a flooding port's
+    """The phase dither (handover.h): uniform over [0, ser) of the frame, so a flooding port's
     frames do not reach the shared queue in lock-step with the room it frees."""
     clf.set_link(VNI, ingress=PORT)
     dithers = []
