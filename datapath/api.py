@@ -25,7 +25,7 @@ import schemas
 from datapath import faults
 from datapath.classifier import Classifier, ClassifierConfig, StageCounters
 from datapath.drops import DropEventReader, OwnerLookup
-from datapath.emulation import LinkEmulation
+from datapath.emulation import queue_ns
 from datapath.netlink.model import VXLAN_OVERHEAD, FqSizing, FqUnavailable
 from datapath.netlink.worker import NetlinkWorker
 from datapath.pair import PairMode, PairProgram
@@ -123,14 +123,14 @@ class Datapath(Protocol):
         ...
 
 
-def fq_memory_bytes(stages: Iterable[LinkEmulation | None]) -> int:
+def fq_memory_bytes(stages: Iterable[schemas.Emulation | None]) -> int:
     """Worst case that fq holds for these stages: rate x (latency + queue time). An egress
     stage's frames wait in the uplink's fq, a LAN port stage's in its receivers' VTEP fq."""
     total = 0
     for e in stages:
-        if e is None or not e.capacity_bps:
+        if e is None or not e.capacity:
             continue
-        total += e.capacity_bps * (e.latency_ns + e.jitter_ns + e.queue_ns) // 8_000_000_000
+        total += e.capacity * (e.latency + e.jitter + queue_ns(e)) // 8_000_000_000
     return total
 
 

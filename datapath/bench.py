@@ -19,9 +19,9 @@ import statistics
 import time
 from typing import Any
 
+import schemas
 from datapath.bpf import object_path
 from datapath.classifier import Classifier, ClassifierConfig
-from datapath.emulation import LinkEmulation
 from datapath.libbpf import BpfObject, Program
 
 __all__ = ["add_arguments", "run", "measure"]
@@ -66,8 +66,8 @@ def _ns(prog: Program, frame: bytes, ctx: Any, repeat: int, runs: int) -> float:
 def measure(repeat: int = 1_000_000, runs: int = 5) -> dict[str, Any]:
     frames = _frames()
     out: dict[str, Any] = {}
-    hit = LinkEmulation(capacity_bps=100_000_000_000, latency_ns=1_000_000)
-    loss = LinkEmulation(loss=0.01)
+    hit = schemas.Emulation(capacity=100_000_000_000, latency=1_000_000)
+    loss = schemas.Emulation(loss=0.01)
     with BpfObject.open(object_path("baseline")) as base, \
             Classifier.load(ClassifierConfig(max_links=MANY + 1)) as clf:
         ctx = clf.abi.SkBuff()
@@ -78,7 +78,7 @@ def measure(repeat: int = 1_000_000, runs: int = 5) -> dict[str, Any]:
             if links == MANY:
                 t0 = time.monotonic()
                 for vni in range(1, MANY):          # + HIT_VNI = 65,536 links
-                    clf.set_link(vni, egress=LinkEmulation(latency_ns=1_000_000))
+                    clf.set_link(vni, egress=schemas.Emulation(latency=1_000_000))
                 out["fill_s"] = round(time.monotonic() - t0, 2)
             out["links" + suffix] = len(clf.vnis()) + (0 if HIT_VNI in clf.vnis() else 1)
             clf.set_link(HIT_VNI, egress=hit)

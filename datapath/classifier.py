@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import schemas
 from datapath.bpf import object_path
-from datapath.emulation import LinkEmulation
+from datapath.emulation import stage_bytes
 from datapath.libbpf import BpfObject, Map, Program, RingBuffer
 from datapath.libbpf import abi as _abi_mod
 
@@ -73,7 +74,7 @@ class ClassifierConfig:
                 "event_window_ns": self.event_window_ns}
 
     def max_entries(self) -> dict[str, int]:
-        arrays = self.max_links * 2  # MOA_NR_STAGES, checked against BTF on load
+        arrays = self.max_links * len(schemas.STAGES)  # MOA_NR_STAGES: checked on load (abi.py)
         return {"moa_links": self.max_links, "moa_state": arrays, "moa_counters": arrays,
                 "moa_events": self.ringbuf_bytes}
 
@@ -83,7 +84,7 @@ class StageCounters:
     """One stage of one link, summed over CPUs (frames count every GSO segment)."""
     packets: int = 0
     bytes: int = 0
-    drops: dict[str, int] = field(default_factory=dict)   # "loss" | "queue" | "horizon"
+    drops: dict[str, int] = field(default_factory=dict)   # by name: schemas.DROP_REASONS
     events_suppressed: int = 0
     handover: int = 0    # egress: packets that carried an ingress-stage handover in skb->mark
 
@@ -94,9 +95,7 @@ class Classifier:
     def __init__(self, obj: BpfObject, config: ClassifierConfig) -> None:
         self.obj = obj
         self.config = config
-        self.abi = _abi_mod.load(obj.path)
-        if self.abi.NR_STAGES != 2:
-            raise RuntimeError(f"{obj.path}: MOA_NR_STAGES is {self.abi.NR_STAGES}, expected 2")
+        self.abi = _abi_mod.load(obj.path)  # checks schemas.STAGES and DROP_REASONS (AbiError)
         self.egress_program: Program = obj.program("moa_egress")
         self.ingress_program: Program = obj.program("moa_ingress")
         self.port_hold_program: Program = obj.program("moa_port_hold")
@@ -106,8 +105,7 @@ class Classifier:
         self.global_map: Map = obj.map("moa_global")
         self.events_map: Map = obj.map("moa_events")
         self.box_map: Map = obj.map("moa_box")
-        consts = obj.btf.enum("moa_abi_consts")
-        self.event_version = consts["MOA_ABI_DROP_EVENT_VERSION"]
+        self.event_version = self.abi.DROP_EVENT_VERSION
         self._lock = threading.Lock()
         self._slots: dict[int, int] = {}
         self._restore_slots()
@@ -153,14 +151,12 @@ class Classifier:
 
     # -- links ------------------------------------------------------------------------------------
 
-    def _params(self, e: LinkEmulation | None) -> Any:
-        return e.to_params(self.abi) if e is not None else self.abi.StageParams()
-
-    def encode_stages(self, egress: LinkEmulation | None,
-                      ingress: LinkEmulation | None) -> bytes:
+    def encode_stages(self, egress: schemas.Emulation | None,
+                      ingress: schemas.Emulation | None) -> bytes:
         """The `stage` array of a struct moa_link for these stages (None = that stage does
-        nothing): what the planner compares with the kernel's and what the writes below take."""
-        return bytes(self._params(egress)) + bytes(self._params(ingress))
+        nothing): what the planner compares with the kernel's and what the writes below take.
+        Each distinct emulation is converted once (datapath.emulation.stage_bytes)."""
+        return stage_bytes(egress, self.abi) + stage_bytes(ingress, self.abi)
 
     def stages_of(self, raw_link: bytes) -> bytes:
         """The `stage` array of a raw struct moa_link (its slot left out)."""
@@ -216,8 +212,8 @@ class Classifier:
                 raise
         return slot
 
-    def set_link(self, vni: int, egress: LinkEmulation | None = None,
-                 ingress: LinkEmulation | None = None) -> int:
+    def set_link(self, vni: int, egress: schemas.Emulation | None = None,
+                 ingress: schemas.Emulation | None = None) -> int:
         """Create or update a link; None = that stage does nothing. Returns the slot."""
         _check_vni(vni)
         return self._write(vni, self.encode_stages(egress, ingress))
@@ -301,24 +297,22 @@ class Classifier:
     # -- counters ---------------------------------------------------------------------------------
 
     def link_counters(self, vni: int) -> dict[str, StageCounters]:
-        """{"egress": ..., "ingress": ...}, each summed over CPUs."""
+        """{"egress": ..., "ingress": ...} (schemas.STAGES), each summed over CPUs, drops by
+        schemas.DROP_REASONS (the enums' order, checked on load)."""
         slot = self._require_slot(vni)
         out = {}
-        for stage in self.abi.Stage:
-            if stage.value >= self.abi.NR_STAGES:
-                continue
-            per_cpu = self.counters_map.lookup(slot * 2 + stage.value, self.abi.LinkCounters)
-            total = StageCounters(drops={r.name.lower(): 0 for r in self.abi.DropReason
-                                         if r.value < self.abi.NR_DROP_REASONS})
+        for stage, name in enumerate(schemas.STAGES):
+            per_cpu = self.counters_map.lookup(slot * len(schemas.STAGES) + stage,
+                                               self.abi.LinkCounters)
+            total = StageCounters(drops=dict.fromkeys(schemas.DROP_REASONS, 0))
             for c in per_cpu:
                 total.packets += c.packets
                 total.bytes += c.bytes
                 total.events_suppressed += c.events_suppressed
                 total.handover += c.handover
-                for r in self.abi.DropReason:
-                    if r.value < self.abi.NR_DROP_REASONS:
-                        total.drops[r.name.lower()] += c.drops[r.value]
-            out[stage.name.lower()] = total
+                for i, reason in enumerate(schemas.DROP_REASONS):
+                    total.drops[reason] += c.drops[i]
+            out[name] = total
         return out
 
     def global_counters(self) -> dict[str, int]:
@@ -335,6 +329,9 @@ class Classifier:
     # -- drop events ------------------------------------------------------------------------------
 
     def parse_drop_event(self, record: bytes) -> Any:
+        """One ring buffer record as an abi.DropEvent (struct moa_drop_event, from BTF). Its
+        reserved words give it room to grow; any change bumps MOA_DROP_EVENT_VERSION, and a
+        record of another version is refused (DropEventError) rather than misread."""
         size = ctypes.sizeof(self.abi.DropEvent)
         if len(record) < size:
             raise DropEventError(f"drop event of {len(record)} bytes, expected {size}")

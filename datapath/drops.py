@@ -35,10 +35,6 @@ class DropEventReader:
         # batch are converted within microseconds, and only a clock step changes the offset.
         self._wall_offset = 0
         self._callbacks: list[Callable[[schemas.DropEvent], None]] = []
-        abi = classifier.abi
-        self._reasons = {r.value: r.name.lower() for r in abi.DropReason
-                         if r.value < abi.NR_DROP_REASONS}
-        self._stages = {s.value: s.name.lower() for s in abi.Stage if s.value < abi.NR_STAGES}
 
     def subscribe(self, callback: Callable[[schemas.DropEvent], None]) -> None:
         """Call `callback(schemas.DropEvent)` in the running event loop for every drop event the
@@ -83,11 +79,11 @@ class DropEventReader:
         except DropEventError as e:
             log.warning("drop event skipped: %s", e)
             return None
-        reason = self._reasons.get(ev.reason)
-        stage = self._stages.get(ev.stage)
-        if reason is None or stage is None:
+        # The enums' values index schemas' tables: the classifier checked them when it loaded.
+        if ev.reason >= len(schemas.DROP_REASONS) or ev.stage >= len(schemas.STAGES):
             log.warning("drop event skipped: reason %d / stage %d unknown", ev.reason, ev.stage)
             return None
+        reason, stage = schemas.DROP_REASONS[ev.reason], schemas.STAGES[ev.stage]
         mid, link = self.owner(ev.vni)
         wall = ev.time_ns + self._wall_offset
         return schemas.DropEvent(time_ns=wall, vni=ev.vni, reason=reason, stage=stage,

@@ -356,11 +356,10 @@ class Bench:
         """10,000 links' parameters rewritten in a classifier's map, the way Datapath.update
         writes them (Classifier.update_links: one batch), without netlink or NATS."""
         from datapath.classifier import Classifier, ClassifierConfig
-        from datapath.emulation import LinkEmulation
 
         vnis = range(1, MAP_UPDATE_LINKS + 1)
         with Classifier.load(ClassifierConfig(max_links=16_384)) as clf:
-            old, new = LinkEmulation(loss=0.001), LinkEmulation(loss=0.002)
+            old, new = schemas.Emulation(loss=0.001), schemas.Emulation(loss=0.002)
             for vni in vnis:
                 clf.set_link(vni, egress=old)
             t0 = time.perf_counter()
@@ -374,7 +373,6 @@ class Bench:
         import nats
 
         from datapath.classifier import Classifier, ClassifierConfig
-        from datapath.emulation import LinkEmulation
         from moa_bus.desired import DesiredState
         from moa_bus.telemetry import Telemetry
 
@@ -402,10 +400,10 @@ class Bench:
             await sub_nc.subscribe(self.subjects.drops, cb=on_batch, pending_msgs_limit=-1,
                                    pending_bytes_limit=-1)
             await sub_nc.flush()
-            clf.set_link(DROP_VNI, egress=LinkEmulation(loss=1.0))
+            clf.set_link(DROP_VNI, egress=schemas.Emulation(loss=1.0))
             frame, ctx = _vxlan_frame(DROP_VNI), clf.abi.SkBuff()
             telemetry.start()
-            chunk = 4096  # well under the ring buffer (4 MiB / 32 B per record)
+            chunk = 4096  # well under the ring buffer (4 MiB / 48 B per record)
             t0 = time.perf_counter()
             sent = 0
             while sent < total:

@@ -1,9 +1,11 @@
-"""decode / encode: JSON bytes <-> Structs, with unit parsing and validation.
+"""decode / encode: JSON bytes <-> Structs; decode is where a message is parsed and checked, once.
 
 decode(kind, data) runs msgspec's strict decoder (types, unknown fields) with a dec_hook that
-parses the unit fields (Duration, Rate, Size: see schemas.messages), then schemas.validate. Every
-failure, whatever its source, becomes an InvalidMessage whose field is a path in the same form
-validate uses ("links[0].endpoints[1].vni"): msgspec's "... - at `$.links[0]...`" is rewritten.
+parses the unit fields (Duration, Rate, Size: see schemas.messages) into plain ints, then the
+rules of schemas/validate.py (check). Every failure, whatever its source, becomes an
+InvalidMessage whose field is a path in the same form the rules use
+("links[0].endpoints[1].vni"): msgspec's "... - at `$.links[0]...`" is rewritten. validate(m)
+puts a Struct built in Python through the same decoder.
 """
 from __future__ import annotations
 
@@ -13,30 +15,25 @@ from typing import Any, TypeVar
 import msgspec
 
 from schemas import units
-from schemas.messages import Duration, Rate, Size
-from schemas.validate import InvalidMessage, validate
+from schemas.messages import Duration, InvalidMessage, Rate, Size
+from schemas.validate import check
 
 T = TypeVar("T")
 
 _PARSERS = {Duration: units.parse_duration, Rate: units.parse_rate, Size: units.parse_size}
 
 
-def _dec_hook(kind: type, obj: Any) -> Any:
+def _dec_hook(kind: type, obj: Any) -> int:
     parse = _PARSERS.get(kind)
     if parse is None:
         raise NotImplementedError(f"no decoder for {kind!r}")
-    # A ValueError from the parser becomes a msgspec.ValidationError carrying the path.
-    return kind(parse(obj))
-
-
-def _enc_hook(obj: Any) -> Any:
-    if isinstance(obj, int):  # the unit markers are int subclasses
-        return int(obj)
-    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+    # The plain int, which msgspec takes as an instance of the marker (schemas.messages). A
+    # ValueError from the parser becomes a msgspec.ValidationError carrying the path.
+    return parse(obj)
 
 
 _decoders: dict[type, msgspec.json.Decoder] = {}
-_encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
+_encoder = msgspec.json.Encoder()
 
 # msgspec: "<message> - at `$.links[0].vni`" (no suffix when the problem is at the root).
 _AT = re.compile(r"^(?P<message>.*) - at `\$(?P<path>.*)`$", re.DOTALL)
@@ -71,7 +68,7 @@ def _check_well_formed(data: bytes | str) -> None:
 
 
 def decode(kind: type[T], data: bytes | str) -> T:
-    """Decode JSON into kind, parse units, validate; raise InvalidMessage on any problem."""
+    """Decode JSON into kind, parse units, check the rules; raise InvalidMessage on any problem."""
     decoder = _decoders.get(kind)
     if decoder is None:
         decoder = _decoders[kind] = msgspec.json.Decoder(kind, dec_hook=_dec_hook)
@@ -90,9 +87,15 @@ def decode(kind: type[T], data: bytes | str) -> T:
                              "malformed") from None
     except RecursionError:
         raise InvalidMessage("", "JSON is malformed: nested too deeply", "malformed") from None
-    return validate(message)
+    return check(message)
 
 
 def encode(obj: Any) -> bytes:
     """JSON bytes of a Struct (or anything msgspec encodes); unit fields as plain integers."""
     return _encoder.encode(obj)
+
+
+def validate(m: T) -> T:
+    """A Struct built in Python, checked as decode checks a message: through the decoder (types,
+    units, rules); returns the decoded copy (addresses normalized), or raises InvalidMessage."""
+    return decode(type(m), encode(m))

@@ -1,38 +1,54 @@
-"""The messages of moa's contract (docs/contract.md) as msgspec Structs.
+"""The messages of moa's contract (docs/contract.md) as msgspec Structs; an emulation's rules.
 
-After schemas.decode every field is in Python units: durations in ns, rates in bit/s, sizes in
+After schemas.decode every field is in its final unit: durations in ns, rates in bit/s, sizes in
 bytes (plain ints), loss as a float in [0, 1]. All Structs are keyword-only and reject unknown
 fields, so a typo in an event is an error naming the field rather than a silently ignored key.
 
 How the unit strings get in: the fields that take them are annotated with the marker types
 Duration, Rate and Size. msgspec does not know these types, so when decoding it hands the raw
-JSON value (int or string) to schemas.codec's dec_hook, which parses it with schemas.units.
-schemas.validate then turns the marker instances back into plain ints, so that code building or
-encoding these Structs never meets them. For type checkers the markers are simply int.
+JSON value (int or string) to schemas.codec's dec_hook, which parses it with schemas.units and
+returns the plain int. msgspec accepts a hook's value when isinstance(value, type) holds, and a
+marker's instances are exactly the ints (its metaclass says so): no marker object is ever made,
+and code building, comparing or encoding these Structs only ever meets ints. For type checkers
+the markers are simply int.
+
+The rules of an emulation (check_values, check_across) live here, beside the Structs they
+constrain, because EmulationPatch.apply needs them; the rules of whole messages (ids, VNIs,
+addresses) are in schemas/validate.py, which imports this module (never the other way).
 """
 from __future__ import annotations
 
+import typing
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import msgspec
 from msgspec import UNSET, UnsetType
+
+from schemas import units
 
 if TYPE_CHECKING:
     Duration = int
     Rate = int
     Size = int
 else:
-    class Duration(int):
+    class _Unit(type):
+        """The metaclass of the unit markers: their instances are the plain ints."""
+
+        def __instancecheck__(cls, obj: object) -> bool:
+            return type(obj) is int
+
+    class Duration(metaclass=_Unit):
         """ns; on the wire an int (ns) or a string such as "10ms"."""
 
-    class Rate(int):
+    class Rate(metaclass=_Unit):
         """bit/s; on the wire an int (bit/s) or a string such as "100mbps"; 0 = unlimited."""
 
-    class Size(int):
+    class Size(metaclass=_Unit):
         """bytes; on the wire an int (bytes) or a string such as "256KiB"."""
 
-# Constraints that schemas.validate checks (with its own messages and field paths), stated in the
-# generated JSON Schema too: extra_json_schema documents without making msgspec enforce them.
+# Constraints that the rules check (schemas/validate.py; check_values below for probabilities),
+# with their own messages and field paths, stated in the generated JSON Schema too:
+# extra_json_schema documents without making msgspec enforce them.
 ID_MAX_LEN = 128
 ID_PATTERN = r"[A-Za-z0-9._:-]{1,%d}" % ID_MAX_LEN
 VNI_MIN, VNI_MAX = 1, (1 << 24) - 1
@@ -44,14 +60,33 @@ Probability = Annotated[float, msgspec.Meta(extra_json_schema={"minimum": 0, "ma
 IpAddress = Annotated[str, msgspec.Meta(extra_json_schema={
     "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]})]
 
+# enum moa_drop_reason and enum moa_stage of datapath/bpf/abi.h, by name in enumerator order
+# (index = value, prefix cut, lower case): the one Python table of them. schemas may not import
+# the datapath, so the datapath checks this table against the classifier's BTF when it loads it
+# (datapath/libbpf/abi.py, AbiError on a mismatch); tests/test_abi.py checks it against the BTF too and
+# tests/test_schemas.py against abi.h's text.
 DropReason = Literal["loss", "queue", "horizon"]
 Stage = Literal["egress", "ingress"]
+DROP_REASONS: tuple[str, ...] = typing.get_args(DropReason)
+STAGES: tuple[str, ...] = typing.get_args(Stage)
 LinkKind = Literal["p2p", "lan"]
 
-# Names of the drop reasons and stages in the order of enum moa_drop_reason / enum moa_stage in
-# datapath/bpf/abi.h (index = enum value); tests/test_schemas.py checks them against abi.h.
-DROP_REASONS: tuple[str, ...] = ("loss", "queue", "horizon")
-STAGES: tuple[str, ...] = ("egress", "ingress")
+MIN_CAPACITY_BPS = 1_000
+MIN_QUEUE_BYTES = 1_500
+
+
+class InvalidMessage(ValueError):
+    """A message that cannot be applied. field: path of the offending value ("" = the whole
+    message); code: "malformed" (not JSON) or "invalid"."""
+
+    def __init__(self, field: str, message: str, code: str = "invalid") -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.message = message
+        self.code = code
+
+    def to_ack_error(self) -> AckError:
+        return AckError(code=self.code, field=self.field or None, message=self.message)
 
 
 class _Message(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -61,7 +96,7 @@ class _Message(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 # ----------------------------------------------------------------------------- emulation
 
-class GilbertElliott(_Message, kw_only=True):
+class GilbertElliott(_Message, frozen=True, kw_only=True):
     """Burst loss: a two-state Markov chain, stepped once per packet.
 
     p: P(good -> bad), r: P(bad -> good); loss_good / loss_bad: loss probability in each state.
@@ -72,7 +107,9 @@ class GilbertElliott(_Message, kw_only=True):
     loss_bad: Probability = 1.0
 
 
-class Emulation(_Message, kw_only=True):
+# Frozen, hence hashable: the datapath turns each distinct emulation into its map bytes once
+# (datapath/emulation.py).
+class Emulation(_Message, frozen=True, kw_only=True):
     """One link's parameters (both directions, every endpoint). See docs/semantics.md."""
     latency: Duration = 0
     jitter: Duration = 0
@@ -102,16 +139,67 @@ class EmulationPatch(_Message, kw_only=True):
                 if (value := getattr(self, name)) is not UNSET}
 
     def apply(self, base: Emulation, field: str = "emulation") -> Emulation:
-        """base with this patch's fields replaced, validated as a whole.
+        """base with this patch's fields replaced, checked as a whole.
 
-        Raises InvalidMessage (field under `field`) when the result breaks a rule that involves
-        two fields, e.g. a patch lowering latency below the link's jitter.
+        Both were checked value by value when they were decoded; what is left are the rules
+        across fields (check_across): InvalidMessage (field under `field`) when the result breaks
+        one, e.g. a patch lowering latency below the link's jitter.
         """
-        from schemas.validate import check_emulation  # validate imports this module
-
         merged = msgspec.structs.replace(base, **self.changes())
-        check_emulation(merged, field)
+        check_across(merged, field)
         return merged
+
+
+# The rules of an emulation, written once for an Emulation and for a patch: a field a patch
+# leaves UNSET is not checked, and a rule across two fields applies when both are set (a patch's
+# other ones are checked by apply, against the link's values). Unit bounds (negative, above the
+# maximum) are not here: schemas.units refuses them while decoding.
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _check_probability(value: float, path: str, what: str) -> None:
+    if not 0.0 <= value <= 1.0:  # NaN too (it compares false)
+        raise InvalidMessage(path, f"{what} {value!r} is outside [0, 1]")
+
+
+def check_values(e: Emulation | EmulationPatch, path: str) -> None:
+    """The rules of each field alone: capacity and queue minimums, probabilities in [0, 1]."""
+    if e.capacity is not UNSET and 0 < e.capacity < MIN_CAPACITY_BPS:
+        raise InvalidMessage(_join(path, "capacity"),
+                             f"capacity {e.capacity} bit/s is below the minimum 1kbps "
+                             "(0 means unlimited)")
+    if e.queue not in (UNSET, None) and e.queue < MIN_QUEUE_BYTES:
+        raise InvalidMessage(_join(path, "queue"),
+                             f"queue {e.queue} bytes is below the minimum {MIN_QUEUE_BYTES} "
+                             "(one full-size frame)")
+    if e.loss is not UNSET:
+        _check_probability(e.loss, _join(path, "loss"), "loss")
+    if e.burst not in (UNSET, None):
+        for name in ("p", "r", "loss_good", "loss_bad"):
+            _check_probability(getattr(e.burst, name), _join(path, f"burst.{name}"), name)
+
+
+def check_across(e: Emulation | EmulationPatch, path: str) -> None:
+    """The rules across fields: jitter <= latency, a queue only with a capacity, burst excludes
+    loss."""
+    if e.latency is not UNSET and e.jitter is not UNSET and e.jitter > e.latency:
+        raise InvalidMessage(_join(path, "jitter"),
+                             f"jitter {units.format_duration(e.jitter)} is larger than latency "
+                             f"{units.format_duration(e.latency)} (the delay is latency ± jitter)")
+    if e.queue not in (UNSET, None) and e.capacity == 0:
+        raise InvalidMessage(_join(path, "queue"),
+                             "queue needs a capacity: an unlimited link has no backlog to bound")
+    if e.burst not in (UNSET, None) and e.loss not in (UNSET, 0.0):
+        raise InvalidMessage(_join(path, "loss"),
+                             "loss must be 0 when burst is given (use burst.loss_good)")
+
+
+def check_emulation(e: Emulation | EmulationPatch, path: str = "emulation") -> None:
+    """Every rule of an emulation (or of the fields a patch sets)."""
+    check_values(e, path)
+    check_across(e, path)
 
 
 # ----------------------------------------------------------------------------- materialize

@@ -11,7 +11,7 @@ Bounds (ValueError outside them), chosen as "absurd beyond here", not as what th
 - rates: 0 .. 10 Tbit/s (0 means unlimited; 400 Gbit/s must fit);
 - sizes: 0 .. 1 TiB.
 Minimums that only make sense for one field (capacity >= 1 kbit/s, queue >= one frame) are checked
-by schemas.validate, not here.
+by the emulation's rules (schemas.messages.check_values), not here.
 
 Accepted strings: a decimal number ("10", "1.5", ".5"), optionally one space, then a unit:
 - durations: ns, us (or µs), ms, s

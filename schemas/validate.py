@@ -1,4 +1,9 @@
-"""Semantic checks that types alone cannot express, each naming the offending field by its path.
+"""The rules of whole messages that types alone cannot express, each naming the offending field.
+
+schemas.decode checks a message once, in this order: msgspec's strict decoder (types, unknown
+and missing fields), schemas.units for every unit field (a string with a unit or an int, parsed
+into ns, bit/s or bytes, within bounds, as the decoder reads it), then check(m) here. A Struct
+built in Python has met none of that: schemas.validate(m) puts it through decode.
 
 Rules (InvalidMessage for the first one broken; field is a path like "links[0].endpoints[1].vni"):
 - ids (materialization, link, tag): 1..128 characters of letters, digits, ".", "_", "-", ":".
@@ -10,138 +15,48 @@ Rules (InvalidMessage for the first one broken; field is a path like "links[0].e
   remote. Normalized in place to Python's canonical text ("2001:DB8::1" -> "2001:db8::1") so that
   equal addresses compare equal when the planner diffs states.
 - port: 1..65535.
-- durations, rates, sizes: non-negative integers within schemas.units' bounds (unit strings have
-  been parsed by decode; here the int values are checked again for Structs built in Python).
-- jitter <= latency: the datapath draws the delay uniformly from latency ± jitter and clamps at
-  0, so a larger jitter would skew the mean; refuse it rather than emulate something else.
-- loss and every Gilbert-Elliott probability in [0, 1]; loss must be 0 when burst is given
-  (burst.loss_good is the loss outside bursts), so that only one loss model applies.
-- capacity 0 (unlimited) or at least 1 kbit/s (below that one frame takes seconds and every
-  departure would fall beyond fq's horizon).
-- queue requires a capacity: without a rate there is no backlog to bound (the datapath stores
-  the queue as time at the rate). A queue is at least 1500 bytes: a smaller one would tail-drop
-  every full-size frame that finds the link busy.
+- an emulation's rules (schemas.messages.check_values and check_across, written once for an
+  Emulation and for the fields of a patch):
+  - jitter <= latency: the datapath draws the delay uniformly from latency ± jitter and clamps
+    at 0, so a larger jitter would skew the mean; refuse it rather than emulate something else.
+  - loss and every Gilbert-Elliott probability in [0, 1]; loss must be 0 when burst is given
+    (burst.loss_good is the loss outside bursts), so that only one loss model applies.
+  - capacity 0 (unlimited) or at least 1 kbit/s (below that one frame takes seconds and every
+    departure would fall beyond fq's horizon).
+  - queue requires a capacity: without a rate there is no backlog to bound (the datapath stores
+    the queue as time at the rate). A queue is at least 1500 bytes: a smaller one would
+    tail-drop every full-size frame that finds the link busy.
 - Update: at least one link update; each names exactly one of link and tag and sets at least
-  one parameter. Rules across two parameters (jitter <= latency, queue needs capacity) are
-  checked by EmulationPatch.apply against the link's current parameters.
-
-validate(m) normalizes in place (plain ints for unit fields, canonical IP text) and returns m.
+  one parameter. A rule across two parameters is checked here when the patch sets both, and by
+  EmulationPatch.apply against the link's current parameters.
+- drop reasons (DropBatch.counts, LinkStats.drops): names of schemas.messages.DROP_REASONS.
 """
 from __future__ import annotations
 
 import ipaddress
-import math
 import re
 
-from msgspec import UNSET
-
-from schemas import units
 from schemas.messages import (
-    DROP_REASONS, ID_MAX_LEN, ID_PATTERN, VNI_MAX, VNI_MIN, Ack, AckError, Dematerialize,
-    DropBatch, DropEvent, Emulation, EmulationPatch, GilbertElliott, Link, LinkStats,
-    LinkStatsBatch, Materialize, StatusReply, StatusRequest, Update,
+    DROP_REASONS, ID_MAX_LEN, ID_PATTERN, VNI_MAX, VNI_MIN, Dematerialize, DropBatch, Emulation,
+    InvalidMessage, Link, LinkStats, LinkStatsBatch, Materialize, StatusReply, StatusRequest,
+    Update, check_emulation,
 )
 
-MIN_CAPACITY_BPS = 1_000
-MIN_QUEUE_BYTES = 1_500
+__all__ = ["InvalidMessage", "check", "check_id", "vni_fields"]
+
 _ID = re.compile(ID_PATTERN)
 
 
-class InvalidMessage(ValueError):
-    """A message that cannot be applied. field: path of the offending value ("" = the whole
-    message); code: "malformed" (not JSON) or "invalid"."""
-
-    def __init__(self, field: str, message: str, code: str = "invalid") -> None:
-        super().__init__(f"{field}: {message}" if field else message)
-        self.field = field
-        self.message = message
-        self.code = code
-
-    def to_ack_error(self) -> AckError:
-        return AckError(code=self.code, field=self.field or None, message=self.message)
-
-
-def _join(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
-
-
-def check_id(value: object, path: str, what: str = "id") -> None:
-    if not isinstance(value, str) or not _ID.fullmatch(value):
-        long = isinstance(value, str) and len(value) > 40
-        shown = repr(value[:40]) + "..." if long else repr(value)
+def check_id(value: str, path: str, what: str = "id") -> None:
+    if not _ID.fullmatch(value):
+        shown = repr(value[:40]) + "..." if len(value) > 40 else repr(value)
         raise InvalidMessage(path, f"{what} {shown} must be 1..{ID_MAX_LEN} characters of "
                                    "letters, digits, '.', '_', '-', ':'")
 
 
-def _check_unit(parse, value: object, path: str) -> int:
+def _check_ip(value: str, path: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     try:
-        return int(parse(value))
-    except ValueError as e:
-        raise InvalidMessage(path, str(e)) from None
-
-
-def _check_probability(value: object, path: str, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidMessage(path, f"{what} must be a number in [0, 1]")
-    if math.isnan(value) or not 0.0 <= value <= 1.0:
-        raise InvalidMessage(path, f"{what} {value!r} is outside [0, 1]")
-    return float(value)
-
-
-def _check_burst(b: object, path: str) -> None:
-    if not isinstance(b, GilbertElliott):
-        raise InvalidMessage(path, "burst must be an object {p, r, loss_good, loss_bad}")
-    for name in ("p", "r", "loss_good", "loss_bad"):
-        setattr(b, name, _check_probability(getattr(b, name), _join(path, name), name))
-
-
-def _check_params(e: Emulation | EmulationPatch, path: str) -> None:
-    """Per-field checks, for a full Emulation or for the fields a patch sets. Normalizes."""
-    def present(name: str) -> bool:
-        return getattr(e, name) is not UNSET
-
-    for name, parse in (("latency", units.parse_duration), ("jitter", units.parse_duration),
-                        ("capacity", units.parse_rate)):
-        if present(name):
-            setattr(e, name, _check_unit(parse, getattr(e, name), _join(path, name)))
-    if present("capacity") and 0 < e.capacity < MIN_CAPACITY_BPS:
-        raise InvalidMessage(_join(path, "capacity"),
-                             f"capacity {e.capacity} bit/s is below the minimum 1kbps "
-                             "(0 means unlimited)")
-    if present("queue") and e.queue is not None:
-        e.queue = _check_unit(units.parse_size, e.queue, _join(path, "queue"))
-        if e.queue < MIN_QUEUE_BYTES:
-            raise InvalidMessage(_join(path, "queue"),
-                                 f"queue {e.queue} bytes is below the minimum {MIN_QUEUE_BYTES} "
-                                 "(one full-size frame)")
-    if present("loss"):
-        e.loss = _check_probability(e.loss, _join(path, "loss"), "loss")
-    if present("burst") and e.burst is not None:
-        _check_burst(e.burst, _join(path, "burst"))
-    if present("reorder") and not isinstance(e.reorder, bool):
-        raise InvalidMessage(_join(path, "reorder"), "reorder must be true or false")
-
-
-def check_emulation(e: Emulation, path: str = "emulation") -> None:
-    """Every rule for one complete Emulation, including those across fields."""
-    if not isinstance(e, Emulation):
-        raise InvalidMessage(path, "emulation must be an object")
-    _check_params(e, path)
-    if e.jitter > e.latency:
-        raise InvalidMessage(_join(path, "jitter"),
-                             f"jitter {units.format_duration(e.jitter)} is larger than latency "
-                             f"{units.format_duration(e.latency)} (the delay is latency ± jitter)")
-    if e.queue is not None and e.capacity == 0:
-        raise InvalidMessage(_join(path, "queue"),
-                             "queue needs a capacity: an unlimited link has no backlog to bound")
-    if e.burst is not None and e.loss != 0.0:
-        raise InvalidMessage(_join(path, "loss"),
-                             "loss must be 0 when burst is given (use burst.loss_good)")
-
-
-def _check_ip(value: object, path: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    try:
-        ip = ipaddress.ip_address(value)  # type: ignore[arg-type]
+        ip = ipaddress.ip_address(value)
     except ValueError:
         raise InvalidMessage(path, f"{value!r} is not an IPv4 or IPv6 address") from None
     if ip.is_unspecified or ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255"):
@@ -150,16 +65,16 @@ def _check_ip(value: object, path: str) -> ipaddress.IPv4Address | ipaddress.IPv
 
 
 def _check_link(link: Link, path: str, vnis: dict[int, str]) -> None:
-    check_id(link.id, _join(path, "id"), "link id")
+    check_id(link.id, f"{path}.id", "link id")
     for k, tag in enumerate(link.tags):
         check_id(tag, f"{path}.tags[{k}]", "tag")
     if len(link.endpoints) < 2:
-        raise InvalidMessage(_join(path, "endpoints"),
+        raise InvalidMessage(f"{path}.endpoints",
                              f"a link needs at least 2 endpoints, got {len(link.endpoints)}")
     for j, ep in enumerate(link.endpoints):
         ep_path = f"{path}.endpoints[{j}]"
         vni_path = f"{ep_path}.vni"
-        if type(ep.vni) is not int or not VNI_MIN <= ep.vni <= VNI_MAX:
+        if not VNI_MIN <= ep.vni <= VNI_MAX:
             raise InvalidMessage(vni_path, f"{ep.vni!r} is outside {VNI_MIN}..{VNI_MAX}")
         if ep.vni in vnis:
             raise InvalidMessage(vni_path, f"VNI {ep.vni} is used twice (also {vnis[ep.vni]})")
@@ -172,12 +87,12 @@ def _check_link(link: Link, path: str, vnis: dict[int, str]) -> None:
                 raise InvalidMessage(f"{ep_path}.local",
                                      f"local {local} and remote {remote} are of different families")
             ep.local = str(local)
-        if ep.port is not None and (isinstance(ep.port, bool) or not 1 <= ep.port <= 65535):
+        if ep.port is not None and not 1 <= ep.port <= 65535:
             raise InvalidMessage(f"{ep_path}.port", f"port {ep.port!r} is outside 1..65535")
-    check_emulation(link.emulation, _join(path, "emulation"))
+    check_emulation(link.emulation, f"{path}.emulation")
 
 
-def _validate_materialize(m: Materialize) -> None:
+def _check_materialize(m: Materialize) -> None:
     check_id(m.id, "id")
     ids: dict[str, str] = {}
     vnis: dict[int, str] = {}
@@ -190,7 +105,7 @@ def _validate_materialize(m: Materialize) -> None:
         ids[link.id] = f"{path}.id"
 
 
-def _validate_update(u: Update) -> None:
+def _check_update(u: Update) -> None:
     check_id(u.id, "id")
     if not u.links:
         raise InvalidMessage("links", "an update needs at least one link update")
@@ -202,26 +117,9 @@ def _validate_update(u: Update) -> None:
             check_id(lu.link, f"{path}.link", "link id")
         else:
             check_id(lu.tag, f"{path}.tag", "tag")
-        if not isinstance(lu.emulation, EmulationPatch):
-            raise InvalidMessage(f"{path}.emulation", "emulation must be an object")
         if not lu.emulation.changes():
             raise InvalidMessage(f"{path}.emulation", "sets no parameter")
-        _check_params(lu.emulation, f"{path}.emulation")
-        _check_patch_alone(lu.emulation, f"{path}.emulation")
-
-
-def _check_patch_alone(p: EmulationPatch, path: str) -> None:
-    """The cross-field rules a patch breaks whatever link it lands on (apply checks the rest)."""
-    if p.latency is not UNSET and p.jitter is not UNSET and p.jitter > p.latency:
-        raise InvalidMessage(_join(path, "jitter"),
-                             f"jitter {units.format_duration(p.jitter)} is larger than latency "
-                             f"{units.format_duration(p.latency)} (the delay is latency ± jitter)")
-    if p.queue not in (UNSET, None) and p.capacity == 0:
-        raise InvalidMessage(_join(path, "queue"),
-                             "queue needs a capacity: an unlimited link has no backlog to bound")
-    if p.burst not in (UNSET, None) and p.loss not in (UNSET, 0.0):
-        raise InvalidMessage(_join(path, "loss"),
-                             "loss must be 0 when burst is given (use burst.loss_good)")
+        check_emulation(lu.emulation, f"{path}.emulation")
 
 
 def vni_fields(m: Materialize) -> dict[int, str]:
@@ -239,18 +137,17 @@ def _check_reasons(counts: dict[str, int], path: str) -> None:
             raise InvalidMessage(f"{path}.{reason}", f"count {n} is negative")
 
 
-def validate(m):
-    """Check m by the rules above (raising InvalidMessage) and normalize it in place; returns m.
+def check(m):
+    """Check a decoded message by the rules above (InvalidMessage for the first one broken),
+    normalizing addresses in place; returns m. schemas.decode calls it: nothing else needs to.
 
-    Messages without rules of their own (Ack, StatusReply, ...) pass unchanged.
+    Messages without rules of their own (Ack, DropEvent, ...) pass unchanged.
     """
     if isinstance(m, Materialize):
-        _validate_materialize(m)
+        _check_materialize(m)
     elif isinstance(m, Update):
-        _validate_update(m)
-    elif isinstance(m, Dematerialize):
-        check_id(m.id, "id")
-    elif isinstance(m, StatusRequest):
+        _check_update(m)
+    elif isinstance(m, (Dematerialize, StatusRequest)):
         if m.id is not None:
             check_id(m.id, "id")
     elif isinstance(m, Emulation):
@@ -266,6 +163,4 @@ def validate(m):
         for i, ms in enumerate(m.materializations):
             for j, ls in enumerate(ms.links):
                 check_emulation(ls.emulation, f"materializations[{i}].links[{j}].emulation")
-    elif isinstance(m, (Ack, DropEvent)):
-        pass
     return m

@@ -29,7 +29,7 @@ FIELDS = {
     "StageState": ["lock", "ge_bad", "t_last", "t_depart", "ev_window", "ev_used"],
     "LinkCounters": ["packets", "bytes", "drops", "events_suppressed"],
     "GlobalCounters": ["non_vxlan", "unknown_vni", "ringbuf_fail", "handover"],
-    "DropEvent": ["version", "reason", "stage", "vni", "time_ns", "len", "segs"],
+    "DropEvent": ["version", "reason", "stage", "vni", "time_ns", "len", "segs", "reserved"],
     "SkBuff": ["len", "mark", "cb", "tstamp", "wire_len", "gso_segs", "gso_size", "tstamp_type",
                "hwtstamp", "data", "data_end", "ifindex", "priority"],
 }
@@ -81,6 +81,8 @@ def test_mirror_has_the_fields_python_relies_on(mirror: abi_mod.Abi) -> None:
     assert ctypes.sizeof(mirror.Link) == 8 + 2 * ctypes.sizeof(mirror.StageParams)
     assert mirror.Link.stage.size == 2 * ctypes.sizeof(mirror.StageParams)
     assert ctypes.sizeof(mirror.SkBuff) == 192
+    # Room to grow: two reserved words after the version 1 fields (abi.h).
+    assert ctypes.sizeof(mirror.DropEvent) == 40 and mirror.DropEvent.reserved.offset == 24
 
 
 def test_mirror_enums(mirror: abi_mod.Abi) -> None:
@@ -89,7 +91,28 @@ def test_mirror_enums(mirror: abi_mod.Abi) -> None:
     assert {m.name: m.value for m in mirror.LossModel} == {
         "NONE": 0, "BERNOULLI": 1, "GILBERT_ELLIOTT": 2}
     assert mirror.StageFlags.REORDER == 1
-    assert (mirror.NR_STAGES, mirror.NR_DROP_REASONS, mirror.DROP_EVENT_VERSION) == (2, 3, 1)
+    assert (mirror.NR_STAGES, mirror.NR_DROP_REASONS, mirror.DROP_EVENT_VERSION) == (2, 3, 2)
+
+
+def test_names_are_schemas_table(mirror: abi_mod.Abi) -> None:
+    """The one Python table of drop reasons and stages (schemas) is the object's enums, by value."""
+    import schemas
+    assert tuple(m.name.lower() for m in sorted(mirror.DropReason)) == schemas.DROP_REASONS
+    assert tuple(m.name.lower() for m in sorted(mirror.Stage)) == schemas.STAGES
+
+
+def test_a_table_that_differs_from_the_enums_stops_the_load(
+        classifier_o: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import schemas
+    monkeypatch.setattr(schemas, "DROP_REASONS", ("loss", "horizon", "queue"))
+    with pytest.raises(abi_mod.AbiError, match=r"enum moa_drop_reason is loss=0, queue=1, "
+                                               r"horizon=2 .*schemas.DROP_REASONS is loss, "
+                                               r"horizon, queue"):
+        abi_mod.Abi(str(classifier_o))
+    monkeypatch.setattr(schemas, "DROP_REASONS", ("loss", "queue", "horizon"))
+    monkeypatch.setattr(schemas, "STAGES", ("egress",))
+    with pytest.raises(abi_mod.AbiError, match="enum moa_stage is egress=0, ingress=1"):
+        abi_mod.Abi(str(classifier_o))
 
 
 def test_module_attributes_come_from_the_classifier(classifier_o: Path) -> None:

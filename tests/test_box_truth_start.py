@@ -17,7 +17,7 @@ import nats
 import pytest
 
 from datapath.classifier import Classifier, ClassifierConfig
-from datapath.emulation import LinkEmulation
+from schemas import Emulation
 from datapath.pair import PairProgram
 from moa_bus.natsserver import NatsServer
 from moa_bus.service import DRY_RUN_HEADER
@@ -183,7 +183,7 @@ async def test_orphans_in_the_kernel_are_purged_at_start(topo: Testbed, nats_ser
         # not have, a pair entry for a device that does not exist.
         clf = Classifier.load(ClassifierConfig(), pin_root=topo.pin_root)
         try:
-            clf.set_link(9000, egress=LinkEmulation(loss=0.5))
+            clf.set_link(9000, egress=Emulation(loss=0.5))
         finally:
             clf.close()
         pair = PairProgram(topo.pin_root, max_vteps=2 * ClassifierConfig().max_links)

@@ -1,5 +1,5 @@
-"""Classifier link management (slots, pinning across a restart) and LinkEmulation/ClassifierConfig
-conversion and validation."""
+"""Classifier link management (slots, pinning across a restart), an emulation's conversion into
+struct moa_stage_params, and ClassifierConfig validation."""
 from __future__ import annotations
 
 import os
@@ -9,8 +9,10 @@ import uuid
 
 import pytest
 
+import schemas
 from datapath.classifier import Classifier, ClassifierConfig
-from datapath.emulation import GilbertElliott, LinkEmulation
+from datapath.emulation import queue_bytes, queue_ns, stage_params
+from schemas import Emulation, GilbertElliott
 from tests.fixtures.packets import inner_udp, vxlan
 
 ONE = 1 << 32
@@ -35,14 +37,14 @@ def send(c: Classifier, vni: int, repeat: int = 1):
 
 def test_slots_are_allocated_reused_and_zeroed() -> None:
     with Classifier.load(ClassifierConfig(max_links=4)) as c:
-        assert [c.set_link(v, LinkEmulation(latency_ns=1)) for v in (10, 11, 12)] == [0, 1, 2]
+        assert [c.set_link(v, Emulation(latency=1)) for v in (10, 11, 12)] == [0, 1, 2]
         send(c, 11, repeat=5)
         assert c.link_counters(11)["egress"].packets == 5
         assert c.delete_link(11) is True
         assert c.delete_link(11) is False
         assert c.link(11) is None
         assert send(c, 11).ctx.tstamp == 0                  # unknown now
-        assert c.set_link(13, LinkEmulation(latency_ns=1)) == 1   # lowest free slot, zeroed
+        assert c.set_link(13, Emulation(latency=1)) == 1   # lowest free slot, zeroed
         assert c.link_counters(13)["egress"].packets == 0
         assert c.set_link(14) == 3
         with pytest.raises(RuntimeError, match="no free link slot"):
@@ -52,10 +54,10 @@ def test_slots_are_allocated_reused_and_zeroed() -> None:
 
 def test_update_keeps_the_timeline_and_counters() -> None:
     with Classifier.load(ClassifierConfig(max_links=4)) as c:
-        c.set_link(20, LinkEmulation(capacity_bps=8_000_000, queue_bytes=0))
+        c.set_link(20, Emulation(capacity=8_000_000, queue=0))
         send(c, 20, repeat=3)
         t_last = c.stage_state(20, 0).t_last
-        assert c.set_link(20, LinkEmulation(capacity_bps=8_000_000, latency_ns=5, queue_bytes=0)) == 0
+        assert c.set_link(20, Emulation(capacity=8_000_000, latency=5, queue=0)) == 0
         assert c.stage_state(20, 0).t_last == t_last
         assert c.link_counters(20)["egress"].packets == 3
         assert c.link(20).stage[0].latency_ns == 5
@@ -64,7 +66,7 @@ def test_update_keeps_the_timeline_and_counters() -> None:
 def test_pinned_maps_survive_a_restart_with_their_slots(pin_root: str) -> None:
     with Classifier.load(ClassifierConfig(max_links=8), pin_root=pin_root) as c:
         for vni in (30, 31, 32):
-            c.set_link(vni, LinkEmulation(capacity_bps=8_000_000, queue_bytes=0))
+            c.set_link(vni, Emulation(capacity=8_000_000, queue=0))
         c.delete_link(31)
         send(c, 32, repeat=4)
         t_last = c.stage_state(32, 0).t_last
@@ -83,7 +85,7 @@ def test_restore_link_puts_back_the_entry_in_its_slot_with_its_counters() -> Non
     had (its counters and timeline were never zeroed); taken meanwhile, a fresh slot."""
     with Classifier.load(ClassifierConfig(max_links=8)) as c:
         for vni in (40, 41, 42):
-            c.set_link(vni, LinkEmulation(capacity_bps=8_000_000, queue_bytes=0))
+            c.set_link(vni, Emulation(capacity=8_000_000, queue=0))
         send(c, 41, repeat=3)
         raw = c.raw_links([41])[41]
         assert c.delete_link(41)
@@ -113,39 +115,42 @@ def test_set_link_validates_the_vni() -> None:
                 c.set_link(bad)
 
 
-def test_stage_params_from_link_emulation() -> None:
+def test_stage_params_from_an_emulation() -> None:
     from datapath.libbpf import abi
-    e = LinkEmulation(latency_ns=10_000_000, jitter_ns=1_000, loss=0.25,
-                      capacity_bps=100_000_000, queue_bytes=125_000, reorder=True)
-    p = e.to_params()
+    e = Emulation(latency=10_000_000, jitter=1_000, loss=0.25, capacity=100_000_000,
+                  queue=125_000, reorder=True)
+    p = stage_params(e, abi.load())
     assert (p.rate_bps, p.queue_ns, p.latency_ns, p.jitter_ns) == (10**8, 10_000_000, 10**7, 1000)
     assert (p.loss_model, p.loss_threshold) == (abi.LossModel.BERNOULLI, ONE // 4)
     assert (p.overhead, p.flags) == (24, abi.StageFlags.REORDER)
-    ge = LinkEmulation(gilbert_elliott=GilbertElliott(0.5, 0.25, 0.0, 1.0)).to_params()
+    ge = stage_params(Emulation(burst=GilbertElliott(p=0.5, r=0.25, loss_good=0.0,
+                                                     loss_bad=1.0)), abi.load())
     assert ge.loss_model == abi.LossModel.GILBERT_ELLIOTT
     assert (ge.ge.p_good_to_bad, ge.ge.p_bad_to_good, ge.ge.loss_good, ge.ge.loss_bad) == (
         ONE // 2, ONE // 4, 0, ONE)
-    assert LinkEmulation().to_params().loss_model == abi.LossModel.NONE
-    assert LinkEmulation(loss=1.0).to_params().loss_threshold == ONE
+    assert stage_params(Emulation(), abi.load()).loss_model == abi.LossModel.NONE
+    assert stage_params(Emulation(loss=1.0), abi.load()).loss_threshold == ONE
+    assert bytes(stage_params(None, abi.load())) == bytes(abi.StageParams())  # does nothing
 
 
 def test_default_queue() -> None:
-    assert LinkEmulation(capacity_bps=10**9).effective_queue_bytes == 6_250_000   # 50 ms
-    assert LinkEmulation(capacity_bps=10**6).effective_queue_bytes == 64 * 1024   # floor
-    assert LinkEmulation(capacity_bps=10**6, queue_bytes=0).queue_ns == 0        # no limit
-    assert LinkEmulation(queue_bytes=1000).queue_ns == 0                         # no rate
-    assert LinkEmulation(capacity_bps=10**12, queue_bytes=1).queue_ns == 1       # never 0
+    assert queue_bytes(Emulation(capacity=10**9)) == 6_250_000   # 50 ms
+    assert queue_bytes(Emulation(capacity=10**6)) == 64 * 1024   # floor
+    assert queue_ns(Emulation(capacity=10**6, queue=0)) == 0     # no limit
+    assert queue_ns(Emulation(queue=1000)) == 0                  # no rate
+    assert queue_ns(Emulation(capacity=10**12, queue=1)) == 1    # never 0
 
 
 @pytest.mark.parametrize("kwargs", [
-    {"latency_ns": -1}, {"latency_ns": 1.5}, {"jitter_ns": -5}, {"loss": 1.01}, {"loss": -0.1},
-    {"loss": float("nan")}, {"capacity_bps": -1}, {"capacity_bps": 1 << 64}, {"overhead": 70000},
-    {"queue_bytes": -1}, {"reorder": 1}, {"loss": 0.1, "gilbert_elliott": GilbertElliott(0.1, 0.1)},
-    {"gilbert_elliott": GilbertElliott(1.5, 0.1)},
+    {"latency": -1}, {"latency": 1.5}, {"jitter": -5}, {"loss": 1.01}, {"loss": -0.1},
+    {"loss": float("nan")}, {"capacity": -1}, {"capacity": 1 << 64}, {"queue": -1},
+    {"reorder": 1}, {"loss": 0.1, "burst": GilbertElliott(p=0.1, r=0.1)},
+    {"burst": GilbertElliott(p=1.5, r=0.1)},
 ])
-def test_link_emulation_validation(kwargs) -> None:
-    with pytest.raises(ValueError):
-        LinkEmulation(**kwargs)
+def test_what_the_datapath_trusts_is_refused_at_the_edge(kwargs) -> None:
+    """The datapath checks no emulation (datapath/emulation.py): schemas refuse these first."""
+    with pytest.raises(schemas.InvalidMessage):
+        schemas.validate(Emulation(**kwargs))
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -170,5 +175,5 @@ def test_every_abi_type_is_in_the_classifier_btf() -> None:
     enums = set(btf.names(Kind.ENUM))
     assert {"moa_stage", "moa_drop_reason", "moa_loss_model", "moa_stage_flags",
             "moa_abi_consts"} <= enums
-    assert btf.enum("moa_abi_consts")["MOA_ABI_DROP_EVENT_VERSION"] == 1
+    assert btf.enum("moa_abi_consts")["MOA_ABI_DROP_EVENT_VERSION"] == 2
     assert abi.StageFlags.REORDER == 1 and abi.NR_STAGES == 2 and abi.NR_DROP_REASONS == 3

@@ -3,10 +3,13 @@ budget (events_suppressed), and reservation failures (ringbuf_fail)."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import time
 
-from datapath.classifier import Classifier, ClassifierConfig
-from datapath.emulation import LinkEmulation
+import pytest
+
+from datapath.classifier import Classifier, ClassifierConfig, DropEventError
+from schemas import Emulation
 from tests.fixtures.packets import inner_udp, outer_len, vxlan
 
 VNI = 500
@@ -44,14 +47,15 @@ async def collect(c: Classifier, run, want: int, settle: float = 0.1) -> list:
 async def test_drop_events_through_asyncio_within_budget() -> None:
     cfg = ClassifierConfig(max_links=8, event_budget=5, event_window_ns=60 * 10**9)
     with Classifier.load(cfg) as c:
-        c.set_link(VNI, egress=LinkEmulation(loss=1.0))
+        c.set_link(VNI, egress=Emulation(loss=1.0))
         t0 = mono()
         events = await collect(c, lambda: c.egress_program.test_run(
             FRAME, ctx=c.abi.SkBuff(), repeat=100), want=5)
         t1 = mono()
         assert len(events) == 5
         for ev in events:
-            assert ev.version == c.event_version == 1
+            assert ev.version == c.event_version == 2
+            assert list(ev.reserved) == [0, 0]
             assert (ev.vni, ev.reason, ev.stage) == (VNI, c.abi.DropReason.LOSS, c.abi.Stage.EGRESS)
             assert (ev.len, ev.segs) == (INNER, 1)
             assert t0 <= ev.time_ns <= t1
@@ -64,7 +68,7 @@ async def test_drop_events_through_asyncio_within_budget() -> None:
 async def test_budget_is_per_window_and_per_link_stage() -> None:
     cfg = ClassifierConfig(max_links=8, event_budget=3, event_window_ns=2_000_000)
     with Classifier.load(cfg) as c:
-        c.set_link(VNI, egress=LinkEmulation(loss=1.0), ingress=LinkEmulation(loss=1.0))
+        c.set_link(VNI, egress=Emulation(loss=1.0), ingress=Emulation(loss=1.0))
 
         def bursts() -> None:
             ctx = c.abi.SkBuff()
@@ -85,8 +89,8 @@ async def test_budget_is_per_window_and_per_link_stage() -> None:
 
 async def test_queue_and_horizon_drops_are_reported_with_their_reason() -> None:
     with Classifier.load(ClassifierConfig(max_links=8)) as c:
-        c.set_link(VNI, egress=LinkEmulation(capacity_bps=8_000_000, queue_bytes=2 * (INNER + 24)))
-        c.set_link(VNI + 1, egress=LinkEmulation(latency_ns=20 * 10**9))
+        c.set_link(VNI, egress=Emulation(capacity=8_000_000, queue=2 * (INNER + 24)))
+        c.set_link(VNI + 1, egress=Emulation(latency=20 * 10**9))
         frame2 = vxlan(VNI + 1, inner_udp(200))
 
         def run() -> None:
@@ -101,7 +105,7 @@ async def test_queue_and_horizon_drops_are_reported_with_their_reason() -> None:
 def test_full_ring_buffer_counts_every_lost_event() -> None:
     cfg = ClassifierConfig(max_links=8, ringbuf_bytes=4096, event_budget=1_000_000)
     with Classifier.load(cfg) as c:
-        c.set_link(VNI, egress=LinkEmulation(loss=1.0))
+        c.set_link(VNI, egress=Emulation(loss=1.0))
         c.egress_program.test_run(FRAME, ctx=c.abi.SkBuff(), repeat=1000)
         got: list = []
         rb = c.drop_event_reader(got.append)
@@ -113,3 +117,17 @@ def test_full_ring_buffer_counts_every_lost_event() -> None:
         assert 0 < len(got) < 1000
         assert len(got) + fails == 1000
         assert c.link_counters(VNI)["egress"].events_suppressed == 0
+
+
+def test_a_record_of_another_version_or_size_is_refused() -> None:
+    """The reader refuses what it cannot read rather than misread it (abi.h: any change to
+    struct moa_drop_event bumps MOA_DROP_EVENT_VERSION)."""
+    with Classifier.load(ClassifierConfig(max_links=8)) as c:
+        ev = c.abi.DropEvent(version=c.event_version, vni=VNI, len=100, segs=1)
+        assert c.parse_drop_event(bytes(ev)).vni == VNI
+        old = c.abi.DropEvent(version=c.event_version - 1, vni=VNI)
+        with pytest.raises(DropEventError, match="version 1"):
+            c.parse_drop_event(bytes(old))
+        with pytest.raises(DropEventError, match="expected 40"):
+            c.parse_drop_event(bytes(ev)[:24])  # a version 1 record: no reserved words
+        assert ctypes.sizeof(c.abi.DropEvent) == 40

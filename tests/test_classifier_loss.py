@@ -7,7 +7,7 @@ import math
 import pytest
 
 from datapath.classifier import Classifier, ClassifierConfig
-from datapath.emulation import GilbertElliott, LinkEmulation
+from schemas import Emulation, GilbertElliott
 from tests.fixtures.packets import inner_udp, vxlan
 
 VNI = 400
@@ -22,7 +22,7 @@ def clf():
         yield c
 
 
-def lose(c: Classifier, emu: LinkEmulation, n: int = N) -> tuple[int, int]:
+def lose(c: Classifier, emu: Emulation, n: int = N) -> tuple[int, int]:
     c.delete_link(VNI)
     c.set_link(VNI, egress=emu)
     c.egress_program.test_run(FRAME, ctx=c.abi.SkBuff(), repeat=n)
@@ -34,7 +34,7 @@ def lose(c: Classifier, emu: LinkEmulation, n: int = N) -> tuple[int, int]:
 
 @pytest.mark.parametrize("p", [0.0, 1.0, 0.01, 0.37])
 def test_bernoulli_loss_rate_within_4_sigma(clf: Classifier, p: float) -> None:
-    lost, passed = lose(clf, LinkEmulation(loss=p))
+    lost, passed = lose(clf, Emulation(loss=p))
     sigma = math.sqrt(N * p * (1 - p))
     assert abs(lost - N * p) <= 4 * sigma, (lost, N * p, sigma)
     if p == 0.0:
@@ -46,7 +46,7 @@ def test_bernoulli_loss_rate_within_4_sigma(clf: Classifier, p: float) -> None:
 def test_tiny_probability_is_not_rounded_to_zero(clf: Classifier) -> None:
     """1e-4 is not an integer percent: about 20 of 200,000 are lost."""
     p = 1e-4
-    lost, _ = lose(clf, LinkEmulation(loss=p))
+    lost, _ = lose(clf, Emulation(loss=p))
     assert abs(lost - N * p) <= 4 * math.sqrt(N * p * (1 - p))
     assert lost > 0
 
@@ -54,8 +54,9 @@ def test_tiny_probability_is_not_rounded_to_zero(clf: Classifier) -> None:
 def test_gilbert_elliott_mean_matches_stationary_value(clf: Classifier) -> None:
     ge = GilbertElliott(p=0.01, r=0.1, loss_good=0.001, loss_bad=0.5)
     n = 1_000_000
-    lost, _ = lose(clf, LinkEmulation(gilbert_elliott=ge), n)
-    m = ge.mean_loss()
+    lost, _ = lose(clf, Emulation(burst=ge), n)
+    bad = ge.p / (ge.p + ge.r)  # the stationary share of time in bad
+    m = (1 - bad) * ge.loss_good + bad * ge.loss_bad
     # Losses are correlated through the state (eigenvalue 1 - p - r): the variance of the mean
     # is about (1 + l) / (1 - l) times Bernoulli's. Allow 4 sigma of that.
     lam = 1 - ge.p - ge.r
@@ -67,16 +68,15 @@ def test_gilbert_elliott_is_bursty(clf: Classifier) -> None:
     """Same mean as a Bernoulli link, but losses come in runs: the bad state is visible in the
     stage state after a run that ends in it. Deterministic corner cases first."""
     # Never leaves good, good never loses.
-    lost, _ = lose(clf, LinkEmulation(gilbert_elliott=GilbertElliott(0.0, 1.0, 0.0, 1.0)), 10_000)
+    lost, _ = lose(clf, Emulation(burst=GilbertElliott(p=0.0, r=1.0)), 10_000)
     assert lost == 0
     # First packet (good, kept) moves to bad for good; every later one is lost.
-    lost, passed = lose(clf, LinkEmulation(gilbert_elliott=GilbertElliott(1.0, 0.0, 0.0, 1.0)),
-                        10_000)
+    lost, passed = lose(clf, Emulation(burst=GilbertElliott(p=1.0, r=0.0)), 10_000)
     assert (lost, passed) == (9_999, 1)
     assert clf.stage_state(VNI, 0).ge_bad == 1
 
 
 def test_loss_only_stage_leaves_the_timeline_alone(clf: Classifier) -> None:
-    lose(clf, LinkEmulation(loss=0.5), 10_000)
+    lose(clf, Emulation(loss=0.5), 10_000)
     state = clf.stage_state(VNI, 0)
     assert state.t_last == 0 and state.t_depart == 0

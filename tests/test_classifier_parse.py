@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from datapath.classifier import Classifier, ClassifierConfig
-from datapath.emulation import LinkEmulation
+from schemas import Emulation
 from datapath.libbpf import BpfError
 from tests.fixtures.packets import (CASES, CONFIGURED_VNI, TC_ACT_OK, UNKNOWN_VNI, VXLAN_PORT,
                                     Case, inner_tcp, inner_udp, outer_len, vxlan)
@@ -25,7 +25,7 @@ LATENCY_NS = 1_000_000
 @pytest.fixture(scope="module")
 def clf():
     with Classifier.load(ClassifierConfig(max_links=256)) as c:
-        c.set_link(CONFIGURED_VNI, egress=LinkEmulation(latency_ns=LATENCY_NS))
+        c.set_link(CONFIGURED_VNI, egress=Emulation(latency=LATENCY_NS))
         yield c
 
 
@@ -131,7 +131,7 @@ def test_frames_shorter_than_ethernet_are_refused_by_test_run(clf: Classifier) -
 
 def test_vxlan_port_is_a_load_time_setting() -> None:
     with Classifier.load(ClassifierConfig(max_links=16, vxlan_port=8472)) as c:
-        c.set_link(CONFIGURED_VNI, egress=LinkEmulation(latency_ns=LATENCY_NS))
+        c.set_link(CONFIGURED_VNI, egress=Emulation(latency=LATENCY_NS))
         assert run(c, vxlan(dport=8472)).ctx.tstamp != 0
         assert run(c, vxlan(dport=VXLAN_PORT)).ctx.tstamp == 0
         assert c.global_counters()["non_vxlan"] == 1
@@ -250,7 +250,7 @@ def refused_by_test_run(frame: bytes) -> bool:
 @pytest.fixture(scope="module")
 def clf_fuzz():
     with Classifier.load(ClassifierConfig(max_links=16)) as c:
-        c.set_link(CONFIGURED_VNI, egress=LinkEmulation(latency_ns=LATENCY_NS))
+        c.set_link(CONFIGURED_VNI, egress=Emulation(latency=LATENCY_NS))
         yield c
 
 

@@ -10,14 +10,14 @@ ahead of the clock."""
 from __future__ import annotations
 
 from datapath.classifier import Classifier, ClassifierConfig
-from datapath.emulation import LinkEmulation
+from schemas import Emulation
 from tests.fixtures.classifier import (  # noqa: F401 (clf is a fixture)
     EGRESS, INGRESS, INNER, RATE, SER, VNI, clf, mono, put_t_last, send,
 )
 from tests.fixtures.packets import TC_ACT_OK, inner_tcp, vxlan
 
 RX_VNI = 301  # the receiving endpoint (egress stage)
-PORT = LinkEmulation(capacity_bps=RATE, queue_bytes=0)
+PORT = Emulation(capacity=RATE, queue=0)
 
 
 def units(ns: int) -> int:
@@ -40,7 +40,7 @@ def test_idle_port_hands_nothing_over(clf: Classifier) -> None:
     assert r.ctx.tstamp == 0, "ingress never delays itself: no qdisc holds packets there"
     assert r.ctx.mark == 0x1234, "cut-through: an idle port passes the frame on at once"
     # ... but it occupies the port: the next frame waits for it (less the us the test took),
-    # handed on at a random point of its own transmission (the phase dither, port.h).
+    # handed on at a random point of its own transmission (the phase dither, handover.h).
     second = send(clf, stage=INGRESS).ctx.mark >> 16
     assert units(SER - 200_000) <= second <= units(2 * SER)
     assert clf.link_counters(VNI)["ingress"].packets == 2
@@ -58,7 +58,7 @@ def test_backlogged_port_hands_its_wait_over(clf: Classifier) -> None:
 
 
 def test_dither_spreads_over_the_frame_time(clf: Classifier) -> None:
-    """The phase dither (port.h): uniform over [0, ser) of the frame, so a flooding port's
+    """The phase dither (handover.h): uniform over [0, ser) of the frame, so a flooding port's
     frames do not reach the shared queue in lock-step with the room it frees."""
     clf.set_link(VNI, ingress=PORT)
     dithers = []
@@ -83,7 +83,7 @@ def test_ingress_handover_saturates(clf: Classifier) -> None:
 
 
 def test_ingress_tail_drop_at_its_own_queue(clf: Classifier) -> None:
-    clf.set_link(VNI, ingress=LinkEmulation(capacity_bps=RATE, queue_bytes=3 * (INNER + 24)))
+    clf.set_link(VNI, ingress=Emulation(capacity=RATE, queue=3 * (INNER + 24)))
     send(clf, stage=INGRESS, repeat=10)
     c = clf.link_counters(VNI)
     assert (c["ingress"].packets, c["ingress"].drops["queue"]) == (3, 7)
@@ -105,7 +105,7 @@ def test_handover_disabled_with_mark_mask_zero() -> None:
 def test_egress_adds_handover_after_capacity_and_clears_the_bits(clf: Classifier) -> None:
     lat = 1_000_000
     rx = vxlan(RX_VNI, inner_tcp(payload=1000))
-    clf.set_link(RX_VNI, egress=LinkEmulation(capacity_bps=RATE, latency_ns=lat, queue_bytes=0))
+    clf.set_link(RX_VNI, egress=Emulation(capacity=RATE, latency=lat, queue=0))
     t0 = mono() + 1_000_000_000
     put_t_last(clf, RX_VNI, EGRESS, t0)
     before = clf.global_counters()["handover"]
@@ -130,7 +130,7 @@ def test_handover_alone_delays_an_otherwise_idle_egress_stage(clf: Classifier) -
 def test_handover_round_trip_ingress_then_egress(clf: Classifier) -> None:
     """The sender's port (ingress, VNI) feeds the receiver's link (egress, RX_VNI)."""
     clf.set_link(VNI, ingress=PORT)
-    clf.set_link(RX_VNI, egress=LinkEmulation(capacity_bps=RATE * 100, queue_bytes=0))
+    clf.set_link(RX_VNI, egress=Emulation(capacity=RATE * 100, queue=0))
     put_t_last(clf, VNI, INGRESS, mono() + 5_000_000)
     mark = send(clf, stage=INGRESS).ctx.mark
     t0 = mono() + 1_000_000_000

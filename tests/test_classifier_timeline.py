@@ -16,7 +16,8 @@ import bisect
 import pytest
 
 from datapath.classifier import Classifier
-from datapath.emulation import GilbertElliott, LinkEmulation
+from datapath.emulation import stage_params
+from schemas import Emulation, GilbertElliott
 from tests.fixtures.classifier import clf, mono, on_two_cpus  # noqa: F401 (clf: a fixture)
 from tests.fixtures.packets import TC_ACT_OK, inner_tcp, outer_len, vxlan
 
@@ -38,14 +39,14 @@ def send(c: Classifier, frame: bytes, repeat: int = 1):
     return c.egress_program.test_run(frame, ctx=c.abi.SkBuff(), repeat=repeat)
 
 
-def share_slot(c: Classifier, fast: LinkEmulation, locked: LinkEmulation) -> None:
+def share_slot(c: Classifier, fast: Emulation, locked: Emulation) -> None:
     """FAST_VNI with `fast`; LOCKED_VNI with `locked` on the same slot (same timeline)."""
-    assert fast.gilbert_elliott is None and locked.gilbert_elliott is not None
+    assert fast.burst is None and locked.burst is not None
     c.set_link(FAST_VNI, egress=fast)
     link = c.abi.Link()
     link.slot = c.slot(FAST_VNI)
-    link.stage[EGRESS] = locked.to_params(c.abi)
-    link.stage[1] = LinkEmulation().to_params(c.abi)
+    link.stage[EGRESS] = stage_params(locked, c.abi)
+    link.stage[1] = stage_params(Emulation(), c.abi)
     c.links_map.update(LOCKED_VNI, link)
 
 
@@ -60,10 +61,8 @@ def race(c: Classifier, rate: int, lat: int, fast_jitter: int) -> int:
     """FAST_VNI (latency lat, fast_jitter) and LOCKED_VNI (lat / 2, Gilbert-Elliott) on one
     timeline of `rate`, put 50 ms ahead of the clock; returns that start (t0)."""
     share_slot(c,
-               LinkEmulation(capacity_bps=rate, queue_bytes=0, latency_ns=lat,
-                             jitter_ns=fast_jitter),
-               LinkEmulation(capacity_bps=rate, queue_bytes=0, latency_ns=lat // 2,
-                             gilbert_elliott=NO_LOSS))
+               Emulation(capacity=rate, queue=0, latency=lat, jitter=fast_jitter),
+               Emulation(capacity=rate, queue=0, latency=lat // 2, burst=NO_LOSS))
     t0 = mono() + 50_000_000
     put_state(c, t_last=t0)
     return t0
@@ -84,21 +83,19 @@ def test_both_paths_space_clamp_and_drop_alike(clf: Classifier, path: str) -> No
     rate, lat = 8_000_000, 50_000_000
     ser = ser_ns(rate)
     ge = NO_LOSS if path == "locked" else None
-    clf.set_link(FAST_VNI, egress=LinkEmulation(capacity_bps=rate, latency_ns=lat,
-                                                queue_bytes=0, gilbert_elliott=ge))
+    clf.set_link(FAST_VNI, egress=Emulation(capacity=rate, latency=lat, queue=0, burst=ge))
     t0 = mono() + 1_000_000_000
     put_state(clf, t_last=t0)
     a = send(clf, FAST).ctx.tstamp
     assert a == t0 + ser + lat
-    clf.set_link(FAST_VNI, egress=LinkEmulation(capacity_bps=rate, latency_ns=1_000_000,
-                                                queue_bytes=0, gilbert_elliott=ge))
+    clf.set_link(FAST_VNI, egress=Emulation(capacity=rate, latency=1_000_000, queue=0,
+                                            burst=ge))
     b, c = send(clf, FAST).ctx.tstamp, send(clf, FAST).ctx.tstamp
     assert (b, c) == (a + 1, a + 2), "lowered latency: strictly after, never before"
     assert clf.stage_state(FAST_VNI, EGRESS).t_last == t0 + 3 * ser
     assert clf.stage_state(FAST_VNI, EGRESS).t_depart == a + 2
     # Queue: the backlog is about 1 s, far over a 3-packet queue; nothing is committed.
-    clf.set_link(FAST_VNI, egress=LinkEmulation(capacity_bps=rate, queue_bytes=3 * WIRE,
-                                                gilbert_elliott=ge))
+    clf.set_link(FAST_VNI, egress=Emulation(capacity=rate, queue=3 * WIRE, burst=ge))
     before = clf.stage_state(FAST_VNI, EGRESS)
     r = send(clf, FAST, repeat=5)
     after = clf.stage_state(FAST_VNI, EGRESS)
@@ -114,7 +111,7 @@ def test_a_word_held_by_a_locked_step_sends_the_fast_path_to_the_lock(clf: Class
     fast path fall back; the locked path, which only another step could have left it so,
     reads it as 'nothing yet' and puts a real time back."""
     rate = 8_000_000
-    clf.set_link(FAST_VNI, egress=LinkEmulation(capacity_bps=rate, queue_bytes=0))
+    clf.set_link(FAST_VNI, egress=Emulation(capacity=rate, queue=0))
     t0 = mono() + 1_000_000_000
     put_state(clf, t_last=t0, t_depart=0)
     put_state(clf, **{word: OWNED})

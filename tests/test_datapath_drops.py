@@ -123,10 +123,10 @@ async def test_over_budget_drops_are_counted_as_suppressed(topo, box):
 async def test_events_of_unowned_vni_have_no_link(topo, box):
     """A VNI whose parameters were written without a materialization (by hand, tests) still
     reports its drops; link and materialization stay None."""
-    from datapath.emulation import LinkEmulation
+    from schemas import Emulation
     from tests.fixtures.packets import inner_udp, vxlan
 
-    box.classifier.set_link(4000, egress=LinkEmulation(loss=1.0))
+    box.classifier.set_link(4000, egress=Emulation(loss=1.0))
     events: list[schemas.DropEvent] = []
     box.drop_events(events.append, DesiredState().owner)
     frame = vxlan(4000, inner_udp(100))

@@ -14,7 +14,7 @@ import pytest
 
 import schemas
 from datapath.api import KernelDatapath
-from datapath.emulation import LinkEmulation
+from schemas import Emulation
 from tests.fixtures.classifier import INGRESS, mono, put_t_last
 from tests.fixtures.moabox import box  # noqa: F401
 from tests.fixtures.topology import topo  # noqa: F401
@@ -25,7 +25,7 @@ RATE = 10_000_000  # 10 Mbit/s
 # A sender's port with a standing backlog of 5 s (within the 10 s horizon, no queue limit): a
 # frame that found its port idle would be handed on at once (cut-through, port.h) and carry no
 # mark; behind this backlog every frame carries a (saturated) handover.
-BUSY_PORT = LinkEmulation(capacity_bps=RATE, queue_bytes=0)
+BUSY_PORT = Emulation(capacity=RATE, queue=0)
 
 
 def busy(dp: KernelDatapath, vni: int) -> None:
@@ -52,7 +52,7 @@ async def test_handover_survives_decap_bridge_and_encap_on_a_lan(topo, box):
     assert box.classifier.global_counters()["handover"] == 0
 
     # A LAN with capacity (docs/semantics.md, LAN case), written by hand, every port backlogged.
-    shared = LinkEmulation(capacity_bps=RATE)
+    shared = Emulation(capacity=RATE)
     for e in eps:
         box.classifier.set_link(e.vni, egress=shared, ingress=BUSY_PORT)
         busy(box, e.vni)
@@ -104,7 +104,7 @@ async def test_lan_vtep_hold_takes_the_handover_before_the_uplink_egress(topo, b
     eps = [topo.add_endpoint(i, 210 + i, f"192.168.210.{i}/24") for i in (1, 2, 3)]
     topo.quiet(*eps)
     await box.apply(materialize_doc("held", [(e.vni, topo.hv_addr(e.node)) for e in eps]))
-    shared = LinkEmulation(capacity_bps=RATE)
+    shared = Emulation(capacity=RATE)
     for e in eps:
         box.classifier.set_link(e.vni, egress=shared, ingress=BUSY_PORT)
         busy(box, e.vni)

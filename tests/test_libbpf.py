@@ -313,7 +313,8 @@ async def test_ring_buffer_events_through_asyncio(obj: BpfObject, abi: abi_mod.A
         await asyncio.wait_for(done, timeout=10)
         rb.detach()
     assert [e.vni for e in events] == [100, 200, 300]
-    assert all(e.version == abi.DROP_EVENT_VERSION == 1 for e in events)
+    assert all(e.version == abi.DROP_EVENT_VERSION == 2 for e in events)
+    assert all(list(e.reserved) == [0, 0] for e in events)
     assert all(e.reason == abi.DropReason.QUEUE and e.stage == abi.Stage.INGRESS for e in events)
     assert all(e.len == len(FRAME) and e.segs == 1 for e in events)
     assert events[0].time_ns <= events[1].time_ns <= events[2].time_ns

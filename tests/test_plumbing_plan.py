@@ -6,7 +6,7 @@ import pytest
 
 import schemas
 from datapath.api import fq_memory_bytes
-from datapath.emulation import LinkEmulation
+from datapath.emulation import queue_bytes
 from datapath.netlink.model import FqSizing, MoaDevice, fq_sizing_for, make_alias, parse_alias
 from datapath.pair import PeerEntry
 from datapath.plan.devices import (
@@ -19,6 +19,7 @@ from datapath.plan.planner import (
     Current, PlanConfig, PlanConflict, bridge_name, desired_state, plan, port_stage, vtep_name,
 )
 from datapath.plan.runner import PlanError, run_plan
+from schemas import Emulation
 
 CFG = PlanConfig(uplink="up0", local="10.0.0.1", vtep_mtu=1450)
 UPLINK_INDEX = 2
@@ -91,20 +92,20 @@ def test_fresh_plan_puts_parameters_before_vteps_and_pairs_last():
 def test_p2p_has_egress_only_and_lan_has_a_port_stage():
     d = desired_state(mat(), CFG)
     (eg, ing), _ = d.params[100]
-    assert eg == LinkEmulation() and ing is None
+    assert eg == Emulation() and ing is None
     (eg, ing), _ = d.params[201]
-    assert eg.capacity_bps == 100_000_000
+    assert eg.capacity == 100_000_000
     # 2 ms at 100 Mbit/s = 25,000 bytes, below the shared queue (64 KiB default)
-    assert ing == LinkEmulation(capacity_bps=100_000_000, queue_bytes=25_000)
+    assert ing == Emulation(capacity=100_000_000, queue=25_000)
     assert d.masters["mv201"] == bridge_name("m", "lan")
 
 
 def test_port_stage_bounds():
-    assert port_stage(LinkEmulation()) is None  # unlimited: no port to model
-    slow = port_stage(LinkEmulation(capacity_bps=1_000_000))
-    assert slow.queue_bytes == 2 * 1538  # at least two full frames
-    tight = port_stage(LinkEmulation(capacity_bps=10_000_000_000, queue_bytes=10_000))
-    assert tight.queue_bytes == 10_000  # never more than the shared queue
+    assert port_stage(Emulation()) is None  # unlimited: no port to model
+    slow = port_stage(Emulation(capacity=1_000_000))
+    assert slow.queue == 2 * 1538  # at least two full frames
+    tight = port_stage(Emulation(capacity=10_000_000_000, queue=10_000))
+    assert tight.queue == 10_000  # never more than the shared queue
 
 
 HELD = PlanConfig(uplink="up0", local="10.0.0.1", vtep_mtu=1450, port_hold=FqSizing())
@@ -125,10 +126,10 @@ def test_held_port_stage_has_the_link_queue_within_60_ms():
     d = desired_state(mat(), HELD)
     (eg, ing), _ = d.params[201]
     # 100 Mbit/s: 60 ms is 750,000 bytes; the link's own queue (64 KiB default) is smaller
-    assert ing == LinkEmulation(capacity_bps=100_000_000, queue_bytes=eg.effective_queue_bytes)
-    deep = LinkEmulation(capacity_bps=10_000_000, queue_bytes=1_000_000)
-    assert port_stage(deep, held=True).queue_bytes == 75_000  # 60 ms at 10 Mbit/s
-    assert port_stage(LinkEmulation(capacity_bps=100_000), held=True).queue_bytes == 2 * 1538
+    assert ing == Emulation(capacity=100_000_000, queue=queue_bytes(eg))
+    deep = Emulation(capacity=10_000_000, queue=1_000_000)
+    assert port_stage(deep, held=True).queue == 75_000  # 60 ms at 10 Mbit/s
+    assert port_stage(Emulation(capacity=100_000), held=True).queue == 2 * 1538
 
 
 def test_vtep_moving_from_a_pair_to_a_lan_gets_held():
@@ -251,8 +252,8 @@ def test_fq_sizing_and_memory():
     s = fq_sizing_for(max_bdp_bytes=6_250_000, total_bdp_bytes=50_000_000)  # 1 Gbit/s x 50 ms
     assert s.flow_limit >= 6_250_000 // 1500 and s.limit >= 50_000_000 // 1500
     assert s.orphan_mask == s.buckets - 1
-    one = LinkEmulation(capacity_bps=1_000_000_000, latency_ns=50_000_000, queue_bytes=0)
-    assert fq_memory_bytes([one, None, LinkEmulation()]) == 6_250_000
+    one = Emulation(capacity=1_000_000_000, latency=50_000_000, queue=0)
+    assert fq_memory_bytes([one, None, Emulation()]) == 6_250_000
 
 
 class _Rec(Operation):

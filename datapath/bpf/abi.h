@@ -12,6 +12,7 @@
 #define MOA_ABI_H
 
 #include <linux/types.h>
+#include <linux/bpf.h>	/* struct bpf_spin_lock */
 
 /* Which of the two classifier stages a parameter set, a state or a counter belongs to. */
 enum moa_stage {
@@ -130,9 +131,14 @@ struct moa_box {
 	__u64 reserved[3];
 };
 
-#define MOA_DROP_EVENT_VERSION 1
+/* 2: reserved[] added (version 1 had none). */
+#define MOA_DROP_EVENT_VERSION 2
 
-/* A drop, as written to the moa_events ring buffer. Versioned: readers check version. */
+/*
+ * A drop, as written to the moa_events ring buffer. Versioned: a reader refuses a version it
+ * does not know (datapath/classifier.py). New fields take reserved words (written 0 until then)
+ * and bump the version, so the record keeps its size.
+ */
 struct moa_drop_event {
 	__u8 version;		/* MOA_DROP_EVENT_VERSION */
 	__u8 reason;		/* enum moa_drop_reason */
@@ -142,6 +148,7 @@ struct moa_drop_event {
 	__u64 time_ns;		/* bpf_ktime_get_ns() at the drop */
 	__u32 len;		/* inner bytes of the dropped packet (all GSO segments) */
 	__u32 segs;		/* frames in it (GSO segments) */
+	__u64 reserved[2];
 };
 
 /*

@@ -13,7 +13,6 @@
 #define MOA_CHARGE_H
 
 #include <linux/bpf.h>
-#include "abi.h"
 #include "parse.h"
 
 #define MOA_MIN_FRAME 60

@@ -15,14 +15,13 @@
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 #include "abi.h"
-#include "config.h"
 #include "maps.h"
 #include "parse.h"
 #include "charge.h"
 #include "loss.h"
+#include "delay.h"
 #include "edt.h"
 #include "handover.h"
-#include "port.h"
 #include "tstamp.h"
 #include "events.h"
 
@@ -92,7 +91,7 @@ static __always_inline int moa_classify(struct __sk_buff *skb, const enum moa_st
 	s.now = bpf_ktime_get_ns();
 	if (p->rate_bps)
 		s.ser_ns = moa_ser_ns(c.wire, p->rate_bps);
-	s.delay_ns = moa_delay_ns(p, &d) + handover;
+	s.delay_ns = moa_delay_ns(p) + handover;
 
 	moa_stage_step(st, p, &d, &s);
 

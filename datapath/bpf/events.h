@@ -36,6 +36,8 @@ static __always_inline void moa_emit_drop(__u32 vni, __u8 stage, __u8 reason, __
 	ev->time_ns = now;
 	ev->len = len;
 	ev->segs = segs;
+	ev->reserved[0] = 0;
+	ev->reserved[1] = 0;
 	bpf_ringbuf_submit(ev, 0);
 }
 

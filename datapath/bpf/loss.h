@@ -17,11 +17,10 @@
 #include <bpf/bpf_helpers.h>
 #include "abi.h"
 
-/* Random numbers one packet needs, drawn outside the lock; zero when not needed. */
+/* Random numbers one packet's loss needs, drawn outside the lock; zero when not needed. */
 struct moa_draws {
 	__u32 loss;	/* loss decision */
 	__u32 ge;	/* Gilbert-Elliott state transition */
-	__u64 jitter;	/* jitter sample */
 };
 
 static __always_inline int moa_chance(__u32 r, __u64 threshold)
@@ -33,13 +32,10 @@ static __always_inline void moa_draw(const struct moa_stage_params *p, struct mo
 {
 	d->loss = 0;
 	d->ge = 0;
-	d->jitter = 0;
 	if (p->loss_model != MOA_LOSS_NONE)
 		d->loss = bpf_get_prandom_u32();
 	if (p->loss_model == MOA_LOSS_GILBERT_ELLIOTT)
 		d->ge = bpf_get_prandom_u32();
-	if (p->jitter_ns)
-		d->jitter = ((__u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
 }
 
 /* Bernoulli: decided without shared state. */
@@ -70,18 +66,6 @@ static __always_inline int moa_ge_step(__u32 *bad, const struct moa_gilbert_elli
 			*bad = 1;
 	}
 	return lost;
-}
-
-/* Latency plus a uniform jitter sample in [latency - jitter, latency + jitter], clamped at 0. */
-static __always_inline __u64 moa_delay_ns(const struct moa_stage_params *p,
-					  const struct moa_draws *d)
-{
-	__u64 lat = p->latency_ns, jit = p->jitter_ns, off;
-
-	if (!jit)
-		return lat;
-	off = d->jitter % (2 * jit + 1);	/* 0 .. 2 * jitter */
-	return lat + off > jit ? lat + off - jit : 0;
 }
 
 #endif /* MOA_LOSS_H */

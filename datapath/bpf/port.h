@@ -22,19 +22,6 @@
  * The delay was measured from the uplink's ingress; bridging takes microseconds, so the frame
  * leaves that much late, far below fq's own timer slack. Frames without a handover (no port
  * backlog) leave at once: the bridge has already cleared their tstamp.
- *
- * Phase. A flooding sender's port is always busy, so its frames reach the shared queue exactly
- * one serialisation time apart, and the shared queue, full, frees room exactly as often: the
- * two timelines lock at a fixed phase, and whoever arrives inside the window that phase leaves
- * after each freed slot wins every slot (Floyd and Jacobson, "On traffic phase effects in
- * packet-switched gateways", 1992: drop-tail with deterministic timing). In the VM the slower
- * sender kept 0.14-0.17 of C in one phase and 0.28-0.30 in another. Real ports are not that
- * exact (clock drift, frame sizes, interrupt timing), so a frame that waited at its port is
- * handed on at a uniformly random point of its own transmission: its start plus U [0, 1) of
- * its serialisation time. Within the frame's own transmission, it can neither overtake the
- * frame before it (which had left by the start) nor change the port's rate (the port's
- * timeline is untouched); it costs half a frame time of delay on average, only to frames
- * that queued.
  */
 #ifndef MOA_PORT_H
 #define MOA_PORT_H
@@ -46,19 +33,7 @@
 #include "maps.h"
 #include "tstamp.h"
 
-/* Ingress stage: the wait handed on for a frame whose transmission on the sender's port starts
- * at `start` and takes `ser_ns` (cut-through, and the phase dither above); 0 = none. */
-static __always_inline __u64 moa_port_wait(__u64 start, __u64 ser_ns, __u64 now)
-{
-	__u64 r, dither;
-
-	if (start <= now)
-		return 0;	/* the port was idle: on at once, nothing to hold */
-	r = bpf_get_prandom_u32();
-	dither = ser_ns < (1ULL << 32) ? (ser_ns * r) >> 32 : (ser_ns >> 32) * r;
-	return start - now + dither;
-}
-
+/* moa_port_hold: the handover in skb->mark becomes the frame's departure (sch_fq holds it). */
 static __always_inline int moa_port_hold_frame(struct __sk_buff *skb)
 {
 	struct moa_global_counters *g;

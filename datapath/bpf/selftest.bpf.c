@@ -106,6 +106,8 @@ int st_event_prog(struct __sk_buff *skb)
 	ev->time_ns = bpf_ktime_get_ns();
 	ev->len = skb->len;
 	ev->segs = 1;
+	ev->reserved[0] = 0;
+	ev->reserved[1] = 0;
 	bpf_ringbuf_submit(ev, 0);
 	return TC_ACT_OK;
 }

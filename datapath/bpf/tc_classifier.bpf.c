@@ -10,8 +10,10 @@
  *                handover into the frame's departure, so the frame reaches the uplink's egress
  *                stage when it leaves the sender's emulated port (port.h).
  *
- * The logic lives in the headers, one per concern; docs/architecture.md gives the order.
+ * The logic lives in the headers, one per concern; docs/architecture.md gives the order. Each
+ * program's body comes from one header: classify.h (the two stages), port.h (the hold).
  */
+#include "abi.h"
 #include "classify.h"
 #include "port.h"
 

@@ -23,6 +23,11 @@ Module attributes (built lazily from the classifier object on first access):
     (tests use datapath/bpf/selftest.bpf.o). Cached per path.
 
 BTF has no macros: a ``#define`` reaches Python only through ``enum moa_abi_consts``.
+
+The names of the drop reasons and stages have one Python table, schemas.DROP_REASONS and
+schemas.STAGES (schemas may not import the datapath). Building an ``Abi`` checks that table
+against the object's ``enum moa_drop_reason`` and ``enum moa_stage`` and raises ``AbiError``
+naming both on a mismatch, so a classifier and a reader that disagree never load together.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ import os
 import threading
 from typing import Any
 
+import schemas
 from datapath.libbpf.btf import Btf, BtfError, Kind
 from datapath.libbpf.objects import read_btf
 
@@ -110,6 +116,21 @@ class Abi:
             self.constants[name.removeprefix("MOA_ABI_")] = value
         for name, value in self.constants.items():
             setattr(self, name, value)
+        self._check_names("DropReason", "NR_DROP_REASONS", schemas.DROP_REASONS,
+                          "schemas.DROP_REASONS")
+        self._check_names("Stage", "NR_STAGES", schemas.STAGES, "schemas.STAGES")
+
+    def _check_names(self, pyname: str, nr: str, table: tuple[str, ...], where: str) -> None:
+        """The enumerators of ENUMS[pyname], by value, prefix cut, lower case, are `table`."""
+        members = sorted(getattr(self, pyname), key=lambda m: m.value)
+        names = tuple(m.name.lower() for m in members)
+        dense = [m.value for m in members] == list(range(len(members)))
+        if names != table or not dense or self.constants.get(nr) != len(table):
+            raise AbiError(
+                f"{self.path}: enum {ENUMS[pyname][0]} is "
+                f"{', '.join(f'{m.name.lower()}={m.value}' for m in members)} "
+                f"(MOA_{nr}={self.constants.get(nr)}), but {where} is {', '.join(table)}: "
+                f"datapath/bpf/abi.h and schemas/messages.py must name the same ones, in order")
 
     def __repr__(self) -> str:
         return f"Abi({self.path!r})"

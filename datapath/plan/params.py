@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from datapath.emulation import LinkEmulation
+import schemas
+from datapath.emulation import queue_bytes
 from datapath.plan.operation import Env, Operation
 
 
@@ -14,8 +15,8 @@ class SetLinkParams(Operation):
     made, None when there was no entry), never what a process remembers."""
 
     vni: int
-    egress: LinkEmulation | None
-    ingress: LinkEmulation | None
+    egress: schemas.Emulation | None
+    ingress: schemas.Emulation | None
     stages: bytes  # the map's encoding of (egress, ingress): Classifier.encode_stages
     previous: bytes | None = None
     materialization: str = ""
@@ -59,18 +60,18 @@ class DeleteLinkParams(Operation):
         return f"delete params VNI {self.vni}"
 
 
-def _emu(e: LinkEmulation | None) -> str:
+def _emu(e: schemas.Emulation | None) -> str:
     if e is None:
         return "none"
     parts = []
-    if e.latency_ns:
-        parts.append(f"latency {e.latency_ns}ns")
-    if e.jitter_ns:
-        parts.append(f"jitter {e.jitter_ns}ns")
+    if e.latency:
+        parts.append(f"latency {e.latency}ns")
+    if e.jitter:
+        parts.append(f"jitter {e.jitter}ns")
     if e.loss:
         parts.append(f"loss {e.loss:g}")
-    if e.gilbert_elliott:
-        parts.append(f"burst {e.gilbert_elliott}")
-    if e.capacity_bps:
-        parts.append(f"capacity {e.capacity_bps}bit/s queue {e.effective_queue_bytes}B")
+    if e.burst:
+        parts.append(f"burst {e.burst}")
+    if e.capacity:
+        parts.append(f"capacity {e.capacity}bit/s queue {queue_bytes(e)}B")
     return ", ".join(parts) or "pass"

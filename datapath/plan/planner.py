@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import schemas
-from datapath.emulation import GilbertElliott, LinkEmulation
+from datapath.emulation import queue_bytes
 from datapath.netlink.model import FqSizing, MoaDevice, VtepSpec
 from datapath.pair import PeerEntry
 from datapath.plan.devices import (
@@ -43,7 +43,8 @@ HELD_PORT_QUEUE_NS = 60_000_000
 FULL_FRAME = 1538  # 1500 + Ethernet header, FCS and L1 overhead
 DEFAULT_VXLAN_PORT = 4789
 
-Stages = tuple[LinkEmulation | None, LinkEmulation | None]
+# A VNI's (egress, ingress) stages; None = the stage does nothing.
+Stages = tuple[schemas.Emulation | None, schemas.Emulation | None]
 
 
 class PlanConflict(ValueError):
@@ -72,37 +73,26 @@ def bridge_name(materialization: str, link: str) -> str:
     return f"mb{digest}"
 
 
-def to_link_emulation(e: schemas.Emulation) -> LinkEmulation:
-    ge = None
-    if e.burst is not None:
-        ge = GilbertElliott(p=e.burst.p, r=e.burst.r, loss_good=e.burst.loss_good,
-                            loss_bad=e.burst.loss_bad)
-    return LinkEmulation(latency_ns=e.latency, jitter_ns=e.jitter, loss=e.loss,
-                         capacity_bps=e.capacity, queue_bytes=e.queue, reorder=e.reorder,
-                         gilbert_elliott=ge)
-
-
-def port_stage(egress: LinkEmulation, held: bool = False) -> LinkEmulation | None:
+def port_stage(egress: schemas.Emulation, held: bool = False) -> schemas.Emulation | None:
     """A LAN member's own port (ingress stage): the link rate and a queue, nothing else.
 
     held: the VTEPs hold frames (two real hops), so the port has the link's queue, within
     HELD_PORT_QUEUE_NS of link time; else 2 ms (module doc). At least two full frames, at most
     the link's queue."""
-    if not egress.capacity_bps:
+    if not egress.capacity:
         return None
-    shared = egress.effective_queue_bytes
+    shared = queue_bytes(egress)
     port_ns = HELD_PORT_QUEUE_NS if held else PORT_QUEUE_NS
-    q = max(2 * FULL_FRAME, egress.capacity_bps * port_ns // 8_000_000_000)
+    q = max(2 * FULL_FRAME, egress.capacity * port_ns // 8_000_000_000)
     if shared:
         q = min(q, shared)
-    return LinkEmulation(capacity_bps=egress.capacity_bps, queue_bytes=q,
-                         overhead=egress.overhead)
+    return schemas.Emulation(capacity=egress.capacity, queue=q)
 
 
 def link_stages(link: schemas.Link, cfg: PlanConfig) -> Stages:
     """The stages every endpoint of `link` gets: the link's emulation at egress, and on a LAN
     the member's own port as its ingress stage (module doc)."""
-    egress = to_link_emulation(link.emulation)
+    egress = link.emulation
     if len(link.endpoints) == 2:
         return egress, None
     return egress, port_stage(egress, held=cfg.port_hold is not None)
