@@ -102,7 +102,9 @@ class Datapath(Protocol):
 
     def box_counters(self) -> dict[str, int]: ...
 
-    def fq_memory_bytes(self, materializations: Iterable[schemas.Materialize]) -> int: ...
+    def fq_memory_bytes(self) -> int:
+        """The worst-case sch_fq memory of what the kernel holds (rate x time queued, summed)."""
+        ...
 
     def generation_floor(self) -> int:
         """The highest generation recorded in the kernel (0 on a new box)."""
@@ -148,6 +150,7 @@ class KernelDatapath:
         self.pair = pair
         self.loss_only = loss_only
         self._drops = DropEventReader(classifier)
+        self._fq_bytes: dict[str, int] = {}  # materialization -> worst-case fq memory it holds
         self.env = env
         self.uplink_index = worker.run(worker.nl.require_ifindex, config.uplink)
         mtu = worker.run(worker.nl.mtu, config.uplink)
@@ -270,22 +273,17 @@ class KernelDatapath:
         """Only the parameters of m's VNIs, in one batch write, against what the map holds now;
         None when a VNI of m has no entry in the map (the box drifted: plan instead). All or
         nothing: a failed write is undone by writing back the entries read before."""
-        stages: dict[int, tuple[Stages, str]] = {}
+        stages: dict[int, tuple[Stages, bytes, str]] = {}
         for link in m.links:
             s = link_stages(link, self.plan_config)
+            enc = self._encode(s)
             for ep in link.endpoints:
-                stages[ep.vni] = (s, link.id)
+                stages[ep.vni] = (s, enc, link.id)
         before = self.classifier.raw_links(stages)
         if len(before) != len(stages):
             return None
-        encoded: dict[Stages, bytes] = {}
-        changes: dict[int, bytes] = {}
-        for vni, (s, _) in stages.items():
-            enc = encoded.get(s)
-            if enc is None:
-                enc = encoded[s] = self._encode(s)
-            if self.classifier.stages_of(before[vni]) != enc:
-                changes[vni] = enc
+        changes = {vni: enc for vni, (_, enc, _) in stages.items()
+                   if self.classifier.stages_of(before[vni]) != enc}
         if not changes:
             return 0
         try:
@@ -294,7 +292,7 @@ class KernelDatapath:
             faults.hit("params.after-write", m.id)
         except Exception as e:
             vni = next(iter(changes))
-            (egress, ingress), link = stages[vni]
+            (egress, ingress), _, link = stages[vni]
             op = SetLinkParams(vni, egress, ingress, changes[vni], before[vni], m.id,
                                f"{link} and {len(changes) - 1} more")
             try:
@@ -310,9 +308,11 @@ class KernelDatapath:
         if params_only:
             n = await self.worker.call(self._apply_params, m)
             if n is not None:
+                self._applied(m)
                 return ApplyResult(changed=n > 0, operations=n)
             log.warning("%s: parameters of VNIs the map does not hold: planning in full", m.id)
         ops = await self.worker.call(self._apply_plan, m)
+        self._applied(m)
         return ApplyResult(changed=bool(ops), operations=len(ops))
 
     async def plan(self, m: schemas.Materialize) -> list[str]:
@@ -340,6 +340,7 @@ class KernelDatapath:
             report.failed[m.id] = str(e)
             log.error("could not converge %s: %s", m.id, e)
             return
+        self._applied(m)
         report.operations += [op.describe() for op in ops]
 
     # -- reading counters ---------------------------------------------------------------------------
@@ -354,15 +355,18 @@ class KernelDatapath:
     def box_counters(self) -> dict[str, int]:
         return self.classifier.global_counters()
 
-    def fq_memory_bytes(self, materializations: Iterable[schemas.Materialize]) -> int:
-        if self.loss_only:
-            return 0
-        total = 0
-        for m in materializations:
-            for link in m.links:
-                egress, ingress = link_stages(link, self.plan_config)
-                total += fq_memory_bytes((egress, ingress)) * len(link.endpoints)
-        return total
+    def fq_memory_bytes(self) -> int:
+        return sum(self._fq_bytes.values())
+
+    def _applied(self, m: schemas.Materialize) -> None:
+        """What the kernel now holds of m.id is m: its worst-case fq memory (module doc of
+        fq_memory_bytes), figured once per change rather than on every status."""
+        if self.loss_only or not m.links:
+            self._fq_bytes.pop(m.id, None)
+            return
+        self._fq_bytes[m.id] = sum(
+            fq_memory_bytes(link_stages(link, self.plan_config)) * len(link.endpoints)
+            for link in m.links)
 
     def pair_counters(self) -> dict[str, int]:
         return self.pair.counters()

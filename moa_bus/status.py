@@ -53,6 +53,5 @@ async def status_reply(desired: DesiredState, datapath: Datapath, host: str,
             id=m_id, generation=h.generation, links=links,
             error=(unconverged or {}).get(m_id)))
     return schemas.StatusReply(host=host, materializations=mats,
-                               fq_memory_bytes=datapath.fq_memory_bytes(
-                                   desired.materializations()),
+                               fq_memory_bytes=datapath.fq_memory_bytes(),
                                datapath=datapath.box_counters())

@@ -249,13 +249,9 @@ def plan(m: schemas.Materialize, current: Current, cfg: PlanConfig,
         if vni in current.params:
             teardown.append(DeleteLinkParams(vni, current.links.get(vni)))
 
-    # 5. parameters first (before any VTEP of theirs comes up). Links share their stages with
-    # every endpoint: each distinct stages value is encoded once.
-    encoded: dict[Stages, bytes] = {}
+    # 5. parameters first (before any VTEP of theirs comes up).
     for vni, (stages, link) in sorted(want.params.items()):
-        enc = encoded.get(stages)
-        if enc is None:
-            enc = encoded[stages] = encode(stages)
+        enc = encode(stages)  # once per distinct emulation: datapath.emulation.stage_bytes
         if current.params.get(vni) != enc:
             build.append(SetLinkParams(vni, stages[0], stages[1], enc, current.links.get(vni),
                                        mid, link))
