@@ -12,7 +12,7 @@ import schemas
 from datapath import ops as ops_mod
 from datapath.netlink import MOA_TC_PRIO
 from datapath.planner import bridge_name
-from moa_bus.testbed import UPLINK, Testbed, sh
+from moa_bus.lab.host_testbed import UPLINK, Testbed, sh
 from tests.fixtures.moabox import box, ip_json, removal, updated  # noqa: F401
 from tests.fixtures.topology import topo  # noqa: F401
 

@@ -18,7 +18,7 @@ from datapath.classifier import Classifier
 from datapath.netlink import FqUnavailable, NetlinkWorker
 from datapath.ops import PlanError, run_plan
 from datapath.pair import PairMode
-from moa_bus.testbed import BOX_ADDR, UPLINK, Testbed, ns_exec, sh
+from moa_bus.lab.host_testbed import BOX_ADDR, UPLINK, Testbed, ns_exec, sh
 from tests.fixtures.moabox import box, box_config, removal, updated  # noqa: F401
 from tests.fixtures.topology import topo  # noqa: F401
 
