@@ -227,11 +227,13 @@ def test_serve_settings_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.delenv("MOA_NATS_URL", raising=False)
     monkeypatch.delenv("MOA_HOST", raising=False)
     monkeypatch.setenv("MOA_UPLINK", "eth7")
-    s = serve_cli.settings_from_args(_serve_args(["--config", str(conf), "--stats-interval", "0.5"]))
+    s = serve_cli.settings_from_args(
+        _serve_args(["--config", str(conf), "--stats-interval", "0.5"]))
     assert (s.host, s.uplink, s.allow_loss_only, s.stats_interval, s.nats) == (
         "fromfile", "eth7", True, 0.5, "nats://10.1.2.3:4222")
     assert s.connect_timeout == 0.7  # no flag given: the file's value, not the flag's default
-    s = serve_cli.settings_from_args(_serve_args(["--config", str(conf), "--connect-timeout", "2"]))
+    s = serve_cli.settings_from_args(
+        _serve_args(["--config", str(conf), "--connect-timeout", "2"]))
     assert s.connect_timeout == 2.0
     conf.write_text('colour = "blue"\n')
     with pytest.raises(SettingsError, match="unknown key 'colour'"):

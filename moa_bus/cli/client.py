@@ -34,7 +34,8 @@ def add_nats_arguments(parser: argparse.ArgumentParser) -> None:
     # default None, not 5: `moa serve` layers flags over its --config file, and a default here
     # would always win over the file's connect_timeout.
     g.add_argument("--connect-timeout", type=float, default=None, metavar="S",
-                   help=f"give up connecting after S seconds (default {connection.NatsOptions.connect_timeout:g})")
+                   help="give up connecting after S seconds "
+                        f"(default {connection.NatsOptions.connect_timeout:g})")
 
 
 def nats_options(args: argparse.Namespace, url: str | None = None) -> connection.NatsOptions:

@@ -41,4 +41,5 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console = Console(width=160)  # a log, not a terminal: room for the table's columns
-    return importlib.import_module(DEMO).main(args.duration, prefix=args.prefix, live=args.live, console=console)
+    return importlib.import_module(DEMO).main(args.duration, prefix=args.prefix, live=args.live,
+                                              console=console)

@@ -1,4 +1,4 @@
-"""The lab: what shows, measures and proves moa from outside — testbeds, the demo, benchmarks, the VM harness.
+"""The lab: moa shown and measured from outside: testbeds, the demo, benchmarks, the VM harness.
 
 - `host_testbed`: a testbed in network namespaces built on this host with iproute2 (the demo,
   `moa bench control` and the tests use it).

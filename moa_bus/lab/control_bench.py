@@ -1,10 +1,10 @@
 """`moa bench control`: the control plane's figures, measured on this machine in one run.
 
-A throw-away testbed in network namespaces (moa_bus/lab/host_testbed.py: an underlay bridge, the box with
-uplink `up0`, three "hypervisors" whose nodes hold the far ends of the VXLAN links), a nats-server
-on a free loopback port, and `moa serve` as its own process with the real KernelDatapath
-(loss-only on a kernel without sch_fq). Then, each figure independently (one that cannot be
-measured is reported as null with the reason in `notes`):
+A throw-away testbed in network namespaces (moa_bus/lab/host_testbed.py: an underlay bridge, the
+box with uplink `up0`, three "hypervisors" whose nodes hold the far ends of the VXLAN links), a
+nats-server on a free loopback port, and `moa serve` as its own process with the real
+KernelDatapath (loss-only on a kernel without sch_fq). Then, each figure independently (one that
+cannot be measured is reported as null with the reason in `notes`):
 
 - request/reply round trip, sequential, `--requests` each: status (a box holding one link) and an
   unchanged materialize of that link; p50/p99 per kind and over both (rtt_p50_us, rtt_p99_us);
@@ -26,7 +26,8 @@ measured is reported as null with the reason in `notes`):
   counted as suppressed, or as a failed ring buffer reservation (drop_events_per_s,
   drop_events_lost must be 0).
 
-The last two run on a classifier of their own in this process: moa_bus/lab/control_bench_classifier.py.
+The last two run on a classifier of their own in this process
+(moa_bus/lab/control_bench_classifier.py).
 """
 from __future__ import annotations
 

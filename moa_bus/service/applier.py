@@ -7,10 +7,11 @@ checks them, calls the datapath, publishes the Ack (through `ack_sink`, in the s
 resolves the submitter's future with the reply to send.
 
 Each operation (its name is the last token of its subject, and the Ack's `op`) decodes its
-payload to one schemas Struct and is handled by one method taking that Struct (OPERATIONS).
+payload to one schemas Struct and is handled by one method taking that Struct
+(Applier.operations).
 
-A change goes: judged against the desired state (moa_bus/service/desired.py), applied by the datapath,
-committed to the desired state (durable), acked. A rejected message (malformed, invalid,
+A change goes: judged against the desired state (moa_bus/service/desired.py), applied by the
+datapath, committed to the desired state (durable), acked. A rejected message (malformed, invalid,
 conflict, not_found, unsupported) never reaches the datapath; a datapath PlanError was rolled
 back from what the kernel held before the plan: either way the box is unchanged and the desired
 state too. When a rollback could not undo everything, the box is read again and the ack says by

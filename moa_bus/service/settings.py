@@ -187,7 +187,7 @@ def check_ranges(s: ServeSettings) -> None:
         raise SettingsError(f"{setting_name('embedded_port')} must be a TCP port (1 to 65535), "
                             f"not {s.embedded_port}")
     if not 1 <= s.stream_replicas <= 5:
-        raise SettingsError(f"{setting_name('stream_replicas')} must be 1 to 5 (JetStream's limit), "
-                            f"not {s.stream_replicas}")
+        raise SettingsError(f"{setting_name('stream_replicas')} must be 1 to 5 (JetStream's "
+                            f"limit), not {s.stream_replicas}")
 
 

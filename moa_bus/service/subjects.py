@@ -1,4 +1,4 @@
-"""NATS subject names and headers of docs/contract.md, for one box (`host`), and the host id itself."""
+"""NATS subject names and headers of docs/contract.md, for one box (`host`), and the host id."""
 from __future__ import annotations
 
 import os

@@ -186,7 +186,7 @@ class MoaService:
             text = f"not applied: {e}"
             if msg.reply:
                 await self.nc.publish(msg.reply, b"", headers=error_headers(UNAVAILABLE, text))
-            endpoint.record(time.perf_counter_ns() - t0, f"{UNAVAILABLE}: {text}")
+            endpoint.record(time.perf_counter_ns() - t0, f"{UNAVAILABLE} {text}")
             return
         headers = error = None
         if outcome.ack is not None and outcome.ack.error is not None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 from . import measure, moa_stack
@@ -16,26 +15,14 @@ from .shaper_scenarios import L1_OVERHEAD, MSS, UDP_FRAME_OVERHEAD, E2eConfig, a
 from .stack_scenarios import MoaConfig, StackScenarios, pct_tag
 
 
-@dataclass
 class StackResults:
     """moa's figures, from the steps of `scenarios` (one boot's output folder)."""
-    scenarios: StackScenarios
 
-    @property
-    def sc(self):
-        return self.scenarios.sc
-
-    @property
-    def tb(self):
-        return self.scenarios.tb
-
-    @property
-    def cfg(self) -> E2eConfig:
-        return self.scenarios.cfg
-
-    @property
-    def mcfg(self) -> MoaConfig:
-        return self.scenarios.mcfg
+    def __init__(self, scenarios: StackScenarios) -> None:
+        self.sc = scenarios.sc
+        self.tb = scenarios.tb
+        self.cfg: E2eConfig = scenarios.cfg
+        self.mcfg: MoaConfig = scenarios.mcfg
 
     def analyse(self, outdir: Path, steps: dict[str, StepResult], out: dict) -> None:
         """Adds moa's figures (and the new netem comparisons) into `out`

@@ -158,8 +158,8 @@ class StackScenarios:
         hv1, hv2, hv3 = self.ns("hv1"), self.ns("hv2"), self.ns("hv3")
         return [
             "_srv=''", "set -x",  # the trace (in .err) says which command failed
-            *traffic.pktgen_setup(hv1, x0_dev, x2_ip, traffic.mac_of(hv3, x2_dev), mbps=m.lan_x0_mbps,
-                     size=m.lan_pkt_size),
+            *traffic.pktgen_setup(hv1, x0_dev, x2_ip, traffic.mac_of(hv3, x2_dev),
+                                  mbps=m.lan_x0_mbps, size=m.lan_pkt_size),
             f"ip -n {hv2} neigh replace {x2_ip} lladdr $_mac dev {x1_dev} nud permanent",
             *traffic.iperf_server(hv3, self.cfg.port, "$STEP.server.json"),
             in_ns(hv2, f"iperf3 -c {x2_ip} -p {self.cfg.port} -u -b {m.lan_x1_bps} "
@@ -292,10 +292,12 @@ class StackScenarios:
             "_pings=''",
             in_ns(hv1, f"ping -n -q -c 10 -i 0.02 {link('pp').address('hv2')} >/dev/null || true"),
             in_ns(hv1, f"ping -n -q -c 10 -i 0.02 {link('plan').address('hv2')} >/dev/null || true"),
-            *traffic.ping_bg(hv1, link("base").address("hv2"), m.pvl_pings, c.ping_interval_s, "$STEP.base"),
-            *traffic.ping_bg(hv1, link("pp").address("hv2"), m.pvl_pings, c.ping_interval_s, "$STEP.pp"),
+            *traffic.ping_bg(hv1, link("base").address("hv2"), m.pvl_pings, c.ping_interval_s,
+                             "$STEP.base"),
+            *traffic.ping_bg(hv1, link("pp").address("hv2"), m.pvl_pings, c.ping_interval_s,
+                             "$STEP.pp"),
             *traffic.ping_bg(hv1, link("plan").address("hv2"), m.pvl_pings, c.ping_interval_s,
-                      "$STEP.plan"),
+                             "$STEP.plan"),
             "wait $_pings",
         ])
         for lk in ("pp", "plan"):

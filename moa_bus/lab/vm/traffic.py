@@ -30,7 +30,8 @@ def pktgen_write(ns: str, path: str, cmd: str) -> str:
     return in_ns(ns, f"sh -c \"echo '{cmd}' > {PKTGEN}/{path}\"")
 
 
-def pktgen_setup(ns: str, dev: str, dst_ip: str, dst_mac_cmd: str, *, mbps: int, size: int) -> list[str]:
+def pktgen_setup(ns: str, dev: str, dst_ip: str, dst_mac_cmd: str, *, mbps: int,
+                  size: int) -> list[str]:
     """Configure pktgen on `dev` in `ns` (thread 0) for an endless UDP flood at `mbps` (pktgen's
     `rate` is in Mbit/s); started with pktgen_start, stopped with pktgen_stop (also on the
     step's exit: a flood left running would spoil every later step). clone_skb 0: a VXLAN device
