@@ -2,8 +2,8 @@
 
 Only the chosen verb's module is imported, so `moa doctor` works on a machine where, say, the
 benchmark's dependencies are missing. Imports run lab -> cli -> service: the verbs whose work
-lives in the lab (`demo`, `bench`) parse their arguments here and name the lab's module by its
-path (moa_bus/lab/), loaded only when that verb runs; no module here imports the lab.
+lives in the lab (`demo`, `bench`) name the lab's modules by their path (moa_bus/lab/), loaded
+only when that verb runs; no module here imports the lab.
 `python -m moa_bus.cli` is the console script `moa`.
 """
 from __future__ import annotations

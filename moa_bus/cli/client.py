@@ -1,5 +1,6 @@
 """What the client subcommands (req, materialize, set, status, show, watch) share: the NATS and
-host options, a bounded connection, and requests whose reply decides the exit status."""
+host options (`moa serve` takes the same NATS options), a bounded connection, and requests whose
+reply decides the exit status."""
 from __future__ import annotations
 
 import argparse
