@@ -15,7 +15,8 @@ A point's path segments are matched one by one, `*` matching any. Points (who ca
 operation i in a rollback) (datapath.plan.runner.run_plan),
 `rtnl.window/<k>` (datapath.netlink.raw.Rtnl.run), `params.before-write/<id>` and
 `params.after-write/<id>` (a parameters-only update, datapath.api), `state.before-write/<id>`
-and `state.after-write/<id>` (moa_bus.desired), `ack.before/<id>` (moa_bus.applier).
+and `state.after-write/<id>` (moa_bus.service.desired), `ack.before/<id>`
+(moa_bus.service.applier).
 
 Actions: `kill` (SIGKILL, as `kill -9` from outside would), `error:netlink`, `error:map`,
 `error:qdisc` (raise the exception the real failure raises: a netlink error, a BPF map update

@@ -19,10 +19,10 @@ import schemas
 from datapath import faults
 from datapath.api import DatapathConfig, KernelDatapath
 from datapath.classifier import ClassifierConfig
-from moa_bus import cmd_serve
-from moa_bus.applier import Applier
-from moa_bus.desired import DesiredState
-from moa_bus.testbed import BOX_ADDR, UPLINK, Testbed, sh
+from moa_bus.lab.host_testbed import BOX_ADDR, UPLINK, Testbed, sh
+from moa_bus.service.applier import Applier
+from moa_bus.service.box import OpenedBox, open_kernel_box
+from moa_bus.service.desired import DesiredState
 from tests.fixtures.moabox import box_state, moa_devices, snapshot_diff
 from tests.fixtures.service import box_settings
 from tests.fixtures.topology import topo  # noqa: F401
@@ -60,12 +60,12 @@ class Box:
     def __init__(self, topo: Testbed, host: str, **settings: object) -> None:
         self.settings = box_settings(topo, host, **settings)
         self.host = host
-        self.opened: cmd_serve.OpenedBox | None = None
+        self.opened: OpenedBox | None = None
         self.applier: Applier | None = None
 
-    async def restart(self) -> cmd_serve.OpenedBox:
+    async def restart(self) -> OpenedBox:
         await self.close()
-        self.opened = await cmd_serve.open_kernel_box(self.settings)
+        self.opened = await open_kernel_box(self.settings)
         self.applier = Applier(self.opened.datapath, self.opened.desired, self.host)
         self.applier.start()
         return self.opened

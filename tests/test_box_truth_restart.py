@@ -18,10 +18,9 @@ from pathlib import Path
 import nats
 import pytest
 
-from moa_bus.natsserver import NatsServer
-from moa_bus.service import DRY_RUN_HEADER
-from moa_bus.subjects import Subjects
-from moa_bus.testbed import Testbed
+from moa_bus.lab.host_testbed import Testbed
+from moa_bus.service.embedded_nats import NatsServer
+from moa_bus.service.subjects import DRY_RUN_HEADER, Subjects
 from tests.fixtures.moabox import (
     ServeProcess, js_stream_idle, map_contents, moa_devices, p2p_materialize, serve_cmd, vni_keys,
 )

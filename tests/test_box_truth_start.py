@@ -19,10 +19,9 @@ import pytest
 from datapath.classifier import Classifier, ClassifierConfig
 from schemas import Emulation
 from datapath.pair import PairProgram
-from moa_bus.natsserver import NatsServer
-from moa_bus.service import DRY_RUN_HEADER
-from moa_bus.subjects import Subjects
-from moa_bus.testbed import BOX_ADDR, UPLINK, Testbed, sh
+from moa_bus.lab.host_testbed import BOX_ADDR, UPLINK, Testbed, sh
+from moa_bus.service.embedded_nats import NatsServer
+from moa_bus.service.subjects import DRY_RUN_HEADER, Subjects
 from tests.fixtures.moabox import (
     ServeProcess, box_state, map_contents, moa_devices, serve_cmd, snapshot_diff, vni_keys,
 )

@@ -15,10 +15,12 @@ import nats
 import nats.errors
 import pytest
 
-from moa_bus import cmd_serve
-from moa_bus.natsserver import NatsServer, free_port
-from moa_bus.subjects import Subjects
-from moa_bus.testbed import BOX_ADDR, UPLINK, Testbed
+from moa_bus.lab.host_testbed import BOX_ADDR, UPLINK, Testbed
+from moa_bus.service.box import OpenedBox, open_kernel_box
+from moa_bus.service.embedded_nats import NatsServer, free_port
+from moa_bus.service.serve_loop import serve
+from moa_bus.service.settings import ServeSettings
+from moa_bus.service.subjects import Subjects
 from tests.fixtures.moabox import js_stream_idle, moa_devices, p2p_materialize, vni_keys
 from tests.fixtures.service import plan_of
 from tests.fixtures.topology import topo  # noqa: F401
@@ -153,20 +155,20 @@ async def test_cluster_node_killed_during_event_stream_loses_nothing(
     holder: list[Recording] = []
 
     async def factory(settings):
-        box = await cmd_serve.open_kernel_box(settings)
+        box = await open_kernel_box(settings)
         holder.append(Recording(box.datapath))
-        return cmd_serve.OpenedBox(holder[0], box.desired, box.unconverged)
+        return OpenedBox(holder[0], box.desired, box.unconverged)
 
     watcher = await nats.connect(servers=cluster.urls().split(","), connect_timeout=2,
                                  max_reconnect_attempts=-1, reconnect_time_wait=0.2)
     await _jetstream_ready(watcher)
-    settings = cmd_serve.ServeSettings(
+    settings = ServeSettings(
         nats=cluster.urls(), host=host, uplink=UPLINK, local=BOX_ADDR, netns=topo.box,
         pin_root=topo.pin_root, state_dir=topo.state_dir, allow_loss_only=True,
         stream_replicas=3, ack_wait=3.0)
     stop = asyncio.Event()
     said: list[str] = []
-    server = asyncio.create_task(cmd_serve.serve(settings, factory, stop, said.append))
+    server = asyncio.create_task(serve(settings, factory, stop, said.append))
     pub = None
     try:
         for _ in range(600):

@@ -9,8 +9,8 @@ from pathlib import Path
 import nkeys
 import pytest
 
-from moa_bus.connection import BusConnectError, NatsOptions, connect
-from moa_bus.natsserver import NatsServer, free_port
+from moa_bus.service.connection import BusConnectError, NatsOptions, connect
+from moa_bus.service.embedded_nats import NatsServer, free_port
 from tests.fixtures.nats import nats_server  # noqa: F401
 
 pytestmark = pytest.mark.nats

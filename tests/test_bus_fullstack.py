@@ -12,10 +12,12 @@ import sys
 import nats
 import pytest
 
-from moa_bus import cmd_serve
-from moa_bus.natsserver import NatsServer
-from moa_bus.subjects import Subjects
-from moa_bus.testbed import BOX_ADDR, UPLINK, Testbed
+from moa_bus.lab.host_testbed import BOX_ADDR, UPLINK, Testbed
+from moa_bus.service.box import open_kernel_box
+from moa_bus.service.embedded_nats import NatsServer
+from moa_bus.service.serve_loop import serve
+from moa_bus.service.settings import ServeSettings
+from moa_bus.service.subjects import Subjects
 from tests.fixtures.moabox import ServeProcess, serve_cmd
 from tests.fixtures.nats import nats_server  # noqa: F401
 from tests.fixtures.topology import topo  # noqa: F401
@@ -46,16 +48,16 @@ async def test_full_stack_materialize_update_dematerialize(topo: Testbed, nats_s
     holder: list = []
 
     async def factory(settings):
-        box = await cmd_serve.open_kernel_box(settings)
+        box = await open_kernel_box(settings)
         holder.append(box.datapath)
         return box
 
-    settings = cmd_serve.ServeSettings(nats=nats_server.url, host=host, uplink=UPLINK, local=BOX_ADDR,
+    settings = ServeSettings(nats=nats_server.url, host=host, uplink=UPLINK, local=BOX_ADDR,
                                        netns=topo.box, pin_root=topo.pin_root, allow_loss_only=True,
                                        stats_interval=0.3, state_dir=topo.state_dir)
     stop = asyncio.Event()
     said: list[str] = []
-    server = asyncio.create_task(cmd_serve.serve(settings, factory, stop, said.append))
+    server = asyncio.create_task(serve(settings, factory, stop, said.append))
     nc = await nats.connect(nats_server.url, connect_timeout=2, max_reconnect_attempts=1)
     try:
         for _ in range(200):

@@ -21,9 +21,9 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from moa_bus.natsserver import NatsServer
-from moa_bus.subjects import Subjects
-from moa_bus.testbed import Testbed
+from moa_bus.lab.host_testbed import Testbed
+from moa_bus.service.embedded_nats import NatsServer
+from moa_bus.service.subjects import Subjects
 from tests.fixtures.moabox import (
     ServeProcess, kernel_snapshot, serve_cmd, settled_snapshot, snapshot_diff,
 )

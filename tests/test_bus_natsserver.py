@@ -7,7 +7,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from moa_bus.natsserver import NatsServer, NatsServerError, find_nats_server, free_port
+from moa_bus.service.embedded_nats import NatsServer, NatsServerError, find_nats_server, free_port
 from tests.fixtures.nats import nats_server  # noqa: F401
 
 pytestmark = pytest.mark.nats

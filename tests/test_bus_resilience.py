@@ -12,9 +12,9 @@ from pathlib import Path
 import nats
 import pytest
 
-from moa_bus.natsserver import NatsServer
-from moa_bus.subjects import Subjects
-from moa_bus.testbed import Testbed
+from moa_bus.lab.host_testbed import Testbed
+from moa_bus.service.embedded_nats import NatsServer
+from moa_bus.service.subjects import Subjects
 from tests.fixtures.moabox import (
     ServeProcess, ip_json, js_stream_idle, map_contents, moa_devices, p2p_materialize, serve_cmd, vni_keys,
 )

@@ -20,12 +20,12 @@ import nats.errors
 import pytest
 
 from datapath import faults
-from moa_bus import cmd_serve
-from moa_bus.connection import NatsOptions, connect
-from moa_bus.natsserver import NatsServer
-from moa_bus.service import MoaService, ServiceConfig
-from moa_bus.subjects import Subjects
-from moa_bus.testbed import UPLINK, Testbed, nsenter, sh
+from moa_bus.lab.host_testbed import UPLINK, Testbed, nsenter, sh
+from moa_bus.service.box import desired_dir, open_kernel_box
+from moa_bus.service.connection import NatsOptions, connect
+from moa_bus.service.embedded_nats import NatsServer
+from moa_bus.service.subjects import Subjects
+from moa_bus.service.transport import MoaService, ServiceConfig
 from tests.fixtures.docs import materialize_doc, with_loss
 from tests.fixtures.moabox import (
     ServeProcess, js_stream_idle, moa_devices, serve_cmd, settled_snapshot, snapshot_diff,
@@ -38,6 +38,9 @@ from tests.fixtures.topology import topo  # noqa: F401
 pytestmark = [pytest.mark.netns, pytest.mark.nats]
 
 ACK_WAIT = 2.0  # s: a killed `moa serve`'s unacked event comes back this soon
+# docs/contract.md, "Ack": Nats-Service-Error-Code of each of moa's error words
+ERROR_NUMBERS = {"malformed": "400", "invalid": "400", "not_found": "404", "conflict": "409",
+                 "unsupported": "422"}
 
 
 def _host() -> str:
@@ -81,8 +84,8 @@ async def _snapshot(topo: Testbed) -> dict:
 
 
 def _state_files(topo: Testbed, host: str) -> dict[str, bytes]:
-    """The box's durable desired state, file by file (moa_bus.desired.StateStore)."""
-    d = cmd_serve.desired_dir(box_settings(topo, host))
+    """The box's durable desired state, file by file (moa_bus.service.desired.StateStore)."""
+    d = desired_dir(box_settings(topo, host))
     return {p.name: p.read_bytes() for p in sorted(d.iterdir())} if d.exists() else {}
 
 
@@ -244,7 +247,9 @@ async def test_bad_input_gets_coded_ack_and_kernel_unchanged(nats_server: NatsSe
             assert ack["ok"] is False, (op, doc)
             assert (ack["error"]["code"], ack["error"]["field"]) == (code, field), ack
             assert ack["error"]["message"]
-            assert msg.headers and msg.headers["Nats-Service-Error-Code"] == code
+            # the micro protocol's error headers: moa's word, and its number (docs/contract.md)
+            assert msg.headers and msg.headers["Nats-Service-Error"] == code
+            assert msg.headers["Nats-Service-Error-Code"] == ERROR_NUMBERS[code]
         # the kernel and the durable desired state are exactly as before
         assert snapshot_diff(kernel, await _snapshot(topo)) == []
         assert _state_files(topo, host) == state
@@ -493,7 +498,7 @@ async def test_stop_finishes_operation_in_hand_and_leaves_datapath(nats_server: 
     host = _host()
     s = Subjects(host)
     doc = materialize_doc("s1", 900, 2)
-    box = await cmd_serve.open_kernel_box(box_settings(topo, host))
+    box = await open_kernel_box(box_settings(topo, host))
     nc_svc = None
     try:
         nc_svc = await connect(NatsOptions(url=nats_server.url, connect_timeout=5))
@@ -528,7 +533,7 @@ async def test_stop_finishes_operation_in_hand_and_leaves_datapath(nats_server: 
         await box.datapath.close()
     # the datapath stays in place: a box opened again finds s1 in the kernel and on disk,
     # with nothing to repair
-    again = await cmd_serve.open_kernel_box(box_settings(topo, host))
+    again = await open_kernel_box(box_settings(topo, host))
     try:
         held = again.desired.get("s1")
         assert held is not None and held.generation == 1 and again.unconverged == {}

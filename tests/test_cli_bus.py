@@ -16,9 +16,14 @@ import nats
 import pytest
 
 import schemas
-from moa_bus import cmd_serve, cmd_set, cmd_show
-from moa_bus.natsserver import NatsServer, free_port
-from moa_bus.testbed import Testbed
+from moa_bus.cli import serve as serve_cli
+from moa_bus.cli import set as set_verb
+from moa_bus.cli import show
+from moa_bus.lab.host_testbed import Testbed
+from moa_bus.service.box import open_kernel_box
+from moa_bus.service.embedded_nats import NatsServer, free_port
+from moa_bus.service.serve_loop import serve
+from moa_bus.service.settings import SettingsError
 from tests.fixtures.docs import materialize, materialize_doc, with_loss
 from tests.fixtures.moabox import moa_devices, vni_keys
 from tests.fixtures.nats import nats_client, nats_server  # noqa: F401
@@ -163,7 +168,7 @@ async def test_serve_embedded_server_start_and_stop(topo: Testbed) -> None:
     said: list[str] = []
     stop = asyncio.Event()
     settings = box_settings(topo, host, None, embedded_port=port)
-    task = asyncio.create_task(cmd_serve.serve(settings, cmd_serve.open_kernel_box, stop,
+    task = asyncio.create_task(serve(settings, open_kernel_box, stop,
                                                said.append))
     try:
         for _ in range(600):
@@ -210,7 +215,7 @@ async def test_serve_subprocess_without_uplink_starts_nothing(tmp_path: Path) ->
 
 def _serve_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser()
-    cmd_serve.add_arguments(p)
+    serve_cli.add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -222,35 +227,37 @@ def test_serve_settings_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.delenv("MOA_NATS_URL", raising=False)
     monkeypatch.delenv("MOA_HOST", raising=False)
     monkeypatch.setenv("MOA_UPLINK", "eth7")
-    s = cmd_serve.resolve(_serve_args(["--config", str(conf), "--stats-interval", "0.5"]))
+    s = serve_cli.settings_from_args(
+        _serve_args(["--config", str(conf), "--stats-interval", "0.5"]))
     assert (s.host, s.uplink, s.allow_loss_only, s.stats_interval, s.nats) == (
         "fromfile", "eth7", True, 0.5, "nats://10.1.2.3:4222")
     assert s.connect_timeout == 0.7  # no flag given: the file's value, not the flag's default
-    s = cmd_serve.resolve(_serve_args(["--config", str(conf), "--connect-timeout", "2"]))
+    s = serve_cli.settings_from_args(
+        _serve_args(["--config", str(conf), "--connect-timeout", "2"]))
     assert s.connect_timeout == 2.0
     conf.write_text('colour = "blue"\n')
-    with pytest.raises(cmd_serve.SettingsError, match="unknown key 'colour'"):
-        cmd_serve.resolve(_serve_args(["--config", str(conf)]))
-    with pytest.raises(cmd_serve.SettingsError, match="one NATS subject token"):
-        cmd_serve.resolve(_serve_args(["--host", "a.b"]))
+    with pytest.raises(SettingsError, match="unknown key 'colour'"):
+        serve_cli.settings_from_args(_serve_args(["--config", str(conf)]))
+    with pytest.raises(SettingsError, match="one NATS subject token"):
+        serve_cli.settings_from_args(_serve_args(["--host", "a.b"]))
 
 
 def test_set_parses_pairs_and_picks_targets() -> None:
-    assert cmd_set.parse_params(["latency", "50ms", "loss", "0.01", "queue", "none",
+    assert set_verb.parse_params(["latency", "50ms", "loss", "0.01", "queue", "none",
                                  "capacity", "1000", "reorder", "on"]) == {
         "latency": "50ms", "loss": 0.01, "queue": None, "capacity": 1000, "reorder": True}
-    with pytest.raises(cmd_set.UsageError, match="no value"):
-        cmd_set.parse_params(["latency"])
-    with pytest.raises(cmd_set.UsageError, match="unknown parameter 'delay'"):
-        cmd_set.parse_params(["delay", "5ms"])
+    with pytest.raises(set_verb.UsageError, match="no value"):
+        set_verb.parse_params(["latency"])
+    with pytest.raises(set_verb.UsageError, match="unknown parameter 'delay'"):
+        set_verb.parse_params(["delay", "5ms"])
     status = {"materializations": [
         {"id": "a", "links": [{"id": "x"}, {"id": "y"}]}, {"id": "b", "links": [{"id": "y"}]}]}
-    assert cmd_set.pick_target(status, "x", None) == ("a", {"link": "x"})
-    assert cmd_set.pick_target(status, "wan", "b") == ("b", {"tag": "wan"})
-    with pytest.raises(cmd_set.UsageError, match="--id"):
-        cmd_set.pick_target(status, "y", None)
-    with pytest.raises(cmd_set.UsageError, match="--id"):
-        cmd_set.pick_target(status, "wan", None)
+    assert set_verb.pick_target(status, "x", None) == ("a", {"link": "x"})
+    assert set_verb.pick_target(status, "wan", "b") == ("b", {"tag": "wan"})
+    with pytest.raises(set_verb.UsageError, match="--id"):
+        set_verb.pick_target(status, "y", None)
+    with pytest.raises(set_verb.UsageError, match="--id"):
+        set_verb.pick_target(status, "wan", None)
 
 
 def test_show_table_has_rates() -> None:
@@ -264,7 +271,7 @@ def test_show_table_has_rates() -> None:
     from rich.console import Console
     console = Console(width=200, record=True)
     before = status(100, 10_000)
-    console.print(cmd_show.build_table(status(300, 260_000), cmd_show.totals(before), 2.0))
+    console.print(show.build_table(status(300, 260_000), show.totals(before), 2.0))
     text = console.export_text()
     assert "10ms" in text and "300" in text and "100" in text  # 200 packets / 2 s
     assert "1mbps" in text  # 250,000 bytes * 8 / 2 s
@@ -280,7 +287,7 @@ def test_show_counts_a_frame_once_though_two_stages_saw_it() -> None:
             counters=[stats("ingress", 50, 2), stats("egress", 48, 1)])])])
     # 50 frames left the sender's port stage (2 dropped there), 48 passed the receiver's
     # egress stage (1 dropped): 48 frames delivered, 3 lost.
-    assert cmd_show.totals(status) == {("m", "lan"): (48, 4800, 3)}
+    assert show.totals(status) == {("m", "lan"): (48, 4800, 3)}
 
 
 def test_show_caption_has_the_box_counters_that_are_not_zero() -> None:
@@ -288,9 +295,9 @@ def test_show_caption_has_the_box_counters_that_are_not_zero() -> None:
                                  datapath={"non_vxlan": 0, "unknown_vni": 12_345, "ringbuf_fail": 0,
                                            "handover": 0, "port_held": 30_141,
                                            "events_suppressed": 7})
-    text = cmd_show.caption(status)
+    text = show.caption(status)
     assert "sch_fq worst-case memory: 2MB" in text
     assert "frames held at LAN ports: 30,141" in text and "VNI of no link: 12,345" in text
     assert "not VXLAN" not in text and "drop events lost" not in text
-    assert cmd_show.caption(schemas.StatusReply(host="h", fq_memory_bytes=0,
+    assert show.caption(schemas.StatusReply(host="h", fq_memory_bytes=0,
                                                 materializations=[])) is None

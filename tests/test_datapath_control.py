@@ -13,7 +13,7 @@ from datapath.netlink.tc import MOA_TC_PRIO
 from datapath.plan import devices as plan_devices
 from datapath.plan.planner import bridge_name
 from datapath.plan.runner import PlanError
-from moa_bus.testbed import UPLINK, Testbed, sh
+from moa_bus.lab.host_testbed import UPLINK, Testbed, sh
 from tests.fixtures.moabox import box, ip_json, removal, updated  # noqa: F401
 from tests.fixtures.topology import topo  # noqa: F401
 

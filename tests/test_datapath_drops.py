@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 import schemas
-from moa_bus.desired import DesiredState, Held
+from moa_bus.service.desired import DesiredState, Held
 from datapath.api import KernelDatapath
 from datapath.classifier import ClassifierConfig
-from moa_bus.testbed import Testbed
+from moa_bus.lab.host_testbed import Testbed
 from tests.fixtures.moabox import box_config
 from tests.fixtures.topology import topo  # noqa: F401
 

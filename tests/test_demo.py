@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from moa_bus import demo
+from moa_bus.lab.demo import story
+from moa_bus.lab.host_testbed import parse_ping
 
 pytestmark = [pytest.mark.netns, pytest.mark.nats]
 
@@ -119,7 +120,7 @@ def test_demo_measures_loss_and_cleans_up() -> None:
     m = re.search(r"p2p loss: configured ([\d.]+)%, measured ([\d.]+)% of ([\d,]+) packets", out)
     assert m, out
     configured, measured, packets = float(m[1]) / 100, float(m[2]) / 100, int(m[3].replace(",", ""))
-    assert configured == demo.P2P_LOSS
+    assert configured == story.P2P_LOSS
     # ~1000 packets at p = 0.2: sigma ~ 1.3 %; 0.07 is more than 5 sigma.
     assert packets >= 300, out
     assert abs(measured - configured) <= 0.07, out
@@ -134,7 +135,7 @@ def test_demo_measures_loss_and_cleans_up() -> None:
     assert out.count("-- snapshot") == 3
     counts = [int(x.replace(",", "")) for x in re.findall(r"│ p2p\s+│ p2p\s+│[^│]+│[^│]+│[^│]+│[^│]+│[^│]+│\s*([\d,]+)", out)]
     assert len(counts) == 3 and counts[0] < counts[1] < counts[2], out
-    if not demo.Demo().probe_fq():
+    if not story.kernel_has_fq():
         assert "unsupported" in out and "need sch_fq" in out and "make test-vm" in out
     assert f"moa demo: cleaned up (namespaces {prefix}*" in out
 
@@ -178,8 +179,8 @@ def test_parse_ping() -> None:
     text = ("--- 192.168.10.2 ping statistics ---\n"
             "100 packets transmitted, 63 received, 37% packet loss, time 1254ms\n"
             "rtt min/avg/max/mdev = 0.037/0.089/0.164/0.020 ms\n")
-    r = demo.parse_ping(text)
+    r = parse_ping(text)
     assert (r.sent, r.received, r.rtt_min, r.rtt_avg, r.rtt_max) == (100, 63, 0.037, 0.089, 0.164)
     assert abs(r.loss - 0.37) < 1e-9
-    none = demo.parse_ping("3 packets transmitted, 0 received, 100% packet loss, time 2030ms\n")
+    none = parse_ping("3 packets transmitted, 0 received, 100% packet loss, time 2030ms\n")
     assert none.loss == 1.0 and none.rtt_avg is None and "no replies" in none.describe()

@@ -8,7 +8,7 @@ and scripts with a #! line), not the venv, caches or build outputs. A reference 
 - a Markdown document by name (`semantics.md`): found next to the citing file, at the top of the
   repository or in docs/; with a folder, relative to the citing file or the top;
 - the target of a Markdown link in a .md file, relative to that file (URLs and #anchors aside);
-- a dotted module path (`moa_bus.vm.shaping`, `datapath.api.PlanError`): each package and
+- a dotted module path (`moa_bus.lab.vm.shaping`, `datapath.api.PlanError`): each package and
   module must exist, and the first name after the last module must occur in it (a top-level
   name followed by no module of it, `datapath.close()`, is taken for an object of that name).
 Outside the repository: /work/..., ../shared, the shared design or seed folders, "design notes".

@@ -4,7 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from moa_bus import cmd_doctor
+from moa_bus.cli import doctor
 
 EXPECTED = ["root", "bpffs", "BPF JIT", "libbpf", "clang", "clsact", "cls_bpf", "sch_fq",
             "bonding", "VXLAN", "generic XDP", "NATS"]
@@ -17,7 +17,7 @@ def _netns() -> set[str]:
 
 def test_every_check_reports_and_cleans_up():
     before = _netns()
-    checks = cmd_doctor.run_checks(nats_url=None, allow_loss_only=True)
+    checks = doctor.run_checks(nats_url=None, allow_loss_only=True)
     assert [c.name for c in checks] == EXPECTED
     by_name = {c.name: c for c in checks}
     # What the tests of this project rely on must be there; the rest is reported either way.
@@ -35,7 +35,7 @@ def test_sch_fq_check_agrees_with_the_kernel():
                             capture_output=True).returncode == 0
     finally:
         subprocess.run(["ip", "netns", "delete", ns], check=True)
-    check = next(c for c in cmd_doctor.run_checks(None, False) if c.name == "sch_fq")
+    check = next(c for c in doctor.run_checks(None, False) if c.name == "sch_fq")
     assert check.ok == fq
     assert check.required
     if not check.ok:
@@ -45,7 +45,7 @@ def test_sch_fq_check_agrees_with_the_kernel():
 def test_cli_exit_code_follows_required_failures():
     proc = subprocess.run([sys.executable, "-m", "moa_bus.cli", "doctor"], capture_output=True,
                           text=True, timeout=60)
-    checks = cmd_doctor.run_checks(None, False)
+    checks = doctor.run_checks(None, False)
     assert proc.returncode == (1 if any(c.required and not c.ok for c in checks) else 0)
     for name in EXPECTED:
         assert f"  {name}" in proc.stdout

@@ -139,6 +139,11 @@ def test_installed_moa_runs(installed: Venv, workdir: Path) -> None:
     assert done.returncode == 0, done.stderr
     paths = done.stdout.split()
     assert len(paths) == 2 and all(p.startswith(str(installed.site)) for p in paths), paths
+    # every package of moa_bus is in the wheel (pyproject.toml lists them)
+    done = run([installed.python, "-c", "import moa_bus.service.transport, moa_bus.cli.serve, "
+                "moa_bus.lab.demo.story, moa_bus.lab.vm.e2e, moa_bus.lab.datapath_bench"],
+               cwd=workdir)
+    assert done.returncode == 0, done.stderr
 
 
 def test_installed_objects_load_into_the_kernel(installed: Venv, workdir: Path) -> None:

@@ -19,7 +19,7 @@ from datapath.netlink.model import FqUnavailable
 from datapath.netlink.worker import NetlinkWorker
 from datapath.pair import PairMode
 from datapath.plan.runner import PlanError, run_plan
-from moa_bus.testbed import BOX_ADDR, UPLINK, Testbed, ns_exec, sh
+from moa_bus.lab.host_testbed import BOX_ADDR, UPLINK, Testbed, ns_exec, sh
 from tests.fixtures.moabox import box, box_config, removal, updated  # noqa: F401
 from tests.fixtures.topology import topo  # noqa: F401
 

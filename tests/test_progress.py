@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from datapath import faults
-from moa_bus import progress
-from moa_bus.natsserver import NatsServer
-from moa_bus.testbed import Testbed
+from moa_bus.cli import progress
+from moa_bus.lab.host_testbed import Testbed
+from moa_bus.service.embedded_nats import NatsServer
 from tests.fixtures.docs import materialize_doc
 from tests.fixtures.moabox import moa_devices
 from tests.fixtures.nats import nats_server  # noqa: F401

@@ -21,10 +21,11 @@ import nats
 import pytest
 
 import schemas
-from moa_bus import cmd_serve
-from moa_bus.cmd_doctor import ScratchNetns
-from moa_bus.natsserver import NatsServer, free_port
-from moa_bus.testbed import UPLINK, Testbed
+from moa_bus.cli import serve as serve_cli
+from moa_bus.lab.host_testbed import UPLINK, Testbed
+from moa_bus.service.box_checks import ScratchNetns
+from moa_bus.service.embedded_nats import NatsServer, free_port
+from moa_bus.service.settings import ServeSettings
 from tests.fixtures.nats import nats_server  # noqa: F401
 from tests.fixtures.topology import topo  # noqa: F401
 
@@ -156,21 +157,21 @@ def test_readme_json_examples_are_moas_messages() -> None:
 
 def _serve_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser()
-    cmd_serve.add_arguments(p)
+    serve_cli.add_arguments(p)
     return p.parse_args(argv)
 
 
 def test_example_toml_documents_and_sets_every_key(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("MOA_NATS_URL", "MOA_HOST", "MOA_UPLINK"):
         monkeypatch.delenv(var, raising=False)
-    s = cmd_serve.resolve(_serve_args(["--config", str(EXAMPLE_TOML)]))
+    s = serve_cli.settings_from_args(_serve_args(["--config", str(EXAMPLE_TOML)]))
     assert (s.uplink, s.host, s.allow_loss_only, s.pin_root, s.nats) == (
         "eth1", "box1", False, "/sys/fs/bpf/moa", None)
     assert (s.embedded_port, s.state_dir, s.stream_replicas, s.ack_wait, s.stats_interval,
             s.drop_interval, s.connect_timeout) == (4222, "/var/lib/moa", 1, 30.0, 1.0, 0.25,
                                                     5.0)
     text = EXAMPLE_TOML.read_text()
-    documented = {f.name for f in fields(cmd_serve.ServeSettings)}
+    documented = {f.name for f in fields(ServeSettings)}
     for name in documented:
         assert re.search(rf"^#? ?{name} = ", text, flags=re.M), f"{name} not in examples/moa.toml"
     # Every commented-out example is valid too: uncommented, the file still parses.

@@ -23,10 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from moa_bus import cmd_serve
-from moa_bus.cmd_doctor import ScratchNetns
-from moa_bus.natsserver import NatsServer, free_port
-from moa_bus.testbed import sh, unique_tag
+from moa_bus.cli import serve as serve_cli
+from moa_bus.lab.host_testbed import sh, unique_tag
+from moa_bus.service.box_checks import ScratchNetns
+from moa_bus.service.embedded_nats import NatsServer, free_port
+from moa_bus.service.serve_loop import serve
+from moa_bus.service.settings import _FIELD_TYPES, ServeSettings, SettingsError, _allowed
 from tests.fixtures.nats import nats_server, nats_server_without_jetstream  # noqa: F401
 
 pytestmark = [pytest.mark.netns, pytest.mark.nats]
@@ -259,14 +261,14 @@ async def test_unexpected_error_is_logged_with_its_traceback_and_exits_1(
     """serve() itself (the real process's path after the settings checks), with a datapath that
     fails as nothing expects: exit status 1 and the exception's traceback in the log."""
 
-    async def broken_datapath(settings: cmd_serve.ServeSettings):
+    async def broken_datapath(settings: ServeSettings):
         raise ZeroDivisionError("a bug")
 
     said: list[str] = []
-    settings = cmd_serve.ServeSettings(nats=nats_server.url, host=unique_tag("ux"))
+    settings = ServeSettings(nats=nats_server.url, host=unique_tag("ux"))
     with caplog.at_level(logging.ERROR, logger="moa.bus"):
         rc = await asyncio.wait_for(
-            cmd_serve.serve(settings, broken_datapath, asyncio.Event(), said.append), 30)
+            serve(settings, broken_datapath, asyncio.Event(), said.append), 30)
     assert rc == 1
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and errors[0].exc_info is not None, caplog.text
@@ -281,7 +283,7 @@ _WRONG = {bool: ('"true"', "boolean"), int: ('"1"', "integer"), float: ('"x"', "
 
 
 def _field_type(name: str) -> type:
-    return cmd_serve._allowed(cmd_serve._FIELD_TYPES[name])[0]
+    return _allowed(_FIELD_TYPES[name])[0]
 
 
 def test_every_config_key_is_type_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -290,19 +292,19 @@ def test_every_config_key_is_type_checked(tmp_path: Path, monkeypatch: pytest.Mo
     for var in ("MOA_NATS_URL", "MOA_HOST", "MOA_UPLINK"):
         monkeypatch.delenv(var, raising=False)
     conf = tmp_path / "moa.toml"
-    names = [f.name for f in fields(cmd_serve.ServeSettings)]
+    names = [f.name for f in fields(ServeSettings)]
     assert len(names) >= 20
     for name in names:
         value, kind = _WRONG[_field_type(name)]
         conf.write_text(f"{name} = {value}\n")
-        with pytest.raises(cmd_serve.SettingsError) as e:
-            cmd_serve.resolve(_serve_args(["--config", str(conf)]))
+        with pytest.raises(SettingsError) as e:
+            serve_cli.settings_from_args(_serve_args(["--config", str(conf)]))
         message = str(e.value)
         assert f"{name} = {value}" in message and kind in message, message
     good = {bool: "true", int: "3", float: "2", str: '"abc"'}
     for name in names:
         conf.write_text(f"{name} = {good[_field_type(name)]}\n")
-        s = cmd_serve.resolve(_serve_args(["--config", str(conf)]))
+        s = serve_cli.settings_from_args(_serve_args(["--config", str(conf)]))
         want = tomllib.loads(conf.read_text())[name]
         got = getattr(s, name)
         assert got == want and type(got) is _field_type(name), (name, got)
@@ -312,7 +314,7 @@ def _serve_args(argv: list[str]):
     import argparse
 
     p = argparse.ArgumentParser()
-    cmd_serve.add_arguments(p)
+    serve_cli.add_arguments(p)
     return p.parse_args(argv)
 
 

@@ -6,7 +6,7 @@
  * a constant delay; every other packet goes on to the next filter (TC_ACT_UNSPEC), so it shares
  * the hook with moa's classifier (which sits at a later prio).
  *
- * Parameters are compile-time (moa_bus.vm.shaping.build_edt_ref builds one object per configuration):
+ * Parameters are compile-time (moa_bus.lab.vm.shaping.build_edt_ref builds one object per configuration):
  *   VNI       the shaped VXLAN network identifier
  *   DELAY_NS  added one-way delay
  *   RATE_BPS  capacity in bit/s, 0 = unlimited; charged per inner frame + 24 bytes L1 overhead

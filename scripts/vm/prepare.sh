@@ -4,7 +4,7 @@
 # initramfs whose /init is scripts/vm/init.sh. Idempotent: a second run only checks (about 0.1 s).
 #
 #   scripts/vm/prepare.sh            # prepare (installs missing Debian packages with apt-get)
-#   scripts/vm/prepare.sh --print    # prepare, then print KEY=VALUE lines for run.sh / moa_bus.vm
+#   scripts/vm/prepare.sh --print    # prepare, then print KEY=VALUE lines for run.sh / moa_bus.lab.vm
 #
 # Cache: $MOA_VM_CACHE, default <repo>/vm-cache (gitignored). Delete it to start over.
 set -euo pipefail

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from moa_bus.vm import e2e, report, runner
+from moa_bus.lab.vm import e2e, report, runner
 
 
 @pytest.fixture(scope="session")

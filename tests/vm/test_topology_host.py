@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from moa_bus.vm import batch, measure, topo
+from moa_bus.lab.vm import batch, measure, scripted_testbed
 
 pytestmark = pytest.mark.netns
 
@@ -23,7 +23,7 @@ def _free_port() -> int:
 
 def test_traffic_crosses_the_box_on_the_host(tmp_path) -> None:
     prefix = f"mh{random.randrange(10**4):04d}"
-    tb = topo.two_hypervisors(prefix, uplink="veth", with_fq=False)
+    tb = scripted_testbed.two_hypervisors(prefix, uplink="veth", with_fq=False)
     box, hv1, hv2 = tb.ns("box"), tb.ns("hv1"), tb.ns("hv2")
     b = batch.Batch()
     b.add("setup", tb.setup() + tb.box_bridge("lan0", [100, 101])

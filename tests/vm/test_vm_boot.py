@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from moa_bus.vm import runner
+from moa_bus.lab.vm import runner
 
 # The first test using the session's boot waits for the whole batch (8-15 min under TCG);
 # pytest-timeout counts fixture set-up against that test.

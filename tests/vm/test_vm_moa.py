@@ -7,7 +7,7 @@ prints the scenario's figures and the VM's timings with the host's load average 
 share the host's two cores: other load makes every shaper's timers late alike).
 
 moa's emulation shapes both directions of a link, the comparison shapers one: moa's one-way added
-delay is half the round trip's (moa_scenarios).
+delay is half the round trip's (moa_bus/lab/vm/stack_scenarios.py).
 """
 from __future__ import annotations
 
@@ -147,7 +147,8 @@ def test_runtime_update_applies_without_drops(reference_run) -> None:
 
 def test_runtime_update_does_not_reorder(reference_run) -> None:
     """6. ... and no datagram out of order. The fabric delivers each flow in order during the
-    update runs, as a NIC would (RPS on its ports: moa_scenarios._fabric_in_order says why);
+    update runs, as a NIC would (RPS on its ports: StackScenarios._fabric_in_order in
+    moa_bus/lab/vm/stack_scenarios.py says why);
     the control run, the same load and the same `moa set` on another link, shows what the box
     does around a change without this link changing."""
     upd, vm = _ctx(reference_run, "update")

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from moa_bus.vm import batch, measure, topo
+from moa_bus.lab.vm import batch, measure, scripted_testbed
 
 
 def _run(b: batch.Batch, out) -> subprocess.CompletedProcess:
@@ -88,7 +88,7 @@ def test_parse_iperf3() -> None:
 
 
 def test_topology_names_fit_linux_limits() -> None:
-    tb = topo.two_hypervisors("mv1234")
+    tb = scripted_testbed.two_hypervisors("mv1234")
     cmds = tb.setup() + tb.box_bridge("lan0", [100, 101]) + tb.teardown()
     assert all(len(ns) <= 15 for ns in tb.namespaces)
     assert len(set(tb.namespaces)) == 4
@@ -96,11 +96,11 @@ def test_topology_names_fit_linux_limits() -> None:
     assert sum("root fq" in c for c in cmds) == 2  # one fq per slave, none on the bond
     assert tb.owner_of(101).name == "hv2" and tb.vtep(100).ip == "192.168.77.1"
     with pytest.raises(ValueError):
-        topo.two_hypervisors("toolong7")
+        scripted_testbed.two_hypervisors("toolong7")
 
 
 def test_veth_uplink_has_no_bond() -> None:
-    tb = topo.two_hypervisors("mv1", uplink="veth", with_fq=False)
+    tb = scripted_testbed.two_hypervisors("mv1", uplink="veth", with_fq=False)
     cmds = tb.setup()
     assert not any("bond" in c or " fq " in c for c in cmds)
     assert tb.uplink_devices == ("uplink",)
@@ -125,10 +125,10 @@ def test_daemon_and_wait_until(tmp_path) -> None:
     assert 0 < float(res["py"].out) < 30
 
 
-# moa's stack in the VM (moa_stack, moa_scenarios): what can be checked without booting ---------
+# moa's stack in the VM (moa_stack, stack_scenarios): what can be checked without booting -------
 def test_materialize_doc_is_valid_and_links_do_not_collide(tmp_path) -> None:
     import schemas
-    from moa_bus.vm import moa_stack
+    from moa_bus.lab.vm import moa_stack
 
     m = schemas.decode(schemas.Materialize, moa_stack.write_doc(tmp_path).read_bytes())
     assert [lk.id for lk in m.links] == [lk.id for lk in moa_stack.LINKS]
@@ -144,7 +144,7 @@ def test_materialize_doc_is_valid_and_links_do_not_collide(tmp_path) -> None:
 
 
 def test_moa_testbed_leaves_fq_to_the_service() -> None:
-    from moa_bus.vm import moa_stack
+    from moa_bus.lab.vm import moa_stack
 
     tb = moa_stack.testbed("mve")
     cmds = tb.setup()
@@ -158,9 +158,10 @@ def test_moa_testbed_leaves_fq_to_the_service() -> None:
 
 
 def test_batch_has_every_scenario_and_parses(tmp_path) -> None:
-    from moa_bus.vm import e2e, moa_scenarios, scenarios
+    from moa_bus.lab.vm import e2e, shaper_scenarios, stack_scenarios
 
-    sc, ms = e2e._scenarios(tmp_path, scenarios.E2eConfig(), moa_scenarios.MoaConfig())
+    sc, ms = e2e._scenarios(tmp_path, shaper_scenarios.E2eConfig(),
+                            stack_scenarios.MoaConfig())
     b = e2e.full_batch(sc, ms)
     names = [s.name for s in b.steps]
     assert names.index("moa-serve") < names.index("latency-edt_ref-r0")  # fq before edt_ref
@@ -176,9 +177,9 @@ def test_batch_has_every_scenario_and_parses(tmp_path) -> None:
 
 
 def test_pktgen_writes_expand_step_variables(tmp_path) -> None:
-    from moa_bus.vm import moa_scenarios
+    from moa_bus.lab.vm import traffic
 
-    cmd = moa_scenarios._pg("nsx", "vx400", "dst_mac $_mac")
+    cmd = traffic.pktgen_write("nsx", "vx400", "dst_mac $_mac")
     out = subprocess.run(["bash", "-c", f"_mac=aa:bb; echo {cmd.split(' sh -c ', 1)[1]}"],
                          capture_output=True, text=True).stdout
     assert "dst_mac aa:bb" in out
@@ -197,12 +198,12 @@ def test_parse_iperf3_udp_counts() -> None:
 
 
 def test_step_trap_keeps_status_and_stops_background_jobs(tmp_path) -> None:
-    from moa_bus.vm.moa_scenarios import _KILL_JOBS
+    from moa_bus.lab.vm.traffic import KILL_JOBS
 
     b = batch.Batch()
-    b.add("good", [_KILL_JOBS, 'sleep 30 & echo $! >"$STEP.pid"', "true"])
-    b.add("nojobs", [_KILL_JOBS, "true"])  # `kill` without a job must not fail the step
-    b.add("bad", [_KILL_JOBS, 'sleep 30 & echo $! >"$STEP.pid"', "false", "echo never"])
+    b.add("good", [KILL_JOBS, 'sleep 30 & echo $! >"$STEP.pid"', "true"])
+    b.add("nojobs", [KILL_JOBS, "true"])  # `kill` without a job must not fail the step
+    b.add("bad", [KILL_JOBS, 'sleep 30 & echo $! >"$STEP.pid"', "false", "echo never"])
     b.add("gone", ['for p in $(cat "$STEPS/good.pid" "$STEPS/bad.pid"); do '
                    'st=$(awk \'{print $3}\' /proc/$p/stat 2>/dev/null || true); '
                    '[ -z "$st" ] || [ "$st" = Z ] || { echo "alive $p"; exit 1; }; done'])
@@ -216,9 +217,10 @@ def test_step_trap_keeps_status_and_stops_background_jobs(tmp_path) -> None:
 def test_batch_of_only_some_scenarios(tmp_path) -> None:
     """`moa bench e2e --only lan,update`: the set-up and the service, those scenarios, the final
     status; an unknown name is refused before anything boots."""
-    from moa_bus.vm import e2e, moa_scenarios, scenarios
+    from moa_bus.lab.vm import e2e, shaper_scenarios, stack_scenarios
 
-    sc, ms = e2e._scenarios(tmp_path, scenarios.E2eConfig(), moa_scenarios.MoaConfig())
+    sc, ms = e2e._scenarios(tmp_path, shaper_scenarios.E2eConfig(),
+                            stack_scenarios.MoaConfig())
     names = [s.name for s in e2e.full_batch(sc, ms, only=["lan", "update"]).steps]
     assert {"setup", "moa-serve", "moa-materialize", "lan-moa-0", "update-moa",
             "update-moa-control", "moa-final"} <= set(names)

@@ -1,0 +1,160 @@
+"""What the client subcommands (req, materialize, set, status, show, watch) share: the NATS and
+host options (`moa serve` takes the same NATS options), a bounded connection, and requests whose
+reply decides the exit status."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import nats.errors
+from nats.aio.client import Client
+
+from moa_bus.service import connection
+from moa_bus.service.subjects import Subjects, check_host, default_host
+
+
+def add_nats_arguments(parser: argparse.ArgumentParser) -> None:
+    """The NATS client options every `moa` subcommand takes (env: MOA_NATS_URL)."""
+    g = parser.add_argument_group("NATS")
+    g.add_argument("--nats", metavar="URL", default=os.environ.get("MOA_NATS_URL"),
+                   help=f"NATS server URL, or a comma-separated list of a cluster's servers "
+                        f"(env MOA_NATS_URL; default {connection.DEFAULT_URL})")
+    g.add_argument("--nats-user", default=os.environ.get("MOA_NATS_USER"))
+    g.add_argument("--nats-password", default=os.environ.get("MOA_NATS_PASSWORD"))
+    g.add_argument("--nats-token", default=os.environ.get("MOA_NATS_TOKEN"))
+    g.add_argument("--nats-nkey", metavar="SEED_FILE", default=os.environ.get("MOA_NATS_NKEY"))
+    g.add_argument("--nats-ca", metavar="FILE", help="CA bundle to verify the server's TLS certificate")
+    g.add_argument("--nats-cert", metavar="FILE", help="client TLS certificate")
+    g.add_argument("--nats-key", metavar="FILE", help="client TLS key")
+    # default None, not 5: `moa serve` layers flags over its --config file, and a default here
+    # would always win over the file's connect_timeout.
+    g.add_argument("--connect-timeout", type=float, default=None, metavar="S",
+                   help="give up connecting after S seconds "
+                        f"(default {connection.NatsOptions.connect_timeout:g})")
+
+
+def nats_options(args: argparse.Namespace, url: str | None = None) -> connection.NatsOptions:
+    """The connection options of add_nats_arguments' flags."""
+    return connection.NatsOptions(
+        url=url or args.nats or connection.DEFAULT_URL,
+        user=args.nats_user,
+        password=args.nats_password,
+        token=args.nats_token,
+        nkey_seed_file=args.nats_nkey,
+        tls_ca=args.nats_ca,
+        tls_cert=args.nats_cert,
+        tls_key=args.nats_key,
+        connect_timeout=(connection.NatsOptions.connect_timeout if args.connect_timeout is None
+                         else args.connect_timeout),
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser, timeout: float = 5.0) -> None:
+    """The options of a client subcommand: NATS's, the box's host id, the reply's timeout."""
+    add_nats_arguments(parser)
+    parser.add_argument("--host", default=None, metavar="ID",
+                        help="the box's id in subjects (env MOA_HOST; default: this hostname)")
+    parser.add_argument("--timeout", type=float, default=timeout, metavar="S",
+                        help=f"seconds to wait for a reply (default {timeout:g})")
+
+
+def subjects(args: argparse.Namespace) -> Subjects:
+    return Subjects(check_host(args.host) if args.host else default_host())
+
+
+@contextlib.asynccontextmanager
+async def connected(args: argparse.Namespace) -> AsyncIterator[Client]:
+    nc = await connection.connect(nats_options(args))
+    try:
+        yield nc
+    finally:
+        await nc.close()
+
+
+@dataclass
+class Reply:
+    data: bytes
+    headers: dict[str, str] | None
+
+    @property
+    def json(self) -> object:
+        try:
+            return json.loads(self.data)
+        except ValueError:
+            return None
+
+    @property
+    def is_error(self) -> bool:
+        """An error ack (ok: false) or a NATS micro error header."""
+        if self.headers and "Nats-Service-Error-Code" in self.headers:
+            return True
+        obj = self.json
+        return isinstance(obj, dict) and obj.get("ok") is False
+
+
+async def request(nc: Client, subject: str, data: bytes, timeout: float,
+                  headers: dict[str, str] | None = None) -> Reply:
+    msg = await nc.request(subject, data, timeout=timeout, headers=headers)
+    return Reply(msg.data, msg.headers)
+
+
+def run_request(args: argparse.Namespace, subject_of, payload: bytes,
+                headers: dict[str, str] | None = None, show=None) -> int:
+    """Connect, send one request, print the reply; 0 on success, 1 on an error reply or timeout."""
+    async def go() -> int:
+        async with connected(args) as nc:
+            subject = subject_of(subjects(args)) if callable(subject_of) else subject_of
+            try:
+                reply = await request(nc, subject, payload, args.timeout, headers)
+            except nats.errors.NoRespondersError:
+                print(f"moa: no service answers on {subject} (is `moa serve` running with this "
+                      "--host?)", file=sys.stderr)
+                return 1
+            except nats.errors.TimeoutError:
+                print(f"moa: no reply on {subject} within {args.timeout:g} s", file=sys.stderr)
+                return 1
+        (show or print_reply)(reply)
+        return 1 if reply.is_error else 0
+    return run_async(go())
+
+
+def print_reply(reply: Reply) -> None:
+    obj = reply.json
+    if obj is None:
+        sys.stdout.write(reply.data.decode(errors="replace") + "\n")
+    else:
+        print(json.dumps(obj, indent=2 if sys.stdout.isatty() else None))
+    if reply.is_error and isinstance(obj, dict) and obj.get("error"):
+        err = obj["error"]
+        where = f" at {err['field']}" if err.get("field") else ""
+        print(f"moa: {err.get('code')}{where}: {err.get('message')}", file=sys.stderr)
+
+
+def run_async(coro) -> int:
+    """Run a client coroutine; a connection failure is one clear line and exit status 1."""
+    try:
+        return asyncio.run(coro)
+    except connection.BusConnectError as e:
+        print(f"moa: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def read_payload(arg: str | None) -> bytes:
+    """JSON text, @FILE, or @- for stdin; nothing is an empty body."""
+    if arg is None:
+        return b""
+    if arg.startswith("@"):
+        path = arg[1:]
+        if path == "-":
+            return sys.stdin.buffer.read()
+        with open(path, "rb") as f:
+            return f.read()
+    return arg.encode()

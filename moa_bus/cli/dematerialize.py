@@ -1,0 +1,16 @@
+"""`moa dematerialize ID`: remove one materialization from the box."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from moa_bus.cli import client
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("id", help="materialization id")
+    client.add_arguments(parser, timeout=60.0)
+
+
+def run(args: argparse.Namespace) -> int:
+    return client.run_request(args, lambda s: s.op("dematerialize"), json.dumps({"id": args.id}).encode())

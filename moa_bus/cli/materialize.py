@@ -1,0 +1,53 @@
+"""`moa materialize FILE [--dry-run]`: send a Materialize (JSON file, or - for stdin).
+
+The file is checked here first (same rules as the service), so a typo is reported without a
+round trip. --dry-run asks the service for the ordered operations it would run, changing nothing
+(the request carries the header Moa-Dry-Run: 1).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import schemas
+from moa_bus.cli import client, progress
+from moa_bus.service.subjects import DRY_RUN_HEADER
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="Materialize JSON (see docs/contract.md), or - for stdin")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the ordered operations the box would run; change nothing")
+    client.add_arguments(parser, timeout=120.0)
+
+
+def _show_plan(reply: client.Reply) -> None:
+    obj = reply.json
+    if reply.is_error or not isinstance(obj, dict) or "operations" not in obj:
+        client.print_reply(reply)
+        return
+    ops = obj["operations"]
+    for i, op in enumerate(ops, 1):
+        print(f"{i:4d}  {op}")
+    print(f"{len(ops)} operation(s); nothing applied (dry run)")
+
+
+def run(args: argparse.Namespace) -> int:
+    data = client.read_payload("@-" if args.file == "-" else f"@{args.file}")
+    try:
+        m = schemas.decode(schemas.Materialize, data)
+    except schemas.InvalidMessage as e:
+        where = f" at {e.field}" if e.field else ""
+        print(f"moa: {args.file}: {e.code}{where}: {e.message}", file=sys.stderr)
+        return 1
+    what = progress.describe_materialize(m)
+    if args.dry_run:
+        with progress.Waiting(f"planning {what} (dry run); waiting for the service") as w:
+            return client.run_request(args, lambda s: s.op("materialize"), data,
+                                      headers={DRY_RUN_HEADER: "1"}, show=w.then(_show_plan))
+    # On a terminal: a spinner with the time elapsed until the ack comes (stderr, transient).
+    with progress.Waiting(f"materializing {what}; waiting for the ack") as w:
+        return client.run_request(args, lambda s: s.op("materialize"), data,
+                                  show=w.then(client.print_reply))
+
+

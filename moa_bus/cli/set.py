@@ -1,0 +1,105 @@
+"""`moa set LINK-OR-TAG [--id MATERIALIZATION] key value ...`: change some links' emulation
+(like MergeTB's `moacmd set`), e.g. `moa set a-b latency 50ms capacity 100mbps loss 0.01`.
+
+Keys: latency, jitter (durations), capacity (rate), queue (size, or "none"), loss (0..1),
+reorder (true/false). Without --id the materialization is the one holding a link of that name,
+or, for a tag, the only materialization on the box. A name that is a link id is a link, else a tag.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import nats.errors
+
+from moa_bus.cli import client
+
+KEYS = ("latency", "jitter", "capacity", "queue", "loss", "reorder")
+
+
+class UsageError(ValueError):
+    pass
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", metavar="LINK-OR-TAG")
+    parser.add_argument("params", nargs="+", metavar="KEY VALUE",
+                        help=f"pairs; keys: {', '.join(KEYS)}")
+    parser.add_argument("--id", dest="materialization", metavar="MATERIALIZATION")
+    client.add_arguments(parser, timeout=60.0)
+
+
+def parse_params(words: list[str]) -> dict[str, object]:
+    """["latency", "50ms", "loss", "0.01"] -> {"latency": "50ms", "loss": 0.01} (units stay text:
+    the service parses them with the same rules as any message)."""
+    if len(words) % 2:
+        raise UsageError(f"parameters come in KEY VALUE pairs; {words[-1]!r} has no value")
+    out: dict[str, object] = {}
+    for key, value in zip(words[::2], words[1::2]):
+        if key not in KEYS:
+            raise UsageError(f"unknown parameter {key!r} (one of {', '.join(KEYS)})")
+        if key == "loss":
+            try:
+                out[key] = float(value)
+            except ValueError:
+                raise UsageError(f"loss {value!r} is not a number in [0, 1]") from None
+        elif key == "reorder":
+            if value.lower() not in ("true", "false", "on", "off", "1", "0"):
+                raise UsageError(f"reorder {value!r}: give true or false")
+            out[key] = value.lower() in ("true", "on", "1")
+        elif key == "queue" and value.lower() == "none":
+            out[key] = None
+        else:
+            out[key] = int(value) if value.isdigit() else value
+    return out
+
+
+def pick_target(status: dict, target: str, materialization: str | None) -> tuple[str, dict]:
+    """(materialization id, {"link": target} or {"tag": target}) from a status reply."""
+    mats = status.get("materializations", [])
+    if materialization is not None:
+        chosen = [m for m in mats if m["id"] == materialization]
+        if not chosen:
+            raise UsageError(f"no materialization {materialization!r} on this box")
+        m = chosen[0]
+        is_link = any(link["id"] == target for link in m["links"])
+        return m["id"], ({"link": target} if is_link else {"tag": target})
+    holders = [m["id"] for m in mats if any(link["id"] == target for link in m["links"])]
+    if len(holders) == 1:
+        return holders[0], {"link": target}
+    if len(holders) > 1:
+        raise UsageError(f"link {target!r} is in {', '.join(holders)}: say which with --id")
+    if len(mats) == 1:
+        return mats[0]["id"], {"tag": target}
+    raise UsageError(f"{target!r} is no link id here; as a tag it needs --id "
+                     f"({len(mats)} materializations on this box)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        emulation = parse_params(args.params)
+    except UsageError as e:
+        print(f"moa set: {e}", file=sys.stderr)
+        return 2
+
+    async def go() -> int:
+        s = client.subjects(args)
+        async with client.connected(args) as nc:
+            try:
+                st = await client.request(nc, s.op("status"), b"{}", args.timeout)
+                mid, which = pick_target(st.json or {}, args.target, args.materialization)
+                update = {"id": mid, "links": [{**which, "emulation": emulation}]}
+                reply = await client.request(nc, s.op("update"), json.dumps(update).encode(),
+                                             args.timeout)
+            except UsageError as e:
+                print(f"moa set: {e}", file=sys.stderr)
+                return 2
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                print(f"moa: no reply from the service on {s.op('status')}", file=sys.stderr)
+                return 1
+        client.print_reply(reply)
+        return 1 if reply.is_error else 0
+    return client.run_async(go())
+
+

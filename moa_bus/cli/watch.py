@@ -1,0 +1,57 @@
+"""`moa watch`: print the box's acks and telemetry as they come (one line each, or --json)."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+from moa_bus.cli import client
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--acks", action="store_true", help="acks only (with the others: combine)")
+    parser.add_argument("--drops", action="store_true", help="drop batches")
+    parser.add_argument("--links", action="store_true", help="per-link counters")
+    parser.add_argument("--json", action="store_true", help="print each message's JSON")
+    parser.add_argument("--count", type=int, default=0, metavar="N", help="exit after N messages")
+    client.add_arguments(parser)
+
+
+def describe(kind: str, obj: dict) -> str:
+    if kind == "acks":
+        state = "ok" if obj.get("ok") else f"FAILED {obj.get('error')}"
+        gen = f" gen={obj['generation']}" if obj.get("generation") is not None else ""
+        ms = f" {obj['elapsed_ms']:.1f}ms" if obj.get("elapsed_ms") is not None else ""
+        return f"ack    {obj.get('op')} {obj.get('id')} {state}{gen}{ms}"
+    if kind == "drops":
+        counts = " ".join(f"{k}={v}" for k, v in sorted(obj.get("counts", {}).items()))
+        return (f"drops  {len(obj.get('events', []))} events {counts} "
+                f"suppressed={obj.get('suppressed', 0)} lost={obj.get('lost', 0)}")
+    links = obj.get("links", [])
+    return (f"links  {len(links)} counters, {sum(x['packets'] for x in links):,} packets, "
+            f"{sum(sum(x['drops'].values()) for x in links):,} drops")
+
+
+def run(args: argparse.Namespace) -> int:
+    kinds = [k for k in ("acks", "drops", "links") if getattr(args, k)] or ["acks", "drops", "links"]
+
+    async def go() -> int:
+        s = client.subjects(args)
+        subject = {"acks": s.acks, "drops": s.drops, "links": s.links}
+        done = asyncio.Event()
+        seen = 0
+        async with client.connected(args) as nc:
+            for kind in kinds:
+                async def cb(msg, kind=kind) -> None:
+                    nonlocal seen
+                    obj = json.loads(msg.data)
+                    print(json.dumps({kind: obj}) if args.json else describe(kind, obj), flush=True)
+                    seen += 1
+                    if args.count and seen >= args.count:
+                        done.set()
+                await nc.subscribe(subject[kind], cb=cb)
+            print(f"watching {', '.join(subject[k] for k in kinds)}", file=sys.stderr, flush=True)
+            await done.wait()
+        return 0
+    return client.run_async(go())

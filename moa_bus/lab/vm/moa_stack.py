@@ -1,0 +1,207 @@
+r"""moa's real stack inside the VM: the testbed with moa's links, `moa serve`, the CLI.
+
+What runs is what an operator runs on a box: `moa serve` (embedded nats-server, JetStream) inside
+the box's network namespace (`nsenter --net`: bpffs pins stay visible), uplink = the bond, no
+qdisc made by the harness (moa's own EnsureUplink must put sch_fq on the bond's slaves; a step
+records what it did); one Materialize file sent with `moa materialize`, runtime changes with
+`moa set`. The hypervisor namespaces own one VTEP per link endpoint.
+
+The comparison shapers (tc-netem, edt_ref) keep their plain bridges in the box (VNIs 100/101 and
+the LAN 410-412); moa's links use other VNIs, so both live in one testbed and one boot.
+
+    link    kind  endpoints (hv:VNI)           emulation               scenario
+    base    p2p   hv1:300 hv2:301              none                    moa's baseline path
+    lat     p2p   hv1:310 hv2:311              latency 20 ms           1 latency
+    cap     p2p   hv1:320 hv2:321              capacity 50 Mbit/s      2 capacity, 8 bond
+    udp     p2p   hv1:330 hv2:331              capacity 20 Mbit/s      2 UDP overload
+    loss1   p2p   hv1:340 hv2:341              loss 1 %                3 loss
+    loss10  p2p   hv1:350 hv2:351              loss 10 %               3 loss
+    lan     lan   hv1:400 hv2:401 hv3:402      capacity 10 Mbit/s      4 the LAN case (x0, x1, x2)
+    iso     p2p   hv1:500 hv2:501              20 ms, 10 Mbit/s        5 isolation
+    fast    p2p   hv3:600 hv1:601              none                    5 the busy neighbour
+    upd     p2p   hv1:700 hv2:701              20 ms, 10 Mbit/s        6 runtime update
+    plan    lan   hv1:800 hv2:801 hv3:802      20 ms, 50 Mbit/s        7 a LAN's pair ...
+    pp      p2p   hv1:810 hv2:811              20 ms, 50 Mbit/s        7 ... vs a P2P link
+
+Emulation is per link, both directions (schemas.Emulation): a ping over `lat` crosses 20 ms twice.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .measure import in_ns, start_daemon, wait_until
+from .scripted_testbed import Hypervisor, Testbed, Vtep
+
+HOST = "e2e"  # the box's id in subjects: moa.e2e.*
+MATERIALIZATION = "e2e"
+NATS_PORT = 4222  # the embedded server, inside the box namespace (alone there)
+PIN_ROOT = "/sys/fs/bpf/moa"  # the VM's own bpffs
+HV_UNDERLAY = {"hv1": "10.77.0.11", "hv2": "10.77.0.12", "hv3": "10.77.0.13"}
+
+
+@dataclass(frozen=True)
+class MoaLink:
+    id: str
+    members: tuple[tuple[str, int], ...]  # (hypervisor, VNI), in order
+    emulation: dict = field(default_factory=dict)  # schemas.Emulation as JSON (units as text)
+
+    @property
+    def kind(self) -> str:
+        return "p2p" if len(self.members) == 2 else "lan"
+
+    @property
+    def subnet(self) -> str:
+        """Overlay /24 of the link: 192.168.<first VNI // 10> (unique per link)."""
+        return f"192.168.{self.members[0][1] // 10}"
+
+    def address(self, hv: str) -> str:
+        """Overlay address of `hv`'s endpoint: .1, .2, .3 in member order."""
+        i = next(i for i, (h, _) in enumerate(self.members) if h == hv)
+        return f"{self.subnet}.{i + 1}"
+
+    def vni(self, hv: str) -> int:
+        return next(v for h, v in self.members if h == hv)
+
+
+LINKS: tuple[MoaLink, ...] = (
+    MoaLink("base", (("hv1", 300), ("hv2", 301))),
+    MoaLink("lat", (("hv1", 310), ("hv2", 311)), {"latency": "20ms"}),
+    MoaLink("cap", (("hv1", 320), ("hv2", 321)), {"capacity": "50mbps"}),
+    MoaLink("udp", (("hv1", 330), ("hv2", 331)), {"capacity": "20mbps"}),
+    MoaLink("loss1", (("hv1", 340), ("hv2", 341)), {"loss": 0.01}),
+    MoaLink("loss10", (("hv1", 350), ("hv2", 351)), {"loss": 0.1}),
+    MoaLink("lan", (("hv1", 400), ("hv2", 401), ("hv3", 402)), {"capacity": "10mbps"}),
+    MoaLink("iso", (("hv1", 500), ("hv2", 501)), {"latency": "20ms", "capacity": "10mbps"}),
+    MoaLink("fast", (("hv3", 600), ("hv1", 601))),
+    MoaLink("upd", (("hv1", 700), ("hv2", 701)), {"latency": "20ms", "capacity": "10mbps"}),
+    MoaLink("plan", (("hv1", 800), ("hv2", 801), ("hv3", 802)),
+            {"latency": "20ms", "capacity": "50mbps"}),
+    MoaLink("pp", (("hv1", 810), ("hv2", 811)), {"latency": "20ms", "capacity": "50mbps"}),
+)
+
+# Plain bridges in the box for the comparison shapers: (bridge, [(hypervisor, VNI, address)]).
+COMPARISON_BRIDGES: tuple[tuple[str, tuple[tuple[str, int, str], ...]], ...] = (
+    ("lan0", (("hv1", 100, "192.168.77.1/24"), ("hv2", 101, "192.168.77.2/24"))),
+    ("lanq", (("hv1", 410, "192.168.41.1/24"), ("hv2", 411, "192.168.41.2/24"),
+              ("hv3", 412, "192.168.41.3/24"))),
+)
+
+
+def link(link_id: str) -> MoaLink:
+    return next(lk for lk in LINKS if lk.id == link_id)
+
+
+def testbed(prefix: str) -> Testbed:
+    """hv1..hv3 with the comparison VTEPs and one VTEP per moa link endpoint; the box's uplink is
+    the bond, with no qdisc: moa's EnsureUplink puts fq on the slaves."""
+    vteps: dict[str, list[Vtep]] = {h: [] for h in HV_UNDERLAY}
+    for _, members in COMPARISON_BRIDGES:
+        for hv, vni, addr in members:
+            vteps[hv].append(Vtep(vni, addr))
+    for lk in LINKS:
+        for hv, vni in lk.members:
+            vteps[hv].append(Vtep(vni, f"{lk.address(hv)}/24"))
+    return Testbed(prefix=prefix, uplink="bond", with_fq=False,
+                   hypervisors=tuple(Hypervisor(h, u, tuple(vteps[h]))
+                                     for h, u in HV_UNDERLAY.items()))
+
+
+def materialize_doc(links: tuple[MoaLink, ...] = LINKS) -> dict:
+    """The Materialize message (docs/contract.md): endpoints carry the hypervisor's underlay address
+    as `remote`; moa creates the box's VTEPs itself."""
+    out = []
+    for lk in links:
+        d: dict = {"id": lk.id, "tags": ["e2e"],
+                   "endpoints": [{"vni": v, "remote": HV_UNDERLAY[h]} for h, v in lk.members]}
+        if lk.emulation:
+            d["emulation"] = lk.emulation
+        out.append(d)
+    return {"id": MATERIALIZATION, "links": out}
+
+
+@dataclass(frozen=True)
+class MoaStack:
+    tb: Testbed
+    python: str = sys.executable  # the host venv's interpreter (shared over 9p)
+
+    @property
+    def box(self) -> str:
+        return self.tb.ns("box")
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://127.0.0.1:{NATS_PORT}"
+
+    def cli(self, *argv: str) -> str:
+        """`moa ARGV...` inside the box namespace (where the embedded NATS listens)."""
+        args = " ".join(shlex.quote(a) for a in argv)
+        return in_ns(self.box, f"{self.python} -m moa_bus.cli {args} --nats {self.nats_url}")
+
+    def timed_cli(self, label: str, *argv: str, check: bool = True) -> list[str]:
+        """The CLI call, its wall time (s) appended to "$STEP.cli" as `label seconds rc`;
+        check=False: a failure is only recorded (the step goes on, e.g. to stop its traffic)."""
+        return [
+            "_t0=$(date +%s.%N)",
+            f"{self.cli(*argv)} && _rc=0 || _rc=$?",
+            f'echo "{label} $(echo "$_t0 $(date +%s.%N)" | awk \'{{printf "%.2f", $2 - $1}}\') '
+            '$_rc" >>"$STEP.cli"',
+            *(['[ "$_rc" = 0 ]'] if check else []),
+        ]
+
+    def serve(self, *, timeout_s: float = 240.0) -> list[str]:
+        """Start `moa serve` in the box namespace and wait for "serving host"; its log is
+        "$OUT/moa.log". The uplink's fq and classifiers are the service's own work."""
+        argv = (f"{self.python} -m moa_bus.cli serve --host {HOST} --uplink {self.tb.uplink_dev} "
+                f"--pin-root {PIN_ROOT} --state-dir /tmp/moa-nats --embedded-port {NATS_PORT} "
+                "--stats-interval 5")
+        return [
+            "export PYTHONUNBUFFERED=1",
+            "_t0=$(date +%s.%N)",
+            *start_daemon(self.box, argv, "moa"),
+            wait_until('grep -q "serving host" "$OUT/moa.log" || '
+                       '{ ! kill -0 "$(cat "$OUT/moa.pid")" 2>/dev/null && '
+                       'echo "moa serve exited" >&2 && cat "$OUT/moa.log" >&2 && exit 1; }',
+                       timeout_s=timeout_s, poll_s=0.5),
+            'echo "serve_ready_s $(echo "$_t0 $(date +%s.%N)" | awk \'{printf "%.2f", $2 - $1}\')"',
+        ]
+
+    def uplink_state(self) -> list[str]:
+        """What moa made of the uplink: qdiscs of the bond and its slaves, tc filters (JSON)."""
+        cmds = [f'tc -n {self.box} -j qdisc show dev {d} >"$STEP.qdisc.{d}.json"'
+                for d in (self.tb.uplink_dev, *self.tb.slaves)]
+        cmds += [f'tc -n {self.box} -j filter show dev {self.tb.uplink_dev} {w} '
+                 f'>"$STEP.filter.{w}.json"' for w in ("egress", "ingress")]
+        return cmds
+
+    def materialize(self, doc_path: Path) -> list[str]:
+        return self.timed_cli("materialize", "materialize", str(doc_path), "--host", HOST)
+
+    def set_link(self, link_id: str, label: str, *, check: bool = True, **params: str) -> list[str]:
+        """`moa set LINK key value ...` (the runtime update path: Update through NATS)."""
+        words = [w for k, v in params.items() for w in (k, v)]
+        return self.timed_cli(label, "set", link_id, *words, "--host", HOST, "--id",
+                              MATERIALIZATION, check=check)
+
+    def status(self, dest: str) -> list[str]:
+        return [f'{self.cli("req", f"moa.{HOST}.status", "{}", "--timeout", "30")} >"{dest}"']
+
+    def stop(self) -> str:
+        return 'kill "$(cat "$OUT/moa.pid" 2>/dev/null)" 2>/dev/null || true'
+
+
+def write_doc(folder: Path) -> Path:
+    path = folder / "materialize.json"
+    path.write_text(json.dumps(materialize_doc(), indent=1) + "\n")
+    return path
+
+
+def parse_fq(qdisc_json: str) -> dict | None:
+    """The root fq of a `tc -j qdisc show` listing, or None."""
+    for q in json.loads(qdisc_json or "[]"):
+        if q.get("kind") == "fq" and q.get("root", False):
+            return q
+    return None

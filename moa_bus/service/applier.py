@@ -1,0 +1,288 @@
+"""The one place where operations reach the datapath: strictly one at a time, in arrival order.
+
+Request/reply handlers and the JetStream consumer both call `submit()`, which enqueues without
+awaiting anything first, so the order of the queue is the order in which the service received the
+messages, whichever way they came. A single worker task takes them in that order, decodes and
+checks them, calls the datapath, publishes the Ack (through `ack_sink`, in the same order) and
+resolves the submitter's future with the reply to send.
+
+Each operation (its name is the last token of its subject, and the Ack's `op`) decodes its
+payload to one schemas Struct and is handled by one method taking that Struct
+(Applier.operations).
+
+A change goes: judged against the desired state (moa_bus/service/desired.py), applied by the
+datapath, committed to the desired state (durable), acked. A rejected message (malformed, invalid,
+conflict, not_found, unsupported) never reaches the datapath; a datapath PlanError was rolled
+back from what the kernel held before the plan: either way the box is unchanged and the desired
+state too. When a rollback could not undo everything, the box is read again and the ack says by
+what it differs from before (code rollback_incomplete).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import msgspec
+
+import schemas
+from datapath import faults
+from datapath.api import Datapath, PlanConflict, PlanError
+from moa_bus.service import status
+from moa_bus.service.desired import DesiredState
+from schemas import InvalidMessage
+
+log = logging.getLogger("moa.bus")
+
+APPLY_OPS = ("materialize", "dematerialize", "update")  # the ops that change the box and are acked
+SHOWN_DIFFERENCES = 10  # operations named in a rollback_incomplete ack (the count is exact)
+
+AckSink = Callable[[schemas.Ack], Awaitable[None]]
+
+
+@dataclass
+class Outcome:
+    """What one operation came to: the Ack (None for a successful status) and the reply bytes."""
+    ack: schemas.Ack | None
+    reply: bytes
+
+    @property
+    def ok(self) -> bool:
+        return self.ack is None or self.ack.ok
+
+
+M = TypeVar("M")
+
+
+@dataclass(frozen=True)
+class Handler(Generic[M]):
+    """An operation: the Struct its payload decodes to, and the method that handles that Struct
+    (with whether the message is a redelivery, and the time it was taken up)."""
+    message: type[M]
+    run: Callable[[M, bool, float], Awaitable[Outcome]]
+
+
+def _best_effort_id(data: bytes) -> str | None:
+    """The "id" of a message that failed to decode, when there is one to name in the Ack."""
+    try:
+        obj = msgspec.json.decode(data)
+    except Exception:
+        return None
+    ident = obj.get("id") if isinstance(obj, dict) else None
+    return ident if isinstance(ident, str) and len(ident) <= 256 else None
+
+
+_LINK_FIELD = re.compile(r"^links\[(\d+)\]")
+
+
+def _in_update(e: InvalidMessage, m: schemas.Materialize, origin: dict[str, int]) -> InvalidMessage:
+    """An error about links[j] of the materialization an Update resolved to, moved to the
+    entry of the Update that changed that link (links[i] of the Update)."""
+    found = _LINK_FIELD.match(e.field)
+    if found is None or int(found[1]) >= len(m.links):
+        return e
+    i = origin.get(m.links[int(found[1])].id)
+    if i is None:
+        return e
+    return InvalidMessage(f"links[{i}]" + e.field[found.end():], e.message, e.code)
+
+
+@dataclass
+class Applier:
+    datapath: Datapath
+    desired: DesiredState
+    host: str
+    ack_sink: AckSink | None = None
+    # materializations the kernel does not hold as desired (id -> why): status reports them
+    unconverged: dict[str, str] = field(default_factory=dict)
+    busy: bool = False  # an operation is in hand (for the shutdown message)
+
+    def __post_init__(self) -> None:
+        self._queue: asyncio.Queue[tuple[str, bytes, bool, asyncio.Future[Outcome]] | None] = (
+            asyncio.Queue())
+        self._worker: asyncio.Task[None] | None = None
+        self.operations: dict[str, Handler] = {
+            "materialize": Handler(schemas.Materialize, self._materialize),
+            "dematerialize": Handler(schemas.Dematerialize, self._dematerialize),
+            "update": Handler(schemas.Update, self._update),
+            "status": Handler(schemas.StatusRequest, lambda req, _, t0: self._status(req, t0)),
+            # a materialize with the dry-run header: the operations, no change
+            "plan": Handler(schemas.Materialize, lambda m, _, t0: self._plan(m)),
+        }
+
+    def start(self) -> None:
+        self._worker = asyncio.create_task(self._run(), name="moa-applier")
+
+    def submit(self, op: str, data: bytes, *, redelivered: bool = False) -> asyncio.Future[Outcome]:
+        """Enqueue an operation now (no await before the enqueue: order is arrival order)."""
+        fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        if self._worker is None or self._worker.done():
+            fut.set_exception(RuntimeError("the service is stopping"))
+            return fut
+        self._queue.put_nowait((op, data, redelivered, fut))
+        return fut
+
+    async def drain(self) -> None:
+        """Finish the operation in hand and those already accepted, then stop the worker."""
+        if self._worker is None:
+            return
+        self._queue.put_nowait(None)
+        await self._worker
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    async def _run(self) -> None:
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return
+            op, data, redelivered, fut = item
+            self.busy = True
+            try:
+                outcome = await self._apply(op, data, redelivered)
+                if outcome.ack is not None and op in APPLY_OPS and self.ack_sink is not None:
+                    faults.hit("ack.before", outcome.ack.id)
+                    try:
+                        await self.ack_sink(outcome.ack)
+                    except Exception as e:  # a lost ack publish must not stop the worker
+                        log.warning("could not publish ack: %s", e)
+                if not fut.done():
+                    fut.set_result(outcome)
+            except asyncio.CancelledError:
+                fut.cancel()
+                raise
+            except BaseException as e:  # noqa: BLE001 - the worker must survive anything
+                if not fut.done():
+                    fut.set_exception(e)
+                if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                    raise
+            finally:
+                self.busy = False
+
+    # ------------------------------------------------------------------ one operation
+
+    async def _apply(self, op: str, data: bytes, redelivered: bool) -> Outcome:
+        t0 = time.perf_counter()
+        handler = self.operations.get(op)
+        if handler is None:
+            return self._error(op, None, InvalidMessage("", f"unknown operation {op!r}"), t0)
+        try:
+            msg = schemas.decode(handler.message, data)
+        except InvalidMessage as e:
+            return self._error(op, _best_effort_id(data), e, t0)
+        try:
+            return await handler.run(msg, redelivered, t0)
+        except InvalidMessage as e:
+            return self._error(op, msg.id, e, t0)
+        except PlanConflict as e:
+            return self._error(op, msg.id, InvalidMessage(e.field, e.message, "conflict"), t0)
+        except PlanError as e:
+            return self._error(op, msg.id, await self._plan_failed(msg.id, e), t0)
+        except Exception as e:
+            log.exception("%s %s failed", op, getattr(msg, "id", None))
+            return self._error(op, msg.id, InvalidMessage(
+                "", f"{type(e).__name__}: {e}", "internal"), t0)
+
+    @staticmethod
+    def _acked(op: str, mid: str, generation: int | None, t0: float) -> Outcome:
+        ack = schemas.Ack(id=mid, op=op, ok=True, generation=generation,
+                          elapsed_ms=round((time.perf_counter() - t0) * 1000, 3))
+        return Outcome(ack, schemas.encode(ack))
+
+    # ------------------------------------------------------------------ the operations
+
+    async def _materialize(self, m: schemas.Materialize, redelivered: bool,
+                           t0: float) -> Outcome:
+        """Judge, apply, commit (durable): the generation the materialization is now at."""
+        d = self.desired
+        held = d.get(m.id)
+        if held is not None and d.same_content(m):
+            # The same content again: nothing to commit. Unless this is a redelivery of an
+            # event already applied to a converged box, converge anyway: the kernel is the
+            # truth, and a device or entry someone removed by hand comes back.
+            if not redelivered or m.id in self.unconverged:
+                result = await self.datapath.apply(m)
+                if result.changed:
+                    log.warning("%s: repaired %d operation(s) of drift", m.id,
+                                result.operations)
+                self.unconverged.pop(m.id, None)
+            return self._acked("materialize", m.id, held.generation, t0)
+        d.check_materialize(m)
+        await self.datapath.apply(m)
+        self.unconverged.pop(m.id, None)
+        return self._acked("materialize", m.id, d.commit(m), t0)
+
+    async def _dematerialize(self, msg: schemas.Dematerialize, redelivered: bool,
+                             t0: float) -> Outcome:
+        d = self.desired
+        if redelivered and d.get(msg.id) is None:
+            # applied before the redelivery: already gone, at the generation it went
+            return self._acked("dematerialize", msg.id, d.removed.get(msg.id), t0)
+        d.check_dematerialize(msg.id)
+        await self.datapath.apply(schemas.Materialize(id=msg.id, links=[]))
+        self.unconverged.pop(msg.id, None)
+        return self._acked("dematerialize", msg.id, d.remove(msg.id), t0)
+
+    async def _update(self, u: schemas.Update, redelivered: bool, t0: float) -> Outcome:
+        """Parameters only; the materialization's new content is made here, once."""
+        d = self.desired
+        m, origin = d.resolve_update(u)
+        held = d.get(u.id)
+        assert held is not None  # resolve_update raised not_found otherwise
+        if d.same_content(m):
+            return self._acked("update", u.id, held.generation, t0)
+        try:
+            await self.datapath.apply(m, params_only=u.id not in self.unconverged)
+        except InvalidMessage as e:  # names a link of m: name the update's entry instead
+            raise _in_update(e, m, origin) from None
+        self.unconverged.pop(u.id, None)
+        return self._acked("update", u.id, d.commit(m), t0)
+
+    async def _plan_failed(self, mid: str, e: PlanError) -> InvalidMessage:
+        """The Ack's error for a failed plan. Rolled back in full: apply_failed, naming the
+        operation. Not in full: the box is read again and the ack names what still differs
+        from the previous desired state (rollback_incomplete); status reports it too."""
+        text = str(e)
+        if not e.rollback_errors:
+            return InvalidMessage("", text, "apply_failed")
+        held = self.desired.get(mid)
+        previous = held.materialize if held is not None else schemas.Materialize(id=mid, links=[])
+        try:
+            remaining = await self.datapath.plan(previous)
+        except Exception as re:  # noqa: BLE001 - the ack must still go out
+            remaining = [f"(the box could not be read again: {re})"]
+        if remaining:
+            shown = "; ".join(remaining[:SHOWN_DIFFERENCES])
+            more = (f" and {len(remaining) - SHOWN_DIFFERENCES} more"
+                    if len(remaining) > SHOWN_DIFFERENCES else "")
+            text += (f". Read again, the box differs from its previous state by "
+                     f"{len(remaining)} operation(s): {shown}{more}")
+            self.unconverged[mid] = text
+            return InvalidMessage("", text, "rollback_incomplete")
+        text += ". Read again, the box is as it was before"
+        return InvalidMessage("", text, "apply_failed")
+
+    async def _status(self, req: schemas.StatusRequest, t0: float) -> Outcome:
+        if req.id is not None and self.desired.get(req.id) is None:
+            return self._error("status", req.id, InvalidMessage(
+                "id", f"no materialization {req.id!r} on this box", "not_found"), t0)
+        reply = await status.status_reply(self.desired, self.datapath, self.host, req.id,
+                                          self.unconverged)
+        return Outcome(None, schemas.encode(reply))
+
+    async def _plan(self, m: schemas.Materialize) -> Outcome:
+        self.desired.check_materialize(m)
+        operations = await self.datapath.plan(m)
+        return Outcome(None, msgspec.json.encode({"id": m.id, "operations": operations}))
+
+    @staticmethod
+    def _error(op: str, ident: str | None, e: InvalidMessage, t0: float) -> Outcome:
+        ack = schemas.Ack(id=ident, op=op, ok=False, error=e.to_ack_error(),
+                          elapsed_ms=round((time.perf_counter() - t0) * 1000, 3))
+        return Outcome(ack, schemas.encode(ack))

@@ -1,0 +1,106 @@
+"""`moa serve`'s life: the embedded nats-server when no URL is given, the connection, the box,
+the service, until SIGTERM/SIGINT (or `stop`); then it finishes the operation in hand, drains,
+and leaves the datapath as it is (traffic stays shaped while the service restarts).
+
+Exit status: 0 after SIGTERM/SIGINT; 2 for a settings error (one line saying what to change;
+the command line checks the settings and the box they name before anything is started, so
+nothing is left behind); 1 for a runtime failure (NATS unreachable, a server without JetStream,
+the embedded nats-server not starting, a state directory that cannot be read, an unexpected
+error, which is logged with its traceback). The example systemd unit does not restart on 2.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from moa_bus.service import connection
+from moa_bus.service.box import OpenedBox, open_kernel_box
+from moa_bus.service.desired import StateError
+from moa_bus.service.embedded_nats import NatsServer, NatsServerError
+from moa_bus.service.settings import ServeSettings, SettingsError
+from moa_bus.service.transport import (
+    JetStreamUnavailable, MoaService, ServiceConfig, require_jetstream,
+)
+
+log = logging.getLogger("moa.bus")
+
+BoxFactory = Callable[[ServeSettings], Awaitable[OpenedBox]]
+
+
+async def serve(s: ServeSettings, box_factory: BoxFactory = open_kernel_box,
+                stop: asyncio.Event | None = None, say: Callable[[str], None] | None = None) -> int:
+    """Run until `stop` is set (or SIGTERM/SIGINT when running in the main thread); the exit
+    status (see the module's docstring). The command line checks the settings before."""
+    say = say or (lambda text: print(f"moa: {text}", file=sys.stderr, flush=True))
+    stop = stop or asyncio.Event()
+    embedded: NatsServer | None = None
+    url = s.nats
+    if url is None:
+        embedded = NatsServer(port=s.embedded_port, state_dir=Path(s.state_dir) / "nats")
+        try:
+            await asyncio.to_thread(embedded.start)
+        except NatsServerError as e:
+            say(f"could not start the embedded nats-server: {e}")
+            return 1
+        url = embedded.url
+        say(f"no NATS URL given: started an embedded nats-server on {url} "
+            f"(JetStream, store in {Path(s.state_dir) / 'nats'}); pass --nats URL to use another "
+            "server")
+    nc = box = service = None
+    live = [False]  # connected and not closing: only then is a disconnection news
+    try:
+        nc = await connection.connect(s.nats_options(url),
+                                      disconnected_cb=_quiet("disconnected from NATS", live),
+                                      reconnected_cb=_quiet("reconnected to NATS", live))
+        live[0] = True
+        config = ServiceConfig(host=s.host, stats_interval=s.stats_interval,
+                               drop_interval=s.drop_interval, stream_replicas=s.stream_replicas,
+                               ack_wait=s.ack_wait)
+        if config.jetstream:  # before the datapath: a server without it changes nothing here
+            await require_jetstream(nc)
+        box = await box_factory(s)
+        service = MoaService(nc, box.datapath, box.desired, config, box.unconverged)
+        await service.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (RuntimeError, ValueError):  # not the main thread (tests): `stop` only
+                pass
+        say(f"serving host {s.host!r} on {url} (moa.{s.host}.*; service 'moa')")
+        await stop.wait()
+        say("stopping: finishing the operation in hand; the datapath stays in place")
+        return 0
+    except SettingsError as e:  # from the box factory
+        say(str(e))
+        return 2
+    except (connection.BusConnectError, JetStreamUnavailable, StateError) as e:
+        say(str(e))
+        return 1
+    except Exception:
+        log.exception("stopped by an unexpected error")
+        return 1
+    finally:
+        live[0] = False
+        if service is not None:
+            await service.stop()
+        if box is not None:
+            await box.datapath.close()
+        if nc is not None:
+            try:
+                await asyncio.wait_for(nc.drain(), 5)
+            except Exception:
+                await nc.close()
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+
+def _quiet(text: str, live: list[bool]):
+    async def cb() -> None:
+        if live[0]:
+            log.warning("%s", text)
+    return cb

@@ -1,0 +1,193 @@
+"""`moa serve`'s settings: the fields, where each comes from, and the checks of their values.
+
+Settings come from the command line, then the environment (MOA_NATS_URL through the command
+line's defaults, MOA_HOST, MOA_UPLINK), then --config FILE (TOML, keys named like the long
+options: nats, host, uplink, local, allow_loss_only, state_dir, embedded_port, stats_interval,
+drop_interval, netns, pin_root, nats_user, nats_password, nats_token, nats_nkey, nats_ca,
+nats_cert, nats_key, connect_timeout, stream_replicas, ack_wait), then defaults. A NATS URL may
+be a comma-separated list of a cluster's servers. A value that cannot be used is a SettingsError
+saying what to change (`moa serve` prints it and exits 2).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, fields
+
+from moa_bus.service import connection
+from moa_bus.service.embedded_nats import DEFAULT_PORT
+from moa_bus.service.subjects import check_host, default_host
+
+DEFAULT_STATE_DIR = "/var/lib/moa"
+
+
+@dataclass
+class ServeSettings:
+    nats: str | None = None  # None: embedded nats-server
+    host: str = ""
+    uplink: str | None = None
+    local: str | None = None  # VTEP source address; default: the uplink's first IPv4 address
+    allow_loss_only: bool = False
+    state_dir: str = DEFAULT_STATE_DIR  # desired/<host>/: the desired state; nats/: embedded store
+    embedded_port: int = DEFAULT_PORT
+    stats_interval: float = 1.0
+    drop_interval: float = 0.25
+    netns: str | None = None
+    pin_root: str = "/sys/fs/bpf/moa"
+    nats_user: str | None = None
+    nats_password: str | None = None
+    nats_token: str | None = None
+    nats_nkey: str | None = None
+    nats_ca: str | None = None
+    nats_cert: str | None = None
+    nats_key: str | None = None
+    connect_timeout: float = 5.0
+    stream_replicas: int = 1  # replicas of the JetStream events stream moa creates (3 on a cluster)
+    ack_wait: float = 30.0  # s JetStream waits for an ack before redelivering an event
+
+    def nats_options(self, url: str) -> connection.NatsOptions:
+        return connection.NatsOptions(
+            url=url, user=self.nats_user, password=self.nats_password, token=self.nats_token,
+            nkey_seed_file=self.nats_nkey, tls_ca=self.nats_ca, tls_cert=self.nats_cert,
+            tls_key=self.nats_key, connect_timeout=self.connect_timeout, name=f"moa-serve-{self.host}")
+
+
+class SettingsError(ValueError):
+    """A setting to change: `moa serve` says it in one line and exits 2."""
+
+
+def resolve(config: str | None, given: Mapping[str, object]) -> ServeSettings:
+    """The settings from `given` (the command line's values by field name; None or "" is not
+    given) > MOA_HOST/MOA_UPLINK > the TOML file `config` > built-in defaults."""
+    s = ServeSettings()
+    names = {f.name for f in fields(ServeSettings)}
+    if config:
+        try:
+            with open(config, "rb") as f:
+                conf = tomllib.load(f)
+        except OSError as e:
+            raise SettingsError(
+                f"--config {config}: cannot read it ({e.strerror or e})") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise SettingsError(f"--config {config} is not valid TOML: {e}") from None
+        for key, value in conf.items():
+            if key not in names:
+                raise SettingsError(f"--config {config}: unknown key {key!r} "
+                                    f"(known: {', '.join(sorted(names))})")
+            setattr(s, key, _checked_toml_value(config, key, value))
+    env = {"host": os.environ.get("MOA_HOST"), "uplink": os.environ.get("MOA_UPLINK")}
+    for key, value in env.items():
+        if value:
+            setattr(s, key, value)
+    for key, value in given.items():
+        if key not in names:
+            raise ValueError(f"{key!r} is no setting of moa serve")
+        if value is not None and value != "":  # MOA_NATS_URL= (empty) means "not set"
+            setattr(s, key, value)
+    try:
+        s.host = check_host(s.host) if s.host else default_host()
+    except ValueError as e:
+        raise SettingsError(f"--host (host in --config, MOA_HOST): {e}") from None
+    check_ranges(s)
+    return s
+
+
+# The field types of ServeSettings, against which every value of --config is checked (its
+# annotations are strings, `from __future__ import annotations`: resolved here once).
+_FIELD_TYPES: dict[str, object] = typing.get_type_hints(ServeSettings)
+
+
+def _allowed(tp: object) -> tuple[type, ...]:
+    """The types a field accepts, None left out (TOML has no null: a key is set or absent)."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        return tuple(a for a in typing.get_args(tp) if a is not type(None))
+    return (tp,)  # type: ignore[return-value]
+
+
+def _toml(value: object) -> str:
+    """`value` as it would be written in TOML (enough for a message)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def _toml_kind(value: object) -> str:
+    for tp, kind in ((bool, "a boolean"), (int, "an integer"), (float, "a float"),
+                     (str, "a string"), (list, "an array"), (dict, "a table")):
+        if isinstance(value, tp):
+            return kind
+    return "a date/time"
+
+
+_KIND = {bool: "a boolean (true or false, without quotes)", int: "an integer (without quotes)",
+         float: "a number (float, without quotes)", str: "a string (in quotes)"}
+
+
+def _example(key: str, want: type, value: object) -> str:
+    """A correct line for `key`: the value meant, when it can be guessed, else the default."""
+    if isinstance(value, str):
+        text = value.strip()
+        if want is bool and text.lower() in ("true", "false"):
+            return f"{key} = {text.lower()}"
+        try:
+            if want is int:
+                return f"{key} = {int(text)}"
+            if want is float:
+                return f"{key} = {float(text)!r}"
+        except ValueError:
+            pass
+    default = next(f.default for f in fields(ServeSettings) if f.name == key)
+    if default is None or default is MISSING:
+        default = {bool: False, int: 1, float: 1.0, str: "..."}[want]
+    return f"{key} = {_toml(want(default))}"
+
+
+def _checked_toml_value(path: str, key: str, value: object) -> object:
+    """`value` if its TOML type fits the field `key` of ServeSettings (an integer fits a float
+    field and becomes a float), else a SettingsError naming the key, the type and the value."""
+    allowed = _allowed(_FIELD_TYPES[key])
+    for want in allowed:
+        if want is bool and isinstance(value, bool):
+            return value
+        if want is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if want is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if want is str and isinstance(value, str):
+            return value
+    want = allowed[0]
+    raise SettingsError(
+        f"--config {path}: {key} = {_toml(value)} is {_toml_kind(value)}, but {key} must be "
+        f"{_KIND[want]}: write {_example(key, want, value)}")
+
+
+def setting_name(name: str) -> str:
+    """How a message names a setting: its option and its key in --config."""
+    return f"--{name.replace('_', '-')} ({name} in --config)"
+
+
+def check_ranges(s: ServeSettings) -> None:
+    """Numbers that the types allow but the service cannot use."""
+    for name in ("stats_interval", "drop_interval", "connect_timeout", "ack_wait"):
+        value = getattr(s, name)
+        if not value > 0:  # NaN too
+            raise SettingsError(
+                f"{setting_name(name)} must be a number of seconds above 0, not {value:g}")
+    if not 1 <= s.embedded_port <= 65535:
+        raise SettingsError(f"{setting_name('embedded_port')} must be a TCP port (1 to 65535), "
+                            f"not {s.embedded_port}")
+    if not 1 <= s.stream_replicas <= 5:
+        raise SettingsError(f"{setting_name('stream_replicas')} must be 1 to 5 (JetStream's "
+                            f"limit), not {s.stream_replicas}")
+
+

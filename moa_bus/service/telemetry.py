@@ -1,0 +1,93 @@
+"""Telemetry: drop events from the datapath's ring buffer published in batches with counts, and
+per-link counters published every interval.
+
+Drop events arrive one by one through the datapath's callback (in the event loop); they are
+collected and published every `drop_interval` seconds as DropBatch messages of at most
+`max_batch` events each, so a burst is split across messages rather than cut: no event the
+datapath handed over is left out of the counts.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+
+from nats.aio.client import Client
+
+import schemas
+from datapath.api import Datapath
+from moa_bus.service import status
+from moa_bus.service.desired import DesiredState
+from moa_bus.service.subjects import Subjects
+
+log = logging.getLogger("moa.bus")
+
+
+class Telemetry:
+    def __init__(self, nc: Client, datapath: Datapath, desired: DesiredState,
+                 subjects: Subjects, stats_interval: float = 1.0, drop_interval: float = 0.25,
+                 max_batch: int = 2000) -> None:
+        self.nc = nc
+        self.datapath = datapath
+        self.desired = desired
+        self.subjects = subjects
+        self.stats_interval = stats_interval
+        self.drop_interval = drop_interval
+        self.max_batch = max_batch
+        self._drops: list[schemas.DropEvent] = []
+        self._losses = (0, 0)  # (suppressed, lost) totals already reported
+        self._tasks: list[asyncio.Task[None]] = []
+        self.events_published = 0
+
+    def start(self) -> None:
+        self._losses = self.datapath.drop_event_losses()
+        self.datapath.drop_events(self._drops.append, self.desired.owner)
+        self._tasks = [
+            asyncio.create_task(self._every(self.drop_interval, self.flush_drops), name="moa-drops"),
+            asyncio.create_task(self._every(self.stats_interval, self.publish_links), name="moa-links"),
+        ]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        try:
+            await self.flush_drops()
+        except Exception as e:
+            log.warning("last drop batch not published: %s", e)
+
+    async def _every(self, interval: float, job) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await job()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a NATS outage must not end the loop: it reconnects
+                log.warning("telemetry: %s", e)
+
+    async def flush_drops(self) -> None:
+        suppressed_total, lost_total = self.datapath.drop_event_losses()
+        suppressed = suppressed_total - self._losses[0]
+        lost = lost_total - self._losses[1]
+        events = self._drops[:]
+        self._drops.clear()  # the same list: the datapath holds its append
+        if not events and not suppressed and not lost:
+            return
+        self._losses = (suppressed_total, lost_total)
+        chunks = [events[i:i + self.max_batch] for i in range(0, len(events), self.max_batch)] or [[]]
+        for k, chunk in enumerate(chunks):
+            counts = Counter(ev.reason for ev in chunk)
+            batch = schemas.DropBatch(
+                host=self.subjects.host, events=chunk, counts=dict(counts),
+                # events the datapath could not hand over are counted once, in the first message
+                suppressed=suppressed if k == 0 else 0, lost=lost if k == 0 else 0)
+            await self.nc.publish(self.subjects.drops, schemas.encode(batch))
+            self.events_published += len(chunk)
+
+    async def publish_links(self) -> None:
+        links = await status.link_stats(self.desired, self.datapath)
+        batch = schemas.LinkStatsBatch(host=self.subjects.host, time_ns=time.time_ns(), links=links)
+        await self.nc.publish(self.subjects.links, schemas.encode(batch))

@@ -1,0 +1,274 @@
+"""The moa service on NATS: request/reply endpoints (the NATS micro protocol: moa_bus/service/
+micro.py), the durable JetStream path, acks and telemetry, all feeding one Applier so that the box
+sees its events strictly in order.
+
+Transport only: decoding, checks and datapath calls live in moa_bus/service/applier.py.
+
+An error reply carries moa's Ack (its `error.code` a word: docs/contract.md) and the micro
+protocol's headers: Nats-Service-Error is that word, Nats-Service-Error-Code its number
+(ERROR_STATUS). A request the service could not take (it is stopping) is answered 503 with an
+empty body: it was not applied.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import api as jsapi
+
+import schemas
+from datapath.api import Datapath
+from moa_bus.service.applier import APPLY_OPS, Applier, Outcome
+from moa_bus.service.desired import DesiredState
+from moa_bus.service.micro import DEFAULT_QUEUE_GROUP, Endpoint, MicroService, error_headers
+from moa_bus.service.subjects import DRY_RUN_HEADER, SERVICE_NAME, Subjects
+from moa_bus.service.telemetry import Telemetry
+
+log = logging.getLogger("moa.bus")
+
+VERSION = "0.1.0"
+ENDPOINTS = (*APPLY_OPS, "status")  # request/reply on moa.<host>.<endpoint>
+
+# moa's error words (an Ack's error.code) as the numbers of Nats-Service-Error-Code
+# (docs/contract.md, "Ack"); a word not listed here is 500.
+ERROR_STATUS: dict[str, int] = {
+    "malformed": 400, "invalid": 400, "not_found": 404, "conflict": 409, "unsupported": 422,
+    "apply_failed": 500, "rollback_incomplete": 500, "internal": 500,
+}
+UNAVAILABLE = 503  # not taken: the service is stopping
+
+
+def error_status(code: str) -> int:
+    """The micro protocol's number for moa's error word `code`."""
+    return ERROR_STATUS.get(code, 500)
+
+
+class JetStreamUnavailable(RuntimeError):
+    """The NATS server does not offer JetStream to this connection (the message says why and what
+    to do); `moa serve` prints it and exits 1."""
+
+
+def _server_url(nc: Client) -> str:
+    u = nc.connected_url  # the server of a cluster's list this client is connected to
+    return f"{u.scheme}://{u.hostname}:{u.port}" if u is not None else "(not connected)"
+
+
+async def require_jetstream(nc: Client, timeout: float = 5.0) -> None:
+    """Return if JetStream answers for this connection's account; else JetStreamUnavailable."""
+    url = _server_url(nc)
+    try:
+        await nc.jetstream(timeout=timeout).account_info()
+    except nats.js.errors.ServiceUnavailableError as e:
+        why = (e.description or "").lower()
+        if not why:  # nothing answers $JS.API: the server runs without JetStream
+            raise JetStreamUnavailable(
+                f"the NATS server at {url} has no JetStream, which moa needs (its events stream "
+                "and durable consumer): start nats-server with -js, or put `jetstream {}` in its "
+                "configuration file, or give moa no NATS URL to use its embedded server") from None
+        if "not enabled for account" in why:
+            raise JetStreamUnavailable(
+                f"the NATS server at {url} has JetStream, but not for the account moa connects "
+                f"as ({e.description}): enable it for that account in the server's "
+                "configuration (`jetstream: enabled` in the account's block)") from None
+        raise JetStreamUnavailable(
+            f"JetStream at {url} is unavailable ({e.description})") from None
+    except nats.errors.TimeoutError:
+        raise JetStreamUnavailable(
+            f"JetStream at {url} did not answer within {timeout:g} s") from None
+
+
+@dataclass
+class ServiceConfig:
+    host: str
+    stats_interval: float = 1.0  # s between telemetry.links messages
+    drop_interval: float = 0.25  # s between telemetry.drops batches
+    ack_wait: float = 30.0  # s JetStream waits for our ack before redelivering (extended by +WPI)
+    jetstream: bool = True
+    stream_replicas: int = 1  # JetStream replicas of the events stream when we create it (3 on a cluster)
+
+
+class MoaService:
+    """`unconverged`: materializations the start-up reconcile could not converge (id -> why)."""
+
+    def __init__(self, nc: Client, datapath: Datapath, desired: DesiredState,
+                 config: ServiceConfig, unconverged: dict[str, str] | None = None) -> None:
+        self.nc = nc
+        self.datapath = datapath
+        self.desired = desired
+        self.config = config
+        self.subjects = Subjects(config.host)
+        self.applier = Applier(datapath, desired, config.host, self._publish_ack,
+                               dict(unconverged or {}))
+        self.telemetry = Telemetry(nc, datapath, desired, self.subjects,
+                                   config.stats_interval, config.drop_interval)
+        self.micro = MicroService(SERVICE_NAME, VERSION, "moa: in-kernel link emulation",
+                                  metadata={"host": config.host})
+        self._endpoints: dict[str, tuple[str, Endpoint]] = {
+            self.subjects.op(op): (op, self.micro.add_endpoint(op, self.subjects.op(op)))
+            for op in ENDPOINTS}
+        self._ops_sub: Subscription | None = None
+        self._responders: set[asyncio.Task[None]] = set()
+        self._pull_task: asyncio.Task[None] | None = None
+        self._fetching = False
+        self._stopping = asyncio.Event()
+        self._last_seq = 0  # highest stream sequence applied by this process
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self.applier.start()
+        await self.micro.start(self.nc)
+        # One subscription for every endpoint: see _dispatch for why.
+        self._ops_sub = await self.nc.subscribe(
+            self.subjects.op("*"), queue=DEFAULT_QUEUE_GROUP, cb=self._dispatch)
+        if self.config.jetstream:
+            psub = await self._ensure_jetstream()
+            self._pull_task = asyncio.create_task(self._pull_loop(psub), name="moa-jetstream")
+        self.telemetry.start()
+        await self.nc.flush()
+
+    async def stop(self) -> None:
+        """Stop taking new work, finish the operation in hand and those accepted, flush; the
+        datapath's state stays as it is."""
+        self._stopping.set()
+        if self._ops_sub is not None:
+            await self._ops_sub.unsubscribe()
+            self._ops_sub = None
+        await self.micro.stop()
+        if self._pull_task is not None:
+            if self._fetching:  # idle in a fetch: nothing in hand, stop waiting
+                self._pull_task.cancel()
+            await asyncio.gather(self._pull_task, return_exceptions=True)
+        await self.applier.drain()
+        if self._responders:
+            await asyncio.gather(*self._responders, return_exceptions=True)
+        await self.telemetry.stop()
+        try:
+            await self.nc.flush(timeout=2)
+        except Exception as e:
+            log.warning("flush at stop: %s", e)
+
+    # ------------------------------------------------------------------ request/reply
+
+    async def _dispatch(self, msg: Msg) -> None:
+        """Every request to moa.<host>.<endpoint>, in the order the server delivered them.
+
+        nats-py runs each subscription's callbacks in a task of its own, so requests sent in one
+        order on different subjects (materialize, then update) would reach separate
+        subscriptions' handlers in another. This one subscription's task hands each request to
+        the applier before it takes the next (no await before the enqueue) and answers later,
+        so a slow operation does not hold back the reading of those after it."""
+        found = self._endpoints.get(msg.subject)
+        if found is None:  # moa.<host>.acks also matches moa.<host>.*: not a request
+            return
+        op, endpoint = found
+        t0 = time.perf_counter_ns()
+        kind = op
+        if op == "materialize" and msg.headers and msg.headers.get(DRY_RUN_HEADER):
+            kind = "plan"
+        fut = self.applier.submit(kind, msg.data)
+        task = asyncio.create_task(self._respond(msg, endpoint, fut, t0))
+        self._responders.add(task)
+        task.add_done_callback(self._responders.discard)
+
+    async def _respond(self, msg: Msg, endpoint: Endpoint, fut: asyncio.Future[Outcome],
+                       t0: int) -> None:
+        try:
+            outcome = await fut
+        except Exception as e:
+            text = f"not applied: {e}"
+            if msg.reply:
+                await self.nc.publish(msg.reply, b"", headers=error_headers(UNAVAILABLE, text))
+            endpoint.record(time.perf_counter_ns() - t0, f"{UNAVAILABLE} {text}")
+            return
+        headers = error = None
+        if outcome.ack is not None and outcome.ack.error is not None:
+            word = outcome.ack.error.code
+            headers = error_headers(error_status(word), word)
+            error = f"{error_status(word)} {word}: {outcome.ack.error.message}"
+        if msg.reply:
+            await self.nc.publish(msg.reply, outcome.reply, headers=headers)
+        endpoint.record(time.perf_counter_ns() - t0, error)
+
+    async def _publish_ack(self, ack: schemas.Ack) -> None:
+        await self.nc.publish(self.subjects.acks, schemas.encode(ack))
+
+    # ------------------------------------------------------------------ JetStream
+
+    async def _ensure_jetstream(self):
+        """The stream for moa.<host>.events.* and our durable pull consumer, created if missing."""
+        await require_jetstream(self.nc)  # one line saying why, rather than a 503 from below
+        js = self.nc.jetstream()
+        s = self.subjects
+        try:
+            stream = await js.find_stream_name_by_subject(s.events)
+        except nats.js.errors.NotFoundError:
+            stream = s.stream
+            await js.add_stream(name=stream, subjects=[s.events], storage=jsapi.StorageType.FILE,
+                                num_replicas=self.config.stream_replicas)
+            log.info("created JetStream stream %s for %s (replicas %d)", stream, s.events,
+                     self.config.stream_replicas)
+        try:
+            await js.consumer_info(stream, s.durable)
+        except nats.js.errors.NotFoundError:
+            await js.add_consumer(stream, jsapi.ConsumerConfig(
+                durable_name=s.durable, ack_policy=jsapi.AckPolicy.EXPLICIT,
+                deliver_policy=jsapi.DeliverPolicy.ALL, filter_subject=s.events,
+                # one event in flight: a redelivery can never overtake a later event
+                max_ack_pending=1, ack_wait=self.config.ack_wait))
+            log.info("created durable consumer %s on %s", s.durable, stream)
+        return await js.pull_subscribe_bind(s.durable, stream)
+
+    async def _pull_loop(self, psub) -> None:
+        while not self._stopping.is_set():
+            self._fetching = True
+            try:
+                msgs = await psub.fetch(1, timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue
+            except asyncio.CancelledError:
+                return
+            except Exception as e:  # disconnected, server restarting: the client reconnects
+                log.warning("JetStream fetch: %s", e)
+                await asyncio.sleep(0.5)
+                continue
+            finally:
+                self._fetching = False
+            for msg in msgs:
+                await self._handle_event(msg)
+
+    async def _handle_event(self, msg: Msg) -> None:
+        meta = msg.metadata
+        seq = meta.sequence.stream
+        if seq <= self._last_seq:  # redelivered after we applied it (our ack was lost): ack again
+            await self._ack(msg)
+            return
+        op = msg.subject.rsplit(".", 1)[-1]
+        fut = self.applier.submit(op, msg.data, redelivered=meta.num_delivered > 1)
+        # A long materialization: keep telling JetStream we are on it, so it does not redeliver.
+        while True:
+            done, _ = await asyncio.wait({fut}, timeout=self.config.ack_wait / 3)
+            if done:
+                break
+            try:
+                await msg.in_progress()
+            except Exception as e:
+                log.warning("in-progress ack: %s", e)
+        if fut.cancelled() or fut.exception() is not None:  # not applied: leave it for redelivery
+            return
+        self._last_seq = seq
+        await self._ack(msg)
+
+    @staticmethod
+    async def _ack(msg: Msg) -> None:
+        try:
+            await msg.ack_sync(timeout=5)
+        except Exception as e:  # the next delivery of this message is then recognized by its seq
+            log.warning("ack of stream message failed: %s", e)

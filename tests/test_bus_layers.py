@@ -1,0 +1,81 @@
+"""moa_bus's three packages and the one way their imports run: lab -> cli -> service (-> datapath
+-> schemas). Read from the source (every import statement, also those inside functions), so a
+lazy import that runs only on some path counts as much as one at the top.
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+from pathlib import Path
+
+from moa_bus.cli import COMMANDS
+from moa_bus.cli.bench import BENCHES
+from moa_bus.cli.demo import DEMO
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "moa_bus"
+MAX_LINES = 450  # above this a module says at its top why it is one module
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module an import statement of `path` names (relative imports resolved)."""
+    tree = ast.parse(path.read_text(), str(path))
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    package = parts[:-1] if parts[-1] != "__init__" else parts[:-1]
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = ".".join(package[:len(package) - node.level + 1])
+                mod = f"{base}.{node.module}" if node.module else base
+            else:
+                mod = node.module or ""
+            out.add(mod)
+            out |= {f"{mod}.{a.name}" for a in node.names}
+    return out
+
+
+def _modules(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("*.py"))
+
+
+def _under(names: set[str], *prefixes: str) -> set[str]:
+    return {n for n in names if any(n == p or n.startswith(p + ".") for p in prefixes)}
+
+
+def test_imports_run_lab_cli_service() -> None:
+    wrong = {}
+    for path in _modules(PACKAGE / "service"):
+        bad = _under(_imports(path), "moa_bus.cli", "moa_bus.lab")
+        if bad:
+            wrong[str(path.relative_to(ROOT))] = bad
+    for path in _modules(PACKAGE / "cli"):
+        bad = _under(_imports(path), "moa_bus.lab")
+        if bad:
+            wrong[str(path.relative_to(ROOT))] = bad
+    for folder in ("datapath", "schemas"):
+        for path in _modules(ROOT / folder):
+            bad = _under(_imports(path), "moa_bus")
+            if bad:
+                wrong[str(path.relative_to(ROOT))] = bad
+    assert not wrong, wrong
+
+
+def test_the_verbs_name_modules_that_exist() -> None:
+    """The CLI reaches the lab only by module path (demo, bench): each path must resolve."""
+    named = [m for m, _ in COMMANDS.values()] + [m for m, _ in BENCHES.values()] + [DEMO]
+    assert [m for m in named if importlib.util.find_spec(m) is None] == []
+    assert all(m.startswith("moa_bus.cli.") for m, _ in COMMANDS.values())
+
+
+def test_each_package_says_what_it_is_for_and_modules_stay_small() -> None:
+    for init in sorted(PACKAGE.rglob("__init__.py")):
+        doc = ast.get_docstring(ast.parse(init.read_text()))
+        assert doc and doc.splitlines()[0].strip(), f"{init}: no one-line docstring"
+        assert len(doc.splitlines()) == 1 or doc.splitlines()[1] == "", init
+    long = [str(p.relative_to(ROOT)) for p in _modules(PACKAGE)
+            if len(p.read_text().splitlines()) > MAX_LINES
+            and "one module" not in (ast.get_docstring(ast.parse(p.read_text())) or "")]
+    assert long == [], f"over {MAX_LINES} lines without a reason at the top: {long}"
