@@ -22,7 +22,7 @@ from moa_bus.service.serve_loop import serve
 from moa_bus.service.settings import ServeSettings
 from moa_bus.service.subjects import Subjects
 from tests.fixtures.moabox import js_stream_idle, moa_devices, p2p_materialize, vni_keys
-from tests.fixtures.service import plan_of
+from tests.fixtures.service import plan_of, until_serving
 from tests.fixtures.topology import topo  # noqa: F401
 
 pytestmark = [pytest.mark.netns, pytest.mark.nats]
@@ -171,11 +171,7 @@ async def test_cluster_node_killed_during_event_stream_loses_nothing(
     server = asyncio.create_task(serve(settings, factory, stop, said.append))
     pub = None
     try:
-        for _ in range(600):
-            if any("serving" in x for x in said) or server.done():
-                break
-            await asyncio.sleep(0.05)
-        assert any("serving" in x for x in said), said
+        await until_serving(said, server, timeout=30)
         info = await watcher.jetstream().stream_info(s.stream)
         assert info.config.num_replicas == 3
 

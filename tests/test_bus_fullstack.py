@@ -20,6 +20,7 @@ from moa_bus.service.settings import ServeSettings
 from moa_bus.service.subjects import Subjects
 from tests.fixtures.moabox import ServeProcess, serve_cmd
 from tests.fixtures.nats import nats_server  # noqa: F401
+from tests.fixtures.service import until_serving
 from tests.fixtures.topology import topo  # noqa: F401
 
 pytestmark = [pytest.mark.netns, pytest.mark.nats]
@@ -60,11 +61,7 @@ async def test_full_stack_materialize_update_dematerialize(topo: Testbed, nats_s
     server = asyncio.create_task(serve(settings, factory, stop, said.append))
     nc = await nats.connect(nats_server.url, connect_timeout=2, max_reconnect_attempts=1)
     try:
-        for _ in range(200):
-            if any("serving" in x for x in said) or server.done():
-                break
-            await asyncio.sleep(0.05)
-        assert any("serving" in x for x in said), said
+        await until_serving(said, server, timeout=10)
         (dp,) = holder
         a = await asyncio.to_thread(topo.add_endpoint, 1, 100, "192.168.100.1/24")
         b = await asyncio.to_thread(topo.add_endpoint, 2, 101, "192.168.100.2/24")

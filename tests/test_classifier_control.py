@@ -3,9 +3,7 @@ struct moa_stage_params, and ClassifierConfig validation."""
 from __future__ import annotations
 
 import os
-import shutil
 import time
-import uuid
 
 import pytest
 
@@ -13,6 +11,7 @@ import schemas
 from datapath.classifier import Classifier, ClassifierConfig
 from datapath.emulation import queue_bytes, queue_ns, stage_params
 from schemas import Emulation, GilbertElliott
+from tests.fixtures.bpf import pin_root  # noqa: F401
 from tests.fixtures.packets import inner_udp, vxlan
 
 ONE = 1 << 32
@@ -20,15 +19,6 @@ ONE = 1 << 32
 
 def mono() -> int:
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-
-
-@pytest.fixture
-def pin_root():
-    path = f"/sys/fs/bpf/moa-test-classifier-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def send(c: Classifier, vni: int, repeat: int = 1):

@@ -9,10 +9,8 @@ import asyncio
 import ctypes
 import errno
 import os
-import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,7 @@ from datapath.libbpf import (
     BPF_NOEXIST, BpfError, BpfLoadError, BpfObject, LibbpfMissing, Map, MapType, RingBuffer,
     check_environment, load_libbpf, possible_cpus,
 )
-from tests.fixtures.bpf import compile_bpf, selftest_o  # noqa: F401
+from tests.fixtures.bpf import compile_bpf, pin_root, selftest_o  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 FRAME = bytes(range(64))  # any 64 bytes: the selftest programs do not parse the packet
@@ -40,16 +38,6 @@ def obj(selftest_o: Path):
         yield o
     finally:
         o.close()
-
-
-@pytest.fixture
-def pin_root():
-    path = f"/sys/fs/bpf/moa-test-libbpf-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-        assert not os.path.exists(path)
 
 
 def possible_from_sysfs() -> int:
