@@ -1,6 +1,8 @@
-"""moa_bus's three packages and the one way their imports run: lab -> cli -> service (-> datapath
--> schemas). Read from the source (every import statement, also those inside functions), so a
-lazy import that runs only on some path counts as much as one at the top.
+"""The floors and the packages: imports run one way, lab -> cli -> service -> datapath ->
+schemas (schemas imports neither of the others, datapath no moa_bus); every package says on its
+first line what it is for; no module grows past 450 lines without saying why at its top. Read
+from the source (every import statement, also those inside functions), so a lazy import that
+runs only on some path counts as much as one at the top.
 """
 from __future__ import annotations
 
@@ -55,9 +57,9 @@ def test_imports_run_lab_cli_service() -> None:
         bad = _under(_imports(path), "moa_bus.lab")
         if bad:
             wrong[str(path.relative_to(ROOT))] = bad
-    for folder in ("datapath", "schemas"):
+    for folder, above in (("datapath", ("moa_bus",)), ("schemas", ("moa_bus", "datapath"))):
         for path in _modules(ROOT / folder):
-            bad = _under(_imports(path), "moa_bus")
+            bad = _under(_imports(path), *above)
             if bad:
                 wrong[str(path.relative_to(ROOT))] = bad
     assert not wrong, wrong
@@ -70,12 +72,17 @@ def test_the_verbs_name_modules_that_exist() -> None:
     assert all(m.startswith("moa_bus.cli.") for m, _ in COMMANDS.values())
 
 
+FLOORS = ("schemas", "datapath", "moa_bus")
+
+
 def test_each_package_says_what_it_is_for_and_modules_stay_small() -> None:
-    for init in sorted(PACKAGE.rglob("__init__.py")):
+    inits = [init for floor in FLOORS for init in sorted((ROOT / floor).rglob("__init__.py"))]
+    assert len(inits) >= 10, inits
+    for init in inits:
         doc = ast.get_docstring(ast.parse(init.read_text()))
         assert doc and doc.splitlines()[0].strip(), f"{init}: no one-line docstring"
         assert len(doc.splitlines()) == 1 or doc.splitlines()[1] == "", init
-    long = [str(p.relative_to(ROOT)) for p in _modules(PACKAGE)
+    long = [str(p.relative_to(ROOT)) for floor in FLOORS for p in _modules(ROOT / floor)
             if len(p.read_text().splitlines()) > MAX_LINES
             and "one module" not in (ast.get_docstring(ast.parse(p.read_text())) or "")]
     assert long == [], f"over {MAX_LINES} lines without a reason at the top: {long}"
