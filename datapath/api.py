@@ -14,9 +14,11 @@ uninstall).
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import socket
+import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -31,7 +33,9 @@ from datapath.netlink.worker import NetlinkWorker
 from datapath.pair import PairMode, PairProgram
 from datapath.plan.operation import Env, Operation
 from datapath.plan.params import SetLinkParams
-from datapath.plan.planner import Current, PlanConfig, PlanConflict, Stages, link_stages, plan
+from datapath.plan.planner import (
+    Current, PlanConfig, PlanConflict, Stages, link_stages, plan, vtep_name,
+)
 from datapath.plan.runner import PlanError, run_plan
 from datapath.plan.uplink import EnsureUplink, ReleaseUplink
 
@@ -91,6 +95,11 @@ class Datapath(Protocol):
         """The operations `apply(m)` would run, described (`--dry-run`)."""
         ...
 
+    async def holds(self, m: schemas.Materialize) -> bool:
+        """A cheap check, not a plan, that the kernel still holds `m` as applied: each of its
+        VNIs' parameters in the classifier's map and each of its VTEPs (by name), read now."""
+        ...
+
     async def reconcile(self, desired: Sequence[schemas.Materialize]) -> ReconcileReport:
         """Converge the whole box to `desired`: materializations not in it are removed, every
         one in it is repaired, parameters and pair entries nobody owns are purged."""
@@ -139,6 +148,25 @@ def fq_memory_bytes(stages: Iterable[schemas.Emulation | None]) -> int:
 _SHAPING = ("latency", "jitter", "capacity", "queue")
 
 
+_PROBE_INLINE = 64  # holds() asks about this many devices from the loop's thread, more on the worker
+_SIOCGIFINDEX = 0x8933
+
+
+def _devices_exist(names: list[str], probe: socket.socket | None = None) -> bool:
+    """Every device `names` exists: in the namespace of `probe` (a socket), else of the
+    calling thread (the netlink worker's: the box's)."""
+    try:
+        if probe is None:
+            for name in names:
+                socket.if_nametoindex(name)
+        else:
+            for name in names:
+                fcntl.ioctl(probe.fileno(), _SIOCGIFINDEX, struct.pack("16si", name.encode(), 0))
+    except OSError:
+        return False
+    return True
+
+
 class KernelDatapath:
     """The Datapath of a real box (module doc)."""
 
@@ -157,6 +185,9 @@ class KernelDatapath:
         self.plan_config = PlanConfig(uplink=config.uplink, local=config.local,
                                       vtep_mtu=config.vtep_mtu or mtu - VXLAN_OVERHEAD,
                                       port_hold=None if loss_only else config.fq)
+        # a socket of the box's namespace (made on the worker, which is in it): the event
+        # loop's thread looks a device up by name with it (SIOCGIFINDEX: under RCU, no RTNL)
+        self._probe = worker.run(socket.socket, socket.AF_INET, socket.SOCK_DGRAM)
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -195,6 +226,7 @@ class KernelDatapath:
     async def close(self) -> None:
         """Stop using the kernel objects; pins, devices and attached programs stay."""
         self._drops.close()  # detaches from the loop; before the map it reads goes
+        self._probe.close()
         self.pair.close()
         self.classifier.close()
         self.worker.close()
@@ -320,6 +352,21 @@ class KernelDatapath:
         ops = await self.worker.call(self._plan, m)
         return [op.describe() for op in ops]
 
+    async def holds(self, m: schemas.Materialize) -> bool:
+        want: dict[int, bytes] = {}
+        for link in m.links:
+            enc = self._encode(link_stages(link, self.plan_config))
+            for ep in link.endpoints:
+                want[ep.vni] = enc
+        raw = self.classifier.raw_links(want)
+        if len(raw) != len(want) or any(self.classifier.stages_of(raw[vni]) != enc
+                                        for vni, enc in want.items()):
+            return False
+        names = [vtep_name(vni) for vni in want]
+        if len(names) <= _PROBE_INLINE:
+            return _devices_exist(names, self._probe)
+        return await self.worker.call(_devices_exist, names)
+
     async def reconcile(self, desired: Sequence[schemas.Materialize]) -> ReconcileReport:
         report = ReconcileReport()
         devices = await self.worker.call(self.worker.nl.list_moa_devices)
@@ -346,11 +393,7 @@ class KernelDatapath:
     # -- reading counters ---------------------------------------------------------------------------
 
     async def counters(self, vnis: Iterable[int]) -> dict[int, dict[str, StageCounters]]:
-        out = {}
-        for vni in vnis:
-            if self.classifier.slot(vni) is not None:
-                out[vni] = self.classifier.link_counters(vni)
-        return out
+        return self.classifier.counters_of(vnis)
 
     def box_counters(self) -> dict[str, int]:
         return self.classifier.global_counters()

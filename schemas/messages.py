@@ -251,9 +251,15 @@ class Update(_Message, kw_only=True):
     links: list[LinkUpdate]
 
 
+# The `next` of a status page, handed back to get the page after it (docs/contract.md, "Status").
+Cursor = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
 class StatusRequest(_Message, kw_only=True):
-    """`{}` for everything, `{"id": ...}` for one materialization."""
+    """`{}` for everything, `{"id": ...}` for one materialization; `cursor`: the `next` of the
+    page before (a reply holds what fits in one NATS message: docs/contract.md, "Status")."""
     id: Id | None = None
+    cursor: Cursor | None = None
 
 
 # ----------------------------------------------------------------------------- acks
@@ -313,9 +319,13 @@ class LinkStats(_Message, kw_only=True):
 
 
 class LinkStatsBatch(_Message, kw_only=True):
+    """Part `part` of `parts` of one interval's counters (every part has the interval's
+    `time_ns`): each part fits in one NATS message."""
     host: str
     time_ns: int
     links: list[LinkStats]
+    part: int = 1
+    parts: int = 1
 
 
 # ----------------------------------------------------------------------------- status
@@ -343,8 +353,11 @@ class StatusReply(_Message, kw_only=True):
     datapath: the classifier's box-wide counters since it was loaded (frames): non_vxlan,
     unknown_vni (passed untouched), ringbuf_fail (drop events lost), handover (LAN frames
     whose port wait the egress stage added), port_held (LAN frames a VTEP held until they left
-    the sender's port), events_suppressed."""
+    the sender's port), events_suppressed. next: the cursor of the next page
+    (StatusRequest.cursor), null on the last; a materialization or a link that does not fit
+    in one page continues on the next under the same id (docs/contract.md, "Status")."""
     host: str
     materializations: list[MaterializationStatus]
     fq_memory_bytes: int
     datapath: dict[str, int] = {}
+    next: str | None = None

@@ -23,6 +23,7 @@ from moa_bus.lab.host_testbed import BOX_ADDR, UPLINK, Testbed, sh
 from moa_bus.service.applier import Applier
 from moa_bus.service.box import OpenedBox, open_kernel_box
 from moa_bus.service.desired import DesiredState
+from moa_bus.service.status import StatusPages
 from tests.fixtures.moabox import box_state, moa_devices, snapshot_diff
 from tests.fixtures.service import box_settings
 from tests.fixtures.topology import topo  # noqa: F401
@@ -75,6 +76,16 @@ class Box:
         outcome = await self.applier.submit(op, json.dumps(doc).encode())
         assert outcome.ack is not None
         return outcome.ack
+
+    async def status(self) -> schemas.StatusReply:
+        """What the service's status endpoint answers (one page: this box is small)."""
+        assert self.opened is not None and self.applier is not None
+        pages = StatusPages(self.opened.desired, self.opened.datapath, self.host,
+                            self.applier.unconverged)
+        reply = schemas.decode(schemas.StatusReply,
+                               await pages.page(schemas.StatusRequest(), 1 << 20))
+        assert reply.next is None
+        return reply
 
     async def close(self) -> None:
         if self.applier is not None:
@@ -198,8 +209,7 @@ async def test_an_incomplete_rollback_reads_the_box_again_and_says_what_differs(
         assert "Read again, the box differs from its previous state by 2 operation(s): " \
                "create VTEP mv103 VNI 103" in text and "create pair mv102 <-> mv103" in text
         assert snapshot_diff(reference, box_state(topo.box, topo.pin_root)) != []
-        status = await box.applier._status(schemas.StatusRequest(), 0.0)  # type: ignore[union-attr]
-        (m,) = schemas.decode(schemas.StatusReply, status.reply).materializations
+        (m,) = (await box.status()).materializations
         assert m.generation == first.generation and m.error == text
         # the previous content again: the one missing operation, then the box is as before
         again = await box.send("materialize", BEFORE)
@@ -208,7 +218,6 @@ async def test_an_incomplete_rollback_reads_the_box_again_and_says_what_differs(
         # went with the device that could not be put back)
         diff = snapshot_diff(reference, box_state(topo.box, topo.pin_root))
         assert [d.split(":")[0] for d in diff] == [".devices.mv103.address"], diff
-        status = await box.applier._status(schemas.StatusRequest(), 0.0)  # type: ignore[union-attr]
-        assert schemas.decode(schemas.StatusReply, status.reply).materializations[0].error is None
+        assert (await box.status()).materializations[0].error is None
     finally:
         await box.close()

@@ -183,7 +183,9 @@ async def test_serve_embedded_server_start_and_stop(topo: Testbed) -> None:
             ping = json.loads((await nc.request("$SRV.PING.moa", b"", timeout=2)).data)
             assert ping["metadata"]["host"] == host
             streams = await nc.jetstream().streams_info()
-            assert [s.config.name for s in streams] == [f"MOA_EVENTS_{host}"]
+            # the events stream, and the object store of documents larger than a message
+            assert sorted(s.config.name for s in streams) == [
+                f"MOA_EVENTS_{host}", f"OBJ_MOA_DOCS_{host}"]
             ack = json.loads((await nc.request(f"moa.{host}.materialize",
                                                json.dumps(doc).encode(), timeout=30)).data)
             assert ack["ok"] is True and ack["generation"] == 1, ack

@@ -105,13 +105,15 @@ async def request(nc: Client, subject: str, data: bytes, timeout: float,
 
 
 def run_request(args: argparse.Namespace, subject_of, payload: bytes,
-                headers: dict[str, str] | None = None, show=None) -> int:
-    """Connect, send one request, print the reply; 0 on success, 1 on an error reply or timeout."""
+                headers: dict[str, str] | None = None, show=None, send=None) -> int:
+    """Connect, send one request, print the reply; 0 on success, 1 on an error reply or timeout.
+    `send(nc, subject, payload, timeout, headers) -> Reply` replaces the one request
+    (moa_bus/cli/paging.py: status pages, documents larger than a message)."""
     async def go() -> int:
         async with connected(args) as nc:
             subject = subject_of(subjects(args)) if callable(subject_of) else subject_of
             try:
-                reply = await request(nc, subject, payload, args.timeout, headers)
+                reply = await (send or request)(nc, subject, payload, args.timeout, headers)
             except nats.errors.NoRespondersError:
                 print(f"moa: no service answers on {subject} (is `moa serve` running with this "
                       "--host?)", file=sys.stderr)

@@ -2,7 +2,8 @@
 
 The file is checked here first (same rules as the service), so a typo is reported without a
 round trip. --dry-run asks the service for the ordered operations it would run, changing nothing
-(the request carries the header Moa-Dry-Run: 1).
+(the request carries the header Moa-Dry-Run: 1). A file larger than the server's max_payload
+goes through the service's object store (moa_bus/cli/paging.py, docs/contract.md "Sizes").
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import argparse
 import sys
 
 import schemas
-from moa_bus.cli import client, progress
+from moa_bus.cli import client, paging, progress
 from moa_bus.service.subjects import DRY_RUN_HEADER
 
 
@@ -29,7 +30,10 @@ def _show_plan(reply: client.Reply) -> None:
     ops = obj["operations"]
     for i, op in enumerate(ops, 1):
         print(f"{i:4d}  {op}")
-    print(f"{len(ops)} operation(s); nothing applied (dry run)")
+    count = obj.get("count", len(ops))
+    if count > len(ops):  # the list was cut to fit one message
+        print(f"   ... and {count - len(ops):,} more")
+    print(f"{count} operation(s); nothing applied (dry run)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,13 +45,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"moa: {args.file}: {e.code}{where}: {e.message}", file=sys.stderr)
         return 1
     what = progress.describe_materialize(m)
+
+    async def send(nc, subject, payload, timeout, headers):  # through the object store if large
+        return await paging.send_document(nc, client.subjects(args), subject, payload, timeout,
+                                          headers)
     if args.dry_run:
         with progress.Waiting(f"planning {what} (dry run); waiting for the service") as w:
             return client.run_request(args, lambda s: s.op("materialize"), data,
-                                      headers={DRY_RUN_HEADER: "1"}, show=w.then(_show_plan))
+                                      headers={DRY_RUN_HEADER: "1"}, show=w.then(_show_plan),
+                                      send=send)
     # On a terminal: a spinner with the time elapsed until the ack comes (stderr, transient).
     with progress.Waiting(f"materializing {what}; waiting for the ack") as w:
         return client.run_request(args, lambda s: s.op("materialize"), data,
-                                  show=w.then(client.print_reply))
+                                  show=w.then(client.print_reply), send=send)
 
 

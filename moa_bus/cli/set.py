@@ -13,7 +13,7 @@ import sys
 
 import nats.errors
 
-from moa_bus.cli import client
+from moa_bus.cli import client, paging
 
 KEYS = ("latency", "jitter", "capacity", "queue", "loss", "reorder")
 
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         s = client.subjects(args)
         async with client.connected(args) as nc:
             try:
-                st = await client.request(nc, s.op("status"), b"{}", args.timeout)
+                st = await paging.whole_status(nc, s.op("status"), None, args.timeout)
                 mid, which = pick_target(st.json or {}, args.target, args.materialization)
                 update = {"id": mid, "links": [{**which, "emulation": emulation}]}
                 reply = await client.request(nc, s.op("update"), json.dumps(update).encode(),

@@ -13,7 +13,7 @@ from rich.live import Live
 from rich.table import Table
 
 import schemas
-from moa_bus.cli import client
+from moa_bus.cli import client, paging
 
 Totals = dict[tuple[str, str], tuple[int, int, int]]  # (materialization, link) -> packets, bytes, drops
 
@@ -87,7 +87,7 @@ def caption(status: schemas.StatusReply) -> str | None:
 
 
 async def _status(nc, args) -> schemas.StatusReply:
-    reply = await client.request(nc, client.subjects(args).op("status"), b"{}", args.timeout)
+    reply = await paging.whole_status(nc, client.subjects(args).op("status"), None, args.timeout)
     if reply.is_error:
         raise RuntimeError(reply.data.decode(errors="replace"))
     return schemas.decode(schemas.StatusReply, reply.data)

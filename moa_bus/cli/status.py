@@ -1,10 +1,10 @@
-"""`moa status [ID]`: what the box holds (materializations, links, emulation, counters), as JSON."""
+"""`moa status [ID]`: what the box holds (materializations, links, emulation, counters), as JSON:
+the whole box, however many pages the service answered it in."""
 from __future__ import annotations
 
 import argparse
-import json
 
-from moa_bus.cli import client
+from moa_bus.cli import client, paging
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,5 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    body = json.dumps({"id": args.id} if args.id else {}).encode()
-    return client.run_request(args, lambda s: s.op("status"), body)
+    """Every page of the box's status, put together (moa_bus/cli/paging.py)."""
+    async def whole(nc, subject, _payload, timeout, _headers):
+        return await paging.whole_status(nc, subject, args.id, timeout)
+    return client.run_request(args, lambda s: s.op("status"), b"", send=whole)

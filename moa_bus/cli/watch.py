@@ -29,8 +29,9 @@ def describe(kind: str, obj: dict) -> str:
         return (f"drops  {len(obj.get('events', []))} events {counts} "
                 f"suppressed={obj.get('suppressed', 0)} lost={obj.get('lost', 0)}")
     links = obj.get("links", [])
+    part = f" (part {obj['part']}/{obj['parts']})" if obj.get("parts", 1) > 1 else ""
     return (f"links  {len(links)} counters, {sum(x['packets'] for x in links):,} packets, "
-            f"{sum(sum(x['drops'].values()) for x in links):,} drops")
+            f"{sum(sum(x['drops'].values()) for x in links):,} drops{part}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -26,8 +26,18 @@ cannot be measured is reported as null with the reason in `notes`):
   counted as suppressed, or as a failed ring buffer reservation (drop_events_per_s,
   drop_events_lost must be 0).
 
-The last two run on a classifier of their own in this process
-(moa_bus/lab/control_bench_classifier.py).
+- status while a 10,000-link Materialize (of 10,000 more point-to-point links) is applied:
+  whole-box status requests (every page, as `moa status` walks them) one after the other until
+  its ack, p50/p99/max (status_during_apply_ms: the p99);
+- 30,000 point-to-point links (60,000 VTEPs: with what the box holds already, near the
+  classifier's 65,536) in one Materialize, larger than the server's 1 MB max_payload, so sent
+  through the object store as `moa materialize` sends it (materialize_30k_s), then the whole
+  box's status, every page (status_30k_ms, pages, bytes), then its dematerialize
+  (dematerialize_30k_s).
+
+The last two of the first list run on a classifier of their own in this process
+(moa_bus/lab/control_bench_classifier.py); the last two steps are in
+moa_bus/lab/control_bench_scale.py.
 """
 from __future__ import annotations
 
@@ -45,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from moa_bus.lab import control_bench_classifier as classifier_steps
+from moa_bus.lab import control_bench_scale as scale_steps
 from moa_bus.lab.host_testbed import BOX_ADDR, UPLINK, Testbed, ns_exec, nsenter, sh, unique_tag
 from moa_bus.service.embedded_nats import NatsServer, free_port
 from moa_bus.service.subjects import DRY_RUN_HEADER, Subjects
@@ -72,7 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 STEPS = ("rtt", "materialize", "update", "memory", "restart", "throughput", "map_updates",
-         "drop_events")
+         "drop_events", "during_apply", "big")
 
 
 # ---------------------------------------------------------------------------- documents
@@ -133,6 +144,7 @@ class Bench:
             "pair_gbps": None, "bridge_gbps": None,
             "rtt_p50_us": None, "rtt_p99_us": None, "requests": args.requests, "restart_s": None,
             "drop_events_per_s": None, "drop_events": None, "drop_events_lost": None,
+            "status_during_apply_ms": None, "materialize_30k_s": None, "status_30k_ms": None,
             "notes": [],
         }
         self.steps = set(args.only.split(",")) if getattr(args, "only", None) else set(STEPS)
@@ -189,6 +201,13 @@ class Bench:
                                                        self.args.drop_events)
                 except Exception as e:
                     self.note("drop events", e)
+            for what, step in (("during_apply", scale_steps.during_apply),
+                               ("big", scale_steps.big)):
+                if what in self.steps:
+                    try:
+                        await step(self, nc, bed)
+                    except Exception as e:
+                        self.note(what, e)
         finally:
             if nc is not None:
                 await nc.close()
@@ -260,7 +279,7 @@ class Bench:
         doc = big_materialize(bed, self.args.p2p, self.args.lans, self.args.lan_size)
         data = json.dumps(doc).encode()
         plan = await self._request(nc, "materialize", data, headers={DRY_RUN_HEADER: "1"})
-        self.out["operations"] = len(plan["operations"])
+        self.out["operations"] = plan.get("count", len(plan["operations"]))
         t0 = time.perf_counter()
         ack = await self._request(nc, "materialize", data)
         self.out["materialize_s"] = round(time.perf_counter() - t0, 3)
@@ -401,6 +420,17 @@ def _print(r: dict[str, Any]) -> None:
           f"{_fmt(r.get('rtt_materialize_unchanged_p99_us'))} us)")
     print(f"  drop events ring buffer -> NATS: {_fmt(r['drop_events_per_s'], ' events/s')} "
           f"({_fmt(r['drop_events'])} events, lost {_fmt(r['drop_events_lost'])})")
+    print(f"  whole-box status while 10,000 links are materialized: p50 "
+          f"{_fmt(r.get('status_during_apply_p50_ms'), ' ms')}, p99 "
+          f"{_fmt(r['status_during_apply_ms'], ' ms')} over "
+          f"{_fmt(r.get('status_during_apply_requests'))} requests (box holding "
+          f"{_fmt(r.get('status_during_apply_links'))} links; the materialize took "
+          f"{_fmt(r.get('apply_10k_s'), ' s')})")
+    print(f"  30,000 P2P links: materialize {_fmt(r['materialize_30k_s'], ' s')} "
+          f"({_fmt(r.get('materialize_30k_bytes'))} B through the object store), whole-box "
+          f"status {_fmt(r['status_30k_ms'], ' ms')} ({_fmt(r.get('status_30k_pages'))} pages, "
+          f"{_fmt(r.get('status_30k_bytes'))} B), dematerialize "
+          f"{_fmt(r.get('dematerialize_30k_s'), ' s')}")
     for n in r["notes"]:
         print(f"  not measured or partial: {n}")
 

@@ -10,6 +10,12 @@ Each operation (its name is the last token of its subject, and the Ack's `op`) d
 payload to one schemas Struct and is handled by one method taking that Struct
 (Applier.operations).
 
+The queue has a bound (`limit` operations waiting): past it, `submit` answers `busy` at once
+and nothing is queued (docs/contract.md, "Bounded work"). Reading the box (status) does not go
+through the queue at all: moa_bus/service/status.py answers from the committed desired state.
+A body may be bytes or a function that fetches it (a document in the object store): it is
+fetched when the operation is taken up, so that only one large document is in memory at once.
+
 A change goes: judged against the desired state (moa_bus/service/desired.py), applied by the
 datapath, committed to the desired state (durable), acked. A rejected message (malformed, invalid,
 conflict, not_found, unsupported) never reaches the datapath; a datapath PlanError was rolled
@@ -32,7 +38,6 @@ import msgspec
 import schemas
 from datapath import faults
 from datapath.api import Datapath, PlanConflict, PlanError
-from moa_bus.service import status
 from moa_bus.service.desired import DesiredState
 from schemas import InvalidMessage
 
@@ -40,19 +45,27 @@ log = logging.getLogger("moa.bus")
 
 APPLY_OPS = ("materialize", "dematerialize", "update")  # the ops that change the box and are acked
 SHOWN_DIFFERENCES = 10  # operations named in a rollback_incomplete ack (the count is exact)
+QUEUE_LIMIT = 256  # operations waiting behind the one in hand; past it: busy (docs/contract.md)
+BUSY = "busy"
 
 AckSink = Callable[[schemas.Ack], Awaitable[None]]
+Body = bytes | Callable[[], Awaitable[bytes]]  # a payload, or how to fetch it (object store)
 
 
 @dataclass
 class Outcome:
-    """What one operation came to: the Ack (None for a successful status) and the reply bytes."""
+    """What one operation came to: the Ack (None for a successful dry run) and the reply bytes."""
     ack: schemas.Ack | None
     reply: bytes
 
     @property
     def ok(self) -> bool:
         return self.ack is None or self.ack.ok
+
+    @property
+    def busy(self) -> bool:
+        """Not taken: the queue was full (nothing was judged or applied)."""
+        return self.ack is not None and self.ack.error is not None and self.ack.error.code == BUSY
 
 
 M = TypeVar("M")
@@ -91,6 +104,17 @@ def _in_update(e: InvalidMessage, m: schemas.Materialize, origin: dict[str, int]
     return InvalidMessage(f"links[{i}]" + e.field[found.end():], e.message, e.code)
 
 
+DECODE_INLINE_BYTES = 64 * 1024  # larger bodies are decoded on a thread: the loop stays free
+
+
+async def decode(kind: type[M], data: bytes) -> M:
+    """schemas.decode; a large body on a worker thread, so that status and discovery are
+    answered while a document of thousands of links is parsed and checked."""
+    if len(data) <= DECODE_INLINE_BYTES:
+        return schemas.decode(kind, data)
+    return await asyncio.to_thread(schemas.decode, kind, data)
+
+
 @dataclass
 class Applier:
     datapath: Datapath
@@ -100,16 +124,19 @@ class Applier:
     # materializations the kernel does not hold as desired (id -> why): status reports them
     unconverged: dict[str, str] = field(default_factory=dict)
     busy: bool = False  # an operation is in hand (for the shutdown message)
+    limit: int = QUEUE_LIMIT  # operations waiting; past it submit answers busy
+    # bytes the `plan` reply may take (the server's max_payload less headroom): a longer list
+    # of operations is cut, with the count of all
+    reply_room: Callable[[], int] | None = None
 
     def __post_init__(self) -> None:
-        self._queue: asyncio.Queue[tuple[str, bytes, bool, asyncio.Future[Outcome]] | None] = (
+        self._queue: asyncio.Queue[tuple[str, Body, bool, asyncio.Future[Outcome]] | None] = (
             asyncio.Queue())
         self._worker: asyncio.Task[None] | None = None
         self.operations: dict[str, Handler] = {
             "materialize": Handler(schemas.Materialize, self._materialize),
             "dematerialize": Handler(schemas.Dematerialize, self._dematerialize),
             "update": Handler(schemas.Update, self._update),
-            "status": Handler(schemas.StatusRequest, lambda req, _, t0: self._status(req, t0)),
             # a materialize with the dry-run header: the operations, no change
             "plan": Handler(schemas.Materialize, lambda m, _, t0: self._plan(m)),
         }
@@ -117,11 +144,19 @@ class Applier:
     def start(self) -> None:
         self._worker = asyncio.create_task(self._run(), name="moa-applier")
 
-    def submit(self, op: str, data: bytes, *, redelivered: bool = False) -> asyncio.Future[Outcome]:
-        """Enqueue an operation now (no await before the enqueue: order is arrival order)."""
+    def submit(self, op: str, data: Body, *, redelivered: bool = False) -> asyncio.Future[Outcome]:
+        """Enqueue an operation now (no await before the enqueue: order is arrival order); with
+        `limit` operations already waiting, the future is done at once with a `busy` Outcome
+        and nothing is queued."""
         fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         if self._worker is None or self._worker.done():
             fut.set_exception(RuntimeError("the service is stopping"))
+            return fut
+        if self._queue.qsize() >= self.limit:
+            fut.set_result(self._error(op, None, InvalidMessage(
+                "", f"{self._queue.qsize()} operations wait already (the bound is "
+                f"{self.limit}): not taken, nothing changed; send it again later", BUSY),
+                time.perf_counter()))
             return fut
         self._queue.put_nowait((op, data, redelivered, fut))
         return fut
@@ -148,6 +183,10 @@ class Applier:
                 outcome = await self._apply(op, data, redelivered)
                 if outcome.ack is not None and op in APPLY_OPS and self.ack_sink is not None:
                     faults.hit("ack.before", outcome.ack.id)
+                    # The submitter's reply is made ready first: published in the same loop
+                    # turn as the ack, both leave in one write to the server.
+                    if not fut.done():
+                        fut.set_result(outcome)
                     try:
                         await self.ack_sink(outcome.ack)
                     except Exception as e:  # a lost ack publish must not stop the worker
@@ -167,13 +206,22 @@ class Applier:
 
     # ------------------------------------------------------------------ one operation
 
-    async def _apply(self, op: str, data: bytes, redelivered: bool) -> Outcome:
+    async def _apply(self, op: str, body: Body, redelivered: bool) -> Outcome:
         t0 = time.perf_counter()
         handler = self.operations.get(op)
         if handler is None:
             return self._error(op, None, InvalidMessage("", f"unknown operation {op!r}"), t0)
         try:
-            msg = schemas.decode(handler.message, data)
+            data = body if isinstance(body, bytes) else await body()
+        except InvalidMessage as e:
+            return self._error(op, None, e, t0)
+        except Exception as e:  # noqa: BLE001 - the store failed: say so in the ack
+            log.warning("%s: fetching its document failed: %s", op, e)
+            return self._error(op, None, InvalidMessage(
+                "", f"its document could not be fetched: {type(e).__name__}: {e}", "internal"),
+                t0)
+        try:
+            msg = await decode(handler.message, data)
         except InvalidMessage as e:
             return self._error(op, _best_effort_id(data), e, t0)
         try:
@@ -203,10 +251,12 @@ class Applier:
         d = self.desired
         held = d.get(m.id)
         if held is not None and d.same_content(m):
-            # The same content again: nothing to commit. Unless this is a redelivery of an
-            # event already applied to a converged box, converge anyway: the kernel is the
-            # truth, and a device or entry someone removed by hand comes back.
-            if not redelivered or m.id in self.unconverged:
+            # The same content again: nothing to commit. The kernel is the truth: when the
+            # box was not converged to it, or a cheap reading of the kernel (each VNI's
+            # parameters in the classifier's map, each VTEP by name) finds something missing
+            # or different, plan and repair. A redelivery of an event already applied to a
+            # converged box is acked as it was.
+            if m.id in self.unconverged or (not redelivered and not await self.datapath.holds(m)):
                 result = await self.datapath.apply(m)
                 if result.changed:
                     log.warning("%s: repaired %d operation(s) of drift", m.id,
@@ -216,7 +266,7 @@ class Applier:
         d.check_materialize(m)
         await self.datapath.apply(m)
         self.unconverged.pop(m.id, None)
-        return self._acked("materialize", m.id, d.commit(m), t0)
+        return self._acked("materialize", m.id, await d.commit(m), t0)
 
     async def _dematerialize(self, msg: schemas.Dematerialize, redelivered: bool,
                              t0: float) -> Outcome:
@@ -227,7 +277,7 @@ class Applier:
         d.check_dematerialize(msg.id)
         await self.datapath.apply(schemas.Materialize(id=msg.id, links=[]))
         self.unconverged.pop(msg.id, None)
-        return self._acked("dematerialize", msg.id, d.remove(msg.id), t0)
+        return self._acked("dematerialize", msg.id, await d.remove(msg.id), t0)
 
     async def _update(self, u: schemas.Update, redelivered: bool, t0: float) -> Outcome:
         """Parameters only; the materialization's new content is made here, once."""
@@ -242,7 +292,7 @@ class Applier:
         except InvalidMessage as e:  # names a link of m: name the update's entry instead
             raise _in_update(e, m, origin) from None
         self.unconverged.pop(u.id, None)
-        return self._acked("update", u.id, d.commit(m), t0)
+        return self._acked("update", u.id, await d.commit(m), t0)
 
     async def _plan_failed(self, mid: str, e: PlanError) -> InvalidMessage:
         """The Ack's error for a failed plan. Rolled back in full: apply_failed, naming the
@@ -268,18 +318,23 @@ class Applier:
         text += ". Read again, the box is as it was before"
         return InvalidMessage("", text, "apply_failed")
 
-    async def _status(self, req: schemas.StatusRequest, t0: float) -> Outcome:
-        if req.id is not None and self.desired.get(req.id) is None:
-            return self._error("status", req.id, InvalidMessage(
-                "id", f"no materialization {req.id!r} on this box", "not_found"), t0)
-        reply = await status.status_reply(self.desired, self.datapath, self.host, req.id,
-                                          self.unconverged)
-        return Outcome(None, schemas.encode(reply))
-
     async def _plan(self, m: schemas.Materialize) -> Outcome:
+        """The operations, as many as fit in a reply (`count`: all of them)."""
         self.desired.check_materialize(m)
         operations = await self.datapath.plan(m)
-        return Outcome(None, msgspec.json.encode({"id": m.id, "operations": operations}))
+        room = self.reply_room() if self.reply_room is not None else None
+        reply = msgspec.json.encode({"id": m.id, "operations": operations,
+                                     "count": len(operations)})
+        if room is not None and len(reply) > room:
+            shown, used = [], 100 + len(m.id)
+            for op in operations:
+                used += len(msgspec.json.encode(op)) + 1
+                if used > room:
+                    break
+                shown.append(op)
+            reply = msgspec.json.encode({"id": m.id, "operations": shown,
+                                         "count": len(operations)})
+        return Outcome(None, reply)
 
     @staticmethod
     def _error(op: str, ident: str | None, e: InvalidMessage, t0: float) -> Outcome:

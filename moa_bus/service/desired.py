@@ -16,6 +16,7 @@ the larger of the two, so losing either one alone does not make it go back.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -64,10 +65,17 @@ class Held:
     materialize: schemas.Materialize
     generation: int
     digest: bytes = b""  # of the canonical JSON of `materialize`: recognises a resend
+    _by_id: list[schemas.Link] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.digest:
             self.digest = content_digest(self.materialize)
+
+    def links_by_id(self) -> list[schemas.Link]:
+        """Its links in id order (as status and telemetry list them), sorted once."""
+        if self._by_id is None:
+            self._by_id = sorted(self.materialize.links, key=lambda link: link.id)
+        return self._by_id
 
 
 def content_digest(m: schemas.Materialize) -> bytes:
@@ -285,33 +293,42 @@ class DesiredState:
             except Exception as e:  # the file already holds it; the kernel copy is a floor
                 log.warning("could not record generation %d in the kernel: %s", generation, e)
 
-    def commit(self, m: schemas.Materialize) -> int:
-        """m is now what m.id must hold: durable, then its new generation returned."""
-        h = Held(m, self._next())
-        faults.hit("state.before-write", m.id)
-        if self.store is not None:
-            self.store.put(h)
-        faults.hit("state.after-write", m.id)
+    async def commit(self, m: schemas.Materialize) -> int:
+        """m is now what m.id must hold: durable, then its new generation returned. The file is
+        written on a thread; until it is, readers see the state before (nothing else changes
+        the desired state meanwhile: the applier makes one change at a time)."""
+        h = await asyncio.to_thread(self._write, m)
         self.held[m.id] = h
         self.removed.pop(m.id, None)
         self._handed_out(h.generation)
         return h.generation
 
-    def remove(self, mid: str) -> int:
+    def _write(self, m: schemas.Materialize) -> Held:
+        h = Held(m, self._next())
+        faults.hit("state.before-write", m.id)
+        if self.store is not None:
+            self.store.put(h)
+        faults.hit("state.after-write", m.id)
+        return h
+
+    async def remove(self, mid: str) -> int:
         """mid holds nothing any more: durable, then the generation of the removal returned."""
         generation = self._next()
         removed = {k: v for k, v in self.removed.items() if k != mid}
         removed[mid] = generation
         while len(removed) > REMOVALS_KEPT:
             del removed[next(iter(removed))]  # the oldest
-        faults.hit("state.before-write", mid)
-        if self.store is not None:
-            self.store.remove(mid, generation, removed)
-        faults.hit("state.after-write", mid)
+        await asyncio.to_thread(self._write_removal, mid, generation, removed)
         self.held.pop(mid, None)
         self.removed = removed
         self._handed_out(generation)
         return generation
+
+    def _write_removal(self, mid: str, generation: int, removed: dict[str, int]) -> None:
+        faults.hit("state.before-write", mid)
+        if self.store is not None:
+            self.store.remove(mid, generation, removed)
+        faults.hit("state.after-write", mid)
 
     def vnis(self, mids: Iterable[str] | None = None) -> list[int]:
         return [ep.vni for mid, h in self.held.items() if mids is None or mid in mids

@@ -13,6 +13,7 @@ subscription (moa_bus/service/transport.py) and records them here, endpoint by e
 """
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -38,6 +39,30 @@ _SEMVER = re.compile(
     r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
     r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
     r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?")
+
+
+async def discover(nc: Client, name: str, wait: float = 0.5) -> list[dict[str, object]]:
+    """The PING responses of every running instance of service `name` that answer within
+    `wait` seconds (as `nats micro ping NAME` finds them)."""
+    found: list[dict[str, object]] = []
+
+    async def on_reply(msg: Msg) -> None:
+        try:
+            reply = msgspec.json.decode(msg.data)
+        except msgspec.DecodeError:
+            return
+        if isinstance(reply, dict) and reply.get("type") == PING_RESPONSE:
+            found.append(reply)
+
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=on_reply)
+    try:
+        await nc.publish(f"{API_PREFIX}.PING.{name}", b"", reply=inbox)
+        await nc.flush()
+        await asyncio.sleep(wait)
+    finally:
+        await sub.unsubscribe()
+    return found
 
 
 def control_subjects(verb: str, name: str, instance: str) -> tuple[str, str, str]:

@@ -4,13 +4,16 @@ and leaves the datapath as it is (traffic stays shaped while the service restart
 
 Exit status: 0 after SIGTERM/SIGINT; 2 for a settings error (one line saying what to change;
 the command line checks the settings and the box they name before anything is started, so
-nothing is left behind); 1 for a runtime failure (NATS unreachable, a server without JetStream,
-the embedded nats-server not starting, a state directory that cannot be read, an unexpected
-error, which is logged with its traceback). The example systemd unit does not restart on 2.
+nothing is left behind; also when another moa service already serves this host id on the same
+NATS, found by micro discovery before the box is touched); 1 for a runtime failure (NATS
+unreachable, a server without JetStream, the embedded nats-server not starting, a state
+directory that cannot be read, an unexpected error, which is logged with its traceback). The
+example systemd unit does not restart on 2.
 """
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -21,6 +24,8 @@ from moa_bus.service import connection
 from moa_bus.service.box import OpenedBox, open_kernel_box
 from moa_bus.service.desired import StateError
 from moa_bus.service.embedded_nats import NatsServer, NatsServerError
+from moa_bus.service.micro import discover
+from moa_bus.service.subjects import SERVICE_NAME
 from moa_bus.service.settings import ServeSettings, SettingsError
 from moa_bus.service.transport import (
     JetStreamUnavailable, MoaService, ServiceConfig, require_jetstream,
@@ -62,6 +67,13 @@ async def serve(s: ServeSettings, box_factory: BoxFactory = open_kernel_box,
                                ack_wait=s.ack_wait)
         if config.jetstream:  # before the datapath: a server without it changes nothing here
             await require_jetstream(nc)
+        other = await running_instance(nc, s.host)
+        if other is not None:  # before the datapath: the kernel is the other one's
+            say(f"another moa service already serves host {s.host!r} on {url}: instance "
+                f"{other.get('id')} (moa {other.get('version')}). Two services of one host would "
+                "share its requests, its durable consumer and its box; stop that one, or give "
+                "this box another --host")
+            return 2
         box = await box_factory(s)
         service = MoaService(nc, box.datapath, box.desired, config, box.unconverged)
         await service.start()
@@ -71,6 +83,7 @@ async def serve(s: ServeSettings, box_factory: BoxFactory = open_kernel_box,
                 loop.add_signal_handler(sig, stop.set)
             except (RuntimeError, ValueError):  # not the main thread (tests): `stop` only
                 pass
+        quiet_collector()
         say(f"serving host {s.host!r} on {url} (moa.{s.host}.*; service 'moa')")
         await stop.wait()
         say("stopping: finishing the operation in hand; the datapath stays in place")
@@ -97,6 +110,25 @@ async def serve(s: ServeSettings, box_factory: BoxFactory = open_kernel_box,
                 await nc.close()
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
+
+
+def quiet_collector() -> None:
+    """Keep the garbage collector's full passes short: what start-up made (modules, the
+    libraries, the box as loaded) is collected once and then frozen out of every later pass,
+    which then walks only what the service makes while it runs. A full pass stops the event
+    loop (and status) for as long as it takes."""
+    gc.collect()
+    gc.freeze()
+
+
+async def running_instance(nc, host: str) -> dict | None:
+    """The PING response of a moa service that serves `host` on this NATS already (micro
+    discovery), or None."""
+    for reply in await discover(nc, SERVICE_NAME):
+        metadata = reply.get("metadata")
+        if isinstance(metadata, dict) and metadata.get("host") == host:
+            return reply
+    return None
 
 
 def _quiet(text: str, live: list[bool]):

@@ -10,6 +10,9 @@ PREFIX = "moa"
 SERVICE_NAME = "moa"
 # On a materialize request: reply with the plan (the ordered operations), apply nothing.
 DRY_RUN_HEADER = "Moa-Dry-Run"
+# On an empty request or event: its document is this object of the store `Subjects.docs`
+# (a document larger than the server's max_payload: docs/contract.md, "Sizes").
+OBJECT_HEADER = "Moa-Object"
 _TOKEN = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -62,3 +65,8 @@ class Subjects:
     @property
     def durable(self) -> str:
         return f"moa_{self.host}"
+
+    @property
+    def docs(self) -> str:
+        """The JetStream object store holding documents larger than one message."""
+        return f"MOA_DOCS_{self.host}"

@@ -3,8 +3,10 @@ per-link counters published every interval.
 
 Drop events arrive one by one through the datapath's callback (in the event loop); they are
 collected and published every `drop_interval` seconds as DropBatch messages of at most
-`max_batch` events each, so a burst is split across messages rather than cut: no event the
-datapath handed over is left out of the counts.
+`max_batch` events each (and never more bytes than the server's max_payload allows), so a burst
+is split across messages rather than cut: no event the datapath handed over is left out of the
+counts. Link counters go out as numbered parts (moa_bus/service/status.py, link_parts), each
+within max_payload, the event loop free between two parts.
 """
 from __future__ import annotations
 
@@ -59,8 +61,16 @@ class Telemetry:
             log.warning("last drop batch not published: %s", e)
 
     async def _every(self, interval: float, job) -> None:
+        """`job` every `interval` s at a fixed rate (a tick a job overran is skipped), so that
+        a subscriber sees a whole interval's telemetry within two intervals."""
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         while True:
-            await asyncio.sleep(interval)
+            due += interval
+            now = loop.time()
+            if due < now:  # the job took longer than an interval: the next tick from now
+                due = now + interval - (now - due) % interval
+            await asyncio.sleep(due - now)
             try:
                 await job()
             except asyncio.CancelledError:
@@ -77,8 +87,7 @@ class Telemetry:
         if not events and not suppressed and not lost:
             return
         self._losses = (suppressed_total, lost_total)
-        chunks = [events[i:i + self.max_batch] for i in range(0, len(events), self.max_batch)] or [[]]
-        for k, chunk in enumerate(chunks):
+        for k, chunk in enumerate(self._batches(events)):
             counts = Counter(ev.reason for ev in chunk)
             batch = schemas.DropBatch(
                 host=self.subjects.host, events=chunk, counts=dict(counts),
@@ -87,7 +96,25 @@ class Telemetry:
             await self.nc.publish(self.subjects.drops, schemas.encode(batch))
             self.events_published += len(chunk)
 
+    def _batches(self, events: list[schemas.DropEvent]) -> list[list[schemas.DropEvent]]:
+        """At most max_batch events each, and within the server's max_payload (with room for
+        the counts: at most one entry per drop reason)."""
+        room = status.room(self.nc.max_payload) - 512
+        out: list[list[schemas.DropEvent]] = [[]]
+        used = 0
+        for ev in events:
+            size = len(schemas.encode(ev)) + 1
+            if out[-1] and (len(out[-1]) >= self.max_batch or used + size > room):
+                out.append([])
+                used = 0
+            out[-1].append(ev)
+            used += size
+        return out
+
     async def publish_links(self) -> None:
-        links = await status.link_stats(self.desired, self.datapath)
-        batch = schemas.LinkStatsBatch(host=self.subjects.host, time_ns=time.time_ns(), links=links)
-        await self.nc.publish(self.subjects.links, schemas.encode(batch))
+        """One interval's counters, in parts (status.link_parts)."""
+        t = time.time_ns()
+        rows = await status.link_rows(self.desired, self.datapath)
+        for part in status.link_parts(self.subjects.host, t, rows, self.nc.max_payload):
+            await self.nc.publish(self.subjects.links, part)
+            await status.yield_to_loop()

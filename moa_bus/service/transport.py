@@ -8,12 +8,22 @@ An error reply carries moa's Ack (its `error.code` a word: docs/contract.md) and
 protocol's headers: Nats-Service-Error is that word, Nats-Service-Error-Code its number
 (ERROR_STATUS). A request the service could not take (it is stopping) is answered 503 with an
 empty body: it was not applied.
+
+Sizes (docs/contract.md, "Sizes"): no reply or telemetry message is larger than the connected
+server's max_payload (status is paged: moa_bus/service/status.py); a document larger than that
+comes through the JetStream object store (`MOA_DOCS_<host>`), named by the Moa-Object header of
+an empty request or event, and is deleted once it has been answered or acked. A body (or such a
+document) beyond `max_body_bytes` is refused `invalid` without being read. Past the apply
+queue's bound a request is answered `busy` and a JetStream event is handed back (nak) so that
+it comes again.
 """
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 import nats.errors
@@ -25,11 +35,13 @@ from nats.js import api as jsapi
 
 import schemas
 from datapath.api import Datapath
-from moa_bus.service.applier import APPLY_OPS, Applier, Outcome
+from moa_bus.service import status
+from moa_bus.service.applier import APPLY_OPS, QUEUE_LIMIT, Applier, Body, Outcome
 from moa_bus.service.desired import DesiredState
 from moa_bus.service.micro import DEFAULT_QUEUE_GROUP, Endpoint, MicroService, error_headers
-from moa_bus.service.subjects import DRY_RUN_HEADER, SERVICE_NAME, Subjects
+from moa_bus.service.subjects import DRY_RUN_HEADER, OBJECT_HEADER, SERVICE_NAME, Subjects
 from moa_bus.service.telemetry import Telemetry
+from schemas import InvalidMessage
 
 log = logging.getLogger("moa.bus")
 
@@ -40,9 +52,12 @@ ENDPOINTS = (*APPLY_OPS, "status")  # request/reply on moa.<host>.<endpoint>
 # (docs/contract.md, "Ack"); a word not listed here is 500.
 ERROR_STATUS: dict[str, int] = {
     "malformed": 400, "invalid": 400, "not_found": 404, "conflict": 409, "unsupported": 422,
-    "apply_failed": 500, "rollback_incomplete": 500, "internal": 500,
+    "busy": 429, "apply_failed": 500, "rollback_incomplete": 500, "internal": 500,
 }
 UNAVAILABLE = 503  # not taken: the service is stopping
+MAX_BODY_BYTES = 64 << 20  # a request's body, or the document it names; beyond: invalid
+DOCS_TTL_S = 7 * 24 * 3600  # a document nobody named in a request is dropped by the store then
+BUSY_RETRY_S = 1.0  # a JetStream event refused busy comes back after this
 
 
 def error_status(code: str) -> int:
@@ -92,6 +107,9 @@ class ServiceConfig:
     ack_wait: float = 30.0  # s JetStream waits for our ack before redelivering (extended by +WPI)
     jetstream: bool = True
     stream_replicas: int = 1  # JetStream replicas of the events stream when we create it (3 on a cluster)
+    queue_limit: int = QUEUE_LIMIT  # operations waiting in the apply queue; past it: busy
+    max_body_bytes: int = MAX_BODY_BYTES  # a request body or the document it names
+    busy_retry: float = BUSY_RETRY_S  # s before a JetStream event refused busy comes again
 
 
 class MoaService:
@@ -105,7 +123,10 @@ class MoaService:
         self.config = config
         self.subjects = Subjects(config.host)
         self.applier = Applier(datapath, desired, config.host, self._publish_ack,
-                               dict(unconverged or {}))
+                               dict(unconverged or {}), limit=config.queue_limit,
+                               reply_room=lambda: status.room(self.nc.max_payload))
+        self.status = status.StatusPages(desired, datapath, config.host,
+                                         self.applier.unconverged)
         self.telemetry = Telemetry(nc, datapath, desired, self.subjects,
                                    config.stats_interval, config.drop_interval)
         self.micro = MicroService(SERVICE_NAME, VERSION, "moa: in-kernel link emulation",
@@ -119,6 +140,9 @@ class MoaService:
         self._fetching = False
         self._stopping = asyncio.Event()
         self._last_seq = 0  # highest stream sequence applied by this process
+        self._busy_naks: dict[int, int] = {}  # stream seq -> deliveries refused busy
+        self.events_refused_busy = 0  # JetStream deliveries handed back: the queue was full
+        self._docs = None  # the object store of large documents (JetStream)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -130,6 +154,7 @@ class MoaService:
             self.subjects.op("*"), queue=DEFAULT_QUEUE_GROUP, cb=self._dispatch)
         if self.config.jetstream:
             psub = await self._ensure_jetstream()
+            self._docs = await self._ensure_docs()
             self._pull_task = asyncio.create_task(self._pull_loop(psub), name="moa-jetstream")
         self.telemetry.start()
         await self.nc.flush()
@@ -170,18 +195,77 @@ class MoaService:
             return
         op, endpoint = found
         t0 = time.perf_counter_ns()
-        kind = op
-        if op == "materialize" and msg.headers and msg.headers.get(DRY_RUN_HEADER):
-            kind = "plan"
-        fut = self.applier.submit(kind, msg.data)
-        task = asyncio.create_task(self._respond(msg, endpoint, fut, t0))
+        pending: Awaitable[Outcome]
+        if op == "status":  # answered from the committed desired state: never queued
+            pending = self._status(msg.data)
+        else:
+            kind = op
+            if op == "materialize" and msg.headers and msg.headers.get(DRY_RUN_HEADER):
+                kind = "plan"
+            pending = self.applier.submit(kind, self._body(op, msg))
+        task = asyncio.create_task(self._respond(msg, endpoint, pending, t0))
         self._responders.add(task)
         task.add_done_callback(self._responders.discard)
 
-    async def _respond(self, msg: Msg, endpoint: Endpoint, fut: asyncio.Future[Outcome],
+    def _body(self, op: str, msg: Msg) -> Body:
+        """The payload of a request or event: its data, or the document its Moa-Object header
+        names; either refused `invalid` beyond max_body_bytes (nothing decoded)."""
+        name = msg.headers.get(OBJECT_HEADER) if msg.headers else None
+        limit = self.config.max_body_bytes
+        if name is not None:
+            return lambda: self._fetch(name)
+        if len(msg.data) > limit:
+            async def too_large() -> bytes:
+                raise InvalidMessage("", f"the body is {len(msg.data):,} B, more than "
+                                     f"{limit:,} B (docs/contract.md, \"Sizes\")")
+            return too_large
+        return msg.data
+
+    async def _fetch(self, name: str) -> bytes:
+        """The document `name` of the object store, once its size is known to be within
+        bounds (InvalidMessage otherwise, or not_found)."""
+        if self._docs is None:
+            raise InvalidMessage(OBJECT_HEADER, "this service has no object store (it runs "
+                                 "without JetStream)")
+        try:
+            info = await self._docs.get_info(name)
+        except nats.js.errors.NotFoundError:  # ObjectNotFoundError is one
+            raise InvalidMessage(OBJECT_HEADER, f"no object {name!r} in {self.subjects.docs}",
+                                 "not_found") from None
+        limit = self.config.max_body_bytes
+        if (info.size or 0) > limit:
+            raise InvalidMessage(OBJECT_HEADER, f"object {name!r} is {info.size:,} B, more "
+                                 f"than {limit:,} B (docs/contract.md, \"Sizes\")")
+        out = io.BytesIO()
+        await self._docs.get(name, writeinto=out)
+        return out.getvalue()
+
+    async def _forget(self, msg: Msg) -> None:
+        """Delete the document a request or event named, once it was answered or acked."""
+        name = msg.headers.get(OBJECT_HEADER) if msg.headers else None
+        if name is None or self._docs is None:
+            return
+        try:
+            await self._docs.delete(name)
+        except Exception as e:  # noqa: BLE001 - gone already, or the store is away: its TTL
+            log.info("object %s not deleted: %s", name, e)
+
+    async def _status(self, data: bytes) -> Outcome:
+        t0 = time.perf_counter()
+        req = None
+        try:
+            if len(data) > self.config.max_body_bytes:
+                raise InvalidMessage("", f"the body is {len(data):,} B, more than "
+                                     f"{self.config.max_body_bytes:,} B")
+            req = schemas.decode(schemas.StatusRequest, data)
+            return Outcome(None, await self.status.page(req, self.nc.max_payload))
+        except InvalidMessage as e:
+            return self.applier._error("status", req.id if req else None, e, t0)
+
+    async def _respond(self, msg: Msg, endpoint: Endpoint, pending: Awaitable[Outcome],
                        t0: int) -> None:
         try:
-            outcome = await fut
+            outcome = await pending
         except Exception as e:
             text = f"not applied: {e}"
             if msg.reply:
@@ -189,6 +273,12 @@ class MoaService:
             endpoint.record(time.perf_counter_ns() - t0, f"{UNAVAILABLE} {text}")
             return
         headers = error = None
+        if len(outcome.reply) > status.room(self.nc.max_payload):  # never sent: say why
+            log.error("a %d B reply to %s is larger than a message", len(outcome.reply),
+                      msg.subject)
+            outcome = self.applier._error(endpoint.name, None, InvalidMessage(
+                "", f"the reply ({len(outcome.reply):,} B) is larger than the server's "
+                f"max_payload ({self.nc.max_payload:,} B)", "internal"), time.perf_counter())
         if outcome.ack is not None and outcome.ack.error is not None:
             word = outcome.ack.error.code
             headers = error_headers(error_status(word), word)
@@ -196,6 +286,8 @@ class MoaService:
         if msg.reply:
             await self.nc.publish(msg.reply, outcome.reply, headers=headers)
         endpoint.record(time.perf_counter_ns() - t0, error)
+        if not outcome.busy:
+            await self._forget(msg)
 
     async def _publish_ack(self, ack: schemas.Ack) -> None:
         await self.nc.publish(self.subjects.acks, schemas.encode(ack))
@@ -226,6 +318,19 @@ class MoaService:
             log.info("created durable consumer %s on %s", s.durable, stream)
         return await js.pull_subscribe_bind(s.durable, stream)
 
+    async def _ensure_docs(self):
+        """The object store for documents larger than max_payload, created if missing."""
+        js = self.nc.jetstream()
+        try:
+            return await js.object_store(self.subjects.docs)
+        except nats.js.errors.BucketNotFoundError:
+            store = await js.create_object_store(self.subjects.docs, jsapi.ObjectStoreConfig(
+                description=f"moa: documents for {self.subjects.op('*')} larger than a message",
+                ttl=DOCS_TTL_S, replicas=self.config.stream_replicas,
+                storage=jsapi.StorageType.FILE))
+            log.info("created object store %s (large documents)", self.subjects.docs)
+            return store
+
     async def _pull_loop(self, psub) -> None:
         while not self._stopping.is_set():
             self._fetching = True
@@ -248,10 +353,13 @@ class MoaService:
         meta = msg.metadata
         seq = meta.sequence.stream
         if seq <= self._last_seq:  # redelivered after we applied it (our ack was lost): ack again
-            await self._ack(msg)
+            if await self._ack(msg):
+                await self._forget(msg)
             return
         op = msg.subject.rsplit(".", 1)[-1]
-        fut = self.applier.submit(op, msg.data, redelivered=meta.num_delivered > 1)
+        # a delivery refused busy was not applied: it does not make the next one a redelivery
+        deliveries = meta.num_delivered - self._busy_naks.get(seq, 0)
+        fut = self.applier.submit(op, self._body(op, msg), redelivered=deliveries > 1)
         # A long materialization: keep telling JetStream we are on it, so it does not redeliver.
         while True:
             done, _ = await asyncio.wait({fut}, timeout=self.config.ack_wait / 3)
@@ -263,12 +371,24 @@ class MoaService:
                 log.warning("in-progress ack: %s", e)
         if fut.cancelled() or fut.exception() is not None:  # not applied: leave it for redelivery
             return
+        if fut.result().busy:  # not taken: JetStream delivers it again (before any later one)
+            self._busy_naks[seq] = self._busy_naks.get(seq, 0) + 1
+            self.events_refused_busy += 1
+            try:
+                await msg.nak(delay=self.config.busy_retry)
+            except Exception as e:  # its ack_wait brings it back all the same
+                log.warning("nak of a busy event: %s", e)
+            return
+        self._busy_naks.pop(seq, None)
         self._last_seq = seq
-        await self._ack(msg)
+        if await self._ack(msg):
+            await self._forget(msg)
 
     @staticmethod
-    async def _ack(msg: Msg) -> None:
+    async def _ack(msg: Msg) -> bool:
         try:
             await msg.ack_sync(timeout=5)
+            return True
         except Exception as e:  # the next delivery of this message is then recognized by its seq
             log.warning("ack of stream message failed: %s", e)
+            return False
