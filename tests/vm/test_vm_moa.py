@@ -205,3 +205,20 @@ def test_results_json_has_the_issue_keys(reference_run) -> None:
         assert res[scenario][key] is not None, dotted
     assert "moa" in json.loads((reference_run.folder / "results" / "samples.json").read_text())[
         "latency_added_ms"]
+
+
+def test_a_failed_plan_gives_a_held_lan_member_back_its_fq_filter_and_bridge(reference_run) -> None:
+    """Issue 10 on a kernel with sch_fq: the plan removing one member of a held LAN fails
+    (a failpoint, datapath/faults.py) right after it deleted that member's VTEP; the rollback,
+    built from what the kernel held, re-creates it with its MAC, its sch_fq (same options),
+    moa_port_hold on its egress and its bridge; the reply says apply_failed."""
+    rb = reference_run.results["moa"]["rollback"]
+    assert rb is not None and rb["step_rc"] == 0, rb
+    assert rb["reply_rc"] == 1, rb
+    assert rb["reply"]["error"]["code"] == "apply_failed", rb["reply"]
+    assert "operation 1 (delete VTEP mv903" in rb["reply"]["error"]["message"], rb["reply"]
+    before, after = rb["before"], rb["after"]
+    assert [q["kind"] for q in before["root"]] == ["fq"], before
+    assert any(n.startswith("moa_port_hold") for n in before["egress_filters"]), before
+    assert before["master"] and before["up"], before
+    assert after == before, (before, after)

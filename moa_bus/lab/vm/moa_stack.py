@@ -95,6 +95,25 @@ def link(link_id: str) -> MoaLink:
     return next(lk for lk in LINKS if lk.id == link_id)
 
 
+# The rollback check (issue 10): a materialization of its own, a LAN of four whose VTEPs are
+# held at their ports (sch_fq + moa_port_hold: this kernel has sch_fq), then the same LAN
+# without its fourth member (three: still a LAN). The service is started with a failpoint (datapath/faults.py) that makes the
+# second plan's first operation -- deleting that member's VTEP -- fail right after it applied:
+# the rollback must give the VTEP back with its fq, its filter and its bridge.
+ROLLBACK_ID = "rollback"
+ROLLBACK_MEMBERS = (("hv1", 900), ("hv2", 901), ("hv3", 902), ("hv1", 903))
+ROLLBACK_FAILPOINT = f"plan.after/{ROLLBACK_ID}/0=error:netlink@2"
+
+
+def rollback_docs() -> tuple[dict, dict]:
+    """(the LAN with four members, the same LAN with three)."""
+    def doc(members: tuple[tuple[str, int], ...]) -> dict:
+        return {"id": ROLLBACK_ID, "links": [{
+            "id": "held", "emulation": {"capacity": "10mbps"},
+            "endpoints": [{"vni": v, "remote": HV_UNDERLAY[h]} for h, v in members]}]}
+    return doc(ROLLBACK_MEMBERS), doc(ROLLBACK_MEMBERS[:-1])
+
+
 def testbed(prefix: str) -> Testbed:
     """hv1..hv3 with the comparison VTEPs and one VTEP per moa link endpoint; the box's uplink is
     the bond, with no qdisc: moa's EnsureUplink puts fq on the slaves."""
@@ -160,6 +179,7 @@ class MoaStack:
                 "--stats-interval 5")
         return [
             "export PYTHONUNBUFFERED=1",
+            f"export MOA_FAILPOINTS={shlex.quote(ROLLBACK_FAILPOINT)}",  # the rollback check's
             "_t0=$(date +%s.%N)",
             *start_daemon(self.box, argv, "moa"),
             wait_until('grep -q "serving host" "$OUT/moa.log" || '
@@ -196,6 +216,8 @@ class MoaStack:
 def write_doc(folder: Path) -> Path:
     path = folder / "materialize.json"
     path.write_text(json.dumps(materialize_doc(), indent=1) + "\n")
+    for name, doc in zip(("rollback-before.json", "rollback-after.json"), rollback_docs()):
+        (folder / name).write_text(json.dumps(doc, indent=1) + "\n")
     return path
 
 

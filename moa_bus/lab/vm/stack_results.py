@@ -106,6 +106,7 @@ class StackResults:
         out["isolation"] = self._isolation(ok)
         out["update"] = self._update(ok, errors)
         out["p2p_vs_lan"] = self._p2p_vs_lan(ok, errors)
+        out["moa"]["rollback"] = self._rollback(steps)
         out["moa"]["parse_errors"] = errors
 
     def _service(self, outdir: Path, steps: dict[str, StepResult]) -> dict:
@@ -164,6 +165,28 @@ class StackResults:
                 hold[d] = {"root_qdisc": roots[0] if roots else None, "egress_filters": names}
             svc["lan_vtep_hold"] = hold
         return svc
+
+    @staticmethod
+    def _rollback(steps: dict[str, StepResult]) -> dict | None:
+        """The held VTEP before the failed plan and after its rollback: root qdisc (kind and
+        options), egress filters, master; and the failed Materialize's reply."""
+        s = steps.get("moa-rollback")
+        if s is None:
+            return None
+
+        def state(tag: str) -> dict:
+            roots = [{"kind": q.get("kind"), "options": q.get("options")}
+                     for q in _json(s.file(f".{tag}.qdisc.json")) if q.get("root")]
+            names = sorted({f.get("options", {}).get("bpf_name", "")
+                            for f in _json(s.file(f".{tag}.filter.json"))} - {""})
+            links = _json(s.file(f".{tag}.link.json"))
+            d = links[0] if isinstance(links, list) and links else {}
+            return {"root": roots, "egress_filters": names, "master": d.get("master"),
+                    "address": d.get("address"), "up": "UP" in d.get("flags", [])}
+        rc = next((int(line.split()[1]) for line in s.out.splitlines()
+                   if line.startswith("rollback_rc ")), None)
+        return {"step_rc": s.rc, "reply_rc": rc, "reply": _json(s.file(".reply.json")),
+                "before": state("before"), "after": state("after")}
 
     def _lan(self, ok: dict[str, StepResult], errors: dict) -> dict:
         m = self.mcfg

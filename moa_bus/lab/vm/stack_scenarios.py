@@ -91,6 +91,30 @@ class StackScenarios:
                       for b, _ in others]
         batch.add("moa-materialize", s.materialize(self.doc_path) + waits)
 
+    # -- the rollback of a held LAN member's VTEP (issue 10) -----------------------------------
+    def rollback(self, batch: Batch) -> None:
+        """The LAN of ROLLBACK_ID, then the same without its last member: the failpoint makes
+        that plan fail after the VTEP's deletion; the VTEP's qdiscs, egress filters and master
+        before and after are recorded, and the second Materialize's reply."""
+        s, box = self.stack, self.stack.box
+        dev = f"mv{moa_stack.ROLLBACK_MEMBERS[-1][1]}"
+        folder = self.doc_path.parent
+
+        def state(tag: str) -> list[str]:
+            return [f'tc -n {box} -j qdisc show dev {dev} >"$STEP.{tag}.qdisc.json"',
+                    f'tc -n {box} -j filter show dev {dev} egress >"$STEP.{tag}.filter.json"',
+                    f'ip -n {box} -j -d link show dev {dev} >"$STEP.{tag}.link.json"']
+        batch.add("moa-rollback", [
+            *s.timed_cli("rollback_materialize", "materialize", str(folder / "rollback-before.json"),
+                         "--host", moa_stack.HOST),
+            *state("before"),
+            f'{s.cli("materialize", str(folder / "rollback-after.json"), "--host", moa_stack.HOST)} '
+            '>"$STEP.reply.json" && echo "rollback_rc 0" || echo "rollback_rc $?"',
+            *state("after"),
+            *s.timed_cli("rollback_dematerialize", "dematerialize", moa_stack.ROLLBACK_ID,
+                         "--host", moa_stack.HOST),
+        ])
+
     def finish(self, batch: Batch) -> None:
         s = self.stack
         lan_vteps = [f"mv{vni}" for _, vni in link("lan").members]
