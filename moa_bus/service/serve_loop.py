@@ -48,9 +48,12 @@ async def serve(s: ServeSettings, box_factory: BoxFactory = open_kernel_box,
     if url is None:
         try:
             path, _ = ensure_local_credential(s.state_dir)
-        except (CredentialError, OSError) as e:
+        except CredentialError as e:  # one that others may read, or not the service's
             say(str(e))
             return 2
+        except OSError as e:
+            say(f"cannot make the embedded nats-server's credential in {s.state_dir}: {e}")
+            return 1
         seed = str(path)
         embedded = NatsServer(port=s.embedded_port, state_dir=Path(s.state_dir) / "nats",
                               credential=path)
