@@ -12,8 +12,6 @@ import os
 import stat
 from pathlib import Path
 
-import nkeys
-
 DEFAULT_STATE_DIR = "/var/lib/moa"
 LOCAL_SEED_NAME = "local.nk"  # <state-dir>/local.nk: the embedded server's only user
 STATE_DIR_ENV = "MOA_STATE_DIR"
@@ -74,11 +72,15 @@ def read_secret(path: str | Path, what: str) -> str:
 
 def new_user_seed() -> bytes:
     """A fresh nkey user seed (S...)."""
+    import nkeys  # here, not at the top: every `moa` command imports this module
+
     return nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
 
 
 def public_key(seed: bytes) -> str:
     """The public key (U...) of an nkey user seed; ValueError when it is not one."""
+    import nkeys
+
     try:
         kp = nkeys.from_seed(bytearray(seed.strip()))
     except Exception as e:  # nkeys raises its own error types, and binascii's
