@@ -16,7 +16,9 @@ from dataclasses import fields
 
 from moa_bus.cli import client, environment
 from moa_bus.service.embedded_nats import DEFAULT_PORT
-from moa_bus.service.settings import DEFAULT_STATE_DIR, ServeSettings, SettingsError, resolve
+from moa_bus.service.settings import (
+    DEFAULT_STATE_DIR, ServeSettings, SettingsError, resolve, size_argument,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stream-replicas", type=int,
                         help="replicas of the JetStream events stream when moa creates it (1; "
                              "3 on a three-node cluster)")
+    parser.add_argument("--horizon", type=float,
+                        help="s: no departure further ahead (30); a link needing more is refused "
+                             "unsupported")
+    parser.add_argument("--fq-memory-max", metavar="SIZE", type=size_argument,
+                        help="worst-case sch_fq memory a change may bring the box to, e.g. 8GiB "
+                             "(default: half the machine's memory)")
     parser.add_argument("--ack-wait", type=float,
                         help="s JetStream waits for an event's ack before redelivering it (30); "
                              "used when moa creates its consumer")

@@ -6,14 +6,15 @@ MOA_HOST, MOA_UPLINK, MOA_STATE_DIR, MOA_NATS_PASSWORD, MOA_NATS_TOKEN here), th
 (TOML, keys named like the long options: nats, host, uplink, local, allow_loss_only, state_dir,
 embedded_port, stats_interval, drop_interval, netns, pin_root, nats_user, nats_password_file,
 nats_token_file, nats_nkey, nats_creds, nats_inbox_prefix, nats_ca, nats_cert, nats_key,
-connect_timeout, stream_replicas, ack_wait; and nats_password, nats_token, which have no option:
-a secret never goes in a command line), then defaults. A --config file that holds a secret must
-be readable by its owner only. A NATS URL may be a comma-separated list of a cluster's servers.
-A value that cannot be used is a SettingsError saying what to change (`moa serve` prints it and
-exits 2).
+connect_timeout, stream_replicas, ack_wait, horizon, fq_memory_max; and nats_password,
+nats_token, which have no option: a secret never goes in a command line), then defaults. A
+--config file that holds a secret must be readable by its owner only. A NATS URL may be a
+comma-separated list of a cluster's servers. A value that cannot be used is a SettingsError
+saying what to change (`moa serve` prints it and exits 2).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import tomllib
@@ -22,6 +23,8 @@ import typing
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
 
+import schemas
+from datapath import limits
 from moa_bus.service import connection, credentials
 from moa_bus.service.credentials import DEFAULT_STATE_DIR, CredentialError
 from moa_bus.service.embedded_nats import DEFAULT_PORT
@@ -64,6 +67,12 @@ class ServeSettings:
     connect_timeout: float = 5.0
     stream_replicas: int = 1  # replicas of the JetStream events stream moa creates (3 on a cluster)
     ack_wait: float = 30.0  # s JetStream waits for an ack before redelivering an event
+    # s: no departure further ahead (classifier and sch_fq); a link that would need more is
+    # refused, and at start it is raised to what the desired state holds (datapath/limits.py)
+    horizon: float = limits.DEFAULT_HORIZON_NS / limits.NSEC
+    # bytes: the worst-case sch_fq memory a change may bring the box to (on the command line a
+    # size such as 8GiB); default: half of the machine's memory (MemTotal)
+    fq_memory_max: int | None = None
 
     def nats_options(self, url: str, local_seed: str | None = None) -> connection.NatsOptions:
         """How to connect to `url`: with the embedded server's credential `local_seed`, else with
@@ -239,6 +248,13 @@ def check_ranges(s: ServeSettings) -> None:
     if not 1 <= s.embedded_port <= 65535:
         raise SettingsError(f"{setting_name('embedded_port')} must be a TCP port (1 to 65535), "
                             f"not {s.embedded_port}")
+    if not 0.001 <= s.horizon <= limits.MAX_HORIZON_NS / limits.NSEC:  # NaN too
+        raise SettingsError(f"{setting_name('horizon')} must be 0.001 to "
+                            f"{limits.MAX_HORIZON_NS // limits.NSEC} seconds (sch_fq's horizon "
+                            f"is a 32-bit number of µs), not {s.horizon:g}")
+    if s.fq_memory_max is not None and not s.fq_memory_max > 0:
+        raise SettingsError(f"{setting_name('fq_memory_max')} must be a number of bytes above "
+                            f"0, not {s.fq_memory_max}")
     if not 1 <= s.stream_replicas <= 5:
         raise SettingsError(f"{setting_name('stream_replicas')} must be 1 to 5 (JetStream's "
                             f"limit), not {s.stream_replicas}")
@@ -275,3 +291,29 @@ def check_nats(s: ServeSettings) -> None:
         path = getattr(s, name)
         if path is not None and not os.path.isfile(path):
             raise SettingsError(f"{setting_name(name)}: {path} does not exist")
+
+
+def horizon_ns(s: ServeSettings) -> int:
+    return round(s.horizon * limits.NSEC)
+
+
+def fq_memory_max_bytes(s: ServeSettings) -> int:
+    """--fq-memory-max in bytes; without it, half of the machine's memory (MemTotal)."""
+    return s.fq_memory_max if s.fq_memory_max is not None else _mem_total() // 2
+
+
+def size_argument(text: str) -> int:
+    """`--fq-memory-max` on the command line: bytes, or a size with a unit (moa's: 8GiB)."""
+    text = text.strip()
+    try:
+        return schemas.parse_size(int(text) if text.isdigit() else text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{e} (a size such as 8GiB, or bytes)") from None
+
+
+def _mem_total() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    raise SettingsError("cannot read MemTotal from /proc/meminfo: give --fq-memory-max")

@@ -43,7 +43,7 @@ def _scenarios(workdir: Path, cfg: E2eConfig,
 
 
 SCENARIOS = ("latency", "capacity", "udp", "loss", "lan", "update", "isolation", "p2p_vs_lan",
-             "rollback")
+             "rollback", "long_latency")
 
 
 def full_batch(sc: ShaperScenarios, ms: StackScenarios,
@@ -70,7 +70,7 @@ def full_batch(sc: ShaperScenarios, ms: StackScenarios,
     if want("udp"):
         sc.udp(batch)
         ms.udp(batch)
-    for name in ("loss", "lan", "update", "isolation", "p2p_vs_lan", "rollback"):
+    for name in ("loss", "lan", "update", "isolation", "p2p_vs_lan", "rollback", "long_latency"):
         if want(name):
             getattr(ms, name)(batch)
     ms.finish(batch)

@@ -22,6 +22,7 @@ the LAN 410-412); moa's links use other VNIs, so both live in one testbed and on
     upd     p2p   hv1:700 hv2:701              20 ms, 10 Mbit/s        6 runtime update
     plan    lan   hv1:800 hv2:801 hv3:802      20 ms, 50 Mbit/s        7 a LAN's pair ...
     pp      p2p   hv1:810 hv2:811              20 ms, 50 Mbit/s        7 ... vs a P2P link
+    long    p2p   hv1:900 hv2:901              10 s, 10 Mbit/s, 64KiB  9 the horizon (issue 11)
 
 Emulation is per link, both directions (schemas.Emulation): a ping over `lat` crosses 20 ms twice.
 """
@@ -81,7 +82,10 @@ LINKS: tuple[MoaLink, ...] = (
     MoaLink("plan", (("hv1", 800), ("hv2", 801), ("hv3", 802)),
             {"latency": "20ms", "capacity": "50mbps"}),
     MoaLink("pp", (("hv1", 810), ("hv2", 811)), {"latency": "20ms", "capacity": "50mbps"}),
+    MoaLink("long", (("hv1", 900), ("hv2", 901)),
+            {"latency": "10s", "capacity": "10mbps", "queue": "64KiB"}),
 )
+SLOW_LINKS = ("long",)  # a ping takes 20 s: not waited for at start (its scenario does)
 
 # Plain bridges in the box for the comparison shapers: (bridge, [(hypervisor, VNI, address)]).
 COMPARISON_BRIDGES: tuple[tuple[str, tuple[tuple[str, int, str], ...]], ...] = (

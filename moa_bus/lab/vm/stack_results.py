@@ -107,6 +107,7 @@ class StackResults:
         out["update"] = self._update(ok, errors)
         out["p2p_vs_lan"] = self._p2p_vs_lan(ok, errors)
         out["moa"]["rollback"] = self._rollback(steps)
+        out["long_latency"] = self._long_latency(ok)
         out["moa"]["parse_errors"] = errors
 
     def _service(self, outdir: Path, steps: dict[str, StepResult]) -> dict:
@@ -274,6 +275,12 @@ class StackResults:
             out[f"{shaper}_after_rtt_median_ms"] = measure.median(rtts)
         return out
 
+    def _long_latency(self, ok: dict[str, StepResult]) -> dict:
+        s = ok.get("long-latency")
+        if s is None:
+            return {}
+        return _long_latency_of(s, self.tb.slaves, self.mcfg.long_pings)
+
     def _p2p_vs_lan(self, ok: dict[str, StepResult], errors: dict) -> dict:
         c = self.cfg
         out: dict = {"configured_ms": c.latency_ms, "configured_mbps": c.capacity_bps / 1e6,
@@ -293,6 +300,17 @@ class StackResults:
                 out[f"{lk}_goodput_ratio"] = r.goodput_bps / c.tcp_theory_bps
                 out[f"{lk}_retransmit_ratio"] = r.retransmit_ratio(MSS)
         return out
+
+
+def _long_latency_of(s: StepResult, slaves: tuple[str, ...], pings: int) -> dict:
+    """RTTs over the 10 s link and the slaves' sch_fq as they were then (options, drops)."""
+    rtts = measure.parse_ping(s.file(".ping").read_text()) if s.file(".ping").exists() else []
+    fq = {}
+    for d in slaves:
+        q = moa_stack.parse_fq(s.file(f".{d}.qdisc.json").read_text()) if s.file(
+            f".{d}.qdisc.json").exists() else None
+        fq[d] = ({"options": q.get("options", {}), "drops": q.get("drops")} if q else None)
+    return {"sent": pings, "rtts_ms": rtts, "fq": fq}
 
 
 def _udp(s: StepResult, errors: dict, text: str | None = None) -> measure.UdpRun | None:

@@ -41,6 +41,7 @@ class MoaConfig:
     upd_length: int = 1000
     upd_seconds: int = 20  # long enough for two `moa set` under TCG (~4-10 s each)
     pvl_pings: int = 100
+    long_pings: int = 5  # over the 10 s link, 0.5 s apart: all of them held by fq at once
     port2: int = 5202  # a second iperf3 server when two run at once
 
 
@@ -86,6 +87,8 @@ class StackScenarios:
             f"tc -n {s.box} qdisc replace dev $d root fq {self.tb.fq_opts}; }}; done"])
         waits = []
         for lk in moa_stack.LINKS:
+            if lk.id in moa_stack.SLOW_LINKS:
+                continue
             (a, _), *others = lk.members
             waits += [measure.wait_ping(self.ns(a), lk.address(b), timeout_s=30)
                       for b, _ in others]
@@ -326,3 +329,16 @@ class StackScenarios:
         ])
         for lk in ("pp", "plan"):
             self._add(batch, f"pvl-tcp-{lk}", self._iperf(lk, seconds=c.tcp_seconds, omit_s=1))
+
+    # -- 9. the horizon: a 10 s latency with a queue carries traffic (issue 11) -------------
+    def long_latency(self, batch: Batch) -> None:
+        """Pings over `long` (10 s each way, 10 Mbit/s, a 64 KiB queue): every one answered
+        after 20 s, held by sch_fq on the slaves, whose horizon and limits are recorded."""
+        m = self.mcfg
+        hv1, s = self.ns("hv1"), self.stack
+        self._add(batch, "long-latency", [
+            in_ns(hv1, f'ping -n -c {m.long_pings} -i 0.5 -W 45 {link("long").address("hv2")} '
+                       '>"$STEP.ping" 2>&1 || true'),
+            *[f'tc -n {s.box} -s -j qdisc show dev {d} >"$STEP.{d}.qdisc.json"'
+              for d in self.tb.slaves],
+        ])
