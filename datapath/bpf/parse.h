@@ -70,10 +70,20 @@ static __always_inline int moa_vxlan_port(__u16 port)
 	struct moa_port_set *set;
 	__u32 zero = 0;
 
+	__u32 word = port >> 6;
+
 	if (port == (__u16)vxlan_port)
 		return 1;
 	set = bpf_map_lookup_elem(&moa_vxlan_ports, &zero);
-	return set && ((set->bits[port >> 6] >> (port & 63)) & 1);
+	if (!set)
+		return 0;
+	/* Bound the index where it is used: 6.1's verifier loses a u16's range when the value is
+	 * spilled to the stack around the lookup, and clang would drop a check it can prove
+	 * redundant unless the value is hidden from it. */
+	asm volatile("" : "+r"(word));
+	if (word >= 1024)
+		return 0;
+	return (set->bits[word] >> (port & 63)) & 1;
 }
 
 /* Ethernet + up to two VLAN tags. Returns the L3 offset or 0 if truncated; *proto = ethertype. */

@@ -41,6 +41,7 @@ HOST = "e2e"  # the box's id in subjects: moa.e2e.*
 MATERIALIZATION = "e2e"
 NATS_PORT = 4222  # the embedded server, inside the box namespace (alone there)
 PIN_ROOT = "/sys/fs/bpf/moa"  # the VM's own bpffs
+STATE_DIR = "/tmp/moa-nats"  # the service's state: desired state, JetStream store, local.nk
 HV_UNDERLAY = {"hv1": "10.77.0.11", "hv2": "10.77.0.12", "hv3": "10.77.0.13"}
 
 
@@ -82,7 +83,7 @@ LINKS: tuple[MoaLink, ...] = (
     MoaLink("plan", (("hv1", 800), ("hv2", 801), ("hv3", 802)),
             {"latency": "20ms", "capacity": "50mbps"}),
     MoaLink("pp", (("hv1", 810), ("hv2", 811)), {"latency": "20ms", "capacity": "50mbps"}),
-    MoaLink("long", (("hv1", 900), ("hv2", 901)),
+    MoaLink("long", (("hv1", 910), ("hv2", 911)),
             {"latency": "10s", "capacity": "10mbps", "queue": "64KiB"}),
 )
 SLOW_LINKS = ("long",)  # a ping takes 20 s: not waited for at start (its scenario does)
@@ -162,7 +163,10 @@ class MoaStack:
     def cli(self, *argv: str) -> str:
         """`moa ARGV...` inside the box namespace (where the embedded NATS listens)."""
         args = " ".join(shlex.quote(a) for a in argv)
-        return in_ns(self.box, f"{self.python} -m moa_bus.cli {args} --nats {self.nats_url}")
+        # The embedded server admits only the holder of <state dir>/local.nk: the CLI finds it
+        # through MOA_STATE_DIR, as an operator's shell would.
+        return in_ns(self.box, f"env MOA_STATE_DIR={STATE_DIR} "
+                               f"{self.python} -m moa_bus.cli {args} --nats {self.nats_url}")
 
     def timed_cli(self, label: str, *argv: str, check: bool = True) -> list[str]:
         """The CLI call, its wall time (s) appended to "$STEP.cli" as `label seconds rc`;
@@ -179,7 +183,7 @@ class MoaStack:
         """Start `moa serve` in the box namespace and wait for "serving host"; its log is
         "$OUT/moa.log". The uplink's fq and classifiers are the service's own work."""
         argv = (f"{self.python} -m moa_bus.cli serve --host {HOST} --uplink {self.tb.uplink_dev} "
-                f"--pin-root {PIN_ROOT} --state-dir /tmp/moa-nats --embedded-port {NATS_PORT} "
+                f"--pin-root {PIN_ROOT} --state-dir {STATE_DIR} --embedded-port {NATS_PORT} "
                 "--stats-interval 5")
         return [
             "export PYTHONUNBUFFERED=1",

@@ -336,7 +336,16 @@ class StackScenarios:
         after 20 s, held by sch_fq on the slaves, whose horizon and limits are recorded."""
         m = self.mcfg
         hv1, s = self.ns("hv1"), self.stack
+        # ARP gives up after 3 s (three probes a second apart) and its answer takes 20 s: each end
+        # is told the other's MAC, as a static neighbour, before the first ping.
+        lk = link("long")
+        neigh = [
+            f'ip -n {self.ns(here)} neigh replace {lk.address(there)} dev vx{lk.vni(here)} '
+            f'nud permanent lladdr "$(ip -n {self.ns(there)} -br link show dev vx{lk.vni(there)} '
+            "| awk '{print $3}')\""
+            for here, there in (("hv1", "hv2"), ("hv2", "hv1"))]
         self._add(batch, "long-latency", [
+            *neigh,
             in_ns(hv1, f'ping -n -c {m.long_pings} -i 0.5 -W 45 {link("long").address("hv2")} '
                        '>"$STEP.ping" 2>&1 || true'),
             *[f'tc -n {s.box} -s -j qdisc show dev {d} >"$STEP.{d}.qdisc.json"'
