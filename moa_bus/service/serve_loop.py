@@ -42,6 +42,14 @@ async def serve(s: ServeSettings, box_factory: BoxFactory = open_kernel_box,
     status (see the module's docstring). The command line checks the settings before."""
     say = say or (lambda text: print(f"moa: {text}", file=sys.stderr, flush=True))
     stop = stop or asyncio.Event()
+    # From the first step: a signal during start-up lets the start finish its step, then the
+    # service stops cleanly (exit 0) instead of dying half-started by the default action.
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (RuntimeError, ValueError):  # not the main thread (tests): `stop` only
+            pass
     embedded: NatsServer | None = None
     url = s.nats
     seed: str | None = None
@@ -83,12 +91,6 @@ async def serve(s: ServeSettings, box_factory: BoxFactory = open_kernel_box,
         box = await box_factory(s)
         service = MoaService(nc, box.datapath, box.desired, config, box.unconverged)
         await service.start()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(sig, stop.set)
-            except (RuntimeError, ValueError):  # not the main thread (tests): `stop` only
-                pass
         say(f"serving host {s.host!r} on {url} (moa.{s.host}.*; service 'moa')")
         await stop.wait()
         say("stopping: finishing the operation in hand; the datapath stays in place")
