@@ -107,6 +107,8 @@ class Classifier:
         self.global_map: Map = obj.map("moa_global")
         self.events_map: Map = obj.map("moa_events")
         self.box_map: Map = obj.map("moa_box")
+        self.ports_map: Map = obj.map("moa_vxlan_ports")
+        self.saved_qdiscs_map: Map = obj.map("moa_saved_qdiscs")
         self.event_version = self.abi.DROP_EVENT_VERSION
         self._lock = threading.Lock()
         self._slots: dict[int, int] = {}
@@ -276,6 +278,47 @@ class Classifier:
     def set_box_generation(self, generation: int) -> None:
         self.box_map.update(0, self.abi.Box(generation=generation))
 
+    # -- VXLAN ports and the uplink's saved qdiscs ------------------------------------------------
+
+    def vxlan_ports(self) -> frozenset[int]:
+        """The ports of moa_vxlan_ports: VXLAN besides the load-time vxlan_port (parse.h)."""
+        raw = self.ports_map.lookup(0)
+        if raw is None:
+            return frozenset()
+        words = memoryview(bytes(raw)).cast("Q")
+        return frozenset(64 * i + b for i, w in enumerate(words) if w for b in range(64)
+                         if w >> b & 1)
+
+    def set_vxlan_ports(self, ports: Iterable[int]) -> None:
+        """moa_vxlan_ports holds exactly `ports` (one write of the whole set: a packet sees
+        each port's bit before or after, the others unchanged)."""
+        words = [0] * (self.ports_map.value_size // 8)
+        for p in ports:
+            if not 1 <= p <= 0xFFFF:
+                raise ValueError(f"port {p} outside 1..65535")
+            words[p >> 6] |= 1 << (p & 63)
+        self.ports_map.update(0, _pack_words(words))
+
+    def saved_qdiscs(self, device: str) -> bytes | None:
+        """The root qdisc tree saved for `device` before moa's sch_fq replaced it, or None."""
+        raw = self.saved_qdiscs_map.lookup(_ifname(device))
+        if raw is None:
+            return None
+        raw = bytes(raw)
+        n = int.from_bytes(raw[:4], sys.byteorder)
+        return raw[8:8 + n]
+
+    def save_qdiscs(self, device: str, tree: bytes) -> None:
+        room = self.saved_qdiscs_map.value_size - 8
+        if len(tree) > room:
+            raise ValueError(f"the root qdisc tree of {device} takes {len(tree)} bytes of "
+                             f"rtnetlink messages, more than the {room} moa can keep")
+        self.saved_qdiscs_map.update(_ifname(device), len(tree).to_bytes(4, sys.byteorder)
+                                     + bytes(4) + tree.ljust(room, b"\0"))
+
+    def forget_qdiscs(self, device: str) -> None:
+        self.saved_qdiscs_map.delete(_ifname(device))
+
     def link(self, vni: int) -> Any:
         """The raw struct moa_link of a VNI, or None."""
         return self.links_map.lookup(vni, self.abi.Link)
@@ -323,8 +366,7 @@ class Classifier:
         CPUs a field at a time (status and telemetry.links of 65,536 links)."""
         slots = sorted((s, vni) for vni in vnis if (s := self._slots.get(vni)) is not None)
         out: dict[int, dict[str, StageCounters]] = {}
-        nst = len(schemas.STAGES)
-        run: list[tuple[int, int]] = []
+        nst, run = len(schemas.STAGES), []
         for s, vni in slots:
             if run and s - run[-1][0] > _RUN_GAP:
                 self._read_run(run, nst, out)
@@ -390,6 +432,17 @@ class Classifier:
         """A RingBuffer over moa_events calling callback(abi.DropEvent) per event; attach() it
         to an asyncio loop or poll()/consume() it. Close it before the classifier."""
         return RingBuffer(self.events_map, lambda rec: callback(self.parse_drop_event(rec)))
+
+
+def _pack_words(words: list[int]) -> bytes:
+    return b"".join(w.to_bytes(8, sys.byteorder) for w in words)
+
+
+def _ifname(device: str) -> bytes:
+    name = device.encode()
+    if not 0 < len(name) < 16:
+        raise ValueError(f"device name {device!r} is not 1..15 bytes")
+    return name.ljust(16, b"\0")
 
 
 def _check_vni(vni: int) -> None:
