@@ -199,6 +199,15 @@ async def test_three_roles_under_the_example_permissions(
         await kernel_holds(engine, HOST, topo, now)
         st = json.loads((await engine.request(f"moa.{HOST}.status", b"{}", timeout=10)).data)
         assert [m["generation"] for m in st["materializations"]] == [3]
+        # a document through box1's object store, as one larger than a message goes
+        store = await engine.jetstream().object_store(f"MOA_DOCS_{HOST}")
+        await store.put("roles-doc-1", json.dumps(materialize_doc("roles-doc", 200)).encode())
+        ack = json.loads((await engine.request(f"moa.{HOST}.materialize", b"", timeout=30,
+                                               headers={"Moa-Object": "roles-doc-1"})).data)
+        assert ack["ok"] is True and ack["id"] == "roles-doc", ack
+        ack = json.loads((await engine.request(f"moa.{HOST}.dematerialize",
+                                               b'{"id": "roles-doc"}', timeout=30)).data)
+        assert ack["ok"] is True, ack
 
         # -- the engine, on another box: refused by the server; box2's service hears nothing
         other = json.dumps(materialize_doc("roles", 300)).encode()

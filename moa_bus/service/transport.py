@@ -225,8 +225,9 @@ class MoaService:
         """The document `name` of the object store, once its size is known to be within
         bounds (InvalidMessage otherwise, or not_found)."""
         if self._docs is None:
-            raise InvalidMessage(OBJECT_HEADER, "this service has no object store (it runs "
-                                 "without JetStream)")
+            raise InvalidMessage(OBJECT_HEADER, f"this service has no object store "
+                                 f"{self.subjects.docs} (it runs without JetStream, or the "
+                                 "server refused it: see its log)", "unsupported")
         try:
             info = await self._docs.get_info(name)
         except nats.js.errors.NotFoundError:  # ObjectNotFoundError is one
@@ -319,17 +320,25 @@ class MoaService:
         return await js.pull_subscribe_bind(s.durable, stream)
 
     async def _ensure_docs(self):
-        """The object store for documents larger than max_payload, created if missing."""
+        """The object store for documents larger than max_payload, created if missing; None
+        when the server refuses it (its permissions for our user): the service runs, and a
+        request naming a document is refused saying why."""
         js = self.nc.jetstream()
         try:
-            return await js.object_store(self.subjects.docs)
-        except nats.js.errors.BucketNotFoundError:
-            store = await js.create_object_store(self.subjects.docs, jsapi.ObjectStoreConfig(
-                description=f"moa: documents for {self.subjects.op('*')} larger than a message",
-                ttl=DOCS_TTL_S, replicas=self.config.stream_replicas,
-                storage=jsapi.StorageType.FILE))
-            log.info("created object store %s (large documents)", self.subjects.docs)
-            return store
+            try:
+                return await js.object_store(self.subjects.docs)
+            except nats.js.errors.BucketNotFoundError:
+                store = await js.create_object_store(self.subjects.docs, jsapi.ObjectStoreConfig(
+                    description=f"moa: documents for {self.subjects.op('*')} larger than a "
+                    "message", ttl=DOCS_TTL_S, replicas=self.config.stream_replicas,
+                    storage=jsapi.StorageType.FILE))
+                log.info("created object store %s (large documents)", self.subjects.docs)
+                return store
+        except (nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError) as e:
+            log.warning("no object store %s (%s): documents larger than a message are refused "
+                        "(examples/nats-server.conf has the permissions it needs)",
+                        self.subjects.docs, e or type(e).__name__)
+            return None
 
     async def _pull_loop(self, psub) -> None:
         while not self._stopping.is_set():
