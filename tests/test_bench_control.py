@@ -44,3 +44,6 @@ def test_request_reply_round_trip_within_issue_11_targets() -> None:
     assert out["rtt_p99_us"] <= RTT_P99_TARGET_US, out
     for kind in ("status", "materialize_unchanged"):
         assert out[f"rtt_{kind}_p50_us"] <= RTT_P50_TARGET_US, out
+    # the scale figures are in every report, null when their steps did not run
+    for key in ("status_30k_ms", "materialize_30k_s", "status_during_apply_ms"):
+        assert key in out and out[key] is None, out

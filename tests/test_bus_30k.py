@@ -63,7 +63,8 @@ async def test_30000_p2p_links_on_one_box(nats_server: NatsServer, topo: Testbed
             assert rc == 0, err
 
             t = time.perf_counter()
-            rc, out, err = await moa("materialize", str(f), *base, timeout=3600)
+            rc, out, err = await moa("materialize", str(f), *base, "--timeout", "3000",
+                                     timeout=3600)
             took["materialize"] = time.perf_counter() - t
             assert rc == 0, (err, proc.log())
             ack = json.loads(out)
@@ -141,7 +142,7 @@ async def test_30000_p2p_links_on_one_box(nats_server: NatsServer, topo: Testbed
             before = await asyncio.to_thread(map_contents, topo.pin_root, "moa_links")
             t = time.perf_counter()
             rc, out, err = await moa("set", "all", "loss", "0.05", "--id", "big", *base,
-                                     timeout=600)
+                                     "--timeout", "500", timeout=600)
             took["moa set (tag)"] = time.perf_counter() - t
             assert rc == 0, err
             assert json.loads(out)["generation"] == 3
@@ -150,7 +151,8 @@ async def test_30000_p2p_links_on_one_box(nats_server: NatsServer, topo: Testbed
             assert len(changed) == 2 * LINKS and len(after) == len(before)
 
             t = time.perf_counter()
-            rc, out, err = await moa("dematerialize", "big", *base, timeout=3600)
+            rc, out, err = await moa("dematerialize", "big", *base, "--timeout", "3000",
+                                     timeout=3600)
             took["dematerialize"] = time.perf_counter() - t
             assert rc == 0, err
             assert json.loads(out)["generation"] == 4
