@@ -42,6 +42,7 @@ async def _until(cond, what: str, timeout: float) -> None:
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.timeout(3600)  # building 60,000 VTEPs takes over 10 min on two busy cores
 async def test_30000_p2p_links_on_one_box(nats_server: NatsServer, topo: Testbed,
                                           tmp_path: Path) -> None:
     host = f"big{os.getpid()}"
