@@ -26,7 +26,8 @@ enum moa_drop_reason {
 	MOA_DROP_LOSS = 0,	/* random loss (Bernoulli or Gilbert-Elliott) */
 	MOA_DROP_QUEUE = 1,	/* tail drop: the link's backlog would exceed its queue */
 	MOA_DROP_HORIZON = 2,	/* departure further ahead than the horizon (fq would drop it) */
-	MOA_NR_DROP_REASONS = 3,
+	MOA_DROP_LINK_DOWN = 3,	/* the link is down (MOA_F_DOWN): every frame, before anything else */
+	MOA_NR_DROP_REASONS = 4,
 };
 
 /* Loss models (stage_params.loss_model). */
@@ -39,6 +40,7 @@ enum moa_loss_model {
 /* stage_params.flags */
 enum moa_stage_flags {
 	MOA_F_REORDER = 1 << 0,	/* jitter may reorder this link's packets (netem-like) */
+	MOA_F_DOWN = 1 << 1,	/* the link is down: drop every frame (MOA_DROP_LINK_DOWN) */
 };
 
 /*

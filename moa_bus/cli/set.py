@@ -2,7 +2,7 @@
 (like MergeTB's `moacmd set`), e.g. `moa set a-b latency 50ms capacity 100mbps loss 0.01`.
 
 Keys: latency, jitter (durations), capacity (rate), queue (size, or "none"), loss (0..1),
-reorder (true/false). Without --id the materialization is the one holding a link of that name,
+loss_correlation (0..1, below 1), reorder (true/false), state (up/down). Without --id the materialization is the one holding a link of that name,
 or, for a tag, the only materialization on the box. A name that is a link id is a link, else a tag.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import nats.errors
 
 from moa_bus.cli import client
 
-KEYS = ("latency", "jitter", "capacity", "queue", "loss", "reorder")
+KEYS = ("latency", "jitter", "capacity", "queue", "loss", "loss_correlation", "reorder", "state")
 
 
 class UsageError(ValueError):
@@ -39,11 +39,15 @@ def parse_params(words: list[str]) -> dict[str, object]:
     for key, value in zip(words[::2], words[1::2]):
         if key not in KEYS:
             raise UsageError(f"unknown parameter {key!r} (one of {', '.join(KEYS)})")
-        if key == "loss":
+        if key in ("loss", "loss_correlation"):
             try:
                 out[key] = float(value)
             except ValueError:
-                raise UsageError(f"loss {value!r} is not a number in [0, 1]") from None
+                raise UsageError(f"{key} {value!r} is not a number in [0, 1]") from None
+        elif key == "state":
+            if value.lower() not in ("up", "down"):
+                raise UsageError(f"state {value!r}: give up or down")
+            out[key] = value.lower()
         elif key == "reorder":
             if value.lower() not in ("true", "false", "on", "off", "1", "0"):
                 raise UsageError(f"reorder {value!r}: give true or false")

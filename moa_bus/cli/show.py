@@ -41,7 +41,8 @@ def totals(status: schemas.StatusReply) -> Totals:
 def _emulation(e: schemas.Emulation) -> list[str]:
     return [schemas.format_duration(e.latency) if e.latency else "-",
             schemas.format_duration(e.jitter) if e.jitter else "-",
-            f"{e.loss:g}" if e.loss else "-",
+            (f"{e.loss:g} (corr {e.loss_correlation:g})" if e.loss_correlation else f"{e.loss:g}")
+            if e.loss else "-",
             schemas.format_rate(e.capacity)]
 
 
@@ -59,7 +60,8 @@ def build_table(status: schemas.StatusReply, previous: Totals | None = None,
     for m in status.materializations:
         for link in m.links:
             p, b, d = now[(m.id, link.id)]
-            row = [m.id, link.id, link.kind, ",".join(map(str, link.vnis)), *_emulation(link.emulation),
+            kind = f"{link.kind} (down)" if link.emulation.state == "down" else link.kind
+            row = [m.id, link.id, kind, ",".join(map(str, link.vnis)), *_emulation(link.emulation),
                    f"{p:,}", f"{b:,}", f"{d:,}"]
             if previous is not None and dt > 0:
                 p0, b0, _ = previous.get((m.id, link.id), (p, b, d))
