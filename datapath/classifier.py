@@ -20,6 +20,8 @@ from typing import Any
 
 import schemas
 from datapath.bpf import object_path
+from datapath.distributions import DIST_IDS, DIST_SIZE, cdf_table
+from datapath.distributions import table as dist_table
 from datapath.emulation import stage_bytes
 from datapath.libbpf import BpfObject, Map, Program, RingBuffer
 from datapath.libbpf import abi as _abi_mod
@@ -107,10 +109,13 @@ class Classifier:
         self.box_map: Map = obj.map("moa_box")
         self.ports_map: Map = obj.map("moa_vxlan_ports")
         self.saved_qdiscs_map: Map = obj.map("moa_saved_qdiscs")
+        self.dist_map: Map = obj.map("moa_dist")
+        self.dist_cdf_map: Map = obj.map("moa_dist_cdf")
         self.event_version = self.abi.DROP_EVENT_VERSION
         self._lock = threading.Lock()
         self._slots: dict[int, int] = {}
         self._restore_slots()
+        self._write_distributions()
 
     @classmethod
     def load(cls, config: ClassifierConfig | None = None,
@@ -144,6 +149,16 @@ class Classifier:
             used.add(link.slot)
         self._free = [s for s in range(self.config.max_links) if s not in used]
         heapq.heapify(self._free)
+
+    def _write_distributions(self) -> None:
+        """The jitter's tables and the normal CDF (datapath/distributions.py), before any link
+        can use them; the same content every time, so a reused pinned map is rewritten as is."""
+        for name, dist_id in DIST_IDS.items():
+            if dist_id:
+                self.dist_map.update(dist_id, self.abi.DistTable(v=(ctypes.c_int16 * DIST_SIZE)(
+                    *dist_table(name))))
+        self.dist_cdf_map.update(0, self.abi.DistCdf(u=(ctypes.c_uint16 * len(cdf_table()))(
+            *cdf_table())))
 
     def slot(self, vni: int) -> int | None:
         return self._slots.get(vni)

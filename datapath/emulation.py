@@ -20,6 +20,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import schemas
+from datapath.distributions import DIST_IDS, fixed_point
 
 if TYPE_CHECKING:  # datapath.libbpf.abi reads the compiled object's BTF at import
     from datapath.libbpf.abi import Abi
@@ -89,6 +90,8 @@ def stage_params(e: schemas.Emulation | None, abi: Abi) -> Any:
     p.flags = abi.StageFlags.REORDER if e.reorder else 0
     if e.state == "down":
         p.flags |= abi.StageFlags.DOWN
+    p.dist = DIST_IDS[e.distribution]
+    p.delay_rho, p.delay_innov = fixed_point(e.distribution, e.delay_correlation)
     ge = e.burst if e.burst is not None else correlated_loss(e.loss, e.loss_correlation)
     if ge is not None:
         p.loss_model = abi.LossModel.GILBERT_ELLIOTT

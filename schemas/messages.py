@@ -71,8 +71,11 @@ DROP_REASONS: tuple[str, ...] = typing.get_args(DropReason)
 STAGES: tuple[str, ...] = typing.get_args(Stage)
 LinkKind = Literal["p2p", "lan"]
 LinkState = Literal["up", "down"]
+# The jitter's distributions (docs/semantics.md, "Delay distributions"), in enum moa_dist's order.
+Distribution = Literal["uniform", "normal", "pareto", "paretonormal"]
 # The fields whose value is one of a few words, and those words: a refusal lists them.
-CHOICES: dict[str, tuple[str, ...]] = {"state": typing.get_args(LinkState)}
+CHOICES: dict[str, tuple[str, ...]] = {"state": typing.get_args(LinkState),
+                                       "distribution": typing.get_args(Distribution)}
 
 MIN_CAPACITY_BPS = 1_000
 MIN_QUEUE_BYTES = 1_500
@@ -125,6 +128,8 @@ class Emulation(_Message, frozen=True, kw_only=True):
     reorder: bool = False
     loss_correlation: Probability = 0.0
     state: LinkState = "up"
+    distribution: Distribution = "uniform"
+    delay_correlation: Probability = 0.0
 
 
 class EmulationPatch(_Message, kw_only=True):
@@ -141,6 +146,8 @@ class EmulationPatch(_Message, kw_only=True):
     reorder: bool | UnsetType = UNSET
     loss_correlation: Probability | UnsetType = UNSET
     state: LinkState | UnsetType = UNSET
+    distribution: Distribution | UnsetType = UNSET
+    delay_correlation: Probability | UnsetType = UNSET
 
     def changes(self) -> dict[str, object]:
         """The fields this patch sets, by name."""
@@ -185,6 +192,12 @@ def check_values(e: Emulation | EmulationPatch, path: str) -> None:
                              "(one full-size frame)")
     if e.loss is not UNSET:
         _check_probability(e.loss, _join(path, "loss"), "loss")
+    if e.delay_correlation is not UNSET:
+        _check_probability(e.delay_correlation, _join(path, "delay_correlation"),
+                           "delay_correlation")
+        if e.delay_correlation >= 1.0:  # every delay would be the first one
+            raise InvalidMessage(_join(path, "delay_correlation"),
+                                 f"delay_correlation {e.delay_correlation!r} must be below 1")
     if e.loss_correlation is not UNSET:
         _check_probability(e.loss_correlation, _join(path, "loss_correlation"), "loss_correlation")
         if e.loss_correlation >= 1.0:  # the chain would never leave its first state

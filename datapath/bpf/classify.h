@@ -108,7 +108,7 @@ static __always_inline int moa_classify(struct __sk_buff *skb, const enum moa_st
 	s.now = bpf_ktime_get_ns();
 	if (p->rate_bps)
 		s.ser_ns = moa_ser_ns(c.wire, p->rate_bps);
-	s.delay_ns = moa_delay_ns(p) + handover;
+	s.delay_ns = moa_delay_ns(p, st) + handover;
 
 	moa_stage_step(st, p, &d, &s);
 	if (s.drop)

@@ -2,7 +2,8 @@
 (like MergeTB's `moacmd set`), e.g. `moa set a-b latency 50ms capacity 100mbps loss 0.01`.
 
 Keys: latency, jitter (durations), capacity (rate), queue (size, or "none"), loss (0..1),
-loss_correlation (0..1, below 1), reorder (true/false), state (up/down). Without --id the materialization is the one holding a link of that name,
+loss_correlation (0..1, below 1), reorder (true/false), state (up/down), distribution (uniform,
+normal, pareto, paretonormal), delay_correlation (0..1, below 1). Without --id the materialization is the one holding a link of that name,
 or, for a tag, the only materialization on the box. A name that is a link id is a link, else a tag.
 """
 from __future__ import annotations
@@ -15,7 +16,8 @@ import nats.errors
 
 from moa_bus.cli import client
 
-KEYS = ("latency", "jitter", "capacity", "queue", "loss", "loss_correlation", "reorder", "state")
+KEYS = ("latency", "jitter", "capacity", "queue", "loss", "loss_correlation", "reorder", "state",
+        "distribution", "delay_correlation")
 
 
 class UsageError(ValueError):
@@ -39,7 +41,7 @@ def parse_params(words: list[str]) -> dict[str, object]:
     for key, value in zip(words[::2], words[1::2]):
         if key not in KEYS:
             raise UsageError(f"unknown parameter {key!r} (one of {', '.join(KEYS)})")
-        if key in ("loss", "loss_correlation"):
+        if key in ("loss", "loss_correlation", "delay_correlation"):
             try:
                 out[key] = float(value)
             except ValueError:

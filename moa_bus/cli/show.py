@@ -38,9 +38,20 @@ def totals(status: schemas.StatusReply) -> Totals:
     return out
 
 
+def _jitter(e: schemas.Emulation) -> str:
+    if not e.jitter:
+        return "-"
+    words = [schemas.format_duration(e.jitter)]
+    if e.distribution != "uniform":
+        words.append(e.distribution)
+    if e.delay_correlation:
+        words.append(f"(corr {e.delay_correlation:g})")
+    return " ".join(words)
+
+
 def _emulation(e: schemas.Emulation) -> list[str]:
     return [schemas.format_duration(e.latency) if e.latency else "-",
-            schemas.format_duration(e.jitter) if e.jitter else "-",
+            _jitter(e),
             (f"{e.loss:g} (corr {e.loss_correlation:g})" if e.loss_correlation else f"{e.loss:g}")
             if e.loss else "-",
             schemas.format_rate(e.capacity)]
