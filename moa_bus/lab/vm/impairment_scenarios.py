@@ -36,7 +36,7 @@ class ImpairmentConfig:
     ping_interval_s: float = 0.02
     udp_bps: int = 4_000_000
     udp_length: int = 1000
-    udp_seconds: int = 30      # two `moa set` under TCG take 4-10 s each
+    udp_seconds: int = 60      # a `moa set` under TCG takes 4-17 s: ~15 s are left after `up`
     down_s: int = 2
     port2: int = 5202
 
@@ -99,6 +99,11 @@ class ImpairmentScenarios:
         c, s = self.cfg, self.stack
         hv1, hv2 = self.ns("hv1"), self.ns("hv2")
 
+        def since(label: str) -> str:
+            """When the `moa set` just done was acked (epoch s; the analysis puts it on the
+            receiver's time line)."""
+            return f'echo "{label} $(date +%s.%N)" >>"$STEP.times"'
+
         def client(dst: str, port: int, out: str) -> str:
             return in_ns(hv1, f"iperf3 -c {dst} -p {port} -u -b {c.udp_bps} -l {c.udp_length} "
                               f"-w 4M -t {c.udp_seconds} -J --get-server-output >\"{out}\" &")
@@ -109,9 +114,9 @@ class ImpairmentScenarios:
             client(link("dn").address("hv2"), 5201, "$STEP.dn.json"), "_c1=$!",
             client(link("base").address("hv2"), c.port2, "$STEP.ctl.json"), "_c2=$!",
             "sleep 4",
-            *s.set_link("dn", "down", check=False, state="down"),
+            *s.set_link("dn", "down", check=False, state="down"), since("down"),
             f"sleep {c.down_s}",
-            *s.set_link("dn", "up", check=False, state="up"),
+            *s.set_link("dn", "up", check=False, state="up"), since("up"),
             "wait $_c1", "wait $_c2", "wait $_srv",
             *s.status('$STEP.status.json'),
         ])
@@ -154,6 +159,12 @@ class ImpairmentScenarios:
             out[f"{name}_packets"] = r.packets
             out[f"{name}_lost"] = r.lost_packets
             out[f"{name}_intervals_mbps"] = [x / 1e6 for x in r.intervals_bps]
+        # When each `moa set` was acked, in s since the receiver's start (its intervals' zero).
+        start = json.loads(s.file(".dn.json").read_text())["server_output_json"]["start"][
+            "timestamp"]["timesecs"]
+        times = s.file(".times")
+        out["acked_s"] = {line.split()[0]: float(line.split()[1]) - start
+                          for line in times.read_text().splitlines()} if times.exists() else {}
         cli = s.file(".cli")
         out["cli"] = {line.split()[0]: int(line.split()[2])
                       for line in cli.read_text().splitlines()} if cli.exists() else {}
