@@ -23,7 +23,7 @@ from typing import Protocol
 
 import schemas
 from datapath import faults
-from datapath.classifier import Classifier, ClassifierConfig, StageCounters
+from datapath.classifier import Classifier, ClassifierConfig, CounterTable, StageCounters
 from datapath.drops import DropEventReader, OwnerLookup
 from datapath.emulation import queue_ns
 from datapath.netlink.model import VXLAN_OVERHEAD, FqSizing, FqUnavailable
@@ -38,8 +38,8 @@ from datapath.plan.uplink import EnsureUplink, ReleaseUplink
 log = logging.getLogger("datapath.api")
 
 __all__ = ["ApplyResult", "Datapath", "DatapathConfig", "KernelDatapath", "PlanError",
-           "PlanConflict", "FqUnavailable", "ReconcileReport", "StageCounters",
-           "fq_memory_bytes"]
+           "PlanConflict", "FqUnavailable", "ReconcileReport", "StageCounters", "CounterTable",
+           "MapUsage", "fq_memory_bytes"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,14 @@ class DatapathConfig:
     pair_mode: PairMode = PairMode.TC
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     host: str = field(default_factory=socket.gethostname)
+
+
+@dataclass(frozen=True)
+class MapUsage:
+    """How full one BPF map is: entries held against max_entries (its size, set at load)."""
+    name: str
+    entries: int
+    max_entries: int
 
 
 DropCallback = Callable[[schemas.DropEvent], None]
@@ -118,6 +126,16 @@ class Datapath(Protocol):
 
     def drop_event_losses(self) -> tuple[int, int]:
         """(suppressed, lost): drops not reported as events, totals since start."""
+        ...
+
+    def counter_table(self) -> CounterTable:
+        """Every link's counters at once, summed over CPUs, in a few syscalls; callable from
+        any thread, takes nothing the datapath or the apply path waits for (the metrics
+        endpoint's read: docs/metrics.md)."""
+        ...
+
+    def map_usage(self) -> list[MapUsage]:
+        """The occupancy of the maps that fill up with links; callable from any thread."""
         ...
 
     async def close(self) -> None:
@@ -390,3 +408,17 @@ class KernelDatapath:
 
     def drop_event_losses(self) -> tuple[int, int]:
         return self._drops.losses()
+
+    # -- bulk reads for the metrics endpoint (any thread) -------------------------------------
+
+    def counter_table(self) -> CounterTable:
+        return self.classifier.counter_table()
+
+    def map_usage(self) -> list[MapUsage]:
+        """moa_links from the classifier's slot table (its mirror, kept under its lock: one
+        entry per VNI held); moa_pair_peers counted in the kernel (batch lookups)."""
+        links = self.classifier.links_map
+        peers = self.pair.peers
+        _, _, held = peers.lookup_batch()
+        return [MapUsage(links.name, self.classifier.link_count(), links.max_entries),
+                MapUsage(peers.name, held, peers.max_entries)]

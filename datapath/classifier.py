@@ -24,7 +24,8 @@ from datapath.emulation import stage_bytes
 from datapath.libbpf import BpfObject, Map, Program, RingBuffer
 from datapath.libbpf import abi as _abi_mod
 
-__all__ = ["ClassifierConfig", "Classifier", "StageCounters", "MAX_VNI", "DropEventError"]
+__all__ = ["ClassifierConfig", "Classifier", "StageCounters", "CounterTable", "MAX_VNI",
+           "DropEventError"]
 
 MAX_VNI = (1 << 24) - 1
 OBJECT = "tc_classifier"
@@ -89,6 +90,21 @@ class StageCounters:
     handover: int = 0    # egress: packets that carried an ingress-stage handover in skb->mark
 
 
+@dataclass(frozen=True)
+class CounterTable:
+    """Every link's counters at one moment, read in a few syscalls (Classifier.counter_table):
+    `slots` maps each VNI the classifier held then to its slot; `values[slot, stage, field]`
+    is that stage's (schemas.STAGES order) counter `fields[field]` (struct moa_link_counters'
+    words: packets, bytes, drops_<reason> for each of schemas.DROP_REASONS, events_suppressed,
+    handover), summed over CPUs: a numpy uint64 array."""
+    slots: dict[int, int]
+    fields: tuple[str, ...]
+    values: Any  # numpy.ndarray, shape (slots read, len(schemas.STAGES), len(fields))
+
+    def field(self, name: str) -> int:
+        return self.fields.index(name)
+
+
 class Classifier:
     """A loaded classifier object (see the module docstring). Thread-safe for link updates."""
 
@@ -148,6 +164,10 @@ class Classifier:
 
     def vnis(self) -> list[int]:
         return sorted(self._slots)
+
+    def link_count(self) -> int:
+        """How many VNIs hold a slot (= entries of moa_links)."""
+        return len(self._slots)
 
     # -- links ------------------------------------------------------------------------------------
 
@@ -314,6 +334,42 @@ class Classifier:
                     total.drops[reason] += c.drops[i]
             out[name] = total
         return out
+
+    def counter_fields(self) -> tuple[tuple[str, int], ...]:
+        """(name, 8-byte word index) of each counter of struct moa_link_counters (from BTF;
+        drops[] as drops_<reason>, reserved words left out)."""
+        out: list[tuple[str, int]] = []
+        for name, *_ in self.abi.LinkCounters._fields_:
+            if name.startswith(("reserved", "_pad")):
+                continue
+            word = getattr(self.abi.LinkCounters, name).offset // 8
+            if name == "drops":
+                out += [(f"drops_{r}", word + i) for i, r in enumerate(schemas.DROP_REASONS)]
+            else:
+                out.append((name, word))
+        return tuple(out)
+
+    def counter_table(self) -> CounterTable:
+        """Every link's counters, summed over CPUs, in ceil(2 x slots / 4096) batch lookups of
+        moa_counters (BPF_MAP_LOOKUP_BATCH) rather than one lookup per link and stage: slots
+        are handed out lowest first, so the slots in use are the array's first indexes and
+        only those are read. The read takes no lock the datapath takes and writes nothing: a
+        program keeps incrementing its own CPU's copy while the kernel copies every CPU's
+        (docs/metrics.md, "How a scrape reads the counters"). Safe from any thread."""
+        import numpy as np  # only the metrics endpoint and the benchmarks read in bulk
+
+        with self._lock:
+            slots = dict(self._slots)
+        fields = self.counter_fields()
+        nst = len(schemas.STAGES)
+        n = (max(slots.values()) + 1) if slots else 0
+        _, raw, got = self.counters_map.lookup_batch(n * nst)
+        words = self.counters_map._slot // 8  # per-CPU stride in 8-byte words
+        per_cpu = np.frombuffer(raw, dtype=np.uint64).reshape(got, self.counters_map.ncpu, words)
+        wanted = np.array([w for _, w in fields], dtype=np.intp)
+        summed = per_cpu[:, :, wanted].sum(axis=1, dtype=np.uint64)
+        return CounterTable(slots=slots, fields=tuple(name for name, _ in fields),
+                            values=summed.reshape(got // nst, nst, len(fields)))
 
     def global_counters(self) -> dict[str, int]:
         """Every field of struct moa_global_counters (non_vxlan, unknown_vni, ringbuf_fail,
