@@ -4,9 +4,9 @@ Settings come from the command line, then the environment (MOA_NATS_URL through 
 line's defaults, MOA_HOST, MOA_UPLINK), then --config FILE (TOML, keys named like the long
 options: nats, host, uplink, local, allow_loss_only, state_dir, embedded_port, stats_interval,
 drop_interval, netns, pin_root, nats_user, nats_password, nats_token, nats_nkey, nats_ca,
-nats_cert, nats_key, connect_timeout, stream_replicas, ack_wait), then defaults. A NATS URL may
-be a comma-separated list of a cluster's servers. A value that cannot be used is a SettingsError
-saying what to change (`moa serve` prints it and exits 2).
+nats_cert, nats_key, connect_timeout, stream_replicas, ack_wait, metrics), then defaults. A NATS
+URL may be a comma-separated list of a cluster's servers. A value that cannot be used is a
+SettingsError saying what to change (`moa serve` prints it and exits 2).
 """
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ class ServeSettings:
     connect_timeout: float = 5.0
     stream_replicas: int = 1  # replicas of the JetStream events stream moa creates (3 on a cluster)
     ack_wait: float = 30.0  # s JetStream waits for an ack before redelivering an event
+    metrics: str | None = None  # ADDR:PORT of the Prometheus endpoint; None: off
 
     def nats_options(self, url: str) -> connection.NatsOptions:
         return connection.NatsOptions(
@@ -176,6 +177,21 @@ def setting_name(name: str) -> str:
     return f"--{name.replace('_', '-')} ({name} in --config)"
 
 
+def parse_listen(text: str) -> tuple[str, int]:
+    """"ADDR:PORT" (IPv6 in brackets: "[::1]:9464"; ":PORT" is every IPv4 address) as (host,
+    port); ValueError saying what is wrong. Port 0 lets the kernel pick one."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"{text!r} is not ADDR:PORT (e.g. 127.0.0.1:9464, [::1]:9464, :9464)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{text!r}: write an IPv6 address in brackets, e.g. [::1]:9464")
+    if not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r}: port {port} is outside 0..65535")
+    return host or "0.0.0.0", int(port)
+
+
 def check_ranges(s: ServeSettings) -> None:
     """Numbers that the types allow but the service cannot use."""
     for name in ("stats_interval", "drop_interval", "connect_timeout", "ack_wait"):
@@ -186,6 +202,11 @@ def check_ranges(s: ServeSettings) -> None:
     if not 1 <= s.embedded_port <= 65535:
         raise SettingsError(f"{setting_name('embedded_port')} must be a TCP port (1 to 65535), "
                             f"not {s.embedded_port}")
+    if s.metrics is not None:
+        try:
+            parse_listen(s.metrics)
+        except ValueError as e:
+            raise SettingsError(f"{setting_name('metrics')}: {e}") from None
     if not 1 <= s.stream_replicas <= 5:
         raise SettingsError(f"{setting_name('stream_replicas')} must be 1 to 5 (JetStream's "
                             f"limit), not {s.stream_replicas}")
