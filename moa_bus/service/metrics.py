@@ -229,10 +229,6 @@ class _Rendering:
     chunks: list[bytes]  # the body, in pieces
     gzipped: list[bytes] | None = None
 
-    @property
-    def size(self) -> int:
-        return sum(map(len, self.chunks))
-
 
 class MetricsEndpoint:
     """The HTTP server: GET /metrics (any other path: 404), HTTP/1.1 with keep-alive, in one
@@ -249,6 +245,7 @@ class MetricsEndpoint:
         self._render_lock = threading.Lock()
         self._last: _Rendering | None = None
         self._closed = False
+        self._writers: set[asyncio.StreamWriter] = set()  # open connections (the loop's thread)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -284,6 +281,11 @@ class MetricsEndpoint:
             loop.run_forever()
         finally:
             server.close()
+            for w in list(self._writers):  # kept-alive connections: their reads end
+                w.close()
+            pending = asyncio.all_tasks(loop)
+            if pending:
+                loop.run_until_complete(asyncio.wait(pending, timeout=5))
             for task in asyncio.all_tasks(loop):
                 task.cancel()
             loop.run_until_complete(asyncio.gather(*asyncio.all_tasks(loop),
@@ -337,6 +339,10 @@ class MetricsEndpoint:
 
     async def _connection(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        if sock is not None:  # asyncio sets it only for sockets made with proto IPPROTO_TCP
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._writers.add(writer)
         try:
             while True:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IDLE_S)
@@ -363,6 +369,7 @@ class MetricsEndpoint:
                 ConnectionError):
             pass
         finally:
+            self._writers.discard(writer)
             writer.close()
 
     def _response(self, method: str, target: str,
