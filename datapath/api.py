@@ -6,56 +6,41 @@ kernel to it; whatever it needs to undo a failed plan it read from the kernel ju
 plan ran. Who owns the desired state, and how a restart converges: docs/architecture.md,
 "Desired state".
 
-`KernelDatapath` is the real one: a netlink worker thread in the box's network namespace, the
-classifier (pinned maps, attached to the uplink) and the pair program (pinned maps, attached to
-VTEPs). Pinned maps and attached programs outlive the service: `close()` leaves them, so traffic
+`KernelDatapath` is the real one of the contract in datapath.contract (`Datapath`, re-exported
+here): a netlink worker thread in the box's network namespace, the classifier (pinned maps,
+attached to the uplink) and the pair program (pinned maps, attached to VTEPs). Pinned maps and attached programs outlive the service: `close()` leaves them, so traffic
 stays shaped while the service restarts. `teardown()` removes everything moa made (tests,
 uninstall).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import schemas
-from datapath import faults
 from datapath.classifier import Classifier, ClassifierConfig, CounterTable, StageCounters
+from datapath.contract import (ApplyResult, Datapath, DropCallback, MapUsage,
+                               ReconcileReport)
 from datapath.drops import DropEventReader, OwnerLookup
-from datapath.emulation import queue_ns
-from datapath.netlink.model import VXLAN_OVERHEAD, FqSizing, FqUnavailable
+from datapath import limits
+from datapath.netlink.model import VXLAN_OVERHEAD, FqSizing, FqUnavailable, owner_key
 from datapath.netlink.worker import NetlinkWorker
 from datapath.pair import PairMode, PairProgram
 from datapath.plan.operation import Env, Operation
-from datapath.plan.params import SetLinkParams
+from datapath.plan.params import write_params
 from datapath.plan.planner import Current, PlanConfig, PlanConflict, Stages, link_stages, plan
 from datapath.plan.runner import PlanError, run_plan
-from datapath.plan.uplink import EnsureUplink, ReleaseUplink
+from datapath.plan.uplink import EnsureUplink, ReleaseUplink, ResizeFq
 
 log = logging.getLogger("datapath.api")
 
 __all__ = ["ApplyResult", "Datapath", "DatapathConfig", "KernelDatapath", "PlanError",
            "PlanConflict", "FqUnavailable", "ReconcileReport", "StageCounters", "CounterTable",
-           "MapUsage", "fq_memory_bytes"]
-
-
-@dataclass(frozen=True)
-class ApplyResult:
-    changed: bool
-    operations: int  # how many operations ran (parameter writes count one per VNI)
-
-
-@dataclass
-class ReconcileReport:
-    """What `reconcile` did: the operations it applied (described, in order), the
-    materializations it could not converge (id -> why), the orphans it purged."""
-
-    operations: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-    purged: list[str] = field(default_factory=list)
+           "MapUsage"]
 
 
 @dataclass(frozen=True)
@@ -64,94 +49,17 @@ class DatapathConfig:
     local: str  # the box's VTEP source address on the uplink
     netns: str | None = None  # the box's network namespace (None: the current one)
     pin_root: str = "/sys/fs/bpf/moa"
-    fq: FqSizing = field(default_factory=FqSizing)
+    fq: FqSizing = field(default_factory=FqSizing)  # the LAN members' VTEPs (port holds)
+    # Every departure stays within it (datapath/limits.py); raised at start to what the desired
+    # state holds. The classifier's and every sch_fq's horizon.
+    horizon_ns: int = limits.DEFAULT_HORIZON_NS
+    fq_memory_max: int | None = None  # bytes; a change past it is refused (None: no bound)
+    line_rate_bps: int | None = None  # None: the uplink's speed as the kernel reports it
     allow_loss_only: bool = False
     vtep_mtu: int | None = None  # None: uplink MTU - 50 (VXLAN over IPv4)
     pair_mode: PairMode = PairMode.TC
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     host: str = field(default_factory=socket.gethostname)
-
-
-@dataclass(frozen=True)
-class MapUsage:
-    """How full one BPF map is: entries held against max_entries (its size, set at load)."""
-    name: str
-    entries: int
-    max_entries: int
-
-
-DropCallback = Callable[[schemas.DropEvent], None]
-
-
-class Datapath(Protocol):
-    """What the bus needs from the box (docs/architecture.md): every method is required."""
-
-    loss_only: bool
-
-    async def apply(self, m: schemas.Materialize, *, params_only: bool = False) -> ApplyResult:
-        """Converge the kernel to `m` for materialization m.id (no links: remove it all).
-        `params_only`: m differs from what was applied only in emulation (an Update). Raises
-        InvalidMessage (a setting this box cannot honour), PlanConflict, or PlanError (the box
-        was rolled back to what the kernel held before; `rollback_errors` when not all of it)."""
-        ...
-
-    async def plan(self, m: schemas.Materialize) -> list[str]:
-        """The operations `apply(m)` would run, described (`--dry-run`)."""
-        ...
-
-    async def reconcile(self, desired: Sequence[schemas.Materialize]) -> ReconcileReport:
-        """Converge the whole box to `desired`: materializations not in it are removed, every
-        one in it is repaired, parameters and pair entries nobody owns are purged."""
-        ...
-
-    async def counters(self, vnis: Iterable[int]) -> dict[int, dict[str, StageCounters]]:
-        """Each VNI's stage counters ("egress", "ingress"), for the VNIs the kernel holds."""
-        ...
-
-    def box_counters(self) -> dict[str, int]: ...
-
-    def fq_memory_bytes(self) -> int:
-        """The worst-case sch_fq memory of what the kernel holds (rate x time queued, summed)."""
-        ...
-
-    def generation_floor(self) -> int:
-        """The highest generation recorded in the kernel (0 on a new box)."""
-        ...
-
-    def record_generation(self, generation: int) -> None: ...
-
-    def drop_events(self, callback: DropCallback, owner: OwnerLookup) -> None:
-        """Call `callback` in the running loop for every drop event, labelled by `owner`."""
-        ...
-
-    def drop_event_losses(self) -> tuple[int, int]:
-        """(suppressed, lost): drops not reported as events, totals since start."""
-        ...
-
-    def counter_table(self) -> CounterTable:
-        """Every link's counters at once, summed over CPUs, in a few syscalls; callable from
-        any thread, takes nothing the datapath or the apply path waits for (the metrics
-        endpoint's read: docs/metrics.md)."""
-        ...
-
-    def map_usage(self) -> list[MapUsage]:
-        """The occupancy of the maps that fill up with links; callable from any thread."""
-        ...
-
-    async def close(self) -> None:
-        """Release handles; the kernel state stays in place."""
-        ...
-
-
-def fq_memory_bytes(stages: Iterable[schemas.Emulation | None]) -> int:
-    """Worst case that fq holds for these stages: rate x (latency + queue time). An egress
-    stage's frames wait in the uplink's fq, a LAN port stage's in its receivers' VTEP fq."""
-    total = 0
-    for e in stages:
-        if e is None or not e.capacity:
-            continue
-        total += e.capacity * (e.latency + e.jitter + queue_ns(e)) // 8_000_000_000
-    return total
 
 
 _SHAPING = ("latency", "jitter", "capacity", "queue")
@@ -161,30 +69,38 @@ class KernelDatapath:
     """The Datapath of a real box (module doc)."""
 
     def __init__(self, config: DatapathConfig, worker: NetlinkWorker, classifier: Classifier,
-                 pair: PairProgram, env: Env, loss_only: bool) -> None:
-        self.config = config
+                 pair: PairProgram, env: Env, loss_only: bool, uplink_fq: FqSizing,
+                 line_rate_bps: int) -> None:
+        self.config = config  # as started: horizon_ns is the box's (start may raise it)
         self.worker = worker
         self.classifier = classifier
         self.pair = pair
         self.loss_only = loss_only
         self._drops = DropEventReader(classifier)
-        self._fq_bytes: dict[str, int] = {}  # materialization -> worst-case fq memory it holds
+        self.uplink_fq = uplink_fq  # the sizing the uplink's sch_fq has now (moa set it)
         self.env = env
         self.uplink_index = worker.run(worker.nl.require_ifindex, config.uplink)
-        mtu = worker.run(worker.nl.mtu, config.uplink)
+        self.uplink_mtu = worker.run(worker.nl.mtu, config.uplink)
         self.plan_config = PlanConfig(uplink=config.uplink, local=config.local,
-                                      vtep_mtu=config.vtep_mtu or mtu - VXLAN_OVERHEAD,
-                                      port_hold=None if loss_only else config.fq)
+                                      vtep_mtu=config.vtep_mtu or self.uplink_mtu - VXLAN_OVERHEAD,
+                                      port_hold=None if loss_only else config.fq,
+                                      vxlan_port=config.classifier.vxlan_port)
+        frame = limits.frame_bytes(self.plan_config.vtep_mtu)
+        self.budget = limits.Budget(config.horizon_ns, frame, line_rate_bps, config.fq_memory_max)
 
     # -- life cycle ---------------------------------------------------------------------------
 
     @classmethod
-    async def start(cls, config: DatapathConfig) -> "KernelDatapath":
+    async def start(cls, config: DatapathConfig,
+                    desired: Sequence[schemas.Materialize] = ()) -> "KernelDatapath":
         """Load (or find pinned) BPF objects and ensure the uplink. What the kernel holds of
-        links is left as it is until `reconcile` is given the desired state."""
+        links is left as it is until `reconcile` is given the desired state; `desired` (the
+        same) sizes the box first: the horizon is raised to the longest hold it has and the
+        uplink's sch_fq is sized for its links (datapath/limits.py)."""
         worker = NetlinkWorker(config.netns)
         classifier = pair = None
         try:
+            config, uplink_fq, line = await cls._sized(config, desired, worker)
             os.makedirs(config.pin_root, exist_ok=True)
             classifier = Classifier.load(config.classifier, pin_root=config.pin_root)
             pair = PairProgram(config.pin_root, max_vteps=2 * config.classifier.max_links)
@@ -194,14 +110,14 @@ class KernelDatapath:
                       port_hold_program=classifier.port_hold_program)
             loss_only = False
             try:
-                await worker.call(EnsureUplink(config.uplink, config.fq).apply, env)
+                await worker.call(EnsureUplink(config.uplink, uplink_fq).apply, env)
             except FqUnavailable:
                 if not config.allow_loss_only:
                     raise
                 log.warning("no sch_fq: loss-only mode (latency and capacity refused per link)")
                 loss_only = True
                 await worker.call(EnsureUplink(config.uplink, None).apply, env)
-            return cls(config, worker, classifier, pair, env, loss_only)
+            return cls(config, worker, classifier, pair, env, loss_only, uplink_fq, line)
         except BaseException:
             if pair is not None:
                 pair.close()
@@ -209,6 +125,30 @@ class KernelDatapath:
                 classifier.close()
             worker.close()
             raise
+
+    @staticmethod
+    async def _sized(config: DatapathConfig, desired: Sequence[schemas.Materialize],
+                     worker: NetlinkWorker) -> tuple[DatapathConfig, FqSizing, int]:
+        """`config` with the box's horizon (at least the longest hold `desired` has), the
+        uplink's sch_fq for `desired`'s links, and the line rate (datapath/limits.py)."""
+        mtu = await worker.call(worker.nl.mtu, config.uplink)
+        line = config.line_rate_bps or await worker.call(worker.nl.link_speed_bps, config.uplink)
+        line = line or limits.DEFAULT_LINE_RATE_BPS
+        pc = PlanConfig(uplink=config.uplink, local=config.local,
+                        vtep_mtu=config.vtep_mtu or mtu - VXLAN_OVERHEAD, port_hold=config.fq)
+        stages = [(link_stages(link, pc), len(link.endpoints)) for m in desired for link in m.links]
+        budget = limits.Budget(config.horizon_ns, limits.frame_bytes(pc.vtep_mtu), line)
+        need = limits.required_horizon((e for s, _ in stages for e in s), budget.frame)
+        horizon = min(max(config.horizon_ns, need), limits.MAX_HORIZON_NS)
+        if horizon > config.horizon_ns:
+            log.warning("horizon raised from %s to %s: the desired state holds a link that needs "
+                        "it", schemas.format_duration(config.horizon_ns),
+                        schemas.format_duration(horizon))
+        uplink_fq = budget.box({"": budget.figures_of(stages)}).fq_sizing(mtu, horizon)
+        config = dataclasses.replace(
+            config, horizon_ns=horizon, fq=dataclasses.replace(config.fq, horizon_ns=horizon),
+            classifier=dataclasses.replace(config.classifier, horizon_ns=horizon))
+        return config, uplink_fq, line
 
     async def close(self) -> None:
         """Stop using the kernel objects; pins, devices and attached programs stay."""
@@ -218,9 +158,10 @@ class KernelDatapath:
         self.worker.close()
 
     async def teardown(self) -> None:
-        """Remove everything moa made: every materialization, the uplink set-up, the pins."""
+        """Remove everything moa made: every materialization, the uplink set-up (the uplink's
+        previous root qdisc comes back), the pins."""
         await self.reconcile([])
-        fq = None if self.loss_only else self.config.fq
+        fq = None if self.loss_only else self.uplink_fq
         await self.worker.call(ReleaseUplink(self.config.uplink, fq).apply, self.env)
         for m in (self.classifier.obj.map_names() + self.pair.obj.map_names()):
             path = os.path.join(self.config.pin_root, m)
@@ -240,11 +181,13 @@ class KernelDatapath:
         nl = self.worker.nl
         devices = {d.name: d for d in nl.list_moa_devices(qdiscs=not self.loss_only)}
         wanted = {ep.vni for link in m.links for ep in link.endpoints}
+        key = owner_key(m.id)
         wanted |= {d.vni for d in devices.values()
-                   if d.materialization == m.id and d.vni is not None}
+                   if d.materialization == key and d.vni is not None}
         links = self.classifier.raw_links(wanted)
         params = {vni: self.classifier.stages_of(raw) for vni, raw in links.items()}
-        return Current(devices=devices, pairs=self.pair.entries(), params=params, links=links)
+        return Current(devices=devices, pairs=self.pair.entries(), params=params, links=links,
+                       vxlan_ports=self.classifier.vxlan_ports())
 
     def _encode(self, stages: Stages) -> bytes:
         return self.classifier.encode_stages(*stages)
@@ -263,6 +206,11 @@ class KernelDatapath:
         if stale:
             self.pair.disconnect(*stale)
             purged += [f"pair entry of ifindex {i}" for i in stale]
+        ports = self.classifier.vxlan_ports()
+        unused = ports - {d.port for d in devices if d.kind == "vxlan"}
+        if unused:
+            self.classifier.set_vxlan_ports(ports - unused)
+            purged += [f"VXLAN port {p}" for p in sorted(unused)]
         return purged
 
     # -- converging ---------------------------------------------------------------------------------
@@ -279,69 +227,98 @@ class KernelDatapath:
                         "this box runs loss-only (no sch_fq in its kernel): only loss can be "
                         "emulated", code="unsupported")
 
-    def _plan(self, m: schemas.Materialize) -> list[Operation]:
-        return plan(m, self._read_current(m), self.plan_config, self._encode, self.uplink_index)
+    def _link_stages(self, link: schemas.Link) -> Stages:
+        return link_stages(link, self.plan_config)
 
-    def _apply_plan(self, m: schemas.Materialize) -> list[Operation]:
-        ops = self._plan(m)
+    def _stages(self, m: schemas.Materialize) -> list[tuple[Stages, int]]:
+        return [(self._link_stages(link), len(link.endpoints)) for link in m.links]
+
+    def _admit(self, m: schemas.Materialize) -> limits.Figures:
+        """m's figures, once m passed what refuses a setting this box cannot apply
+        (`unsupported`, naming the field): shaping on a loss-only box, a hold beyond the
+        horizon, sch_fq memory beyond --fq-memory-max (datapath/limits.py)."""
+        self._check_loss_only(m)
+        return self.budget.admit(m.id, self._stages(m))
+
+    def _resize_ops(self, mid: str, figures: limits.Figures,
+                    ) -> tuple[list[Operation], list[Operation], FqSizing]:
+        """The uplink's sch_fq resized for the box with `figures` for `mid`: the operations
+        before and after the plan's own (growing first, shrinking last) and the sizing then."""
+        if self.loss_only:
+            return [], [], self.uplink_fq
+        after = self.budget.box({mid: figures}).fq_sizing(self.uplink_mtu, self.config.horizon_ns)
+        first, last = limits.fq_resize(self.uplink_fq, after)
+        ops_first: list[Operation] = (
+            [ResizeFq(self.config.uplink, first, self.uplink_fq)] if first else [])
+        ops_last: list[Operation] = (
+            [ResizeFq(self.config.uplink, last, first or self.uplink_fq)] if last else [])
+        return ops_first, ops_last, after
+
+    def _plan(self, m: schemas.Materialize,
+              figures: limits.Figures | None = None) -> list[Operation]:
+        """The plan for m, between the uplink's sch_fq growing and shrinking for it."""
+        if figures is None:
+            figures = self.budget.figures_of(self._stages(m))
+        first, last, _ = self._resize_ops(m.id, figures)
+        ops = plan(m, self._read_current(m), self.plan_config, self._encode, self.uplink_index)
+        return first + ops + last
+
+    def _apply_plan(self, m: schemas.Materialize, figures: limits.Figures) -> list[Operation]:
+        ops = self._plan(m, figures)
         run_plan(ops, self.env, label=m.id)
+        self.uplink_fq = self._resize_ops(m.id, figures)[2]
         return ops
 
-    def _apply_params(self, m: schemas.Materialize) -> int | None:
-        """Only the parameters of m's VNIs, in one batch write, against what the map holds now;
-        None when a VNI of m has no entry in the map (the box drifted: plan instead). All or
-        nothing: a failed write is undone by writing back the entries read before."""
-        stages: dict[int, tuple[Stages, bytes, str]] = {}
-        for link in m.links:
-            s = link_stages(link, self.plan_config)
-            enc = self._encode(s)
-            for ep in link.endpoints:
-                stages[ep.vni] = (s, enc, link.id)
-        before = self.classifier.raw_links(stages)
-        if len(before) != len(stages):
-            return None
-        changes = {vni: enc for vni, (_, enc, _) in stages.items()
-                   if self.classifier.stages_of(before[vni]) != enc}
-        if not changes:
-            return 0
+    def _apply_params_sized(self, m: schemas.Materialize, figures: limits.Figures) -> int | None:
+        """write_params between the uplink's sch_fq growing and shrinking for the new values."""
+        first, last, after = self._resize_ops(m.id, figures)
+        run_plan(first, self.env, label=m.id)
+        n = None
         try:
-            faults.hit("params.before-write", m.id)
-            self.classifier.update_links(changes)
-            faults.hit("params.after-write", m.id)
-        except Exception as e:
-            vni = next(iter(changes))
-            (egress, ingress), _, link = stages[vni]
-            op = SetLinkParams(vni, egress, ingress, changes[vni], before[vni], m.id,
-                               f"{link} and {len(changes) - 1} more")
-            try:
-                self.classifier.update_links(
-                    {v: self.classifier.stages_of(before[v]) for v in changes})
-            except Exception as re:
-                raise PlanError(op, e, 0, [(op, re)]) from e
-            raise PlanError(op, e, 0) from e
-        return len(changes)
+            n = write_params(self.classifier, m, self._link_stages, self._encode)
+        finally:
+            if n is None:  # failed, or the map lacks a VNI (planned in full instead)
+                for op in reversed(first):
+                    op.revert(self.env)
+        if n is None:
+            return None
+        try:
+            run_plan(last, self.env, label=m.id)
+        except PlanError as e:  # the parameters are in; sch_fq only stays larger
+            log.warning("%s: sch_fq not shrunk: %s", m.id, e)
+            after = first[0].fq if first else self.uplink_fq  # type: ignore[attr-defined]
+        self.uplink_fq = after
+        return n + len(first) + len(last)
 
     async def apply(self, m: schemas.Materialize, *, params_only: bool = False) -> ApplyResult:
-        self._check_loss_only(m)
+        figures = self._admit(m)
         if params_only:
-            n = await self.worker.call(self._apply_params, m)
+            n = await self.worker.call(self._apply_params_sized, m, figures)
             if n is not None:
-                self._applied(m)
+                self._applied(m, figures)
                 return ApplyResult(changed=n > 0, operations=n)
             log.warning("%s: parameters of VNIs the map does not hold: planning in full", m.id)
-        ops = await self.worker.call(self._apply_plan, m)
-        self._applied(m)
+        ops = await self.worker.call(self._apply_plan, m, figures)
+        self._applied(m, figures)
         return ApplyResult(changed=bool(ops), operations=len(ops))
 
     async def plan(self, m: schemas.Materialize) -> list[str]:
-        self._check_loss_only(m)
-        ops = await self.worker.call(self._plan, m)
+        figures = self._admit(m)
+        ops = await self.worker.call(self._plan, m, figures)
         return [op.describe() for op in ops]
 
     async def reconcile(self, desired: Sequence[schemas.Materialize]) -> ReconcileReport:
         report = ReconcileReport()
+        # The box as it will be: sch_fq is sized for all of it, not grown one by one.
+        self.budget.figures = {m.id: self.budget.figures_of(self._stages(m))
+                               for m in desired if m.links}
+        memory, maximum = self.budget.box().memory, self.config.fq_memory_max
+        if maximum is not None and memory > maximum:
+            log.warning("the desired state's worst-case sch_fq memory %s is above "
+                        "--fq-memory-max %s: held, but no change that adds to it is taken",
+                        schemas.format_size(memory), schemas.format_size(maximum))
         devices = await self.worker.call(self.worker.nl.list_moa_devices)
-        wanted = {m.id for m in desired}
+        wanted = {owner_key(m.id) for m in desired}  # devices carry keys (make_alias)
         for mid in sorted({d.materialization for d in devices} - wanted):
             await self._converge(schemas.Materialize(id=mid, links=[]), report)
         for m in desired:
@@ -351,14 +328,15 @@ class KernelDatapath:
         return report
 
     async def _converge(self, m: schemas.Materialize, report: ReconcileReport) -> None:
+        figures = self.budget.figures.get(m.id, limits.Figures())
         try:
             self._check_loss_only(m)
-            ops = await self.worker.call(self._apply_plan, m)
+            ops = await self.worker.call(self._apply_plan, m, figures)
         except (PlanError, PlanConflict, schemas.InvalidMessage) as e:
             report.failed[m.id] = str(e)
             log.error("could not converge %s: %s", m.id, e)
             return
-        self._applied(m)
+        self._applied(m, figures)
         report.operations += [op.describe() for op in ops]
 
     # -- reading counters ---------------------------------------------------------------------------
@@ -374,17 +352,12 @@ class KernelDatapath:
         return self.classifier.global_counters()
 
     def fq_memory_bytes(self) -> int:
-        return sum(self._fq_bytes.values())
+        return self.budget.box().memory
 
-    def _applied(self, m: schemas.Materialize) -> None:
-        """What the kernel now holds of m.id is m: its worst-case fq memory (module doc of
-        fq_memory_bytes), figured once per change rather than on every status."""
-        if self.loss_only or not m.links:
-            self._fq_bytes.pop(m.id, None)
-            return
-        self._fq_bytes[m.id] = sum(
-            fq_memory_bytes(link_stages(link, self.plan_config)) * len(link.endpoints)
-            for link in m.links)
+    def _applied(self, m: schemas.Materialize, figures: limits.Figures) -> None:
+        """What the kernel now holds of m.id is m: what it asks of sch_fq (datapath/limits.py),
+        figured once per change rather than on every status."""
+        self.budget.held(m.id, figures if m.links else None)
 
     def pair_counters(self) -> dict[str, int]:
         return self.pair.counters()

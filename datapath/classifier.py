@@ -20,6 +20,8 @@ from typing import Any
 
 import schemas
 from datapath.bpf import object_path
+from datapath.counter_table import CounterTable
+from datapath.counter_table import read as read_counter_table
 from datapath.emulation import stage_bytes
 from datapath.libbpf import BpfObject, Map, Program, RingBuffer
 from datapath.libbpf import abi as _abi_mod
@@ -90,21 +92,6 @@ class StageCounters:
     handover: int = 0    # egress: packets that carried an ingress-stage handover in skb->mark
 
 
-@dataclass(frozen=True)
-class CounterTable:
-    """Every link's counters at one moment, read in a few syscalls (Classifier.counter_table):
-    `slots` maps each VNI the classifier held then to its slot; `values[slot, stage, field]`
-    is that stage's (schemas.STAGES order) counter `fields[field]` (struct moa_link_counters'
-    words: packets, bytes, drops_<reason> for each of schemas.DROP_REASONS, events_suppressed,
-    handover), summed over CPUs: a numpy uint64 array."""
-    slots: dict[int, int]
-    fields: tuple[str, ...]
-    values: Any  # numpy.ndarray, shape (slots read, len(schemas.STAGES), len(fields))
-
-    def field(self, name: str) -> int:
-        return self.fields.index(name)
-
-
 class Classifier:
     """A loaded classifier object (see the module docstring). Thread-safe for link updates."""
 
@@ -121,6 +108,8 @@ class Classifier:
         self.global_map: Map = obj.map("moa_global")
         self.events_map: Map = obj.map("moa_events")
         self.box_map: Map = obj.map("moa_box")
+        self.ports_map: Map = obj.map("moa_vxlan_ports")
+        self.saved_qdiscs_map: Map = obj.map("moa_saved_qdiscs")
         self.event_version = self.abi.DROP_EVENT_VERSION
         self._lock = threading.Lock()
         self._slots: dict[int, int] = {}
@@ -294,6 +283,47 @@ class Classifier:
     def set_box_generation(self, generation: int) -> None:
         self.box_map.update(0, self.abi.Box(generation=generation))
 
+    # -- VXLAN ports and the uplink's saved qdiscs ------------------------------------------------
+
+    def vxlan_ports(self) -> frozenset[int]:
+        """The ports of moa_vxlan_ports: VXLAN besides the load-time vxlan_port (parse.h)."""
+        raw = self.ports_map.lookup(0)
+        if raw is None:
+            return frozenset()
+        words = memoryview(bytes(raw)).cast("Q")
+        return frozenset(64 * i + b for i, w in enumerate(words) if w for b in range(64)
+                         if w >> b & 1)
+
+    def set_vxlan_ports(self, ports: Iterable[int]) -> None:
+        """moa_vxlan_ports holds exactly `ports` (one write of the whole set: a packet sees
+        each port's bit before or after, the others unchanged)."""
+        words = [0] * (self.ports_map.value_size // 8)
+        for p in ports:
+            if not 1 <= p <= 0xFFFF:
+                raise ValueError(f"port {p} outside 1..65535")
+            words[p >> 6] |= 1 << (p & 63)
+        self.ports_map.update(0, _pack_words(words))
+
+    def saved_qdiscs(self, device: str) -> bytes | None:
+        """The root qdisc tree saved for `device` before moa's sch_fq replaced it, or None."""
+        raw = self.saved_qdiscs_map.lookup(_ifname(device))
+        if raw is None:
+            return None
+        raw = bytes(raw)
+        n = int.from_bytes(raw[:4], sys.byteorder)
+        return raw[8:8 + n]
+
+    def save_qdiscs(self, device: str, tree: bytes) -> None:
+        room = self.saved_qdiscs_map.value_size - 8
+        if len(tree) > room:
+            raise ValueError(f"the root qdisc tree of {device} takes {len(tree)} bytes of "
+                             f"rtnetlink messages, more than the {room} moa can keep")
+        self.saved_qdiscs_map.update(_ifname(device), len(tree).to_bytes(4, sys.byteorder)
+                                     + bytes(4) + tree.ljust(room, b"\0"))
+
+    def forget_qdiscs(self, device: str) -> None:
+        self.saved_qdiscs_map.delete(_ifname(device))
+
     def link(self, vni: int) -> Any:
         """The raw struct moa_link of a VNI, or None."""
         return self.links_map.lookup(vni, self.abi.Link)
@@ -335,41 +365,13 @@ class Classifier:
             out[name] = total
         return out
 
-    def counter_fields(self) -> tuple[tuple[str, int], ...]:
-        """(name, 8-byte word index) of each counter of struct moa_link_counters (from BTF;
-        drops[] as drops_<reason>, reserved words left out)."""
-        out: list[tuple[str, int]] = []
-        for name, *_ in self.abi.LinkCounters._fields_:
-            if name.startswith(("reserved", "_pad")):
-                continue
-            word = getattr(self.abi.LinkCounters, name).offset // 8
-            if name == "drops":
-                out += [(f"drops_{r}", word + i) for i, r in enumerate(schemas.DROP_REASONS)]
-            else:
-                out.append((name, word))
-        return tuple(out)
-
     def counter_table(self) -> CounterTable:
-        """Every link's counters, summed over CPUs, in ceil(2 x slots / 4096) batch lookups of
-        moa_counters (BPF_MAP_LOOKUP_BATCH) rather than one lookup per link and stage: slots
-        are handed out lowest first, so the slots in use are the array's first indexes and
-        only those are read. The read takes no lock the datapath takes and writes nothing: a
-        program keeps incrementing its own CPU's copy while the kernel copies every CPU's
-        (docs/metrics.md, "How a scrape reads the counters"). Safe from any thread."""
-        import numpy as np  # only the metrics endpoint and the benchmarks read in bulk
-
+        """Every link's counters at once, summed over CPUs, in a few batch lookups of
+        moa_counters; takes no lock the datapath takes (datapath.counter_table.read). Safe
+        from any thread."""
         with self._lock:
             slots = dict(self._slots)
-        fields = self.counter_fields()
-        nst = len(schemas.STAGES)
-        n = (max(slots.values()) + 1) if slots else 0
-        _, raw, got = self.counters_map.lookup_batch(n * nst)
-        words = self.counters_map._slot // 8  # per-CPU stride in 8-byte words
-        per_cpu = np.frombuffer(raw, dtype=np.uint64).reshape(got, self.counters_map.ncpu, words)
-        wanted = np.array([w for _, w in fields], dtype=np.intp)
-        summed = per_cpu[:, :, wanted].sum(axis=1, dtype=np.uint64)
-        return CounterTable(slots=slots, fields=tuple(name for name, _ in fields),
-                            values=summed.reshape(got // nst, nst, len(fields)))
+        return read_counter_table(self.counters_map, self.abi.LinkCounters, slots)
 
     def global_counters(self) -> dict[str, int]:
         """Every field of struct moa_global_counters (non_vxlan, unknown_vni, ringbuf_fail,
@@ -401,6 +403,17 @@ class Classifier:
         """A RingBuffer over moa_events calling callback(abi.DropEvent) per event; attach() it
         to an asyncio loop or poll()/consume() it. Close it before the classifier."""
         return RingBuffer(self.events_map, lambda rec: callback(self.parse_drop_event(rec)))
+
+
+def _pack_words(words: list[int]) -> bytes:
+    return b"".join(w.to_bytes(8, sys.byteorder) for w in words)
+
+
+def _ifname(device: str) -> bytes:
+    name = device.encode()
+    if not 0 < len(name) < 16:
+        raise ValueError(f"device name {device!r} is not 1..15 bytes")
+    return name.ljust(16, b"\0")
 
 
 def _check_vni(vni: int) -> None:

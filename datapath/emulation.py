@@ -9,7 +9,9 @@ probabilities become thresholds over 2^32 (abi.h), and every frame is charged th
 
 Queue (Emulation.queue): None = the default, what the link carries in 50 ms at its rate, at
 least 64 KiB (a switch port buffer of that order; enough for a TCP window of a typical testbed
-link); 0 = no limit, only the horizon (ClassifierConfig.horizon_ns) bounds the backlog (the bus
+link), at most 1 s of link time but at least two full frames (below 524 kbit/s 64 KiB would be
+seconds of queue, and every delay the box accepts must stay under its horizon: datapath/limits.py);
+0 = no limit, only the horizon (ClassifierConfig.horizon_ns) bounds the backlog (the bus
 refuses a queue below one frame, the classifier tests use it). Without a capacity no queue.
 """
 from __future__ import annotations
@@ -23,12 +25,14 @@ if TYPE_CHECKING:  # datapath.libbpf.abi reads the compiled object's BTF at impo
     from datapath.libbpf.abi import Abi
 
 __all__ = ["queue_bytes", "queue_ns", "stage_params", "stage_bytes", "probability_threshold",
-           "DEFAULT_QUEUE_MS", "MIN_DEFAULT_QUEUE_BYTES", "DEFAULT_OVERHEAD"]
+           "DEFAULT_QUEUE_MS", "MIN_DEFAULT_QUEUE_BYTES", "MAX_DEFAULT_QUEUE_MS", "DEFAULT_OVERHEAD"]
 
 NSEC = 1_000_000_000
 ONE = 1 << 32                      # probability 1 as a threshold
 DEFAULT_QUEUE_MS = 50
 MIN_DEFAULT_QUEUE_BYTES = 64 * 1024
+MAX_DEFAULT_QUEUE_MS = 1000
+FULL_FRAME = 1538                  # 1500 + Ethernet header + L1 overhead
 DEFAULT_OVERHEAD = 24              # preamble 7 + SFD 1 + FCS 4 + inter-frame gap 12
 
 
@@ -43,7 +47,8 @@ def queue_bytes(e: schemas.Emulation) -> int:
         return 0
     if e.queue is not None:
         return e.queue
-    return max(MIN_DEFAULT_QUEUE_BYTES, e.capacity * DEFAULT_QUEUE_MS // 8000)
+    q = max(MIN_DEFAULT_QUEUE_BYTES, e.capacity * DEFAULT_QUEUE_MS // 8000)
+    return max(2 * FULL_FRAME, min(q, e.capacity * MAX_DEFAULT_QUEUE_MS // 8000))
 
 
 def queue_ns(e: schemas.Emulation) -> int:

@@ -10,7 +10,8 @@ process (read once, at import), or by `arm()` in-process. A spec is a comma-sepa
     rtnl.window/2=kill                 after the third window of a pipelined netlink batch
     state.after-write/big=kill         big's desired state is durable, the ack not yet sent
 
-A point's path segments are matched one by one, `*` matching any. Points (who calls `hit`):
+A point's path segments are matched one by one, `*` matching any. `POINT=ACTION@N` fires at
+the N-th hit of the point instead of the first (a later plan of the same materialization). Points (who calls `hit`):
 `plan.before/<id>/<i>`, `plan.after/<id>/<i>` and `plan.revert/<id>/<i>` (the undoing of
 operation i in a rollback) (datapath.plan.runner.run_plan),
 `rtnl.window/<k>` (datapath.netlink.raw.Rtnl.run), `params.before-write/<id>` and
@@ -45,7 +46,7 @@ class _Armed:
     path: tuple[str, ...]
     action: str
     spent: bool = False
-
+    skip: int = 0  # matching hits to let pass before firing
     def matches(self, path: tuple[str, ...]) -> bool:
         return len(path) == len(self.path) and all(
             want in ("*", got) for want, got in zip(self.path, path))
@@ -59,11 +60,13 @@ def parse(spec: str) -> list[_Armed]:
     out = []
     for item in filter(None, (p.strip() for p in spec.split(","))):
         point, sep, action = item.partition("=")
+        action, at, nth = action.partition("@")
         sleep = action.startswith("sleep:") and action[len("sleep:"):].isdigit()
-        if not sep or (action not in ACTIONS and not sleep) or not point:
-            raise FailpointError(f"failpoint {item!r}: want POINT=ACTION, ACTION one of "
-                                 f"{', '.join(ACTIONS)}")
-        out.append(_Armed(tuple(point.split("/")), action))
+        if (not sep or (action not in ACTIONS and not sleep) or not point
+                or (at and not (nth.isdigit() and int(nth) >= 1))):
+            raise FailpointError(f"failpoint {item!r}: want POINT=ACTION[@N], ACTION one of "
+                                 f"{', '.join(ACTIONS)}, N >= 1")
+        out.append(_Armed(tuple(point.split("/")), action, skip=int(nth) - 1 if at else 0))
     return out
 
 
@@ -91,6 +94,9 @@ def hit(point: str, *args: object) -> None:
     with _lock:
         fp = next((f for f in _armed if not f.spent and f.matches(path)), None)
         if fp is None:
+            return
+        if fp.skip:
+            fp.skip -= 1
             return
         fp.spent = True
     _fire(fp.action, "/".join(path))

@@ -110,7 +110,9 @@ class GilbertElliott(_Message, frozen=True, kw_only=True):
 # Frozen, hence hashable: the datapath turns each distinct emulation into its map bytes once
 # (datapath/emulation.py).
 class Emulation(_Message, frozen=True, kw_only=True):
-    """One link's parameters (both directions, every endpoint). See docs/semantics.md."""
+    """One link's parameters (both directions, every endpoint). See docs/semantics.md. A box
+    refuses (unsupported) a link whose latency + jitter + queue (or one full frame, if longer)
+    at its capacity exceeds the box's horizon (moa serve --horizon, 30 s by default)."""
     latency: Duration = 0
     jitter: Duration = 0
     loss: Probability = 0.0
@@ -207,8 +209,9 @@ def check_emulation(e: Emulation | EmulationPatch, path: str = "emulation") -> N
 class Endpoint(_Message, kw_only=True):
     """One VTEP of a link: its VNI and the experiment node's VTEP address (IPv4/IPv6 literal).
 
-    local: the box's source address for this VTEP (default: the service's); port: the remote's
-    VXLAN UDP port (default: the service's, 4789).
+    local: the box's source address for this VTEP (default: the service's); port: this
+    endpoint's VXLAN UDP port, on the node's VTEP and on the box's (default 4789); the box's
+    classifier takes VXLAN on every port its VTEPs use.
     """
     vni: Vni
     remote: IpAddress
@@ -339,7 +342,10 @@ class MaterializationStatus(_Message, kw_only=True):
 
 
 class StatusReply(_Message, kw_only=True):
-    """What the box holds. fq_memory_bytes: worst-case sch_fq memory implied by the links.
+    """What the box holds. fq_memory_bytes: worst-case sch_fq memory implied by the links (each
+    stage's rate, the uplink's for an unlimited link, times its longest hold; at most the
+    uplink's line rate times the longest hold); a change past moa serve --fq-memory-max is
+    refused.
     datapath: the classifier's box-wide counters since it was loaded (frames): non_vxlan,
     unknown_vni (passed untouched), ringbuf_fail (drop events lost), handover (LAN frames
     whose port wait the egress stage added), port_held (LAN frames a VTEP held until they left

@@ -19,3 +19,18 @@ APT_ENSURE_TAG=setup "$(dirname "$0")/apt-ensure.sh" "${DEB_PACKAGES[@]}"
 if ! mount | grep -q ' /sys/fs/bpf type bpf'; then
   mount -t bpf bpf /sys/fs/bpf
 fi
+
+# Debian 12's own nats-server (2.9), for tests/test_bus_roles.py only, which runs moa's example
+# server configuration on it too: unpacked here, not installed, because the package would start a
+# server of its own on 127.0.0.1:4222, the port of moa's embedded server.
+DEBIAN_NATS_DIR=/var/cache/moa-tests/debian-nats-server
+if [[ ! -x "$DEBIAN_NATS_DIR/usr/sbin/nats-server" ]]; then
+  echo "setup: unpacking Debian's nats-server into $DEBIAN_NATS_DIR (not installed)" >&2
+  deb_tmp=$(mktemp -d)
+  chmod 755 "$deb_tmp"  # apt-get download fetches as the _apt user where it can
+  (cd "$deb_tmp" && { apt-get download -qq nats-server 2>/dev/null \
+                      || { apt-get update -qq && apt-get download -qq nats-server; }; })
+  mkdir -p "$DEBIAN_NATS_DIR"
+  dpkg-deb -x "$deb_tmp"/nats-server_*.deb "$DEBIAN_NATS_DIR"
+  rm -rf "$deb_tmp"
+fi

@@ -61,7 +61,8 @@ def test_pinned_maps_survive_a_restart_with_their_slots(pin_root: str) -> None:
         send(c, 32, repeat=4)
         t_last = c.stage_state(32, 0).t_last
     assert sorted(os.listdir(pin_root)) == ["moa_box", "moa_counters", "moa_events",
-                                            "moa_global", "moa_links", "moa_state"]
+                                            "moa_global", "moa_links", "moa_saved_qdiscs",
+                                            "moa_state", "moa_vxlan_ports"]
     with Classifier.load(ClassifierConfig(max_links=8), pin_root=pin_root) as c:
         assert (c.slot(30), c.slot(32)) == (0, 2)
         assert c.link_counters(32)["egress"].packets == 4

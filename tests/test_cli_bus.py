@@ -177,8 +177,10 @@ async def test_serve_embedded_server_start_and_stop(topo: Testbed) -> None:
             await asyncio.sleep(0.05)
         assert any("embedded nats-server on nats://127.0.0.1:" + str(port) in s for s in said), said
         doc = materialize_doc("e1", 100)
+        # the embedded server admits the holder of its credential only (tests/test_bus_auth.py)
         nc = await nats.connect(f"nats://127.0.0.1:{port}", connect_timeout=2,
-                                max_reconnect_attempts=1)
+                                max_reconnect_attempts=1,
+                                nkeys_seed=str(Path(topo.state_dir) / "local.nk"))
         try:
             ping = json.loads((await nc.request("$SRV.PING.moa", b"", timeout=2)).data)
             assert ping["metadata"]["host"] == host

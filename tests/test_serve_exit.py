@@ -77,10 +77,10 @@ class Exit:
         return [line for line in self.stderr.splitlines() if line.strip()]
 
 
-def moa_serve(*args: str, timeout: float = 60) -> Exit:
-    """`moa serve ARGS` as a child process: stdin closed, no MOA_* settings from the environment."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MOA_NATS_URL", "MOA_UPLINK", "MOA_HOST")}
+def moa_serve(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> Exit:
+    """`moa serve ARGS` as a child process: stdin closed, no MOA_* settings from the environment
+    but those in `env`."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MOA_")}, **(env or {})}
     r = subprocess.run([sys.executable, "-m", "moa_bus.cli", "serve", *args],
                        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
                        env=env, cwd=ROOT)
@@ -115,6 +115,7 @@ class Case:
     args: list[str]  # "{tmp}" stands for the test's tmp_path
     says: list[str]  # what the one line must contain
     toml: str | None = None  # given with --config when set
+    files: dict[str, tuple[str, int]] | None = None  # {tmp}/name: (content, mode), made first
 
 
 CASES = [
@@ -143,14 +144,58 @@ CASES = [
     Case("replicas out of range", [], ["stream_replicas", "not 7"], toml="stream_replicas = 7\n"),
     Case("interval not above 0", ["--uplink", UPLINK, "--drop-interval", "0"],
          ["--drop-interval", "above 0"]),
-    Case("missing TLS file", ["--uplink", UPLINK, "--nats-ca", "{tmp}/ca.pem"],
-         ["--nats-ca", "ca.pem", "does not exist"]),
+    Case("missing TLS file", ["--uplink", UPLINK, "--nats", "nats://127.0.0.1:1", "--nats-ca",
+                              "{tmp}/ca.pem"], ["--nats-ca", "ca.pem", "does not exist"]),
+    # trust: no secret in a command line, none in a file that others may read
+    Case("a secret in --config readable by others", [],
+         ["--config (nats_password)", "moa.toml holds a secret", "readable by group and others",
+          "mode 0644", "chmod 600"],
+         toml='nats = "nats://127.0.0.1:1"\nnats_user = "moa"\nnats_password = "s3cret"\n',
+         files={"moa.toml": ("", 0o644)}),
+    Case("a token in --config readable by its group", [],
+         ["--config (nats_token)", "moa.toml holds", "readable by group (mode 0640)"],
+         toml='nats_token = "s3cret"\n', files={"moa.toml": ("", 0o640)}),
+    Case("an nkey seed readable by others",
+         ["--uplink", UPLINK, "--nats", "nats://127.0.0.1:1", "--nats-nkey", "{tmp}/box1.nk"],
+         ["--nats-nkey", "box1.nk", "readable by others (mode 0604)", "chmod 600"],
+         files={"box1.nk": ("SUAAAA\n", 0o604)}),
+    Case("a password file readable by others",
+         ["--uplink", UPLINK, "--nats", "nats://127.0.0.1:1", "--nats-user", "moa",
+          "--nats-password-file", "{tmp}/pw"], ["--nats-password-file", "pw", "mode 0644"],
+         files={"pw": ("s3cret\n", 0o644)}),
+    Case("a creds file that does not exist",
+         ["--uplink", UPLINK, "--nats", "nats://127.0.0.1:1", "--nats-creds", "{tmp}/x.creds"],
+         ["--nats-creds", "x.creds", "does not exist"]),
+    Case("--nats-password on the command line", ["--uplink", UPLINK, "--nats-password", "s3c"],
+         ["--nats-password", "`ps`", "MOA_NATS_PASSWORD", "--nats-password-file"]),
+    Case("--nats-token on the command line", ["--uplink", UPLINK, "--nats-token", "s3c"],
+         ["--nats-token", "`ps`", "MOA_NATS_TOKEN", "--nats-token-file"]),
+    Case("credentials in the --nats URL", ["--uplink", UPLINK, "--nats",
+                                           "nats://moa:s3c@127.0.0.1:1"],
+         ["--nats URL carries credentials", "`ps`"]),
+    Case("two ways to authenticate",
+         ["--uplink", UPLINK, "--nats", "nats://127.0.0.1:1", "--nats-nkey", "{tmp}/a.nk",
+          "--nats-creds", "{tmp}/a.creds"], ["an nkey and a creds file", "use one"],
+         files={"a.nk": ("SUAAAA\n", 0o600), "a.creds": ("x\n", 0o600)}),
+    Case("a password without a user", ["--uplink", UPLINK, "--nats", "nats://127.0.0.1:1",
+                                       "--nats-password-file", "{tmp}/pw"],
+         ["password needs a user", "--nats-user"], files={"pw": ("s3cret\n", 0o600)}),
+    Case("a password and its file in --config", [], ["nats_password and nats_password_file",
+                                                    "keep one"],
+         toml='nats_password = "a"\nnats_password_file = "/x"\n', files={"moa.toml": ("", 0o600)}),
+    Case("a client credential for the embedded server", ["--uplink", UPLINK, "--nats-nkey",
+                                                         "{tmp}/a.nk"],
+         ["--nats-nkey", "external NATS server", "embedded nats-server"],
+         files={"a.nk": ("SUAAAA\n", 0o600)}),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_settings_error_exits_2_with_one_line(netns_box: Box, tmp_path: Path, case: Case) -> None:
     args = [a.replace("{tmp}", str(tmp_path)) for a in case.args]
+    for name, (content, mode) in (case.files or {}).items():
+        (tmp_path / name).write_text(content)
+        (tmp_path / name).chmod(mode)
     if case.toml is not None:
         (tmp_path / "moa.toml").write_text(case.toml)
         args += ["--config", str(tmp_path / "moa.toml")]
@@ -235,9 +280,9 @@ accounts {{
 def test_account_without_jetstream_exits_1_with_one_line(
         netns_box: Box, nats_server_js_for_one_account: NatsServer) -> None:
     url = nats_server_js_for_one_account.url
-    r = moa_serve("--nats", url, "--nats-user", "b", "--nats-password", "b", "--host", "acct",
+    r = moa_serve("--nats", url, "--nats-user", "b", "--host", "acct",
                   "--netns", netns_box.netns, "--pin-root", netns_box.pin_root, "--uplink", UPLINK,
-                  "--allow-loss-only")
+                  "--allow-loss-only", env={"MOA_NATS_PASSWORD": "b"})
     assert r.code == 1, r
     assert len(r.lines) == 1 and "Traceback" not in r.stderr, r.stderr
     assert f"the NATS server at {url} has JetStream, but not for the account" in r.lines[0]
@@ -297,6 +342,7 @@ def test_every_config_key_is_type_checked(tmp_path: Path, monkeypatch: pytest.Mo
     for name in names:
         value, kind = _WRONG[_field_type(name)]
         conf.write_text(f"{name} = {value}\n")
+        conf.chmod(0o600)  # nats_password and nats_token are secrets: root's eyes only
         with pytest.raises(SettingsError) as e:
             serve_cli.settings_from_args(_serve_args(["--config", str(conf)]))
         message = str(e.value)
@@ -304,6 +350,7 @@ def test_every_config_key_is_type_checked(tmp_path: Path, monkeypatch: pytest.Mo
     good = {bool: "true", int: "3", float: "2", str: '"abc"'}
     for name in names:
         conf.write_text(f"{name} = {good[_field_type(name)]}\n")
+        conf.chmod(0o600)
         s = serve_cli.settings_from_args(_serve_args(["--config", str(conf)]))
         want = tomllib.loads(conf.read_text())[name]
         got = getattr(s, name)

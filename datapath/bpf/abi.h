@@ -131,6 +131,27 @@ struct moa_box {
 	__u64 reserved[3];
 };
 
+/*
+ * The UDP ports that carry VXLAN besides vxlan_port (config.h), one bit per port (bit p % 64 of
+ * word p / 64): moa_vxlan_ports, one entry, written by userspace only. It holds the ports of
+ * moa's VTEPs (an endpoint's `port`), set before a VTEP on it exists (datapath/plan/ports.py).
+ */
+struct moa_port_set {
+	__u64 bits[1024];
+};
+
+/*
+ * A device's root qdisc tree as it was before moa put sch_fq there (moa_saved_qdiscs, key: the
+ * device's name, NUL-padded): its qdiscs, classes and filters as rtnetlink messages, put back
+ * when moa releases the device (datapath/netlink/qdisc_tree.py). Userspace only. It lives in
+ * the kernel beside what replaced it: a restarted service still knows what to put back.
+ */
+struct moa_saved_qdiscs {
+	__u32 len;		/* bytes of data used */
+	__u32 reserved;
+	__u8 data[65528];
+};
+
 /* 2: reserved[] added (version 1 had none). */
 #define MOA_DROP_EVENT_VERSION 2
 

@@ -22,7 +22,10 @@ const volatile __u32 mark_mask = 0xffff0000;
 
 /*
  * A departure further ahead of now than this is dropped (MOA_DROP_HORIZON) rather than handed
- * to sch_fq, whose own horizon (10 s by default, horizon_drop) would drop it silently.
+ * to sch_fq, whose own horizon (moa sets the same, rounded up to fq's µs) would drop it
+ * silently. A service sets the box's horizon here (moa serve --horizon, 30 s by default, raised
+ * at start to what the box holds) and refuses a link that could go beyond it
+ * (datapath/limits.py); 10 s is fq's default, for a classifier loaded without it.
  */
 const volatile __u64 horizon_ns = 10ULL * 1000 * 1000 * 1000;
 

@@ -54,6 +54,24 @@ struct {
 	__type(value, struct moa_box);
 } moa_box SEC(".maps");
 
+/* VXLAN ports besides vxlan_port (struct moa_port_set), one entry; userspace writes it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct moa_port_set);
+} moa_vxlan_ports SEC(".maps");
+
+/* The uplink's (or its slaves') root qdisc tree before sch_fq (struct moa_saved_qdiscs), by
+ * device name; userspace only, allocated when written. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, char[16]);
+	__type(value, struct moa_saved_qdiscs);
+} moa_saved_qdiscs SEC(".maps");
+
 /* Drop events (struct moa_drop_event). */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

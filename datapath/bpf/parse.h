@@ -3,7 +3,8 @@
  * parse.h - find the VNI of a VXLAN frame, and the inner header length of a GSO packet.
  *
  * Accepted: Ethernet, up to two 802.1Q/802.1ad tags, IPv4 (any ihl >= 5, not a fragment) or
- * IPv6 whose next header is UDP, UDP to vxlan_port, a VXLAN header with the I flag. Anything
+ * IPv6 whose next header is UDP, UDP to vxlan_port or to a port of moa_vxlan_ports (the ports
+ * of moa's VTEPs, an endpoint's `port`), a VXLAN header with the I flag. Anything
  * else - including IPv6 with extension headers, which the Linux VXLAN driver never emits, and
  * IPv4 fragments, whose UDP header is absent or whose length we could not charge - is "not
  * VXLAN" and passes untouched.
@@ -24,6 +25,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "config.h"
+#include "maps.h"
 
 #ifndef ETH_P_8021AD
 #define ETH_P_8021AD 0x88A8
@@ -60,6 +62,29 @@ struct moa_pkt {
 	__u32 vni;
 	__u32 outer_len;	/* bytes before the inner Ethernet header */
 };
+
+/* A UDP destination port (host order) that carries VXLAN: vxlan_port, without a lookup, or a
+ * port whose bit is set in moa_vxlan_ports. */
+static __always_inline int moa_vxlan_port(__u16 port)
+{
+	struct moa_port_set *set;
+	__u32 zero = 0;
+
+	__u32 word = port >> 6;
+
+	if (port == (__u16)vxlan_port)
+		return 1;
+	set = bpf_map_lookup_elem(&moa_vxlan_ports, &zero);
+	if (!set)
+		return 0;
+	/* Bound the index where it is used: 6.1's verifier loses a u16's range when the value is
+	 * spilled to the stack around the lookup, and clang would drop a check it can prove
+	 * redundant unless the value is hidden from it. */
+	asm volatile("" : "+r"(word));
+	if (word >= 1024)
+		return 0;
+	return (set->bits[word] >> (port & 63)) & 1;
+}
 
 /* Ethernet + up to two VLAN tags. Returns the L3 offset or 0 if truncated; *proto = ethertype. */
 static __always_inline __u32 moa_parse_eth(void *data, void *data_end, __u32 off, __be16 *proto)
@@ -121,7 +146,7 @@ static __always_inline int moa_parse_outer(void *data, void *data_end, struct mo
 	udp = data + off;
 	if ((void *)(udp + 1) > data_end)
 		return MOA_PARSE_SHORT;
-	if (udp->dest != bpf_htons((__u16)vxlan_port))
+	if (!moa_vxlan_port(bpf_ntohs(udp->dest)))
 		return MOA_PARSE_OTHER;
 	off += sizeof(*udp);
 

@@ -7,4 +7,5 @@ Modules, by what each talks to:
     tc.py       clsact and moa's bpf filters (pyroute2), sch_fq (iproute2's tc): Netlink's tc half
     raw.py      rtnetlink by hand, pipelined: a plan's bulk operations and fast dumps; the
                 kernel's numbers (IFF_UP, TC_INGRESS, ...) used by the package
+    qdisc_tree.py  a device's root qdisc tree kept as rtnetlink messages, and put back
 """

@@ -7,8 +7,12 @@ thread. Only devices carrying moa's mark (datapath/netlink/model.py) are modifie
 """
 from __future__ import annotations
 
+import array
 import errno
+import fcntl
 import ipaddress
+import socket
+import struct
 import threading
 from typing import Any
 
@@ -20,6 +24,7 @@ from datapath.netlink.model import DatapathNetlinkError, MoaDevice, NotOurs, Vte
 from datapath.netlink.raw import IFF_UP, IN6_ADDR_GEN_MODE_NONE, Rtnl
 from datapath.netlink.tc import TrafficControl
 
+SIOCETHTOOL, ETHTOOL_GSET = 0x8946, 0x1
 XDP_FLAGS_SKB_MODE = 2  # VXLAN has no native XDP; attach AND detach must say generic mode
 # moa's VTEPs and bridges are part of the wire: they must put no frame of their own into an
 # experiment. With an IPv6 link-local address a device sends DAD, router solicitations and MLD
@@ -247,3 +252,18 @@ class Netlink(TrafficControl):
 
     def mtu(self, name: str) -> int:
         return self._link_msg(self.require_ifindex(name)).get("IFLA_MTU")
+
+    def link_speed_bps(self, name: str) -> int | None:
+        """The device's speed as its driver reports it (ethtool's, ETHTOOL_GSET; a bond's is
+        the sum of its active slaves'), None when unknown. The socket is made on this thread,
+        so the ioctl names a device of the box's namespace."""
+        self._check_thread()
+        cmd = array.array("B", struct.pack("=I", ETHTOOL_GSET) + bytes(40))  # struct ethtool_cmd
+        ifreq = struct.pack("16sP", name.encode()[:15], cmd.buffer_info()[0]).ljust(40, b"\0")
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                fcntl.ioctl(s.fileno(), SIOCETHTOOL, ifreq)
+        except OSError:
+            return None
+        mbps = struct.unpack_from("=H", cmd, 12)[0] | struct.unpack_from("=H", cmd, 28)[0] << 16
+        return None if mbps in (0, 0xFFFF, 0xFFFFFFFF) else mbps * 1_000_000

@@ -4,13 +4,27 @@ What moa creates is marked with an ifalias `moa:<materialization>:<link>` (both 
 percent-encoded so that a ':' inside an id cannot be mistaken for the separator); tc filters moa
 attaches carry a name starting with `moa` (datapath/netlink/tc.py). Nothing else is ever modified
 or deleted. Nothing here talks to the kernel: the planner uses these types without netlink.
+
+The kernel keeps at most IFALIASZ - 1 = 255 bytes of an alias (pyroute2's encoding of it one
+less: the kernel answered a 255-byte alias set through it with ERANGE), and two valid ids of 128
+characters, each ':' encoded as `%3A`, take up to 773. So each part gets at most 124 bytes
+(253 in all): a part that is longer keeps its first 91 bytes and ends in `#` and 32 hex digits
+of the SHA-256 of the whole id (no valid id contains `#`, so a hashed part is never mistaken for an id). Such a part is
+a key, not an id: `owner_key(id)` is what `parse_alias` gives back for a device of that id (the
+id itself when it fits), and everything that matches devices to ids compares keys. The id is
+recoverable from the desired state, which holds the whole id: the one whose key matches.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
 ALIAS_PREFIX = "moa:"
+ALIAS_MAX = 255  # IFALIASZ (256) minus its NUL
+ALIAS_PART_MAX = 124  # two parts, the prefix and ':' in 253 bytes (module doc)
+HASH_MARK = "#"
+_HASH_HEX = 32
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 
 
@@ -26,18 +40,41 @@ class NotOurs(DatapathNetlinkError):
     """A device with the name moa wants exists and is not marked as moa's: it is never touched."""
 
 
+def alias_part(ident: str) -> str:
+    """One part of an alias: the id percent-encoded, or hashed when that exceeds
+    ALIAS_PART_MAX (module doc). A key (a hashed part) is its own part."""
+    if HASH_MARK in ident:
+        return ident
+    encoded = quote(ident, safe="")
+    if len(encoded) <= ALIAS_PART_MAX:
+        return encoded
+    digest = hashlib.sha256(ident.encode()).hexdigest()[:_HASH_HEX]
+    return encoded[:ALIAS_PART_MAX - 1 - _HASH_HEX] + HASH_MARK + digest
+
+
+def _from_part(part: str) -> str:
+    return part if HASH_MARK in part else unquote(part)
+
+
+def owner_key(ident: str) -> str:
+    """What parse_alias gives back for a device of `ident`: the id itself when its part fits,
+    else its hashed part. Devices are matched to ids by comparing keys."""
+    return _from_part(alias_part(ident))
+
+
 def make_alias(materialization: str, link: str) -> str:
-    return f"{ALIAS_PREFIX}{quote(materialization, safe='')}:{quote(link, safe='')}"
+    """`moa:<materialization>:<link>`, at most ALIAS_MAX bytes whatever the ids (module doc)."""
+    return f"{ALIAS_PREFIX}{alias_part(materialization)}:{alias_part(link)}"
 
 
 def parse_alias(alias: str | None) -> tuple[str, str] | None:
-    """(materialization, link) of a moa alias, None for anything else."""
+    """(materialization, link) of a moa alias as keys (owner_key), None for anything else."""
     if not alias or not alias.startswith(ALIAS_PREFIX):
         return None
     parts = alias[len(ALIAS_PREFIX):].split(":")
     if len(parts) != 2:
         return None
-    return unquote(parts[0]), unquote(parts[1])
+    return _from_part(parts[0]), _from_part(parts[1])
 
 
 @dataclass(frozen=True)

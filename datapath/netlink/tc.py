@@ -13,14 +13,17 @@ from typing import TYPE_CHECKING
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from datapath.netlink import qdisc_tree
 from datapath.netlink.model import DatapathNetlinkError, FqSizing, FqUnavailable, NotOurs
-from datapath.netlink.raw import TC_EGRESS, TC_H_ROOT, TC_INGRESS
+from datapath.netlink.raw import TC_EGRESS, TC_H_ROOT, TC_INGRESS, Rtnl
 
 # moa's tc filters sit at one fixed priority/handle per hook so that finding and replacing them
 # needs no state: another tool's filters at other priorities are left alone.
 MOA_TC_PRIO = 0xA0
 MOA_TC_HANDLE = 1
 MOA_FILTER_PREFIX = "moa"
+# moa's sch_fq has this handle ("MO"): the root qdisc moa put there, never one to keep.
+MOA_FQ_HANDLE = 0x4D4F
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class TrafficControl:
     check and the ifindex lookups."""
 
     ipr: IPRoute
+    rtnl: Rtnl
 
     if TYPE_CHECKING:
         def _check_thread(self) -> None: ...
@@ -160,8 +164,8 @@ class TrafficControl:
 
     @staticmethod
     def _fq_args(name: str, sizing: FqSizing) -> list[str]:
-        horizon_us = max(1, sizing.horizon_ns // 1000)
-        return ["qdisc", "replace", "dev", name, "root", "fq",
+        horizon_us = max(1, -(-sizing.horizon_ns // 1000))  # up: never before the classifier's
+        return ["qdisc", "replace", "dev", name, "root", "handle", f"{MOA_FQ_HANDLE:x}:", "fq",
                 "limit", str(sizing.limit), "flow_limit", str(sizing.flow_limit),
                 "buckets", str(sizing.buckets), "orphan_mask", str(sizing.orphan_mask),
                 "horizon", f"{horizon_us}us", "horizon_drop"]
@@ -202,3 +206,25 @@ class TrafficControl:
         r = self._tc_cli("qdisc", "del", "dev", name, "root")
         if r.returncode != 0:
             raise DatapathNetlinkError(f"removing sch_fq from {name}: {r.stderr.strip()}")
+
+    # -- the root qdisc tree sch_fq replaces ------------------------------------------------------
+
+    def root_tree(self, name: str) -> bytes | None:
+        """The device's root qdisc tree as saved bytes (datapath/netlink/qdisc_tree.py): b""
+        when its root is the kernel's default, None when it is moa's sch_fq (nothing to keep)."""
+        self._check_thread()
+        index = self.require_ifindex(name)
+        tree = qdisc_tree.read_tree(self.rtnl, index)
+        if any(o.parent == TC_H_ROOT and o.handle >> 16 == MOA_FQ_HANDLE and o.kind == "fq"
+               for o in tree):
+            return None
+        return qdisc_tree.encode(tree)
+
+    def restore_root_tree(self, name: str, saved: bytes) -> None:
+        """Put a saved root tree back (b"": the kernel's default root, nothing to do)."""
+        self._check_thread()
+        index = self.require_ifindex(name)
+        missing = qdisc_tree.restore(self.rtnl, index, qdisc_tree.decode(saved))
+        if missing:
+            raise DatapathNetlinkError(f"the root qdisc tree of {name} did not all come back: "
+                                       f"{'; '.join(missing)}")

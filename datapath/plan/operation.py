@@ -16,13 +16,22 @@ from datapath.pair import PairMode, PairProgram
 
 
 class LinkTable(Protocol):
-    """Where link parameters live: the classifier's moa_links map (datapath.classifier)."""
+    """Where link parameters live: the classifier's moa_links map (datapath.classifier), and
+    the VXLAN ports it takes (moa_vxlan_ports)."""
 
     def set_link_stages(self, vni: int, stages: bytes) -> Any: ...
 
     def restore_link(self, vni: int, raw_link: bytes) -> Any: ...
 
     def delete_link(self, vni: int) -> Any: ...
+
+    def set_vxlan_ports(self, ports: frozenset[int]) -> Any: ...
+
+    def saved_qdiscs(self, device: str) -> bytes | None: ...
+
+    def save_qdiscs(self, device: str, tree: bytes) -> Any: ...
+
+    def forget_qdiscs(self, device: str) -> Any: ...
 
 
 class ProgramFd(Protocol):

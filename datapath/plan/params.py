@@ -1,11 +1,18 @@
 """Link parameters: a VNI's stages written to (or removed from) the classifier's moa_links map."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import schemas
+from datapath import faults
 from datapath.emulation import queue_bytes
 from datapath.plan.operation import Env, Operation
+from datapath.plan.runner import PlanError
+
+# A VNI's (egress, ingress) stages (datapath.plan.planner.Stages; planner imports this module).
+Stages = tuple[schemas.Emulation | None, schemas.Emulation | None]
 
 
 @dataclass(frozen=True)
@@ -75,3 +82,40 @@ def _emu(e: schemas.Emulation | None) -> str:
     if e.capacity:
         parts.append(f"capacity {e.capacity}bit/s queue {queue_bytes(e)}B")
     return ", ".join(parts) or "pass"
+
+
+def write_params(classifier: Any, m: schemas.Materialize,
+                 stages_of: Callable[[schemas.Link], Stages],
+                 encode: Callable[[Stages], bytes]) -> int | None:
+    """An Update's path: only the parameters of m's VNIs, in one batch write against what the
+    classifier's map holds now (`classifier`: datapath.classifier.Classifier); how many changed.
+    None when a VNI of m has no entry in the map (the box drifted: plan instead). All or
+    nothing: a failed write is undone by writing back the entries read before (PlanError)."""
+    stages: dict[int, tuple[Stages, bytes, str]] = {}
+    for link in m.links:
+        s = stages_of(link)
+        enc = encode(s)
+        for ep in link.endpoints:
+            stages[ep.vni] = (s, enc, link.id)
+    before = classifier.raw_links(stages)
+    if len(before) != len(stages):
+        return None
+    changes = {vni: enc for vni, (_, enc, _) in stages.items()
+               if classifier.stages_of(before[vni]) != enc}
+    if not changes:
+        return 0
+    try:
+        faults.hit("params.before-write", m.id)
+        classifier.update_links(changes)
+        faults.hit("params.after-write", m.id)
+    except Exception as e:
+        vni = next(iter(changes))
+        (egress, ingress), _, link = stages[vni]
+        op = SetLinkParams(vni, egress, ingress, changes[vni], before[vni], m.id,
+                           f"{link} and {len(changes) - 1} more")
+        try:
+            classifier.update_links({v: classifier.stages_of(before[v]) for v in changes})
+        except Exception as re:
+            raise PlanError(op, e, 0, [(op, re)]) from e
+        raise PlanError(op, e, 0) from e
+    return len(changes)

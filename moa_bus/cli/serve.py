@@ -14,12 +14,20 @@ import logging
 import sys
 from dataclasses import fields
 
-from moa_bus.cli import client
+from moa_bus.cli import client, environment
 from moa_bus.service.embedded_nats import DEFAULT_PORT
-from moa_bus.service.settings import DEFAULT_STATE_DIR, ServeSettings, SettingsError, resolve
+from moa_bus.service.settings import (
+    DEFAULT_STATE_DIR, ServeSettings, SettingsError, resolve, size_argument,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Run the service. Without --nats it starts an embedded nats-server on 127.0.0.1 that "
+        "admits only the holder of the credential kept in <state-dir>/local.nk (made at first "
+        "start, readable by root only); the local `moa` commands use it by themselves.")
+    parser.epilog = environment.epilog(serve=True)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     client.add_nats_arguments(parser)
     parser.add_argument("--config", metavar="FILE", help="TOML settings (see `moa serve --help`)")
     parser.add_argument("--host", help="this box's id in subjects (env MOA_HOST; default hostname)")
@@ -27,8 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local", help="VTEP source address (default: the uplink's IPv4 address)")
     parser.add_argument("--allow-loss-only", action="store_true", default=None,
                         help="on a kernel without sch_fq, run anyway: loss only")
-    parser.add_argument("--state-dir", help="the box's desired state (desired/<host>/) and the "
-                        f"embedded nats-server's store (nats/); default {DEFAULT_STATE_DIR}")
+    parser.add_argument("--state-dir", help="the box's desired state (desired/<host>/), the "
+                        "embedded nats-server's store (nats/) and credential (local.nk); env "
+                        f"MOA_STATE_DIR; default {DEFAULT_STATE_DIR}")
     parser.add_argument("--embedded-port", type=int, help=f"embedded nats-server's port ({DEFAULT_PORT})")
     parser.add_argument("--stats-interval", type=float, help="s between link counter messages (1)")
     parser.add_argument("--drop-interval", type=float, help="s between drop batches (0.25)")
@@ -40,6 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics", metavar="ADDR:PORT",
                         help="serve Prometheus metrics on http://ADDR:PORT/metrics (off by "
                              "default; e.g. 127.0.0.1:9464; docs/metrics.md)")
+    parser.add_argument("--horizon", type=float,
+                        help="s: no departure further ahead (30); a link needing more is refused "
+                             "unsupported")
+    parser.add_argument("--fq-memory-max", metavar="SIZE", type=size_argument,
+                        help="worst-case sch_fq memory a change may bring the box to, e.g. 8GiB "
+                             "(default: half the machine's memory)")
     parser.add_argument("--ack-wait", type=float,
                         help="s JetStream waits for an event's ack before redelivering it (30); "
                              "used when moa creates its consumer")

@@ -188,8 +188,9 @@ class Testbed:
             raise
         return self
 
-    def add_endpoint(self, node: int, vni: int, addr: str) -> Endpoint:
-        """A node's VXLAN endpoint for VNI `vni`, pointing at the box, with inner address `addr`.
+    def add_endpoint(self, node: int, vni: int, addr: str, port: int = VXLAN_PORT) -> Endpoint:
+        """A node's VXLAN endpoint for VNI `vni`, pointing at the box, with inner address `addr`
+        (its UDP port `port`: the box's VTEP for it must use the same).
 
         Created in the hypervisor (which keeps its UDP socket and underlay), then moved into
         the node namespace: the node sees a plain Ethernet device with offloads on.
@@ -197,7 +198,7 @@ class Testbed:
         dev = f"vx{vni}"
         hv = self.hv(node)
         sh("ip", "-n", hv, "link", "add", dev, "type", "vxlan", "id", str(vni),
-           "local", self.hv_addr(node), "remote", BOX_ADDR, "dstport", str(VXLAN_PORT),
+           "local", self.hv_addr(node), "remote", BOX_ADDR, "dstport", str(port),
            "dev", "eth0", "nolearning")
         sh("ip", "-n", hv, "link", "set", dev, "netns", self.node(node))
         sh("ip", "-n", self.node(node), "addr", "add", addr, "dev", dev)

@@ -11,7 +11,7 @@ from pathlib import Path
 from datapath.api import Datapath
 from moa_bus.service.box_checks import no_fq, require_uplink, uplink_ipv4
 from moa_bus.service.desired import DesiredState, StateStore
-from moa_bus.service.settings import ServeSettings
+from moa_bus.service.settings import ServeSettings, fq_memory_max_bytes, horizon_ns
 
 log = logging.getLogger("moa.bus")
 
@@ -41,9 +41,10 @@ async def open_kernel_box(s: ServeSettings) -> OpenedBox:
     held, stored_generation = store.load()  # a damaged state stops us before the kernel
     local = s.local or uplink_ipv4(uplink, s.netns)
     config = DatapathConfig(uplink=uplink, local=local, netns=s.netns, pin_root=s.pin_root,
-                            allow_loss_only=s.allow_loss_only, host=s.host)
+                            allow_loss_only=s.allow_loss_only, host=s.host,
+                            horizon_ns=horizon_ns(s), fq_memory_max=fq_memory_max_bytes(s))
     try:
-        datapath = await KernelDatapath.start(config)
+        datapath = await KernelDatapath.start(config, [h.materialize for h in held.values()])
     except FqUnavailable as e:
         raise no_fq(str(e)) from None
     try:

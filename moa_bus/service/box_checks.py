@@ -11,7 +11,7 @@ import os
 import subprocess
 import uuid
 
-from moa_bus.service.settings import ServeSettings, SettingsError, setting_name
+from moa_bus.service.settings import ServeSettings, SettingsError, check_nats
 
 
 def run_command(*cmd: str) -> subprocess.CompletedProcess[str]:
@@ -129,10 +129,7 @@ def check_box(s: ServeSettings) -> None:
                                 "address (default: the uplink's first IPv4 address)") from None
     else:
         first_ipv4(uplink, addrs)
-    for name in ("nats_nkey", "nats_ca", "nats_cert", "nats_key"):
-        path = getattr(s, name)
-        if path is not None and not os.path.isfile(path):
-            raise SettingsError(f"{setting_name(name)}: {path} does not exist")
+    check_nats(s)  # the NATS options against each other, files holding a secret private
     if not s.allow_loss_only:
         probed = probe_fq()
         if probed is not None and not probed[0]:

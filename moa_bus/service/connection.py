@@ -1,5 +1,8 @@
 """Connecting to NATS: authentication and TLS options, a bounded first connect, then reconnect forever.
 
+Secrets reach this module as values read from files or the environment by the command line
+(moa_bus/cli/client.py) or the settings (settings.py): never from a command line.
+
 nats-py retries the *initial* connect max_reconnect_attempts x reconnect_time_wait (about 120 s by
 default, even with allow_reconnect=False): here the first connect is bounded by a deadline and fails
 with a message naming the URL and the last error; once connected, the client reconnects for as long
@@ -33,11 +36,15 @@ class NatsOptions:
     password: str | None = None
     token: str | None = None
     nkey_seed_file: str | None = None
+    creds_file: str | None = None  # a NATS .creds file: user JWT + nkey seed (operator mode)
+    inbox_prefix: str | None = None  # replies come to <prefix>.*: what the user may subscribe to
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
     connect_timeout: float = 5.0  # seconds for the whole first connect, all attempts included
     name: str = "moa"
+    # Said after an authorization refusal: which credential was (not) used and why.
+    auth_hint: str | None = None
 
 
 def tls_context(opts: NatsOptions) -> ssl.SSLContext | None:
@@ -52,15 +59,21 @@ def tls_context(opts: NatsOptions) -> ssl.SSLContext | None:
 
 def _connect_kwargs(opts: NatsOptions) -> dict[str, Any]:
     kw: dict[str, Any] = {"name": opts.name}
-    if opts.user is not None:
+    if opts.user:
         kw["user"] = opts.user
         kw["password"] = opts.password or ""
-    if opts.token is not None:
+    if opts.token:
         kw["token"] = opts.token
-    if opts.nkey_seed_file is not None:
+    if opts.nkey_seed_file:
         if not os.path.isfile(opts.nkey_seed_file):
             raise BusConnectError(f"nkey seed file {opts.nkey_seed_file} does not exist")
         kw["nkeys_seed"] = opts.nkey_seed_file
+    if opts.creds_file:
+        if not os.path.isfile(opts.creds_file):
+            raise BusConnectError(f"creds file {opts.creds_file} does not exist")
+        kw["user_credentials"] = opts.creds_file
+    if opts.inbox_prefix:
+        kw["inbox_prefix"] = opts.inbox_prefix
     ctx = tls_context(opts)
     if ctx is not None:
         kw["tls"] = ctx
@@ -108,6 +121,8 @@ async def connect(opts: NatsOptions, **callbacks: Any) -> Client:
         auth = [x for x in errors if "uthoriz" in f"{type(x).__name__} {x}"]
         last = auth[0] if auth else errors[-1] if errors else e
         why = f"{type(last).__name__}: {last}" if str(last) else type(last).__name__
+        if auth and opts.auth_hint:
+            why += f"; {opts.auth_hint}"
         raise BusConnectError(
             f"cannot connect to NATS at {opts.url} within {opts.connect_timeout:g} s ({why})"
         ) from e

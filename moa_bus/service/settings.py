@@ -1,15 +1,20 @@
 """`moa serve`'s settings: the fields, where each comes from, and the checks of their values.
 
-Settings come from the command line, then the environment (MOA_NATS_URL through the command
-line's defaults, MOA_HOST, MOA_UPLINK), then --config FILE (TOML, keys named like the long
-options: nats, host, uplink, local, allow_loss_only, state_dir, embedded_port, stats_interval,
-drop_interval, netns, pin_root, nats_user, nats_password, nats_token, nats_nkey, nats_ca,
-nats_cert, nats_key, connect_timeout, stream_replicas, ack_wait, metrics), then defaults. A NATS
-URL may be a comma-separated list of a cluster's servers. A value that cannot be used is a
-SettingsError saying what to change (`moa serve` prints it and exits 2).
+Settings come from the command line, then the environment (MOA_NATS_URL, MOA_NATS_USER,
+MOA_NATS_NKEY, MOA_NATS_CREDS, MOA_NATS_INBOX_PREFIX through the command line's defaults;
+MOA_HOST, MOA_UPLINK, MOA_STATE_DIR, MOA_NATS_PASSWORD, MOA_NATS_TOKEN here), then --config FILE
+(TOML, keys named like the long options: nats, host, uplink, local, allow_loss_only, state_dir,
+embedded_port, stats_interval, drop_interval, netns, pin_root, nats_user, nats_password_file,
+nats_token_file, nats_nkey, nats_creds, nats_inbox_prefix, nats_ca, nats_cert, nats_key,
+connect_timeout, stream_replicas, ack_wait, horizon, fq_memory_max, metrics; and nats_password,
+nats_token, which have no option: a secret never goes in a command line), then defaults. A
+--config file that holds a secret must be readable by its owner only. A NATS URL may be a
+comma-separated list of a cluster's servers. A value that cannot be used is a SettingsError
+saying what to change (`moa serve` prints it and exits 2).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import tomllib
@@ -18,11 +23,21 @@ import typing
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
 
-from moa_bus.service import connection
+import schemas
+from datapath import limits
+from moa_bus.service import connection, credentials
+from moa_bus.service.credentials import DEFAULT_STATE_DIR, CredentialError
 from moa_bus.service.embedded_nats import DEFAULT_PORT
 from moa_bus.service.subjects import check_host, default_host
 
-DEFAULT_STATE_DIR = "/var/lib/moa"
+# Keys of --config that hold a secret: the file must then be readable by its owner only.
+SECRET_KEYS = ("nats_password", "nats_token")
+# A secret and the file holding it are one setting: a layer that sets one clears the other.
+SECRET_PAIRS = (("nats_password", "nats_password_file"), ("nats_token", "nats_token_file"))
+# The options of a NATS client: meaningless for the embedded server, which has its own credential.
+CLIENT_KEYS = ("nats_user", "nats_password", "nats_password_file", "nats_token",
+               "nats_token_file", "nats_nkey", "nats_creds", "nats_inbox_prefix", "nats_ca",
+               "nats_cert", "nats_key")
 
 
 @dataclass
@@ -39,9 +54,13 @@ class ServeSettings:
     netns: str | None = None
     pin_root: str = "/sys/fs/bpf/moa"
     nats_user: str | None = None
-    nats_password: str | None = None
-    nats_token: str | None = None
-    nats_nkey: str | None = None
+    nats_password: str | None = None  # --config or MOA_NATS_PASSWORD only (never argv)
+    nats_password_file: str | None = None  # its first line is the password
+    nats_token: str | None = None  # --config or MOA_NATS_TOKEN only (never argv)
+    nats_token_file: str | None = None
+    nats_nkey: str | None = None  # an nkey seed file
+    nats_creds: str | None = None  # a NATS .creds file (user JWT and seed)
+    nats_inbox_prefix: str | None = None  # the inbox the server's permissions give this user
     nats_ca: str | None = None
     nats_cert: str | None = None
     nats_key: str | None = None
@@ -49,12 +68,31 @@ class ServeSettings:
     stream_replicas: int = 1  # replicas of the JetStream events stream moa creates (3 on a cluster)
     ack_wait: float = 30.0  # s JetStream waits for an ack before redelivering an event
     metrics: str | None = None  # ADDR:PORT of the Prometheus endpoint; None: off
+    # s: no departure further ahead (classifier and sch_fq); a link that would need more is
+    # refused, and at start it is raised to what the desired state holds (datapath/limits.py)
+    horizon: float = limits.DEFAULT_HORIZON_NS / limits.NSEC
+    # bytes: the worst-case sch_fq memory a change may bring the box to (on the command line a
+    # size such as 8GiB); default: half of the machine's memory (MemTotal)
+    fq_memory_max: int | None = None
 
-    def nats_options(self, url: str) -> connection.NatsOptions:
+    def nats_options(self, url: str, local_seed: str | None = None) -> connection.NatsOptions:
+        """How to connect to `url`: with the embedded server's credential `local_seed`, else with
+        these settings (password and token files read now; CredentialError if one cannot be)."""
+        name = f"moa-serve-{self.host}"
+        if local_seed is not None:
+            return connection.NatsOptions(url=url, nkey_seed_file=local_seed, name=name,
+                                          connect_timeout=self.connect_timeout)
+        password, token = self.nats_password, self.nats_token
+        if self.nats_password_file:
+            password = credentials.read_secret(self.nats_password_file,
+                                               setting_name("nats_password_file"))
+        if self.nats_token_file:
+            token = credentials.read_secret(self.nats_token_file, setting_name("nats_token_file"))
         return connection.NatsOptions(
-            url=url, user=self.nats_user, password=self.nats_password, token=self.nats_token,
-            nkey_seed_file=self.nats_nkey, tls_ca=self.nats_ca, tls_cert=self.nats_cert,
-            tls_key=self.nats_key, connect_timeout=self.connect_timeout, name=f"moa-serve-{self.host}")
+            url=url, user=self.nats_user, password=password, token=token,
+            nkey_seed_file=self.nats_nkey, creds_file=self.nats_creds,
+            inbox_prefix=self.nats_inbox_prefix, tls_ca=self.nats_ca, tls_cert=self.nats_cert,
+            tls_key=self.nats_key, connect_timeout=self.connect_timeout, name=name)
 
 
 class SettingsError(ValueError):
@@ -63,7 +101,8 @@ class SettingsError(ValueError):
 
 def resolve(config: str | None, given: Mapping[str, object]) -> ServeSettings:
     """The settings from `given` (the command line's values by field name; None or "" is not
-    given) > MOA_HOST/MOA_UPLINK > the TOML file `config` > built-in defaults."""
+    given) > MOA_HOST, MOA_UPLINK, MOA_STATE_DIR, MOA_NATS_PASSWORD, MOA_NATS_TOKEN > the TOML
+    file `config` > built-in defaults."""
     s = ServeSettings()
     names = {f.name for f in fields(ServeSettings)}
     if config:
@@ -75,26 +114,47 @@ def resolve(config: str | None, given: Mapping[str, object]) -> ServeSettings:
                 f"--config {config}: cannot read it ({e.strerror or e})") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise SettingsError(f"--config {config} is not valid TOML: {e}") from None
+        secrets = [key for key in SECRET_KEYS if key in conf]
+        if secrets:
+            try:
+                credentials.check_private(config, f"--config ({', '.join(secrets)})")
+            except CredentialError as e:
+                raise SettingsError(str(e)) from None
         for key, value in conf.items():
             if key not in names:
                 raise SettingsError(f"--config {config}: unknown key {key!r} "
                                     f"(known: {', '.join(sorted(names))})")
             setattr(s, key, _checked_toml_value(config, key, value))
-    env = {"host": os.environ.get("MOA_HOST"), "uplink": os.environ.get("MOA_UPLINK")}
-    for key, value in env.items():
-        if value:
-            setattr(s, key, value)
-    for key, value in given.items():
-        if key not in names:
-            raise ValueError(f"{key!r} is no setting of moa serve")
-        if value is not None and value != "":  # MOA_NATS_URL= (empty) means "not set"
-            setattr(s, key, value)
+        for pair in SECRET_PAIRS:
+            if all(key in conf for key in pair):
+                raise SettingsError(f"--config {config}: {pair[0]} and {pair[1]} are the same "
+                                    "setting: keep one")
+    env = {"host": os.environ.get("MOA_HOST"), "uplink": os.environ.get("MOA_UPLINK"),
+           "state_dir": os.environ.get(credentials.STATE_DIR_ENV),
+           "nats_password": os.environ.get("MOA_NATS_PASSWORD"),
+           "nats_token": os.environ.get("MOA_NATS_TOKEN")}
+    for layer in (env, given):
+        for key, value in layer.items():
+            if key not in names:
+                raise ValueError(f"{key!r} is no setting of moa serve")
+            if value is not None and value != "":  # MOA_NATS_URL= (empty) means "not set"
+                _set_layered(s, key, value)
     try:
         s.host = check_host(s.host) if s.host else default_host()
     except ValueError as e:
         raise SettingsError(f"--host (host in --config, MOA_HOST): {e}") from None
     check_ranges(s)
     return s
+
+
+def _set_layered(s: ServeSettings, key: str, value: object) -> None:
+    """Set `key`; a secret given one way replaces the same secret given the other way by a
+    lower layer (MOA_NATS_PASSWORD over the file's nats_password_file)."""
+    setattr(s, key, value)
+    for pair in SECRET_PAIRS:
+        if key in pair:
+            other = pair[1 - pair.index(key)]
+            setattr(s, other, None)
 
 
 # The field types of ServeSettings, against which every value of --config is checked (its
@@ -174,6 +234,8 @@ def _checked_toml_value(path: str, key: str, value: object) -> object:
 
 def setting_name(name: str) -> str:
     """How a message names a setting: its option and its key in --config."""
+    if name in SECRET_KEYS:  # no option: a secret never goes in a command line
+        return f"{name} (in --config, or MOA_{name.upper()})"
     return f"--{name.replace('_', '-')} ({name} in --config)"
 
 
@@ -207,8 +269,72 @@ def check_ranges(s: ServeSettings) -> None:
             parse_listen(s.metrics)
         except ValueError as e:
             raise SettingsError(f"{setting_name('metrics')}: {e}") from None
+    if not 0.001 <= s.horizon <= limits.MAX_HORIZON_NS / limits.NSEC:  # NaN too
+        raise SettingsError(f"{setting_name('horizon')} must be 0.001 to "
+                            f"{limits.MAX_HORIZON_NS // limits.NSEC} seconds (sch_fq's horizon "
+                            f"is a 32-bit number of µs), not {s.horizon:g}")
+    if s.fq_memory_max is not None and not s.fq_memory_max > 0:
+        raise SettingsError(f"{setting_name('fq_memory_max')} must be a number of bytes above "
+                            f"0, not {s.fq_memory_max}")
     if not 1 <= s.stream_replicas <= 5:
         raise SettingsError(f"{setting_name('stream_replicas')} must be 1 to 5 (JetStream's "
                             f"limit), not {s.stream_replicas}")
 
 
+def check_nats(s: ServeSettings) -> None:
+    """The NATS client settings against each other and the files they name (moa serve checks
+    them before it starts anything): no client option with the embedded server, at most one way
+    to authenticate, and every file holding a secret readable by its owner only."""
+    if s.nats is None:
+        given = [setting_name(k) for k in CLIENT_KEYS if getattr(s, k)]
+        if given:
+            raise SettingsError(
+                f"{given[0]} is for an external NATS server (--nats URL, nats in --config, "
+                "MOA_NATS_URL); without one moa starts its embedded nats-server, whose clients "
+                "use the credential it keeps in the state directory")
+        return
+    ways = [name for name, on in (
+        ("a password", s.nats_password or s.nats_password_file), ("a token", s.nats_token or
+        s.nats_token_file), ("an nkey", s.nats_nkey), ("a creds file", s.nats_creds)) if on]
+    if len(ways) > 1:
+        raise SettingsError(f"NATS authentication: {' and '.join(ways)} given; use one")
+    if (s.nats_password or s.nats_password_file) and not s.nats_user:
+        raise SettingsError(f"a NATS password needs a user: {setting_name('nats_user')} "
+                            "(or MOA_NATS_USER)")
+    for name in ("nats_password_file", "nats_token_file", "nats_nkey", "nats_creds"):
+        path = getattr(s, name)
+        if path is not None:
+            try:
+                credentials.check_private(path, setting_name(name))
+            except CredentialError as e:
+                raise SettingsError(str(e)) from None
+    for name in ("nats_ca", "nats_cert", "nats_key"):
+        path = getattr(s, name)
+        if path is not None and not os.path.isfile(path):
+            raise SettingsError(f"{setting_name(name)}: {path} does not exist")
+
+
+def horizon_ns(s: ServeSettings) -> int:
+    return round(s.horizon * limits.NSEC)
+
+
+def fq_memory_max_bytes(s: ServeSettings) -> int:
+    """--fq-memory-max in bytes; without it, half of the machine's memory (MemTotal)."""
+    return s.fq_memory_max if s.fq_memory_max is not None else _mem_total() // 2
+
+
+def size_argument(text: str) -> int:
+    """`--fq-memory-max` on the command line: bytes, or a size with a unit (moa's: 8GiB)."""
+    text = text.strip()
+    try:
+        return schemas.parse_size(int(text) if text.isdigit() else text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{e} (a size such as 8GiB, or bytes)") from None
+
+
+def _mem_total() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    raise SettingsError("cannot read MemTotal from /proc/meminfo: give --fq-memory-max")

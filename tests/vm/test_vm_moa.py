@@ -205,3 +205,41 @@ def test_results_json_has_the_issue_keys(reference_run) -> None:
         assert res[scenario][key] is not None, dotted
     assert "moa" in json.loads((reference_run.folder / "results" / "samples.json").read_text())[
         "latency_added_ms"]
+
+
+def test_a_failed_plan_gives_a_held_lan_member_back_its_fq_filter_and_bridge(reference_run) -> None:
+    """Issue 10 on a kernel with sch_fq: the plan removing one member of a held LAN fails
+    (a failpoint, datapath/faults.py) right after it deleted that member's VTEP; the rollback,
+    built from what the kernel held, re-creates it with its MAC, its sch_fq (same options),
+    moa_port_hold on its egress and its bridge; the reply says apply_failed."""
+    rb = reference_run.results["moa"]["rollback"]
+    assert rb is not None and rb["step_rc"] == 0, rb
+    assert rb["reply_rc"] == 1, rb
+    assert rb["reply"]["error"]["code"] == "apply_failed", rb["reply"]
+    assert "operation 1 (delete VTEP mv903" in rb["reply"]["error"]["message"], rb["reply"]
+    before, after = rb["before"], rb["after"]
+    assert [q["kind"] for q in before["root"]] == ["fq"], before
+    assert any(n.startswith("moa_port_hold") for n in before["egress_filters"]), before
+    assert before["master"] and before["up"], before
+    assert after == before, (before, after)
+
+
+def test_a_10s_latency_with_a_queue_carries_traffic(reference_run) -> None:
+    """9. (issue 11) A link of 10 s latency, 10 Mbit/s and a 64 KiB queue, within the default
+    horizon (30 s): every ping answered after crossing it twice (20 s, plus TCG's lateness), so
+    five packets were held by sch_fq for 10 s at once and none was dropped at a horizon. sch_fq
+    on the slaves: moa's horizon, and limits grown in place for the links the Materialize
+    brought (ResizeFq): flow_limit covers this link's 10 Mbit/s x 10.05 s twice in full frames
+    (16,756), where fq had 1,000 before the Materialize (an empty box)."""
+    long, vm = _ctx(reference_run, "long_latency")
+    assert long["sent"] == 5 and len(long["rtts_ms"]) == 5, (long, vm)
+    assert all(20_000 <= r <= 21_500 for r in long["rtts_ms"]), (long, vm)
+    before = reference_run.results["moa"]["fq_on_slaves"]
+    for dev, q in long["fq"].items():
+        assert q is not None, (dev, long)
+        opts = q["options"]
+        assert opts.get("flow_limit", 0) >= 16_000 and opts.get("limit", 0) >= opts["flow_limit"], (
+            dev, long)
+        assert before[dev]["flow_limit"] == 1000, (dev, before)
+        horizon = opts.get("horizon")  # µs in iproute2's JSON
+        assert horizon is None or horizon >= 30_000_000, (dev, long)

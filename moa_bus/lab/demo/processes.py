@@ -15,10 +15,14 @@ from pathlib import Path
 
 from moa_bus.lab.demo.output import Output, indent
 from moa_bus.lab.demo.signals import critical
+from moa_bus.service.credentials import ensure_local_credential
 from moa_bus.service.embedded_nats import NatsServer, NatsServerError, free_port
 
 # moa's own environment variables must not leak into the demo's commands: it names everything
-_CLEAN_ENV = {"MOA_NATS_URL": "", "MOA_HOST": "", "MOA_UPLINK": ""}
+# (and gives its commands the credential of its nats-server as MOA_NATS_NKEY)
+_CLEAN_ENV = {"MOA_NATS_URL": "", "MOA_HOST": "", "MOA_UPLINK": "", "MOA_STATE_DIR": "",
+              "MOA_NATS_USER": "", "MOA_NATS_PASSWORD": "", "MOA_NATS_TOKEN": "",
+              "MOA_NATS_NKEY": "", "MOA_NATS_CREDS": "", "MOA_NATS_INBOX_PREFIX": ""}
 
 
 class DemoError(RuntimeError):
@@ -38,9 +42,13 @@ class Processes:
     children: list[subprocess.Popen] = field(default_factory=list)
 
     def start_nats(self) -> NatsServer:
-        """nats-server with JetStream on a free loopback port, its store in the demo's folder."""
+        """nats-server with JetStream on a free loopback port, its store in the demo's folder,
+        admitting only the holder of the nkey seed it makes there (as `moa serve`'s embedded
+        server does)."""
+        credential, _ = ensure_local_credential(self.tmp)
         for attempt in range(3):
-            self.nats = NatsServer(port=free_port(), state_dir=self.tmp / "nats")
+            self.nats = NatsServer(port=free_port(), state_dir=self.tmp / "nats",
+                                   credential=credential)
             try:
                 with critical():  # its process must be recorded before a signal can unwind
                     self.nats.start()
@@ -50,13 +58,19 @@ class Processes:
                     raise
         return self.nats
 
+    def env(self) -> dict[str, str]:
+        """The environment of the demo's moa commands: none of the caller's MOA_* settings, and
+        the credential of the demo's nats-server."""
+        assert self.nats is not None and self.nats.credential is not None
+        return {**os.environ, **_CLEAN_ENV, "MOA_NATS_NKEY": str(self.nats.credential)}
+
     def start_serve(self, argv: list[str], ready_within: float = 60) -> None:
         """`moa serve ARGV` in the background, shown as a user would type it; returns when it
         says "serving host", with its log printed."""
         assert self.nats is not None
         shown = ["moa", *argv, "--nats", self.nats.url]
         self.out.say("$ " + " ".join(shown) + " &", style="bold")
-        env = {**os.environ, **_CLEAN_ENV, "PYTHONUNBUFFERED": "1"}
+        env = {**self.env(), "PYTHONUNBUFFERED": "1"}
         log = self.tmp / "serve.log"
         with critical(), open(log, "wb") as f:
             self.serve = subprocess.Popen(_moa_cmd(argv, self.nats.url), stdin=subprocess.DEVNULL,
@@ -80,7 +94,7 @@ class Processes:
         if show:
             shown = ["moa", *argv, "--nats", self.nats.url]
             self.out.say("$ " + " ".join(shlex.quote(a) for a in shown), style="bold")
-        env = {**os.environ, **_CLEAN_ENV}
+        env = self.env()
         with critical():
             p = subprocess.Popen(_moa_cmd(argv, self.nats.url), stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True, env=env,

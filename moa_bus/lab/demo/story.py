@@ -94,8 +94,10 @@ class Demo:
     def start_service(self, procs: Processes) -> None:
         self.out.step("2. NATS and the moa service")
         nats = procs.start_nats()
-        self.out.say(f"   nats-server with JetStream on {nats.url} (state in {procs.tmp / 'nats'}); "
-                     "`moa serve` without --nats starts the same on 127.0.0.1:4222")
+        self.out.say(f"   nats-server with JetStream on {nats.url} (state in {procs.tmp / 'nats'}), "
+                     f"admitting only the holder of the nkey in {nats.credential} (every moa "
+                     "command below gets it as MOA_NATS_NKEY); `moa serve` without --nats starts "
+                     "the same on 127.0.0.1:4222, with its credential in <state-dir>/local.nk")
         assert self.tb is not None
         argv = ["serve", "--host", self.host, "--uplink", UPLINK,
                 "--netns", self.tb.box, "--pin-root", self.pin_root,
@@ -158,7 +160,8 @@ class Demo:
         try:
             assert procs.nats is not None
             nc = runner.run(nats.connect(procs.nats.url, connect_timeout=5,
-                                         max_reconnect_attempts=3))
+                                         max_reconnect_attempts=3,
+                                         **procs.nats.connect_options()))
             self.out.step("4. before: pings over the links as materialized (no emulation)")
             base = run_pings(procs, self.tb, PAIRS, 20, 0.05, "before")
             self.show_pings("before", base)

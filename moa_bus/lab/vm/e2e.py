@@ -42,7 +42,8 @@ def _scenarios(workdir: Path, cfg: E2eConfig,
     return sc, ms
 
 
-SCENARIOS = ("latency", "capacity", "udp", "loss", "lan", "update", "isolation", "p2p_vs_lan")
+SCENARIOS = ("latency", "capacity", "udp", "loss", "lan", "update", "isolation", "p2p_vs_lan",
+             "rollback", "long_latency")
 
 
 def full_batch(sc: ShaperScenarios, ms: StackScenarios,
@@ -69,7 +70,7 @@ def full_batch(sc: ShaperScenarios, ms: StackScenarios,
     if want("udp"):
         sc.udp(batch)
         ms.udp(batch)
-    for name in ("loss", "lan", "update", "isolation", "p2p_vs_lan"):
+    for name in ("loss", "lan", "update", "isolation", "p2p_vs_lan", "rollback", "long_latency"):
         if want(name):
             getattr(ms, name)(batch)
     ms.finish(batch)

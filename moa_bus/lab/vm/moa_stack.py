@@ -22,6 +22,7 @@ the LAN 410-412); moa's links use other VNIs, so both live in one testbed and on
     upd     p2p   hv1:700 hv2:701              20 ms, 10 Mbit/s        6 runtime update
     plan    lan   hv1:800 hv2:801 hv3:802      20 ms, 50 Mbit/s        7 a LAN's pair ...
     pp      p2p   hv1:810 hv2:811              20 ms, 50 Mbit/s        7 ... vs a P2P link
+    long    p2p   hv1:900 hv2:901              10 s, 10 Mbit/s, 64KiB  9 the horizon (issue 11)
 
 Emulation is per link, both directions (schemas.Emulation): a ping over `lat` crosses 20 ms twice.
 """
@@ -40,6 +41,7 @@ HOST = "e2e"  # the box's id in subjects: moa.e2e.*
 MATERIALIZATION = "e2e"
 NATS_PORT = 4222  # the embedded server, inside the box namespace (alone there)
 PIN_ROOT = "/sys/fs/bpf/moa"  # the VM's own bpffs
+STATE_DIR = "/tmp/moa-nats"  # the service's state: desired state, JetStream store, local.nk
 HV_UNDERLAY = {"hv1": "10.77.0.11", "hv2": "10.77.0.12", "hv3": "10.77.0.13"}
 
 
@@ -81,7 +83,10 @@ LINKS: tuple[MoaLink, ...] = (
     MoaLink("plan", (("hv1", 800), ("hv2", 801), ("hv3", 802)),
             {"latency": "20ms", "capacity": "50mbps"}),
     MoaLink("pp", (("hv1", 810), ("hv2", 811)), {"latency": "20ms", "capacity": "50mbps"}),
+    MoaLink("long", (("hv1", 910), ("hv2", 911)),
+            {"latency": "10s", "capacity": "10mbps", "queue": "64KiB"}),
 )
+SLOW_LINKS = ("long",)  # a ping takes 20 s: not waited for at start (its scenario does)
 
 # Plain bridges in the box for the comparison shapers: (bridge, [(hypervisor, VNI, address)]).
 COMPARISON_BRIDGES: tuple[tuple[str, tuple[tuple[str, int, str], ...]], ...] = (
@@ -93,6 +98,25 @@ COMPARISON_BRIDGES: tuple[tuple[str, tuple[tuple[str, int, str], ...]], ...] = (
 
 def link(link_id: str) -> MoaLink:
     return next(lk for lk in LINKS if lk.id == link_id)
+
+
+# The rollback check (issue 10): a materialization of its own, a LAN of four whose VTEPs are
+# held at their ports (sch_fq + moa_port_hold: this kernel has sch_fq), then the same LAN
+# without its fourth member (three: still a LAN). The service is started with a failpoint (datapath/faults.py) that makes the
+# second plan's first operation -- deleting that member's VTEP -- fail right after it applied:
+# the rollback must give the VTEP back with its fq, its filter and its bridge.
+ROLLBACK_ID = "rollback"
+ROLLBACK_MEMBERS = (("hv1", 900), ("hv2", 901), ("hv3", 902), ("hv1", 903))
+ROLLBACK_FAILPOINT = f"plan.after/{ROLLBACK_ID}/0=error:netlink@2"
+
+
+def rollback_docs() -> tuple[dict, dict]:
+    """(the LAN with four members, the same LAN with three)."""
+    def doc(members: tuple[tuple[str, int], ...]) -> dict:
+        return {"id": ROLLBACK_ID, "links": [{
+            "id": "held", "emulation": {"capacity": "10mbps"},
+            "endpoints": [{"vni": v, "remote": HV_UNDERLAY[h]} for h, v in members]}]}
+    return doc(ROLLBACK_MEMBERS), doc(ROLLBACK_MEMBERS[:-1])
 
 
 def testbed(prefix: str) -> Testbed:
@@ -139,7 +163,10 @@ class MoaStack:
     def cli(self, *argv: str) -> str:
         """`moa ARGV...` inside the box namespace (where the embedded NATS listens)."""
         args = " ".join(shlex.quote(a) for a in argv)
-        return in_ns(self.box, f"{self.python} -m moa_bus.cli {args} --nats {self.nats_url}")
+        # The embedded server admits only the holder of <state dir>/local.nk: the CLI finds it
+        # through MOA_STATE_DIR, as an operator's shell would.
+        return in_ns(self.box, f"env MOA_STATE_DIR={STATE_DIR} "
+                               f"{self.python} -m moa_bus.cli {args} --nats {self.nats_url}")
 
     def timed_cli(self, label: str, *argv: str, check: bool = True) -> list[str]:
         """The CLI call, its wall time (s) appended to "$STEP.cli" as `label seconds rc`;
@@ -156,10 +183,11 @@ class MoaStack:
         """Start `moa serve` in the box namespace and wait for "serving host"; its log is
         "$OUT/moa.log". The uplink's fq and classifiers are the service's own work."""
         argv = (f"{self.python} -m moa_bus.cli serve --host {HOST} --uplink {self.tb.uplink_dev} "
-                f"--pin-root {PIN_ROOT} --state-dir /tmp/moa-nats --embedded-port {NATS_PORT} "
+                f"--pin-root {PIN_ROOT} --state-dir {STATE_DIR} --embedded-port {NATS_PORT} "
                 "--stats-interval 5")
         return [
             "export PYTHONUNBUFFERED=1",
+            f"export MOA_FAILPOINTS={shlex.quote(ROLLBACK_FAILPOINT)}",  # the rollback check's
             "_t0=$(date +%s.%N)",
             *start_daemon(self.box, argv, "moa"),
             wait_until('grep -q "serving host" "$OUT/moa.log" || '
@@ -196,6 +224,8 @@ class MoaStack:
 def write_doc(folder: Path) -> Path:
     path = folder / "materialize.json"
     path.write_text(json.dumps(materialize_doc(), indent=1) + "\n")
+    for name, doc in zip(("rollback-before.json", "rollback-after.json"), rollback_docs()):
+        (folder / name).write_text(json.dumps(doc, indent=1) + "\n")
     return path
 
 

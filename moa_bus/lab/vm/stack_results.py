@@ -106,6 +106,8 @@ class StackResults:
         out["isolation"] = self._isolation(ok)
         out["update"] = self._update(ok, errors)
         out["p2p_vs_lan"] = self._p2p_vs_lan(ok, errors)
+        out["moa"]["rollback"] = self._rollback(steps)
+        out["long_latency"] = self._long_latency(ok)
         out["moa"]["parse_errors"] = errors
 
     def _service(self, outdir: Path, steps: dict[str, StepResult]) -> dict:
@@ -164,6 +166,28 @@ class StackResults:
                 hold[d] = {"root_qdisc": roots[0] if roots else None, "egress_filters": names}
             svc["lan_vtep_hold"] = hold
         return svc
+
+    @staticmethod
+    def _rollback(steps: dict[str, StepResult]) -> dict | None:
+        """The held VTEP before the failed plan and after its rollback: root qdisc (kind and
+        options), egress filters, master; and the failed Materialize's reply."""
+        s = steps.get("moa-rollback")
+        if s is None:
+            return None
+
+        def state(tag: str) -> dict:
+            roots = [{"kind": q.get("kind"), "options": q.get("options")}
+                     for q in _json(s.file(f".{tag}.qdisc.json")) if q.get("root")]
+            names = sorted({f.get("options", {}).get("bpf_name", "")
+                            for f in _json(s.file(f".{tag}.filter.json"))} - {""})
+            links = _json(s.file(f".{tag}.link.json"))
+            d = links[0] if isinstance(links, list) and links else {}
+            return {"root": roots, "egress_filters": names, "master": d.get("master"),
+                    "address": d.get("address"), "up": "UP" in d.get("flags", [])}
+        rc = next((int(line.split()[1]) for line in s.out.splitlines()
+                   if line.startswith("rollback_rc ")), None)
+        return {"step_rc": s.rc, "reply_rc": rc, "reply": _json(s.file(".reply.json")),
+                "before": state("before"), "after": state("after")}
 
     def _lan(self, ok: dict[str, StepResult], errors: dict) -> dict:
         m = self.mcfg
@@ -251,6 +275,12 @@ class StackResults:
             out[f"{shaper}_after_rtt_median_ms"] = measure.median(rtts)
         return out
 
+    def _long_latency(self, ok: dict[str, StepResult]) -> dict:
+        s = ok.get("long-latency")
+        if s is None:
+            return {}
+        return _long_latency_of(s, self.tb.slaves, self.mcfg.long_pings)
+
     def _p2p_vs_lan(self, ok: dict[str, StepResult], errors: dict) -> dict:
         c = self.cfg
         out: dict = {"configured_ms": c.latency_ms, "configured_mbps": c.capacity_bps / 1e6,
@@ -270,6 +300,17 @@ class StackResults:
                 out[f"{lk}_goodput_ratio"] = r.goodput_bps / c.tcp_theory_bps
                 out[f"{lk}_retransmit_ratio"] = r.retransmit_ratio(MSS)
         return out
+
+
+def _long_latency_of(s: StepResult, slaves: tuple[str, ...], pings: int) -> dict:
+    """RTTs over the 10 s link and the slaves' sch_fq as they were then (options, drops)."""
+    rtts = measure.parse_ping(s.file(".ping").read_text()) if s.file(".ping").exists() else []
+    fq = {}
+    for d in slaves:
+        q = moa_stack.parse_fq(s.file(f".{d}.qdisc.json").read_text()) if s.file(
+            f".{d}.qdisc.json").exists() else None
+        fq[d] = ({"options": q.get("options", {}), "drops": q.get("drops")} if q else None)
+    return {"sent": pings, "rtts_ms": rtts, "fq": fq}
 
 
 def _udp(s: StepResult, errors: dict, text: str | None = None) -> measure.UdpRun | None:

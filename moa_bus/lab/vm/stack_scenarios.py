@@ -41,6 +41,7 @@ class MoaConfig:
     upd_length: int = 1000
     upd_seconds: int = 20  # long enough for two `moa set` under TCG (~4-10 s each)
     pvl_pings: int = 100
+    long_pings: int = 5  # over the 10 s link, 0.5 s apart: all of them held by fq at once
     port2: int = 5202  # a second iperf3 server when two run at once
 
 
@@ -86,10 +87,36 @@ class StackScenarios:
             f"tc -n {s.box} qdisc replace dev $d root fq {self.tb.fq_opts}; }}; done"])
         waits = []
         for lk in moa_stack.LINKS:
+            if lk.id in moa_stack.SLOW_LINKS:
+                continue
             (a, _), *others = lk.members
             waits += [measure.wait_ping(self.ns(a), lk.address(b), timeout_s=30)
                       for b, _ in others]
         batch.add("moa-materialize", s.materialize(self.doc_path) + waits)
+
+    # -- the rollback of a held LAN member's VTEP (issue 10) -----------------------------------
+    def rollback(self, batch: Batch) -> None:
+        """The LAN of ROLLBACK_ID, then the same without its last member: the failpoint makes
+        that plan fail after the VTEP's deletion; the VTEP's qdiscs, egress filters and master
+        before and after are recorded, and the second Materialize's reply."""
+        s, box = self.stack, self.stack.box
+        dev = f"mv{moa_stack.ROLLBACK_MEMBERS[-1][1]}"
+        folder = self.doc_path.parent
+
+        def state(tag: str) -> list[str]:
+            return [f'tc -n {box} -j qdisc show dev {dev} >"$STEP.{tag}.qdisc.json"',
+                    f'tc -n {box} -j filter show dev {dev} egress >"$STEP.{tag}.filter.json"',
+                    f'ip -n {box} -j -d link show dev {dev} >"$STEP.{tag}.link.json"']
+        batch.add("moa-rollback", [
+            *s.timed_cli("rollback_materialize", "materialize", str(folder / "rollback-before.json"),
+                         "--host", moa_stack.HOST),
+            *state("before"),
+            f'{s.cli("materialize", str(folder / "rollback-after.json"), "--host", moa_stack.HOST)} '
+            '>"$STEP.reply.json" && echo "rollback_rc 0" || echo "rollback_rc $?"',
+            *state("after"),
+            *s.timed_cli("rollback_dematerialize", "dematerialize", moa_stack.ROLLBACK_ID,
+                         "--host", moa_stack.HOST),
+        ])
 
     def finish(self, batch: Batch) -> None:
         s = self.stack
@@ -302,3 +329,25 @@ class StackScenarios:
         ])
         for lk in ("pp", "plan"):
             self._add(batch, f"pvl-tcp-{lk}", self._iperf(lk, seconds=c.tcp_seconds, omit_s=1))
+
+    # -- 9. the horizon: a 10 s latency with a queue carries traffic (issue 11) -------------
+    def long_latency(self, batch: Batch) -> None:
+        """Pings over `long` (10 s each way, 10 Mbit/s, a 64 KiB queue): every one answered
+        after 20 s, held by sch_fq on the slaves, whose horizon and limits are recorded."""
+        m = self.mcfg
+        hv1, s = self.ns("hv1"), self.stack
+        # ARP gives up after 3 s (three probes a second apart) and its answer takes 20 s: each end
+        # is told the other's MAC, as a static neighbour, before the first ping.
+        lk = link("long")
+        neigh = [
+            f'ip -n {self.ns(here)} neigh replace {lk.address(there)} dev vx{lk.vni(here)} '
+            f'nud permanent lladdr "$(ip -n {self.ns(there)} -br link show dev vx{lk.vni(there)} '
+            "| awk '{print $3}')\""
+            for here, there in (("hv1", "hv2"), ("hv2", "hv1"))]
+        self._add(batch, "long-latency", [
+            *neigh,
+            in_ns(hv1, f'ping -n -c {m.long_pings} -i 0.5 -W 45 {link("long").address("hv2")} '
+                       '>"$STEP.ping" 2>&1 || true'),
+            *[f'tc -n {s.box} -s -j qdisc show dev {d} >"$STEP.{d}.qdisc.json"'
+              for d in self.tb.slaves],
+        ])

@@ -1,0 +1,251 @@
+"""What a box can hold: the horizon every delay stays under, sch_fq's sizing, its worst-case memory.
+
+Pure functions of emulations and the box's settings (no kernel): the datapath refuses with them
+what it could not apply (`unsupported`, naming the field, docs/contract.md) and sizes sch_fq
+with them; the tests check them directly.
+
+The longest a stage holds a packet (`hold_ns`): its latency plus jitter plus the longer of its
+queue and one full frame, both as time at the link's rate. The queue is the backlog a packet may
+find ahead of it plus its own serialisation (edt.h: backlog + itself <= queue), and a packet that
+finds the queue empty is always taken, however long its own serialisation. So a departure is at
+most `hold_ns` ahead of now for frames up to the VTEP MTU (a GSO packet of many frames can go
+further, and is dropped `horizon` like any departure beyond it).
+
+The horizon is the box's bound on how far ahead a departure may be: the classifier drops beyond
+it (MOA_DROP_HORIZON, config.h) and sch_fq's own horizon is the same or a hair longer (fq counts
+in µs, so it is rounded up), so fq never drops a packet the classifier let through. It is a
+load-time setting (`--horizon`, default 30 s), raised at start to the longest hold of what the
+box already holds; a stage whose hold exceeds it is refused. Why not a run-time value:
+docs/semantics.md, "The horizon".
+
+What sch_fq holds for a stage (`stage_bytes`): the rate at which packets reach it times the hold.
+The rate is the link's capacity, or for an unlimited link the uplink's line rate; nothing reaches
+the box faster than its uplink, so the box's total is also at most line rate x the longest hold
+(`BoxFigures.memory`). sch_fq's limit and flow_limit come from these figures (fq_sizing_for):
+one link's packets may share one of fq's flows (forwarded packets have no socket), so flow_limit
+covers the largest stage, limit the total.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import schemas
+from datapath.emulation import DEFAULT_OVERHEAD, queue_ns
+from datapath.netlink.model import FqSizing, fq_sizing_for
+
+# A VTEP's (egress, ingress) stages, as datapath.plan.planner.Stages.
+Stages = tuple["schemas.Emulation | None", "schemas.Emulation | None"]
+
+NSEC = 1_000_000_000
+DEFAULT_HORIZON_NS = 30 * NSEC
+# sch_fq's TCA_FQ_HORIZON is a u32 of µs: about 71.6 minutes.
+MAX_HORIZON_NS = 0xFFFFFFFF * 1000
+DEFAULT_LINE_RATE_BPS = 10 * 10**9  # an uplink whose speed the kernel does not report
+ETH_HEADER = 14
+
+
+def frame_bytes(vtep_mtu: int) -> int:
+    """What one full frame is charged on a link: the inner MTU, its Ethernet header, L1 overhead."""
+    return vtep_mtu + ETH_HEADER + DEFAULT_OVERHEAD
+
+
+def frame_ns(capacity: int, frame: int) -> int:
+    """One frame's serialisation at `capacity` (0 for an unlimited link), rounded up."""
+    return -(-frame * 8 * NSEC // capacity) if capacity else 0
+
+
+def hold_ns(e: schemas.Emulation | None, frame: int) -> int:
+    """The longest a stage holds a frame of up to `frame` bytes (module doc)."""
+    if e is None:
+        return 0
+    return e.latency + e.jitter + max(queue_ns(e), frame_ns(e.capacity, frame))
+
+
+def fq_horizon_us(horizon_ns: int) -> int:
+    """sch_fq's horizon for the classifier's: the same, rounded up to fq's µs."""
+    return -(-horizon_ns // 1000)
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def horizon_refusal(e: schemas.Emulation, path: str, horizon_ns: int, frame: int,
+                    port: schemas.Emulation | None = None) -> schemas.InvalidMessage | None:
+    """Why a link with emulation `e` (a LAN's also with its `port` stage) cannot be held under
+    `horizon_ns`, as an `unsupported` error naming the field; None when it can.
+
+    The field: capacity when one full frame alone exceeds the horizon; latency or jitter when
+    they do; else the queue (given, or the default the capacity implies)."""
+    fmt = schemas.format_duration
+    h = fmt(horizon_ns)
+
+    def refuse(field: str, what: str) -> schemas.InvalidMessage:
+        return schemas.InvalidMessage(
+            _join(path, field), f"{what} is beyond this box's horizon {h} (moa serve --horizon): "
+            "no departure may be further ahead than that", code="unsupported")
+
+    one = frame_ns(e.capacity, frame)
+    if one > horizon_ns:
+        rate = schemas.format_rate(e.capacity)
+        return refuse("capacity", f"one full frame ({frame} B) at {rate} takes {fmt(one)}, which")
+    if e.latency > horizon_ns:
+        return refuse("latency", f"latency {fmt(e.latency)}")
+    if e.latency + e.jitter > horizon_ns:
+        return refuse("jitter", f"latency + jitter = {fmt(e.latency + e.jitter)}")
+    for stage in (e, port):
+        held = hold_ns(stage, frame)
+        if held > horizon_ns:
+            assert stage is not None
+            given = "queue" if e.queue is not None else "default queue"
+            where = "" if stage is e else " at the sender's LAN port"
+            return refuse("queue", f"latency + jitter + {given}{where} "
+                                   f"({fmt(max(queue_ns(stage), one))} at "
+                                   f"{schemas.format_rate(stage.capacity)}) = {fmt(held)}")
+    return None
+
+
+def required_horizon(stages: Iterable[schemas.Emulation | None], frame: int) -> int:
+    """The shortest horizon under which every one of `stages` is held: the longest hold."""
+    return max((hold_ns(e, frame) for e in stages), default=0)
+
+
+def stage_bytes(e: schemas.Emulation | None, frame: int, line_rate_bps: int) -> int:
+    """The most sch_fq holds for one stage: its rate (capacity, else the line rate) x its hold."""
+    if e is None:
+        return 0
+    held = hold_ns(e, frame)
+    if not held:
+        return 0
+    rate = min(e.capacity or line_rate_bps, line_rate_bps)
+    return rate * held // (8 * NSEC)
+
+
+@dataclass(frozen=True)
+class Figures:
+    """What one materialization asks of sch_fq: on the uplink (egress stages) and in the LAN
+    members' VTEPs (port stages). `largest`: the largest single egress stage (one fq flow)."""
+
+    egress_bytes: int = 0
+    port_bytes: int = 0
+    largest: int = 0
+    egress_hold_ns: int = 0
+    port_hold_ns: int = 0
+
+    @classmethod
+    def of(cls, stages: Iterable[tuple[schemas.Emulation | None, schemas.Emulation | None, int]],
+           frame: int, line_rate_bps: int) -> "Figures":
+        """From (egress, port, endpoints) per link: every endpoint has both stages."""
+        eb = pb = largest = eh = ph = 0
+        for egress, port, endpoints in stages:
+            one = stage_bytes(egress, frame, line_rate_bps)
+            eb += one * endpoints
+            pb += stage_bytes(port, frame, line_rate_bps) * endpoints
+            largest = max(largest, one)
+            eh = max(eh, hold_ns(egress, frame))
+            ph = max(ph, hold_ns(port, frame))
+        return cls(eb, pb, largest, eh, ph)
+
+
+@dataclass(frozen=True)
+class BoxFigures:
+    """The sum of the materializations' Figures, bounded by what the uplink can bring in."""
+
+    figures: tuple[Figures, ...]
+    line_rate_bps: int
+
+    def _bound(self, hold: int) -> int:
+        return self.line_rate_bps * hold // (8 * NSEC)
+
+    @property
+    def uplink_bytes(self) -> int:
+        """The most the uplink's sch_fq holds."""
+        total = sum(f.egress_bytes for f in self.figures)
+        return min(total, self._bound(max((f.egress_hold_ns for f in self.figures), default=0)))
+
+    @property
+    def memory(self) -> int:
+        """Worst-case bytes in every sch_fq of the box (uplink and LAN members' VTEPs)."""
+        total = sum(f.egress_bytes + f.port_bytes for f in self.figures)
+        hold = (max((f.egress_hold_ns for f in self.figures), default=0)
+                + max((f.port_hold_ns for f in self.figures), default=0))
+        return min(total, self._bound(hold))
+
+    def fq_sizing(self, mtu: int, horizon_ns: int) -> FqSizing:
+        """sch_fq on the uplink for these links (fq_sizing_for: a 2x margin, with floors)."""
+        largest = max((f.largest for f in self.figures), default=0)
+        return fq_sizing_for(min(largest, self.uplink_bytes), self.uplink_bytes, mtu=mtu,
+                             horizon_ns=horizon_ns)
+
+
+def fq_memory_refusal(box_after: BoxFigures, box_before: BoxFigures, maximum: int | None,
+                      ) -> schemas.InvalidMessage | None:
+    """`unsupported` when the box's worst-case fq memory would pass `maximum` (None: no bound)
+    and grow: a change that lowers it is always taken, even above the bound."""
+    after, before = box_after.memory, box_before.memory
+    if maximum is None or after <= maximum or after <= before:
+        return None
+    size = schemas.format_size
+    return schemas.InvalidMessage(
+        "links", f"the box's worst-case sch_fq memory would be {size(after)} ({after} B), above "
+        f"moa serve --fq-memory-max {size(maximum)} ({maximum} B); it holds {size(before)} now",
+        code="unsupported")
+
+
+def fq_resize(before: FqSizing, after: FqSizing) -> tuple[FqSizing | None, FqSizing | None]:
+    """(first, last): sch_fq sizes to set before a plan's other operations (room for what comes)
+    and after them (the room that went), None where nothing changes. Growing goes first,
+    shrinking last; a change that does both goes first to the larger of each, then to `after`."""
+    if before == after:
+        return None, None
+    grown = FqSizing(limit=max(before.limit, after.limit),
+                     flow_limit=max(before.flow_limit, after.flow_limit),
+                     buckets=after.buckets, horizon_ns=after.horizon_ns,
+                     orphan_mask=after.orphan_mask)
+    first = grown if grown != before else None
+    last = after if after != grown else None
+    return first, last
+
+
+@dataclass
+class Budget:
+    """A box's limits and what its materializations ask of them (KernelDatapath keeps one):
+    the horizon, the frame and line rate the figures are made with, --fq-memory-max."""
+
+    horizon_ns: int
+    frame: int
+    line_rate_bps: int
+    fq_memory_max: int | None = None
+    figures: dict[str, Figures] = field(default_factory=dict)  # materialization -> its figures
+
+    def figures_of(self, stages: Iterable[tuple[Stages, int]]) -> Figures:
+        """From ((egress, port), endpoints) per link."""
+        return Figures.of(((eg, port, n) for (eg, port), n in stages), self.frame,
+                          self.line_rate_bps)
+
+    def box(self, change: dict[str, Figures] | None = None) -> BoxFigures:
+        """The box's figures, with `change` in place of what those materializations hold."""
+        return BoxFigures(tuple({**self.figures, **(change or {})}.values()), self.line_rate_bps)
+
+    def admit(self, mid: str, stages: list[tuple[Stages, int]]) -> Figures:
+        """The figures of materialization `mid` with these stages per link, once they passed the
+        horizon and the fq memory bound; else InvalidMessage `unsupported` naming the field."""
+        for i, ((egress, port), _) in enumerate(stages):
+            if egress is not None:
+                refusal = horizon_refusal(egress, f"links[{i}].emulation", self.horizon_ns,
+                                          self.frame, port)
+                if refusal is not None:
+                    raise refusal
+        figures = self.figures_of(stages)
+        refusal = fq_memory_refusal(self.box({mid: figures}), self.box(), self.fq_memory_max)
+        if refusal is not None:
+            raise refusal
+        return figures
+
+    def held(self, mid: str, figures: Figures | None) -> None:
+        """The box now holds `figures` for `mid` (None: nothing)."""
+        if figures is None:
+            self.figures.pop(mid, None)
+        else:
+            self.figures[mid] = figures
