@@ -398,7 +398,12 @@ class MetricsEndpoint:
         head += [f"{k}: {v}" for k, v in (extra or {}).items()]
         if close:
             head.append("Connection: close")
-        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+        head_bytes = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+        if sum(map(len, body)) <= 1 << 20:  # a small box: one write
+            writer.write(b"".join([head_bytes, *body]))
+            await writer.drain()
+            return
+        writer.write(head_bytes)
         for piece in body:  # piece by piece: no copy of the whole body in one go
             writer.write(piece)
             await writer.drain()
