@@ -20,13 +20,16 @@ from typing import Any
 
 import schemas
 from datapath.bpf import object_path
+from datapath.counter_table import CounterTable
+from datapath.counter_table import read as read_counter_table
 from datapath.distributions import DIST_IDS, DIST_SIZE, cdf_table
 from datapath.distributions import table as dist_table
 from datapath.emulation import stage_bytes
 from datapath.libbpf import BpfObject, Map, Program, RingBuffer
 from datapath.libbpf import abi as _abi_mod
 
-__all__ = ["ClassifierConfig", "Classifier", "StageCounters", "MAX_VNI", "DropEventError"]
+__all__ = ["ClassifierConfig", "Classifier", "StageCounters", "CounterTable", "MAX_VNI",
+           "DropEventError"]
 
 MAX_VNI = (1 << 24) - 1
 OBJECT = "tc_classifier"
@@ -165,6 +168,10 @@ class Classifier:
 
     def vnis(self) -> list[int]:
         return sorted(self._slots)
+
+    def link_count(self) -> int:
+        """How many VNIs hold a slot (= entries of moa_links)."""
+        return len(self._slots)
 
     # -- links ------------------------------------------------------------------------------------
 
@@ -372,6 +379,14 @@ class Classifier:
                     total.drops[reason] += c.drops[i]
             out[name] = total
         return out
+
+    def counter_table(self) -> CounterTable:
+        """Every link's counters at once, summed over CPUs, in a few batch lookups of
+        moa_counters; takes no lock the datapath takes (datapath.counter_table.read). Safe
+        from any thread."""
+        with self._lock:
+            slots = dict(self._slots)
+        return read_counter_table(self.counters_map, self.abi.LinkCounters, slots)
 
     def global_counters(self) -> dict[str, int]:
         """Every field of struct moa_global_counters (non_vxlan, unknown_vni, ringbuf_fail,

@@ -105,6 +105,7 @@ _PROTOS: dict[str, tuple[Any, list[Any]]] = {
     "bpf_map_delete_elem": (_int, [_int, _vp]),
     "bpf_map_update_batch": (_int, [_int, _vp, _vp, _c.POINTER(_u32), _vp]),
     "bpf_map_delete_batch": (_int, [_int, _vp, _c.POINTER(_u32), _vp]),
+    "bpf_map_lookup_batch": (_int, [_int, _vp, _vp, _vp, _vp, _c.POINTER(_u32), _vp]),
     "bpf_map_get_next_key": (_int, [_int, _vp, _vp]),
     "bpf_obj_pin": (_int, [_int, _str]),
     "bpf_obj_get": (_int, [_str]),

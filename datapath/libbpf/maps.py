@@ -3,7 +3,8 @@
 ``Map``
     ``fd, name, type, key_size, value_size, max_entries``, ``is_percpu``;
     ``lookup(key, value_type=None)`` -> bytes | None (per-CPU maps: a list with one value per
-    possible CPU); ``update(key, value, flags=BPF_ANY)`` (per-CPU maps take a list, or one value
+    possible CPU); ``lookup_batch(limit)`` -> (keys, values, n): many entries in few syscalls;
+    ``update(key, value, flags=BPF_ANY)`` (per-CPU maps take a list, or one value
     written to every CPU); ``delete(key) -> bool``; ``keys(key_type=None)``; ``items()``;
     ``pin(path)``, ``unpin()``; ``Map.from_pin(path)`` (after a restart; ``close()`` it).
     Keys and values are bytes, ctypes objects or ints (little-endian, of the key/value size);
@@ -220,6 +221,39 @@ class Map(Pinnable):
         if ret < 0:
             raise errno_error(f"batch delete from map {self.name} ({count.value} of {n} deleted)", -ret)
         return count.value
+
+    def lookup_batch(self, limit: int | None = None, chunk: int = 4096) -> tuple[bytes, bytes, int]:
+        """Up to `limit` entries (None: all) in one BPF_MAP_LOOKUP_BATCH per `chunk` of them:
+        (keys, values, n), packed back to back into buffers allocated once. An array is read
+        from index 0 on, so `limit` reads its first `limit` indexes. Per-CPU values come as ncpu
+        values of round_up(value_size, 8) bytes each per key, in CPU order (the kernel's layout).
+
+        Nothing is locked and nothing is written: the kernel copies each value as it holds it
+        while programs may be updating it (each aligned 8-byte word is read whole)."""
+        total = self.max_entries if limit is None else min(limit, self.max_entries)
+        vsize = self._slot * self._ncpu if self.is_percpu else self.value_size
+        kb = ctypes.create_string_buffer(max(total, 1) * self.key_size)
+        vb = ctypes.create_string_buffer(max(total, 1) * vsize)
+        n = 0
+        lib = libbpf()
+        opts = _BatchOpts(ctypes.sizeof(_BatchOpts), 0, 0)
+        # The batch token: for arrays the next index, for hashes a bucket (u32); key-sized at least.
+        token_size = max(self.key_size, 8)
+        in_batch = None
+        out_batch = ctypes.create_string_buffer(token_size)
+        while n < total:
+            count = _u32(min(chunk, total - n))
+            ret = lib.bpf_map_lookup_batch(self.fd, in_batch, out_batch,
+                                           ctypes.byref(kb, n * self.key_size),
+                                           ctypes.byref(vb, n * vsize),
+                                           ctypes.byref(count), ctypes.byref(opts))
+            if ret < 0 and ret != -errno_mod.ENOENT:
+                raise errno_error(f"batch lookup in map {self.name}", -ret)
+            n += count.value
+            if ret == -errno_mod.ENOENT or count.value == 0:  # the end of the map
+                break
+            in_batch = ctypes.create_string_buffer(out_batch.raw, token_size)
+        return (ctypes.string_at(kb, n * self.key_size), ctypes.string_at(vb, n * vsize), n)
 
     def delete(self, key: Any) -> bool:
         """Delete `key`; False if it was not there."""

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 import nats.errors
 from nats.aio.client import Client
 
+import schemas
+from moa_bus import engine
 from moa_bus.cli import environment
 from moa_bus.service import connection, credentials
 from moa_bus.service.subjects import Subjects, check_host, default_host
@@ -227,6 +229,36 @@ def run_request(args: argparse.Namespace, subject_of, payload: bytes,
         (show or print_reply)(reply)
         return 1 if reply.is_error else 0
     return run_async(go())
+
+
+def run_engine(args: argparse.Namespace, call, show, settle=None) -> int:
+    """Connect (as `connected`), make one call of the engine client (moa_bus/engine.py) the
+    verbs are built on, `show(result)` and return its exit status. Nobody answering is one line
+    and 1; an error Ack the call raised (engine.Refused) is printed as a reply and 1.
+    `settle()` runs before anything is printed (a spinner making way)."""
+    settle = settle or (lambda: None)
+
+    async def go() -> int:
+        async with connected(args) as nc:
+            box = engine.MoaClient(nc, subjects(args).host, timeout=args.timeout)
+            try:
+                result = await call(box)
+            except engine.Unavailable as e:
+                settle()
+                print(f"moa: {e}", file=sys.stderr)
+                return 1
+            except engine.Refused as e:
+                settle()
+                return print_ack(e.ack)
+        settle()
+        return show(result)
+    return run_async(go())
+
+
+def print_ack(ack: schemas.Ack) -> int:
+    """An Ack as `moa req` prints a reply; the exit status it means (1 when not ok)."""
+    print_reply(Reply(schemas.encode(ack), None))
+    return 0 if ack.ok else 1
 
 
 def print_reply(reply: Reply) -> None:

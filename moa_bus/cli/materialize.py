@@ -11,7 +11,6 @@ import sys
 
 import schemas
 from moa_bus.cli import client, progress
-from moa_bus.service.subjects import DRY_RUN_HEADER
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,15 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     client.add_arguments(parser, timeout=120.0)
 
 
-def _show_plan(reply: client.Reply) -> None:
-    obj = reply.json
-    if reply.is_error or not isinstance(obj, dict) or "operations" not in obj:
-        client.print_reply(reply)
-        return
-    ops = obj["operations"]
+def _show_plan(ops: list[str]) -> int:
     for i, op in enumerate(ops, 1):
         print(f"{i:4d}  {op}")
     print(f"{len(ops)} operation(s); nothing applied (dry run)")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,13 +36,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"moa: {args.file}: {e.code}{where}: {e.message}", file=sys.stderr)
         return 1
     what = progress.describe_materialize(m)
-    if args.dry_run:
+    # The file's own bytes are sent (the service reads them as this check did).
+    if args.dry_run:  # the request carries Moa-Dry-Run: 1 (engine.MoaClient.plan)
         with progress.Waiting(f"planning {what} (dry run); waiting for the service") as w:
-            return client.run_request(args, lambda s: s.op("materialize"), data,
-                                      headers={DRY_RUN_HEADER: "1"}, show=w.then(_show_plan))
+            return client.run_engine(args, lambda box: box.plan(data), _show_plan, w.stop)
     # On a terminal: a spinner with the time elapsed until the ack comes (stderr, transient).
     with progress.Waiting(f"materializing {what}; waiting for the ack") as w:
-        return client.run_request(args, lambda s: s.op("materialize"), data,
-                                  show=w.then(client.print_reply))
+        return client.run_engine(args, lambda box: box.materialize(data), client.print_ack,
+                                 w.stop)
 
 

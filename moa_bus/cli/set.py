@@ -12,8 +12,8 @@ import argparse
 import json
 import sys
 
-import nats.errors
-
+import schemas
+from moa_bus import engine
 from moa_bus.cli import client
 
 KEYS = ("latency", "jitter", "capacity", "queue", "loss", "loss_correlation", "reorder", "state",
@@ -89,23 +89,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"moa set: {e}", file=sys.stderr)
         return 2
 
-    async def go() -> int:
-        s = client.subjects(args)
-        async with client.connected(args) as nc:
-            try:
-                st = await client.request(nc, s.op("status"), b"{}", args.timeout)
-                mid, which = pick_target(st.json or {}, args.target, args.materialization)
-                update = {"id": mid, "links": [{**which, "emulation": emulation}]}
-                reply = await client.request(nc, s.op("update"), json.dumps(update).encode(),
-                                             args.timeout)
-            except UsageError as e:
-                print(f"moa set: {e}", file=sys.stderr)
-                return 2
-            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-                print(f"moa: no reply from the service on {s.op('status')}", file=sys.stderr)
-                return 1
-        client.print_reply(reply)
-        return 1 if reply.is_error else 0
-    return client.run_async(go())
+    async def change(box: engine.MoaClient) -> schemas.Ack:
+        st = json.loads(schemas.encode(await box.status()))
+        mid, which = pick_target(st, args.target, args.materialization)
+        return await box.update({"id": mid, "links": [{**which, "emulation": emulation}]})
 
-
+    try:
+        return client.run_engine(args, change, client.print_ack)
+    except UsageError as e:
+        print(f"moa set: {e}", file=sys.stderr)
+        return 2

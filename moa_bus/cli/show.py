@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import time
 
-import nats.errors
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 import schemas
+from moa_bus import engine
 from moa_bus.cli import client
 
 Totals = dict[tuple[str, str], tuple[int, int, int]]  # (materialization, link) -> packets, bytes, drops
@@ -99,35 +98,21 @@ def caption(status: schemas.StatusReply) -> str | None:
     return " · ".join(parts) or None
 
 
-async def _status(nc, args) -> schemas.StatusReply:
-    reply = await client.request(nc, client.subjects(args).op("status"), b"{}", args.timeout)
-    if reply.is_error:
-        raise RuntimeError(reply.data.decode(errors="replace"))
-    return schemas.decode(schemas.StatusReply, reply.data)
-
-
 def run(args: argparse.Namespace) -> int:
     console = Console()
 
-    async def go() -> int:
-        async with client.connected(args) as nc:
-            try:
-                status = await _status(nc, args)
-                if not args.watch:
-                    console.print(build_table(status))
-                    return 0
-                prev, t_prev = totals(status), time.monotonic()
-                with Live(build_table(status), console=console, refresh_per_second=4) as live:
-                    while True:
-                        await asyncio.sleep(args.interval)
-                        status = await _status(nc, args)
-                        t = time.monotonic()
-                        live.update(build_table(status, prev, t - t_prev))
-                        prev, t_prev = totals(status), t
-            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-                print(f"moa: no reply on {client.subjects(args).op('status')}", file=sys.stderr)
-                return 1
-            except RuntimeError as e:
-                print(f"moa: {e}", file=sys.stderr)
-                return 1
-    return client.run_async(go())
+    async def go(box: engine.MoaClient) -> int:
+        status = await box.status()
+        if not args.watch:
+            console.print(build_table(status))
+            return 0
+        prev, t_prev = totals(status), time.monotonic()
+        with Live(build_table(status), console=console, refresh_per_second=4) as live:
+            while True:
+                await asyncio.sleep(args.interval)
+                status = await box.status()
+                t = time.monotonic()
+                live.update(build_table(status, prev, t - t_prev))
+                prev, t_prev = totals(status), t
+
+    return client.run_engine(args, go, lambda code: code)

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
+import schemas
 from moa_bus.cli import client
 
 
@@ -12,6 +14,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     client.add_arguments(parser)
 
 
+def _print(status: schemas.StatusReply) -> int:
+    obj = json.loads(schemas.encode(status))
+    print(json.dumps(obj, indent=2 if sys.stdout.isatty() else None))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    body = json.dumps({"id": args.id} if args.id else {}).encode()
-    return client.run_request(args, lambda s: s.op("status"), body)
+    return client.run_engine(args, lambda box: box.status(args.id), _print)

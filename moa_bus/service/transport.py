@@ -28,6 +28,7 @@ from datapath.api import Datapath
 from moa_bus.service.applier import APPLY_OPS, Applier, Outcome
 from moa_bus.service.desired import DesiredState
 from moa_bus.service.micro import DEFAULT_QUEUE_GROUP, Endpoint, MicroService, error_headers
+from moa_bus.service.settings import SettingsError
 from moa_bus.service.subjects import DRY_RUN_HEADER, SERVICE_NAME, Subjects
 from moa_bus.service.telemetry import Telemetry
 
@@ -92,6 +93,7 @@ class ServiceConfig:
     ack_wait: float = 30.0  # s JetStream waits for our ack before redelivering (extended by +WPI)
     jetstream: bool = True
     stream_replicas: int = 1  # JetStream replicas of the events stream when we create it (3 on a cluster)
+    metrics: str | None = None  # ADDR:PORT of the Prometheus endpoint (moa_bus/service/metrics.py)
 
 
 class MoaService:
@@ -119,10 +121,23 @@ class MoaService:
         self._fetching = False
         self._stopping = asyncio.Event()
         self._last_seq = 0  # highest stream sequence applied by this process
+        self.metrics = None  # ServiceMetrics, with config.metrics
+        self.metrics_endpoint = None  # MetricsEndpoint: .url, .address once started
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        if self.config.metrics is not None:  # first: an address in use stops the start here
+            from moa_bus.service.metrics import MetricsEndpoint, ServiceMetrics
+
+            self.metrics = ServiceMetrics(self)
+            endpoint = MetricsEndpoint(self.metrics, self.config.metrics)
+            try:
+                endpoint.start()
+            except OSError as e:
+                raise SettingsError(f"--metrics {self.config.metrics} (metrics in --config): "
+                                    f"cannot listen there: {e.strerror or e}") from None
+            self.metrics_endpoint = endpoint
         self.applier.start()
         await self.micro.start(self.nc)
         # One subscription for every endpoint: see _dispatch for why.
@@ -150,6 +165,9 @@ class MoaService:
         if self._responders:
             await asyncio.gather(*self._responders, return_exceptions=True)
         await self.telemetry.stop()
+        if self.metrics_endpoint is not None:  # before the datapath it reads is closed
+            await asyncio.to_thread(self.metrics_endpoint.stop)
+            self.metrics_endpoint = None
         try:
             await self.nc.flush(timeout=2)
         except Exception as e:
@@ -198,6 +216,8 @@ class MoaService:
         endpoint.record(time.perf_counter_ns() - t0, error)
 
     async def _publish_ack(self, ack: schemas.Ack) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_ack(ack)
         await self.nc.publish(self.subjects.acks, schemas.encode(ack))
 
     # ------------------------------------------------------------------ JetStream
