@@ -6,9 +6,9 @@ kernel to it; whatever it needs to undo a failed plan it read from the kernel ju
 plan ran. Who owns the desired state, and how a restart converges: docs/architecture.md,
 "Desired state".
 
-`KernelDatapath` is the real one: a netlink worker thread in the box's network namespace, the
-classifier (pinned maps, attached to the uplink) and the pair program (pinned maps, attached to
-VTEPs). Pinned maps and attached programs outlive the service: `close()` leaves them, so traffic
+`KernelDatapath` is the real one of the contract in datapath.contract (`Datapath`, re-exported
+here): a netlink worker thread in the box's network namespace, the classifier (pinned maps,
+attached to the uplink) and the pair program (pinned maps, attached to VTEPs). Pinned maps and attached programs outlive the service: `close()` leaves them, so traffic
 stays shaped while the service restarts. `teardown()` removes everything moa made (tests,
 uninstall).
 """
@@ -18,12 +18,13 @@ import dataclasses
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import schemas
-from datapath.classifier import Classifier, ClassifierConfig, StageCounters
+from datapath.classifier import Classifier, ClassifierConfig, CounterTable, StageCounters
+from datapath.contract import (ApplyResult, Datapath, DropCallback, MapUsage,
+                               ReconcileReport)
 from datapath.drops import DropEventReader, OwnerLookup
 from datapath import limits
 from datapath.netlink.model import VXLAN_OVERHEAD, FqSizing, FqUnavailable, owner_key
@@ -39,23 +40,8 @@ from datapath.plan.uplink import EnsureUplink, ReleaseUplink, ResizeFq
 log = logging.getLogger("datapath.api")
 
 __all__ = ["ApplyResult", "Datapath", "DatapathConfig", "KernelDatapath", "PlanError",
-           "PlanConflict", "FqUnavailable", "ReconcileReport", "StageCounters"]
-
-
-@dataclass(frozen=True)
-class ApplyResult:
-    changed: bool
-    operations: int  # how many operations ran (parameter writes count one per VNI)
-
-
-@dataclass
-class ReconcileReport:
-    """What `reconcile` did: the operations it applied (described, in order), the
-    materializations it could not converge (id -> why), the orphans it purged."""
-
-    operations: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-    purged: list[str] = field(default_factory=list)
+           "PlanConflict", "FqUnavailable", "ReconcileReport", "StageCounters", "CounterTable",
+           "MapUsage"]
 
 
 @dataclass(frozen=True)
@@ -75,64 +61,6 @@ class DatapathConfig:
     pair_mode: PairMode = PairMode.TC
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     host: str = field(default_factory=socket.gethostname)
-
-
-DropCallback = Callable[[schemas.DropEvent], None]
-
-
-class Datapath(Protocol):
-    """What the bus needs from the box (docs/architecture.md): every method is required."""
-
-    loss_only: bool
-
-    async def apply(self, m: schemas.Materialize, *, params_only: bool = False) -> ApplyResult:
-        """Converge the kernel to `m` for materialization m.id (no links: remove it all).
-        `params_only`: m differs from what was applied only in emulation (an Update). Raises
-        InvalidMessage (a setting this box cannot honour), PlanConflict, or PlanError (the box
-        was rolled back to what the kernel held before; `rollback_errors` when not all of it)."""
-        ...
-
-    async def plan(self, m: schemas.Materialize) -> list[str]:
-        """The operations `apply(m)` would run, described (`--dry-run`)."""
-        ...
-
-    async def holds(self, m: schemas.Materialize) -> bool:
-        """A cheap check, not a plan, that the kernel still holds `m` as applied: each of its
-        VNIs' parameters in the classifier's map and each of its VTEPs (by name), read now."""
-        ...
-
-    async def reconcile(self, desired: Sequence[schemas.Materialize]) -> ReconcileReport:
-        """Converge the whole box to `desired`: materializations not in it are removed, every
-        one in it is repaired, parameters and pair entries nobody owns are purged."""
-        ...
-
-    async def counters(self, vnis: Iterable[int]) -> dict[int, dict[str, StageCounters]]:
-        """Each VNI's stage counters ("egress", "ingress"), for the VNIs the kernel holds."""
-        ...
-
-    def box_counters(self) -> dict[str, int]: ...
-
-    def fq_memory_bytes(self) -> int:
-        """The worst-case sch_fq memory of what the kernel holds (rate x time queued, summed)."""
-        ...
-
-    def generation_floor(self) -> int:
-        """The highest generation recorded in the kernel (0 on a new box)."""
-        ...
-
-    def record_generation(self, generation: int) -> None: ...
-
-    def drop_events(self, callback: DropCallback, owner: OwnerLookup) -> None:
-        """Call `callback` in the running loop for every drop event, labelled by `owner`."""
-        ...
-
-    def drop_event_losses(self) -> tuple[int, int]:
-        """(suppressed, lost): drops not reported as events, totals since start."""
-        ...
-
-    async def close(self) -> None:
-        """Release handles; the kernel state stays in place."""
-        ...
 
 
 class KernelDatapath:
@@ -440,3 +368,17 @@ class KernelDatapath:
 
     def drop_event_losses(self) -> tuple[int, int]:
         return self._drops.losses()
+
+    # -- bulk reads for the metrics endpoint (any thread) -------------------------------------
+
+    def counter_table(self) -> CounterTable:
+        return self.classifier.counter_table()
+
+    def map_usage(self) -> list[MapUsage]:
+        """moa_links from the classifier's slot table (its mirror, kept under its lock: one
+        entry per VNI held); moa_pair_peers counted in the kernel (batch lookups)."""
+        links = self.classifier.links_map
+        peers = self.pair.peers
+        _, _, held = peers.lookup_batch()
+        return [MapUsage(links.name, self.classifier.link_count(), links.max_entries),
+                MapUsage(peers.name, held, peers.max_entries)]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import heapq
-import operator
 import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -21,16 +20,20 @@ from typing import Any
 
 import schemas
 from datapath.bpf import object_path
+from datapath.counter_table import CounterTable
+from datapath.counter_table import read as read_counter_table
+from datapath.distributions import DIST_IDS, DIST_SIZE, cdf_table
+from datapath.distributions import table as dist_table
 from datapath.emulation import stage_bytes
 from datapath.libbpf import BpfObject, Map, Program, RingBuffer
 from datapath.libbpf import abi as _abi_mod
 
-__all__ = ["ClassifierConfig", "Classifier", "StageCounters", "MAX_VNI", "DropEventError"]
+__all__ = ["ClassifierConfig", "Classifier", "StageCounters", "CounterTable", "MAX_VNI",
+           "DropEventError"]
 
 MAX_VNI = (1 << 24) - 1
 OBJECT = "tc_classifier"
 PAGE = 4096
-_RUN_GAP = 64  # counters_of: slots further apart than this are read in separate batches
 
 
 class DropEventError(ValueError):
@@ -109,10 +112,13 @@ class Classifier:
         self.box_map: Map = obj.map("moa_box")
         self.ports_map: Map = obj.map("moa_vxlan_ports")
         self.saved_qdiscs_map: Map = obj.map("moa_saved_qdiscs")
+        self.dist_map: Map = obj.map("moa_dist")
+        self.dist_cdf_map: Map = obj.map("moa_dist_cdf")
         self.event_version = self.abi.DROP_EVENT_VERSION
         self._lock = threading.Lock()
         self._slots: dict[int, int] = {}
         self._restore_slots()
+        self._write_distributions()
 
     @classmethod
     def load(cls, config: ClassifierConfig | None = None,
@@ -147,11 +153,25 @@ class Classifier:
         self._free = [s for s in range(self.config.max_links) if s not in used]
         heapq.heapify(self._free)
 
+    def _write_distributions(self) -> None:
+        """The jitter's tables and the normal CDF (datapath/distributions.py), before any link
+        can use them; the same content every time, so a reused pinned map is rewritten as is."""
+        for name, dist_id in DIST_IDS.items():
+            if dist_id:
+                self.dist_map.update(dist_id, self.abi.DistTable(v=(ctypes.c_int16 * DIST_SIZE)(
+                    *dist_table(name))))
+        self.dist_cdf_map.update(0, self.abi.DistCdf(u=(ctypes.c_uint16 * len(cdf_table()))(
+            *cdf_table())))
+
     def slot(self, vni: int) -> int | None:
         return self._slots.get(vni)
 
     def vnis(self) -> list[int]:
         return sorted(self._slots)
+
+    def link_count(self) -> int:
+        """How many VNIs hold a slot (= entries of moa_links)."""
+        return len(self._slots)
 
     # -- links ------------------------------------------------------------------------------------
 
@@ -344,63 +364,35 @@ class Classifier:
     def link_counters(self, vni: int) -> dict[str, StageCounters]:
         """{"egress": ..., "ingress": ...} (schemas.STAGES), each summed over CPUs, drops by
         schemas.DROP_REASONS (the enums' order, checked on load)."""
-        slot = self._require_slot(vni)
-        out = {}
-        for stage, name in enumerate(schemas.STAGES):
-            per_cpu = self.counters_map.lookup(slot * len(schemas.STAGES) + stage,
-                                               self.abi.LinkCounters)
-            total = StageCounters(drops=dict.fromkeys(schemas.DROP_REASONS, 0))
-            for c in per_cpu:
-                total.packets += c.packets
-                total.bytes += c.bytes
-                total.events_suppressed += c.events_suppressed
-                total.handover += c.handover
-                for i, reason in enumerate(schemas.DROP_REASONS):
-                    total.drops[reason] += c.drops[i]
-            out[name] = total
-        return out
+        self._require_slot(vni)
+        return self.counters_of([vni])[vni]
+
+    def counter_table(self) -> CounterTable:
+        """Every link's counters at once, summed over CPUs, in a few batch lookups of
+        moa_counters; takes no lock the datapath takes (datapath.counter_table.read). Safe
+        from any thread."""
+        with self._lock:
+            slots = dict(self._slots)
+        return read_counter_table(self.counters_map, self.abi.LinkCounters, slots)
 
     def counters_of(self, vnis: Iterable[int]) -> dict[int, dict[str, StageCounters]]:
-        """link_counters of many VNIs (those the classifier holds), read in bulk: the slots'
-        counters in runs of neighbouring slots, one BPF_MAP_LOOKUP_BATCH per run, summed over
-        CPUs a field at a time (status and telemetry.links of 65,536 links)."""
-        slots = sorted((s, vni) for vni in vnis if (s := self._slots.get(vni)) is not None)
+        """link_counters of many VNIs (those the classifier holds), read in bulk with the
+        counter table's batch lookups (status and telemetry.links of 65,536 links)."""
+        with self._lock:
+            slots = {v: s for v in vnis if (s := self._slots.get(v)) is not None}
+        table = read_counter_table(self.counters_map, self.abi.LinkCounters, slots)
+        fields = table.fields
+        drops = [(r, fields.index(f"drops_{r}")) for r in schemas.DROP_REASONS]
+        pk, by = fields.index("packets"), fields.index("bytes")
+        sup, ho = fields.index("events_suppressed"), fields.index("handover")
+        rows = table.values.tolist()  # [slot][stage][field], python ints
         out: dict[int, dict[str, StageCounters]] = {}
-        nst, run = len(schemas.STAGES), []
-        for s, vni in slots:
-            if run and s - run[-1][0] > _RUN_GAP:
-                self._read_run(run, nst, out)
-                run = []
-            run.append((s, vni))
-        if run:
-            self._read_run(run, nst, out)
+        for vni, slot in slots.items():
+            out[vni] = {name: StageCounters(
+                packets=row[pk], bytes=row[by], drops={r: row[i] for r, i in drops},
+                events_suppressed=row[sup], handover=row[ho])
+                for name, row in zip(schemas.STAGES, rows[slot])}
         return out
-
-    def _read_run(self, run: list[tuple[int, int]], nst: int,
-                  out: dict[int, dict[str, StageCounters]]) -> None:
-        m = self.counters_map
-        first = run[0][0] * nst
-        words = memoryview(m.lookup_range(first, (run[-1][0] + 1) * nst - first)).cast("Q")
-        stride, per_cpu = len(words) // ((run[-1][0] + 1) * nst - first), (m.value_size + 7) // 8
-
-        def column(name: str, index: int = 0) -> list[int]:
-            off = getattr(self.abi.LinkCounters, name).offset // 8 + index
-            total = words[off::stride].tolist()
-            for cpu in range(1, m.ncpu):
-                total = list(map(operator.add, total, words[cpu * per_cpu + off::stride].tolist()))
-            return total
-
-        packets, nbytes = column("packets"), column("bytes")
-        drops = [column("drops", i) for i in range(len(schemas.DROP_REASONS))]
-        suppressed, handover = column("events_suppressed"), column("handover")
-        for s, vni in run:
-            stages = out[vni] = {}
-            for stage, name in enumerate(schemas.STAGES):
-                i = s * nst + stage - first
-                stages[name] = StageCounters(
-                    packets=packets[i], bytes=nbytes[i],
-                    drops={r: d[i] for r, d in zip(schemas.DROP_REASONS, drops)},
-                    events_suppressed=suppressed[i], handover=handover[i])
 
     def global_counters(self) -> dict[str, int]:
         """Every field of struct moa_global_counters (non_vxlan, unknown_vni, ringbuf_fail,

@@ -20,11 +20,12 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import schemas
+from datapath.distributions import DIST_IDS, fixed_point
 
 if TYPE_CHECKING:  # datapath.libbpf.abi reads the compiled object's BTF at import
     from datapath.libbpf.abi import Abi
 
-__all__ = ["queue_bytes", "queue_ns", "stage_params", "stage_bytes", "probability_threshold",
+__all__ = ["correlated_loss", "queue_bytes", "queue_ns", "stage_params", "stage_bytes", "probability_threshold",
            "DEFAULT_QUEUE_MS", "MIN_DEFAULT_QUEUE_BYTES", "MAX_DEFAULT_QUEUE_MS", "DEFAULT_OVERHEAD"]
 
 NSEC = 1_000_000_000
@@ -39,6 +40,23 @@ DEFAULT_OVERHEAD = 24              # preamble 7 + SFD 1 + FCS 4 + inter-frame ga
 def probability_threshold(p: float) -> int:
     """P -> threshold over 2^32: the datapath drops when a uniform u32 is below it."""
     return round(p * ONE)
+
+
+def correlated_loss(p: float, rho: float) -> schemas.GilbertElliott | None:
+    """Bernoulli loss P with lag-1 correlation rho as the two-state chain that has exactly that
+    marginal and that autocorrelation (None without correlation or without loss).
+
+    netem's `loss P CORR` mixes each uniform draw with the previous one, which shifts the loss
+    rate away from P as CORR grows. Here the state is the previous packet's fate: lost again
+    with P + rho (1 - P), lost after a kept one with P (1 - rho). Its stationary loss is P and
+    the lag-k autocorrelation of the loss sequence rho^k (docs/semantics.md, "Loss"). It is a
+    Gilbert-Elliott chain whose bad state always loses and whose good state never does, so
+    the classifier runs it as one.
+    """
+    if not p or not rho or p >= 1.0:
+        return None
+    return schemas.GilbertElliott(p=p * (1 - rho), r=(1 - p) * (1 - rho),
+                                  loss_good=0.0, loss_bad=1.0)
 
 
 def queue_bytes(e: schemas.Emulation) -> int:
@@ -70,7 +88,11 @@ def stage_params(e: schemas.Emulation | None, abi: Abi) -> Any:
     p.jitter_ns = e.jitter
     p.overhead = DEFAULT_OVERHEAD
     p.flags = abi.StageFlags.REORDER if e.reorder else 0
-    ge = e.burst
+    if e.state == "down":
+        p.flags |= abi.StageFlags.DOWN
+    p.dist = DIST_IDS[e.distribution]
+    p.delay_rho, p.delay_innov = fixed_point(e.distribution, e.delay_correlation)
+    ge = e.burst if e.burst is not None else correlated_loss(e.loss, e.loss_correlation)
     if ge is not None:
         p.loss_model = abi.LossModel.GILBERT_ELLIOTT
         p.ge.p_good_to_bad = probability_threshold(ge.p)

@@ -4,7 +4,8 @@ Pure functions of emulations and the box's settings (no kernel): the datapath re
 what it could not apply (`unsupported`, naming the field, docs/contract.md) and sizes sch_fq
 with them; the tests check them directly.
 
-The longest a stage holds a packet (`hold_ns`): its latency plus jitter plus the longer of its
+The longest a stage holds a packet (`hold_ns`): its latency plus its largest jitter (the jitter,
+or the jitter times its distribution's largest value) plus the longer of its
 queue and one full frame, both as time at the link's rate. The queue is the backlog a packet may
 find ahead of it plus its own serialisation (edt.h: backlog + itself <= queue), and a packet that
 finds the queue empty is always taken, however long its own serialisation. So a departure is at
@@ -27,10 +28,12 @@ covers the largest stage, limit the total.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import schemas
+from datapath.distributions import max_offset
 from datapath.emulation import DEFAULT_OVERHEAD, queue_ns
 from datapath.netlink.model import FqSizing, fq_sizing_for
 
@@ -59,7 +62,13 @@ def hold_ns(e: schemas.Emulation | None, frame: int) -> int:
     """The longest a stage holds a frame of up to `frame` bytes (module doc)."""
     if e is None:
         return 0
-    return e.latency + e.jitter + max(queue_ns(e), frame_ns(e.capacity, frame))
+    return max_delay_ns(e) + max(queue_ns(e), frame_ns(e.capacity, frame))
+
+
+def max_delay_ns(e: schemas.Emulation) -> int:
+    """The longest delay the stage's jitter can draw: latency + jitter, or + jitter times the
+    largest value of its distribution (pareto: 4 jitters)."""
+    return e.latency + math.ceil(e.jitter * max_offset(e.distribution))
 
 
 def fq_horizon_us(horizon_ns: int) -> int:
@@ -92,8 +101,9 @@ def horizon_refusal(e: schemas.Emulation, path: str, horizon_ns: int, frame: int
         return refuse("capacity", f"one full frame ({frame} B) at {rate} takes {fmt(one)}, which")
     if e.latency > horizon_ns:
         return refuse("latency", f"latency {fmt(e.latency)}")
-    if e.latency + e.jitter > horizon_ns:
-        return refuse("jitter", f"latency + jitter = {fmt(e.latency + e.jitter)}")
+    if max_delay_ns(e) > horizon_ns:
+        what = "jitter" if e.distribution == "uniform" else f"{e.distribution} jitter at its largest"
+        return refuse("jitter", f"latency + {what} = {fmt(max_delay_ns(e))}")
     for stage in (e, port):
         held = hold_ns(stage, frame)
         if held > horizon_ns:

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from schemas import units
-from schemas.messages import Duration, InvalidMessage, Rate, Size
+from schemas.messages import CHOICES, Duration, InvalidMessage, Rate, Size
 from schemas.validate import check
 
 T = TypeVar("T")
@@ -53,6 +53,9 @@ def _path_of(error: msgspec.ValidationError) -> tuple[str, str]:
         path = f"{path}.{name}" if path else name
         what = "unknown field" if f["what"] == "contains unknown" else "missing required field"
         message = f"{what} {name!r}"
+    choices = CHOICES.get(path.rsplit(".", 1)[-1])
+    if choices and message.startswith("Invalid enum value"):
+        message = f"{message} (one of: {', '.join(choices)})"
     return path, message.replace("`", "")
 
 

@@ -65,11 +65,17 @@ IpAddress = Annotated[str, msgspec.Meta(extra_json_schema={
 # the datapath, so the datapath checks this table against the classifier's BTF when it loads it
 # (datapath/libbpf/abi.py, AbiError on a mismatch); tests/test_abi.py checks it against the BTF too and
 # tests/test_schemas.py against abi.h's text.
-DropReason = Literal["loss", "queue", "horizon"]
+DropReason = Literal["loss", "queue", "horizon", "link_down"]
 Stage = Literal["egress", "ingress"]
 DROP_REASONS: tuple[str, ...] = typing.get_args(DropReason)
 STAGES: tuple[str, ...] = typing.get_args(Stage)
 LinkKind = Literal["p2p", "lan"]
+LinkState = Literal["up", "down"]
+# The jitter's distributions (docs/semantics.md, "Delay distributions"), in enum moa_dist's order.
+Distribution = Literal["uniform", "normal", "pareto", "paretonormal"]
+# The fields whose value is one of a few words, and those words: a refusal lists them.
+CHOICES: dict[str, tuple[str, ...]] = {"state": typing.get_args(LinkState),
+                                       "distribution": typing.get_args(Distribution)}
 
 MIN_CAPACITY_BPS = 1_000
 MIN_QUEUE_BYTES = 1_500
@@ -120,6 +126,10 @@ class Emulation(_Message, frozen=True, kw_only=True):
     queue: Size | None = None
     burst: GilbertElliott | None = None
     reorder: bool = False
+    loss_correlation: Probability = 0.0
+    state: LinkState = "up"
+    distribution: Distribution = "uniform"
+    delay_correlation: Probability = 0.0
 
 
 class EmulationPatch(_Message, kw_only=True):
@@ -134,6 +144,10 @@ class EmulationPatch(_Message, kw_only=True):
     queue: Size | None | UnsetType = UNSET
     burst: GilbertElliott | None | UnsetType = UNSET
     reorder: bool | UnsetType = UNSET
+    loss_correlation: Probability | UnsetType = UNSET
+    state: LinkState | UnsetType = UNSET
+    distribution: Distribution | UnsetType = UNSET
+    delay_correlation: Probability | UnsetType = UNSET
 
     def changes(self) -> dict[str, object]:
         """The fields this patch sets, by name."""
@@ -178,6 +192,17 @@ def check_values(e: Emulation | EmulationPatch, path: str) -> None:
                              "(one full-size frame)")
     if e.loss is not UNSET:
         _check_probability(e.loss, _join(path, "loss"), "loss")
+    if e.delay_correlation is not UNSET:
+        _check_probability(e.delay_correlation, _join(path, "delay_correlation"),
+                           "delay_correlation")
+        if e.delay_correlation >= 1.0:  # every delay would be the first one
+            raise InvalidMessage(_join(path, "delay_correlation"),
+                                 f"delay_correlation {e.delay_correlation!r} must be below 1")
+    if e.loss_correlation is not UNSET:
+        _check_probability(e.loss_correlation, _join(path, "loss_correlation"), "loss_correlation")
+        if e.loss_correlation >= 1.0:  # the chain would never leave its first state
+            raise InvalidMessage(_join(path, "loss_correlation"),
+                                 f"loss_correlation {e.loss_correlation!r} must be below 1")
     if e.burst not in (UNSET, None):
         for name in ("p", "r", "loss_good", "loss_bad"):
             _check_probability(getattr(e.burst, name), _join(path, f"burst.{name}"), name)
@@ -185,7 +210,7 @@ def check_values(e: Emulation | EmulationPatch, path: str) -> None:
 
 def check_across(e: Emulation | EmulationPatch, path: str) -> None:
     """The rules across fields: jitter <= latency, a queue only with a capacity, burst excludes
-    loss."""
+    loss and loss_correlation."""
     if e.latency is not UNSET and e.jitter is not UNSET and e.jitter > e.latency:
         raise InvalidMessage(_join(path, "jitter"),
                              f"jitter {units.format_duration(e.jitter)} is larger than latency "
@@ -196,6 +221,10 @@ def check_across(e: Emulation | EmulationPatch, path: str) -> None:
     if e.burst not in (UNSET, None) and e.loss not in (UNSET, 0.0):
         raise InvalidMessage(_join(path, "loss"),
                              "loss must be 0 when burst is given (use burst.loss_good)")
+    if e.burst not in (UNSET, None) and e.loss_correlation not in (UNSET, 0.0):
+        raise InvalidMessage(_join(path, "loss_correlation"),
+                             "loss_correlation must be 0 when burst is given (burst is its own "
+                             "model of correlated loss)")
 
 
 def check_emulation(e: Emulation | EmulationPatch, path: str = "emulation") -> None:

@@ -9,6 +9,8 @@ DEB_PACKAGES=(
   systemd                                      # systemd-analyze checks the example unit
   qemu-system-x86 busybox-static cpio kmod     # the VM fidelity tier
   python3-venv
+  prometheus                                   # the metrics tests scrape moa with a real one
+  chromium                                     # ... and render the dashboard's panels (a PNG)
 )
 
 APT_ENSURE_TAG=setup "$(dirname "$0")/apt-ensure.sh" "${DEB_PACKAGES[@]}"

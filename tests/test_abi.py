@@ -87,11 +87,12 @@ def test_mirror_has_the_fields_python_relies_on(mirror: abi_mod.Abi) -> None:
 
 def test_mirror_enums(mirror: abi_mod.Abi) -> None:
     assert {m.name: m.value for m in mirror.Stage} == {"EGRESS": 0, "INGRESS": 1}
-    assert {m.name: m.value for m in mirror.DropReason} == {"LOSS": 0, "QUEUE": 1, "HORIZON": 2}
+    assert {m.name: m.value for m in mirror.DropReason} == {"LOSS": 0, "QUEUE": 1, "HORIZON": 2,
+                                                                "LINK_DOWN": 3}
     assert {m.name: m.value for m in mirror.LossModel} == {
         "NONE": 0, "BERNOULLI": 1, "GILBERT_ELLIOTT": 2}
-    assert mirror.StageFlags.REORDER == 1
-    assert (mirror.NR_STAGES, mirror.NR_DROP_REASONS, mirror.DROP_EVENT_VERSION) == (2, 3, 2)
+    assert (mirror.StageFlags.REORDER, mirror.StageFlags.DOWN) == (1, 2)
+    assert (mirror.NR_STAGES, mirror.NR_DROP_REASONS, mirror.DROP_EVENT_VERSION) == (2, 4, 2)
 
 
 def test_names_are_schemas_table(mirror: abi_mod.Abi) -> None:
@@ -104,12 +105,12 @@ def test_names_are_schemas_table(mirror: abi_mod.Abi) -> None:
 def test_a_table_that_differs_from_the_enums_stops_the_load(
         classifier_o: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import schemas
-    monkeypatch.setattr(schemas, "DROP_REASONS", ("loss", "horizon", "queue"))
+    monkeypatch.setattr(schemas, "DROP_REASONS", ("loss", "horizon", "queue", "link_down"))
     with pytest.raises(abi_mod.AbiError, match=r"enum moa_drop_reason is loss=0, queue=1, "
-                                               r"horizon=2 .*schemas.DROP_REASONS is loss, "
-                                               r"horizon, queue"):
+                                               r"horizon=2, link_down=3 .*schemas.DROP_REASONS "
+                                               r"is loss, horizon, queue, link_down"):
         abi_mod.Abi(str(classifier_o))
-    monkeypatch.setattr(schemas, "DROP_REASONS", ("loss", "queue", "horizon"))
+    monkeypatch.setattr(schemas, "DROP_REASONS", ("loss", "queue", "horizon", "link_down"))
     monkeypatch.setattr(schemas, "STAGES", ("egress",))
     with pytest.raises(abi_mod.AbiError, match="enum moa_stage is egress=0, ingress=1"):
         abi_mod.Abi(str(classifier_o))
@@ -159,7 +160,8 @@ def test_mirror_enums_match_the_c_compiler(mirror: abi_mod.Abi, tmp_path: Path) 
     values = [f"MOA_STAGE_{m.name}" for m in mirror.Stage] + \
              [f"MOA_DROP_{m.name}" for m in mirror.DropReason] + \
              [f"MOA_LOSS_{m.name}" for m in mirror.LossModel] + \
-             ["MOA_NR_STAGES", "MOA_NR_DROP_REASONS", "MOA_DROP_EVENT_VERSION", "MOA_F_REORDER"]
+             ["MOA_NR_STAGES", "MOA_NR_DROP_REASONS", "MOA_DROP_EVENT_VERSION", "MOA_F_REORDER",
+              "MOA_F_DOWN"]
     src = tmp_path / "enums.c"
     src.write_text('#include <stdio.h>\n#include <linux/bpf.h>\n#include "abi.h"\nint main(void)\n{\n'
                    + "".join(f'\tprintf("{v} %lld\\n", (long long){v});\n' for v in values)
@@ -173,7 +175,8 @@ def test_mirror_enums_match_the_c_compiler(mirror: abi_mod.Abi, tmp_path: Path) 
     py |= {f"MOA_LOSS_{m.name}": m.value for m in mirror.LossModel}
     py |= {"MOA_NR_STAGES": mirror.NR_STAGES, "MOA_NR_DROP_REASONS": mirror.NR_DROP_REASONS,
            "MOA_DROP_EVENT_VERSION": mirror.DROP_EVENT_VERSION,
-           "MOA_F_REORDER": int(mirror.StageFlags.REORDER)}
+           "MOA_F_REORDER": int(mirror.StageFlags.REORDER),
+           "MOA_F_DOWN": int(mirror.StageFlags.DOWN)}
     assert {k: int(v) for k, v in c.items()} == py
 
 
@@ -221,7 +224,8 @@ def test_missing_type_is_named(tmp_path: Path) -> None:
     src.write_text(src.read_text().replace("struct moa_link only_link;",
                                            "struct moa_link l; struct moa_stage_state s;"
                                            "struct moa_link_counters c; struct moa_global_counters g;"
-                                           "struct moa_drop_event e; struct moa_box b;"))
+                                           "struct moa_drop_event e; struct moa_box b;"
+                                           "struct moa_dist_table t; struct moa_dist_cdf f;"))
     with pytest.raises(abi_mod.AbiError, match="enum moa_stage"):
         abi_mod.Abi(str(compile_bpf(src, tmp_path)))
 

@@ -17,6 +17,8 @@ import pytest
 
 import schemas
 from datapath import faults
+from moa_bus import engine_paging
+from moa_bus.engine import MoaClient
 from moa_bus.lab.host_testbed import Testbed, sh
 from moa_bus.service.applier import QUEUE_LIMIT
 from moa_bus.service.embedded_nats import NatsServer
@@ -68,15 +70,13 @@ async def test_status_and_discovery_answer_during_a_10000_link_apply(
 async def _reads_during_apply(nc, s: Subjects, held: dict, big: dict) -> None:
     """Status, status of one id, $SRV.PING and $SRV.INFO one after the other, timed, until the
     materialize of `big` (the box holding `held`) is acked."""
-    from moa_bus.cli import paging
-
     assert (await nc.request(s.op("materialize"), json.dumps(held).encode(),
                              timeout=60)).data.count(b'"ok":true') == 1
     data = json.dumps(big).encode()
-    assert not paging.fits(nc, data)
+    assert not engine_paging.fits(nc, data)  # the engine client sends it through the store
+    box = MoaClient(nc, s.host)
     t0 = time.perf_counter()
-    applying = asyncio.create_task(paging.send_document(
-        nc, s, s.op("materialize"), data, timeout=1800))
+    applying = asyncio.create_task(box.materialize(data, timeout=1800))
     times: dict[str, list[float]] = {"status": [], "status id": [], "ping": [], "info": []}
     while not applying.done():
         for kind, subject, body in (("status", s.op("status"), b"{}"),
@@ -91,16 +91,16 @@ async def _reads_during_apply(nc, s: Subjects, held: dict, big: dict) -> None:
                 assert len(reply["materializations"][0]["links"]) == 100
                 assert reply["next"] is None
         await asyncio.sleep(0.02)
-    ack = json.loads((await applying).data)
+    ack = await applying
     took_apply = time.perf_counter() - t0
-    assert ack["ok"] and ack["generation"] == 2, ack
+    assert ack.ok and ack.generation == 2, ack
     assert await docs_left(nc, s) == []
     print(f"\n10,000 links applied in {took_apply:.1f} s; reads during it: " + ", ".join(
         f"{k} {len(v)} x, max {max(v) * 1000:.1f} ms" for k, v in times.items()))
     # each kind answered many times while the apply ran: none waited in the apply queue
     assert min(len(v) for v in times.values()) >= 20, {k: len(v) for k, v in times.items()}
-    status = await paging.whole_status(nc, s.op("status"), None, 30)
-    assert {m["id"]: len(m["links"]) for m in status.json["materializations"]} == {
+    status = await box.status(timeout=30)
+    assert {m.id: len(m.links) for m in status.materializations} == {
         "big": APPLYING, "held": 100}
 
 
@@ -112,8 +112,6 @@ async def test_busy_past_the_queue_bound_nothing_lost_or_half_applied(
     requests past them are answered `busy` (429) at once and change nothing; a JetStream event
     that arrives then is handed back (nak) and applied once the queue has room. Every accepted
     request is applied whole, in the order sent; the box holds exactly those."""
-    from moa_bus.cli import paging
-
     host = _host()
     s = Subjects(host)
     extra = 10
@@ -170,8 +168,8 @@ async def test_busy_past_the_queue_bound_nothing_lost_or_half_applied(
         assert [(a["id"], a["ok"], a["generation"]) for a in acks] == [
             ("slow", True, 1), *[(f"q{i}", True, 2 + i) for i in range(QUEUE_LIMIT)],
             ("ev", True, 2 + QUEUE_LIMIT)]
-        status = await paging.whole_status(nc, s.op("status"), None, 30)
-        assert sorted(m["id"] for m in status.json["materializations"]) == sorted(
+        status = await MoaClient(nc, host).status(timeout=30)
+        assert sorted(m.id for m in status.materializations) == sorted(
             ["slow", "ev", *(f"q{i}" for i in range(QUEUE_LIMIT))])
         await kernel_holds(nc, host, topo, slow_doc, *docs[:QUEUE_LIMIT], event_doc)
 

@@ -17,7 +17,7 @@ import nats.js.errors
 import pytest
 from nats.js.api import ObjectMeta, ObjectMetaOptions
 
-from moa_bus.cli import paging
+from moa_bus import engine_paging
 from moa_bus.lab.host_testbed import Testbed
 from moa_bus.service.embedded_nats import NatsServer
 from moa_bus.service.subjects import OBJECT_HEADER, Subjects
@@ -135,7 +135,7 @@ async def test_whole_box_in_pages_and_documents_through_the_object_store(
             cut = [p for _, p in pages for m in p["materializations"] for link in m["links"]
                    if link["id"] == "lan"]
             assert len(cut) > 1, "the LAN fits one page: make it larger"
-            merged = paging.merge_pages([p for _, p in pages])
+            merged = engine_paging.merge_pages([p for _, p in pages])
             held = _held(merged)
             assert held == {link["id"]: [ep["vni"] for ep in link["endpoints"]]
                             for link in doc["links"]}

@@ -60,8 +60,9 @@ def test_pinned_maps_survive_a_restart_with_their_slots(pin_root: str) -> None:
         c.delete_link(31)
         send(c, 32, repeat=4)
         t_last = c.stage_state(32, 0).t_last
-    assert sorted(os.listdir(pin_root)) == ["moa_box", "moa_counters", "moa_events",
-                                            "moa_global", "moa_links", "moa_saved_qdiscs",
+    assert sorted(os.listdir(pin_root)) == ["moa_box", "moa_counters", "moa_dist", "moa_dist_cdf",
+                                            "moa_events", "moa_global", "moa_links",
+                                            "moa_saved_qdiscs",
                                             "moa_state", "moa_vxlan_ports"]
     with Classifier.load(ClassifierConfig(max_links=8), pin_root=pin_root) as c:
         assert (c.slot(30), c.slot(32)) == (0, 2)
@@ -167,4 +168,4 @@ def test_every_abi_type_is_in_the_classifier_btf() -> None:
     assert {"moa_stage", "moa_drop_reason", "moa_loss_model", "moa_stage_flags",
             "moa_abi_consts"} <= enums
     assert btf.enum("moa_abi_consts")["MOA_ABI_DROP_EVENT_VERSION"] == 2
-    assert abi.StageFlags.REORDER == 1 and abi.NR_STAGES == 2 and abi.NR_DROP_REASONS == 3
+    assert abi.StageFlags.REORDER == 1 and abi.NR_STAGES == 2 and abi.NR_DROP_REASONS == 4

@@ -80,3 +80,59 @@ def test_loss_only_stage_leaves_the_timeline_alone(clf: Classifier) -> None:
     lose(clf, Emulation(loss=0.5), 10_000)
     state = clf.stage_state(VNI, 0)
     assert state.t_last == 0 and state.t_depart == 0
+
+
+# --- correlated Bernoulli loss (netem's `loss P CORR`, issue 13) ------------------------------
+
+def fates(c: Classifier, emu: Emulation, n: int) -> list[int]:
+    """1 for each lost packet, 0 for each kept one, in order: one test run per packet."""
+    c.delete_link(VNI)
+    c.set_link(VNI, egress=emu)
+    ctx = c.abi.SkBuff()
+    return [int(c.egress_program.test_run(FRAME, ctx=ctx).retval == 2) for _ in range(n)]
+
+
+def lag1(xs: list[int]) -> float:
+    n = len(xs)
+    m = sum(xs) / n
+    var = sum((x - m) ** 2 for x in xs) / n
+    cov = sum((xs[i] - m) * (xs[i + 1] - m) for i in range(n - 1)) / (n - 1)
+    return cov / var
+
+
+@pytest.mark.parametrize("p, rho", [(0.05, 0.25), (0.2, 0.5), (0.3, 0.0)])
+def test_correlated_loss_keeps_its_rate_and_has_its_correlation(
+        clf: Classifier, p: float, rho: float) -> None:
+    """The marginal stays P (netem's mixing of draws does not keep it) and the lag-1
+    autocorrelation of the loss sequence is rho within 0.02, over 100,000 packets."""
+    n = 100_000
+    xs = fates(clf, Emulation(loss=p, loss_correlation=rho), n)
+    lost = sum(xs)
+    # The variance of the mean of a two-state chain with lag-1 correlation rho is about
+    # (1 + rho) / (1 - rho) times Bernoulli's: 4 sigma of that.
+    sigma = math.sqrt(n * p * (1 - p) * (1 + rho) / (1 - rho))
+    assert abs(lost - n * p) <= 4 * sigma, (lost, n * p, sigma)
+    assert abs(lag1(xs) - rho) <= 0.02, lag1(xs)
+    counts = clf.link_counters(VNI)["egress"]
+    assert counts.drops["loss"] == lost and counts.packets == n - lost
+
+
+# --- link state (issue 13) ---------------------------------------------------------------------
+
+def test_a_link_down_drops_every_frame_with_its_reason_and_up_restores(clf: Classifier) -> None:
+    clf.delete_link(VNI)
+    up = Emulation(latency=1_000_000, capacity=10_000_000)
+    clf.set_link(VNI, egress=up)
+    ctx = clf.abi.SkBuff()
+    clf.egress_program.test_run(FRAME, ctx=ctx, repeat=10)
+    before = clf.stage_state(VNI, 0)
+    clf.set_link(VNI, egress=Emulation(latency=1_000_000, capacity=10_000_000, state="down"))
+    assert clf.egress_program.test_run(FRAME, ctx=ctx, repeat=1000).retval == 2
+    counts = clf.link_counters(VNI)["egress"]
+    assert counts.drops["link_down"] == 1000
+    assert counts.packets == 10 and counts.drops["loss"] == counts.drops["queue"] == 0
+    # Down touches no timeline: the link comes back where it was.
+    assert clf.stage_state(VNI, 0).t_last == before.t_last
+    clf.set_link(VNI, egress=up)
+    assert clf.egress_program.test_run(FRAME, ctx=ctx, repeat=10).retval == 0
+    assert clf.link_counters(VNI)["egress"].packets == 20

@@ -250,6 +250,12 @@ def test_set_parses_pairs_and_picks_targets() -> None:
     assert set_verb.parse_params(["latency", "50ms", "loss", "0.01", "queue", "none",
                                  "capacity", "1000", "reorder", "on"]) == {
         "latency": "50ms", "loss": 0.01, "queue": None, "capacity": 1000, "reorder": True}
+    assert set_verb.parse_params(["state", "DOWN", "loss", "0.1", "loss_correlation", "0.25"]) == {
+        "state": "down", "loss": 0.1, "loss_correlation": 0.25}
+    assert set_verb.parse_params(["distribution", "pareto", "delay_correlation", "0.5"]) == {
+        "distribution": "pareto", "delay_correlation": 0.5}
+    with pytest.raises(set_verb.UsageError, match="give up or down"):
+        set_verb.parse_params(["state", "off"])
     with pytest.raises(set_verb.UsageError, match="no value"):
         set_verb.parse_params(["latency"])
     with pytest.raises(set_verb.UsageError, match="unknown parameter 'delay'"):
@@ -279,6 +285,20 @@ def test_show_table_has_rates() -> None:
     text = console.export_text()
     assert "10ms" in text and "300" in text and "100" in text  # 200 packets / 2 s
     assert "1mbps" in text  # 250,000 bytes * 8 / 2 s
+
+
+def test_show_says_a_link_is_down_and_its_distributions() -> None:
+    status = schemas.StatusReply(host="h", fq_memory_bytes=0, materializations=[
+        schemas.MaterializationStatus(id="m", generation=1, links=[schemas.LinkStatus(
+            id="l", kind="p2p", vnis=[5, 6], counters=[], emulation=schemas.Emulation(
+                loss=0.1, loss_correlation=0.25, state="down", latency=20_000_000,
+                jitter=5_000_000, distribution="normal", delay_correlation=0.5))])])
+    from rich.console import Console
+    console = Console(width=200, record=True)
+    console.print(show.build_table(status))
+    text = console.export_text()
+    assert "p2p (down)" in text and "0.1 (corr 0.25)" in text
+    assert "5ms normal (corr 0.5)" in text
 
 
 def test_show_counts_a_frame_once_though_two_stages_saw_it() -> None:

@@ -50,11 +50,13 @@ def _under(names: set[str], *prefixes: str) -> set[str]:
 def test_imports_run_lab_cli_service() -> None:
     wrong = {}
     for path in _modules(PACKAGE / "service"):
-        bad = _under(_imports(path), "moa_bus.cli", "moa_bus.lab")
+        bad = _under(_imports(path), "moa_bus.cli", "moa_bus.lab", "moa_bus.engine")
         if bad:
             wrong[str(path.relative_to(ROOT))] = bad
-    for path in _modules(PACKAGE / "cli"):
+    for path in [*_modules(PACKAGE / "cli"), *PACKAGE.glob("engine*.py")]:
         bad = _under(_imports(path), "moa_bus.lab")
+        if path.name.startswith("engine"):
+            bad |= _under(_imports(path), "moa_bus.cli")
         if bad:
             wrong[str(path.relative_to(ROOT))] = bad
     for folder, above in (("datapath", ("moa_bus",)), ("schemas", ("moa_bus", "datapath"))):

@@ -356,6 +356,17 @@ RULES = [
      "links[0].emulation.burst.loss_bad", "outside"),
     ("burst and loss", _materialize(loss=0.1, burst={"p": 0.1, "r": 0.5}), "links[0].emulation.loss",
      "loss must be 0 when burst"),
+    ("loss_correlation 1", _materialize(loss=0.1, loss_correlation=1.0),
+     "links[0].emulation.loss_correlation", "below 1"),
+    ("loss_correlation < 0", _materialize(loss=0.1, loss_correlation=-0.5),
+     "links[0].emulation.loss_correlation", "outside [0, 1]"),
+    ("burst and loss_correlation", _materialize(loss_correlation=0.5, burst={"p": 0.1, "r": 0.5}),
+     "links[0].emulation.loss_correlation", "must be 0 when burst"),
+    ("state", _materialize(state="sideways"), "links[0].emulation.state", "up"),
+    ("distribution", _materialize(latency="10ms", jitter="1ms", distribution="gamma"),
+     "links[0].emulation.distribution", "one of: uniform, normal, pareto, paretonormal"),
+    ("delay_correlation 1", _materialize(latency="10ms", jitter="1ms", delay_correlation=1),
+     "links[0].emulation.delay_correlation", "below 1"),
     ("capacity tiny", _materialize(capacity="999bps"), "links[0].emulation.capacity", "minimum 1kbps"),
     ("queue without capacity", _materialize(queue="64KB"), "links[0].emulation.queue",
      "needs a capacity"),
@@ -403,6 +414,9 @@ def test_validation_normalizes_addresses():
      "needs a capacity"),
     ([{"link": "a", "emulation": {"loss": 0.1, "burst": {"p": 0.1, "r": 0.1}}}], "links[0].emulation.loss",
      "loss must be 0"),
+    ([{"link": "a", "emulation": {"state": "off"}}], "links[0].emulation.state", "down"),
+    ([{"link": "a", "emulation": {"loss_correlation": 1}}], "links[0].emulation.loss_correlation",
+     "below 1"),
 ])
 def test_update_rules(links, field, words):
     with pytest.raises(InvalidMessage) as e:

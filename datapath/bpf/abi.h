@@ -26,7 +26,8 @@ enum moa_drop_reason {
 	MOA_DROP_LOSS = 0,	/* random loss (Bernoulli or Gilbert-Elliott) */
 	MOA_DROP_QUEUE = 1,	/* tail drop: the link's backlog would exceed its queue */
 	MOA_DROP_HORIZON = 2,	/* departure further ahead than the horizon (fq would drop it) */
-	MOA_NR_DROP_REASONS = 3,
+	MOA_DROP_LINK_DOWN = 3,	/* the link is down (MOA_F_DOWN): every frame, before anything else */
+	MOA_NR_DROP_REASONS = 4,
 };
 
 /* Loss models (stage_params.loss_model). */
@@ -39,6 +40,37 @@ enum moa_loss_model {
 /* stage_params.flags */
 enum moa_stage_flags {
 	MOA_F_REORDER = 1 << 0,	/* jitter may reorder this link's packets (netem-like) */
+	MOA_F_DOWN = 1 << 1,	/* the link is down: drop every frame (MOA_DROP_LINK_DOWN) */
+};
+
+/*
+ * The distribution of a stage's jitter (stage_params.dist; docs/semantics.md, "Delay
+ * distributions"). A table is MOA_DIST_SIZE quantiles of a distribution of mean ~0, in units of
+ * 1/MOA_DIST_SCALE of the jitter (netem's scale and size): the delay is latency + jitter *
+ * v[q] / MOA_DIST_SCALE for a uniform quantile index q, clamped at 0. moa_dist holds the tables,
+ * written by userspace at load; the normal table also gives the innovations of a correlated
+ * draw (delay.h).
+ */
+enum moa_dist {
+	MOA_DIST_UNIFORM = 0,		/* no table: uniform in [latency - jitter, latency + jitter] */
+	MOA_DIST_NORMAL = 1,
+	MOA_DIST_PARETO = 2,
+	MOA_DIST_PARETONORMAL = 3,
+	MOA_NR_DISTS = 4,
+};
+
+#define MOA_DIST_SCALE 8192	/* a table value of MOA_DIST_SCALE is one jitter */
+#define MOA_DIST_SIZE 4096	/* quantiles per table: entry k is the quantile k / 4096 */
+#define MOA_CDF_SIZE 16384	/* moa_dist_cdf: z from -4 to 4 in steps of 1/2048 */
+
+struct moa_dist_table {
+	__s16 v[MOA_DIST_SIZE];
+};
+
+/* The standard normal CDF as a quantile index: u[j] = floor(Phi(z) * MOA_DIST_SIZE) for
+ * z = (j - MOA_CDF_SIZE / 2) / 2048, clamped to 0 .. MOA_DIST_SIZE - 1. */
+struct moa_dist_cdf {
+	__u16 u[MOA_CDF_SIZE];
 };
 
 /*
@@ -67,8 +99,11 @@ struct moa_stage_params {
 	__u16 overhead;		/* L1 bytes charged per frame (preamble, SFD, FCS, IFG): 24 */
 	__u8 loss_model;	/* enum moa_loss_model */
 	__u8 flags;		/* enum moa_stage_flags */
-	__u32 pad0;
-	__u64 reserved[2];
+	__u8 dist;		/* enum moa_dist: the jitter's distribution */
+	__u8 pad0[3];
+	__s32 delay_rho;	/* correlated jitter: weight of the previous latent draw, over 2^16 */
+	__s32 delay_innov;	/* and of the new normal draw, sqrt(1 - rho^2), over 2^16; 0 = none */
+	__u64 reserved[1];
 };
 
 /* Value of moa_links, keyed by VNI (__u32, low 24 bits). Written by userspace only. */
@@ -95,7 +130,8 @@ struct moa_stage_state {
 	__u64 ev_window;	/* start of the current drop-event budget window */
 	__u32 ev_used;		/* drop events emitted in that window */
 	__u32 pad0;
-	__u64 reserved[2];
+	__s64 delay_z;		/* correlated jitter: the last latent normal draw, over MOA_DIST_SCALE */
+	__u64 reserved[1];
 };
 
 /* Per-CPU counters of one stage of one link (moa_counters, index slot * 2 + stage). */
@@ -105,7 +141,7 @@ struct moa_link_counters {
 	__u64 drops[MOA_NR_DROP_REASONS];
 	__u64 events_suppressed;	/* drops not reported as events: over budget */
 	__u64 handover;		/* egress: packets that arrived carrying an ingress-stage handover */
-	__u64 reserved[1];
+	/* 64 bytes: one cache line per CPU per link stage (a fifth drop reason needs a second) */
 };
 
 /* Per-CPU global counters (moa_global, one entry). */

@@ -77,6 +77,23 @@ static __always_inline int moa_classify(struct __sk_buff *skb, const enum moa_st
 	}
 	moa_charge(skb, &pkt, p->overhead, &c);
 
+	/*
+	 * A link that is down drops every frame with its own reason. It is a parameter like any
+	 * other (set and cleared by a map update, the timeline untouched), so frames on either
+	 * side of the change keep their order; the lock is taken for the drop-event budget only.
+	 */
+	if (p->flags & MOA_F_DOWN) {
+		st = bpf_map_lookup_elem(&moa_state, &idx);
+		if (!st)
+			return TC_ACT_OK;
+		s.now = bpf_ktime_get_ns();
+		s.reason = MOA_DROP_LINK_DOWN;
+		bpf_spin_lock(&st->lock);
+		moa_event_budget(st, &s);
+		bpf_spin_unlock(&st->lock);
+		goto drop;
+	}
+
 	if (!moa_needs_state(p, handover) && p->loss_model == MOA_LOSS_NONE)
 		goto pass;
 
@@ -91,19 +108,11 @@ static __always_inline int moa_classify(struct __sk_buff *skb, const enum moa_st
 	s.now = bpf_ktime_get_ns();
 	if (p->rate_bps)
 		s.ser_ns = moa_ser_ns(c.wire, p->rate_bps);
-	s.delay_ns = moa_delay_ns(p) + handover;
+	s.delay_ns = moa_delay_ns(p, st) + handover;
 
 	moa_stage_step(st, p, &d, &s);
-
-	if (s.drop) {
-		if (s.reason < MOA_NR_DROP_REASONS)
-			cnt->drops[s.reason] += c.segs;
-		if (s.emit)
-			moa_emit_drop(pkt.vni, stage, s.reason, s.now, c.bytes, c.segs);
-		else
-			moa_count_suppressed(cnt);
-		return TC_ACT_SHOT;
-	}
+	if (s.drop)
+		goto drop;
 
 	if (stage == MOA_STAGE_EGRESS) {
 		if (s.departure > s.now)
@@ -124,6 +133,14 @@ pass:
 	cnt->packets += c.segs;
 	cnt->bytes += c.bytes;
 	return TC_ACT_OK;
+drop:
+	if (s.reason < MOA_NR_DROP_REASONS)
+		cnt->drops[s.reason] += c.segs;
+	if (s.emit)
+		moa_emit_drop(pkt.vni, stage, s.reason, s.now, c.bytes, c.segs);
+	else
+		moa_count_suppressed(cnt);
+	return TC_ACT_SHOT;
 }
 
 #endif /* MOA_CLASSIFY_H */

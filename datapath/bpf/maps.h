@@ -72,6 +72,23 @@ struct {
 	__type(value, struct moa_saved_qdiscs);
 } moa_saved_qdiscs SEC(".maps");
 
+/* The jitter's distribution tables (struct moa_dist_table), by enum moa_dist; userspace writes
+ * them at load (datapath/distributions.py). Entry MOA_DIST_UNIFORM stays unused. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MOA_NR_DISTS);
+	__type(key, __u32);
+	__type(value, struct moa_dist_table);
+} moa_dist SEC(".maps");
+
+/* The normal CDF as quantile indexes (struct moa_dist_cdf), one entry; userspace writes it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct moa_dist_cdf);
+} moa_dist_cdf SEC(".maps");
+
 /* Drop events (struct moa_drop_event). */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

@@ -21,6 +21,7 @@ const volatile enum moa_stage st_stage = MOA_STAGE_EGRESS;
 const volatile enum moa_drop_reason st_reason = MOA_DROP_LOSS;
 const volatile enum moa_loss_model st_loss = MOA_LOSS_NONE;
 const volatile enum moa_stage_flags st_flags = MOA_F_REORDER;
+const volatile enum moa_dist st_dist = MOA_DIST_UNIFORM;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -58,11 +59,18 @@ struct {
 /* abi.h's macros as enumerators (BTF has no macros), like the classifier does. */
 enum moa_abi_consts {
 	MOA_ABI_DROP_EVENT_VERSION = MOA_DROP_EVENT_VERSION,
+	MOA_ABI_DIST_SCALE = MOA_DIST_SCALE,
+	MOA_ABI_DIST_SIZE = MOA_DIST_SIZE,
+	MOA_ABI_CDF_SIZE = MOA_CDF_SIZE,
 };
 const volatile enum moa_abi_consts st_consts;
 
 /* A drop event template, so struct moa_drop_event is in BTF (ring buffers carry no value type). */
 struct moa_drop_event st_event_template;
+
+/* The distribution tables, so their structs are in BTF as they are in the classifier's. */
+struct moa_dist_table st_dist_template;
+struct moa_dist_cdf st_cdf_template;
 
 /* The box record, so struct moa_box is in BTF as it is in the classifier's. */
 struct moa_box st_box_template;

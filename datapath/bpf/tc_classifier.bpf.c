@@ -28,11 +28,15 @@ const volatile enum moa_stage moa_abi_stage;
 const volatile enum moa_drop_reason moa_abi_drop_reason;
 const volatile enum moa_loss_model moa_abi_loss_model;
 const volatile enum moa_stage_flags moa_abi_stage_flags;
+const volatile enum moa_dist moa_abi_dist;
 const volatile struct moa_drop_event moa_abi_drop_event;
 
 /* abi.h's macros, as enumerators Python can read from BTF. */
 enum moa_abi_consts {
 	MOA_ABI_DROP_EVENT_VERSION = MOA_DROP_EVENT_VERSION,
+	MOA_ABI_DIST_SCALE = MOA_DIST_SCALE,
+	MOA_ABI_DIST_SIZE = MOA_DIST_SIZE,
+	MOA_ABI_CDF_SIZE = MOA_CDF_SIZE,
 };
 const volatile enum moa_abi_consts moa_abi_consts;
 

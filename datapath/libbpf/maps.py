@@ -3,9 +3,9 @@
 ``Map``
     ``fd, name, type, key_size, value_size, max_entries``, ``is_percpu``;
     ``lookup(key, value_type=None)`` -> bytes | None (per-CPU maps: a list with one value per
-    possible CPU); ``update(key, value, flags=BPF_ANY)`` (per-CPU maps take a list, or one value
+    possible CPU); ``lookup_batch(limit)`` -> (keys, values, n): many entries in few syscalls;
+    ``update(key, value, flags=BPF_ANY)`` (per-CPU maps take a list, or one value
     written to every CPU); ``delete(key) -> bool``; ``keys(key_type=None)``; ``items()``;
-    ``lookup_range(first, count)`` (an array's values of a range of keys, in one syscall);
     ``pin(path)``, ``unpin()``; ``Map.from_pin(path)`` (after a restart; ``close()`` it).
     Keys and values are bytes, ctypes objects or ints (little-endian, of the key/value size);
     with ``value_type``/``key_type`` results come back as that ctypes type.
@@ -222,31 +222,38 @@ class Map(Pinnable):
             raise errno_error(f"batch delete from map {self.name} ({count.value} of {n} deleted)", -ret)
         return count.value
 
-    def lookup_range(self, first: int, count: int) -> bytes:
-        """The raw values of the keys first .. first + count - 1 of an array map, in one syscall
-        (BPF_MAP_LOOKUP_BATCH), key after key; a per-CPU map gives each key's value for every
-        possible CPU at 8-byte strides (as `lookup` reads them)."""
-        if self.type not in (MapType.ARRAY, MapType.PERCPU_ARRAY):
-            raise BpfError(f"{self.name}: lookup_range reads array maps only")
-        if first < 0 or count < 0 or first + count > self.max_entries:
-            raise ValueError(f"{self.name}: keys {first}..{first + count - 1} outside "
-                             f"0..{self.max_entries - 1}")
-        per_key = self._slot * self._ncpu if self.is_percpu else self.value_size
-        if count == 0:
-            return b""
-        keys = ctypes.create_string_buffer(self.key_size * count)
-        values = ctypes.create_string_buffer(per_key * count)
-        # in_batch is the key *before* the first one read (NULL: from the start)
-        before = ctypes.byref(_u32(first - 1)) if first else None
-        out, n = _u32(0), _u32(count)
+    def lookup_batch(self, limit: int | None = None, chunk: int = 4096) -> tuple[bytes, bytes, int]:
+        """Up to `limit` entries (None: all) in one BPF_MAP_LOOKUP_BATCH per `chunk` of them:
+        (keys, values, n), packed back to back into buffers allocated once. An array is read
+        from index 0 on, so `limit` reads its first `limit` indexes. Per-CPU values come as ncpu
+        values of round_up(value_size, 8) bytes each per key, in CPU order (the kernel's layout).
+
+        Nothing is locked and nothing is written: the kernel copies each value as it holds it
+        while programs may be updating it (each aligned 8-byte word is read whole)."""
+        total = self.max_entries if limit is None else min(limit, self.max_entries)
+        vsize = self._slot * self._ncpu if self.is_percpu else self.value_size
+        kb = ctypes.create_string_buffer(max(total, 1) * self.key_size)
+        vb = ctypes.create_string_buffer(max(total, 1) * vsize)
+        n = 0
+        lib = libbpf()
         opts = _BatchOpts(ctypes.sizeof(_BatchOpts), 0, 0)
-        ret = libbpf().bpf_map_lookup_batch(self.fd, before, ctypes.byref(out), keys, values,
-                                            ctypes.byref(n), ctypes.byref(opts))
-        if ret < 0 and -ret != errno_mod.ENOENT:  # ENOENT: the end of the map was reached
-            raise errno_error(f"batch lookup in map {self.name}", -ret)
-        if n.value != count:
-            raise BpfError(f"batch lookup in map {self.name}: {n.value} of {count} keys read")
-        return values.raw
+        # The batch token: for arrays the next index, for hashes a bucket (u32); key-sized at least.
+        token_size = max(self.key_size, 8)
+        in_batch = None
+        out_batch = ctypes.create_string_buffer(token_size)
+        while n < total:
+            count = _u32(min(chunk, total - n))
+            ret = lib.bpf_map_lookup_batch(self.fd, in_batch, out_batch,
+                                           ctypes.byref(kb, n * self.key_size),
+                                           ctypes.byref(vb, n * vsize),
+                                           ctypes.byref(count), ctypes.byref(opts))
+            if ret < 0 and ret != -errno_mod.ENOENT:
+                raise errno_error(f"batch lookup in map {self.name}", -ret)
+            n += count.value
+            if ret == -errno_mod.ENOENT or count.value == 0:  # the end of the map
+                break
+            in_batch = ctypes.create_string_buffer(out_batch.raw, token_size)
+        return (ctypes.string_at(kb, n * self.key_size), ctypes.string_at(vb, n * vsize), n)
 
     def delete(self, key: Any) -> bool:
         """Delete `key`; False if it was not there."""

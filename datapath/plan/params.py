@@ -75,8 +75,16 @@ def _emu(e: schemas.Emulation | None) -> str:
         parts.append(f"latency {e.latency}ns")
     if e.jitter:
         parts.append(f"jitter {e.jitter}ns")
+        if e.distribution != "uniform":
+            parts.append(f"distribution {e.distribution}")
+        if e.delay_correlation:
+            parts.append(f"delay correlation {e.delay_correlation:g}")
+    if e.state == "down":
+        parts.append("down")
     if e.loss:
         parts.append(f"loss {e.loss:g}")
+        if e.loss_correlation:
+            parts.append(f"loss correlation {e.loss_correlation:g}")
     if e.burst:
         parts.append(f"burst {e.burst}")
     if e.capacity:

@@ -1,4 +1,4 @@
-"""`moa bench {datapath,control,e2e}`: print figures; `--json` prints one JSON object.
+"""`moa bench {datapath,control,e2e,metrics}`: print figures; `--json` prints one JSON object.
 
 The benchmarks live in the lab (moa_bus/lab/); each is named here by its module's path and
 loaded only when chosen (the CLI imports nothing of the lab: moa_bus/cli/__init__.py).
@@ -19,6 +19,8 @@ BENCHES: dict[str, tuple[str, str]] = {
             "tc-netem"),
     "control": ("moa_bus.lab.control_bench", "materialize/update time, memory, pair vs bridge "
                 "throughput, request round trip, drop events to NATS"),
+    "metrics": ("moa_bus.lab.metrics_bench", "what a Prometheus scrape costs with 30,000 links, "
+                "and its effect on the datapath and the event loop"),
 }
 
 

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 import nats.errors
 from nats.aio.client import Client
 
+import schemas
+from moa_bus import engine
 from moa_bus.cli import environment
 from moa_bus.service import connection, credentials
 from moa_bus.service.subjects import Subjects, check_host, default_host
@@ -210,15 +212,13 @@ async def request(nc: Client, subject: str, data: bytes, timeout: float,
 
 
 def run_request(args: argparse.Namespace, subject_of, payload: bytes,
-                headers: dict[str, str] | None = None, show=None, send=None) -> int:
-    """Connect, send one request, print the reply; 0 on success, 1 on an error reply or timeout.
-    `send(nc, subject, payload, timeout, headers) -> Reply` replaces the one request
-    (moa_bus/cli/paging.py: status pages, documents larger than a message)."""
+                headers: dict[str, str] | None = None, show=None) -> int:
+    """Connect, send one request, print the reply; 0 on success, 1 on an error reply or timeout."""
     async def go() -> int:
         async with connected(args) as nc:
             subject = subject_of(subjects(args)) if callable(subject_of) else subject_of
             try:
-                reply = await (send or request)(nc, subject, payload, args.timeout, headers)
+                reply = await request(nc, subject, payload, args.timeout, headers)
             except nats.errors.NoRespondersError:
                 print(f"moa: no service answers on {subject} (is `moa serve` running with this "
                       "--host?)", file=sys.stderr)
@@ -229,6 +229,36 @@ def run_request(args: argparse.Namespace, subject_of, payload: bytes,
         (show or print_reply)(reply)
         return 1 if reply.is_error else 0
     return run_async(go())
+
+
+def run_engine(args: argparse.Namespace, call, show, settle=None) -> int:
+    """Connect (as `connected`), make one call of the engine client (moa_bus/engine.py) the
+    verbs are built on, `show(result)` and return its exit status. Nobody answering is one line
+    and 1; an error Ack the call raised (engine.Refused) is printed as a reply and 1.
+    `settle()` runs before anything is printed (a spinner making way)."""
+    settle = settle or (lambda: None)
+
+    async def go() -> int:
+        async with connected(args) as nc:
+            box = engine.MoaClient(nc, subjects(args).host, timeout=args.timeout)
+            try:
+                result = await call(box)
+            except engine.Unavailable as e:
+                settle()
+                print(f"moa: {e}", file=sys.stderr)
+                return 1
+            except engine.Refused as e:
+                settle()
+                return print_ack(e.ack)
+        settle()
+        return show(result)
+    return run_async(go())
+
+
+def print_ack(ack: schemas.Ack) -> int:
+    """An Ack as `moa req` prints a reply; the exit status it means (1 when not ok)."""
+    print_reply(Reply(schemas.encode(ack), None))
+    return 0 if ack.ok else 1
 
 
 def print_reply(reply: Reply) -> None:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from moa_bus.cli import client
 
@@ -13,4 +12,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return client.run_request(args, lambda s: s.op("dematerialize"), json.dumps({"id": args.id}).encode())
+    return client.run_engine(args, lambda box: box.dematerialize(args.id), client.print_ack)

@@ -3,7 +3,8 @@
 The file is checked here first (same rules as the service), so a typo is reported without a
 round trip. --dry-run asks the service for the ordered operations it would run, changing nothing
 (the request carries the header Moa-Dry-Run: 1). A file larger than the server's max_payload
-goes through the service's object store (moa_bus/cli/paging.py, docs/contract.md "Sizes").
+goes through the service's object store (engine.MoaClient does it: moa_bus/engine_paging.py,
+docs/contract.md "Sizes").
 """
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import argparse
 import sys
 
 import schemas
-from moa_bus.cli import client, paging, progress
-from moa_bus.service.subjects import DRY_RUN_HEADER
+from moa_bus import engine
+from moa_bus.cli import client, progress
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,18 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     client.add_arguments(parser, timeout=120.0)
 
 
-def _show_plan(reply: client.Reply) -> None:
-    obj = reply.json
-    if reply.is_error or not isinstance(obj, dict) or "operations" not in obj:
-        client.print_reply(reply)
-        return
-    ops = obj["operations"]
+def _show_plan(ops: engine.Plan) -> int:
     for i, op in enumerate(ops, 1):
         print(f"{i:4d}  {op}")
-    count = obj.get("count", len(ops))
-    if count > len(ops):  # the list was cut to fit one message
-        print(f"   ... and {count - len(ops):,} more")
-    print(f"{count} operation(s); nothing applied (dry run)")
+    if ops.count > len(ops):  # the list was cut to fit one message
+        print(f"   ... and {ops.count - len(ops):,} more")
+    print(f"{ops.count} operation(s); nothing applied (dry run)")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,18 +41,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"moa: {args.file}: {e.code}{where}: {e.message}", file=sys.stderr)
         return 1
     what = progress.describe_materialize(m)
-
-    async def send(nc, subject, payload, timeout, headers):  # through the object store if large
-        return await paging.send_document(nc, client.subjects(args), subject, payload, timeout,
-                                          headers)
-    if args.dry_run:
+    # The file's own bytes are sent (the service reads them as this check did).
+    if args.dry_run:  # the request carries Moa-Dry-Run: 1 (engine.MoaClient.plan)
         with progress.Waiting(f"planning {what} (dry run); waiting for the service") as w:
-            return client.run_request(args, lambda s: s.op("materialize"), data,
-                                      headers={DRY_RUN_HEADER: "1"}, show=w.then(_show_plan),
-                                      send=send)
+            return client.run_engine(args, lambda box: box.plan(data), _show_plan, w.stop)
     # On a terminal: a spinner with the time elapsed until the ack comes (stderr, transient).
     with progress.Waiting(f"materializing {what}; waiting for the ack") as w:
-        return client.run_request(args, lambda s: s.op("materialize"), data,
-                                  show=w.then(client.print_reply), send=send)
+        return client.run_engine(args, lambda box: box.materialize(data), client.print_ack,
+                                 w.stop)
 
 

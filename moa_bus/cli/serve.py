@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stream-replicas", type=int,
                         help="replicas of the JetStream events stream when moa creates it (1; "
                              "3 on a three-node cluster)")
+    parser.add_argument("--metrics", metavar="ADDR:PORT",
+                        help="serve Prometheus metrics on http://ADDR:PORT/metrics (off by "
+                             "default; e.g. 127.0.0.1:9464; docs/metrics.md)")
     parser.add_argument("--horizon", type=float,
                         help="s: no departure further ahead (30); a link needing more is refused "
                              "unsupported")

@@ -2,7 +2,8 @@
 (like MergeTB's `moacmd set`), e.g. `moa set a-b latency 50ms capacity 100mbps loss 0.01`.
 
 Keys: latency, jitter (durations), capacity (rate), queue (size, or "none"), loss (0..1),
-reorder (true/false). Without --id the materialization is the one holding a link of that name,
+loss_correlation (0..1, below 1), reorder (true/false), state (up/down), distribution (uniform,
+normal, pareto, paretonormal), delay_correlation (0..1, below 1). Without --id the materialization is the one holding a link of that name,
 or, for a tag, the only materialization on the box. A name that is a link id is a link, else a tag.
 """
 from __future__ import annotations
@@ -11,11 +12,12 @@ import argparse
 import json
 import sys
 
-import nats.errors
+import schemas
+from moa_bus import engine
+from moa_bus.cli import client
 
-from moa_bus.cli import client, paging
-
-KEYS = ("latency", "jitter", "capacity", "queue", "loss", "reorder")
+KEYS = ("latency", "jitter", "capacity", "queue", "loss", "loss_correlation", "reorder", "state",
+        "distribution", "delay_correlation")
 
 
 class UsageError(ValueError):
@@ -39,11 +41,15 @@ def parse_params(words: list[str]) -> dict[str, object]:
     for key, value in zip(words[::2], words[1::2]):
         if key not in KEYS:
             raise UsageError(f"unknown parameter {key!r} (one of {', '.join(KEYS)})")
-        if key == "loss":
+        if key in ("loss", "loss_correlation", "delay_correlation"):
             try:
                 out[key] = float(value)
             except ValueError:
-                raise UsageError(f"loss {value!r} is not a number in [0, 1]") from None
+                raise UsageError(f"{key} {value!r} is not a number in [0, 1]") from None
+        elif key == "state":
+            if value.lower() not in ("up", "down"):
+                raise UsageError(f"state {value!r}: give up or down")
+            out[key] = value.lower()
         elif key == "reorder":
             if value.lower() not in ("true", "false", "on", "off", "1", "0"):
                 raise UsageError(f"reorder {value!r}: give true or false")
@@ -83,23 +89,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"moa set: {e}", file=sys.stderr)
         return 2
 
-    async def go() -> int:
-        s = client.subjects(args)
-        async with client.connected(args) as nc:
-            try:
-                st = await paging.whole_status(nc, s.op("status"), None, args.timeout)
-                mid, which = pick_target(st.json or {}, args.target, args.materialization)
-                update = {"id": mid, "links": [{**which, "emulation": emulation}]}
-                reply = await client.request(nc, s.op("update"), json.dumps(update).encode(),
-                                             args.timeout)
-            except UsageError as e:
-                print(f"moa set: {e}", file=sys.stderr)
-                return 2
-            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-                print(f"moa: no reply from the service on {s.op('status')}", file=sys.stderr)
-                return 1
-        client.print_reply(reply)
-        return 1 if reply.is_error else 0
-    return client.run_async(go())
+    async def change(box: engine.MoaClient) -> schemas.Ack:
+        st = json.loads(schemas.encode(await box.status()))
+        mid, which = pick_target(st, args.target, args.materialization)
+        return await box.update({"id": mid, "links": [{**which, "emulation": emulation}]})
 
-
+    try:
+        return client.run_engine(args, change, client.print_ack)
+    except UsageError as e:
+        print(f"moa set: {e}", file=sys.stderr)
+        return 2

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import time
 
-import nats.errors
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 import schemas
-from moa_bus.cli import client, paging
+from moa_bus import engine
+from moa_bus.cli import client
 
 Totals = dict[tuple[str, str], tuple[int, int, int]]  # (materialization, link) -> packets, bytes, drops
 
@@ -38,10 +37,22 @@ def totals(status: schemas.StatusReply) -> Totals:
     return out
 
 
+def _jitter(e: schemas.Emulation) -> str:
+    if not e.jitter:
+        return "-"
+    words = [schemas.format_duration(e.jitter)]
+    if e.distribution != "uniform":
+        words.append(e.distribution)
+    if e.delay_correlation:
+        words.append(f"(corr {e.delay_correlation:g})")
+    return " ".join(words)
+
+
 def _emulation(e: schemas.Emulation) -> list[str]:
     return [schemas.format_duration(e.latency) if e.latency else "-",
-            schemas.format_duration(e.jitter) if e.jitter else "-",
-            f"{e.loss:g}" if e.loss else "-",
+            _jitter(e),
+            (f"{e.loss:g} (corr {e.loss_correlation:g})" if e.loss_correlation else f"{e.loss:g}")
+            if e.loss else "-",
             schemas.format_rate(e.capacity)]
 
 
@@ -59,7 +70,8 @@ def build_table(status: schemas.StatusReply, previous: Totals | None = None,
     for m in status.materializations:
         for link in m.links:
             p, b, d = now[(m.id, link.id)]
-            row = [m.id, link.id, link.kind, ",".join(map(str, link.vnis)), *_emulation(link.emulation),
+            kind = f"{link.kind} (down)" if link.emulation.state == "down" else link.kind
+            row = [m.id, link.id, kind, ",".join(map(str, link.vnis)), *_emulation(link.emulation),
                    f"{p:,}", f"{b:,}", f"{d:,}"]
             if previous is not None and dt > 0:
                 p0, b0, _ = previous.get((m.id, link.id), (p, b, d))
@@ -86,35 +98,21 @@ def caption(status: schemas.StatusReply) -> str | None:
     return " · ".join(parts) or None
 
 
-async def _status(nc, args) -> schemas.StatusReply:
-    reply = await paging.whole_status(nc, client.subjects(args).op("status"), None, args.timeout)
-    if reply.is_error:
-        raise RuntimeError(reply.data.decode(errors="replace"))
-    return schemas.decode(schemas.StatusReply, reply.data)
-
-
 def run(args: argparse.Namespace) -> int:
     console = Console()
 
-    async def go() -> int:
-        async with client.connected(args) as nc:
-            try:
-                status = await _status(nc, args)
-                if not args.watch:
-                    console.print(build_table(status))
-                    return 0
-                prev, t_prev = totals(status), time.monotonic()
-                with Live(build_table(status), console=console, refresh_per_second=4) as live:
-                    while True:
-                        await asyncio.sleep(args.interval)
-                        status = await _status(nc, args)
-                        t = time.monotonic()
-                        live.update(build_table(status, prev, t - t_prev))
-                        prev, t_prev = totals(status), t
-            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-                print(f"moa: no reply on {client.subjects(args).op('status')}", file=sys.stderr)
-                return 1
-            except RuntimeError as e:
-                print(f"moa: {e}", file=sys.stderr)
-                return 1
-    return client.run_async(go())
+    async def go(box: engine.MoaClient) -> int:
+        status = await box.status()
+        if not args.watch:
+            console.print(build_table(status))
+            return 0
+        prev, t_prev = totals(status), time.monotonic()
+        with Live(build_table(status), console=console, refresh_per_second=4) as live:
+            while True:
+                await asyncio.sleep(args.interval)
+                status = await box.status()
+                t = time.monotonic()
+                live.update(build_table(status, prev, t - t_prev))
+                prev, t_prev = totals(status), t
+
+    return client.run_engine(args, go, lambda code: code)

@@ -1,10 +1,14 @@
 """`moa status [ID]`: what the box holds (materializations, links, emulation, counters), as JSON:
-the whole box, however many pages the service answered it in."""
+the whole box, however many pages the service answered it in (engine.MoaClient.status puts
+them together)."""
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 
-from moa_bus.cli import client, paging
+import schemas
+from moa_bus.cli import client
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -12,8 +16,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     client.add_arguments(parser)
 
 
+def _print(status: schemas.StatusReply) -> int:
+    obj = json.loads(schemas.encode(status))
+    print(json.dumps(obj, indent=2 if sys.stdout.isatty() else None))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    """Every page of the box's status, put together (moa_bus/cli/paging.py)."""
-    async def whole(nc, subject, _payload, timeout, _headers):
-        return await paging.whole_status(nc, subject, args.id, timeout)
-    return client.run_request(args, lambda s: s.op("status"), b"", send=whole)
+    return client.run_engine(args, lambda box: box.status(args.id), _print)

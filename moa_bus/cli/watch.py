@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 
+import schemas
+from moa_bus import engine
 from moa_bus.cli import client
 
 
@@ -37,22 +40,31 @@ def describe(kind: str, obj: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     kinds = [k for k in ("acks", "drops", "links") if getattr(args, k)] or ["acks", "drops", "links"]
 
-    async def go() -> int:
-        s = client.subjects(args)
-        subject = {"acks": s.acks, "drops": s.drops, "links": s.links}
+    async def go(box: engine.MoaClient) -> int:
+        feeds = {"acks": box.acks, "drops": box.drops, "links": box.link_stats}
         done = asyncio.Event()
         seen = 0
-        async with client.connected(args) as nc:
-            for kind in kinds:
-                async def cb(msg, kind=kind) -> None:
-                    nonlocal seen
-                    obj = json.loads(msg.data)
-                    print(json.dumps({kind: obj}) if args.json else describe(kind, obj), flush=True)
-                    seen += 1
-                    if args.count and seen >= args.count:
-                        done.set()
-                await nc.subscribe(subject[kind], cb=cb)
-            print(f"watching {', '.join(subject[k] for k in kinds)}", file=sys.stderr, flush=True)
-            await done.wait()
+
+        async def follow(kind: str, feed: engine.Feed) -> None:
+            nonlocal seen
+            async for message in feed:
+                obj = json.loads(schemas.encode(message))
+                print(json.dumps({kind: obj}) if args.json else describe(kind, obj), flush=True)
+                seen += 1
+                if args.count and seen >= args.count:
+                    done.set()
+
+        async with contextlib.AsyncExitStack() as stack:
+            opened = [(kind, await stack.enter_async_context(feeds[kind]())) for kind in kinds]
+            print(f"watching {', '.join(feed.subject for _, feed in opened)}", file=sys.stderr,
+                  flush=True)
+            tasks = [asyncio.create_task(follow(kind, feed)) for kind, feed in opened]
+            try:
+                await done.wait()
+            finally:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
         return 0
-    return client.run_async(go())
+
+    return client.run_engine(args, go, lambda code: code)

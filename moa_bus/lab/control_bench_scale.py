@@ -7,7 +7,7 @@ import asyncio
 import json
 import time
 
-from moa_bus.cli import paging
+from moa_bus import engine, engine_paging
 from moa_bus.lab.host_testbed import Testbed
 
 APPLY_FIRST_VNI = 100_000  # the 10,000 links applied while status is asked
@@ -41,7 +41,7 @@ async def whole_status(bench, nc) -> tuple[dict, int, int]:
         size += len(msg.data)
         cursor = page.get("next")
         if cursor is None:
-            return paging.merge_pages(pages), len(pages), size
+            return engine_paging.merge_pages(pages), len(pages), size
 
 
 async def during_apply(bench, nc, bed: Testbed) -> None:
@@ -51,16 +51,16 @@ async def during_apply(bench, nc, bed: Testbed) -> None:
     data = json.dumps(doc).encode()
     held, _, _ = await whole_status(bench, nc)
     t0 = time.perf_counter()
-    applying = asyncio.create_task(paging.send_document(
-        nc, bench.subjects, bench.subjects.op("materialize"), data, 1800))
+    box = engine.MoaClient(nc, bench.subjects.host)
+    applying = asyncio.create_task(box.materialize(data, timeout=1800))
     times: list[float] = []
     while not applying.done():
         t = time.perf_counter()
         await whole_status(bench, nc)
         times.append((time.perf_counter() - t) * 1000)
         await asyncio.sleep(0.01)
-    ack = json.loads((await applying).data)
-    if not ack.get("ok"):
+    ack = await applying
+    if not ack.ok:
         raise RuntimeError(f"the 10,000-link materialize was refused: {ack}")
     bench.out["apply_10k_s"] = round(time.perf_counter() - t0, 1)
     bench.out["status_during_apply_links"] = sum(len(m["links"])
@@ -80,10 +80,8 @@ async def big(bench, nc, bed: Testbed) -> None:
     bench.out["materialize_30k_bytes"] = len(data)
     bench.out["max_payload"] = nc.max_payload
     t0 = time.perf_counter()
-    reply = await paging.send_document(nc, bench.subjects, bench.subjects.op("materialize"),
-                                       data, 3600)
-    ack = json.loads(reply.data)
-    if not ack.get("ok"):
+    ack = await engine.MoaClient(nc, bench.subjects.host).materialize(data, timeout=3600)
+    if not ack.ok:
         raise RuntimeError(f"the 30,000-link materialize was refused: {ack}")
     bench.out["materialize_30k_s"] = round(time.perf_counter() - t0, 1)
     times = []

@@ -90,7 +90,7 @@ async def serve(s: ServeSettings, box_factory: BoxFactory = open_kernel_box,
         live[0] = True
         config = ServiceConfig(host=s.host, stats_interval=s.stats_interval,
                                drop_interval=s.drop_interval, stream_replicas=s.stream_replicas,
-                               ack_wait=s.ack_wait)
+                               ack_wait=s.ack_wait, metrics=s.metrics)
         if config.jetstream:  # before the datapath: a server without it changes nothing here
             await require_jetstream(nc)
         other = await running_instance(nc, s.host)
@@ -104,11 +104,13 @@ async def serve(s: ServeSettings, box_factory: BoxFactory = open_kernel_box,
         service = MoaService(nc, box.datapath, box.desired, config, box.unconverged)
         await service.start()
         quiet_collector()
+        if service.metrics_endpoint is not None:
+            say(f"Prometheus metrics on {service.metrics_endpoint.url}")
         say(f"serving host {s.host!r} on {url} (moa.{s.host}.*; service 'moa')")
         await stop.wait()
         say("stopping: finishing the operation in hand; the datapath stays in place")
         return 0
-    except SettingsError as e:  # from the box factory
+    except SettingsError as e:  # from the box factory, or the metrics endpoint's address
         say(str(e))
         return 2
     except CredentialError as e:  # a password or token file that cannot be read

@@ -6,7 +6,7 @@ MOA_HOST, MOA_UPLINK, MOA_STATE_DIR, MOA_NATS_PASSWORD, MOA_NATS_TOKEN here), th
 (TOML, keys named like the long options: nats, host, uplink, local, allow_loss_only, state_dir,
 embedded_port, stats_interval, drop_interval, netns, pin_root, nats_user, nats_password_file,
 nats_token_file, nats_nkey, nats_creds, nats_inbox_prefix, nats_ca, nats_cert, nats_key,
-connect_timeout, stream_replicas, ack_wait, horizon, fq_memory_max; and nats_password,
+connect_timeout, stream_replicas, ack_wait, horizon, fq_memory_max, metrics; and nats_password,
 nats_token, which have no option: a secret never goes in a command line), then defaults. A
 --config file that holds a secret must be readable by its owner only. A NATS URL may be a
 comma-separated list of a cluster's servers. A value that cannot be used is a SettingsError
@@ -67,6 +67,7 @@ class ServeSettings:
     connect_timeout: float = 5.0
     stream_replicas: int = 1  # replicas of the JetStream events stream moa creates (3 on a cluster)
     ack_wait: float = 30.0  # s JetStream waits for an ack before redelivering an event
+    metrics: str | None = None  # ADDR:PORT of the Prometheus endpoint; None: off
     # s: no departure further ahead (classifier and sch_fq); a link that would need more is
     # refused, and at start it is raised to what the desired state holds (datapath/limits.py)
     horizon: float = limits.DEFAULT_HORIZON_NS / limits.NSEC
@@ -238,6 +239,21 @@ def setting_name(name: str) -> str:
     return f"--{name.replace('_', '-')} ({name} in --config)"
 
 
+def parse_listen(text: str) -> tuple[str, int]:
+    """"ADDR:PORT" (IPv6 in brackets: "[::1]:9464"; ":PORT" is every IPv4 address) as (host,
+    port); ValueError saying what is wrong. Port 0 lets the kernel pick one."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"{text!r} is not ADDR:PORT (e.g. 127.0.0.1:9464, [::1]:9464, :9464)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{text!r}: write an IPv6 address in brackets, e.g. [::1]:9464")
+    if not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r}: port {port} is outside 0..65535")
+    return host or "0.0.0.0", int(port)
+
+
 def check_ranges(s: ServeSettings) -> None:
     """Numbers that the types allow but the service cannot use."""
     for name in ("stats_interval", "drop_interval", "connect_timeout", "ack_wait"):
@@ -248,6 +264,11 @@ def check_ranges(s: ServeSettings) -> None:
     if not 1 <= s.embedded_port <= 65535:
         raise SettingsError(f"{setting_name('embedded_port')} must be a TCP port (1 to 65535), "
                             f"not {s.embedded_port}")
+    if s.metrics is not None:
+        try:
+            parse_listen(s.metrics)
+        except ValueError as e:
+            raise SettingsError(f"{setting_name('metrics')}: {e}") from None
     if not 0.001 <= s.horizon <= limits.MAX_HORIZON_NS / limits.NSEC:  # NaN too
         raise SettingsError(f"{setting_name('horizon')} must be 0.001 to "
                             f"{limits.MAX_HORIZON_NS // limits.NSEC} seconds (sch_fq's horizon "

@@ -39,6 +39,7 @@ from moa_bus.service import status
 from moa_bus.service.applier import APPLY_OPS, QUEUE_LIMIT, Applier, Body, Outcome
 from moa_bus.service.desired import DesiredState
 from moa_bus.service.micro import DEFAULT_QUEUE_GROUP, Endpoint, MicroService, error_headers
+from moa_bus.service.settings import SettingsError
 from moa_bus.service.subjects import DRY_RUN_HEADER, OBJECT_HEADER, SERVICE_NAME, Subjects
 from moa_bus.service.telemetry import Telemetry
 from schemas import InvalidMessage
@@ -110,6 +111,7 @@ class ServiceConfig:
     queue_limit: int = QUEUE_LIMIT  # operations waiting in the apply queue; past it: busy
     max_body_bytes: int = MAX_BODY_BYTES  # a request body or the document it names
     busy_retry: float = BUSY_RETRY_S  # s before a JetStream event refused busy comes again
+    metrics: str | None = None  # ADDR:PORT of the Prometheus endpoint (moa_bus/service/metrics.py)
 
 
 class MoaService:
@@ -143,10 +145,23 @@ class MoaService:
         self._busy_naks: dict[int, int] = {}  # stream seq -> deliveries refused busy
         self.events_refused_busy = 0  # JetStream deliveries handed back: the queue was full
         self._docs = None  # the object store of large documents (JetStream)
+        self.metrics = None  # ServiceMetrics, with config.metrics
+        self.metrics_endpoint = None  # MetricsEndpoint: .url, .address once started
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        if self.config.metrics is not None:  # first: an address in use stops the start here
+            from moa_bus.service.metrics import MetricsEndpoint, ServiceMetrics
+
+            self.metrics = ServiceMetrics(self)
+            endpoint = MetricsEndpoint(self.metrics, self.config.metrics)
+            try:
+                endpoint.start()
+            except OSError as e:
+                raise SettingsError(f"--metrics {self.config.metrics} (metrics in --config): "
+                                    f"cannot listen there: {e.strerror or e}") from None
+            self.metrics_endpoint = endpoint
         self.applier.start()
         await self.micro.start(self.nc)
         # One subscription for every endpoint: see _dispatch for why.
@@ -175,6 +190,9 @@ class MoaService:
         if self._responders:
             await asyncio.gather(*self._responders, return_exceptions=True)
         await self.telemetry.stop()
+        if self.metrics_endpoint is not None:  # before the datapath it reads is closed
+            await asyncio.to_thread(self.metrics_endpoint.stop)
+            self.metrics_endpoint = None
         try:
             await self.nc.flush(timeout=2)
         except Exception as e:
@@ -291,6 +309,8 @@ class MoaService:
             await self._forget(msg)
 
     async def _publish_ack(self, ack: schemas.Ack) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_ack(ack)
         await self.nc.publish(self.subjects.acks, schemas.encode(ack))
 
     # ------------------------------------------------------------------ JetStream

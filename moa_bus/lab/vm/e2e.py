@@ -17,6 +17,7 @@ from pathlib import Path
 from . import moa_stack, report, runner
 from .shaper_scenarios import E2eConfig, ShaperFn, ShaperScenarios, edt_ref_shaper, netem_shaper
 from .stack_results import StackResults
+from .impairment_scenarios import ImpairmentScenarios
 from .stack_scenarios import MoaConfig, StackScenarios
 from .batch import Batch, results as step_results
 
@@ -43,7 +44,14 @@ def _scenarios(workdir: Path, cfg: E2eConfig,
 
 
 SCENARIOS = ("latency", "capacity", "udp", "loss", "lan", "update", "isolation", "p2p_vs_lan",
-             "rollback", "long_latency")
+             "rollback", "long_latency", "distributions", "link_state")
+
+
+def impairments(sc: ShaperScenarios, ms: StackScenarios) -> ImpairmentScenarios:
+    """Issue 13's scenarios on the same testbed; netem on the plain bridge lan0."""
+    (_, lan0), = [(n, m) for n, m in moa_stack.COMPARISON_BRIDGES if n == "lan0"]
+    (_, v1, _), (_, v2, addr2) = lan0
+    return ImpairmentScenarios(sc.tb, ms.stack, (v1, v2), addr2.split("/")[0])
 
 
 def full_batch(sc: ShaperScenarios, ms: StackScenarios,
@@ -73,13 +81,19 @@ def full_batch(sc: ShaperScenarios, ms: StackScenarios,
     for name in ("loss", "lan", "update", "isolation", "p2p_vs_lan", "rollback", "long_latency"):
         if want(name):
             getattr(ms, name)(batch)
+    ims = impairments(sc, ms)
+    for name in ("distributions", "link_state"):
+        if want(name):
+            getattr(ims, name)(batch)
     ms.finish(batch)
     return batch
 
 
 def analyse(sc: ShaperScenarios, ms: StackScenarios, workdir: Path) -> dict:
     out = sc.analyse(workdir)
-    StackResults(ms).analyse(workdir, step_results(workdir), out)
+    steps = step_results(workdir)
+    StackResults(ms).analyse(workdir, steps, out)
+    out.update(impairments(sc, ms).analyse({n: s for n, s in steps.items() if s.rc == 0}))
     return out
 
 

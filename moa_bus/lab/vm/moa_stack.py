@@ -85,6 +85,12 @@ LINKS: tuple[MoaLink, ...] = (
     MoaLink("pp", (("hv1", 810), ("hv2", 811)), {"latency": "20ms", "capacity": "50mbps"}),
     MoaLink("long", (("hv1", 910), ("hv2", 911)),
             {"latency": "10s", "capacity": "10mbps", "queue": "64KiB"}),
+    # issue 13 (impairment_scenarios.py): the jitter's distributions, a link taken down and up
+    MoaLink("jn", (("hv1", 920), ("hv2", 921)),
+            {"latency": "20ms", "jitter": "4ms", "distribution": "normal", "reorder": True}),
+    MoaLink("jp", (("hv1", 930), ("hv2", 931)),
+            {"latency": "20ms", "jitter": "4ms", "distribution": "pareto", "reorder": True}),
+    MoaLink("dn", (("hv1", 940), ("hv2", 941))),
 )
 SLOW_LINKS = ("long",)  # a ping takes 20 s: not waited for at start (its scenario does)
 

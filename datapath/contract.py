@@ -1,0 +1,106 @@
+"""The datapath's contract with the bus: the `Datapath` protocol and what its calls return.
+
+datapath.api holds the real implementation (KernelDatapath) and re-exports these names; the
+bus imports them from there (docs/architecture.md).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import schemas
+from datapath.classifier import CounterTable, StageCounters
+from datapath.drops import OwnerLookup
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    changed: bool
+    operations: int  # how many operations ran (parameter writes count one per VNI)
+
+
+@dataclass
+class ReconcileReport:
+    """What `reconcile` did: the operations it applied (described, in order), the
+    materializations it could not converge (id -> why), the orphans it purged."""
+
+    operations: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    purged: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class MapUsage:
+    """How full one BPF map is: entries held against max_entries (its size, set at load)."""
+    name: str
+    entries: int
+    max_entries: int
+
+
+DropCallback = Callable[[schemas.DropEvent], None]
+
+
+class Datapath(Protocol):
+    """What the bus needs from the box (docs/architecture.md): every method is required."""
+
+    loss_only: bool
+
+    async def apply(self, m: schemas.Materialize, *, params_only: bool = False) -> ApplyResult:
+        """Converge the kernel to `m` for materialization m.id (no links: remove it all).
+        `params_only`: m differs from what was applied only in emulation (an Update). Raises
+        InvalidMessage (a setting this box cannot honour), PlanConflict, or PlanError (the box
+        was rolled back to what the kernel held before; `rollback_errors` when not all of it)."""
+        ...
+
+    async def plan(self, m: schemas.Materialize) -> list[str]:
+        """The operations `apply(m)` would run, described (`--dry-run`)."""
+        ...
+
+    async def holds(self, m: schemas.Materialize) -> bool:
+        """A cheap check, not a plan, that the kernel still holds `m` as applied: each of its
+        VNIs' parameters in the classifier's map and each of its VTEPs (by name), read now."""
+        ...
+
+    async def reconcile(self, desired: Sequence[schemas.Materialize]) -> ReconcileReport:
+        """Converge the whole box to `desired`: materializations not in it are removed, every
+        one in it is repaired, parameters and pair entries nobody owns are purged."""
+        ...
+
+    async def counters(self, vnis: Iterable[int]) -> dict[int, dict[str, StageCounters]]:
+        """Each VNI's stage counters ("egress", "ingress"), for the VNIs the kernel holds."""
+        ...
+
+    def box_counters(self) -> dict[str, int]: ...
+
+    def fq_memory_bytes(self) -> int:
+        """The worst-case sch_fq memory of what the kernel holds (rate x time queued, summed)."""
+        ...
+
+    def generation_floor(self) -> int:
+        """The highest generation recorded in the kernel (0 on a new box)."""
+        ...
+
+    def record_generation(self, generation: int) -> None: ...
+
+    def drop_events(self, callback: DropCallback, owner: OwnerLookup) -> None:
+        """Call `callback` in the running loop for every drop event, labelled by `owner`."""
+        ...
+
+    def drop_event_losses(self) -> tuple[int, int]:
+        """(suppressed, lost): drops not reported as events, totals since start."""
+        ...
+
+    def counter_table(self) -> CounterTable:
+        """Every link's counters at once, summed over CPUs, in a few syscalls; callable from
+        any thread, takes nothing the datapath or the apply path waits for (the metrics
+        endpoint's read: docs/metrics.md)."""
+        ...
+
+    def map_usage(self) -> list[MapUsage]:
+        """The occupancy of the maps that fill up with links; callable from any thread."""
+        ...
+
+    async def close(self) -> None:
+        """Release handles; the kernel state stays in place."""
+        ...

@@ -1,0 +1,179 @@
+"""Issue 13's impairments in the VM, next to tc-netem where netem has the feature: the jitter's
+distributions (normal, pareto) seen in ping round trips, and a link taken down and up under load.
+
+Distributions. moa's links `jn` and `jp` (20 ms, 4 ms jitter, normal / pareto, reorder on) act on
+both directions, so a round trip carries two independent delays. netem is put on the box's plain
+bridge `lan0` with the same delay and distribution for both directions (one netem, a filter per
+hypervisor), so its round trips carry two as well. Each side's added delay is its RTT minus the
+median RTT of its own unshaped path (moa's `base` link, `lan0` without netem) in the same step;
+the two samples are compared by their two-sample Kolmogorov-Smirnov distance.
+
+Link state. UDP at a constant rate over `dn` and, at the same time, over `base` (the control);
+`moa set dn state down`, two seconds, `moa set dn state up`. Only `dn` loses datagrams, and it
+carries traffic again after `up` (the receiver's last intervals).
+"""
+from __future__ import annotations
+
+import bisect
+import json
+import math
+from dataclasses import dataclass
+
+from . import measure, moa_stack, shaping, traffic
+from .batch import Batch, StepResult
+from .measure import in_ns
+from .moa_stack import MoaStack, link
+from .scripted_testbed import Testbed
+
+DISTRIBUTIONS = {"normal": "jn", "pareto": "jp"}   # netem's name -> moa's link (moa_stack.LINKS)
+
+
+@dataclass(frozen=True)
+class ImpairmentConfig:
+    latency_ms: int = 20       # moa_stack.LINKS's jn and jp have these
+    jitter_ms: int = 4
+    pings: int = 600           # per sample: the 0.1% critical KS distance is 0.113
+    ping_interval_s: float = 0.02
+    udp_bps: int = 4_000_000
+    udp_length: int = 1000
+    udp_seconds: int = 60      # a `moa set` under TCG takes 4-17 s: ~15 s are left after `up`
+    down_s: int = 2
+    port2: int = 5202
+
+
+def netem_both_ways(tb: Testbed, vnis: tuple[int, int], opts: str) -> list[str]:
+    """One netem on the box's uplink for the frames toward both VNIs' hypervisors."""
+    box, dev = tb.ns("box"), tb.uplink_dev
+    return shaping.clear(tb) + [
+        f"tc -n {box} qdisc add dev {dev} root handle 1: prio bands 2 "
+        "priomap 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1",
+        f"tc -n {box} qdisc add dev {dev} parent 1:1 handle 10: netem limit 100000 {opts}",
+        f"tc -n {box} qdisc add dev {dev} parent 1:2 handle 20: pfifo limit 10000",
+        *[f"tc -n {box} filter add dev {dev} parent 1: protocol ip prio 1 u32 "
+          f"match ip dst {tb.owner_of(v).underlay}/32 flowid 1:1" for v in vnis],
+    ]
+
+
+def ks_two_sample(a: list[float], b: list[float]) -> float:
+    xs, ys = sorted(a), sorted(b)
+    d = 0.0
+    for v in xs + ys:
+        d = max(d, abs(bisect.bisect_right(xs, v) / len(xs) - bisect.bisect_right(ys, v) / len(ys)))
+    return d
+
+
+def ks_critical(n: int, m: int) -> float:
+    """The two-sample distance a test rejects at the 0.1% level."""
+    return 1.95 * math.sqrt((n + m) / (n * m))
+
+
+@dataclass
+class ImpairmentScenarios:
+    tb: Testbed
+    stack: MoaStack
+    netem_vnis: tuple[int, int]     # the plain bridge lan0's VNIs (hv1, hv2)
+    netem_dst: str                  # hv2's address on lan0
+    cfg: ImpairmentConfig = ImpairmentConfig()
+
+    def ns(self, hv: str) -> str:
+        return self.tb.ns(hv)
+
+    def distributions(self, batch: Batch) -> None:
+        c, hv1 = self.cfg, self.ns("hv1")
+
+        def pings(dst: str, out: str) -> list[str]:
+            return [in_ns(hv1, f"ping -n -q -c 10 -i {c.ping_interval_s} {dst} >/dev/null || true"),
+                    in_ns(hv1, f'ping -n -c {c.pings} -i {c.ping_interval_s} -W 2 {dst} >"{out}"')]
+        for dist, lk in DISTRIBUTIONS.items():
+            batch.add(f"dist-{dist}", shaping.clear(self.tb) + [
+                *pings(link("base").address("hv2"), "$STEP.moa_base"),
+                *pings(link(lk).address("hv2"), "$STEP.moa"),
+                *pings(self.netem_dst, "$STEP.netem_base"),
+                *netem_both_ways(self.tb, self.netem_vnis,
+                                 f"delay {c.latency_ms}ms {c.jitter_ms}ms distribution {dist}"),
+                *pings(self.netem_dst, "$STEP.netem"),
+                *shaping.clear(self.tb),
+            ])
+
+    def link_state(self, batch: Batch) -> None:
+        c, s = self.cfg, self.stack
+        hv1, hv2 = self.ns("hv1"), self.ns("hv2")
+
+        def since(label: str) -> str:
+            """When the `moa set` just done was acked (epoch s; the analysis puts it on the
+            receiver's time line)."""
+            return f'echo "{label} $(date +%s.%N)" >>"$STEP.times"'
+
+        def client(dst: str, port: int, out: str) -> str:
+            return in_ns(hv1, f"iperf3 -c {dst} -p {port} -u -b {c.udp_bps} -l {c.udp_length} "
+                              f"-w 4M -t {c.udp_seconds} -J --get-server-output >\"{out}\" &")
+        batch.add("link-state", shaping.clear(self.tb) + [
+            "_srv=''", traffic.KILL_JOBS,
+            *traffic.iperf_server(hv2, 5201, "$STEP.dn.server.json"),
+            *traffic.iperf_server(hv2, c.port2, "$STEP.ctl.server.json"),
+            client(link("dn").address("hv2"), 5201, "$STEP.dn.json"), "_c1=$!",
+            client(link("base").address("hv2"), c.port2, "$STEP.ctl.json"), "_c2=$!",
+            "sleep 4",
+            *s.set_link("dn", "down", check=False, state="down"), since("down"),
+            f"sleep {c.down_s}",
+            *s.set_link("dn", "up", check=False, state="up"), since("up"),
+            "wait $_c1", "wait $_c2", "wait $_srv",
+            *s.status('$STEP.status.json'),
+        ])
+
+    # -- results ----------------------------------------------------------------------------
+    def analyse(self, ok: dict[str, StepResult]) -> dict:
+        out: dict = {"distributions": self._distributions(ok), "link_state": self._link_state(ok)}
+        return out
+
+    def _distributions(self, ok: dict[str, StepResult]) -> dict:
+        c = self.cfg
+        out: dict = {"latency_ms": c.latency_ms, "jitter_ms": c.jitter_ms,
+                     "method": "added RTT (RTT - median RTT of the same path unshaped), both "
+                               "directions shaped; two-sample Kolmogorov-Smirnov distance"}
+        for dist in DISTRIBUTIONS:
+            s = ok.get(f"dist-{dist}")
+            if s is None:
+                continue
+            added = {}
+            for side in ("moa", "netem"):
+                base = measure.median(measure.parse_ping(s.file(f".{side}_base").read_text()))
+                added[side] = [x - base for x in measure.parse_ping(s.file(f".{side}").read_text())]
+            n, m = len(added["moa"]), len(added["netem"])
+            out[dist] = {"moa_count": n, "netem_count": m,
+                         "moa_median_ms": measure.median(added["moa"]),
+                         "netem_median_ms": measure.median(added["netem"]),
+                         "moa_p90_ms": measure.percentile(added["moa"], 90),
+                         "netem_p90_ms": measure.percentile(added["netem"], 90),
+                         "ks": ks_two_sample(added["moa"], added["netem"]),
+                         "ks_critical": ks_critical(n, m) if n and m else None}
+        return out
+
+    def _link_state(self, ok: dict[str, StepResult]) -> dict:
+        s = ok.get("link-state")
+        if s is None:
+            return {}
+        out: dict = {"down_s": self.cfg.down_s}
+        for name in ("dn", "ctl"):
+            r = measure.parse_iperf3_udp(s.file(f".{name}.json").read_text())
+            out[f"{name}_packets"] = r.packets
+            out[f"{name}_lost"] = r.lost_packets
+            out[f"{name}_intervals_mbps"] = [x / 1e6 for x in r.intervals_bps]
+        # When each `moa set` was acked, in s since the receiver's start (its intervals' zero).
+        start = json.loads(s.file(".dn.json").read_text())["server_output_json"]["start"][
+            "timestamp"]["timesecs"]
+        times = s.file(".times")
+        out["acked_s"] = {line.split()[0]: float(line.split()[1]) - start
+                          for line in times.read_text().splitlines()} if times.exists() else {}
+        cli = s.file(".cli")
+        out["cli"] = {line.split()[0]: int(line.split()[2])
+                      for line in cli.read_text().splitlines()} if cli.exists() else {}
+        status = s.file(".status.json")
+        if status.exists() and status.read_text().strip():
+            for m in json.loads(status.read_text()).get("materializations", []):
+                for lk in m.get("links", []):
+                    if lk.get("id") == "dn":
+                        out["dn_link_down_drops"] = sum(
+                            x["drops"].get("link_down", 0) for x in lk["counters"])
+                        out["dn_state"] = lk["emulation"].get("state", "up")
+        return out

@@ -1,0 +1,36 @@
+"""Issue 13's impairments in the VM, from the session's one boot (conftest.reference_run; the
+scenarios: moa_bus/lab/vm/impairment_scenarios.py).
+
+- The jitter's distributions: moa's added round-trip delay and netem's, both directions shaped
+  with 20 ms and 4 ms of normal or pareto jitter, are one distribution: their two-sample
+  Kolmogorov-Smirnov distance is under the 0.1% critical value for 600 + 600 pings (0.113).
+  Measured: normal 0.060, pareto 0.045 (one boot, host load ~1).
+- A link taken down and up under load: only its own datagrams are lost, the box counted them
+  as link_down, and it carries its full rate again after `up`.
+"""
+from __future__ import annotations
+
+import pytest
+
+pytestmark = [pytest.mark.vm, pytest.mark.timeout(2400)]
+
+
+@pytest.mark.parametrize("dist", ["normal", "pareto"])
+def test_jitter_distribution_is_netems(reference_run, dist: str) -> None:
+    d = reference_run.results.get("distributions", {}).get(dist)
+    vm = reference_run.results["vm"]
+    assert d is not None and d["moa_count"] >= 590 and d["netem_count"] >= 590, (d, vm)
+    assert d["ks"] <= d["ks_critical"], (d, vm)
+
+
+def test_a_link_down_loses_only_its_own_frames_and_comes_back(reference_run) -> None:
+    st = reference_run.results.get("link_state")
+    vm = reference_run.results["vm"]
+    assert st and st["cli"] == {"down": 0, "up": 0}, (st, vm)
+    assert st["ctl_lost"] == 0, (st, vm)                   # the other link, same time
+    assert st["dn_lost"] > 0 and st["dn_link_down_drops"] > 0, (st, vm)
+    assert st["dn_state"] == "up", st
+    # Every whole second from 2 s after `up` was acked carries the link's rate again.
+    after = st["dn_intervals_mbps"][int(st["acked_s"]["up"]) + 2:-1]  # the last may be partial
+    assert len(after) >= 5, (st, vm)
+    assert min(after) >= 0.9 * 4.0, (st, vm)
