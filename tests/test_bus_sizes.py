@@ -2,7 +2,8 @@
 hundred links are already more than one message: no reply or telemetry message of the service
 is larger than that; the whole box comes through status pages (a LAN larger than a page is cut
 by endpoint and put back together by the client); `moa materialize` sends a document larger
-than a message through the object store, and a JetStream event can name one too; the dry run's
+than a message through the object store (the engine client does it, moa_bus/engine_paging.py),
+and a JetStream event can name one too; `moa show` reads every page; the dry run's
 list of operations is cut, with its count. A body, or a document, beyond the documented bound
 is refused `invalid` unread. Real nats-server, real kernel (the testbed's box, loss-only).
 """
@@ -15,9 +16,9 @@ from pathlib import Path
 
 import nats.js.errors
 import pytest
-from nats.js.api import ObjectMeta, ObjectMetaOptions
 
 from moa_bus import engine_paging
+from moa_bus.engine import MoaClient
 from moa_bus.lab.host_testbed import Testbed
 from moa_bus.service.embedded_nats import NatsServer
 from moa_bus.service.subjects import OBJECT_HEADER, Subjects
@@ -150,6 +151,12 @@ async def test_whole_box_in_pages_and_documents_through_the_object_store(
             rc, out, err = await moa("status", *extra, *base)
             assert rc == 0, err
             assert _held(json.loads(out)) == held
+        # `moa show` too: a row for every link of every page
+        rc, out, err = await moa("show", *base, env={"COLUMNS": "200"})
+        assert rc == 0, err
+        rows = [line.replace("|", "│").split("│") for line in out.splitlines()]
+        assert {link["id"] for link in doc["links"]} <= {
+            cells[2].strip() for cells in rows if len(cells) > 5}
 
         # telemetry.links: numbered parts, each within a message, together every stage of
         # every VNI, all of one interval sharing its time_ns
@@ -170,7 +177,8 @@ async def test_whole_box_in_pages_and_documents_through_the_object_store(
         assert {(x["vni"], x["stage"]) for b in whole for x in b["links"]} == {
             (v, st) for v in _vnis(doc) for st in ("egress", "ingress")}
 
-        # a JetStream event naming a document: applied in order, acked, the document deleted
+        # a JetStream event naming a document (the engine client puts a document larger than a
+        # message in the object store by itself): applied in order, acked, the document deleted
         acks: list[dict] = []
 
         async def on_ack(msg) -> None:
@@ -179,11 +187,8 @@ async def test_whole_box_in_pages_and_documents_through_the_object_store(
         await nc.subscribe(s.acks, cb=on_ack)
         before = await asyncio.to_thread(map_contents, topo.pin_root, "moa_links")
         lossier = json.dumps(big_doc("big", loss=0.2)).encode()
-        store = await nc.jetstream().object_store(s.docs)
-        await store.put("event-1", lossier, meta=ObjectMeta(
-            name="event-1", options=ObjectMetaOptions(max_chunk_size=SMALL // 2)))
-        await nc.jetstream().publish(s.event("materialize"), b"",
-                                     headers={OBJECT_HEADER: "event-1"})
+        assert not engine_paging.fits(nc, lossier)
+        await MoaClient(nc, host).send_event("materialize", lossier)
         while not acks and loop.time() < deadline + 60:
             await asyncio.sleep(0.1)
         assert [(a["op"], a["ok"], a["generation"]) for a in acks] == [("materialize", True, 2)]
