@@ -84,7 +84,8 @@ async def status(nc, svc: Service) -> dict[str, dict]:
 def as_sent(d: dict) -> list:
     """A Materialize's links as status reports them: the emulation with every default filled."""
     full = {"latency": 0, "jitter": 0, "loss": 0.0, "capacity": 0, "queue": None, "burst": None,
-            "reorder": False}
+            "reorder": False, "loss_correlation": 0.0, "state": "up", "distribution": "uniform",
+            "delay_correlation": 0.0}
     out = []
     for link in sorted(d["links"], key=lambda x: x["id"]):
         emu = {**full, **link.get("emulation", {})}
