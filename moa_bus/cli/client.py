@@ -184,25 +184,7 @@ async def connected(args: argparse.Namespace) -> AsyncIterator[Client]:
         await nc.close()
 
 
-@dataclass
-class Reply:
-    data: bytes
-    headers: dict[str, str] | None
-
-    @property
-    def json(self) -> object:
-        try:
-            return json.loads(self.data)
-        except ValueError:
-            return None
-
-    @property
-    def is_error(self) -> bool:
-        """An error ack (ok: false) or a NATS micro error header."""
-        if self.headers and "Nats-Service-Error-Code" in self.headers:
-            return True
-        obj = self.json
-        return isinstance(obj, dict) and obj.get("ok") is False
+Reply = engine.Reply  # one definition of a reply, the engine client's
 
 
 async def request(nc: Client, subject: str, data: bytes, timeout: float,
