@@ -8,16 +8,12 @@ import asyncio
 import json
 import os
 
-import nats
 import pytest
 
-from moa_bus.lab.host_testbed import BOX_ADDR, UPLINK, Testbed
-from moa_bus.service.box import open_kernel_box
-from moa_bus.service.serve_loop import serve
-from moa_bus.service.settings import ServeSettings
+from moa_bus.lab.host_testbed import Testbed
 from moa_bus.service.subjects import Subjects
-from tests.fixtures.nats import nats_server  # noqa: F401
-from tests.fixtures.service import until_serving
+from tests.fixtures.nats import nats_client, nats_server  # noqa: F401
+from tests.fixtures.service import box_service
 from tests.fixtures.topology import topo  # noqa: F401
 from tests.test_bus_fullstack import doc, kernel_state
 
@@ -33,23 +29,9 @@ async def test_down_drops_everything_with_its_reason_and_up_restores(
         topo: Testbed, nats_server) -> None:
     host = f"state{os.getpid()}"
     s = Subjects(host)
-    holder: list = []
-
-    async def factory(settings):
-        box = await open_kernel_box(settings)
-        holder.append(box.datapath)
-        return box
-
-    settings = ServeSettings(nats=nats_server.url, host=host, uplink=UPLINK, local=BOX_ADDR,
-                             netns=topo.box, pin_root=topo.pin_root, allow_loss_only=True,
-                             stats_interval=0.3, state_dir=topo.state_dir)
-    stop = asyncio.Event()
-    said: list[str] = []
-    server = asyncio.create_task(serve(settings, factory, stop, said.append))
-    nc = await nats.connect(nats_server.url, connect_timeout=2, max_reconnect_attempts=1)
-    try:
-        await until_serving(said, server, timeout=10)
-        (dp,) = holder
+    async with box_service(nats_server, topo, host) as svc, \
+            nats_client(nats_server.url) as nc:
+        dp = svc.datapath
         a = await asyncio.to_thread(topo.add_endpoint, 1, 100, "192.168.100.1/24")
         b = await asyncio.to_thread(topo.add_endpoint, 2, 101, "192.168.100.2/24")
 
@@ -100,7 +82,3 @@ async def test_down_drops_everything_with_its_reason_and_up_restores(
         assert "one of: up, down" in ack["error"]["message"]
         assert kernel_state(topo, dp) == before
         assert (await req("dematerialize", {"id": "st1"}))["ok"]
-    finally:
-        stop.set()
-        await nc.close()
-        assert await asyncio.wait_for(server, 30) == 0

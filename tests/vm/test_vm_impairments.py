@@ -3,8 +3,11 @@ scenarios: moa_bus/lab/vm/impairment_scenarios.py).
 
 - The jitter's distributions: moa's added round-trip delay and netem's, both directions shaped
   with 20 ms and 4 ms of normal or pareto jitter, are one distribution: their two-sample
-  Kolmogorov-Smirnov distance is under the 0.1% critical value for 600 + 600 pings (0.113).
-  Measured: normal 0.060, pareto 0.045 (one boot, host load ~1).
+  Kolmogorov-Smirnov distance is under the 0.1% critical value for 600 + 600 pings (0.113) plus
+  the distance between the two unshaped paths, each about its median (the plain bridge and
+  moa's redirect pair; for independent parts the distance of the sums is at most the sum of
+  the parts' distances). Measured in four boots: normal 0.033-0.060, pareto 0.045-0.090; the
+  unshaped paths 0.037-0.068 apart.
 - A link taken down and up under load: only its own datagrams are lost, the box counted them
   as link_down, and it carries its full rate again after `up`.
 """
@@ -20,7 +23,7 @@ def test_jitter_distribution_is_netems(reference_run, dist: str) -> None:
     d = reference_run.results.get("distributions", {}).get(dist)
     vm = reference_run.results["vm"]
     assert d is not None and d["moa_count"] >= 590 and d["netem_count"] >= 590, (d, vm)
-    assert d["ks"] <= d["ks_critical"], (d, vm)
+    assert d["ks"] <= d["ks_critical"] + d["base_ks"], (d, vm)
 
 
 def test_a_link_down_loses_only_its_own_frames_and_comes_back(reference_run) -> None:

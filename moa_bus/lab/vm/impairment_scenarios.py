@@ -6,7 +6,10 @@ both directions, so a round trip carries two independent delays. netem is put on
 bridge `lan0` with the same delay and distribution for both directions (one netem, a filter per
 hypervisor), so its round trips carry two as well. Each side's added delay is its RTT minus the
 median RTT of its own unshaped path (moa's `base` link, `lan0` without netem) in the same step;
-the two samples are compared by their two-sample Kolmogorov-Smirnov distance.
+the two samples are compared by their two-sample Kolmogorov-Smirnov distance. The bound is the
+0.1% critical value of that distance plus the distance between the two unshaped paths (the
+bridge and the redirect pair under TCG differ a little: for independent parts the distance of
+the sums is at most the sum of the parts' distances).
 
 Link state. UDP at a constant rate over `dn` and, at the same time, over `base` (the control);
 `moa set dn state down`, two seconds, `moa set dn state up`. Only `dn` loses datagrams, and it
@@ -135,9 +138,11 @@ class ImpairmentScenarios:
             s = ok.get(f"dist-{dist}")
             if s is None:
                 continue
-            added = {}
+            added, bases = {}, {}
             for side in ("moa", "netem"):
-                base = measure.median(measure.parse_ping(s.file(f".{side}_base").read_text()))
+                raw = measure.parse_ping(s.file(f".{side}_base").read_text())
+                base = measure.median(raw)
+                bases[side] = [x - base for x in raw]
                 added[side] = [x - base for x in measure.parse_ping(s.file(f".{side}").read_text())]
             n, m = len(added["moa"]), len(added["netem"])
             out[dist] = {"moa_count": n, "netem_count": m,
@@ -146,6 +151,10 @@ class ImpairmentScenarios:
                          "moa_p90_ms": measure.percentile(added["moa"], 90),
                          "netem_p90_ms": measure.percentile(added["netem"], 90),
                          "ks": ks_two_sample(added["moa"], added["netem"]),
+                         # how far apart the two paths are unshaped (each about its median):
+                         # a sum's KS distance is at most its parts' summed, so the same
+                         # shaping on both leaves them at most this far apart, plus sampling
+                         "base_ks": ks_two_sample(bases["moa"], bases["netem"]),
                          "ks_critical": ks_critical(n, m) if n and m else None}
         return out
 
