@@ -286,12 +286,35 @@ class KernelDatapath:
                 self._applied(m, figures)
                 return ApplyResult(changed=n > 0, operations=n)
             log.warning("%s: parameters of VNIs the map does not hold: planning in full", m.id)
+        await self.worker.call(self._refuse_unrouted, m)
         ops = await self.worker.call(self._apply_plan, m, figures)
         self._applied(m, figures)
         return ApplyResult(changed=bool(ops), operations=len(ops))
 
+    def _refuse_unrouted(self, m: schemas.Materialize) -> None:
+        """Refuse (`unsupported`, naming the endpoint's remote) a remote that the box's routes
+        do not send through the uplink: its VTEP is bound to no device (create_vtep), so its
+        frames would leave by another way, past the classifier, or not at all. One route
+        lookup per distinct remote address (a box has a few hypervisors, not one per link)."""
+        seen: set[str] = set()
+        for i, link in enumerate(m.links):
+            for j, ep in enumerate(link.endpoints):
+                if ep.remote in seen:
+                    continue
+                seen.add(ep.remote)
+                dev = self.env.nl.route_device(ep.remote)
+                if dev == self.uplink_index:
+                    continue
+                why = ("the box has no route to it" if dev is None else
+                       f"the box's routes send it through {self.env.nl.name_of(dev)!r}")
+                raise schemas.InvalidMessage(
+                    f"links[{i}].endpoints[{j}].remote",
+                    f"remote {ep.remote}: {why}, not the uplink {self.config.uplink!r}, so the "
+                    "link's frames would not pass moa's classifier", code="unsupported")
+
     async def plan(self, m: schemas.Materialize) -> list[str]:
         figures = self._admit(m)
+        await self.worker.call(self._refuse_unrouted, m)
         ops = await self.worker.call(self._plan, m, figures)
         return [op.describe() for op in ops]
 

@@ -132,7 +132,7 @@ async def test_ids_of_128_characters_each_work_end_to_end(topo: Testbed,
     link, lan = "L" * 127 + ":", ":" * 128
     doc = p2p(mid, link, (300, 301), {"loss": 0.1})
     doc["links"].append({"id": lan, "tags": ["t" * 128], "emulation": {"loss": 0.2},
-                         "endpoints": [{"vni": 310 + k, "remote": f"10.0.1.{k}"} for k in (1, 2, 3)]})
+                         "endpoints": [{"vni": 310 + k, "remote": f"10.201.0.{100 + k}"} for k in (1, 2, 3)]})
     s = Subjects(host)
     async with box_service(nats_server, topo, host) as svc:
         ack = json.loads((await svc.nc.request(s.op("materialize"), json.dumps(doc).encode(),
@@ -314,3 +314,40 @@ async def test_what_the_box_cannot_apply_is_refused_and_the_edge_cases_are_appli
         assert dp.budget.horizon_ns == dp.classifier.config.horizon_ns
         assert dp.budget.horizon_ns >= 10 * S + 20_971_520  # 10 s + 256 KiB at 100 Mbit/s
         assert dp.config.fq.horizon_ns == dp.budget.horizon_ns  # the port holds' sch_fq too
+
+
+# ------------------------------------------------------------------------------ routes to remotes
+
+async def test_a_remote_the_box_does_not_route_through_the_uplink_is_refused(
+        topo: Testbed, box: KernelDatapath) -> None:
+    """moa's VTEPs are bound to no lower device (docs/architecture.md, "Building many VTEPs"):
+    their frames follow the box's routes, so a remote that those routes do not send through the
+    uplink would bypass the classifier, and one with no route would go nowhere. Both are
+    refused `unsupported` naming the endpoint's remote; nothing is created."""
+    before = await asyncio.to_thread(box_state, topo.box, topo.pin_root)
+    sh("ip", "-n", topo.box, "link", "add", "side0", "type", "veth", "peer", "name", "side1")
+    try:
+        sh("ip", "-n", topo.box, "link", "set", "side0", "up")
+        sh("ip", "-n", topo.box, "route", "add", "192.0.2.0/24", "dev", "side0")
+        for remote, words in (("192.0.2.7", "routes send it through 'side0'"),
+                              ("198.51.100.7", "no route to it")):
+            m = schemas.decode(schemas.Materialize, json.dumps(
+                p2p("r", "l", (700, 701), remotes=("10.201.0.11", remote))).encode())
+            for ask in (box.apply, box.plan):
+                with pytest.raises(schemas.InvalidMessage) as e:
+                    await ask(m)
+                assert (e.value.code, e.value.field) == (
+                    "unsupported", "links[0].endpoints[1].remote"), e.value
+                assert words in str(e.value) and "'up0'" in str(e.value), str(e.value)
+    finally:
+        sh("ip", "-n", topo.box, "link", "del", "side0")
+    assert snapshot_diff(before, await asyncio.to_thread(box_state, topo.box, topo.pin_root)) == []
+    # Through the uplink (the testbed's hypervisors): created, and bound to no device.
+    m = schemas.decode(schemas.Materialize, json.dumps(p2p("r", "l", (700, 701))).encode())
+    await box.apply(m)
+    links = json.loads(sh("ip", "-n", topo.box, "-d", "-j", "link", "show", "type", "vxlan").stdout)
+    assert sorted(x["ifname"] for x in links) == ["mv700", "mv701"], links
+    assert all("link" not in x["linkinfo"]["info_data"] for x in links), links
+    v6 = [sh("ip", "netns", "exec", topo.box, "sysctl", "-n",
+             f"net.ipv6.conf.{x['ifname']}.disable_ipv6").stdout.strip() for x in links]
+    assert v6 == ["1", "1"]

@@ -33,14 +33,14 @@ pytestmark = pytest.mark.netns
 KINDS = ("netlink", "map", "qdisc")
 
 
-def p2p(link: str, a: int, b: int, remote_b: str = "10.0.0.12", loss: float = 0.0) -> dict:
+def p2p(link: str, a: int, b: int, remote_b: str = "10.201.0.12", loss: float = 0.0) -> dict:
     return {"id": link, "tags": ["t"], "emulation": {"loss": loss},
-            "endpoints": [{"vni": a, "remote": "10.0.0.11"}, {"vni": b, "remote": remote_b}]}
+            "endpoints": [{"vni": a, "remote": "10.201.0.11"}, {"vni": b, "remote": remote_b}]}
 
 
 def lan(link: str, vnis: list[int], loss: float = 0.0) -> dict:
     return {"id": link, "emulation": {"loss": loss},
-            "endpoints": [{"vni": v, "remote": f"10.0.1.{k + 1}"} for k, v in enumerate(vnis)]}
+            "endpoints": [{"vni": v, "remote": f"10.201.0.{101 + k}"} for k, v in enumerate(vnis)]}
 
 
 # Before: four point-to-point links and two LANs. After: one link's loss changed, one link
@@ -50,7 +50,7 @@ BEFORE = {"id": "a", "links": [
     p2p("keep", 100, 101, loss=0.1), p2p("gone", 102, 103), p2p("moved", 104, 105),
     p2p("same", 108, 109), lan("lan", [200, 201, 202, 203]), lan("lan2", [210, 211, 212])]}
 AFTER = {"id": "a", "links": [
-    p2p("keep", 100, 101, loss=0.2), p2p("moved", 104, 105, remote_b="10.0.0.99"),
+    p2p("keep", 100, 101, loss=0.2), p2p("moved", 104, 105, remote_b="10.201.0.99"),
     p2p("same", 108, 109), p2p("new", 106, 107), lan("lan", [200, 201, 202, 204]),
     lan("lan3", [220, 221, 222], loss=0.3)]}
 

@@ -34,15 +34,15 @@ pytestmark = [pytest.mark.netns, pytest.mark.nats]
 def doc(mid: str = "exp", loss: float = 0.01, extra: bool = False) -> dict:
     links = [
         {"id": "a-b", "tags": ["wan"], "emulation": {"loss": loss},
-         "endpoints": [{"vni": 100, "remote": "10.0.0.11"}, {"vni": 101, "remote": "10.0.0.12"}]},
+         "endpoints": [{"vni": 100, "remote": "10.201.0.11"}, {"vni": 101, "remote": "10.201.0.12"}]},
         {"id": "c-d", "tags": ["wan"], "emulation": {"burst": {"p": 0.01, "r": 0.3}},
-         "endpoints": [{"vni": 102, "remote": "10.0.0.11"}, {"vni": 103, "remote": "10.0.0.13"}]},
+         "endpoints": [{"vni": 102, "remote": "10.201.0.11"}, {"vni": 103, "remote": "10.201.0.13"}]},
         {"id": "lan", "tags": ["lan"], "emulation": {"loss": 0.02, "reorder": True},
-         "endpoints": [{"vni": 200 + k, "remote": f"10.0.1.{k}"} for k in range(1, 4)]},
+         "endpoints": [{"vni": 200 + k, "remote": f"10.201.0.{100 + k}"} for k in range(1, 4)]},
     ]
     if extra:
-        links.append({"id": "e-f", "endpoints": [{"vni": 104, "remote": "10.0.0.11"},
-                                                 {"vni": 105, "remote": "10.0.0.12"}]})
+        links.append({"id": "e-f", "endpoints": [{"vni": 104, "remote": "10.201.0.11"},
+                                                 {"vni": 105, "remote": "10.201.0.12"}]})
     return {"id": mid, "links": links}
 
 
@@ -194,12 +194,12 @@ async def test_orphans_in_the_kernel_are_purged_at_start(topo: Testbed, nats_ser
             pair.close()
         for name, vni, alias in (("mv9001", 9001, "moa:ghost:l0"), ("mv9002", 9002, "moa:exp:lx")):
             sh("ip", "-n", topo.box, "link", "add", name, "type", "vxlan", "id", str(vni),
-               "local", BOX_ADDR, "remote", "10.0.0.50", "dstport", "4789", "dev", UPLINK)
+               "local", BOX_ADDR, "remote", "10.201.0.50", "dstport", "4789", "dev", UPLINK)
             sh("ip", "-n", topo.box, "link", "set", name, "alias", alias)
         sh("ip", "-n", topo.box, "link", "add", "mbghost", "type", "bridge")
         sh("ip", "-n", topo.box, "link", "set", "mbghost", "alias", "moa:ghost:lan")
         sh("ip", "-n", topo.box, "link", "add", "notmoa0", "type", "vxlan", "id", "9003",
-           "local", BOX_ADDR, "remote", "10.0.0.50", "dstport", "4789", "dev", UPLINK)
+           "local", BOX_ADDR, "remote", "10.201.0.50", "dstport", "4789", "dev", UPLINK)
         assert {"mv9001", "mv9002", "mbghost"} <= set(moa_devices(topo.box))
 
         proc = await svc.start(nc)

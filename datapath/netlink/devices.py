@@ -11,6 +11,7 @@ import array
 import errno
 import fcntl
 import ipaddress
+import os
 import socket
 import struct
 import threading
@@ -32,6 +33,25 @@ XDP_FLAGS_SKB_MODE = 2  # VXLAN has no native XDP; attach AND detach must say ge
 # refuses it in RTM_NEWLINK and applies it after the flags in RTM_SETLINK) keeps it silent.
 NO_IPV6_ADDR = {"attrs": [["AF_INET6", {"attrs": [["IFLA_INET6_ADDR_GEN_MODE",
                                                    IN6_ADDR_GEN_MODE_NONE]]}]]}
+
+
+def ipv6_off(name: str) -> None:
+    """Turn IPv6 off on a device of moa's, while it is down (net.ipv6.conf.<name>.disable_ipv6).
+
+    Address generation off keeps a device silent, but bringing it up still makes IPv6 add the
+    device's multicast route (ff00::/8) and walk the whole IPv6 routing table: both grow with
+    the number of devices, so the box's n-th VTEP came up in O(n) and 60,000 VTEPs took
+    quadratic time (docs/architecture.md, "Building many VTEPs"). A VTEP or bridge of moa's
+    carries frames, never an address of its own, so IPv6 is off on it. Netlink cannot set this
+    (the kernel only takes the address generation mode and token in IFLA_AF_SPEC), hence the
+    sysctl; it is per network namespace, and the calling thread (the netlink worker) is in the
+    box's. Without IPv6 in the kernel there is nothing to turn off."""
+    try:
+        with open(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "w") as f:
+            f.write("1")
+    except FileNotFoundError:
+        if os.path.exists("/proc/sys/net/ipv6/conf"):
+            raise DatapathNetlinkError(f"device {name!r} has no IPv6 settings") from None
 
 
 class Netlink(TrafficControl):
@@ -116,6 +136,12 @@ class Netlink(TrafficControl):
     def create_vtep(self, spec: VtepSpec, alias: str, up: bool = True) -> int:
         """Create (or find, already created by moa) the VXLAN device; learning off.
 
+        It is bound to no lower device: a VXLAN device bound to the uplink becomes one of the
+        uplink's upper devices, and the kernel walks all of them to link each new one, so the
+        n-th VTEP cost O(n) and 60,000 took quadratic time (docs/architecture.md, "Building
+        many VTEPs"). Its frames follow the box's routes instead; `route_device` is how the
+        datapath checks, before creating any, that each remote is reached through the uplink.
+
         The kernel ignores IFLA_IFALIAS in RTM_NEWLINK, so the alias is set right after the
         device is created, before it comes up: a crash between the two leaves a down device that
         moa does not claim (NotOurs names it; remove it by hand).
@@ -123,12 +149,10 @@ class Netlink(TrafficControl):
         self._check_thread()
         index = self._claim(spec.name, alias, "vxlan")
         if index is None:
-            underlay = self.require_ifindex(spec.underlay)
             six = ipaddress.ip_address(spec.remote).version == 6
             attrs: dict[str, Any] = {
                 "ifname": spec.name, "kind": "vxlan", "vxlan_id": spec.vni,
-                "vxlan_port": spec.port, "vxlan_learning": 0, "vxlan_link": underlay,
-                "mtu": spec.mtu,
+                "vxlan_port": spec.port, "vxlan_learning": 0, "mtu": spec.mtu,
             }
             if spec.address is not None:
                 attrs["address"] = spec.address
@@ -139,9 +163,29 @@ class Netlink(TrafficControl):
             except NetlinkError as e:
                 raise DatapathNetlinkError(f"creating VTEP {spec.name} (VNI {spec.vni}): {e}") from e
             index = self._mark(spec.name, alias)
+        ipv6_off(spec.name)  # before up (also for a device found half-made by an earlier run)
         if up:
             self.set_up(spec.name, True)
         return index
+
+    def route_device(self, address: str) -> int | None:
+        """The ifindex of the device the box's routes send `address` through, None when there
+        is no route to it."""
+        self._check_thread()
+        try:
+            routes = self.ipr.route("get", dst=address)
+        except NetlinkError as e:
+            if e.code in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EINVAL):
+                return None
+            raise DatapathNetlinkError(f"looking up the route to {address}: {e}") from e
+        return routes[0].get("RTA_OIF") if routes else None
+
+    def name_of(self, index: int) -> str:
+        self._check_thread()
+        try:
+            return self._link_msg(index).get("IFLA_IFNAME") or f"ifindex {index}"
+        except NetlinkError:
+            return f"ifindex {index}"
 
     def delete_vtep(self, name: str, alias: str | None = None) -> None:
         self._check_thread()
@@ -163,6 +207,7 @@ class Netlink(TrafficControl):
             except NetlinkError as e:
                 raise DatapathNetlinkError(f"creating bridge {name}: {e}") from e
             index = self._mark(name, alias)
+        ipv6_off(name)
         self.set_up(name, True)
         return index
 

@@ -231,15 +231,15 @@ def _ext_ack_message(data: bytes, off: int, length: int, flags: int) -> str:
 # -- the requests the bulk paths send -------------------------------------------------------------
 
 
-def new_vxlan(name: str, vni: int, local: str, remote: str, underlay: int, port: int,
-              mtu: int) -> Request:
-    """RTM_NEWLINK of a VXLAN device, down, learning off; fails with EEXIST when the name is
-    taken (the caller falls back to the checked single path)."""
+def new_vxlan(name: str, vni: int, local: str, remote: str, port: int, mtu: int) -> Request:
+    """RTM_NEWLINK of a VXLAN device, down, learning off, bound to no lower device (see
+    datapath/netlink/devices.py, create_vtep); fails with EEXIST when the name is taken (the
+    caller falls back to the checked single path)."""
     six = ipaddress.ip_address(remote).version == 6
     data = [u32(IFLA_VXLAN_ID, vni),
             attr(IFLA_VXLAN_GROUP6 if six else IFLA_VXLAN_GROUP, ipaddress.ip_address(remote).packed),
             attr(IFLA_VXLAN_LOCAL6 if six else IFLA_VXLAN_LOCAL, ipaddress.ip_address(local).packed),
-            u32(IFLA_VXLAN_LINK, underlay), attr(IFLA_VXLAN_PORT, struct.pack("!H", port)),
+            attr(IFLA_VXLAN_PORT, struct.pack("!H", port)),
             u8(IFLA_VXLAN_LEARNING, 0)]
     body = (ifinfo() + string(IFLA_IFNAME, name) + u32(IFLA_MTU, mtu) +
             attr(IFLA_LINKINFO, string(IFLA_INFO_KIND, "vxlan") + attr(IFLA_INFO_DATA, b"".join(data))))

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from datapath.netlink import raw
-from datapath.netlink.model import FqSizing, NotOurs, VtepSpec, make_alias
+from datapath.netlink.devices import ipv6_off
+from datapath.netlink.model import DatapathNetlinkError, FqSizing, NotOurs, VtepSpec, make_alias
 from datapath.plan.operation import Env, Inverse, Operation
 
 PORT_HOLD_FILTER = "moa_port_hold"
@@ -40,12 +41,10 @@ class CreateVtep(Operation):
         ops_in: list[CreateVtep] = list(ops)  # type: ignore[arg-type]
         taken = {raw.link_name(p) for p in nl.rtnl.dump_links()}
         todo = [op for op in ops_in if op.spec.name not in taken]
-        underlay = {n: nl.require_ifindex(n) for n in {op.spec.underlay for op in todo}}
         requests = []
         for op in todo:
             s = op.spec
-            requests.append(raw.new_vxlan(s.name, s.vni, s.local, s.remote, underlay[s.underlay],
-                                           s.port, s.mtu))
+            requests.append(raw.new_vxlan(s.name, s.vni, s.local, s.remote, s.port, s.mtu))
             requests.append(raw.mark(s.name, make_alias(op.materialization, op.link)))
         replies = nl.rtnl.run(requests)  # windows of an even size: a pair is never split
         left: set[int] = set()
@@ -62,6 +61,12 @@ class CreateVtep(Operation):
                 marked.append(op)
         if unmarked:  # created here, not recognisable as moa's: removed, the single path retries
             nl.rtnl.run([raw.delete_name(op.spec.name) for op in unmarked])
+        for op in marked:  # before up: see ipv6_off
+            try:
+                ipv6_off(op.spec.name)
+            except (OSError, DatapathNetlinkError):
+                left.add(id(op))  # the single path retries it and names the cause
+        marked = [op for op in marked if id(op) not in left]
         for op, r in zip(marked, nl.rtnl.run([raw.set_up(op.spec.name) for op in marked])):
             if r.error:
                 left.add(id(op))
@@ -79,7 +84,7 @@ class CreateVtep(Operation):
     def describe(self) -> str:
         s = self.spec
         return (f"create VTEP {s.name} VNI {s.vni} {s.local} -> {s.remote}:{s.port} "
-                f"dev {s.underlay} mtu {s.mtu} ({self.materialization}/{self.link})")
+                f"via {s.underlay} mtu {s.mtu} ({self.materialization}/{self.link})")
 
 
 @dataclass(frozen=True)

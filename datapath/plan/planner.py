@@ -166,7 +166,7 @@ def plan(m: schemas.Materialize, current: Current, cfg: PlanConfig,
 
     `encode(stages)` gives the raw map value of a VNI's stages, compared with `current.params`
     so that only changed parameters are written. `uplink_index` is the uplink's ifindex (a
-    VTEP on another underlay is re-created).
+    VTEP bound to another lower device is re-created; moa's own are bound to none).
     """
     mid = m.id
     mkey = owner_key(mid)  # what the devices' aliases say (datapath/netlink/model.py)
@@ -194,7 +194,7 @@ def plan(m: schemas.Materialize, current: Current, cfg: PlanConfig,
         same = (dev.vni == spec.vni and dev.local == spec.local and dev.remote == spec.remote
                 and dev.port == spec.port and dev.mtu == spec.mtu
                 and dev.link == owner_key(wanted[1])
-                and (uplink_index is None or dev.underlay == uplink_index))
+                and (uplink_index is None or dev.underlay in (None, uplink_index)))
         (keep if same else recreate).add(name)
 
     teardown: list[Operation] = []
