@@ -19,6 +19,7 @@ import pytest
 
 import schemas
 from datapath import limits
+from datapath.classifier import Classifier, ClassifierConfig
 from datapath.netlink.model import FqSizing
 from datapath.plan.planner import PlanConfig, link_stages, port_stage, stage_groups
 from moa_bus.lab.host_testbed import Testbed
@@ -27,6 +28,7 @@ from moa_bus.service.subjects import Subjects
 from schemas import Emulation, InvalidMessage
 from tests.fixtures.moabox import box, updated  # noqa: F401
 from tests.fixtures.nats import nats_client, nats_server  # noqa: F401
+from tests.fixtures.packets import inner_udp, vxlan
 from tests.fixtures.service import box_service
 from tests.fixtures.topology import topo  # noqa: F401
 from tests.test_bus_fullstack import kernel_state
@@ -156,6 +158,36 @@ def test_the_box_s_limits_count_every_direction_and_name_the_one_beyond() -> Non
     with pytest.raises(InvalidMessage) as e:
         limits.refuse_shaping(loss_only, loss_only=True)
     assert e.value.field == "links[0].endpoints[1].emulation.capacity"
+
+
+# ------------------------------------------------------------------------------ BPF_PROG_TEST_RUN
+
+def test_each_vni_s_frames_meet_their_own_direction_in_the_classifier() -> None:
+    """The planner's stages of each VNI written as the plan writes them, then frames of each
+    VNI through the egress program: the direction towards 101 loses all (its own loss 1.0),
+    towards 100 none (the link's 0); on a LAN the member that is down drops with its reason,
+    the others pass."""
+    cfg = PlanConfig(uplink="up0", local="10.0.0.9")
+    m = schemas.decode(schemas.Materialize, json.dumps({"id": "m", "links": [
+        {"id": "p", "endpoints": [{"vni": 100, "remote": "10.0.0.1"},
+                                  {"vni": 101, "remote": "10.0.0.2", "emulation": {"loss": 1.0}}]},
+        {"id": "lan", "emulation": {"loss": 0.0},
+         "endpoints": [{"vni": 200, "remote": "10.0.0.1"},
+                       {"vni": 201, "remote": "10.0.0.2", "emulation": {"state": "down"}},
+                       {"vni": 202, "remote": "10.0.0.3"}]}]}))
+    n = 1000
+    with Classifier.load(ClassifierConfig(max_links=16, event_budget=1)) as c:
+        for link in m.links:
+            for ep, st in zip(link.endpoints, link_stages(link, cfg)):
+                c.set_link_stages(ep.vni, c.encode_stages(*st))
+        for vni in (100, 101, 200, 201, 202):
+            c.egress_program.test_run(vxlan(vni, inner_udp(64)), ctx=c.abi.SkBuff(), repeat=n)
+        got = {vni: (c.link_counters(vni)["egress"].packets,
+                     dict(c.link_counters(vni)["egress"].drops))
+               for vni in (100, 101, 200, 201, 202)}
+    zero = {r: 0 for r in schemas.DROP_REASONS}
+    assert got[100] == (n, zero) and got[101] == (0, zero | {"loss": n})
+    assert got[200] == got[202] == (n, zero) and got[201] == (0, zero | {"link_down": n})
 
 
 # ------------------------------------------------------------------------------ the kernel's map
