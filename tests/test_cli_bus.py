@@ -120,9 +120,24 @@ async def test_client_commands_round_trip(nats_server: NatsServer, topo: Testbed
             ("l0", 0.05), ("l1", 0.05)]
         rc, out, err = await moa("show", *base, env={"COLUMNS": "200"})
         assert rc == 0 and "c2" in out and "l1" in out and "0.05" in out, (out, err)
+        # one direction of l1 on its own, shown as a row of its own, then back to the link's
+        vni = st["links"][1]["vnis"][1]
+        rc, out, err = await moa("set", "l1", "--endpoint", str(vni), "loss", "0.5", *base)
+        assert rc == 0 and json.loads(out)["generation"] == 4, (out, err)
+        rc, out, err = await moa("status", "c2", *base)
+        (link,) = [x for x in json.loads(out)["materializations"][0]["links"] if x["id"] == "l1"]
+        assert link["emulation"]["loss"] == 0.05, link
+        assert [(d["vni"], d["emulation"]["loss"]) for d in link["directions"]] == [(vni, 0.5)]
+        rc, out, err = await moa("show", *base, env={"COLUMNS": "200"})
+        assert rc == 0 and f"to {vni}" in out and "0.5 " in out, (out, err)
+        rc, out, err = await moa("set", "l1", "--endpoint", str(vni), "loss", "inherit", *base)
+        assert rc == 0 and json.loads(out)["generation"] == 5, (out, err)
+        rc, out, err = await moa("status", "c2", *base)
+        assert all(x["directions"] == [] for x in json.loads(out)["materializations"][0]["links"])
+        await kernel_holds(nc, host, topo, now)
         rc, out, err = await moa("dematerialize", "c2", *base)
         assert rc == 0 and json.loads(out)["op"] == "dematerialize", err
-        assert json.loads(out)["generation"] == 4
+        assert json.loads(out)["generation"] == 6
         await kernel_holds(nc, host, topo)  # nothing of moa's left
         rc, out, err = await moa("dematerialize", "c2", *base)
         assert rc == 1 and json.loads(out)["error"]["code"] == "not_found"
@@ -345,6 +360,10 @@ def test_set_targets_one_direction() -> None:
         "link": "acc", "endpoint": 101, "emulation": {"capacity": "2mbps"}}
     assert set_verb.link_update({"link": "acc"}, {}, 101, ["capacity", "queue"]) == {
         "link": "acc", "endpoint": 101, "inherit": ["capacity", "queue"], "emulation": {}}
+    assert set_verb.split_inherit(["capacity", "inherit", "loss", "0.1", "queue", "inherit"]) == (
+        ["loss", "0.1"], ["capacity", "queue"])
+    with pytest.raises(set_verb.UsageError, match="unknown parameter 'delay'"):
+        set_verb.split_inherit(["delay", "inherit"])
     with pytest.raises(set_verb.UsageError, match="needs --endpoint"):
         set_verb.link_update({"link": "acc"}, {}, None, ["capacity"])
     with pytest.raises(set_verb.UsageError, match="is a tag here"):

@@ -18,7 +18,8 @@ import msgspec
 import pytest
 
 import schemas
-from datapath import limits
+from datapath import faults, limits
+from datapath.api import PlanError
 from datapath.classifier import Classifier, ClassifierConfig
 from datapath.netlink.model import FqSizing
 from datapath.plan.planner import PlanConfig, link_stages, port_stage, stage_groups
@@ -244,6 +245,29 @@ async def test_each_direction_s_parameters_reach_its_own_vni(topo: Testbed, box)
     assert [v for v in before if before[v] != after[v]] == [300]
     assert _read(box, [300])[300].stage[int(abi.Stage.EGRESS)].loss_threshold == _threshold(1.0)
     assert await box.holds(m2) and not await box.holds(m)
+    # A failed write of two directions at once is undone: every entry as it was.
+    held = {v: box.classifier.raw_links([v])[v] for v in before}
+    m3 = updated(m2, json.dumps({"id": "dir", "links": [
+        {"link": "p", "endpoint": 301, "emulation": {"loss": 0.0}},
+        {"link": "lan", "endpoint": 310, "emulation": {"state": "down"}}]}))
+    faults.arm("params.after-write/dir=error:map")
+    try:
+        with pytest.raises(PlanError):
+            await box.apply(m3, params_only=True)
+    finally:
+        faults.disarm()
+    assert {v: box.classifier.raw_links([v])[v] for v in before} == held
+    # ... and so is a failed plan (a direction's own parameters and a new VTEP's, rolled back)
+    m4 = schemas.decode(schemas.Materialize, schemas.encode(m3).replace(
+        b'"id":"lan"', b'"id":"lan2"'))
+    faults.arm("plan.after/dir/*=error:netlink@3")
+    try:
+        with pytest.raises(PlanError):
+            await box.apply(m4)
+    finally:
+        faults.disarm()
+    assert {v: box.classifier.raw_links([v])[v] for v in before} == held
+    assert await box.holds(m2)
 
 
 # ------------------------------------------------------------------------------ the service
