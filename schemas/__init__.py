@@ -21,7 +21,8 @@ __all__ = [
     "DropEvent",
     "Emulation", "EmulationPatch", "Endpoint", "GilbertElliott", "InvalidMessage", "Link",
     "LinkStats", "LinkStatsBatch", "LinkStatus", "LinkUpdate", "Materialize",
-    "MaterializationStatus", "StatusReply", "StatusRequest", "Update", "check_emulation", "decode", "direction",
+    "MaterializationStatus", "StatusReply", "StatusRequest", "Update", "check_emulation", "decode",
+    "direction",
     "encode", "format_duration", "format_rate", "format_size", "parse_duration", "parse_rate",
     "parse_size", "validate", "vni_fields",
 ]

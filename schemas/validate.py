@@ -32,7 +32,8 @@ Rules (InvalidMessage for the first one broken; field is a path like "links[0].e
   together is refused naming the endpoint's field and saying it is the combination.
 - Update: at least one link update; each names exactly one of link and tag and sets at least
   one parameter; `endpoint` (a VNI) only with `link`, `inherit` only with `endpoint`, no field
-  both inherited and set. A rule across two parameters is checked here when the patch sets both, and by
+  both inherited and set. A rule across two parameters is checked here when the patch sets
+  both, and by
   EmulationPatch.apply against the link's current parameters.
 - drop reasons (DropBatch.counts, LinkStats.drops): names of schemas.messages.DROP_REASONS.
 """

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 import schemas
 from schemas import (
-    Ack, AckError, Dematerialize, DirectionStatus, DropBatch, DropEvent, Emulation, EmulationPatch, Endpoint,
+    Ack, AckError, Dematerialize, DirectionStatus, DropBatch, DropEvent, Emulation, EmulationPatch,
+    Endpoint,
     GilbertElliott, InvalidMessage, Link, LinkStats, LinkStatsBatch, LinkStatus, LinkUpdate,
     Materialize, MaterializationStatus, StatusReply, StatusRequest, Update, decode, encode,
 )
