@@ -410,3 +410,30 @@ async def test_a_restart_keeps_and_reapplies_each_direction(topo: Testbed, nats_
         ack = json.loads((await nc.request(s.op("dematerialize"), b'{"id": "asym"}',
                                            timeout=30)).data)
         assert ack["ok"], ack
+
+
+def test_a_link_cut_across_status_pages_carries_the_directions_of_its_piece() -> None:
+    """A LAN cut by endpoint (docs/contract.md, "Status"): each piece lists the directions of its
+    own VNIs, and the client's merge puts them back together."""
+    from moa_bus.engine_paging import merge_pages
+    from moa_bus.service.status import directions
+    lan = schemas.decode(schemas.Materialize, json.dumps({"id": "m", "links": [
+        {"id": "lan", "emulation": {"loss": 0.1},
+         "endpoints": [{"vni": 200 + k, "remote": "10.0.0.1"}
+                       | ({"emulation": {"loss": k / 10}} if k in (1, 3) else {})
+                       for k in range(4)]}]})).links[0]
+    first, second = directions(lan, [200, 201]), directions(lan, [202, 203])
+    assert [(d.vni, d.emulation.loss) for d in first] == [(201, 0.1)]
+    assert [(d.vni, d.emulation.loss) for d in second] == [(203, 0.3)]
+    assert directions(lan) == first + second
+
+    def page(vnis: list[int], own: list) -> dict:
+        piece = schemas.LinkStatus(id="lan", kind="lan", vnis=vnis, emulation=lan.emulation,
+                                   counters=[], directions=own)
+        return json.loads(schemas.encode(schemas.StatusReply(
+            host="h", fq_memory_bytes=0, materializations=[schemas.MaterializationStatus(
+                id="m", generation=1, links=[piece])])))
+    merged = merge_pages([page([200, 201], first), page([202, 203], second)])
+    (link,) = merged["materializations"][0]["links"]
+    assert link["vnis"] == [200, 201, 202, 203]
+    assert [d["vni"] for d in link["directions"]] == [201, 203]
