@@ -33,7 +33,8 @@ from datapath.netlink.worker import NetlinkWorker
 from datapath.pair import PairMode, PairProgram
 from datapath.plan.operation import Env, Operation
 from datapath.plan.params import write_params
-from datapath.plan.planner import Current, PlanConfig, PlanConflict, Stages, link_stages, plan
+from datapath.plan.planner import (Current, PlanConfig, PlanConflict, Stages, link_stages, plan,
+                                   stage_groups)
 from datapath.plan.runner import PlanError, run_plan
 from datapath.plan.uplink import EnsureUplink, ReleaseUplink, ResizeFq
 
@@ -135,7 +136,7 @@ class KernelDatapath:
         line = line or limits.DEFAULT_LINE_RATE_BPS
         pc = PlanConfig(uplink=config.uplink, local=config.local,
                         vtep_mtu=config.vtep_mtu or mtu - VXLAN_OVERHEAD, port_hold=config.fq)
-        stages = [(link_stages(link, pc), len(link.endpoints)) for m in desired for link in m.links]
+        stages = [(st, n) for m in desired for st, n, _ in stage_groups(m, pc)]
         budget = limits.Budget(config.horizon_ns, limits.frame_bytes(pc.vtep_mtu), line)
         need = limits.required_horizon((e for s, _ in stages for e in s), budget.frame)
         horizon = min(max(config.horizon_ns, need), limits.MAX_HORIZON_NS)
@@ -215,11 +216,15 @@ class KernelDatapath:
 
     # -- converging ---------------------------------------------------------------------------------
 
-    def _link_stages(self, link: schemas.Link) -> Stages:
+    def _link_stages(self, link: schemas.Link) -> list[Stages]:
         return link_stages(link, self.plan_config)
 
-    def _stages(self, m: schemas.Materialize) -> list[tuple[Stages, int]]:
-        return [(self._link_stages(link), len(link.endpoints)) for link in m.links]
+    def _stages(self, m: schemas.Materialize) -> list[tuple[Stages, int, str]]:
+        """Every direction's stages of m, grouped (planner.stage_groups)."""
+        return stage_groups(m, self.plan_config)
+
+    def _figures(self, m: schemas.Materialize) -> limits.Figures:
+        return self.budget.figures_of((st, n) for st, n, _ in self._stages(m))
 
     def _admit(self, m: schemas.Materialize) -> limits.Figures:
         """m's figures, once m passed what refuses a setting this box cannot apply
@@ -246,7 +251,7 @@ class KernelDatapath:
               figures: limits.Figures | None = None) -> list[Operation]:
         """The plan for m, between the uplink's sch_fq growing and shrinking for it."""
         if figures is None:
-            figures = self.budget.figures_of(self._stages(m))
+            figures = self._figures(m)
         first, last, _ = self._resize_ops(m.id, figures)
         ops = plan(m, self._read_current(m), self.plan_config, self._encode, self.uplink_index)
         return first + ops + last
@@ -324,8 +329,7 @@ class KernelDatapath:
     async def reconcile(self, desired: Sequence[schemas.Materialize]) -> ReconcileReport:
         report = ReconcileReport()
         # The box as it will be: sch_fq is sized for all of it, not grown one by one.
-        self.budget.figures = {m.id: self.budget.figures_of(self._stages(m))
-                               for m in desired if m.links}
+        self.budget.figures = {m.id: self._figures(m) for m in desired if m.links}
         memory, maximum = self.budget.box().memory, self.config.fq_memory_max
         if maximum is not None and memory > maximum:
             log.warning("the desired state's worst-case sch_fq memory %s is above "

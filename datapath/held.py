@@ -48,8 +48,11 @@ class HeldCheck:
     async def holds(self, m: schemas.Materialize) -> bool:
         want: dict[int, bytes] = {}
         for link in m.links:
-            enc = self.encode(link_stages(link, self.plan_config))
-            for ep in link.endpoints:
+            encoded: dict[int, bytes] = {}  # one per distinct Stages of the link
+            for ep, st in zip(link.endpoints, link_stages(link, self.plan_config)):
+                enc = encoded.get(id(st))
+                if enc is None:
+                    enc = encoded[id(st)] = self.encode(st)
                 want[ep.vni] = enc
         raw = self.classifier.raw_links(want)
         if len(raw) != len(want) or any(self.classifier.stages_of(raw[vni]) != enc

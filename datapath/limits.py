@@ -32,6 +32,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import msgspec
+
 import schemas
 from datapath.distributions import max_offset
 from datapath.emulation import DEFAULT_OVERHEAD, queue_ns
@@ -238,16 +240,17 @@ class Budget:
         """The box's figures, with `change` in place of what those materializations hold."""
         return BoxFigures(tuple({**self.figures, **(change or {})}.values()), self.line_rate_bps)
 
-    def admit(self, mid: str, stages: list[tuple[Stages, int]]) -> Figures:
-        """The figures of materialization `mid` with these stages per link, once they passed the
-        horizon and the fq memory bound; else InvalidMessage `unsupported` naming the field."""
-        for i, ((egress, port), _) in enumerate(stages):
+    def admit(self, mid: str, stages: list[tuple[Stages, int, str]]) -> Figures:
+        """The figures of materialization `mid` with these stages (each with how many endpoints
+        have it and the path of the emulation that sets it: planner.stage_groups, every
+        direction counted), once they passed the horizon and the fq memory bound; else
+        InvalidMessage `unsupported` naming the field."""
+        for (egress, port), _, path in stages:
             if egress is not None:
-                refusal = horizon_refusal(egress, f"links[{i}].emulation", self.horizon_ns,
-                                          self.frame, port)
+                refusal = horizon_refusal(egress, path, self.horizon_ns, self.frame, port)
                 if refusal is not None:
                     raise refusal
-        figures = self.figures_of(stages)
+        figures = self.figures_of((st, n) for st, n, _ in stages)
         refusal = fq_memory_refusal(self.box({mid: figures}), self.box(), self.fq_memory_max)
         if refusal is not None:
             raise refusal
@@ -266,13 +269,17 @@ _SHAPING = ("latency", "jitter", "capacity", "queue")
 
 def refuse_shaping(m: schemas.Materialize, loss_only: bool) -> None:
     """On a loss-only box (no sch_fq in its kernel), any latency, jitter, capacity or queue is
-    refused `unsupported`, naming the field."""
+    refused `unsupported`, naming the field (a link's, or one direction's own)."""
     if not loss_only:
         return
     for i, link in enumerate(m.links):
-        for name in _SHAPING:
-            if getattr(link.emulation, name):
-                raise schemas.InvalidMessage(
-                    f"links[{i}].emulation.{name}",
-                    "this box runs loss-only (no sch_fq in its kernel): only loss can be "
-                    "emulated", code="unsupported")
+        emulations = [(link.emulation, f"links[{i}].emulation")]
+        emulations += [(ep.emulation, f"links[{i}].endpoints[{j}].emulation")
+                       for j, ep in enumerate(link.endpoints) if ep.emulation is not msgspec.UNSET]
+        for e, path in emulations:
+            for name in _SHAPING:
+                if getattr(e, name) not in (msgspec.UNSET, None, 0):
+                    raise schemas.InvalidMessage(
+                        f"{path}.{name}",
+                        "this box runs loss-only (no sch_fq in its kernel): only loss can be "
+                        "emulated", code="unsupported")

@@ -48,6 +48,8 @@ def merge_pages(pages: list[dict]) -> dict:
                     if held and held[-1]["id"] == link["id"]:  # a link cut by endpoint
                         held[-1]["vnis"] = held[-1]["vnis"] + link["vnis"]
                         held[-1]["counters"] = held[-1]["counters"] + link["counters"]
+                        held[-1]["directions"] = (held[-1].get("directions", [])
+                                                  + link.get("directions", []))
                     else:
                         held.append(link)
             else:

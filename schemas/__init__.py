@@ -5,10 +5,11 @@
 """
 from schemas.codec import decode, encode, validate
 from schemas.messages import (
-    DROP_REASONS, STAGES, Ack, AckError, Dematerialize, DropBatch, DropEvent, Emulation,
+    DROP_REASONS, STAGES, Ack, AckError, Dematerialize, DirectionStatus, DropBatch, DropEvent,
+    Emulation,
     EmulationPatch, Endpoint, GilbertElliott, InvalidMessage, Link, LinkStats, LinkStatsBatch,
     LinkStatus, LinkUpdate, Materialize, MaterializationStatus, StatusReply, StatusRequest, Update,
-    check_emulation,
+    check_emulation, direction,
 )
 from schemas.units import (
     format_duration, format_rate, format_size, parse_duration, parse_rate, parse_size,
@@ -16,10 +17,12 @@ from schemas.units import (
 from schemas.validate import vni_fields
 
 __all__ = [
-    "DROP_REASONS", "STAGES", "Ack", "AckError", "Dematerialize", "DropBatch", "DropEvent",
+    "DROP_REASONS", "STAGES", "Ack", "AckError", "Dematerialize", "DirectionStatus", "DropBatch",
+    "DropEvent",
     "Emulation", "EmulationPatch", "Endpoint", "GilbertElliott", "InvalidMessage", "Link",
     "LinkStats", "LinkStatsBatch", "LinkStatus", "LinkUpdate", "Materialize",
     "MaterializationStatus", "StatusReply", "StatusRequest", "Update", "check_emulation", "decode",
+    "direction",
     "encode", "format_duration", "format_rate", "format_size", "parse_duration", "parse_rate",
     "parse_size", "validate", "vni_fields",
 ]

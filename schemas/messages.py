@@ -166,6 +166,11 @@ class EmulationPatch(_Message, kw_only=True):
         return merged
 
 
+# The names of an emulation's fields (LinkUpdate.inherit).
+EmulationField = Literal["latency", "jitter", "loss", "capacity", "queue", "burst", "reorder",
+                         "loss_correlation", "state", "distribution", "delay_correlation"]
+
+
 # The rules of an emulation, written once for an Emulation and for a patch: a field a patch
 # leaves UNSET is not checked, and a rule across two fields applies when both are set (a patch's
 # other ones are checked by apply, against the link's values). Unit bounds (negative, above the
@@ -240,12 +245,25 @@ class Endpoint(_Message, kw_only=True):
 
     local: the box's source address for this VTEP (default: the service's); port: this
     endpoint's VXLAN UDP port, on the node's VTEP and on the box's (default 4789); the box's
-    classifier takes VXLAN on every port its VTEPs use.
+    classifier takes VXLAN on every port its VTEPs use. emulation: this direction's own
+    parameters, over the link's (docs/semantics.md, "Each direction"): the fields it sets
+    replace the link's for the frames delivered towards this endpoint; the others follow the
+    link's, also when an update changes them. Left out: the link's emulation.
     """
     vni: Vni
     remote: IpAddress
     local: IpAddress | None = None
     port: Port | None = None
+    emulation: EmulationPatch | UnsetType = UNSET
+
+
+def direction(link_emulation: Emulation, own: EmulationPatch | UnsetType) -> Emulation:
+    """The emulation of the frames delivered towards an endpoint (its VNI's egress stage): the
+    link's, with the endpoint's own fields (`own`, its Endpoint.emulation) over it. Checked as a
+    whole when the message was decoded (schemas/validate.py)."""
+    if own is UNSET:
+        return link_emulation
+    return msgspec.structs.replace(link_emulation, **own.changes())
 
 
 class Link(_Message, kw_only=True):
@@ -271,10 +289,16 @@ class Dematerialize(_Message, kw_only=True):
 
 
 class LinkUpdate(_Message, kw_only=True):
-    """New parameters for one link (by id) or for every link carrying a tag: exactly one of them."""
+    """New parameters for one link (by id) or for every link carrying a tag: exactly one of them.
+
+    endpoint (with `link` only): a VNI of that link; the patch then changes that direction's own
+    parameters (Endpoint.emulation) rather than the link's, and `inherit` names fields of that
+    direction that go back to following the link's (applied before the patch)."""
     link: Id | None = None
     tag: Id | None = None
-    emulation: EmulationPatch
+    endpoint: Vni | None = None
+    inherit: list[EmulationField] = msgspec.field(default_factory=list)
+    emulation: EmulationPatch = msgspec.field(default_factory=lambda: EmulationPatch())
 
 
 class Update(_Message, kw_only=True):
@@ -362,12 +386,22 @@ class LinkStatsBatch(_Message, kw_only=True):
 
 # ----------------------------------------------------------------------------- status
 
+class DirectionStatus(_Message, kw_only=True):
+    """The emulation of the frames delivered towards one endpoint (its VNI's egress stage), for
+    an endpoint with parameters of its own: the link's with that endpoint's fields over it."""
+    vni: int
+    emulation: Emulation
+
+
 class LinkStatus(_Message, kw_only=True):
+    """emulation: the link's (every direction without parameters of its own); directions: the
+    effective emulation of each of `vnis` that has parameters of its own (empty: none has)."""
     id: str
     kind: LinkKind
     vnis: list[int]
     emulation: Emulation
     counters: list[LinkStats]
+    directions: list[DirectionStatus] = []
 
 
 class MaterializationStatus(_Message, kw_only=True):

@@ -26,8 +26,14 @@ Rules (InvalidMessage for the first one broken; field is a path like "links[0].e
   - queue requires a capacity: without a rate there is no backlog to bound (the datapath stores
     the queue as time at the rate). A queue is at least 1500 bytes: a smaller one would
     tail-drop every full-size frame that finds the link busy.
+- an endpoint's own emulation (one direction, docs/semantics.md "Each direction"): sets at
+  least one field, each within the bounds of a link's, and together with the link's emulation
+  (its fields over the link's) keeps every rule across fields; a rule broken only by the two
+  together is refused naming the endpoint's field and saying it is the combination.
 - Update: at least one link update; each names exactly one of link and tag and sets at least
-  one parameter. A rule across two parameters is checked here when the patch sets both, and by
+  one parameter; `endpoint` (a VNI) only with `link`, `inherit` only with `endpoint`, no field
+  both inherited and set. A rule across two parameters is checked here when the patch sets
+  both, and by
   EmulationPatch.apply against the link's current parameters.
 - drop reasons (DropBatch.counts, LinkStats.drops): names of schemas.messages.DROP_REASONS.
 """
@@ -36,10 +42,12 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from msgspec import UNSET
+
 from schemas.messages import (
     DROP_REASONS, ID_MAX_LEN, ID_PATTERN, VNI_MAX, VNI_MIN, Dematerialize, DropBatch, Emulation,
-    InvalidMessage, Link, LinkStats, LinkStatsBatch, Materialize, StatusReply, StatusRequest,
-    Update, check_emulation,
+    EmulationPatch, InvalidMessage, Link, LinkStats, LinkStatsBatch, Materialize, StatusReply,
+    StatusRequest, Update, check_across, check_emulation, direction,
 )
 
 __all__ = ["InvalidMessage", "check", "check_id", "vni_fields"]
@@ -90,6 +98,25 @@ def _check_link(link: Link, path: str, vnis: dict[int, str]) -> None:
         if ep.port is not None and not 1 <= ep.port <= 65535:
             raise InvalidMessage(f"{ep_path}.port", f"port {ep.port!r} is outside 1..65535")
     check_emulation(link.emulation, f"{path}.emulation")
+    for j, ep in enumerate(link.endpoints):
+        if ep.emulation is not UNSET:
+            check_direction(link.emulation, ep.emulation, f"{path}.endpoints[{j}].emulation",
+                            f"endpoint VNI {ep.vni}")
+
+
+def check_direction(link_emulation: Emulation, own: EmulationPatch, path: str,
+                    which: str) -> None:
+    """An endpoint's own parameters (Endpoint.emulation): each field alone, then the direction
+    they make over the link's emulation as a whole; a rule broken only by the two together is
+    refused saying so (docs/contract.md, "Each direction")."""
+    if not own.changes():
+        raise InvalidMessage(path, "sets no parameter (leave it out to follow the link's)")
+    check_emulation(own, path)
+    try:
+        check_across(direction(link_emulation, own), path)
+    except InvalidMessage as e:
+        raise InvalidMessage(e.field, f"{e.message}, in the direction towards {which}: its own "
+                             f"parameters over the link's emulation") from None
 
 
 def _check_materialize(m: Materialize) -> None:
@@ -117,7 +144,22 @@ def _check_update(u: Update) -> None:
             check_id(lu.link, f"{path}.link", "link id")
         else:
             check_id(lu.tag, f"{path}.tag", "tag")
-        if not lu.emulation.changes():
+        if lu.endpoint is not None:
+            if lu.tag is not None:
+                raise InvalidMessage(f"{path}.endpoint", "an endpoint is one VNI of one link: "
+                                                         "give it with link, not with tag")
+            if not VNI_MIN <= lu.endpoint <= VNI_MAX:
+                raise InvalidMessage(f"{path}.endpoint",
+                                     f"{lu.endpoint!r} is outside {VNI_MIN}..{VNI_MAX}")
+        elif lu.inherit:
+            raise InvalidMessage(f"{path}.inherit", "inherit is for one direction: give it "
+                                                    "with endpoint")
+        if len(set(lu.inherit)) != len(lu.inherit):
+            raise InvalidMessage(f"{path}.inherit", "names a field twice")
+        both = sorted(set(lu.inherit) & set(lu.emulation.changes()))
+        if both:
+            raise InvalidMessage(f"{path}.inherit", f"{both[0]} is both inherited and set")
+        if not lu.emulation.changes() and not lu.inherit:
             raise InvalidMessage(f"{path}.emulation", "sets no parameter")
         check_emulation(lu.emulation, f"{path}.emulation")
 
@@ -163,4 +205,7 @@ def check(m):
         for i, ms in enumerate(m.materializations):
             for j, ls in enumerate(ms.links):
                 check_emulation(ls.emulation, f"materializations[{i}].links[{j}].emulation")
+                for k, d in enumerate(ls.directions):
+                    check_emulation(d.emulation,
+                                    f"materializations[{i}].links[{j}].directions[{k}].emulation")
     return m

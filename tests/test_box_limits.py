@@ -88,7 +88,8 @@ def test_a_lan_port_holds_no_longer_than_its_shared_queue() -> None:
                                              for v in (1, 2, 3)],
                         emulation=Emulation(capacity=3000, queue=30_000))
     held = PlanConfig(uplink="up0", local="10.0.0.1", port_hold=FqSizing())
-    egress, port = link_stages(link, held)
+    (egress, port), *rest = link_stages(link, held)
+    assert all(st == (egress, port) for st in rest)
     assert port is not None and 0 < limits.hold_ns(port, FRAME) <= limits.hold_ns(egress, FRAME)
     r = refusal(egress, horizon=9 * S, port=port)
     assert r is not None and r.field == "links[0].emulation.queue"
@@ -160,26 +161,28 @@ def test_fq_is_grown_before_a_plan_and_shrunk_after_it() -> None:
 def test_a_change_past_fq_memory_max_is_refused_with_both_figures() -> None:
     budget = limits.Budget(H, FRAME, 10**10, fq_memory_max=20_000_000)
     one = Emulation(capacity=10**9, latency=100 * MS, queue=0)   # 12.5 MB per endpoint
-    stages = [((one, None), 2)]
-    budget.held("a", budget.admit("a", [((one, None), 1)]))      # 12.5 MB: taken
+    stages = [((one, None), 2, "links[0].emulation")]
+    budget.held("a", budget.admit("a", [((one, None), 1, "links[0].emulation")]))  # 12.5 MB: taken
     with pytest.raises(schemas.InvalidMessage) as e:
         budget.admit("b", stages)                                 # + 25 MB: refused
-    after = budget.box({"b": budget.figures_of(stages)}).memory
+    after = budget.box({"b": budget.figures_of([((one, None), 2)])}).memory
     assert (e.value.code, e.value.field) == ("unsupported", "links")
     assert f"({after} B)" in e.value.message and "(20000000 B)" in e.value.message
     assert "--fq-memory-max" in e.value.message and "it holds" in e.value.message
     # Lowering is always taken, even above the bound; a box without a bound takes anything.
     budget.fq_memory_max = 1
-    assert budget.admit("a", [((Emulation(capacity=10**9, latency=MS, queue=0), None), 1)])
+    assert budget.admit("a", [((Emulation(capacity=10**9, latency=MS, queue=0), None), 1,
+                                "links[0].emulation")])
     unbounded = limits.Budget(H, FRAME, 10**10)
-    assert unbounded.admit("b", stages) == budget.figures_of(stages)
+    assert unbounded.admit("b", stages) == budget.figures_of([((one, None), 2)])
 
 
 def test_budget_refuses_the_first_link_beyond_the_horizon_by_its_index() -> None:
     budget = limits.Budget(10 * S, FRAME, 10**10)
     ok = Emulation(latency=MS)
     with pytest.raises(schemas.InvalidMessage) as e:
-        budget.admit("m", [((ok, None), 2), ((Emulation(latency=11 * S), None), 2)])
+        budget.admit("m", [((ok, None), 2, "links[0].emulation"),
+                           ((Emulation(latency=11 * S), None), 2, "links[1].emulation")])
     assert (e.value.code, e.value.field) == ("unsupported", "links[1].emulation.latency")
 
 

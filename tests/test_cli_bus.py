@@ -119,10 +119,25 @@ async def test_client_commands_round_trip(nats_server: NatsServer, topo: Testbed
         assert [(link["id"], link["emulation"]["loss"]) for link in st["links"]] == [
             ("l0", 0.05), ("l1", 0.05)]
         rc, out, err = await moa("show", *base, env={"COLUMNS": "200"})
-        assert rc == 0 and "c2" in out and "l1" in out and "0.05" in out, out
+        assert rc == 0 and "c2" in out and "l1" in out and "0.05" in out, (out, err)
+        # one direction of l1 on its own, shown as a row of its own, then back to the link's
+        vni = st["links"][1]["vnis"][1]
+        rc, out, err = await moa("set", "l1", "--endpoint", str(vni), "loss", "0.5", *base)
+        assert rc == 0 and json.loads(out)["generation"] == 4, (out, err)
+        rc, out, err = await moa("status", "c2", *base)
+        (link,) = [x for x in json.loads(out)["materializations"][0]["links"] if x["id"] == "l1"]
+        assert link["emulation"]["loss"] == 0.05, link
+        assert [(d["vni"], d["emulation"]["loss"]) for d in link["directions"]] == [(vni, 0.5)]
+        rc, out, err = await moa("show", *base, env={"COLUMNS": "200"})
+        assert rc == 0 and f"to {vni}" in out and "0.5 " in out, (out, err)
+        rc, out, err = await moa("set", "l1", "--endpoint", str(vni), "loss", "inherit", *base)
+        assert rc == 0 and json.loads(out)["generation"] == 5, (out, err)
+        rc, out, err = await moa("status", "c2", *base)
+        assert all(x["directions"] == [] for x in json.loads(out)["materializations"][0]["links"])
+        await kernel_holds(nc, host, topo, now)
         rc, out, err = await moa("dematerialize", "c2", *base)
         assert rc == 0 and json.loads(out)["op"] == "dematerialize", err
-        assert json.loads(out)["generation"] == 4
+        assert json.loads(out)["generation"] == 6
         await kernel_holds(nc, host, topo)  # nothing of moa's left
         rc, out, err = await moa("dematerialize", "c2", *base)
         assert rc == 1 and json.loads(out)["error"]["code"] == "not_found"
@@ -311,7 +326,52 @@ def test_show_counts_a_frame_once_though_two_stages_saw_it() -> None:
             counters=[stats("ingress", 50, 2), stats("egress", 48, 1)])])])
     # 50 frames left the sender's port stage (2 dropped there), 48 passed the receiver's
     # egress stage (1 dropped): 48 frames delivered, 3 lost.
-    assert show.totals(status) == {("m", "lan"): (48, 4800, 3)}
+    assert show.totals(status) == {("m", "lan", 7): (48, 4800, 3)}
+
+
+def test_show_prints_a_row_per_direction_when_they_differ() -> None:
+    """An access link 20/2 Mbit/s: the link's row for the VNI that follows it, and a row `to`
+    the endpoint whose direction has parameters of its own, with that VNI's counters."""
+    def stats(vni: int, packets: int) -> schemas.LinkStats:
+        return schemas.LinkStats(materialization="m", link="acc", vni=vni, stage="egress",
+                                 packets=packets, bytes=packets * 1000, drops={"loss": vni - 5})
+    up = schemas.Emulation(capacity=2_000_000, loss=0.25)
+    status = schemas.StatusReply(host="h", fq_memory_bytes=0, materializations=[
+        schemas.MaterializationStatus(id="m", generation=1, links=[schemas.LinkStatus(
+            id="acc", kind="p2p", vnis=[5, 6], emulation=schemas.Emulation(capacity=20_000_000),
+            counters=[stats(5, 700), stats(6, 90)],
+            directions=[schemas.DirectionStatus(vni=6, emulation=up)])])])
+    assert show.totals(status) == {("m", "acc", 5): (700, 700_000, 0),
+                                   ("m", "acc", 6): (90, 90_000, 1)}
+    from rich.console import Console
+    console = Console(width=200, record=True)
+    console.print(show.build_table(status))
+    lines = [line for line in console.export_text().splitlines() if "acc" in line]
+    assert len(lines) == 2
+    assert "20mbps" in lines[0] and " 5 " in lines[0] and "700" in lines[0]
+    assert "2mbps" in lines[1] and "to 6" in lines[1] and "0.25" in lines[1] and "90" in lines[1]
+    # one direction that has its own parameters equal to nothing else: still one row per VNI set
+    status.materializations[0].links[0].directions = []
+    assert len(show.rows(status.materializations[0].links[0])) == 1
+
+
+def test_set_targets_one_direction() -> None:
+    assert set_verb.link_update({"link": "acc"}, {"capacity": "2mbps"}, 101, []) == {
+        "link": "acc", "endpoint": 101, "emulation": {"capacity": "2mbps"}}
+    assert set_verb.link_update({"link": "acc"}, {}, 101, ["capacity", "queue"]) == {
+        "link": "acc", "endpoint": 101, "inherit": ["capacity", "queue"], "emulation": {}}
+    assert set_verb.split_inherit(["capacity", "inherit", "loss", "0.1", "queue", "inherit"]) == (
+        ["loss", "0.1"], ["capacity", "queue"])
+    with pytest.raises(set_verb.UsageError, match="unknown parameter 'delay'"):
+        set_verb.split_inherit(["delay", "inherit"])
+    with pytest.raises(set_verb.UsageError, match="needs --endpoint"):
+        set_verb.link_update({"link": "acc"}, {}, None, ["capacity"])
+    with pytest.raises(set_verb.UsageError, match="is a tag here"):
+        set_verb.link_update({"tag": "wan"}, {"loss": 0.1}, 101, [])
+    with pytest.raises(set_verb.UsageError, match="at least one"):
+        set_verb.link_update({"link": "acc"}, {}, 101, [])
+    with pytest.raises(set_verb.UsageError, match="unknown parameter 'delay'"):
+        set_verb.link_update({"link": "acc"}, {}, 101, ["delay"])
 
 
 def test_show_caption_has_the_box_counters_that_are_not_zero() -> None:

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 import schemas
 from schemas import (
-    Ack, AckError, Dematerialize, DropBatch, DropEvent, Emulation, EmulationPatch, Endpoint,
+    Ack, AckError, Dematerialize, DirectionStatus, DropBatch, DropEvent, Emulation, EmulationPatch,
+    Endpoint,
     GilbertElliott, InvalidMessage, Link, LinkStats, LinkStatsBatch, LinkStatus, LinkUpdate,
     Materialize, MaterializationStatus, StatusReply, StatusRequest, Update, decode, encode,
 )
@@ -185,7 +186,14 @@ ROUND_TRIP = [
         emulation=Emulation(latency=S, jitter=S, capacity=10**12, queue=1500,
                             burst=GilbertElliott(p=0.01, r=0.5, loss_good=0.0, loss_bad=0.8),
                             reorder=True))]),
+    Materialize(id="m", links=[Link(id="acc", endpoints=[
+        Endpoint(vni=1, remote="10.0.0.1"),
+        Endpoint(vni=2, remote="10.0.0.2", emulation=EmulationPatch(capacity=2 * 10**6,
+                                                                  queue=None, loss=0.25))],
+        emulation=Emulation(capacity=20 * 10**6, queue=64_000))]),
     Dematerialize(id="m"),
+    Update(id="m", links=[LinkUpdate(link="acc", endpoint=2, inherit=["queue"],
+                                     emulation=EmulationPatch(loss=0.5))]),
     Update(id="m", links=[LinkUpdate(link="a-b", emulation=EmulationPatch(latency=50 * MS)),
                           LinkUpdate(tag="wan", emulation=EmulationPatch(queue=None, burst=None,
                                                                          capacity=10**6))]),
@@ -199,7 +207,11 @@ ROUND_TRIP = [
     StatusReply(host="h", fq_memory_bytes=1 << 20, materializations=[MaterializationStatus(
         id="m", generation=2, links=[LinkStatus(id="a-b", kind="p2p", vnis=[100, 101],
                                                 emulation=Emulation(latency=MS),
-                                                counters=[_link_stats()])])]),
+                                                counters=[_link_stats()]),
+                                     LinkStatus(id="acc", kind="p2p", vnis=[1, 2],
+                                                emulation=Emulation(), counters=[],
+                                                directions=[DirectionStatus(
+                                                    vni=2, emulation=Emulation(loss=0.5))])])]),
 ]
 
 
@@ -375,6 +387,98 @@ RULES = [
 ]
 
 
+EP1_EMU = ("links", 0, "endpoints", 1, "emulation")
+
+
+def _direction(link_emulation: dict, own: object) -> dict:
+    """BASE with the link's emulation and endpoint 1's own (the direction towards VNI 11)."""
+    return _with(_with(BASE, ("links", 0, "emulation"), link_emulation), EP1_EMU, own)
+
+
+# One direction's own parameters: each field with the bounds of a link's, named under the
+# endpoint; a rule broken only by the two together says so (docs/contract.md, "Each direction").
+DIRECTION_RULES = [
+    ("own empty", _direction({}, {}), "links[0].endpoints[1].emulation", "sets no parameter"),
+    ("own not an object", _direction({}, 5), "links[0].endpoints[1].emulation", "Expected"),
+    ("own unknown field", _direction({}, {"delay": 1}), "links[0].endpoints[1].emulation.delay",
+     "unknown field"),
+    ("own loss > 1", _direction({}, {"loss": 1.5}), "links[0].endpoints[1].emulation.loss",
+     "outside [0, 1]"),
+    ("own loss < 0", _direction({}, {"loss": -0.5}), "links[0].endpoints[1].emulation.loss",
+     "outside [0, 1]"),
+    ("own latency negative", _direction({}, {"latency": -1}),
+     "links[0].endpoints[1].emulation.latency", "negative"),
+    ("own latency over bound", _direction({}, {"latency": 3601 * S}),
+     "links[0].endpoints[1].emulation.latency", "maximum"),
+    ("own capacity tiny", _direction({}, {"capacity": "999bps"}),
+     "links[0].endpoints[1].emulation.capacity", "minimum 1kbps"),
+    ("own capacity over bound", _direction({}, {"capacity": 10**13 + 1}),
+     "links[0].endpoints[1].emulation.capacity", "maximum"),
+    ("own queue tiny", _direction({"capacity": "1mbps"}, {"queue": 100}),
+     "links[0].endpoints[1].emulation.queue", "below the minimum 1500"),
+    ("own burst p", _direction({}, {"burst": {"p": 2, "r": 0.5}}),
+     "links[0].endpoints[1].emulation.burst.p", "outside"),
+    ("own state", _direction({}, {"state": "off"}), "links[0].endpoints[1].emulation.state",
+     "one of: up, down"),
+    ("own distribution", _direction({}, {"distribution": "gamma"}),
+     "links[0].endpoints[1].emulation.distribution", "one of: uniform"),
+    ("own loss_correlation 1", _direction({}, {"loss": 0.1, "loss_correlation": 1}),
+     "links[0].endpoints[1].emulation.loss_correlation", "below 1"),
+    ("own delay_correlation 1", _direction({}, {"delay_correlation": 1}),
+     "links[0].endpoints[1].emulation.delay_correlation", "below 1"),
+    # rules across fields, broken by the endpoint alone
+    ("own jitter > own latency", _direction({}, {"latency": "1ms", "jitter": "2ms"}),
+     "links[0].endpoints[1].emulation.jitter", "jitter 2ms is larger than latency 1ms"),
+    # ... and only by the two together: the message says it is the combination, and which
+    ("own jitter > link latency", _direction({"latency": "1ms"}, {"jitter": "2ms"}),
+     "links[0].endpoints[1].emulation.jitter",
+     "larger than latency 1ms (the delay is latency ± jitter), in the direction towards "
+     "endpoint VNI 11: its own parameters over the link's emulation"),
+    ("own latency < link jitter", _direction({"latency": "5ms", "jitter": "4ms"},
+                                             {"latency": "1ms"}),
+     "links[0].endpoints[1].emulation.jitter", "in the direction towards endpoint VNI 11"),
+    ("own queue, link unlimited", _direction({}, {"queue": "64KB"}),
+     "links[0].endpoints[1].emulation.queue", "needs a capacity"),
+    ("own unlimited, link queue", _direction({"capacity": "1mbps", "queue": "64KB"},
+                                             {"capacity": 0}),
+     "links[0].endpoints[1].emulation.queue", "in the direction towards endpoint VNI 11"),
+    ("own burst, link loss", _direction({"loss": 0.1}, {"burst": {"p": 0.1, "r": 0.5}}),
+     "links[0].endpoints[1].emulation.loss", "loss must be 0 when burst is given"),
+    ("own loss, link burst", _direction({"burst": {"p": 0.1, "r": 0.5}}, {"loss": 0.1}),
+     "links[0].endpoints[1].emulation.loss", "in the direction towards endpoint VNI 11"),
+    ("own loss_correlation, link burst", _direction({"burst": {"p": 0.1, "r": 0.5}},
+                                                    {"loss_correlation": 0.5}),
+     "links[0].endpoints[1].emulation.loss_correlation", "must be 0 when burst"),
+]
+
+
+@pytest.mark.parametrize("doc, field, words", [r[1:] for r in DIRECTION_RULES],
+                         ids=[r[0] for r in DIRECTION_RULES])
+def test_a_direction_s_own_parameters_are_bounded_and_named(doc, field, words):
+    with pytest.raises(InvalidMessage) as e:
+        decode(Materialize, json.dumps(doc))
+    assert (e.value.field, e.value.code) == (field, "invalid")
+    assert words in e.value.message
+
+
+def test_a_direction_is_the_link_s_emulation_with_its_own_fields_over_it():
+    doc = _direction({"latency": "10ms", "capacity": "20mbps", "queue": "256KiB", "loss": 0.01},
+                     {"capacity": "2mbps", "queue": None, "loss": 0.5})
+    m = decode(Materialize, json.dumps(doc))
+    link = m.links[0]
+    down = schemas.direction(link.emulation, link.endpoints[0].emulation)
+    up = schemas.direction(link.emulation, link.endpoints[1].emulation)
+    assert down is link.emulation  # no parameters of its own: the link's, the very object
+    assert up == Emulation(latency=10 * MS, capacity=2_000_000, queue=None, loss=0.5)
+    # Left out, the field is not written back: older documents encode as they did.
+    assert b'"emulation":{' not in schemas.encode(link.endpoints[0])
+    assert decode(Materialize, schemas.encode(m)) == m
+    # A burst the link has can be removed for one direction (null is a value, as in a patch).
+    doc = _direction({"burst": {"p": 0.1, "r": 0.5}}, {"burst": None, "loss": 0.2})
+    link = decode(Materialize, json.dumps(doc)).links[0]
+    assert schemas.direction(link.emulation, link.endpoints[1].emulation) == Emulation(loss=0.2)
+
+
 @pytest.mark.parametrize("doc, field, words", [r[1:] for r in RULES], ids=[r[0] for r in RULES])
 def test_validation_rule(doc, field, words):
     with pytest.raises(InvalidMessage) as e:
@@ -417,6 +521,24 @@ def test_validation_normalizes_addresses():
     ([{"link": "a", "emulation": {"state": "off"}}], "links[0].emulation.state", "down"),
     ([{"link": "a", "emulation": {"loss_correlation": 1}}], "links[0].emulation.loss_correlation",
      "below 1"),
+    # one direction (docs/contract.md, "Each direction")
+    ([{"tag": "wan", "endpoint": 5, "emulation": {"loss": 0.1}}], "links[0].endpoint",
+     "give it with link, not with tag"),
+    ([{"link": "a", "endpoint": 0, "emulation": {"loss": 0.1}}], "links[0].endpoint",
+     "outside 1..16777215"),
+    ([{"link": "a", "endpoint": 1 << 24, "emulation": {"loss": 0.1}}], "links[0].endpoint",
+     "outside"),
+    ([{"link": "a", "endpoint": "x", "emulation": {"loss": 0.1}}], "links[0].endpoint",
+     "Expected"),
+    ([{"link": "a", "inherit": ["loss"]}], "links[0].inherit", "give it with endpoint"),
+    ([{"link": "a", "endpoint": 5, "inherit": ["delay"]}], "links[0].inherit[0]", "Invalid enum"),
+    ([{"link": "a", "endpoint": 5, "inherit": ["loss", "loss"]}], "links[0].inherit",
+     "names a field twice"),
+    ([{"link": "a", "endpoint": 5, "inherit": ["loss"], "emulation": {"loss": 0.1}}],
+     "links[0].inherit", "loss is both inherited and set"),
+    ([{"link": "a", "endpoint": 5}], "links[0].emulation", "sets no parameter"),
+    ([{"link": "a", "endpoint": 5, "emulation": {"loss": 7}}], "links[0].emulation.loss",
+     "outside"),
 ])
 def test_update_rules(links, field, words):
     with pytest.raises(InvalidMessage) as e:

@@ -93,17 +93,20 @@ def _emu(e: schemas.Emulation | None) -> str:
 
 
 def write_params(classifier: Any, m: schemas.Materialize,
-                 stages_of: Callable[[schemas.Link], Stages],
+                 stages_of: Callable[[schemas.Link], list[Stages]],
                  encode: Callable[[Stages], bytes]) -> int | None:
-    """An Update's path: only the parameters of m's VNIs, in one batch write against what the
+    """An Update's path: only the parameters of m's VNIs (each its own direction's: stages_of
+    gives a link's stages per endpoint), in one batch write against what the
     classifier's map holds now (`classifier`: datapath.classifier.Classifier); how many changed.
     None when a VNI of m has no entry in the map (the box drifted: plan instead). All or
     nothing: a failed write is undone by writing back the entries read before (PlanError)."""
     stages: dict[int, tuple[Stages, bytes, str]] = {}
     for link in m.links:
-        s = stages_of(link)
-        enc = encode(s)
-        for ep in link.endpoints:
+        encoded: dict[int, bytes] = {}  # endpoints without their own parameters share a Stages
+        for ep, s in zip(link.endpoints, stages_of(link)):
+            enc = encoded.get(id(s))
+            if enc is None:
+                enc = encoded[id(s)] = encode(s)
             stages[ep.vni] = (s, enc, link.id)
     before = classifier.raw_links(stages)
     if len(before) != len(stages):

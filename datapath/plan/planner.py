@@ -7,7 +7,8 @@ desired yields no operation, so identical content plans to nothing.
 
 Mapping of a link onto the box:
 - point-to-point (2 endpoints): two VTEPs joined by the redirect pair; the link's emulation is the
-  egress stage of each VNI (the egress VNI names the receiving endpoint); no ingress stage.
+  egress stage of each VNI (the egress VNI names the receiving endpoint), with that endpoint's
+  own fields over it when it has some (one direction: link_stages); no ingress stage.
 - LAN (3+ endpoints): VTEPs on a bridge; the link's emulation is each member's egress stage (the
   shared queue towards the receiver) and each member gets an ingress stage that models its own
   switch port: the link's capacity and queue, nothing else. A LAN is two real hops
@@ -23,6 +24,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from typing import Callable
+
+import msgspec
 
 import schemas
 from datapath.emulation import queue_bytes
@@ -91,13 +94,36 @@ def port_stage(egress: schemas.Emulation, held: bool = False) -> schemas.Emulati
     return schemas.Emulation(capacity=egress.capacity, queue=q)
 
 
-def link_stages(link: schemas.Link, cfg: PlanConfig) -> Stages:
-    """The stages every endpoint of `link` gets: the link's emulation at egress, and on a LAN
-    the member's own port as its ingress stage (module doc)."""
-    egress = link.emulation
-    if len(link.endpoints) == 2:
-        return egress, None
-    return egress, port_stage(egress, held=cfg.port_hold is not None)
+def link_stages(link: schemas.Link, cfg: PlanConfig) -> list[Stages]:
+    """The stages of each endpoint of `link`, in its order: at egress the emulation of the frames
+    delivered towards that endpoint (the link's, with the endpoint's own fields over it:
+    schemas.direction), and on a LAN the member's own port as its ingress stage, made from the
+    link's emulation (docs/semantics.md, "Each direction": an endpoint's own parameters are
+    what it receives; what it sends goes through its port at the link's rate, then through
+    the receiver's stage). Endpoints without parameters of their own share one Stages object."""
+    shared = link.emulation
+    port = None
+    if len(link.endpoints) > 2:
+        port = port_stage(shared, held=cfg.port_hold is not None)
+    common = (shared, port)
+    return [common if ep.emulation is msgspec.UNSET
+            else (schemas.direction(shared, ep.emulation), port) for ep in link.endpoints]
+
+
+def stage_groups(m: schemas.Materialize, cfg: PlanConfig) -> list[tuple[Stages, int, str]]:
+    """m's stages for the box's limits (datapath/limits.py): per link, the stages its endpoints
+    without parameters of their own share, with how many they are, then each endpoint's own,
+    each with the path of the field that sets it (a refusal names it)."""
+    out: list[tuple[Stages, int, str]] = []
+    for i, link in enumerate(m.links):
+        stages = link_stages(link, cfg)
+        own = [j for j, ep in enumerate(link.endpoints) if ep.emulation is not msgspec.UNSET]
+        if len(own) < len(stages):
+            shared = next(st for ep, st in zip(link.endpoints, stages)
+                          if ep.emulation is msgspec.UNSET)
+            out.append((shared, len(stages) - len(own), f"links[{i}].emulation"))
+        out += [(stages[j], 1, f"links[{i}].endpoints[{j}].emulation") for j in own]
+    return out
 
 
 @dataclass
@@ -124,16 +150,15 @@ def desired_state(m: schemas.Materialize, cfg: PlanConfig) -> Desired:
                             mtu=cfg.vtep_mtu)
             d.vteps[name] = (spec, link.id)
             names.append(name)
+        for ep, st in zip(link.endpoints, stages):
+            d.params[ep.vni] = (st, link.id)
         if len(link.endpoints) == 2:
             d.pairs.append((names[0], names[1]))
-            for ep in link.endpoints:
-                d.params[ep.vni] = (stages, link.id)
         else:
             br = bridge_name(m.id, link.id)
             d.bridges[br] = link.id
-            for ep, name in zip(link.endpoints, names):
+            for name in names:
                 d.masters[name] = br
-                d.params[ep.vni] = (stages, link.id)
     return d
 
 

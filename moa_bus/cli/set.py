@@ -5,6 +5,11 @@ Keys: latency, jitter (durations), capacity (rate), queue (size, or "none"), los
 loss_correlation (0..1, below 1), reorder (true/false), state (up/down), distribution (uniform,
 normal, pareto, paretonormal), delay_correlation (0..1, below 1). Without --id the materialization is the one holding a link of that name,
 or, for a tag, the only materialization on the box. A name that is a link id is a link, else a tag.
+
+--endpoint VNI (a link only): the values are that direction's own, for the frames delivered
+towards that endpoint (docs/semantics.md, "Each direction"), e.g. the uplink of an access link:
+`moa set access --endpoint 101 capacity 2mbps`; the value `inherit` makes a key of that
+direction follow the link's value again (`moa set access --endpoint 101 capacity inherit`).
 """
 from __future__ import annotations
 
@@ -20,6 +25,9 @@ KEYS = ("latency", "jitter", "capacity", "queue", "loss", "loss_correlation", "r
         "distribution", "delay_correlation")
 
 
+INHERIT = "inherit"  # the value that gives a direction's key back to the link's
+
+
 class UsageError(ValueError):
     pass
 
@@ -27,9 +35,27 @@ class UsageError(ValueError):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", metavar="LINK-OR-TAG")
     parser.add_argument("params", nargs="+", metavar="KEY VALUE",
-                        help=f"pairs; keys: {', '.join(KEYS)}")
+                        help=f"pairs; keys: {', '.join(KEYS)}; with --endpoint, the value "
+                             f"{INHERIT!r}: that key follows the link's again")
     parser.add_argument("--id", dest="materialization", metavar="MATERIALIZATION")
+    parser.add_argument("--endpoint", type=int, metavar="VNI",
+                        help="change the direction towards this endpoint of the link only")
     client.add_arguments(parser, timeout=60.0)
+
+
+def split_inherit(words: list[str]) -> tuple[list[str], list[str]]:
+    """(the pairs whose value is not `inherit`, the keys whose value is)."""
+    if len(words) % 2:
+        raise UsageError(f"parameters come in KEY VALUE pairs; {words[-1]!r} has no value")
+    pairs, inherit = [], []
+    for key, value in zip(words[::2], words[1::2]):
+        if value == INHERIT:
+            if key not in KEYS:
+                raise UsageError(f"unknown parameter {key!r} (one of {', '.join(KEYS)})")
+            inherit.append(key)
+        else:
+            pairs += [key, value]
+    return pairs, inherit
 
 
 def parse_params(words: list[str]) -> dict[str, object]:
@@ -82,9 +108,33 @@ def pick_target(status: dict, target: str, materialization: str | None) -> tuple
                      f"({len(mats)} materializations on this box)")
 
 
+def link_update(which: dict, emulation: dict[str, object], endpoint: int | None,
+                inherit: list[str]) -> dict:
+    """One entry of an Update's `links` (docs/contract.md, "Each direction" for endpoint and
+    inherit)."""
+    if inherit and endpoint is None:
+        raise UsageError(f"{INHERIT!r} needs --endpoint (a direction's own value goes back to "
+                         "following the link's)")
+    for key in inherit:
+        if key not in KEYS + ("burst",):
+            raise UsageError(f"unknown parameter {key!r} to inherit (one of {', '.join(KEYS)})")
+    if not emulation and not inherit:
+        raise UsageError("give at least one KEY VALUE pair")
+    out: dict = {**which, "emulation": emulation}
+    if endpoint is not None:
+        if "link" not in which:
+            raise UsageError(f"--endpoint needs a link: {which['tag']!r} is a tag here")
+        out["endpoint"] = endpoint
+        if inherit:
+            out["inherit"] = list(inherit)
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        emulation = parse_params(args.params)
+        pairs, inherit = split_inherit(args.params)
+        emulation = parse_params(pairs)
+        link_update({"link": args.target}, emulation, args.endpoint, inherit)
     except UsageError as e:
         print(f"moa set: {e}", file=sys.stderr)
         return 2
@@ -92,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
     async def change(box: engine.MoaClient) -> schemas.Ack:
         st = json.loads(schemas.encode(await box.status()))
         mid, which = pick_target(st, args.target, args.materialization)
-        return await box.update({"id": mid, "links": [{**which, "emulation": emulation}]})
+        entry = link_update(which, emulation, args.endpoint, inherit)
+        return await box.update({"id": mid, "links": [entry]})
 
     try:
         return client.run_engine(args, change, client.print_ack)

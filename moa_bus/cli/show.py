@@ -14,7 +14,8 @@ import schemas
 from moa_bus import engine
 from moa_bus.cli import client
 
-Totals = dict[tuple[str, str], tuple[int, int, int]]  # (materialization, link) -> packets, bytes, drops
+# (materialization, link, the row's first VNI) -> packets, bytes, drops
+Totals = dict[tuple[str, str, int], tuple[int, int, int]]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,17 +24,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     client.add_arguments(parser)
 
 
+def rows(link: schemas.LinkStatus) -> list[tuple[list[int], schemas.Emulation]]:
+    """The table's rows of one link: one for the VNIs that follow the link's emulation, then one
+    per direction with parameters of its own (docs/semantics.md, "Each direction"), each with
+    the VNIs it is the receiving end of."""
+    own = {d.vni: d.emulation for d in link.directions}
+    shared = [v for v in link.vnis if v not in own]
+    out = [(shared, link.emulation)] if shared else []
+    return out + [([v], own[v]) for v in link.vnis if v in own]
+
+
 def totals(status: schemas.StatusReply) -> Totals:
     out: Totals = {}
     for m in status.materializations:
         for link in m.links:
-            # A frame passes exactly one egress stage (its receiving VNI's); a LAN frame also
-            # passed its sender's ingress stage, so counting both would count it twice. Drops
-            # happen at either stage and are each a frame lost.
-            p = sum(c.packets for c in link.counters if c.stage == "egress")
-            b = sum(c.bytes for c in link.counters if c.stage == "egress")
-            d = sum(sum(c.drops.values()) for c in link.counters)
-            out[(m.id, link.id)] = (p, b, d)
+            for vnis, _ in rows(link):
+                # A frame passes exactly one egress stage (its receiving VNI's); a LAN frame also
+                # passed its sender's ingress stage, so counting both would count it twice. Drops
+                # happen at either stage and are each a frame lost.
+                cs = [c for c in link.counters if c.vni in vnis]
+                p = sum(c.packets for c in cs if c.stage == "egress")
+                b = sum(c.bytes for c in cs if c.stage == "egress")
+                d = sum(sum(c.drops.values()) for c in cs)
+                out[(m.id, link.id, vnis[0])] = (p, b, d)
     return out
 
 
@@ -58,7 +71,8 @@ def _emulation(e: schemas.Emulation) -> list[str]:
 
 def build_table(status: schemas.StatusReply, previous: Totals | None = None,
                 dt: float = 0.0) -> Table:
-    """The table; with the totals of a previous status `dt` seconds ago, rates too."""
+    """The table; with the totals of a previous status `dt` seconds ago, rates too. A link whose
+    directions differ has a row per direction: `to VNI` names the receiving end."""
     table = Table(title=f"moa on {status.host}", title_justify="left")
     for col in ("materialization", "link", "kind", "VNIs", "latency", "jitter", "loss",
                 "capacity", "packets", "bytes", "drops"):
@@ -69,15 +83,20 @@ def build_table(status: schemas.StatusReply, previous: Totals | None = None,
     now = totals(status)
     for m in status.materializations:
         for link in m.links:
-            p, b, d = now[(m.id, link.id)]
-            kind = f"{link.kind} (down)" if link.emulation.state == "down" else link.kind
-            row = [m.id, link.id, kind, ",".join(map(str, link.vnis)), *_emulation(link.emulation),
-                   f"{p:,}", f"{b:,}", f"{d:,}"]
-            if previous is not None and dt > 0:
-                p0, b0, _ = previous.get((m.id, link.id), (p, b, d))
-                row += [f"{(p - p0) / dt:,.0f}", schemas.format_rate(int(max(b - b0, 0) * 8 / dt))
-                        if b > b0 else "0"]
-            table.add_row(*row)
+            several = len(rows(link)) > 1
+            for vnis, e in rows(link):
+                key = (m.id, link.id, vnis[0])
+                p, b, d = now[key]
+                kind = f"{link.kind} (down)" if e.state == "down" else link.kind
+                shown = ",".join(map(str, vnis))
+                if several and vnis[0] in {x.vni for x in link.directions}:
+                    shown = f"to {shown}"
+                row = [m.id, link.id, kind, shown, *_emulation(e), f"{p:,}", f"{b:,}", f"{d:,}"]
+                if previous is not None and dt > 0:
+                    p0, b0, _ = previous.get(key, (p, b, d))
+                    row += [f"{(p - p0) / dt:,.0f}",
+                            schemas.format_rate(int(max(b - b0, 0) * 8 / dt)) if b > b0 else "0"]
+                table.add_row(*row)
     table.caption = caption(status)
     return table
 

@@ -89,19 +89,25 @@ def _best_effort_id(data: bytes) -> str | None:
     return ident if isinstance(ident, str) and len(ident) <= 256 else None
 
 
-_LINK_FIELD = re.compile(r"^links\[(\d+)\]")
+_LINK_FIELD = re.compile(r"^links\[(\d+)\](\.endpoints\[(\d+)\](?=\.emulation))?")
 
 
 def _in_update(e: InvalidMessage, m: schemas.Materialize, origin: dict[str, int]) -> InvalidMessage:
     """An error about links[j] of the materialization an Update resolved to, moved to the
-    entry of the Update that changed that link (links[i] of the Update)."""
+    entry of the Update that changed that link (links[i] of the Update); one about a
+    direction's emulation (links[j].endpoints[k].emulation) to that entry's emulation, with
+    the direction named in the message."""
     found = _LINK_FIELD.match(e.field)
     if found is None or int(found[1]) >= len(m.links):
         return e
-    i = origin.get(m.links[int(found[1])].id)
+    link = m.links[int(found[1])]
+    i = origin.get(link.id)
     if i is None:
         return e
-    return InvalidMessage(f"links[{i}]" + e.field[found.end():], e.message, e.code)
+    message = e.message
+    if found[3] is not None and int(found[3]) < len(link.endpoints):
+        message += f" (in the direction towards endpoint VNI {link.endpoints[int(found[3])].vni})"
+    return InvalidMessage(f"links[{i}]" + e.field[found.end():], message, e.code)
 
 
 DECODE_INLINE_BYTES = 64 * 1024  # larger bodies are decoded on a thread: the loop stays free

@@ -30,6 +30,7 @@ import msgspec
 import schemas
 from datapath import faults
 from schemas import InvalidMessage
+from schemas.validate import check_direction
 
 log = logging.getLogger("moa.bus")
 
@@ -195,6 +196,28 @@ class StateStore:
             os.close(fd)
 
 
+def _direction_updated(link: schemas.Link, lu: schemas.LinkUpdate, path: str) -> schemas.Link:
+    """`link` with the direction towards lu.endpoint changed: the fields `inherit` names follow
+    the link's again, then the patch's fields are that direction's own (docs/contract.md,
+    "Each direction"). New Structs: the held ones are shared with status snapshots."""
+    found = [j for j, ep in enumerate(link.endpoints) if ep.vni == lu.endpoint]
+    if not found:
+        raise InvalidMessage(f"{path}.endpoint", f"link {link.id!r} has no endpoint with VNI "
+                                                 f"{lu.endpoint}", "not_found")
+    j = found[0]
+    ep = link.endpoints[j]
+    own = {} if ep.emulation is msgspec.UNSET else ep.emulation.changes()
+    for name in lu.inherit:
+        own.pop(name, None)
+    own.update(lu.emulation.changes())
+    patch = schemas.EmulationPatch(**own) if own else msgspec.UNSET
+    if patch is not msgspec.UNSET:
+        check_direction(link.emulation, patch, f"{path}.emulation", f"endpoint VNI {ep.vni}")
+    endpoints = list(link.endpoints)
+    endpoints[j] = msgspec.structs.replace(ep, emulation=patch)
+    return msgspec.structs.replace(link, endpoints=endpoints)
+
+
 @dataclass
 class DesiredState:
     """What every materialization must hold (module doc). `store` None: kept in memory only
@@ -273,6 +296,11 @@ class DesiredState:
                 if not hits:
                     raise InvalidMessage(f"links[{i}].tag", f"materialization {u.id!r} has no "
                                                             f"link tagged {lu.tag!r}", "not_found")
+            if lu.endpoint is not None:
+                j = hits[0]
+                links[j] = _direction_updated(links[j], lu, f"links[{i}]")
+                origin[links[j].id] = i
+                continue
             patched: dict[bytes, schemas.Emulation] = {}
             for j in hits:
                 key = msgspec.json.encode(links[j].emulation)
@@ -280,6 +308,10 @@ class DesiredState:
                 if emu is None:
                     emu = patched[key] = lu.emulation.apply(links[j].emulation,
                                                             f"links[{i}].emulation")
+                for ep in links[j].endpoints:  # each direction's own fields stay its own
+                    if ep.emulation is not msgspec.UNSET:
+                        check_direction(emu, ep.emulation, f"links[{i}].emulation",
+                                        f"endpoint VNI {ep.vni} of link {links[j].id!r}")
                 links[j] = msgspec.structs.replace(links[j], emulation=emu)
                 origin[links[j].id] = i
         return schemas.Materialize(id=u.id, links=links), origin

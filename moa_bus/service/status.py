@@ -9,7 +9,8 @@ desired state changes only in a commit, which awaits nothing, so a snapshot is c
 snapshot is kept SNAPSHOT_TTL seconds after its last page was asked for, at most SNAPSHOTS_KEPT
 of them. Counters are read when each page is made. A link too large for one page (a LAN of
 thousands of members) is cut by endpoint: its pieces carry the link's id, kind and emulation,
-each with its own VNIs and their counters; a materialization that spans pages comes again with
+each with its own VNIs, their counters and the directions of theirs that have parameters of
+their own; a materialization that spans pages comes again with
 its id on the next. telemetry.links is cut into numbered parts (`part` of `parts`) that share
 the interval's `time_ns`. How a client puts pages or parts together: docs/contract.md, "Status".
 """
@@ -50,6 +51,16 @@ def _stats(mid: str, link: str, vnis: list[int], counters: Counters) -> list[sch
     return [schemas.LinkStats(materialization=mid, link=link, vni=vni, stage=stage,
                               packets=c.packets, bytes=c.bytes, drops=dict(c.drops))
             for vni in vnis for stage, c in counters.get(vni, {}).items()]
+
+
+def directions(link: schemas.Link, vnis: list[int] | None = None) -> list[schemas.DirectionStatus]:
+    """The effective emulation of each endpoint of `link` (of `vnis`, when given) that has
+    parameters of its own (docs/semantics.md, "Each direction")."""
+    keep = None if vnis is None else set(vnis)
+    return [schemas.DirectionStatus(vni=ep.vni,
+                                    emulation=schemas.direction(link.emulation, ep.emulation))
+            for ep in link.endpoints
+            if ep.emulation is not msgspec.UNSET and (keep is None or ep.vni in keep)]
 
 
 def _sorted_links(h: Held) -> list[schemas.Link]:
@@ -208,7 +219,8 @@ class StatusPages:
                 id=mid, generation=h.generation, error=snap.unconverged.get(mid), links=[
                     schemas.LinkStatus(id=link.id, kind=link.kind, vnis=vnis,
                                        emulation=link.emulation,
-                                       counters=_stats(mid, link.id, vnis, counters))
+                                       counters=_stats(mid, link.id, vnis, counters),
+                                       directions=directions(link))
                     for link in h.links_by_id()
                     for vnis in [[ep.vni for ep in link.endpoints]]]))
         return schemas.encode(schemas.StatusReply(
@@ -229,7 +241,7 @@ def _fit(mid: str, link: schemas.Link, offset: int, counters: Counters, room_lef
         part = vnis[offset:b]
         return schemas.encode(schemas.LinkStatus(
             id=link.id, kind=link.kind, vnis=part, emulation=link.emulation,
-            counters=_stats(mid, link.id, part, counters)))
+            counters=_stats(mid, link.id, part, counters), directions=directions(link, part)))
 
     whole = piece(len(vnis))
     if len(whole) <= room_left:

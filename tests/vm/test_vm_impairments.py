@@ -10,6 +10,10 @@ scenarios: moa_bus/lab/vm/impairment_scenarios.py).
   unshaped paths 0.037-0.068 apart.
 - A link taken down and up under load: only its own datagrams are lost, the box counted them
   as link_down, and it carries its full rate again after `up`.
+- An access link of 20 Mbit/s down and 2 Mbit/s up (its hv2 endpoint's own capacity): one TCP
+  flow each way, each alone, at its own direction's rate within the capacity scenario's TCP
+  tolerance (97-102 % of 1448/1538 of the rate); status shows the link's 20 Mbit/s and hv2's
+  direction at 2 Mbit/s. Both at once are recorded: the down flow's ACKs share the up direction.
 """
 from __future__ import annotations
 
@@ -37,3 +41,18 @@ def test_a_link_down_loses_only_its_own_frames_and_comes_back(reference_run) -> 
     after = st["dn_intervals_mbps"][int(st["acked_s"]["up"]) + 2:-1]  # the last may be partial
     assert len(after) >= 5, (st, vm)
     assert min(after) >= 0.9 * 4.0, (st, vm)
+
+
+def test_an_access_link_carries_tcp_at_each_direction_s_own_rate(reference_run) -> None:
+    acc = reference_run.results.get("access")
+    vm = reference_run.results["vm"]
+    assert acc and "down_goodput_ratio" in acc and "up_goodput_ratio" in acc, (acc, vm)
+    assert 0.97 <= acc["down_goodput_ratio"] <= 1.02, (acc, vm)   # 20 Mbit/s towards hv1
+    assert 0.97 <= acc["up_goodput_ratio"] <= 1.02, (acc, vm)     # 2 Mbit/s towards hv2
+    # each direction at its own rate, not the other's: 10x apart
+    assert 8 <= acc["down_goodput_mbps"] / acc["up_goodput_mbps"] <= 12, (acc, vm)
+    assert acc["status_capacity"] == 20_000_000, acc
+    assert acc["status_directions"] == {"951": 2_000_000}, acc
+    # both at once: neither direction goes past its own rate
+    assert acc["both_down_goodput_ratio"] <= 1.02 and acc["both_up_goodput_ratio"] <= 1.02, (
+        acc, vm)

@@ -14,6 +14,15 @@ the sums is at most the sum of the parts' distances).
 Link state. UDP at a constant rate over `dn` and, at the same time, over `base` (the control);
 `moa set dn state down`, two seconds, `moa set dn state up`. Only `dn` loses datagrams, and it
 carries traffic again after `up` (the receiver's last intervals).
+
+Each direction. The access link `acc` is 20 Mbit/s towards hv1 (the link's capacity) and
+2 Mbit/s towards hv2 (hv2's endpoint's own, docs/semantics.md "Each direction"). One TCP flow
+hv2 -> hv1 (down), then one hv1 -> hv2 (up), each alone (a flow's ACKs cross the other
+direction: the up flow's share the 20 Mbit/s, the down flow's take some 0.6 Mbit/s of the 2);
+each one's goodput against the payload theory of its own direction's rate (1448/1538 of it, as
+the capacity scenario). Then both at once, recorded (the down flow's ACKs take part of the
+up direction, so the up flow's figure is not judged against its rate alone), and the status,
+whose `directions` must show hv2's 2 Mbit/s.
 """
 from __future__ import annotations
 
@@ -27,6 +36,7 @@ from .batch import Batch, StepResult
 from .measure import in_ns
 from .moa_stack import MoaStack, link
 from .scripted_testbed import Testbed
+from .shaper_scenarios import INNER_TCP_FRAME, L1_OVERHEAD, MSS
 
 DISTRIBUTIONS = {"normal": "jn", "pareto": "jp"}   # netem's name -> moa's link (moa_stack.LINKS)
 
@@ -42,6 +52,9 @@ class ImpairmentConfig:
     udp_seconds: int = 60      # a `moa set` under TCG takes 4-17 s: ~15 s are left after `up`
     down_s: int = 2
     port2: int = 5202
+    access_down_bps: int = 20_000_000  # moa_stack.LINKS's acc has these
+    access_up_bps: int = 2_000_000
+    access_seconds: int = 10           # TCP, each direction; the first second omitted
 
 
 def netem_both_ways(tb: Testbed, vnis: tuple[int, int], opts: str) -> list[str]:
@@ -124,9 +137,71 @@ class ImpairmentScenarios:
             *s.status('$STEP.status.json'),
         ])
 
+    def access(self, batch: Batch) -> None:
+        """TCP over the access link acc, down (hv2 -> hv1, 20 Mbit/s) and up (hv1 -> hv2,
+        2 Mbit/s), each alone, then both at once; the status with each direction."""
+        c, acc = self.cfg, link("acc")
+        hv1, hv2 = self.ns("hv1"), self.ns("hv2")
+        for name, server, client, dst in (("down", hv1, hv2, acc.address("hv1")),
+                                          ("up", hv2, hv1, acc.address("hv2"))):
+            batch.add(f"access-{name}", shaping.clear(self.tb) + measure.iperf3(
+                server, client, dst, seconds=c.access_seconds, omit_s=1))
+
+        def flow(server: str, client: str, dst: str, port: int, out: str) -> list[str]:
+            return [*traffic.iperf_server(server, port, f"{out}.server"),
+                    in_ns(client, f"iperf3 -c {dst} -p {port} -t {c.access_seconds} -O 1 -J "
+                                  f"--get-server-output >\"{out}\" &"), "_c=\"$_c $!\""]
+        batch.add("access-both", shaping.clear(self.tb) + [
+            "_srv=''", "_c=''", traffic.KILL_JOBS,
+            *flow(hv1, hv2, acc.address("hv1"), 5201, "$STEP.down.json"),
+            *flow(hv2, hv1, acc.address("hv2"), c.port2, "$STEP.up.json"),
+            "wait $_c", "wait $_srv",
+            *self.stack.status("$STEP.status.json"),
+        ])
+
     # -- results ----------------------------------------------------------------------------
     def analyse(self, ok: dict[str, StepResult]) -> dict:
-        out: dict = {"distributions": self._distributions(ok), "link_state": self._link_state(ok)}
+        out: dict = {"distributions": self._distributions(ok), "link_state": self._link_state(ok),
+                     "access": self._access(ok)}
+        return out
+
+    def _access(self, ok: dict[str, StepResult]) -> dict:
+        c = self.cfg
+        out: dict = {"down_bps": c.access_down_bps, "up_bps": c.access_up_bps,
+                     "method": "one TCP flow per direction, alone, goodput / (rate x 1448/1538); "
+                               "then both at once (recorded)"}
+        theory = {"down": c.access_down_bps * MSS / (INNER_TCP_FRAME + L1_OVERHEAD),
+                  "up": c.access_up_bps * MSS / (INNER_TCP_FRAME + L1_OVERHEAD)}
+        for name in ("down", "up"):
+            s = ok.get(f"access-{name}")
+            if s is None:
+                continue
+            try:
+                r = measure.parse_iperf3_tcp(s.out)
+            except (ValueError, KeyError, TypeError) as e:
+                out[f"{name}_error"] = str(e)
+                continue
+            out[f"{name}_goodput_mbps"] = r.goodput_bps / 1e6
+            out[f"{name}_goodput_ratio"] = r.goodput_bps / theory[name]
+            out[f"{name}_retransmits"] = r.retransmits
+        s = ok.get("access-both")
+        if s is not None:
+            for name in ("down", "up"):
+                try:
+                    r = measure.parse_iperf3_tcp(s.file(f".{name}.json").read_text())
+                except (OSError, ValueError, KeyError, TypeError) as e:
+                    out[f"both_{name}_error"] = str(e)
+                    continue
+                out[f"both_{name}_goodput_ratio"] = r.goodput_bps / theory[name]
+            status = s.file(".status.json")
+            if status.exists() and status.read_text().strip():
+                for m in json.loads(status.read_text()).get("materializations", []):
+                    for lk in m.get("links", []):
+                        if lk.get("id") == "acc":
+                            out["status_capacity"] = lk["emulation"]["capacity"]
+                            out["status_directions"] = {
+                                str(d["vni"]): d["emulation"]["capacity"]
+                                for d in lk.get("directions", [])}
         return out
 
     def _distributions(self, ok: dict[str, StepResult]) -> dict:

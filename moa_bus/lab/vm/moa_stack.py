@@ -22,9 +22,12 @@ the LAN 410-412); moa's links use other VNIs, so both live in one testbed and on
     upd     p2p   hv1:700 hv2:701              20 ms, 10 Mbit/s        6 runtime update
     plan    lan   hv1:800 hv2:801 hv3:802      20 ms, 50 Mbit/s        7 a LAN's pair ...
     pp      p2p   hv1:810 hv2:811              20 ms, 50 Mbit/s        7 ... vs a P2P link
-    long    p2p   hv1:900 hv2:901              10 s, 10 Mbit/s, 64KiB  9 the horizon (issue 11)
+    long    p2p   hv1:910 hv2:911              10 s, 10 Mbit/s, 64KiB  9 the horizon (issue 11)
+    acc     p2p   hv1:950 hv2:951              20 Mbit/s towards hv1,  issue 13: each direction
+                                               2 Mbit/s towards hv2
 
-Emulation is per link, both directions (schemas.Emulation): a ping over `lat` crosses 20 ms twice.
+Emulation is per link, both directions (schemas.Emulation): a ping over `lat` crosses 20 ms twice;
+a link's `own` gives one direction (the frames towards that hypervisor) fields of its own.
 """
 from __future__ import annotations
 
@@ -50,6 +53,8 @@ class MoaLink:
     id: str
     members: tuple[tuple[str, int], ...]  # (hypervisor, VNI), in order
     emulation: dict = field(default_factory=dict)  # schemas.Emulation as JSON (units as text)
+    # per hypervisor, the direction towards its endpoint's own fields (Endpoint.emulation)
+    own: tuple[tuple[str, dict], ...] = ()
 
     @property
     def kind(self) -> str:
@@ -91,6 +96,9 @@ LINKS: tuple[MoaLink, ...] = (
     MoaLink("jp", (("hv1", 930), ("hv2", 931)),
             {"latency": "20ms", "jitter": "4ms", "distribution": "pareto", "reorder": True}),
     MoaLink("dn", (("hv1", 940), ("hv2", 941))),
+    # an access link, 20 Mbit/s towards hv1 (down), 2 Mbit/s towards hv2 (up): per direction
+    MoaLink("acc", (("hv1", 950), ("hv2", 951)), {"capacity": "20mbps"},
+            own=(("hv2", {"capacity": "2mbps"}),)),
 )
 SLOW_LINKS = ("long",)  # a ping takes 20 s: not waited for at start (its scenario does)
 
@@ -145,8 +153,11 @@ def materialize_doc(links: tuple[MoaLink, ...] = LINKS) -> dict:
     as `remote`; moa creates the box's VTEPs itself."""
     out = []
     for lk in links:
+        own = dict(lk.own)
         d: dict = {"id": lk.id, "tags": ["e2e"],
-                   "endpoints": [{"vni": v, "remote": HV_UNDERLAY[h]} for h, v in lk.members]}
+                   "endpoints": [{"vni": v, "remote": HV_UNDERLAY[h]}
+                                 | ({"emulation": own[h]} if h in own else {})
+                                 for h, v in lk.members]}
         if lk.emulation:
             d["emulation"] = lk.emulation
         out.append(d)
