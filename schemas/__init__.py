@@ -5,7 +5,7 @@
 """
 from schemas.codec import decode, encode, validate
 from schemas.messages import (
-    DROP_REASONS, STAGES, Ack, AckError, Dematerialize, DropBatch, DropEvent, Emulation,
+    DROP_REASONS, STAGES, Ack, AckError, Aqm, Dematerialize, DropBatch, DropEvent, Emulation,
     EmulationPatch, Endpoint, GilbertElliott, InvalidMessage, Link, LinkStats, LinkStatsBatch,
     LinkStatus, LinkUpdate, Materialize, MaterializationStatus, StatusReply, StatusRequest, Update,
     check_emulation,
@@ -16,7 +16,7 @@ from schemas.units import (
 from schemas.validate import vni_fields
 
 __all__ = [
-    "DROP_REASONS", "STAGES", "Ack", "AckError", "Dematerialize", "DropBatch", "DropEvent",
+    "DROP_REASONS", "STAGES", "Ack", "AckError", "Aqm", "Dematerialize", "DropBatch", "DropEvent",
     "Emulation", "EmulationPatch", "Endpoint", "GilbertElliott", "InvalidMessage", "Link",
     "LinkStats", "LinkStatsBatch", "LinkStatus", "LinkUpdate", "Materialize",
     "MaterializationStatus", "StatusReply", "StatusRequest", "Update", "check_emulation", "decode",

@@ -21,6 +21,7 @@
 #include "loss.h"
 #include "delay.h"
 #include "edt.h"
+#include "aqm.h"
 #include "handover.h"
 #include "tstamp.h"
 #include "events.h"
@@ -44,7 +45,8 @@ static __always_inline int moa_classify(struct __sk_buff *skb, const enum moa_st
 	struct moa_draws d;
 	struct moa_pkt pkt;
 	__u64 handover = 0;
-	__u32 idx;
+	__u32 idx, l3 = 0;
+	int v6 = 0;
 
 	if (moa_parse(skb, &pkt) != MOA_PARSE_VXLAN) {
 		g = moa_global_counters();
@@ -109,10 +111,16 @@ static __always_inline int moa_classify(struct __sk_buff *skb, const enum moa_st
 	if (p->rate_bps)
 		s.ser_ns = moa_ser_ns(c.wire, p->rate_bps);
 	s.delay_ns = moa_delay_ns(p, st) + handover;
+	if ((p->flags & MOA_F_ECN) && p->aqm != MOA_AQM_TAILDROP)
+		s.can_mark = moa_inner_ecn(skb, pkt.outer_len, &l3, &v6) > 0;
 
 	moa_stage_step(st, p, &d, &s);
 	if (s.drop)
 		goto drop;
+	if (s.mark) {
+		moa_set_ce(skb, l3, v6);
+		cnt->marks += c.segs;
+	}
 
 	if (stage == MOA_STAGE_EGRESS) {
 		if (s.departure > s.now)

@@ -1,0 +1,260 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * aqm.h - CoDel (RFC 8289) on the EDT timeline, and the CE mark that replaces its drop.
+ *
+ * On a timeline every packet's wait is known when it arrives (docs/semantics.md, "Queue
+ * management"): it starts serialisation at start = max(t_last, now), so its sojourn - what a
+ * FIFO in front of a link of that rate would measure when it dequeues the packet - is
+ * start - now, and start is its dequeue time. CoDel's decisions are made at dequeue from the
+ * dequeued packet's sojourn and the dequeue time, and packets are dequeued in arrival order, so
+ * the whole of CoDel can run at enqueue with start as its clock: a dropped packet leaves the
+ * timeline untouched, as a packet dropped at dequeue takes no link time.
+ *
+ * RFC 8289's dequeue() may drop several packets in one call (its while loop) and, after the
+ * drop that enters the dropping state, returns the next packet without judging it. Per packet,
+ * that is `pending`: the packet after a drop belongs to the same dequeue() when it was already
+ * queued at the drop's dequeue time (it arrived by then: its start is that same time); if it
+ * arrived later, the RFC's dequeue had found the queue empty (first_above_time = 0 and, in the
+ * loop, leaving the dropping state) and this packet begins a dequeue() of its own.
+ *
+ * One deviation, forced by deciding at enqueue: the RFC's "queue.bytes() <= MAXPACKET" counts
+ * the bytes behind the dequeued packet, which arrive after it; here it is the backlog the packet
+ * found ahead of it, as time at the rate (sojourn <= serialisation of a full frame).
+ *
+ * The control law is t + floor(interval / sqrt(count)), computed exactly in integers as
+ * isqrt(interval^2 / count) (interval at most 3 s: interval^2 < 2^63). With ECN (MOA_F_ECN), a packet whose inner
+ * IP header says ECT(0), ECT(1) or CE is marked CE where CoDel would drop it, and is sent; as in
+ * Linux's codel, a mark in the loop schedules the next drop and ends that dequeue.
+ *
+ * Everything here runs under the stage lock (edt.h's locked path): no helper calls.
+ */
+#ifndef MOA_AQM_H
+#define MOA_AQM_H
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "abi.h"
+#include "parse.h"
+#include "charge.h"
+
+/* moa_aqm_state.pending: what the packet after a drop is to the RFC's dequeue(). */
+enum moa_codel_pending {
+	MOA_CODEL_NONE = 0,
+	MOA_CODEL_LOOP = 1,	/* dropped in the while loop: next is judged, then the next drop */
+	MOA_CODEL_ENTER = 2,	/* dropped entering the dropping state: next is returned as is */
+};
+
+/* What the AQM does with a packet. */
+enum moa_aqm_verdict {
+	MOA_AQM_PASS = 0,
+	MOA_AQM_DROP = 1,
+	MOA_AQM_MARK = 2,	/* set CE and send */
+};
+
+/* MAXPACKET: a full Ethernet frame (1514 bytes), charged like any frame (charge.h). */
+#define MOA_AQM_MAXPACKET 1514
+
+/*
+ * floor(sqrt(x)) for x < 2^63, bit by bit in 32 fixed steps without a branch (a branch per step
+ * would give the verifier 2^32 paths): x >= t is read from the sign of x - t.
+ */
+static __always_inline __u64 moa_isqrt(__u64 x)
+{
+	__u64 r = 0, bit = 1ULL << 62, t, ge;
+	int i;
+
+	/* Products, not masks: a verifier that splits a [-1, 0] scalar at an AND (6.18) would
+	 * otherwise walk 2^32 paths again. */
+#pragma unroll
+	for (i = 0; i < 32; i++) {
+		t = r + bit;
+		ge = ((x - t) >> 63) ^ 1;	/* 1 when x >= t */
+		x -= t * ge;
+		r = (r >> 1) + bit * ge;
+		bit >>= 2;
+	}
+	return r;
+}
+
+/* RFC 8289 control_law(t, count): t + interval / sqrt(count), in whole ns. */
+static __always_inline __u64 moa_codel_law(__u64 t, __u64 interval, __u32 count)
+{
+	if (!count)
+		count = 1;
+	return t + moa_isqrt(interval * interval / count);
+}
+
+/*
+ * RFC 8289 dodequeue()'s judgement of one packet dequeued at `start` after waiting `sojourn`:
+ * 1 = ok_to_drop. `maxpkt_ns` is MAXPACKET's serialisation time (computed only when needed).
+ */
+static __always_inline int moa_codel_judge(struct moa_aqm_state *a,
+					   const struct moa_stage_params *p,
+					   __u64 start, __u64 sojourn)
+{
+	if (sojourn < p->aqm_target_ns ||
+	    sojourn <= moa_ser_ns(MOA_AQM_MAXPACKET + p->overhead, p->rate_bps)) {
+		a->first_above_time = 0;
+		return 0;
+	}
+	if (a->first_above_time == 0) {
+		a->first_above_time = start + p->aqm_interval_ns;
+		return 0;
+	}
+	return start >= a->first_above_time;
+}
+
+/* The while loop's drop (or mark) of a packet dequeued at `start` while dropping. */
+static __always_inline int moa_codel_loop_drop(struct moa_aqm_state *a,
+					       const struct moa_stage_params *p,
+					       __u64 start, int can_mark)
+{
+	a->count++;
+	if (can_mark) {
+		a->drop_next = moa_codel_law(a->drop_next, p->aqm_interval_ns, a->count);
+		return MOA_AQM_MARK;
+	}
+	a->pending = MOA_CODEL_LOOP;
+	a->last_deq = start;
+	return MOA_AQM_DROP;
+}
+
+/*
+ * One packet, arrived at `now`, dequeued (its serialisation starting) at `start` >= now.
+ * can_mark: ECN is on and the packet is ECN-capable.
+ */
+static __always_inline int moa_codel(struct moa_aqm_state *a, const struct moa_stage_params *p,
+				     __u64 now, __u64 start, int can_mark)
+{
+	__u64 sojourn = start - now;
+	__u32 delta;
+	int ok;
+
+	if (a->pending) {
+		__u8 was = a->pending;
+
+		a->pending = MOA_CODEL_NONE;
+		if (now > a->last_deq) {
+			/* Not queued when the last drop was dequeued: the RFC found the queue
+			 * empty there. This packet starts a dequeue() of its own, below. */
+			a->first_above_time = 0;
+			if (was == MOA_CODEL_LOOP)
+				a->dropping = 0;
+		} else if (was == MOA_CODEL_ENTER) {
+			moa_codel_judge(a, p, start, sojourn);	/* returned without a verdict */
+			return MOA_AQM_PASS;
+		} else {
+			/* The loop: judged, then the next drop scheduled, then the loop's test. */
+			if (!moa_codel_judge(a, p, start, sojourn)) {
+				a->dropping = 0;
+				return MOA_AQM_PASS;
+			}
+			a->drop_next = moa_codel_law(a->drop_next, p->aqm_interval_ns, a->count);
+			if (start >= a->drop_next)
+				return moa_codel_loop_drop(a, p, start, can_mark);
+			return MOA_AQM_PASS;
+		}
+	}
+
+	/* RFC 8289 dequeue() at `start`. */
+	ok = moa_codel_judge(a, p, start, sojourn);
+	if (a->dropping) {
+		if (!ok) {
+			a->dropping = 0;
+			return MOA_AQM_PASS;
+		}
+		if (start >= a->drop_next)
+			return moa_codel_loop_drop(a, p, start, can_mark);
+		return MOA_AQM_PASS;
+	}
+	if (!ok)
+		return MOA_AQM_PASS;
+
+	/* Entering the dropping state (the Linux variant of the count's restart, as the RFC). */
+	a->dropping = 1;
+	delta = a->count - a->lastcount;
+	a->count = 1;
+	if (delta > 1 && (__s64)(start - a->drop_next) < (__s64)(16ULL * p->aqm_interval_ns))
+		a->count = delta;
+	a->drop_next = moa_codel_law(start, p->aqm_interval_ns, a->count);
+	a->lastcount = a->count;
+	if (can_mark)
+		return MOA_AQM_MARK;
+	a->pending = MOA_CODEL_ENTER;
+	a->last_deq = start;
+	return MOA_AQM_DROP;
+}
+
+/* The inner IP header's ECN field (0-3) and where that header is (*l3, *v6); -1: not IP. */
+static __always_inline int moa_inner_ecn(struct __sk_buff *skb, __u32 outer_len, __u32 *l3,
+					 int *v6)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	__be16 proto;
+	__u32 off;
+
+	/* outer_len <= 98 (parse.h, MOA_PULL_LEN); the mask tells the verifier it is bounded. */
+	off = moa_parse_eth(data, data_end, outer_len & 0x7f, &proto);
+	if (!off)
+		return -1;
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = data + off;
+
+		if ((void *)(ip + 1) > data_end)
+			return -1;
+		*l3 = off;
+		*v6 = 0;
+		return ip->tos & 3;
+	}
+	if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = data + off;
+
+		if ((void *)(ip6 + 1) > data_end)
+			return -1;
+		*l3 = off;
+		*v6 = 1;
+		return (ip6->flow_lbl[0] >> 4) & 3;	/* traffic class bits 1-0 */
+	}
+	return -1;
+}
+
+/*
+ * Set CE in the inner IP header found at l3 (moa_inner_ecn). IPv4: the header checksum is
+ * updated incrementally (RFC 1624: HC' = ~(~HC + ~m + m') over the 16-bit word holding tos).
+ */
+static __always_inline void moa_set_ce(struct __sk_buff *skb, __u32 l3, int v6)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+
+	/* l3 <= 98 + 22: bounded for the verifier as in moa_inner_ecn. */
+	l3 &= 0xff;
+	if (v6) {
+		struct ipv6hdr *ip6 = data + l3;
+
+		if ((void *)(ip6 + 1) > data_end)
+			return;
+		ip6->flow_lbl[0] |= 0x30;
+	} else {
+		struct iphdr *ip = data + l3;
+		__u16 *word = (__u16 *)ip;	/* version/ihl and tos */
+		__u32 sum;
+		__u16 old;
+
+		if ((void *)(ip + 1) > data_end)
+			return;
+		old = *word;
+		ip->tos |= 3;
+		sum = (__u16)~bpf_ntohs(ip->check) + (__u16)~bpf_ntohs(old) + bpf_ntohs(*word);
+		sum = (sum & 0xffff) + (sum >> 16);
+		sum = (sum & 0xffff) + (sum >> 16);
+		ip->check = bpf_htons((__u16)~sum);
+	}
+}
+
+#endif /* MOA_AQM_H */
