@@ -74,7 +74,7 @@ LinkState = Literal["up", "down"]
 # The jitter's distributions (docs/semantics.md, "Delay distributions"), in enum moa_dist's order.
 Distribution = Literal["uniform", "normal", "pareto", "paretonormal"]
 # The queue's management (docs/semantics.md, "Queue management"), in enum moa_aqm's order.
-AqmKind = Literal["taildrop", "codel"]
+AqmKind = Literal["taildrop", "codel", "pie"]
 # The fields whose value is one of a few words, and those words: a refusal lists them.
 CHOICES: dict[str, tuple[str, ...]] = {"state": typing.get_args(LinkState),
                                        "distribution": typing.get_args(Distribution),
@@ -88,6 +88,9 @@ AQM_MIN_NS = 1_000
 AQM_MAX_NS = 3_000_000_000
 CODEL_TARGET_NS = 5_000_000
 CODEL_INTERVAL_NS = 100_000_000
+# PIE's QDELAY_REF and T_UPDATE (RFC 8033), its target and interval here.
+PIE_TARGET_NS = 15_000_000
+PIE_INTERVAL_NS = 15_000_000
 
 
 class InvalidMessage(ValueError):
@@ -124,9 +127,11 @@ class GilbertElliott(_Message, frozen=True, kw_only=True):
 
 class Aqm(_Message, frozen=True, kw_only=True):
     """The queue's management (docs/semantics.md, "Queue management"). kind: taildrop (the
-    queue limit alone) or codel (RFC 8289 on each packet's sojourn; the queue limit still
-    applies). target / interval: CoDel's, null = RFC 8289's 5 ms / 100 ms. ecn: mark
-    ECN-capable packets CE instead of dropping them (non-ECT packets are still dropped)."""
+    queue limit alone), codel (RFC 8289 on each packet's sojourn) or pie (RFC 8033); the queue
+    limit still applies. target / interval: CoDel's target and interval (null = 5 ms / 100 ms),
+    PIE's QDELAY_REF and T_UPDATE (null = 15 ms / 15 ms). ecn: mark ECN-capable packets CE
+    instead of dropping them (non-ECT packets are still dropped; PIE marks while its drop
+    probability is at most 10 %)."""
     kind: AqmKind = "taildrop"
     target: Duration | None = None
     interval: Duration | None = None
@@ -238,7 +243,7 @@ def check_values(e: Emulation | EmulationPatch, path: str) -> None:
                                          or e.aqm.ecn):
             what = "ecn" if e.aqm.ecn else ("target" if e.aqm.target is not None else "interval")
             raise InvalidMessage(_join(path, f"aqm.{what}"),
-                                 f"{what} needs an AQM: kind is taildrop (give kind codel)")
+                                 f"{what} needs an AQM: kind is taildrop (give codel or pie)")
 
 
 def check_across(e: Emulation | EmulationPatch, path: str) -> None:

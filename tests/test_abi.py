@@ -77,8 +77,8 @@ def test_mirror_has_the_fields_python_relies_on(mirror: abi_mod.Abi) -> None:
             assert hasattr(ct, f), f"{pyname}.{f}"
     assert ctypes.sizeof(mirror.btf.ctype("struct bpf_spin_lock")) == 4
     assert mirror.StageState.lock.offset == 0 and mirror.StageState.lock.size == 4
-    # The timeline's words in the first 56 bytes, CoDel's state after them (abi.h).
-    assert ctypes.sizeof(mirror.StageState) == 96 and mirror.StageState.ge_bad.offset == 4
+    # The timeline's words in the first 56 bytes, CoDel's and PIE's state after them (abi.h).
+    assert ctypes.sizeof(mirror.StageState) == 128 and mirror.StageState.ge_bad.offset == 4
     assert mirror.StageState.aqm.offset == 56
     assert ctypes.sizeof(mirror.StageParams) == 96
     # A passed packet's counters are the first two words; the AQM's are further on (abi.h).
@@ -94,7 +94,7 @@ def test_mirror_enums(mirror: abi_mod.Abi) -> None:
     assert {m.name: m.value for m in mirror.Stage} == {"EGRESS": 0, "INGRESS": 1}
     assert {m.name: m.value for m in mirror.DropReason} == {"LOSS": 0, "QUEUE": 1, "HORIZON": 2,
                                                                 "LINK_DOWN": 3, "AQM": 4}
-    assert {m.name: m.value for m in mirror.Aqm} == {"TAILDROP": 0, "CODEL": 1}
+    assert {m.name: m.value for m in mirror.Aqm} == {"TAILDROP": 0, "CODEL": 1, "PIE": 2}
     assert {m.name: m.value for m in mirror.LossModel} == {
         "NONE": 0, "BERNOULLI": 1, "GILBERT_ELLIOTT": 2}
     assert (mirror.StageFlags.REORDER, mirror.StageFlags.DOWN, mirror.StageFlags.ECN) == (1, 2, 4)

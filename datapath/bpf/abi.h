@@ -50,6 +50,7 @@ enum moa_stage_flags {
 enum moa_aqm {
 	MOA_AQM_TAILDROP = 0,	/* the queue limit alone */
 	MOA_AQM_CODEL = 1,	/* CoDel (RFC 8289) on the sojourn each packet will have */
+	MOA_AQM_PIE = 2,	/* PIE (RFC 8033): a drop probability from the queue delay */
 };
 
 /*
@@ -113,8 +114,8 @@ struct moa_stage_params {
 	__u8 pad0[2];
 	__s32 delay_rho;	/* correlated jitter: weight of the previous latent draw, over 2^16 */
 	__s32 delay_innov;	/* and of the new normal draw, sqrt(1 - rho^2), over 2^16; 0 = none */
-	__u32 aqm_target_ns;	/* CoDel: TARGET, the acceptable standing sojourn */
-	__u32 aqm_interval_ns;	/* CoDel: INTERVAL (at most 3 s: interval^2 < 2^63) */
+	__u32 aqm_target_ns;	/* CoDel: TARGET; PIE: QDELAY_REF */
+	__u32 aqm_interval_ns;	/* CoDel: INTERVAL (at most 3 s: interval^2 < 2^63); PIE: T_UPDATE */
 	/* 96 bytes (the AQM took the last reserved word) */
 };
 
@@ -126,10 +127,13 @@ struct moa_link {
 };
 
 /*
- * CoDel's variables (RFC 8289's names) for one stage, under the stage lock. Times are the
- * timeline's: a packet's dequeue time is when its serialisation starts (aqm.h). `pending`
- * carries the RFC's dequeue loop across packets: the packet after a drop is the one the RFC
- * dequeues next at the same time, when it was already queued then (arrived by `last_deq`).
+ * The AQM's variables for one stage, under the stage lock (aqm.h). CoDel's (RFC 8289's names):
+ * times are the timeline's, a packet's dequeue time being when its serialisation starts;
+ * `pending` carries the RFC's dequeue loop across packets: the packet after a drop is the one
+ * the RFC dequeues next at the same time, when it was already queued then (arrived by
+ * `last_deq`). PIE's (RFC 8033's names): probabilities over 2^32, as loss thresholds. Each
+ * algorithm has its own words, so a link switched from one to the other starts the new one
+ * from what it last left (zero for one never run).
  */
 struct moa_aqm_state {
 	__u64 first_above_time;	/* 0 = the sojourn is below target (or was not yet above) */
@@ -139,7 +143,13 @@ struct moa_aqm_state {
 	__u32 lastcount;	/* count when the dropping state was last entered */
 	__u8 dropping;		/* 1 in the dropping state */
 	__u8 pending;		/* enum moa_codel_pending */
-	__u8 pad0[6];
+	__u8 pie_started;	/* PIE: 1 once its first packet set last_update and the burst */
+	__u8 pad0[5];
+	__u64 drop_prob;	/* PIE: over 2^32 */
+	__u64 accu_prob;	/* PIE: derandomisation, over 2^32 (below 8.5 * 2^32) */
+	__u64 last_update;	/* PIE: when drop_prob was last updated (lazily, at an arrival) */
+	__u32 qdelay_old;	/* PIE: the queue delay at that update (ns, at most 4 s) */
+	__u32 burst_allowance;	/* PIE: ns left of MAX_BURST */
 };
 
 /*
@@ -161,7 +171,7 @@ struct moa_stage_state {
 	__u32 pad0;
 	__s64 delay_z;		/* correlated jitter: the last latent normal draw, over MOA_DIST_SCALE */
 	__u64 reserved[1];
-	struct moa_aqm_state aqm;	/* under `lock` (aqm.h); bytes 56-95 */
+	struct moa_aqm_state aqm;	/* under `lock` (aqm.h); bytes 56-127 */
 };
 
 /* Per-CPU counters of one stage of one link (moa_counters, index slot * 2 + stage). */

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * aqm.h - CoDel (RFC 8289) on the EDT timeline, and the CE mark that replaces its drop.
+ * aqm.h - CoDel (RFC 8289) and PIE (RFC 8033) on the EDT timeline, and the CE mark that
+ * replaces their drop.
  *
  * On a timeline every packet's wait is known when it arrives (docs/semantics.md, "Queue
  * management"): it starts serialisation at start = max(t_last, now), so its sojourn - what a
@@ -186,6 +187,124 @@ static __always_inline int moa_codel(struct moa_aqm_state *a, const struct moa_s
 		return MOA_AQM_MARK;
 	a->pending = MOA_CODEL_ENTER;
 	a->last_deq = start;
+	return MOA_AQM_DROP;
+}
+
+/*
+ * PIE (RFC 8033) on the same timeline. PIE decides at enqueue, as here, from a drop probability
+ * it updates every T_UPDATE (aqm_interval_ns) from the queue delay; the update is made lazily,
+ * by the first packet that arrives T_UPDATE or more after the last one, with the queue delay
+ * that packet finds (its sojourn: exact on a timeline, where RFC 8033 estimates it). alpha 1/8,
+ * beta 1 + 1/4 (per second), MAX_BURST 150 ms, the probability's scaling, its 2 % step limit
+ * above 10 %, its decay by 0.98 and the derandomisation of section 5.1 as the RFC gives them;
+ * "queue_.byte_length() <= 2 * MEAN_PKTSIZE" is the backlog ahead of the packet as time at the
+ * rate (two full frames). Fixed point over 2^32 throughout; a queue delay over 4 s counts as 4 s.
+ */
+#define MOA_PIE_ONE (1ULL << 32)
+#define MOA_PIE_MAX_BURST 150000000U
+#define MOA_PIE_QDELAY_MAX 4000000000ULL
+/* RFC 8033's constants over 2^32, rounded up where they bound "below", to the nearest where
+ * they are a value (0.02). */
+#define MOA_PIE_P_1E6 4295ULL
+#define MOA_PIE_P_1E5 42950ULL
+#define MOA_PIE_P_1E4 429497ULL
+#define MOA_PIE_P_1E3 4294968ULL
+#define MOA_PIE_P_1E2 42949673ULL
+#define MOA_PIE_P_1E1 429496730ULL		/* prob < 0.1 */
+#define MOA_PIE_P_02 858993460ULL		/* prob < 0.2 */
+#define MOA_PIE_STEP_MAX 85899346ULL		/* 0.02 */
+#define MOA_PIE_ACCU_LOW 3650722202ULL		/* accu < 0.85 */
+#define MOA_PIE_ACCU_HIGH 36507222016ULL	/* accu >= 8.5 */
+#define MOA_PIE_MARK_MAX 429496729ULL		/* prob <= 0.1: ECN marks instead of drops */
+
+/* |d| * mul / div with d's sign, without a signed division (BPF before v4 has none). */
+static __always_inline __s64 moa_scale_s(__s64 d, __u64 mul, __u64 div)
+{
+	__u64 m = d < 0 ? (__u64)-d : (__u64)d;
+
+	m = m * mul / div;
+	return d < 0 ? -(__s64)m : (__s64)m;
+}
+
+/* RFC 8033 calculate_drop_prob(), with the queue delay `qdelay` (<= MOA_PIE_QDELAY_MAX). */
+static __always_inline void moa_pie_update(struct moa_aqm_state *a,
+					   const struct moa_stage_params *p, __u64 now,
+					   __u64 qdelay)
+{
+	__u64 ref = p->aqm_target_ns, old = a->qdelay_old, prob = a->drop_prob;
+	__s64 dp, np;
+	int shift = 0;
+
+	/* alpha (qdelay - ref) + beta (qdelay - old), in s, over 2^32 */
+	dp = moa_scale_s((__s64)qdelay - (__s64)ref, 1ULL << 29, 1000000000ULL) +
+	     moa_scale_s((__s64)qdelay - (__s64)old, 671088640ULL, 125000000ULL);
+	if (prob < MOA_PIE_P_1E6)
+		shift = 11;
+	else if (prob < MOA_PIE_P_1E5)
+		shift = 9;
+	else if (prob < MOA_PIE_P_1E4)
+		shift = 7;
+	else if (prob < MOA_PIE_P_1E3)
+		shift = 5;
+	else if (prob < MOA_PIE_P_1E2)
+		shift = 3;
+	else if (prob < MOA_PIE_P_1E1)
+		shift = 1;
+	dp = dp < 0 ? -(__s64)((__u64)-dp >> shift) : (__s64)((__u64)dp >> shift);
+	if (prob >= MOA_PIE_P_1E1 && dp > (__s64)MOA_PIE_STEP_MAX)
+		dp = MOA_PIE_STEP_MAX;
+	np = (__s64)prob + dp;
+	if (qdelay < ref / 2 && old < ref / 2)
+		np = moa_scale_s(np, 49, 50);	/* * 0.98 */
+	if (np < 0)
+		np = 0;
+	if (np > (__s64)MOA_PIE_ONE)
+		np = MOA_PIE_ONE;
+	a->drop_prob = np;
+	a->burst_allowance = a->burst_allowance > p->aqm_interval_ns ?
+			     a->burst_allowance - p->aqm_interval_ns : 0;
+	if (a->drop_prob == 0 && qdelay < ref / 2 && old < ref / 2)
+		a->burst_allowance = MOA_PIE_MAX_BURST;
+	a->qdelay_old = qdelay;
+	a->last_update = now;
+}
+
+/* One packet arrived at `now`, finding `sojourn` of backlog ahead; u: a uniform 32-bit draw. */
+static __always_inline int moa_pie(struct moa_aqm_state *a, const struct moa_stage_params *p,
+				   __u64 now, __u64 sojourn, __u32 u, int can_mark)
+{
+	__u64 qdelay = sojourn < MOA_PIE_QDELAY_MAX ? sojourn : MOA_PIE_QDELAY_MAX;
+	int drop = 0;
+
+	if (!a->pie_started) {
+		a->pie_started = 1;
+		a->last_update = now;
+		a->burst_allowance = MOA_PIE_MAX_BURST;
+	} else if (now - a->last_update >= p->aqm_interval_ns) {
+		moa_pie_update(a, p, now, qdelay);
+	}
+
+	/* drop_early() */
+	if ((a->qdelay_old < p->aqm_target_ns / 2 && a->drop_prob < MOA_PIE_P_02) ||
+	    sojourn <= moa_ser_ns(2 * (MOA_AQM_MAXPACKET + p->overhead), p->rate_bps))
+		return MOA_AQM_PASS;
+	if (a->drop_prob == 0)
+		a->accu_prob = 0;
+	a->accu_prob += a->drop_prob;
+	if (a->accu_prob < MOA_PIE_ACCU_LOW)
+		return MOA_AQM_PASS;
+	if (a->accu_prob >= MOA_PIE_ACCU_HIGH) {
+		drop = 1;
+	} else if ((__u64)u < a->drop_prob) {
+		a->accu_prob = 0;
+		drop = 1;
+	}
+	/* enque(): an early drop only once the burst allowance is spent */
+	if (!drop || a->burst_allowance)
+		return MOA_AQM_PASS;
+	if (can_mark && a->drop_prob <= MOA_PIE_MARK_MAX)
+		return MOA_AQM_MARK;
+	a->accu_prob = 0;
 	return MOA_AQM_DROP;
 }
 

@@ -111,6 +111,8 @@ static __always_inline int moa_classify(struct __sk_buff *skb, const enum moa_st
 	if (p->rate_bps)
 		s.ser_ns = moa_ser_ns(c.wire, p->rate_bps);
 	s.delay_ns = moa_delay_ns(p, st) + handover;
+	if (p->aqm == MOA_AQM_PIE)
+		s.aqm_rand = bpf_get_prandom_u32();
 	if ((p->flags & MOA_F_ECN) && p->aqm != MOA_AQM_TAILDROP)
 		s.can_mark = moa_inner_ecn(skb, pkt.outer_len, &l3, &v6) > 0;
 

@@ -44,6 +44,7 @@ struct moa_step {
 	__u64 delay_ns;		/* in: latency + jitter sample + handover, added after capacity */
 	int lost;		/* in: Bernoulli decision (made outside the lock) */
 	int can_mark;		/* in: ECN on and the inner packet ECN-capable (aqm.h) */
+	__u32 aqm_rand;		/* in: PIE's uniform draw (made outside the lock) */
 	__u64 departure;	/* out: when the packet may leave (monotonic ns) */
 	__u8 drop;		/* out: 1 = drop for `reason` */
 	__u8 reason;		/* out: enum moa_drop_reason */
@@ -187,8 +188,11 @@ static __always_inline void moa_step_locked(struct moa_stage_state *st,
 	}
 	if (moa_timeline_place(p, s, tl, td, &t_new, &dep))
 		goto restore;
-	if (p->aqm == MOA_AQM_CODEL && p->rate_bps) {
-		int v = moa_codel(&st->aqm, p, s->now, tl > s->now ? tl : s->now, s->can_mark);
+	if (p->aqm != MOA_AQM_TAILDROP && p->rate_bps) {
+		__u64 start = tl > s->now ? tl : s->now;
+		int v = p->aqm == MOA_AQM_CODEL ?
+			moa_codel(&st->aqm, p, s->now, start, s->can_mark) :
+			moa_pie(&st->aqm, p, s->now, start - s->now, s->aqm_rand, s->can_mark);
 
 		if (v == MOA_AQM_DROP) {
 			s->reason = MOA_DROP_AQM;
