@@ -78,7 +78,7 @@ def test_mirror_has_the_fields_python_relies_on(mirror: abi_mod.Abi) -> None:
     assert ctypes.sizeof(mirror.btf.ctype("struct bpf_spin_lock")) == 4
     assert mirror.StageState.lock.offset == 0 and mirror.StageState.lock.size == 4
     # The timeline's words in the first 56 bytes, CoDel's and PIE's state after them (abi.h).
-    assert ctypes.sizeof(mirror.StageState) == 128 and mirror.StageState.ge_bad.offset == 4
+    assert ctypes.sizeof(mirror.StageState) == 112 and mirror.StageState.ge_bad.offset == 4
     assert mirror.StageState.aqm.offset == 56
     assert ctypes.sizeof(mirror.StageParams) == 96
     # A passed packet's counters are the first two words; the AQM's are further on (abi.h).

@@ -107,7 +107,7 @@ def test_codel_decisions_are_the_rfc_models(clf: Classifier) -> None:
             assert r.ctx.tstamp == p.start + p.ser
     cov = _coverage(model)
     assert cov["drops"] > 100 and cov["back_to_back_drops"] > 10 and cov["passes"] > 500
-    st = clf.stage_state(VNI, EGRESS).aqm
+    st = clf.stage_state(VNI, EGRESS).aqm.codel
     assert (st.count, st.lastcount, st.drop_next) == (codel.count, codel.lastcount,
                                                       codel.drop_next)
     # The model's link ran dry after the last packet: a drop in the loop then found the queue
@@ -177,14 +177,14 @@ def test_an_idle_link_leaves_the_dropping_state(clf: Classifier) -> None:
     pkts, results, t0 = _drive(clf, [0])
     assert any(r.retval == TC_ACT_SHOT for r in results)
     before = clf.stage_state(VNI, EGRESS)
-    before.aqm.dropping = 1
-    before.aqm.first_above_time = before.t_last
+    before.aqm.codel.dropping = 1
+    before.aqm.codel.first_above_time = before.t_last
     before.t_last = 0
     clf.set_stage_state(VNI, EGRESS, before)
     assert send(clf).retval == TC_ACT_OK
-    after = clf.stage_state(VNI, EGRESS).aqm
+    after = clf.stage_state(VNI, EGRESS).aqm.codel
     assert (after.dropping, after.first_above_time) == (0, 0)
-    assert after.count == before.aqm.count
+    assert after.count == before.aqm.codel.count
 
 
 def test_taildrop_keeps_the_fast_path_state_untouched(clf: Classifier) -> None:
@@ -193,7 +193,8 @@ def test_taildrop_keeps_the_fast_path_state_untouched(clf: Classifier) -> None:
     for _ in range(50):
         assert send(clf).retval == TC_ACT_OK
     a = clf.stage_state(VNI, EGRESS).aqm
-    assert (a.first_above_time, a.drop_next, a.count, a.dropping) == (0, 0, 0, 0)
+    assert a.kind == 0
+    assert (a.codel.first_above_time, a.codel.drop_next, a.codel.count) == (0, 0, 0)
     assert clf.link_counters(VNI)["egress"].packets == 50
 
 

@@ -51,7 +51,7 @@ def _drive(c: Classifier, ecn: bool) -> list[tuple]:
                 e = 2 if (ecn and i % 2) else 0
                 r = send(c, frames[e])
                 after = c.stage_state(VNI, EGRESS)
-                out.append((r.retval, e != 0, before.aqm, after.aqm))
+                out.append((r.retval, e != 0, before.aqm.pie, after.aqm.pie))
                 before = after
                 i += 1
                 if n == 0:
@@ -60,7 +60,7 @@ def _drive(c: Classifier, ecn: bool) -> list[tuple]:
 
 
 def _updates(run: list[tuple]) -> list[tuple]:
-    return [(b, a) for _, _, b, a in run if a.last_update != b.last_update and b.pie_started]
+    return [(b, a) for _, _, b, a in run if a.last_update != b.last_update and b.started]
 
 
 def test_pie_probability_is_the_rfc_models_at_every_update(clf: Classifier) -> None:
@@ -115,3 +115,21 @@ def test_rfc_defaults_reach_the_stage(clf: Classifier, kind: str, target: int,
     assert (st.aqm, st.aqm_target_ns, st.aqm_interval_ns) == (
         int(clf.abi.Aqm[kind.upper()]), target, interval)
     assert MAX_BURST == 0.150
+
+
+def test_switching_the_kind_starts_the_new_aqm_afresh(clf: Classifier) -> None:
+    """The AQM state is one union: the first packet under another kind zeroes it."""
+    clf.set_link(VNI, egress=Emulation(capacity=RATE, queue=0, aqm=Aqm(
+        kind="codel", target=1_000_000, interval=1_000_000)))
+    put_t_last(clf, VNI, EGRESS, mono() + 500_000_000)
+    for _ in range(20):
+        send(clf)
+    a = clf.stage_state(VNI, EGRESS).aqm
+    assert a.kind == int(clf.abi.Aqm.CODEL) and a.codel.count > 0 and a.codel.dropping == 1
+    clf.set_link(VNI, egress=Emulation(capacity=RATE, queue=0, aqm=Aqm(kind="pie")))
+    t = mono()
+    assert send(clf).retval == TC_ACT_OK
+    a = clf.stage_state(VNI, EGRESS).aqm
+    assert a.kind == int(clf.abi.Aqm.PIE)
+    assert (a.pie.started, a.pie.drop_prob, a.pie.accu_prob, a.pie.qdelay_old) == (1, 0, 0, 0)
+    assert a.pie.burst_allowance == 150_000_000 and a.pie.last_update >= t

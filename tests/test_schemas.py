@@ -630,3 +630,6 @@ def test_aqm_decodes_with_rfc_defaults_left_to_the_datapath():
     assert (aqm.kind, aqm.target, aqm.interval, aqm.ecn) == ("codel", None, 50_000_000, True)
     assert schemas.decode(schemas.Materialize, json.dumps(_materialize())).links[0] \
         .emulation.aqm == schemas.Aqm()
+    pie = schemas.decode(schemas.Materialize, json.dumps(_materialize(
+        capacity="10mbps", aqm={"kind": "pie", "target": "20ms"}))).links[0].emulation.aqm
+    assert (pie.kind, pie.target, pie.interval, pie.ecn) == ("pie", 20_000_000, None, False)

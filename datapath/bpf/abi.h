@@ -127,29 +127,47 @@ struct moa_link {
 };
 
 /*
- * The AQM's variables for one stage, under the stage lock (aqm.h). CoDel's (RFC 8289's names):
- * times are the timeline's, a packet's dequeue time being when its serialisation starts;
- * `pending` carries the RFC's dequeue loop across packets: the packet after a drop is the one
- * the RFC dequeues next at the same time, when it was already queued then (arrived by
- * `last_deq`). PIE's (RFC 8033's names): probabilities over 2^32, as loss thresholds. Each
- * algorithm has its own words, so a link switched from one to the other starts the new one
- * from what it last left (zero for one never run).
+ * CoDel's variables for one stage (RFC 8289's names; aqm.h). Times are the timeline's: a packet's
+ * dequeue time is when its serialisation starts. `pending` carries the RFC's dequeue loop across
+ * packets: the packet after a drop is the one the RFC dequeues next at the same time when it was
+ * already queued then (arrived by `last_deq`); `next_drop` is the drop time the loop schedules
+ * if that packet is still above target.
  */
-struct moa_aqm_state {
+struct moa_codel_state {
 	__u64 first_above_time;	/* 0 = the sojourn is below target (or was not yet above) */
 	__u64 drop_next;	/* when the next drop is due, while dropping */
 	__u64 last_deq;		/* dequeue time of the last dropped packet (pending) */
+	__u64 next_drop;	/* control_law(drop_next, count) after a drop in the loop */
 	__u32 count;		/* drops (and marks) since entering the dropping state */
 	__u32 lastcount;	/* count when the dropping state was last entered */
 	__u8 dropping;		/* 1 in the dropping state */
 	__u8 pending;		/* enum moa_codel_pending */
-	__u8 pie_started;	/* PIE: 1 once its first packet set last_update and the burst */
-	__u8 pad0[5];
-	__u64 drop_prob;	/* PIE: over 2^32 */
-	__u64 accu_prob;	/* PIE: derandomisation, over 2^32 (below 8.5 * 2^32) */
-	__u64 last_update;	/* PIE: when drop_prob was last updated (lazily, at an arrival) */
-	__u32 qdelay_old;	/* PIE: the queue delay at that update (ns, at most 4 s) */
-	__u32 burst_allowance;	/* PIE: ns left of MAX_BURST */
+	__u8 pad0[6];
+};
+
+/* PIE's variables for one stage (RFC 8033's names; aqm.h): probabilities over 2^32. */
+struct moa_pie_state {
+	__u64 drop_prob;
+	__u64 accu_prob;	/* derandomisation (below 8.5 * 2^32) */
+	__u64 last_update;	/* when drop_prob was last updated (lazily, at an arrival) */
+	__u32 qdelay_old;	/* the queue delay at that update (ns, at most 4 s) */
+	__u32 burst_allowance;	/* ns left of MAX_BURST */
+	__u8 started;		/* 1 once its first packet set last_update and the burst */
+	__u8 pad0[7];
+};
+
+/*
+ * A stage's AQM state, under the stage lock. `kind` is the enum moa_aqm the state belongs to:
+ * a packet that finds another kind in the parameters (the link was switched at run time)
+ * zeroes the state first, so each algorithm starts afresh.
+ */
+struct moa_aqm_state {
+	__u8 kind;
+	__u8 pad0[7];
+	union {
+		struct moa_codel_state codel;
+		struct moa_pie_state pie;
+	};
 };
 
 /*
@@ -171,7 +189,7 @@ struct moa_stage_state {
 	__u32 pad0;
 	__s64 delay_z;		/* correlated jitter: the last latent normal draw, over MOA_DIST_SCALE */
 	__u64 reserved[1];
-	struct moa_aqm_state aqm;	/* under `lock` (aqm.h); bytes 56-127 */
+	struct moa_aqm_state aqm;	/* under `lock` (aqm.h); bytes 56-111 */
 };
 
 /* Per-CPU counters of one stage of one link (moa_counters, index slot * 2 + stage). */

@@ -23,11 +23,13 @@
  * found ahead of it, as time at the rate (sojourn <= serialisation of a full frame).
  *
  * The control law is t + floor(interval / sqrt(count)), computed exactly in integers as
- * isqrt(interval^2 / count) (interval at most 3 s: interval^2 < 2^63). With ECN (MOA_F_ECN), a packet whose inner
- * IP header says ECT(0), ECT(1) or CE is marked CE where CoDel would drop it, and is sent; as in
- * Linux's codel, a mark in the loop schedules the next drop and ends that dequeue.
+ * isqrt(interval^2 / count) (interval at most 3 s: interval^2 < 2^63). With ECN (MOA_F_ECN), a
+ * packet whose inner IP header says ECT(0), ECT(1) or CE is marked CE where CoDel would drop
+ * it, and is sent; as in Linux's codel, a mark in the loop schedules the next drop and ends that
+ * dequeue. PIE: below, at moa_pie.
  *
- * Everything here runs under the stage lock (edt.h's locked path): no helper calls.
+ * moa_aqm and what it calls run under the stage lock (edt.h's locked path): no helper calls.
+ * Whether a packet is ECN-capable is read before the lock, the CE mark written after it.
  */
 #ifndef MOA_AQM_H
 #define MOA_AQM_H
@@ -91,9 +93,10 @@ static __always_inline __u64 moa_codel_law(__u64 t, __u64 interval, __u32 count)
 
 /*
  * RFC 8289 dodequeue()'s judgement of one packet dequeued at `start` after waiting `sojourn`:
- * 1 = ok_to_drop. `maxpkt_ns` is MAXPACKET's serialisation time (computed only when needed).
+ * 1 = ok_to_drop. MAXPACKET's serialisation time is computed only when the sojourn is above
+ * target.
  */
-static __always_inline int moa_codel_judge(struct moa_aqm_state *a,
+static __always_inline int moa_codel_judge(struct moa_codel_state *a,
 					   const struct moa_stage_params *p,
 					   __u64 start, __u64 sojourn)
 {
@@ -109,31 +112,21 @@ static __always_inline int moa_codel_judge(struct moa_aqm_state *a,
 	return start >= a->first_above_time;
 }
 
-/* The while loop's drop (or mark) of a packet dequeued at `start` while dropping. */
-static __always_inline int moa_codel_loop_drop(struct moa_aqm_state *a,
-					       const struct moa_stage_params *p,
-					       __u64 start, int can_mark)
-{
-	a->count++;
-	if (can_mark) {
-		a->drop_next = moa_codel_law(a->drop_next, p->aqm_interval_ns, a->count);
-		return MOA_AQM_MARK;
-	}
-	a->pending = MOA_CODEL_LOOP;
-	a->last_deq = start;
-	return MOA_AQM_DROP;
-}
-
 /*
  * One packet, arrived at `now`, dequeued (its serialisation starting) at `start` >= now.
  * can_mark: ECN is on and the packet is ECN-capable.
+ *
+ * The branches only decide; the control law (32 steps of square root) is computed once, at the
+ * end, into drop_next or, after a drop in the loop, into next_drop: that is the drop time the
+ * RFC's loop schedules if the next packet is still above target, and the same arithmetic as a
+ * mark's (which schedules it at once). One site keeps the verifier's walk short.
  */
-static __always_inline int moa_codel(struct moa_aqm_state *a, const struct moa_stage_params *p,
+static __always_inline int moa_codel(struct moa_codel_state *a, const struct moa_stage_params *p,
 				     __u64 now, __u64 start, int can_mark)
 {
-	__u64 sojourn = start - now;
+	__u64 sojourn = start - now, base = 0;
+	int v = MOA_AQM_PASS, law = 0, ok;
 	__u32 delta;
-	int ok;
 
 	if (a->pending) {
 		__u8 was = a->pending;
@@ -154,10 +147,8 @@ static __always_inline int moa_codel(struct moa_aqm_state *a, const struct moa_s
 				a->dropping = 0;
 				return MOA_AQM_PASS;
 			}
-			a->drop_next = moa_codel_law(a->drop_next, p->aqm_interval_ns, a->count);
-			if (start >= a->drop_next)
-				return moa_codel_loop_drop(a, p, start, can_mark);
-			return MOA_AQM_PASS;
+			a->drop_next = a->next_drop;
+			goto loop_test;
 		}
 	}
 
@@ -168,9 +159,7 @@ static __always_inline int moa_codel(struct moa_aqm_state *a, const struct moa_s
 			a->dropping = 0;
 			return MOA_AQM_PASS;
 		}
-		if (start >= a->drop_next)
-			return moa_codel_loop_drop(a, p, start, can_mark);
-		return MOA_AQM_PASS;
+		goto loop_test;
 	}
 	if (!ok)
 		return MOA_AQM_PASS;
@@ -181,13 +170,43 @@ static __always_inline int moa_codel(struct moa_aqm_state *a, const struct moa_s
 	a->count = 1;
 	if (delta > 1 && (__s64)(start - a->drop_next) < (__s64)(16ULL * p->aqm_interval_ns))
 		a->count = delta;
-	a->drop_next = moa_codel_law(start, p->aqm_interval_ns, a->count);
 	a->lastcount = a->count;
-	if (can_mark)
-		return MOA_AQM_MARK;
-	a->pending = MOA_CODEL_ENTER;
-	a->last_deq = start;
-	return MOA_AQM_DROP;
+	base = start;
+	law = 1;
+	if (can_mark) {
+		v = MOA_AQM_MARK;
+	} else {
+		v = MOA_AQM_DROP;
+		a->pending = MOA_CODEL_ENTER;
+		a->last_deq = start;
+	}
+	goto law;
+
+loop_test:
+	if (start < a->drop_next)
+		return MOA_AQM_PASS;
+	/* The loop's drop (or, with ECN, its mark, which ends that dequeue). */
+	a->count++;
+	base = a->drop_next;
+	law = 2;
+	if (can_mark) {
+		v = MOA_AQM_MARK;
+	} else {
+		v = MOA_AQM_DROP;
+		a->pending = MOA_CODEL_LOOP;
+		a->last_deq = start;
+	}
+
+law:
+	if (law) {
+		__u64 t = moa_codel_law(base, p->aqm_interval_ns, a->count);
+
+		if (law == 2 && v == MOA_AQM_DROP)
+			a->next_drop = t;
+		else
+			a->drop_next = t;
+	}
+	return v;
 }
 
 /*
@@ -227,29 +246,28 @@ static __always_inline __s64 moa_scale_s(__s64 d, __u64 mul, __u64 div)
 }
 
 /* RFC 8033 calculate_drop_prob(), with the queue delay `qdelay` (<= MOA_PIE_QDELAY_MAX). */
-static __always_inline void moa_pie_update(struct moa_aqm_state *a,
+static __always_inline void moa_pie_update(struct moa_pie_state *a,
 					   const struct moa_stage_params *p, __u64 now,
 					   __u64 qdelay)
 {
 	__u64 ref = p->aqm_target_ns, old = a->qdelay_old, prob = a->drop_prob;
 	__s64 dp, np;
-	int shift = 0;
+	int shift;
 
 	/* alpha (qdelay - ref) + beta (qdelay - old), in s, over 2^32 */
 	dp = moa_scale_s((__s64)qdelay - (__s64)ref, 1ULL << 29, 1000000000ULL) +
 	     moa_scale_s((__s64)qdelay - (__s64)old, 671088640ULL, 125000000ULL);
-	if (prob < MOA_PIE_P_1E6)
-		shift = 11;
-	else if (prob < MOA_PIE_P_1E5)
-		shift = 9;
-	else if (prob < MOA_PIE_P_1E4)
-		shift = 7;
-	else if (prob < MOA_PIE_P_1E3)
-		shift = 5;
-	else if (prob < MOA_PIE_P_1E2)
-		shift = 3;
-	else if (prob < MOA_PIE_P_1E1)
-		shift = 1;
+	/*
+	 * The RFC's scaling, p / 2048 below 1e-6 ... p / 2 below 0.1, as a shift computed without
+	 * a branch: a shift amount known per path would be kept apart by the verifier (it needs
+	 * its value), multiplying the paths after it. (X - 1 - prob) >> 63 is prob >= X.
+	 */
+	shift = 11 - 2 * (int)(((MOA_PIE_P_1E6 - 1 - prob) >> 63) +
+			       ((MOA_PIE_P_1E5 - 1 - prob) >> 63) +
+			       ((MOA_PIE_P_1E4 - 1 - prob) >> 63) +
+			       ((MOA_PIE_P_1E3 - 1 - prob) >> 63) +
+			       ((MOA_PIE_P_1E2 - 1 - prob) >> 63)) -
+		(int)((MOA_PIE_P_1E1 - 1 - prob) >> 63);
 	dp = dp < 0 ? -(__s64)((__u64)-dp >> shift) : (__s64)((__u64)dp >> shift);
 	if (prob >= MOA_PIE_P_1E1 && dp > (__s64)MOA_PIE_STEP_MAX)
 		dp = MOA_PIE_STEP_MAX;
@@ -270,14 +288,14 @@ static __always_inline void moa_pie_update(struct moa_aqm_state *a,
 }
 
 /* One packet arrived at `now`, finding `sojourn` of backlog ahead; u: a uniform 32-bit draw. */
-static __always_inline int moa_pie(struct moa_aqm_state *a, const struct moa_stage_params *p,
+static __always_inline int moa_pie(struct moa_pie_state *a, const struct moa_stage_params *p,
 				   __u64 now, __u64 sojourn, __u32 u, int can_mark)
 {
 	__u64 qdelay = sojourn < MOA_PIE_QDELAY_MAX ? sojourn : MOA_PIE_QDELAY_MAX;
 	int drop = 0;
 
-	if (!a->pie_started) {
-		a->pie_started = 1;
+	if (!a->started) {
+		a->started = 1;
 		a->last_update = now;
 		a->burst_allowance = MOA_PIE_MAX_BURST;
 	} else if (now - a->last_update >= p->aqm_interval_ns) {
@@ -308,59 +326,99 @@ static __always_inline int moa_pie(struct moa_aqm_state *a, const struct moa_sta
 	return MOA_AQM_DROP;
 }
 
-/* The inner IP header's ECN field (0-3) and where that header is (*l3, *v6); -1: not IP. */
-static __always_inline int moa_inner_ecn(struct __sk_buff *skb, __u32 outer_len, __u32 *l3,
-					 int *v6)
+/*
+ * The stage's AQM on one packet (locked path, after its placement): CoDel or PIE on the state of
+ * its own kind, zeroed when the link's kind changed since the state was last used.
+ */
+static __always_inline int moa_aqm(struct moa_aqm_state *a, const struct moa_stage_params *p,
+				   __u64 now, __u64 start, __u32 u, int can_mark)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
+	if (a->kind != p->aqm) {
+		__builtin_memset(&a->codel, 0, sizeof(a->codel) > sizeof(a->pie) ?
+						sizeof(a->codel) : sizeof(a->pie));
+		a->kind = p->aqm;
+	}
+	if (p->aqm == MOA_AQM_CODEL)
+		return moa_codel(&a->codel, p, now, start, can_mark);
+	return moa_pie(&a->pie, p, now, start - now, u, can_mark);
+}
+
+/*
+ * The inner IP header: its offset (*l3, 0 = none) and whether it is IPv6. Its offset is known
+ * only per VLAN case, so callers use it at once: carried across the stage lock it would keep the
+ * verifier's paths apart all the way (one per header layout).
+ */
+static __always_inline __u32 moa_inner_l3(void *data, void *data_end, __u32 outer_len, int *v6)
+{
 	__be16 proto;
 	__u32 off;
 
 	/* outer_len <= 98 (parse.h, MOA_PULL_LEN); the mask tells the verifier it is bounded. */
 	off = moa_parse_eth(data, data_end, outer_len & 0x7f, &proto);
 	if (!off)
-		return -1;
+		return 0;
 	if (proto == bpf_htons(ETH_P_IP)) {
-		struct iphdr *ip = data + off;
-
-		if ((void *)(ip + 1) > data_end)
-			return -1;
-		*l3 = off;
 		*v6 = 0;
-		return ip->tos & 3;
+		return off;
 	}
 	if (proto == bpf_htons(ETH_P_IPV6)) {
-		struct ipv6hdr *ip6 = data + off;
-
-		if ((void *)(ip6 + 1) > data_end)
-			return -1;
-		*l3 = off;
 		*v6 = 1;
-		return (ip6->flow_lbl[0] >> 4) & 3;	/* traffic class bits 1-0 */
+		return off;
 	}
-	return -1;
+	return 0;
 }
 
-/*
- * Set CE in the inner IP header found at l3 (moa_inner_ecn). IPv4: the header checksum is
- * updated incrementally (RFC 1624: HC' = ~(~HC + ~m + m') over the 16-bit word holding tos).
- */
-static __always_inline void moa_set_ce(struct __sk_buff *skb, __u32 l3, int v6)
+/* 1 when the inner packet is ECN-capable: ECT(0), ECT(1) or CE. */
+static __always_inline int moa_inner_ect(struct __sk_buff *skb, __u32 outer_len)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
+	int v6 = 0;
+	__u32 l3 = moa_inner_l3(data, data_end, outer_len, &v6);
+	void *h;
 
-	/* l3 <= 98 + 22: bounded for the verifier as in moa_inner_ecn. */
-	l3 &= 0xff;
+	if (!l3)
+		return 0;
+	/* One pointer, checked and read: clang would otherwise add l3 twice, and the verifier
+	 * knows the bound of the sum it checked only. */
+	h = data + l3;
+	asm volatile("" : "+r"(h));
 	if (v6) {
-		struct ipv6hdr *ip6 = data + l3;
+		struct ipv6hdr *ip6 = h;
+
+		if ((void *)(ip6 + 1) > data_end)
+			return 0;
+		return ((ip6->flow_lbl[0] >> 4) & 3) != 0;	/* traffic class bits 1-0 */
+	}
+	if (h + sizeof(struct iphdr) > data_end)
+		return 0;
+	return (((struct iphdr *)h)->tos & 3) != 0;
+}
+
+/*
+ * Set CE in the inner IP header. IPv4: the header checksum is updated incrementally (RFC 1624:
+ * HC' = ~(~HC + ~m + m') over the 16-bit word holding tos).
+ */
+static __always_inline void moa_set_ce(struct __sk_buff *skb, __u32 outer_len)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	int v6 = 0;
+	__u32 l3 = moa_inner_l3(data, data_end, outer_len, &v6);
+	void *h;
+
+	if (!l3)
+		return;
+	h = data + l3;			/* one pointer, as in moa_inner_ect */
+	asm volatile("" : "+r"(h));
+	if (v6) {
+		struct ipv6hdr *ip6 = h;
 
 		if ((void *)(ip6 + 1) > data_end)
 			return;
 		ip6->flow_lbl[0] |= 0x30;
 	} else {
-		struct iphdr *ip = data + l3;
+		struct iphdr *ip = h;
 		__u16 *word = (__u16 *)ip;	/* version/ihl and tos */
 		__u32 sum;
 		__u16 old;

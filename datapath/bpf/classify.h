@@ -45,8 +45,7 @@ static __always_inline int moa_classify(struct __sk_buff *skb, const enum moa_st
 	struct moa_draws d;
 	struct moa_pkt pkt;
 	__u64 handover = 0;
-	__u32 idx, l3 = 0;
-	int v6 = 0;
+	__u32 idx;
 
 	if (moa_parse(skb, &pkt) != MOA_PARSE_VXLAN) {
 		g = moa_global_counters();
@@ -114,13 +113,13 @@ static __always_inline int moa_classify(struct __sk_buff *skb, const enum moa_st
 	if (p->aqm == MOA_AQM_PIE)
 		s.aqm_rand = bpf_get_prandom_u32();
 	if ((p->flags & MOA_F_ECN) && p->aqm != MOA_AQM_TAILDROP)
-		s.can_mark = moa_inner_ecn(skb, pkt.outer_len, &l3, &v6) > 0;
+		s.can_mark = moa_inner_ect(skb, pkt.outer_len);
 
 	moa_stage_step(st, p, &d, &s);
 	if (s.drop)
 		goto drop;
 	if (s.mark) {
-		moa_set_ce(skb, l3, v6);
+		moa_set_ce(skb, pkt.outer_len);
 		cnt->marks += c.segs;
 	}
 

@@ -189,10 +189,8 @@ static __always_inline void moa_step_locked(struct moa_stage_state *st,
 	if (moa_timeline_place(p, s, tl, td, &t_new, &dep))
 		goto restore;
 	if (p->aqm != MOA_AQM_TAILDROP && p->rate_bps) {
-		__u64 start = tl > s->now ? tl : s->now;
-		int v = p->aqm == MOA_AQM_CODEL ?
-			moa_codel(&st->aqm, p, s->now, start, s->can_mark) :
-			moa_pie(&st->aqm, p, s->now, start - s->now, s->aqm_rand, s->can_mark);
+		int v = moa_aqm(&st->aqm, p, s->now, tl > s->now ? tl : s->now, s->aqm_rand,
+				s->can_mark);
 
 		if (v == MOA_AQM_DROP) {
 			s->reason = MOA_DROP_AQM;
