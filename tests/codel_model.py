@@ -9,7 +9,8 @@ the RFC leaves open or that deciding at enqueue forces, made as docs/semantics.m
 management") states them, and nowhere else:
 - MAXPACKET: "queue.bytes() <= MAXPACKET" is read as the backlog the packet found ahead of it,
   as time at the rate: sojourn <= the serialisation time of a full frame.
-- control_law(t, count) = t + floor(interval / sqrt(count)) in whole ns (isqrt(interval^2 // count)).
+- control_law(t, count) = t + floor(interval / sqrt(count)) in whole ns:
+  isqrt(interval^2 // count).
 - ECN (as Linux's codel, which the RFC defers to for marking): a packet CoDel would drop is
   marked CE instead when ECN is on and it is ECN-capable; in the loop, a mark counts, schedules
   the next drop and ends the dequeue; on entering, a mark replaces the drop and the next packet

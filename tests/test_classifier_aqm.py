@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
-from scapy.layers.l2 import Ether
+from scapy.layers.l2 import ARP, Dot1Q, Ether
 
 from datapath.classifier import Classifier
 from schemas import Aqm, Emulation
@@ -202,3 +202,47 @@ def test_inner_frame_sizes_are_what_the_model_charges() -> None:
     assert len(_frame(0)) - outer_len(_frame(0)) == INNER
     assert len(_frame(0, True)) - outer_len(_frame(0, True)) == INNER
     assert len(vxlan(VNI, inner_tcp(payload=1000))) == len(_frame(0))
+
+
+def _due(c: Classifier) -> None:
+    """CoDel's state with a drop due: dropping, above target since long ago, drop_next passed;
+    the timeline LEAD ahead of the clock (the sojourn far above target)."""
+    st = c.stage_state(VNI, EGRESS)
+    st.t_last = mono() + LEAD
+    st.aqm.kind = int(c.abi.Aqm.CODEL)
+    st.aqm.codel.dropping = 1
+    st.aqm.codel.first_above_time = 1
+    st.aqm.codel.drop_next = 1
+    st.aqm.codel.count = 1
+    c.set_stage_state(VNI, EGRESS, st)
+
+
+@pytest.mark.parametrize("case", ["vlan", "ip_options", "gso", "not_ip"])
+def test_a_due_mark_lands_on_the_inner_header_whatever_its_layout(clf: Classifier,
+                                                                 case: str) -> None:
+    clf.set_link(VNI, egress=_emulation(TARGET, True))
+    l2 = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+    ip = IP(src="10.0.0.1", dst="10.0.0.2", tos=0x02,
+            options=b"\x94\x04\x00\x00" if case == "ip_options" else b"")
+    if case == "vlan":
+        inner = l2 / Dot1Q(vlan=7) / ip / TCP(flags="A") / (b"x" * 1000)
+    elif case == "not_ip":
+        inner = l2 / ARP() / (b"x" * 1000)
+    else:
+        inner = l2 / ip / TCP(flags="A") / (b"x" * 1000)
+    frame = vxlan(VNI, inner)
+    _due(clf)
+    r = send(clf, frame, gso_segs=4 if case == "gso" else 0)
+    c = clf.link_counters(VNI)["egress"]
+    if case == "not_ip":      # not ECN-capable: CoDel's drop stands
+        assert r.retval == TC_ACT_SHOT and c.drops["aqm"] == 1 and c.marks == 0
+        return
+    assert r.retval == TC_ACT_OK
+    assert c.marks == (4 if case == "gso" else 1) and c.drops["aqm"] == 0
+    got = Ether(r.data[outer_len(r.data):])[IP]
+    assert got.tos == 0x03
+    check = got.chksum
+    del got.chksum
+    assert IP(bytes(got)).chksum == check
+    diff = [k for k, (a, b) in enumerate(zip(frame, r.data)) if a != b]
+    assert len(r.data) == len(frame) and 1 <= len(diff) <= 3

@@ -5,7 +5,8 @@ Keys: latency, jitter (durations), capacity (rate), queue (size, or "none"), los
 loss_correlation (0..1, below 1), reorder (true/false), state (up/down), distribution (uniform,
 normal, pareto, paretonormal), delay_correlation (0..1, below 1), aqm (taildrop, codel, pie) with
 target, interval (durations) and ecn (true/false): these four make the link's whole `aqm` (the
-ones left out take their defaults), e.g. `moa set a-b aqm codel target 5ms ecn true`. Without --id the materialization is the one holding a link of that name,
+ones left out take their defaults), e.g. `moa set a-b aqm codel target 5ms ecn true`. Without
+--id the materialization is the one holding a link of that name,
 or, for a tag, the only materialization on the box. A name that is a link id is a link, else a tag.
 """
 from __future__ import annotations
