@@ -92,6 +92,7 @@ class StageCounters:
     drops: dict[str, int] = field(default_factory=dict)   # by name: schemas.DROP_REASONS
     events_suppressed: int = 0
     handover: int = 0    # egress: packets that carried an ingress-stage handover in skb->mark
+    marks: int = 0       # ECN: packets the AQM marked CE instead of dropping
 
 
 class Classifier:
@@ -385,12 +386,13 @@ class Classifier:
         drops = [(r, fields.index(f"drops_{r}")) for r in schemas.DROP_REASONS]
         pk, by = fields.index("packets"), fields.index("bytes")
         sup, ho = fields.index("events_suppressed"), fields.index("handover")
+        mk = fields.index("marks")
         rows = table.values.tolist()  # [slot][stage][field], python ints
         out: dict[int, dict[str, StageCounters]] = {}
         for vni, slot in slots.items():
             out[vni] = {name: StageCounters(
                 packets=row[pk], bytes=row[by], drops={r: row[i] for r, i in drops},
-                events_suppressed=row[sup], handover=row[ho])
+                events_suppressed=row[sup], handover=row[ho], marks=row[mk])
                 for name, row in zip(schemas.STAGES, rows[slot])}
         return out
 

@@ -17,7 +17,7 @@ class CounterTable:
     `slots` maps each VNI the classifier held then to its slot; `values[slot, stage, field]`
     is that stage's (schemas.STAGES order) counter `fields[field]` (struct moa_link_counters'
     words: packets, bytes, drops_<reason> for each of schemas.DROP_REASONS, events_suppressed,
-    handover), summed over CPUs: a numpy uint64 array."""
+    handover, marks), summed over CPUs: a numpy uint64 array."""
     slots: dict[int, int]
     fields: tuple[str, ...]
     values: Any  # numpy.ndarray, shape (slots read, len(schemas.STAGES), len(fields))

@@ -91,6 +91,16 @@ def stage_params(e: schemas.Emulation | None, abi: Abi) -> Any:
     if e.state == "down":
         p.flags |= abi.StageFlags.DOWN
     p.dist = DIST_IDS[e.distribution]
+    if e.aqm.kind != "taildrop" and e.capacity:
+        msg = schemas.messages
+        codel = e.aqm.kind == "codel"
+        p.aqm = int(abi.Aqm.CODEL if codel else abi.Aqm.PIE)
+        p.aqm_target_ns = e.aqm.target if e.aqm.target is not None else (
+            msg.CODEL_TARGET_NS if codel else msg.PIE_TARGET_NS)
+        p.aqm_interval_ns = e.aqm.interval if e.aqm.interval is not None else (
+            msg.CODEL_INTERVAL_NS if codel else msg.PIE_INTERVAL_NS)
+        if e.aqm.ecn:
+            p.flags |= abi.StageFlags.ECN
     p.delay_rho, p.delay_innov = fixed_point(e.distribution, e.delay_correlation)
     ge = e.burst if e.burst is not None else correlated_loss(e.loss, e.loss_correlation)
     if ge is not None:

@@ -5,8 +5,8 @@
 """
 from schemas.codec import decode, encode, validate
 from schemas.messages import (
-    DROP_REASONS, STAGES, Ack, AckError, Dematerialize, DirectionStatus, DropBatch, DropEvent,
-    Emulation,
+    DROP_REASONS, STAGES, Ack, AckError, Aqm, Dematerialize, DirectionStatus, DropBatch,
+    DropEvent, Emulation,
     EmulationPatch, Endpoint, GilbertElliott, InvalidMessage, Link, LinkStats, LinkStatsBatch,
     LinkStatus, LinkUpdate, Materialize, MaterializationStatus, StatusReply, StatusRequest, Update,
     check_emulation, direction,
@@ -17,8 +17,8 @@ from schemas.units import (
 from schemas.validate import vni_fields
 
 __all__ = [
-    "DROP_REASONS", "STAGES", "Ack", "AckError", "Dematerialize", "DirectionStatus", "DropBatch",
-    "DropEvent",
+    "DROP_REASONS", "STAGES", "Ack", "AckError", "Aqm", "Dematerialize", "DirectionStatus",
+    "DropBatch", "DropEvent",
     "Emulation", "EmulationPatch", "Endpoint", "GilbertElliott", "InvalidMessage", "Link",
     "LinkStats", "LinkStatsBatch", "LinkStatus", "LinkUpdate", "Materialize",
     "MaterializationStatus", "StatusReply", "StatusRequest", "Update", "check_emulation", "decode",

@@ -65,7 +65,7 @@ IpAddress = Annotated[str, msgspec.Meta(extra_json_schema={
 # the datapath, so the datapath checks this table against the classifier's BTF when it loads it
 # (datapath/libbpf/abi.py, AbiError on a mismatch); tests/test_abi.py checks it against the BTF too and
 # tests/test_schemas.py against abi.h's text.
-DropReason = Literal["loss", "queue", "horizon", "link_down"]
+DropReason = Literal["loss", "queue", "horizon", "link_down", "aqm"]
 Stage = Literal["egress", "ingress"]
 DROP_REASONS: tuple[str, ...] = typing.get_args(DropReason)
 STAGES: tuple[str, ...] = typing.get_args(Stage)
@@ -73,12 +73,24 @@ LinkKind = Literal["p2p", "lan"]
 LinkState = Literal["up", "down"]
 # The jitter's distributions (docs/semantics.md, "Delay distributions"), in enum moa_dist's order.
 Distribution = Literal["uniform", "normal", "pareto", "paretonormal"]
+# The queue's management (docs/semantics.md, "Queue management"), in enum moa_aqm's order.
+AqmKind = Literal["taildrop", "codel", "pie"]
 # The fields whose value is one of a few words, and those words: a refusal lists them.
 CHOICES: dict[str, tuple[str, ...]] = {"state": typing.get_args(LinkState),
-                                       "distribution": typing.get_args(Distribution)}
+                                       "distribution": typing.get_args(Distribution),
+                                       "kind": typing.get_args(AqmKind)}
 
 MIN_CAPACITY_BPS = 1_000
 MIN_QUEUE_BYTES = 1_500
+# CoDel's target and interval: at least 1 us, at most 3 s (the datapath holds them as 32-bit ns
+# and squares the interval below 2^63); RFC 8289's defaults when left out.
+AQM_MIN_NS = 1_000
+AQM_MAX_NS = 3_000_000_000
+CODEL_TARGET_NS = 5_000_000
+CODEL_INTERVAL_NS = 100_000_000
+# PIE's QDELAY_REF and T_UPDATE (RFC 8033), its target and interval here.
+PIE_TARGET_NS = 15_000_000
+PIE_INTERVAL_NS = 15_000_000
 
 
 class InvalidMessage(ValueError):
@@ -113,6 +125,19 @@ class GilbertElliott(_Message, frozen=True, kw_only=True):
     loss_bad: Probability = 1.0
 
 
+class Aqm(_Message, frozen=True, kw_only=True):
+    """The queue's management (docs/semantics.md, "Queue management"). kind: taildrop (the
+    queue limit alone), codel (RFC 8289 on each packet's sojourn) or pie (RFC 8033); the queue
+    limit still applies. target / interval: CoDel's target and interval (null = 5 ms / 100 ms),
+    PIE's QDELAY_REF and T_UPDATE (null = 15 ms / 15 ms). ecn: mark ECN-capable packets CE
+    instead of dropping them (non-ECT packets are still dropped; PIE marks while its drop
+    probability is at most 10 %)."""
+    kind: AqmKind = "taildrop"
+    target: Duration | None = None
+    interval: Duration | None = None
+    ecn: bool = False
+
+
 # Frozen, hence hashable: the datapath turns each distinct emulation into its map bytes once
 # (datapath/emulation.py).
 class Emulation(_Message, frozen=True, kw_only=True):
@@ -130,6 +155,7 @@ class Emulation(_Message, frozen=True, kw_only=True):
     state: LinkState = "up"
     distribution: Distribution = "uniform"
     delay_correlation: Probability = 0.0
+    aqm: Aqm = msgspec.field(default_factory=Aqm)
 
 
 class EmulationPatch(_Message, kw_only=True):
@@ -148,6 +174,7 @@ class EmulationPatch(_Message, kw_only=True):
     state: LinkState | UnsetType = UNSET
     distribution: Distribution | UnsetType = UNSET
     delay_correlation: Probability | UnsetType = UNSET
+    aqm: Aqm | UnsetType = UNSET  # replaces the whole aqm: fields left out take their defaults
 
     def changes(self) -> dict[str, object]:
         """The fields this patch sets, by name."""
@@ -211,6 +238,17 @@ def check_values(e: Emulation | EmulationPatch, path: str) -> None:
     if e.burst not in (UNSET, None):
         for name in ("p", "r", "loss_good", "loss_bad"):
             _check_probability(getattr(e.burst, name), _join(path, f"burst.{name}"), name)
+    if e.aqm is not UNSET:
+        for name in ("target", "interval"):
+            v = getattr(e.aqm, name)
+            if v is not None and not AQM_MIN_NS <= v <= AQM_MAX_NS:
+                raise InvalidMessage(_join(path, f"aqm.{name}"),
+                                     f"{name} {units.format_duration(v)} is outside 1us..3s")
+        if e.aqm.kind == "taildrop" and (e.aqm.target is not None or e.aqm.interval is not None
+                                         or e.aqm.ecn):
+            what = "ecn" if e.aqm.ecn else ("target" if e.aqm.target is not None else "interval")
+            raise InvalidMessage(_join(path, f"aqm.{what}"),
+                                 f"{what} needs an AQM: kind is taildrop (give codel or pie)")
 
 
 def check_across(e: Emulation | EmulationPatch, path: str) -> None:
@@ -223,6 +261,9 @@ def check_across(e: Emulation | EmulationPatch, path: str) -> None:
     if e.queue not in (UNSET, None) and e.capacity == 0:
         raise InvalidMessage(_join(path, "queue"),
                              "queue needs a capacity: an unlimited link has no backlog to bound")
+    if e.aqm is not UNSET and e.aqm.kind != "taildrop" and e.capacity == 0:
+        raise InvalidMessage(_join(path, "aqm.kind"),
+                             f"{e.aqm.kind} needs a capacity: an unlimited link has no queue")
     if e.burst not in (UNSET, None) and e.loss not in (UNSET, 0.0):
         raise InvalidMessage(_join(path, "loss"),
                              "loss must be 0 when burst is given (use burst.loss_good)")
@@ -372,6 +413,7 @@ class LinkStats(_Message, kw_only=True):
     packets: int
     bytes: int
     drops: dict[str, int]
+    marks: int = 0  # ECN: packets the AQM marked CE instead of dropping
 
 
 class LinkStatsBatch(_Message, kw_only=True):

@@ -24,10 +24,10 @@ BPF_DIR = REPO / "datapath" / "bpf"
 FIELDS = {
     "Link": ["slot", "stage"],
     "StageParams": ["rate_bps", "queue_ns", "latency_ns", "jitter_ns", "loss_threshold", "ge",
-                    "overhead", "loss_model", "flags"],
+                    "overhead", "loss_model", "flags", "aqm", "aqm_target_ns", "aqm_interval_ns"],
     "GilbertElliott": ["p_good_to_bad", "p_bad_to_good", "loss_good", "loss_bad"],
-    "StageState": ["lock", "ge_bad", "t_last", "t_depart", "ev_window", "ev_used"],
-    "LinkCounters": ["packets", "bytes", "drops", "events_suppressed"],
+    "StageState": ["lock", "ge_bad", "t_last", "t_depart", "ev_window", "ev_used", "aqm"],
+    "LinkCounters": ["packets", "bytes", "drops", "events_suppressed", "marks"],
     "GlobalCounters": ["non_vxlan", "unknown_vni", "ringbuf_fail", "handover"],
     "DropEvent": ["version", "reason", "stage", "vni", "time_ns", "len", "segs", "reserved"],
     "SkBuff": ["len", "mark", "cb", "tstamp", "wire_len", "gso_segs", "gso_size", "tstamp_type",
@@ -77,7 +77,12 @@ def test_mirror_has_the_fields_python_relies_on(mirror: abi_mod.Abi) -> None:
             assert hasattr(ct, f), f"{pyname}.{f}"
     assert ctypes.sizeof(mirror.btf.ctype("struct bpf_spin_lock")) == 4
     assert mirror.StageState.lock.offset == 0 and mirror.StageState.lock.size == 4
-    assert ctypes.sizeof(mirror.StageState) == 56 and mirror.StageState.ge_bad.offset == 4
+    # The timeline's words in the first 56 bytes, CoDel's and PIE's state after them (abi.h).
+    assert ctypes.sizeof(mirror.StageState) == 112 and mirror.StageState.ge_bad.offset == 4
+    assert mirror.StageState.aqm.offset == 56
+    assert ctypes.sizeof(mirror.StageParams) == 96
+    # A passed packet's counters are the first two words; the AQM's are further on (abi.h).
+    assert ctypes.sizeof(mirror.LinkCounters) == 80 and mirror.LinkCounters.bytes.offset == 8
     assert ctypes.sizeof(mirror.Link) == 8 + 2 * ctypes.sizeof(mirror.StageParams)
     assert mirror.Link.stage.size == 2 * ctypes.sizeof(mirror.StageParams)
     assert ctypes.sizeof(mirror.SkBuff) == 192
@@ -88,11 +93,12 @@ def test_mirror_has_the_fields_python_relies_on(mirror: abi_mod.Abi) -> None:
 def test_mirror_enums(mirror: abi_mod.Abi) -> None:
     assert {m.name: m.value for m in mirror.Stage} == {"EGRESS": 0, "INGRESS": 1}
     assert {m.name: m.value for m in mirror.DropReason} == {"LOSS": 0, "QUEUE": 1, "HORIZON": 2,
-                                                                "LINK_DOWN": 3}
+                                                                "LINK_DOWN": 3, "AQM": 4}
+    assert {m.name: m.value for m in mirror.Aqm} == {"TAILDROP": 0, "CODEL": 1, "PIE": 2}
     assert {m.name: m.value for m in mirror.LossModel} == {
         "NONE": 0, "BERNOULLI": 1, "GILBERT_ELLIOTT": 2}
-    assert (mirror.StageFlags.REORDER, mirror.StageFlags.DOWN) == (1, 2)
-    assert (mirror.NR_STAGES, mirror.NR_DROP_REASONS, mirror.DROP_EVENT_VERSION) == (2, 4, 2)
+    assert (mirror.StageFlags.REORDER, mirror.StageFlags.DOWN, mirror.StageFlags.ECN) == (1, 2, 4)
+    assert (mirror.NR_STAGES, mirror.NR_DROP_REASONS, mirror.DROP_EVENT_VERSION) == (2, 5, 2)
 
 
 def test_names_are_schemas_table(mirror: abi_mod.Abi) -> None:
@@ -105,12 +111,16 @@ def test_names_are_schemas_table(mirror: abi_mod.Abi) -> None:
 def test_a_table_that_differs_from_the_enums_stops_the_load(
         classifier_o: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import schemas
-    monkeypatch.setattr(schemas, "DROP_REASONS", ("loss", "horizon", "queue", "link_down"))
+    monkeypatch.setattr(schemas, "DROP_REASONS", ("loss", "horizon", "queue", "link_down", "aqm"))
     with pytest.raises(abi_mod.AbiError, match=r"enum moa_drop_reason is loss=0, queue=1, "
-                                               r"horizon=2, link_down=3 .*schemas.DROP_REASONS "
-                                               r"is loss, horizon, queue, link_down"):
+                                               r"horizon=2, link_down=3, aqm=4 .*"
+                                               r"schemas.DROP_REASONS is loss, horizon, queue, "
+                                               r"link_down, aqm"):
         abi_mod.Abi(str(classifier_o))
     monkeypatch.setattr(schemas, "DROP_REASONS", ("loss", "queue", "horizon", "link_down"))
+    with pytest.raises(abi_mod.AbiError, match=r"aqm=4 \(MOA_NR_DROP_REASONS=5\)"):
+        abi_mod.Abi(str(classifier_o))
+    monkeypatch.setattr(schemas, "DROP_REASONS", ("loss", "queue", "horizon", "link_down", "aqm"))
     monkeypatch.setattr(schemas, "STAGES", ("egress",))
     with pytest.raises(abi_mod.AbiError, match="enum moa_stage is egress=0, ingress=1"):
         abi_mod.Abi(str(classifier_o))
@@ -160,8 +170,9 @@ def test_mirror_enums_match_the_c_compiler(mirror: abi_mod.Abi, tmp_path: Path) 
     values = [f"MOA_STAGE_{m.name}" for m in mirror.Stage] + \
              [f"MOA_DROP_{m.name}" for m in mirror.DropReason] + \
              [f"MOA_LOSS_{m.name}" for m in mirror.LossModel] + \
+             [f"MOA_AQM_{m.name}" for m in mirror.Aqm] + \
              ["MOA_NR_STAGES", "MOA_NR_DROP_REASONS", "MOA_DROP_EVENT_VERSION", "MOA_F_REORDER",
-              "MOA_F_DOWN"]
+              "MOA_F_DOWN", "MOA_F_ECN"]
     src = tmp_path / "enums.c"
     src.write_text('#include <stdio.h>\n#include <linux/bpf.h>\n#include "abi.h"\nint main(void)\n{\n'
                    + "".join(f'\tprintf("{v} %lld\\n", (long long){v});\n' for v in values)
@@ -173,10 +184,11 @@ def test_mirror_enums_match_the_c_compiler(mirror: abi_mod.Abi, tmp_path: Path) 
     py = {f"MOA_STAGE_{m.name}": m.value for m in mirror.Stage}
     py |= {f"MOA_DROP_{m.name}": m.value for m in mirror.DropReason}
     py |= {f"MOA_LOSS_{m.name}": m.value for m in mirror.LossModel}
+    py |= {f"MOA_AQM_{m.name}": m.value for m in mirror.Aqm}
     py |= {"MOA_NR_STAGES": mirror.NR_STAGES, "MOA_NR_DROP_REASONS": mirror.NR_DROP_REASONS,
            "MOA_DROP_EVENT_VERSION": mirror.DROP_EVENT_VERSION,
            "MOA_F_REORDER": int(mirror.StageFlags.REORDER),
-           "MOA_F_DOWN": int(mirror.StageFlags.DOWN)}
+           "MOA_F_DOWN": int(mirror.StageFlags.DOWN), "MOA_F_ECN": int(mirror.StageFlags.ECN)}
     assert {k: int(v) for k, v in c.items()} == py
 
 

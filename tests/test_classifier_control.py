@@ -165,7 +165,7 @@ def test_every_abi_type_is_in_the_classifier_btf() -> None:
                  "moa_link_counters", "moa_global_counters", "moa_drop_event"):
         assert name in structs, name
     enums = set(btf.names(Kind.ENUM))
-    assert {"moa_stage", "moa_drop_reason", "moa_loss_model", "moa_stage_flags",
+    assert {"moa_stage", "moa_drop_reason", "moa_loss_model", "moa_stage_flags", "moa_aqm",
             "moa_abi_consts"} <= enums
     assert btf.enum("moa_abi_consts")["MOA_ABI_DROP_EVENT_VERSION"] == 2
-    assert abi.StageFlags.REORDER == 1 and abi.NR_STAGES == 2 and abi.NR_DROP_REASONS == 4
+    assert abi.StageFlags.REORDER == 1 and abi.NR_STAGES == 2 and abi.NR_DROP_REASONS == 5

@@ -269,6 +269,8 @@ def test_set_parses_pairs_and_picks_targets() -> None:
         "state": "down", "loss": 0.1, "loss_correlation": 0.25}
     assert set_verb.parse_params(["distribution", "pareto", "delay_correlation", "0.5"]) == {
         "distribution": "pareto", "delay_correlation": 0.5}
+    assert set_verb.parse_params(["aqm", "codel", "target", "5ms", "ecn", "on", "loss", "0"]) == {
+        "loss": 0.0, "aqm": {"kind": "codel", "target": "5ms", "ecn": True}}
     with pytest.raises(set_verb.UsageError, match="give up or down"):
         set_verb.parse_params(["state", "off"])
     with pytest.raises(set_verb.UsageError, match="no value"):
@@ -314,6 +316,17 @@ def test_show_says_a_link_is_down_and_its_distributions() -> None:
     text = console.export_text()
     assert "p2p (down)" in text and "0.1 (corr 0.25)" in text
     assert "5ms normal (corr 0.5)" in text
+
+
+def test_show_names_the_aqm() -> None:
+    status = schemas.StatusReply(host="h", fq_memory_bytes=0, materializations=[
+        schemas.MaterializationStatus(id="m", generation=1, links=[schemas.LinkStatus(
+            id="l", kind="p2p", vnis=[5, 6], counters=[], emulation=schemas.Emulation(
+                capacity=20_000_000, aqm=schemas.Aqm(kind="codel", ecn=True)))])])
+    from rich.console import Console
+    console = Console(width=200, record=True)
+    console.print(show.build_table(status))
+    assert "20mbps codel+ecn" in console.export_text()
 
 
 def test_show_counts_a_frame_once_though_two_stages_saw_it() -> None:

@@ -199,7 +199,7 @@ def test_percpu_maps(obj: BpfObject, abi: abi_mod.Abi) -> None:
         obj.program("st_event_prog").test_run(FRAME)
     after = counters.lookup(0, abi.LinkCounters)
     assert sum(c.packets for c in after) == 5
-    assert all(isinstance(v, bytes) and len(v) == 64 for v in counters.lookup(0))
+    assert all(isinstance(v, bytes) and len(v) == 80 for v in counters.lookup(0))
     # One value per CPU ...
     counters.update(1, [abi.LinkCounters(packets=10 + i) for i in range(ncpu)])
     assert [c.packets for c in counters.lookup(1, abi.LinkCounters)] == [10 + i for i in range(ncpu)]
@@ -207,7 +207,7 @@ def test_percpu_maps(obj: BpfObject, abi: abi_mod.Abi) -> None:
     counters.update(1, abi.LinkCounters(bytes=3))
     assert [c.bytes for c in counters.lookup(1, abi.LinkCounters)] == [3] * ncpu
     with pytest.raises(ValueError, match="per-CPU"):
-        counters.update(1, [bytes(64)] * (ncpu + 1))
+        counters.update(1, [bytes(80)] * (ncpu + 1))
     # A per-CPU hash: absent keys, insert, delete.
     glob = obj.map("moa_st_global")
     assert glob.lookup(3) is None
@@ -250,8 +250,8 @@ def test_map_pin_and_unpin(obj: BpfObject, pin_root: str) -> None:
     state = obj.map("moa_st_state")
     state.pin(f"{pin_root}/state")
     with Map.from_pin(f"{pin_root}/state") as again:
-        again.update(1, bytes(56))
-        assert again.max_entries == 4 and again.value_size == 56
+        again.update(1, bytes(112))
+        assert again.max_entries == 4 and again.value_size == 112
     state.unpin()
     assert os.listdir(pin_root) == []
 

@@ -34,7 +34,8 @@ from tests.fixtures.prometheus import promtool_check_metrics
 from tests.fixtures.service import box_service, box_settings, until_serving
 from tests.fixtures.topology import topo  # noqa: F401
 
-LINK_FAMILIES = ("moa_link_packets_total", "moa_link_bytes_total", "moa_link_drops_total")
+LINK_FAMILIES = ("moa_link_packets_total", "moa_link_bytes_total", "moa_link_marks_total",
+                 "moa_link_drops_total")
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -88,6 +89,7 @@ def assert_links_equal_status(text: str, st: schemas.StatusReply) -> None:
         labels = {"materialization": mid, "link": link, "vni": str(vni), "direction": stage}
         assert one(got, "moa_link_packets_total", **labels) == c.packets, labels
         assert one(got, "moa_link_bytes_total", **labels) == c.bytes, labels
+        assert one(got, "moa_link_marks_total", **labels) == c.marks, labels
         for reason in schemas.DROP_REASONS:
             assert one(got, "moa_link_drops_total", reason=reason, **labels) == \
                 c.drops.get(reason, 0), (labels, reason)
@@ -154,7 +156,7 @@ async def test_a_scrape_is_the_kernels_counters_and_the_services_state(
         reg.register(svc.metrics.links)
         ours = {k: v for k, v in samples(svc.metrics.links.render()).items()}
         theirs = {k: v for k, v in samples(generate_latest(reg).decode()).items()}
-        assert ours == theirs and len(ours) == 2 * 2 * 2 * (2 + len(schemas.DROP_REASONS))
+        assert ours == theirs and len(ours) == 2 * 2 * 2 * (3 + len(schemas.DROP_REASONS))
 
         # gzip when asked for; other paths are 404.
         status, headers, body = await asyncio.to_thread(get, url, {"Accept-Encoding": "gzip"})
@@ -248,7 +250,7 @@ def test_bench_metrics_runs_and_reads_every_link() -> None:
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["links"] == 2000
-    per_vni = len(schemas.STAGES) * (2 + len(schemas.DROP_REASONS))
+    per_vni = len(schemas.STAGES) * (3 + len(schemas.DROP_REASONS))  # packets, bytes, marks
     assert 2000 * per_vni < out["samples"] < 2000 * per_vni + 300, out
     for key in ("read_ms", "render_ms", "client_render_ms", "scrape_ms", "scrape_cpu_ms",
                 "datapath_idle_ns", "datapath_scraping_ns", "loop_lag_idle_ms",

@@ -375,6 +375,20 @@ RULES = [
     ("burst and loss_correlation", _materialize(loss_correlation=0.5, burst={"p": 0.1, "r": 0.5}),
      "links[0].emulation.loss_correlation", "must be 0 when burst"),
     ("state", _materialize(state="sideways"), "links[0].emulation.state", "up"),
+    ("aqm kind", _materialize(capacity="10mbps", aqm={"kind": "red"}),
+     "links[0].emulation.aqm.kind", "codel"),
+    ("aqm without capacity", _materialize(aqm={"kind": "codel"}), "links[0].emulation.aqm.kind",
+     "needs a capacity"),
+    ("aqm target 0", _materialize(capacity="10mbps", aqm={"kind": "codel", "target": 0}),
+     "links[0].emulation.aqm.target", "outside 1us..3s"),
+    ("aqm interval 4s", _materialize(capacity="10mbps", aqm={"kind": "codel", "interval": "4s"}),
+     "links[0].emulation.aqm.interval", "outside 1us..3s"),
+    ("ecn with taildrop", _materialize(capacity="10mbps", aqm={"ecn": True}),
+     "links[0].emulation.aqm.ecn", "needs an AQM"),
+    ("target with taildrop", _materialize(capacity="10mbps", aqm={"target": "5ms"}),
+     "links[0].emulation.aqm.target", "needs an AQM"),
+    ("aqm unknown field", _materialize(capacity="10mbps", aqm={"kind": "codel", "tupdate": 1}),
+     "links[0].emulation.aqm.tupdate", "unknown field"),
     ("distribution", _materialize(latency="10ms", jitter="1ms", distribution="gamma"),
      "links[0].emulation.distribution", "one of: uniform, normal, pareto, paretonormal"),
     ("delay_correlation 1", _materialize(latency="10ms", jitter="1ms", delay_correlation=1),
@@ -519,6 +533,10 @@ def test_validation_normalizes_addresses():
     ([{"link": "a", "emulation": {"loss": 0.1, "burst": {"p": 0.1, "r": 0.1}}}], "links[0].emulation.loss",
      "loss must be 0"),
     ([{"link": "a", "emulation": {"state": "off"}}], "links[0].emulation.state", "down"),
+    ([{"link": "a", "emulation": {"aqm": {"kind": "codel", "target": "10s"}}}],
+     "links[0].emulation.aqm.target", "outside"),
+    ([{"link": "a", "emulation": {"capacity": 0, "aqm": {"kind": "codel"}}}],
+     "links[0].emulation.aqm.kind", "needs a capacity"),
     ([{"link": "a", "emulation": {"loss_correlation": 1}}], "links[0].emulation.loss_correlation",
      "below 1"),
     # one direction (docs/contract.md, "Each direction")
@@ -725,3 +743,15 @@ def test_fuzz_valid_materializations_round_trip():
         m = decode(Materialize, json.dumps(doc))
         assert decode(Materialize, encode(m)) == m
     assert math.isfinite(decode(Materialize, json.dumps(_materialize(loss=0.5))).links[0].emulation.loss)
+
+
+def test_aqm_decodes_with_rfc_defaults_left_to_the_datapath():
+    m = schemas.decode(schemas.Materialize, json.dumps(_materialize(
+        capacity="10mbps", aqm={"kind": "codel", "ecn": True, "interval": "50ms"})))
+    aqm = m.links[0].emulation.aqm
+    assert (aqm.kind, aqm.target, aqm.interval, aqm.ecn) == ("codel", None, 50_000_000, True)
+    assert schemas.decode(schemas.Materialize, json.dumps(_materialize())).links[0] \
+        .emulation.aqm == schemas.Aqm()
+    pie = schemas.decode(schemas.Materialize, json.dumps(_materialize(
+        capacity="10mbps", aqm={"kind": "pie", "target": "20ms"}))).links[0].emulation.aqm
+    assert (pie.kind, pie.target, pie.interval, pie.ecn) == ("pie", 20_000_000, None, False)

@@ -27,7 +27,8 @@ enum moa_drop_reason {
 	MOA_DROP_QUEUE = 1,	/* tail drop: the link's backlog would exceed its queue */
 	MOA_DROP_HORIZON = 2,	/* departure further ahead than the horizon (fq would drop it) */
 	MOA_DROP_LINK_DOWN = 3,	/* the link is down (MOA_F_DOWN): every frame, before anything else */
-	MOA_NR_DROP_REASONS = 4,
+	MOA_DROP_AQM = 4,	/* the stage's AQM (CoDel) dropped it on its sojourn (aqm.h) */
+	MOA_NR_DROP_REASONS = 5,
 };
 
 /* Loss models (stage_params.loss_model). */
@@ -41,6 +42,15 @@ enum moa_loss_model {
 enum moa_stage_flags {
 	MOA_F_REORDER = 1 << 0,	/* jitter may reorder this link's packets (netem-like) */
 	MOA_F_DOWN = 1 << 1,	/* the link is down: drop every frame (MOA_DROP_LINK_DOWN) */
+	MOA_F_ECN = 1 << 2,	/* the AQM marks ECN-capable packets CE instead of dropping them */
+};
+
+/* The queue's management (stage_params.aqm; docs/semantics.md, "Queue management"). Tail drop
+ * (the queue limit) applies under every one of them. */
+enum moa_aqm {
+	MOA_AQM_TAILDROP = 0,	/* the queue limit alone */
+	MOA_AQM_CODEL = 1,	/* CoDel (RFC 8289) on the sojourn each packet will have */
+	MOA_AQM_PIE = 2,	/* PIE (RFC 8033): a drop probability from the queue delay */
 };
 
 /*
@@ -100,10 +110,13 @@ struct moa_stage_params {
 	__u8 loss_model;	/* enum moa_loss_model */
 	__u8 flags;		/* enum moa_stage_flags */
 	__u8 dist;		/* enum moa_dist: the jitter's distribution */
-	__u8 pad0[3];
+	__u8 aqm;		/* enum moa_aqm (needs rate_bps) */
+	__u8 pad0[2];
 	__s32 delay_rho;	/* correlated jitter: weight of the previous latent draw, over 2^16 */
 	__s32 delay_innov;	/* and of the new normal draw, sqrt(1 - rho^2), over 2^16; 0 = none */
-	__u64 reserved[1];
+	__u32 aqm_target_ns;	/* CoDel: TARGET; PIE: QDELAY_REF */
+	__u32 aqm_interval_ns;	/* CoDel: INTERVAL (at most 3 s: interval^2 < 2^63); PIE: T_UPDATE */
+	/* 96 bytes (the AQM took the last reserved word) */
 };
 
 /* Value of moa_links, keyed by VNI (__u32, low 24 bits). Written by userspace only. */
@@ -111,6 +124,50 @@ struct moa_link {
 	__u32 slot;		/* index of this link's state and counters: slot * MOA_NR_STAGES + stage */
 	__u32 pad0;
 	struct moa_stage_params stage[MOA_NR_STAGES];
+};
+
+/*
+ * CoDel's variables for one stage (RFC 8289's names; aqm.h). Times are the timeline's: a packet's
+ * dequeue time is when its serialisation starts. `pending` carries the RFC's dequeue loop across
+ * packets: the packet after a drop is the one the RFC dequeues next at the same time when it was
+ * already queued then (arrived by `last_deq`); `next_drop` is the drop time the loop schedules
+ * if that packet is still above target.
+ */
+struct moa_codel_state {
+	__u64 first_above_time;	/* 0 = the sojourn is below target (or was not yet above) */
+	__u64 drop_next;	/* when the next drop is due, while dropping */
+	__u64 last_deq;		/* dequeue time of the last dropped packet (pending) */
+	__u64 next_drop;	/* control_law(drop_next, count) after a drop in the loop */
+	__u32 count;		/* drops (and marks) since entering the dropping state */
+	__u32 lastcount;	/* count when the dropping state was last entered */
+	__u8 dropping;		/* 1 in the dropping state */
+	__u8 pending;		/* enum moa_codel_pending */
+	__u8 pad0[6];
+};
+
+/* PIE's variables for one stage (RFC 8033's names; aqm.h): probabilities over 2^32. */
+struct moa_pie_state {
+	__u64 drop_prob;
+	__u64 accu_prob;	/* derandomisation (below 8.5 * 2^32) */
+	__u64 last_update;	/* when drop_prob was last updated (lazily, at an arrival) */
+	__u32 qdelay_old;	/* the queue delay at that update (ns, at most 4 s) */
+	__u32 burst_allowance;	/* ns left of MAX_BURST */
+	__u8 started;		/* 1 once its first packet set last_update and the burst */
+	__u8 pad0[7];
+};
+
+/*
+ * A stage's AQM state, under the stage lock. `kind` is the enum moa_aqm the state belongs to:
+ * a packet that finds another kind in the parameters (the link was switched at run time)
+ * zeroes the state first, so each algorithm starts afresh.
+ */
+struct moa_aqm_state {
+	__u8 kind;
+	__u8 pad0[7];
+	union {
+		struct moa_codel_state codel;
+		struct moa_pie_state pie;
+	};
 };
 
 /*
@@ -132,6 +189,7 @@ struct moa_stage_state {
 	__u32 pad0;
 	__s64 delay_z;		/* correlated jitter: the last latent normal draw, over MOA_DIST_SCALE */
 	__u64 reserved[1];
+	struct moa_aqm_state aqm;	/* under `lock` (aqm.h); bytes 56-111 */
 };
 
 /* Per-CPU counters of one stage of one link (moa_counters, index slot * 2 + stage). */
@@ -141,7 +199,10 @@ struct moa_link_counters {
 	__u64 drops[MOA_NR_DROP_REASONS];
 	__u64 events_suppressed;	/* drops not reported as events: over budget */
 	__u64 handover;		/* egress: packets that arrived carrying an ingress-stage handover */
-	/* 64 bytes: one cache line per CPU per link stage (a fifth drop reason needs a second) */
+	__u64 marks;		/* ECN: packets the AQM marked CE instead of dropping (frames) */
+	/* 80 bytes: the fifth drop reason (aqm) and marks took a second cache line. A passed
+	 * packet writes packets and bytes (the first two words) only; an AQM drop or mark writes
+	 * words 6 or 9. */
 };
 
 /* Per-CPU global counters (moa_global, one entry). */

@@ -21,6 +21,7 @@
 #include "loss.h"
 #include "delay.h"
 #include "edt.h"
+#include "aqm.h"
 #include "handover.h"
 #include "tstamp.h"
 #include "events.h"
@@ -109,10 +110,18 @@ static __always_inline int moa_classify(struct __sk_buff *skb, const enum moa_st
 	if (p->rate_bps)
 		s.ser_ns = moa_ser_ns(c.wire, p->rate_bps);
 	s.delay_ns = moa_delay_ns(p, st) + handover;
+	if (p->aqm == MOA_AQM_PIE)
+		s.aqm_rand = bpf_get_prandom_u32();
+	if ((p->flags & MOA_F_ECN) && p->aqm != MOA_AQM_TAILDROP)
+		s.can_mark = moa_inner_ect(skb, pkt.outer_len);
 
 	moa_stage_step(st, p, &d, &s);
 	if (s.drop)
 		goto drop;
+	if (s.mark) {
+		moa_set_ce(skb, pkt.outer_len);
+		cnt->marks += c.segs;
+	}
 
 	if (stage == MOA_STAGE_EGRESS) {
 		if (s.departure > s.now)

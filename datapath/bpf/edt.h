@@ -4,7 +4,8 @@
  *
  * Order (docs/architecture.md): loss -> queue (tail drop) -> timeline (capacity) -> latency
  * and jitter (+ the ingress stage's handover delay on egress) -> departure clamped to the
- * link's last departure unless MOA_F_REORDER -> horizon.
+ * link's last departure unless MOA_F_REORDER -> horizon -> AQM (aqm.h: CoDel on the sojourn
+ * the placement gave, locked path only; a drop leaves the timeline as it was).
  *
  * The timeline of a stage is two words shared by every CPU (struct moa_stage_state): t_last,
  * the end of serialisation of the last accepted packet, and t_depart, the latest departure
@@ -23,6 +24,8 @@
 #include "abi.h"
 #include "config.h"
 #include "loss.h"
+#include "charge.h"
+#include "aqm.h"
 
 /* t_last / t_depart while a locked step owns them: never a time (2^64 ns is 584 years). */
 #define MOA_OWNED (~0ULL)
@@ -40,10 +43,13 @@ struct moa_step {
 	__u64 ser_ns;		/* in: serialisation time at rate_bps (0 without rate) */
 	__u64 delay_ns;		/* in: latency + jitter sample + handover, added after capacity */
 	int lost;		/* in: Bernoulli decision (made outside the lock) */
+	int can_mark;		/* in: ECN on and the inner packet ECN-capable (aqm.h) */
+	__u32 aqm_rand;		/* in: PIE's uniform draw (made outside the lock) */
 	__u64 departure;	/* out: when the packet may leave (monotonic ns) */
 	__u8 drop;		/* out: 1 = drop for `reason` */
 	__u8 reason;		/* out: enum moa_drop_reason */
 	__u8 emit;		/* out: within the event budget: report the drop */
+	__u8 mark;		/* out: the AQM marked it: set CE */
 };
 
 /* Under st->lock. Decides the drop-event budget of a dropped packet. */
@@ -182,6 +188,16 @@ static __always_inline void moa_step_locked(struct moa_stage_state *st,
 	}
 	if (moa_timeline_place(p, s, tl, td, &t_new, &dep))
 		goto restore;
+	if (p->aqm != MOA_AQM_TAILDROP && p->rate_bps) {
+		int v = moa_aqm(&st->aqm, p, s->now, tl > s->now ? tl : s->now, s->aqm_rand,
+				s->can_mark);
+
+		if (v == MOA_AQM_DROP) {
+			s->reason = MOA_DROP_AQM;
+			goto restore;
+		}
+		s->mark = v == MOA_AQM_MARK;
+	}
 
 	/* Stores, not atomics: no one else writes a word that reads MOA_OWNED. t_depart first,
 	 * so that a fast attempt reading the new t_last does not find t_depart still owned. */
@@ -206,7 +222,8 @@ static __always_inline void moa_stage_step(struct moa_stage_state *st,
 					   const struct moa_stage_params *p,
 					   const struct moa_draws *d, struct moa_step *s)
 {
-	if (p->loss_model != MOA_LOSS_GILBERT_ELLIOTT) {
+	/* Gilbert-Elliott and the AQM keep state beside the timeline: the locked path. */
+	if (p->loss_model != MOA_LOSS_GILBERT_ELLIOTT && p->aqm == MOA_AQM_TAILDROP) {
 		enum moa_fast r = s->lost ? MOA_FAST_DROP : moa_step_fast(st, p, s);
 
 		if (r == MOA_FAST_PASS)

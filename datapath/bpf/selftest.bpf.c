@@ -22,6 +22,7 @@ const volatile enum moa_drop_reason st_reason = MOA_DROP_LOSS;
 const volatile enum moa_loss_model st_loss = MOA_LOSS_NONE;
 const volatile enum moa_stage_flags st_flags = MOA_F_REORDER;
 const volatile enum moa_dist st_dist = MOA_DIST_UNIFORM;
+const volatile enum moa_aqm st_aqm = MOA_AQM_TAILDROP;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -29,6 +29,7 @@ const volatile enum moa_drop_reason moa_abi_drop_reason;
 const volatile enum moa_loss_model moa_abi_loss_model;
 const volatile enum moa_stage_flags moa_abi_stage_flags;
 const volatile enum moa_dist moa_abi_dist;
+const volatile enum moa_aqm moa_abi_aqm;
 const volatile struct moa_drop_event moa_abi_drop_event;
 
 /* abi.h's macros, as enumerators Python can read from BTF. */

@@ -11,7 +11,8 @@ Module attributes (built lazily from the classifier object on first access):
     ``Link``, ``StageParams``, ``GilbertElliott``, ``StageState``, ``LinkCounters``,
     ``GlobalCounters``, ``DropEvent``, ``Box``, ``DistTable``, ``DistCdf``: ctypes.Structure subclasses of ``struct moa_*``;
     ``SkBuff``: ``struct __sk_buff`` (the tc context, for ``Program.test_run``);
-    ``Stage``, ``DropReason``, ``LossModel``, ``Dist``: IntEnums from ``enum moa_stage`` ... with the
+    ``Stage``, ``DropReason``, ``LossModel``, ``Dist``, ``Aqm``: IntEnums from
+    ``enum moa_stage`` ... with the
     ``MOA_STAGE_``/``MOA_DROP_``/``MOA_LOSS_`` prefixes stripped (``Stage.EGRESS``);
     ``StageFlags``: IntFlag from ``enum moa_stage_flags`` when the object's BTF has it;
     ``NR_STAGES``, ``NR_DROP_REASONS``: the ``MOA_NR_*`` enumerators;
@@ -64,6 +65,7 @@ ENUMS = {
     "LossModel": ("moa_loss_model", "MOA_LOSS_", True),
     "StageFlags": ("moa_stage_flags", "MOA_F_", False),
     "Dist": ("moa_dist", "MOA_DIST_", True),
+    "Aqm": ("moa_aqm", "MOA_AQM_", True),
 }
 
 # Optional: `enum moa_abi_consts { MOA_ABI_X = X, ... }` carries abi.h's #defines into BTF.

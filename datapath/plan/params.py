@@ -89,6 +89,8 @@ def _emu(e: schemas.Emulation | None) -> str:
         parts.append(f"burst {e.burst}")
     if e.capacity:
         parts.append(f"capacity {e.capacity}bit/s queue {queue_bytes(e)}B")
+        if e.aqm.kind != "taildrop":
+            parts.append(f"aqm {e.aqm.kind}{' ecn' if e.aqm.ecn else ''}")
     return ", ".join(parts) or "pass"
 
 

@@ -3,7 +3,10 @@
 
 Keys: latency, jitter (durations), capacity (rate), queue (size, or "none"), loss (0..1),
 loss_correlation (0..1, below 1), reorder (true/false), state (up/down), distribution (uniform,
-normal, pareto, paretonormal), delay_correlation (0..1, below 1). Without --id the materialization is the one holding a link of that name,
+normal, pareto, paretonormal), delay_correlation (0..1, below 1), aqm (taildrop, codel, pie) with
+target, interval (durations) and ecn (true/false): these four make the link's whole `aqm` (the
+ones left out take their defaults), e.g. `moa set a-b aqm codel target 5ms ecn true`. Without
+--id the materialization is the one holding a link of that name,
 or, for a tag, the only materialization on the box. A name that is a link id is a link, else a tag.
 
 --endpoint VNI (a link only): the values are that direction's own, for the frames delivered
@@ -22,7 +25,8 @@ from moa_bus import engine
 from moa_bus.cli import client
 
 KEYS = ("latency", "jitter", "capacity", "queue", "loss", "loss_correlation", "reorder", "state",
-        "distribution", "delay_correlation")
+        "distribution", "delay_correlation", "aqm", "target", "interval", "ecn")
+AQM_KEYS = {"aqm": "kind", "target": "target", "interval": "interval", "ecn": "ecn"}
 
 
 INHERIT = "inherit"  # the value that gives a direction's key back to the link's
@@ -76,14 +80,17 @@ def parse_params(words: list[str]) -> dict[str, object]:
             if value.lower() not in ("up", "down"):
                 raise UsageError(f"state {value!r}: give up or down")
             out[key] = value.lower()
-        elif key == "reorder":
+        elif key in ("reorder", "ecn"):
             if value.lower() not in ("true", "false", "on", "off", "1", "0"):
-                raise UsageError(f"reorder {value!r}: give true or false")
+                raise UsageError(f"{key} {value!r}: give true or false")
             out[key] = value.lower() in ("true", "on", "1")
         elif key == "queue" and value.lower() == "none":
             out[key] = None
         else:
             out[key] = int(value) if value.isdigit() else value
+    aqm = {AQM_KEYS[k]: out.pop(k) for k in list(out) if k in AQM_KEYS}
+    if aqm:
+        out["aqm"] = aqm
     return out
 
 

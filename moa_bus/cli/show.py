@@ -66,7 +66,13 @@ def _emulation(e: schemas.Emulation) -> list[str]:
             _jitter(e),
             (f"{e.loss:g} (corr {e.loss_correlation:g})" if e.loss_correlation else f"{e.loss:g}")
             if e.loss else "-",
-            schemas.format_rate(e.capacity)]
+            schemas.format_rate(e.capacity) + _aqm(e)]
+
+
+def _aqm(e: schemas.Emulation) -> str:
+    if e.aqm.kind == "taildrop":
+        return ""
+    return f" {e.aqm.kind}{'+ecn' if e.aqm.ecn else ''}"
 
 
 def build_table(status: schemas.StatusReply, previous: Totals | None = None,

@@ -35,8 +35,11 @@ FAMILIES = (
     ("moa_link_packets", "Frames that passed a link stage (every GSO segment counts).", "packets"),
     ("moa_link_bytes", "Inner frame bytes that passed a link stage, as charged (without the "
                        "per-frame overhead).", "bytes"),
+    ("moa_link_marks", "Frames a link stage's AQM marked CE instead of dropping them (ECN); "
+                       "they passed, and count in moa_link_packets too.", "marks"),
 )
-DROPS = ("moa_link_drops", "Frames a link stage dropped, by reason (loss, queue, horizon).")
+DROPS = ("moa_link_drops", "Frames a link stage dropped, by reason (loss, queue, horizon, "
+                           "link_down, aqm).")
 DIRECTION_HELP = ("direction: egress = leaving the box toward that VNI's node (where the link's "
                   "emulation applies); ingress = entering from that VNI's node (a LAN member's "
                   "port stage; on point-to-point links it only counts).")

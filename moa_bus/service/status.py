@@ -49,7 +49,8 @@ def room(max_payload: int) -> int:
 
 def _stats(mid: str, link: str, vnis: list[int], counters: Counters) -> list[schemas.LinkStats]:
     return [schemas.LinkStats(materialization=mid, link=link, vni=vni, stage=stage,
-                              packets=c.packets, bytes=c.bytes, drops=dict(c.drops))
+                              packets=c.packets, bytes=c.bytes, drops=dict(c.drops),
+                              marks=c.marks)
             for vni in vnis for stage, c in counters.get(vni, {}).items()]
 
 
