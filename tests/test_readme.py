@@ -80,6 +80,9 @@ def test_readme_has_the_lines_it_promises() -> None:
 
 async def test_readme_req_lines_against_a_real_service(topo: Testbed, nats_server: NatsServer) -> None:
     has_fq = await asyncio.to_thread(kernel_has_fq)
+    # The README's hypervisors (10.0.0.x) sit behind the box's uplink, as on a testbed: every
+    # remote must be routed through it (docs/contract.md).
+    subprocess.run(["ip", "-n", topo.box, "route", "add", "10.0.0.0/24", "dev", UPLINK], check=True)
     env = {**os.environ, "MOA_NATS_URL": "", "MOA_HOST": "", "MOA_UPLINK": ""}
     serve = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "moa_bus.cli", "serve", "--nats", nats_server.url, "--host", HOST,
