@@ -48,7 +48,9 @@ def test_an_access_link_carries_tcp_at_each_direction_s_own_rate(reference_run) 
     vm = reference_run.results["vm"]
     assert acc and "down_goodput_ratio" in acc and "up_goodput_ratio" in acc, (acc, vm)
     assert 0.97 <= acc["down_goodput_ratio"] <= 1.02, (acc, vm)   # 20 Mbit/s towards hv1
-    assert 0.97 <= acc["up_goodput_ratio"] <= 1.02, (acc, vm)     # 2 Mbit/s towards hv2
+    # 2 Mbit/s towards hv2: its default queue holds a few frames, so TCP's own losses cost it a
+    # few percent (0.978 with 79 retransmissions in the first run): a wider lower bound
+    assert 0.95 <= acc["up_goodput_ratio"] <= 1.02, (acc, vm)
     # each direction at its own rate, not the other's: 10x apart
     assert 8 <= acc["down_goodput_mbps"] / acc["up_goodput_mbps"] <= 12, (acc, vm)
     assert acc["status_capacity"] == 20_000_000, acc
