@@ -6,8 +6,8 @@ whole sequence of queue delays stays within 1 % (or 1e-6 below that). Early drop
 (none while PIE is not congested), and with ECN ECT packets are marked, never dropped, while the
 probability is at most 10 %.
 
-The queue is shaped by how many packets each round sends against the real time between rounds
-(the sleeps only pace the rounds: what the kernel did is read back, never assumed).
+The queue is shaped by how many packets each round sends, steered by the backlog read from the
+timeline (the sleeps only pace the rounds: what the kernel did is read back, never assumed).
 """
 from __future__ import annotations
 
@@ -20,15 +20,16 @@ from scapy.layers.l2 import Ether
 from datapath.classifier import Classifier
 from schemas import Aqm, Emulation
 from tests.fixtures.classifier import EGRESS, VNI, clf, mono, put_t_last, send  # noqa: F401
-from tests.fixtures.packets import TC_ACT_OK, TC_ACT_SHOT, vxlan
+from tests.fixtures.packets import TC_ACT_OK, TC_ACT_SHOT, outer_len, vxlan
 from tests.pie_model import MAX_BURST, Pie
 
 RATE = 8_000_000                 # a 1,054-byte frame: 1.078 ms
 REF = 15_000_000
 T_UPDATE = 5_000_000
 ONE = 1 << 32
-# packets per round, rounds: the backlog grows (~8.6 ms of link per ~5.5 ms), falls, grows, empties
-PLAN = [(8, 70), (2, 60), (7, 50), (0, 160)]
+SER = 1_078_000
+# (backlog the rounds steer toward, rounds): the queue grows, falls, grows, empties
+PLAN = [(100_000_000, 60), (5_000_000, 60), (60_000_000, 40), (0, 200)]
 
 
 def _frame(ecn: int) -> bytes:
@@ -38,25 +39,26 @@ def _frame(ecn: int) -> bytes:
 
 
 def _drive(c: Classifier, ecn: bool) -> list[tuple]:
-    """Run the plan; per packet: (retval, ect, state before, state after)."""
+    """Run the plan; per packet: (retval, ect, state before, state after). Each round sends
+    what brings the backlog (read from the timeline) toward the phase's, at least one packet
+    (the one that makes the update), so the queue follows the plan however long rounds take."""
     c.set_link(VNI, egress=Emulation(capacity=RATE, queue=0, aqm=Aqm(
         kind="pie", target=REF, interval=T_UPDATE, ecn=ecn)))
     put_t_last(c, VNI, EGRESS, mono() + 20_000_000)
     frames = {0: _frame(0), 2: _frame(2)}
     out, i = [], 0
     before = c.stage_state(VNI, EGRESS)
-    for n, rounds in PLAN:
+    for want, rounds in PLAN:
         for _ in range(rounds):
             time.sleep(T_UPDATE * 1.1 / 1e9)
-            for _ in range(max(n, 1)):
+            backlog = max(0, before.t_last - mono())
+            for _ in range(min(12, max(1, -(-(want - backlog) // SER)))):
                 e = 2 if (ecn and i % 2) else 0
                 r = send(c, frames[e])
                 after = c.stage_state(VNI, EGRESS)
                 out.append((r.retval, e != 0, before.aqm.pie, after.aqm.pie))
                 before = after
                 i += 1
-                if n == 0:
-                    break
     return out
 
 
@@ -90,7 +92,9 @@ def test_pie_probability_is_the_rfc_models_at_every_update(clf: Classifier) -> N
     probs = [a.drop_prob / ONE for _, a in ups]
     # the run went through PIE's regimes: congested above 10 %, back down, decayed to 0
     assert max(probs) > 0.1 and probs[-1] == 0.0
-    print(f"PIE: {len(ups)} updates, worst relative difference {worst:.2e} (p > 1e-6)")
+    zero = next(k for k in range(len(probs) - 1, -1, -1) if probs[k - 1] != 0.0)
+    print(f"PIE: {len(ups)} updates, worst relative difference {worst:.2e} (p > 1e-6), peak "
+          f"{max(probs):.3f}, 0 from update {zero} on")
     assert any(0 < p < 0.001 for p in probs)
     c = clf.link_counters(VNI)["egress"]
     assert c.drops["aqm"] > 0 and c.marks == 0
@@ -110,8 +114,41 @@ def test_pie_marks_ect_packets_while_the_probability_is_at_most_10_percent(
         if ect and retval == TC_ACT_SHOT:
             assert a.drop_prob > 0.1 * ONE      # only above 10 % is an ECT packet dropped
     c = clf.link_counters(VNI)["egress"]
-    assert c.marks > 0 and c.drops["aqm"] > 0
-    assert c.packets + c.drops["aqm"] == len(run)
+    # (how many were marked depends on how long the probability stayed in (0, 10 %] while the
+    # queue was congested: the next test makes marks and drops happen where they must)
+    assert c.drops["aqm"] > 0 and c.packets + c.drops["aqm"] == len(run)
+
+
+@pytest.mark.parametrize("prob,ect,verdict", [(0.05, True, "mark"), (0.05, False, "drop"),
+                                              (0.3, True, "drop"), (0.1, True, "mark")])
+def test_pie_due_decision_marks_or_drops(clf: Classifier, prob: float, ect: bool,
+                                         verdict: str) -> None:
+    """PIE's state with a drop decided whatever the draw (accu_prob at 8.5, the RFC's certain
+    drop), congested, burst spent, no update due (T_UPDATE 3 s): the packet is marked when it is
+    ECN-capable and the probability is at most 10 %, else dropped; a drop resets accu_prob."""
+    clf.set_link(VNI, egress=Emulation(capacity=RATE, queue=0, aqm=Aqm(
+        kind="pie", target=REF, interval=3_000_000_000, ecn=True)))
+    st = clf.stage_state(VNI, EGRESS)
+    st.t_last = mono() + 500_000_000
+    st.aqm.kind = int(clf.abi.Aqm.PIE)
+    pie = st.aqm.pie
+    pie.started, pie.burst_allowance, pie.qdelay_old = 1, 0, 2 * REF
+    pie.drop_prob = int(prob * ONE) if prob != 0.1 else 429496729   # 0.1, rounded down
+    pie.accu_prob = 36507222016 - pie.drop_prob                      # + drop_prob = 8.5
+    pie.last_update = mono()
+    clf.set_stage_state(VNI, EGRESS, st)
+    frame = _frame(2 if ect else 0)
+    r = send(clf, frame)
+    after = clf.stage_state(VNI, EGRESS).aqm.pie
+    c = clf.link_counters(VNI)["egress"]
+    assert after.drop_prob == pie.drop_prob            # no update happened
+    if verdict == "mark":
+        assert r.retval == TC_ACT_OK and c.marks == 1 and c.drops["aqm"] == 0
+        assert Ether(r.data[outer_len(r.data):])[IP].tos & 3 == 3
+        assert after.accu_prob == 36507222016          # a mark keeps accu_prob (RFC 8033)
+    else:
+        assert r.retval == TC_ACT_SHOT and c.marks == 0 and c.drops["aqm"] == 1
+        assert after.accu_prob == 0
 
 
 @pytest.mark.parametrize("kind,target,interval", [("pie", 15_000_000, 15_000_000),
