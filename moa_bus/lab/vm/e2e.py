@@ -44,7 +44,7 @@ def _scenarios(workdir: Path, cfg: E2eConfig,
 
 
 SCENARIOS = ("latency", "capacity", "udp", "loss", "lan", "update", "isolation", "p2p_vs_lan",
-             "rollback", "long_latency", "distributions", "link_state", "access")
+             "rollback", "long_latency", "distributions", "link_state", "access", "aqm")
 
 
 def impairments(sc: ShaperScenarios, ms: StackScenarios) -> ImpairmentScenarios:
@@ -82,7 +82,7 @@ def full_batch(sc: ShaperScenarios, ms: StackScenarios,
         if want(name):
             getattr(ms, name)(batch)
     ims = impairments(sc, ms)
-    for name in ("distributions", "link_state", "access"):
+    for name in ("distributions", "link_state", "access", "aqm"):
         if want(name):
             getattr(ims, name)(batch)
     ms.finish(batch)

@@ -23,6 +23,13 @@ each one's goodput against the payload theory of its own direction's rate (1448/
 the capacity scenario). Then both at once, recorded (the down flow's ACKs take part of the
 up direction, so the up flow's figure is not judged against its rate alone), and the status,
 whose `directions` must show hv2's 2 Mbit/s.
+
+Queue management (issue 14). `bb` and `cd` are the same link, 20 ms each way, 20 Mbit/s, a 1 MB
+queue (400 ms at that rate); `cd` manages it with CoDel (default target 5 ms, interval 100 ms).
+On each: pings alone (the idle RTT), then one bulk TCP flow hv1 -> hv2 with pings beside it
+from its third second (the RTT under load, the queue toward hv2 included). With the FIFO the
+flow fills the queue and the RTT grows by hundreds of ms; CoDel keeps the queue near its
+target. Also recorded: each flow's goodput and the link's drop counters (aqm drops on `cd`).
 """
 from __future__ import annotations
 
@@ -55,6 +62,9 @@ class ImpairmentConfig:
     access_down_bps: int = 20_000_000  # moa_stack.LINKS's acc has these
     access_up_bps: int = 2_000_000
     access_seconds: int = 10           # TCP, each direction; the first second omitted
+    aqm_seconds: int = 15              # the bulk flow; pings beside it from its third second
+    aqm_pings: int = 100               # at aqm_ping_interval_s: 10 s under load
+    aqm_ping_interval_s: float = 0.1
 
 
 def netem_both_ways(tb: Testbed, vnis: tuple[int, int], opts: str) -> list[str]:
@@ -159,10 +169,60 @@ class ImpairmentScenarios:
             *self.stack.status("$STEP.status.json"),
         ])
 
+    def aqm(self, batch: Batch) -> None:
+        """A bulk TCP flow hv1 -> hv2 over the FIFO `bb`, then over `cd` (CoDel); pings idle
+        and under load; the status with the drop counters after both."""
+        c = self.cfg
+        hv1, hv2 = self.ns("hv1"), self.ns("hv2")
+        for lk in ("bb", "cd"):
+            dst = link(lk).address("hv2")
+            batch.add(f"aqm-{lk}", shaping.clear(self.tb) + [
+                "_srv=''", "_pings=''", traffic.KILL_JOBS,
+                in_ns(hv1, f"ping -n -q -c 10 -i {c.aqm_ping_interval_s} {dst} >/dev/null || true"),
+                in_ns(hv1, f'ping -n -c 30 -i {c.aqm_ping_interval_s} -W 2 {dst} >"$STEP.idle"'),
+                *traffic.iperf_server(hv2, 5201, "$STEP.server.json"),
+                in_ns(hv1, f"iperf3 -c {dst} -p 5201 -t {c.aqm_seconds} -O 2 -w 4M -J "
+                           f'--get-server-output >"$STEP.tcp.json" &'), "_c=$!",
+                "sleep 3",
+                *traffic.ping_bg(hv1, dst, c.aqm_pings, c.aqm_ping_interval_s, "$STEP.loaded"),
+                "wait $_c", "wait $_pings || true", "wait $_srv",
+                *self.stack.status("$STEP.status.json"),
+            ])
+
     # -- results ----------------------------------------------------------------------------
     def analyse(self, ok: dict[str, StepResult]) -> dict:
         out: dict = {"distributions": self._distributions(ok), "link_state": self._link_state(ok),
-                     "access": self._access(ok)}
+                     "access": self._access(ok), "aqm": self._aqm(ok)}
+        return out
+
+    def _aqm(self, ok: dict[str, StepResult]) -> dict:
+        out: dict = {"method": "20 ms each way, 20 Mbit/s, 1 MB queue; ping RTT alone and beside "
+                               "one bulk TCP flow hv1 -> hv2 (from its 3rd second); bb: FIFO, "
+                               "cd: CoDel (target 5 ms, interval 100 ms)"}
+        for lk in ("bb", "cd"):
+            s = ok.get(f"aqm-{lk}")
+            if s is None:
+                continue
+            r: dict = {}
+            try:
+                idle = measure.parse_ping(s.file(".idle").read_text())
+                loaded = measure.parse_ping(s.file(".loaded").read_text())
+                r.update(idle_rtt_ms=measure.median(idle), loaded_rtt_ms=measure.median(loaded),
+                         loaded_rtt_p90_ms=measure.percentile(loaded, 90),
+                         loaded_pings=len(loaded))
+                tcp = measure.parse_iperf3_tcp(s.file(".tcp.json").read_text())
+                r.update(goodput_mbps=tcp.goodput_bps / 1e6, retransmits=tcp.retransmits)
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                r["error"] = str(e)
+            status = s.file(".status.json")
+            if status.exists() and status.read_text().strip():
+                for m in json.loads(status.read_text()).get("materializations", []):
+                    for x in m.get("links", []):
+                        if x.get("id") == lk:
+                            r["drops"] = {k: sum(c["drops"].get(k, 0) for c in x["counters"])
+                                          for k in ("queue", "aqm")}
+                            r["marks"] = sum(c.get("marks", 0) for c in x["counters"])
+            out[lk] = r
         return out
 
     def _access(self, ok: dict[str, StepResult]) -> dict:

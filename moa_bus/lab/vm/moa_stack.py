@@ -25,6 +25,8 @@ the LAN 410-412); moa's links use other VNIs, so both live in one testbed and on
     long    p2p   hv1:910 hv2:911              10 s, 10 Mbit/s, 64KiB  9 the horizon (issue 11)
     acc     p2p   hv1:950 hv2:951              20 Mbit/s towards hv1,  issue 13: each direction
                                                2 Mbit/s towards hv2
+    bb      p2p   hv1:960 hv2:961              20 ms, 20 Mbit/s, 1 MB  issue 14: a deep FIFO ...
+    cd      p2p   hv1:970 hv2:971              the same with CoDel     ... and CoDel
 
 Emulation is per link, both directions (schemas.Emulation): a ping over `lat` crosses 20 ms twice;
 a link's `own` gives one direction (the frames towards that hypervisor) fields of its own.
@@ -99,6 +101,11 @@ LINKS: tuple[MoaLink, ...] = (
     # an access link, 20 Mbit/s towards hv1 (down), 2 Mbit/s towards hv2 (up): per direction
     MoaLink("acc", (("hv1", 950), ("hv2", 951)), {"capacity": "20mbps"},
             own=(("hv2", {"capacity": "2mbps"}),)),
+    # issue 14 (impairment_scenarios.py): a deep FIFO and the same link with CoDel
+    MoaLink("bb", (("hv1", 960), ("hv2", 961)),
+            {"latency": "20ms", "capacity": "20mbps", "queue": "1MB"}),
+    MoaLink("cd", (("hv1", 970), ("hv2", 971)),
+            {"latency": "20ms", "capacity": "20mbps", "queue": "1MB", "aqm": {"kind": "codel"}}),
 )
 SLOW_LINKS = ("long",)  # a ping takes 20 s: not waited for at start (its scenario does)
 
