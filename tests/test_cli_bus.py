@@ -433,6 +433,15 @@ async def test_set_netem_words_through_the_service(nats_server: NatsServer, topo
         rc, out, err = await moa("status", "n1", *base)
         assert json.loads(out)["materializations"][0]["generation"] == 2, out
         await kernel_holds(nc, host, topo, now)
+        # one direction in netem's words: its own line, its own loss in the kernel
+        rc, out, err = await moa("set", "l0", "--endpoint", "401", "netem", "loss", "50%", *base)
+        assert rc == 0 and json.loads(out)["generation"] == 3, (out, err)
+        rc, out, err = await moa("show", "--netem", *base)
+        assert (rc, out) == (0, "n1 l0 netem loss 20% 25%\n"
+                                "n1 l0 --endpoint 401 netem loss 50%\n"), (out, err)
+        now["links"][0]["endpoints"][1]["emulation"] = {"loss": 0.5, "loss_correlation": 0.0,
+                                                         "burst": None}
+        await kernel_holds(nc, host, topo, now)
         rc, out, err = await moa("dematerialize", "n1", *base)
         assert rc == 0, (out, err)
         await kernel_holds(nc, host, topo)
