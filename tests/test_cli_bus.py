@@ -398,3 +398,50 @@ def test_show_caption_has_the_box_counters_that_are_not_zero() -> None:
     assert "not VXLAN" not in text and "drop events lost" not in text
     assert show.caption(schemas.StatusReply(host="h", fq_memory_bytes=0,
                                                 materializations=[])) is None
+
+
+@pytest.mark.netns
+async def test_set_netem_words_through_the_service(nats_server: NatsServer, topo: Testbed) -> None:
+    """`moa set LINK netem loss P CORR` reaches the kernel through the real service (a loss-only
+    box: delays are shown with --dry-run, which sends nothing), `moa show --netem` prints it back
+    in netem's words, and a word moa does not implement is refused, exit 2, nothing sent."""
+    host = _host()
+    base = ("--nats", nats_server.url, "--host", host)
+    doc = materialize_doc("n1", 400)
+    async with box_service(nats_server, topo, host), nats_client(nats_server.url) as nc:
+        rc, out, err = await moa("req", f"moa.{host}.materialize", json.dumps(doc), *base)
+        assert rc == 0 and json.loads(out)["generation"] == 1, (out, err)
+        rc, out, err = await moa("set", "l0", "netem", "loss", "20%", "25%", *base)
+        assert rc == 0 and json.loads(out)["generation"] == 2, (out, err)
+        now = with_loss(doc, 0.2)
+        now["links"][0]["emulation"]["loss_correlation"] = 0.25
+        await kernel_holds(nc, host, topo, now)
+        rc, out, err = await moa("show", "--netem", *base)
+        assert (rc, out) == (0, "n1 l0 netem loss 20% 25%\n"), (out, err)
+        # delays through the CLI, not applied: the Update it would send
+        rc, out, err = await moa("set", "l0", "netem", "delay", "100ms", "20ms", "distribution",
+                                 "normal", "loss", "gemodel", "1%", "10%", "--dry-run", *base)
+        assert rc == 0 and "nothing sent (dry run)" in err, (out, err)
+        assert json.loads(out) == {"id": "n1", "links": [{"link": "l0", "emulation": {
+            "latency": 100_000_000, "jitter": 20_000_000, "delay_correlation": 0.0,
+            "distribution": "normal", "loss": 0.0, "loss_correlation": 0.0,
+            "burst": {"p": 0.01, "r": 0.1, "loss_bad": 1.0, "loss_good": 0.0}}}]}
+        # refused before anything is sent: the generation stays, the kernel holds the same
+        rc, out, err = await moa("set", "l0", "netem", "loss", "1%", "duplicate", "1%", *base)
+        assert (rc, out) == (2, ""), err
+        assert "netem word 'duplicate' is not supported by moa" in err
+        rc, out, err = await moa("status", "n1", *base)
+        assert json.loads(out)["materializations"][0]["generation"] == 2, out
+        await kernel_holds(nc, host, topo, now)
+        # one direction in netem's words: its own line, its own loss in the kernel
+        rc, out, err = await moa("set", "l0", "--endpoint", "401", "netem", "loss", "50%", *base)
+        assert rc == 0 and json.loads(out)["generation"] == 3, (out, err)
+        rc, out, err = await moa("show", "--netem", *base)
+        assert (rc, out) == (0, "n1 l0 netem loss 20% 25%\n"
+                                "n1 l0 --endpoint 401 netem loss 50%\n"), (out, err)
+        now["links"][0]["endpoints"][1]["emulation"] = {"loss": 0.5, "loss_correlation": 0.0,
+                                                         "burst": None}
+        await kernel_holds(nc, host, topo, now)
+        rc, out, err = await moa("dematerialize", "n1", *base)
+        assert rc == 0, (out, err)
+        await kernel_holds(nc, host, topo)

@@ -1,5 +1,8 @@
-"""`moa show [--watch]`: the box's links in a table with live counters (from moa.<host>.status);
-with --watch the table refreshes every --interval seconds and shows packet and bit rates."""
+"""`moa show [--watch | --netem]`: the box's links in a table with live counters (from
+moa.<host>.status); with --watch the table refreshes every --interval seconds and shows packet
+and bit rates. --netem prints each row's emulation in netem's words instead, one line per row
+(`ID LINK [--endpoint VNI] netem WORDS`, moa_bus/cli/netem_syntax.py): `moa set --id ID LINK
+[--endpoint VNI] netem WORDS` sets those words on a link."""
 from __future__ import annotations
 
 import argparse
@@ -12,14 +15,17 @@ from rich.table import Table
 
 import schemas
 from moa_bus import engine
-from moa_bus.cli import client
+from moa_bus.cli import client, netem_syntax
 
 # (materialization, link, the row's first VNI) -> packets, bytes, drops
 Totals = dict[tuple[str, str, int], tuple[int, int, int]]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    how.add_argument("--netem", action="store_true",
+                     help="each link's emulation in netem's words, one line per direction row")
     parser.add_argument("--interval", type=float, default=1.0, metavar="S")
     client.add_arguments(parser)
 
@@ -123,11 +129,29 @@ def caption(status: schemas.StatusReply) -> str | None:
     return " · ".join(parts) or None
 
 
+def netem_lines(status: schemas.StatusReply) -> list[str]:
+    """One line per row of the table: `ID LINK netem WORDS` for the link's emulation, `ID LINK
+    --endpoint VNI netem WORDS` for a direction with parameters of its own (its effective
+    emulation). An emulation with every field at its default has no words after `netem`."""
+    out = []
+    for m in status.materializations:
+        for link in m.links:
+            own = {d.vni for d in link.directions}
+            for vnis, e in rows(link):
+                where = f" --endpoint {vnis[0]}" if vnis[0] in own else ""
+                out.append(f"{m.id} {link.id}{where} netem {netem_syntax.render(e)}".rstrip())
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     console = Console()
 
     async def go(box: engine.MoaClient) -> int:
         status = await box.status()
+        if args.netem:  # plain lines, never wrapped: they are meant to be copied
+            for line in netem_lines(status):
+                print(line)
+            return 0
         if not args.watch:
             console.print(build_table(status))
             return 0

@@ -1,0 +1,255 @@
+"""netem's words (moa_bus/cli/netem_syntax.py): parse and render are each other's inverse for
+every valid emulation, netem's documented examples read as tc reads them, and every word moa
+does not implement is refused naming it, by the `moa set` command too, with nothing sent."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import schemas
+from moa_bus.cli import netem_syntax as netem
+from moa_bus.cli import set as set_verb
+from moa_bus.cli import show
+from schemas.messages import AQM_MAX_NS, AQM_MIN_NS, MIN_CAPACITY_BPS, MIN_QUEUE_BYTES
+from schemas.units import MAX_DURATION_NS, MAX_RATE_BPS, MAX_SIZE_BYTES
+
+
+def applied(words: str | list[str], base: schemas.Emulation | None = None) -> schemas.Emulation:
+    """The emulation the words make of `base` (default: every field at its default)."""
+    patch = netem.parse(words.split() if isinstance(words, str) else words)
+    decoded = schemas.decode(schemas.EmulationPatch, json.dumps(patch))
+    return decoded.apply(base or schemas.Emulation())
+
+
+probabilities = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
+below_one = st.floats(min_value=0.0, max_value=1.0, exclude_max=True, allow_nan=False)
+
+
+@st.composite
+def emulations(draw) -> schemas.Emulation:
+    """Any emulation the rules accept (schemas.messages.check_emulation)."""
+    latency = draw(st.integers(0, MAX_DURATION_NS))
+    capacity = draw(st.one_of(st.just(0), st.integers(MIN_CAPACITY_BPS, MAX_RATE_BPS)))
+    burst = draw(st.one_of(st.none(), st.builds(
+        schemas.GilbertElliott, p=probabilities, r=probabilities, loss_good=probabilities,
+        loss_bad=probabilities)))
+    aqm_time = st.one_of(st.none(), st.integers(AQM_MIN_NS, AQM_MAX_NS))
+    kind = draw(st.sampled_from(("taildrop", "codel", "pie") if capacity else ("taildrop",)))
+    aqm = schemas.Aqm() if kind == "taildrop" else schemas.Aqm(
+        kind=kind, target=draw(aqm_time), interval=draw(aqm_time), ecn=draw(st.booleans()))
+    e = schemas.Emulation(
+        latency=latency, jitter=draw(st.integers(0, latency)),
+        distribution=draw(st.sampled_from(("uniform", "normal", "pareto", "paretonormal"))),
+        delay_correlation=draw(below_one),
+        loss=0.0 if burst else draw(probabilities),
+        loss_correlation=0.0 if burst else draw(below_one),
+        burst=burst, capacity=capacity,
+        queue=draw(st.one_of(st.none(), st.integers(MIN_QUEUE_BYTES, MAX_SIZE_BYTES)))
+        if capacity else None,
+        aqm=aqm, reorder=draw(st.booleans()), state=draw(st.sampled_from(("up", "down"))))
+    schemas.check_emulation(e, "")
+    return e
+
+
+@settings(max_examples=400, deadline=None)
+@given(emulations())
+def test_parse_gives_back_what_render_wrote(e: schemas.Emulation) -> None:
+    words = netem.render(e)
+    if e == schemas.Emulation():
+        assert words == ""
+        return
+    assert applied(words) == e, words
+    # the words set every field they name: on a link that already is e they change nothing
+    assert applied(words, e) == e
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(
+    st.sampled_from(["delay", "latency", "distribution", "loss", "drop", "random", "gemodel",
+                     "state", "rate", "moa", "queue", "aqm", "codel", "ecn", "duplicate",
+                     "reorder", "limit", "normal", "10ms", "1ms", "5%", "0.5", "100%", "1e-3%",
+                     "10mbit", "1mbps", "-14", "20", "64KiB", "true", "down", "inherit"]),
+    st.text(max_size=12)), max_size=10))
+def test_any_words_are_taken_or_refused_naming_a_word(words: list[str]) -> None:
+    """Whatever the words: a patch the emulation's rules accept, or NetemError with the word."""
+    try:
+        patch = netem.parse(words)
+    except netem.NetemError as e:  # the word, quoted or as the message's subject
+        assert repr(e.word) in str(e) or (e.word and e.word in str(e)), (e.word, str(e))
+        return
+    schemas.check_emulation(schemas.decode(schemas.EmulationPatch, json.dumps(patch)), "")
+
+
+def test_netems_examples_read_as_tc_reads_them() -> None:
+    """tc-netem(8)'s and the issue's lines, the parts moa implements."""
+    assert netem.parse("delay 100ms 20ms distribution normal loss 1% 25%".split()) == {
+        "latency": 100_000_000, "jitter": 20_000_000, "delay_correlation": 0.0,
+        "distribution": "normal", "loss": 0.01, "loss_correlation": 0.25, "burst": None}
+    assert netem.parse("delay 10ms 3ms 25%".split()) == {
+        "latency": 10_000_000, "jitter": 3_000_000, "delay_correlation": 0.25,
+        "distribution": "uniform"}
+    # tc's other names, `random`, a percentage without its %, tc's time units
+    assert netem.parse("latency 1.5msec drop random 0.3".split()) == {
+        "latency": 1_500_000, "jitter": 0, "delay_correlation": 0.0, "distribution": "uniform",
+        "loss": 0.003, "loss_correlation": 0.0, "burst": None}
+    assert netem.parse(["rate", "5kbit"]) == {"capacity": 5_000}
+    assert netem.parse(["rate", "1.5Mbit"]) == {"capacity": 1_500_000}
+    assert netem.parse(["rate", "1kibit"]) == {"capacity": 1_024}
+    assert netem.parse(["delay", "250usecs"])["latency"] == 250_000
+    # Gilbert-Elliott: p, r, 1-h (loss while bad), 1-k (loss while good)
+    assert netem.parse("loss gemodel 1% 10% 70% 0.1%".split())["burst"] == {
+        "p": 0.01, "r": 0.1, "loss_bad": 0.7, "loss_good": 0.001}
+    # tc's defaults for those left out: r = 1 - p, 1-h = 100 %, 1-k = 0 %
+    assert netem.parse("loss gemodel 5%".split()) == {
+        "loss": 0.0, "loss_correlation": 0.0,
+        "burst": {"p": 0.05, "r": 0.95, "loss_bad": 1.0, "loss_good": 0.0}}
+    assert netem.parse("loss gemodel 5% 20%".split())["burst"] == {
+        "p": 0.05, "r": 0.2, "loss_bad": 1.0, "loss_good": 0.0}
+    # moa's own keys after `moa`
+    assert netem.parse("rate 20mbit moa queue 256KiB aqm codel target 5ms ecn on reorder true "
+                       "state down".split()) == {
+        "capacity": 20_000_000, "queue": 262_144, "reorder": True, "state": "down",
+        "aqm": {"kind": "codel", "target": 5_000_000, "ecn": True}}
+
+
+def test_a_group_replaces_its_fields_and_leaves_the_others() -> None:
+    base = schemas.Emulation(latency=50_000_000, jitter=10_000_000, distribution="pareto",
+                             delay_correlation=0.5, loss=0.1, loss_correlation=0.2,
+                             capacity=10_000_000)
+    # delay without jitter, correlation or distribution: those are netem's defaults again
+    assert applied("delay 20ms", base) == schemas.Emulation(
+        latency=20_000_000, loss=0.1, loss_correlation=0.2, capacity=10_000_000)
+    # the loss model switches: Bernoulli's fields go to 0 with gemodel, burst goes with loss
+    ge = applied("loss gemodel 1% 30%", base)
+    assert (ge.loss, ge.loss_correlation, ge.burst) == (
+        0.0, 0.0, schemas.GilbertElliott(p=0.01, r=0.3))
+    assert applied("loss 2%", ge).burst is None and applied("loss 2%", ge).loss == 0.02
+    assert applied("rate 0bit", schemas.Emulation(capacity=1_000_000)).capacity == 0
+
+
+def test_render_writes_netems_words() -> None:
+    e = schemas.Emulation(latency=100_000_000, jitter=20_000_000, distribution="normal",
+                          loss=0.01, loss_correlation=0.25, capacity=10_000_000)
+    assert netem.render(e) == "delay 100ms 20ms distribution normal loss 1% 25% rate 10mbit"
+    assert netem.render(schemas.Emulation(burst=schemas.GilbertElliott(
+        p=0.01, r=0.1, loss_bad=0.7, loss_good=0.001))) == "loss gemodel 1% 10% 70% 0.1%"
+    assert netem.render(schemas.Emulation(burst=schemas.GilbertElliott(p=0.01, r=0.1))) == (
+        "loss gemodel 1% 10%")
+    assert netem.render(schemas.Emulation(latency=5_000_000, delay_correlation=0.5)) == (
+        "delay 5ms 0ns 50%")
+    assert netem.render(schemas.Emulation(loss=5e-324)) == "loss 5e-322%"
+    assert netem.render(schemas.Emulation(
+        capacity=1_500, queue=1_536, aqm=schemas.Aqm(kind="pie", interval=30_000_000),
+        reorder=True, state="down")) == (
+        "rate 1.5kbit moa queue 1.5KiB aqm pie interval 30ms reorder true state down")
+    assert netem.render(schemas.Emulation()) == ""
+
+
+@pytest.mark.parametrize(("words", "word"), [
+    ("delay 100ms 20ms distribution normal loss 1% 25% duplicate 1%", "duplicate"),
+    ("corrupt 0.1%", "corrupt"),
+    ("delay 10ms reorder 25% 50%", "reorder"),
+    ("delay 10ms reorder 25% gap 5", "reorder"),
+    ("gap 5", "gap"),
+    ("slot 800us 1ms packets 4", "slot"),
+    ("loss 1% ecn", "ecn"),
+    ("limit 1000", "limit"),
+    ("seed 42", "seed"),
+    ("rate 5kbit 20 100 5", "packetoverhead"),
+    ("rate 5kbit -14", "packetoverhead"),
+    ("rate 10%", "rate"),
+    ("rate 1mbps", "rate"),
+    ("rate 100", "rate"),
+    ("delay 100", "delay"),
+    ("delay 1.5ns", "delay"),
+    ("delay 2h", "delay"),
+    ("delay 10ms 20ms", "delay"),  # jitter beyond latency: moa's rule, netem clamps at 0
+    ("delay 10ms 1ms 100%", "delay"),  # moa's correlation is below 1
+    ("delay 10ms 1ms distribution experimental", "distribution"),
+    ("delay 10ms 1ms distribution /tmp/x.dist", "distribution"),
+    ("distribution normal", "distribution"),
+    ("loss state 1% 2%", "state"),
+    ("loss 101%", "loss"),
+    ("loss 1% 100%", "loss"),
+    ("loss -1%", "-1%"),
+    ("loss bogus", "bogus"),
+    ("loss", "loss"),
+    ("delay", "delay"),
+    ("rate 500bit", "rate"),
+    ("delay 10ms delay 20ms", "delay"),
+    ("loss 1% drop 2%", "drop"),
+    ("dealy 10ms", "dealy"),
+    ("moa latency 10ms", "latency"),
+    ("moa colour blue", "colour"),
+    ("moa queue 10", "queue"),
+    ("moa queue inherit", "queue"),
+    ("moa aqm fq_codel", "aqm"),
+    ("moa ecn true", "moa aqm"),  # ecn needs an AQM
+    ("moa state off", "state"),
+    ("moa reorder maybe", "reorder"),
+    ("moa queue", "queue"),
+    ("moa queue 64KiB queue 64KiB", "queue"),
+])
+def test_refusals_name_the_word(words: str, word: str) -> None:
+    with pytest.raises(netem.NetemError) as e:
+        netem.parse(words.split())
+    assert e.value.word == word
+    assert word.split()[-1] in str(e.value)
+
+
+def test_refusing_an_unsupported_word_says_so() -> None:
+    with pytest.raises(netem.NetemError, match="netem word 'duplicate' is not supported by moa"):
+        netem.parse("delay 100ms 20ms duplicate 1%".split())
+    with pytest.raises(netem.NetemError, match="give netem's words"):
+        netem.parse([])
+
+
+def test_set_takes_netems_words_or_pairs() -> None:
+    assert set_verb.parse_words(["netem", "loss", "1%", "25%"]) == (
+        {"loss": 0.01, "loss_correlation": 0.25, "burst": None}, [])
+    assert set_verb.parse_words(["loss", "0.01", "capacity", "inherit"]) == (
+        {"loss": 0.01}, ["capacity"])
+
+
+def test_show_netem_prints_a_line_per_row() -> None:
+    up = schemas.Emulation(capacity=2_000_000, loss=0.25)
+    status = schemas.StatusReply(host="h", fq_memory_bytes=0, materializations=[
+        schemas.MaterializationStatus(id="m", generation=1, links=[
+            schemas.LinkStatus(id="acc", kind="p2p", vnis=[5, 6], counters=[],
+                               emulation=schemas.Emulation(capacity=20_000_000,
+                                                           latency=10_000_000),
+                               directions=[schemas.DirectionStatus(vni=6, emulation=up)]),
+            schemas.LinkStatus(id="idle", kind="p2p", vnis=[7, 8], counters=[],
+                               emulation=schemas.Emulation())])])
+    assert show.netem_lines(status) == [
+        "m acc netem delay 10ms rate 20mbit",
+        "m acc --endpoint 6 netem loss 25% rate 2mbit",
+        "m idle netem"]
+
+
+async def _moa(*argv: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "moa_bus.cli", *argv, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=dict(os.environ))
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_moa_set_refuses_before_it_connects() -> None:
+    """Exit 2 with the word, nothing sent: the URL names a port where nothing listens, and the
+    refusal comes before any attempt to connect (which would exit 1 saying it cannot)."""
+    from moa_bus.service.embedded_nats import free_port
+    url = f"nats://127.0.0.1:{free_port()}"
+    for words, said in ((["duplicate", "1%"], "netem word 'duplicate' is not supported"),
+                        (["delay", "10ms", "reorder", "25%"], "netem word 'reorder'"),
+                        (["rate", "10mbit", "20"], "netem word 'packetoverhead'")):
+        rc, out, err = await _moa("set", "a-b", "netem", *words, "--nats", url,
+                                  "--connect-timeout", "1")
+        assert (rc, out) == (2, ""), err
+        assert said in err and "cannot connect" not in err, err
