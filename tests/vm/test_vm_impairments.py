@@ -14,6 +14,12 @@ scenarios: moa_bus/lab/vm/impairment_scenarios.py).
   flow each way, each alone, at its own direction's rate within the capacity scenario's TCP
   tolerance (97-102 % of 1448/1538 of the rate); status shows the link's 20 Mbit/s and hv2's
   direction at 2 Mbit/s. Both at once are recorded: the down flow's ACKs share the up direction.
+
+And issue 14's queue management: one bulk TCP flow over 20 ms each way, 20 Mbit/s and a 1 MB
+queue. With the FIFO (`bb`) the flow fills the queue: the median RTT under load is at least
+100 ms above the idle RTT. With CoDel (`cd`, target 5 ms) the median RTT under load stays within
+10 ms of the idle RTT plus the target, CoDel dropped (reason `aqm`) and the flow's goodput is at
+least 0.9 of the FIFO's.
 """
 from __future__ import annotations
 
@@ -58,3 +64,15 @@ def test_an_access_link_carries_tcp_at_each_direction_s_own_rate(reference_run) 
     # both at once: neither direction goes past its own rate
     assert acc["both_down_goodput_ratio"] <= 1.02 and acc["both_up_goodput_ratio"] <= 1.02, (
         acc, vm)
+
+
+def test_codel_keeps_the_queue_short_where_a_fifo_fills_it(reference_run) -> None:
+    a = reference_run.results.get("aqm", {})
+    vm = reference_run.results["vm"]
+    bb, cd = a.get("bb"), a.get("cd")
+    assert bb and cd and "error" not in bb and "error" not in cd, (a, vm)
+    assert bb["loaded_pings"] >= 90 and cd["loaded_pings"] >= 90, (a, vm)
+    assert bb["loaded_rtt_ms"] - bb["idle_rtt_ms"] >= 100, (a, vm)        # the FIFO fills
+    assert cd["loaded_rtt_ms"] <= cd["idle_rtt_ms"] + 5 + 10, (a, vm)     # CoDel: target 5 ms
+    assert cd["drops"]["aqm"] > 0 and bb["drops"]["aqm"] == 0, (a, vm)
+    assert cd["goodput_mbps"] >= 0.9 * bb["goodput_mbps"], (a, vm)
