@@ -25,6 +25,7 @@
 #include "handover.h"
 #include "tstamp.h"
 #include "events.h"
+#include "sojourn.h"
 
 /* Does the stage need its shared state (timeline, delay ordering, Gilbert-Elliott)? */
 static __always_inline int moa_needs_state(const struct moa_stage_params *p, __u64 handover)
@@ -141,6 +142,8 @@ static __always_inline int moa_classify(struct __sk_buff *skb, const enum moa_st
 pass:
 	cnt->packets += c.segs;
 	cnt->bytes += c.bytes;
+	/* s.sojourn is 0 unless the timeline placed it: a stage without a rate counts bucket 0. */
+	cnt->sojourn[moa_sojourn_bucket(s.sojourn)] += c.segs;
 	return TC_ACT_OK;
 drop:
 	if (s.reason < MOA_NR_DROP_REASONS)
