@@ -402,7 +402,7 @@ class Classifier:
             out[vni] = {name: StageCounters(
                 packets=row[pk], bytes=row[by], drops={r: row[i] for r, i in drops},
                 events_suppressed=row[sup], handover=row[ho], marks=row[mk],
-                sojourn=[row[i] for i in so],
+                sojourn=_histogram(row[pk], [row[i] for i in so]),
                 backlog_ns=backlog.get((vni, st), (0, 0))[0],
                 backlog_bytes=backlog.get((vni, st), (0, 0))[1])
                 for st, (name, row) in enumerate(zip(schemas.STAGES, rows[slot]))}
@@ -479,6 +479,14 @@ class Classifier:
         """A RingBuffer over moa_events calling callback(abi.DropEvent) per event; attach() it
         to an asyncio loop or poll()/consume() it. Close it before the classifier."""
         return RingBuffer(self.events_map, lambda rec: callback(self.parse_drop_event(rec)))
+
+
+def _histogram(packets: int, buckets: list[int]) -> list[int]:
+    """The sojourn histogram from the map's buckets, whose bucket 0 the datapath leaves
+    implicit (abi.h): it is the passed frames the other buckets do not count. The per-CPU words
+    are copied one after another while the datapath counts, so a frame counted in its bucket
+    after `packets` was copied could make it -1 for that read: 0 then."""
+    return [max(packets - sum(buckets[1:]), 0)] + buckets[1:]
 
 
 def _pack_words(words: list[int]) -> bytes:

@@ -17,7 +17,8 @@ class CounterTable:
     `slots` maps each VNI the classifier held then to its slot; `values[slot, stage, field]`
     is that stage's (schemas.STAGES order) counter `fields[field]` (struct moa_link_counters'
     words: packets, bytes, drops_<reason> for each of schemas.DROP_REASONS, events_suppressed,
-    handover, marks, sojourn_<k> for each histogram bucket k), summed over CPUs: a numpy uint64 array."""
+    handover, marks, sojourn_<k> for each histogram bucket k - sojourn_0 as the map holds it,
+    always 0: the datapath leaves bucket 0 implicit, packets minus the others), summed over CPUs: a numpy uint64 array."""
     slots: dict[int, int]
     fields: tuple[str, ...]
     values: Any  # numpy.ndarray, shape (slots read, len(schemas.STAGES), len(fields))

@@ -212,10 +212,11 @@ struct moa_link_counters {
 	__u64 handover;		/* egress: packets that arrived carrying an ingress-stage handover */
 	__u64 marks;		/* ECN: packets the AQM marked CE instead of dropping (frames) */
 	__u64 sojourn[MOA_SOJOURN_BUCKETS];	/* passed frames by sojourn (bytes 80-255) */
-	/* 256 bytes, four cache lines (80 before the histogram): a passed packet writes packets
-	 * and bytes (line 0) and one sojourn bucket (bucket 0 is in line 1, as are the counters
-	 * of drops and marks; buckets 6-13 line 2, 14-21 line 3); an AQM drop or mark writes
-	 * words 6 or 9. */
+	/* 256 bytes, four cache lines (80 before the histogram). sojourn[0] is never written: the
+	 * datapath leaves bucket 0 implicit and the reader takes it as packets minus the other
+	 * buckets, so a passed packet that did not wait writes packets and bytes (line 0) only, as
+	 * before; one that waited 1.024 us or more also writes its bucket (1-5 in line 1 with
+	 * marks, 6-13 line 2, 14-21 line 3). An AQM drop or mark writes words 6 or 9. */
 };
 
 /* Per-CPU global counters (moa_global, one entry). */
