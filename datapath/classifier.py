@@ -14,6 +14,7 @@ import ctypes
 import heapq
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,6 +94,12 @@ class StageCounters:
     events_suppressed: int = 0
     handover: int = 0    # egress: packets that carried an ingress-stage handover in skb->mark
     marks: int = 0       # ECN: packets the AQM marked CE instead of dropping
+    # Passed frames by sojourn, one count per bucket of schemas.SOJOURN_BOUNDS_NS (abi.h).
+    sojourn: list[int] = field(default_factory=list)
+    # The backlog at the read: the timeline's tail (t_last) minus now, and that time at the
+    # stage's rate as bytes (L1 overhead included, as charged); 0 without a rate.
+    backlog_ns: int = 0
+    backlog_bytes: int = 0
 
 
 class Classifier:
@@ -387,13 +394,59 @@ class Classifier:
         pk, by = fields.index("packets"), fields.index("bytes")
         sup, ho = fields.index("events_suppressed"), fields.index("handover")
         mk = fields.index("marks")
+        so = [i for i, f in enumerate(fields) if f.startswith("sojourn_")]
         rows = table.values.tolist()  # [slot][stage][field], python ints
+        backlog = self.backlogs(slots)
         out: dict[int, dict[str, StageCounters]] = {}
         for vni, slot in slots.items():
             out[vni] = {name: StageCounters(
                 packets=row[pk], bytes=row[by], drops={r: row[i] for r, i in drops},
-                events_suppressed=row[sup], handover=row[ho], marks=row[mk])
-                for name, row in zip(schemas.STAGES, rows[slot])}
+                events_suppressed=row[sup], handover=row[ho], marks=row[mk],
+                sojourn=_histogram(row[pk], [row[i] for i in so]),
+                backlog_ns=backlog.get((vni, st), (0, 0))[0],
+                backlog_bytes=backlog.get((vni, st), (0, 0))[1])
+                for st, (name, row) in enumerate(zip(schemas.STAGES, rows[slot]))}
+        return out
+
+    def backlogs(self, slots: Mapping[int, int]) -> dict[tuple[int, int], tuple[int, int]]:
+        """{(vni, stage): (backlog_ns, backlog_bytes)} of the stages of `slots` (VNI -> slot)
+        that have a rate and a backlog now: the timeline's tail t_last minus the monotonic clock
+        (bpf_ktime_get_ns's), and that time at the stage's rate as bytes (rounded down, L1
+        overhead included as the timeline charges it). Computed from the state and the
+        parameters - one batch read of each map, no cost on the datapath. A stage whose timeline
+        a locked step owns at that instant (t_last = MOA_OWNED) reads as empty."""
+        if not slots:
+            return {}
+        nst = self.abi.NR_STAGES
+        n = max(slots.values()) + 1
+        _, sraw, got = self.state_map.lookup_batch(n * nst)
+        kraw, lraw, lgot = self.links_map.lookup_batch(len(self._slots) + 64)
+        now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        ssize, toff = self.state_map.value_size, self.abi.StageState.t_last.offset
+        lsize = self.links_map.value_size
+        soff = self.abi.Link.stage.offset
+        psize = ctypes.sizeof(self.abi.StageParams)
+        roff = self.abi.StageParams.rate_bps.offset
+        out: dict[tuple[int, int], tuple[int, int]] = {}
+        owned = (1 << 64) - 1
+        for j in range(lgot):
+            vni = int.from_bytes(kraw[4 * j:4 * j + 4], sys.byteorder)
+            slot = slots.get(vni)
+            if slot is None:
+                continue
+            link = lraw[j * lsize:(j + 1) * lsize]
+            for st in range(nst):
+                idx = slot * nst + st
+                if idx >= got:
+                    continue
+                o = soff + st * psize + roff
+                rate = int.from_bytes(link[o:o + 8], sys.byteorder)
+                t_last = int.from_bytes(sraw[idx * ssize + toff:idx * ssize + toff + 8],
+                                        sys.byteorder)
+                if not rate or t_last == owned or t_last <= now:
+                    continue
+                ns = t_last - now
+                out[(vni, st)] = (ns, ns * rate // 8_000_000_000)
         return out
 
     def global_counters(self) -> dict[str, int]:
@@ -426,6 +479,14 @@ class Classifier:
         """A RingBuffer over moa_events calling callback(abi.DropEvent) per event; attach() it
         to an asyncio loop or poll()/consume() it. Close it before the classifier."""
         return RingBuffer(self.events_map, lambda rec: callback(self.parse_drop_event(rec)))
+
+
+def _histogram(packets: int, buckets: list[int]) -> list[int]:
+    """The sojourn histogram from the map's buckets, whose bucket 0 the datapath leaves
+    implicit (abi.h): it is the passed frames the other buckets do not count. The per-CPU words
+    are copied one after another while the datapath counts, so a frame counted in its bucket
+    after `packets` was copied could make it -1 for that read: 0 then."""
+    return [max(packets - sum(buckets[1:]), 0)] + buckets[1:]
 
 
 def _pack_words(words: list[int]) -> bytes:

@@ -17,7 +17,8 @@ class CounterTable:
     `slots` maps each VNI the classifier held then to its slot; `values[slot, stage, field]`
     is that stage's (schemas.STAGES order) counter `fields[field]` (struct moa_link_counters'
     words: packets, bytes, drops_<reason> for each of schemas.DROP_REASONS, events_suppressed,
-    handover, marks), summed over CPUs: a numpy uint64 array."""
+    handover, marks, sojourn_<k> for each histogram bucket k - sojourn_0 as the map holds it,
+    always 0: the datapath leaves bucket 0 implicit, packets minus the others), summed over CPUs: a numpy uint64 array."""
     slots: dict[int, int]
     fields: tuple[str, ...]
     values: Any  # numpy.ndarray, shape (slots read, len(schemas.STAGES), len(fields))
@@ -36,6 +37,9 @@ def counter_fields(counters_type: Any) -> tuple[tuple[str, int], ...]:
         word = getattr(counters_type, name).offset // 8
         if name == "drops":
             out += [(f"drops_{r}", word + i) for i, r in enumerate(schemas.DROP_REASONS)]
+        elif name == "sojourn":  # the histogram (abi.h, MOA_SOJOURN_*): sojourn_<bucket>
+            n = getattr(counters_type, name).size // 8
+            out += [(f"sojourn_{i}", word + i) for i in range(n)]
         else:
             out.append((name, word))
     return tuple(out)

@@ -69,6 +69,14 @@ DropReason = Literal["loss", "queue", "horizon", "link_down", "aqm"]
 Stage = Literal["egress", "ingress"]
 DROP_REASONS: tuple[str, ...] = typing.get_args(DropReason)
 STAGES: tuple[str, ...] = typing.get_args(Stage)
+# The sojourn histogram's buckets (abi.h, MOA_SOJOURN_SHIFT and MOA_SOJOURN_BUCKETS; checked
+# against the classifier's BTF by tests/test_abi.py): bucket k counts sojourns below
+# SOJOURN_BOUNDS_NS[k] (ns) and at or above the bound before it; the last bucket, one past
+# these bounds, counts every sojourn of 2^30 ns (1.074 s) or more. Octaves from 1.024 us.
+SOJOURN_SHIFT = 10
+SOJOURN_BUCKETS = 22
+SOJOURN_BOUNDS_NS: tuple[int, ...] = tuple(1 << (SOJOURN_SHIFT + k)
+                                           for k in range(SOJOURN_BUCKETS - 1))
 LinkKind = Literal["p2p", "lan"]
 LinkState = Literal["up", "down"]
 # The jitter's distributions (docs/semantics.md, "Delay distributions"), in enum moa_dist's order.
@@ -414,6 +422,12 @@ class LinkStats(_Message, kw_only=True):
     bytes: int
     drops: dict[str, int]
     marks: int = 0  # ECN: packets the AQM marked CE instead of dropping
+    # Passed frames by the sojourn they had on the timeline, bucket k for sojourns below
+    # SOJOURN_BOUNDS_NS[k] (the last: the rest); trailing empty buckets are left out, so an
+    # unshaped stage's histogram is [packets] (docs/contract.md, "Queue telemetry").
+    sojourn: list[int] = []
+    backlog_ns: int = 0     # the stage's queue at the read, as time at its rate
+    backlog_bytes: int = 0  # and as bytes at its rate (L1 overhead included)
 
 
 class LinkStatsBatch(_Message, kw_only=True):

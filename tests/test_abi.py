@@ -27,7 +27,7 @@ FIELDS = {
                     "overhead", "loss_model", "flags", "aqm", "aqm_target_ns", "aqm_interval_ns"],
     "GilbertElliott": ["p_good_to_bad", "p_bad_to_good", "loss_good", "loss_bad"],
     "StageState": ["lock", "ge_bad", "t_last", "t_depart", "ev_window", "ev_used", "aqm"],
-    "LinkCounters": ["packets", "bytes", "drops", "events_suppressed", "marks"],
+    "LinkCounters": ["packets", "bytes", "drops", "events_suppressed", "marks", "sojourn"],
     "GlobalCounters": ["non_vxlan", "unknown_vni", "ringbuf_fail", "handover"],
     "DropEvent": ["version", "reason", "stage", "vni", "time_ns", "len", "segs", "reserved"],
     "SkBuff": ["len", "mark", "cb", "tstamp", "wire_len", "gso_segs", "gso_size", "tstamp_type",
@@ -81,8 +81,10 @@ def test_mirror_has_the_fields_python_relies_on(mirror: abi_mod.Abi) -> None:
     assert ctypes.sizeof(mirror.StageState) == 112 and mirror.StageState.ge_bad.offset == 4
     assert mirror.StageState.aqm.offset == 56
     assert ctypes.sizeof(mirror.StageParams) == 96
-    # A passed packet's counters are the first two words; the AQM's are further on (abi.h).
-    assert ctypes.sizeof(mirror.LinkCounters) == 80 and mirror.LinkCounters.bytes.offset == 8
+    # A passed packet's counters are the first two words; the AQM's are further on, then the
+    # sojourn histogram to the end of the fourth cache line (abi.h).
+    assert ctypes.sizeof(mirror.LinkCounters) == 256 and mirror.LinkCounters.bytes.offset == 8
+    assert mirror.LinkCounters.sojourn.offset == 80 and mirror.LinkCounters.sojourn.size == 176
     assert ctypes.sizeof(mirror.Link) == 8 + 2 * ctypes.sizeof(mirror.StageParams)
     assert mirror.Link.stage.size == 2 * ctypes.sizeof(mirror.StageParams)
     assert ctypes.sizeof(mirror.SkBuff) == 192
@@ -106,6 +108,11 @@ def test_names_are_schemas_table(mirror: abi_mod.Abi) -> None:
     import schemas
     assert tuple(m.name.lower() for m in sorted(mirror.DropReason)) == schemas.DROP_REASONS
     assert tuple(m.name.lower() for m in sorted(mirror.Stage)) == schemas.STAGES
+    # The sojourn histogram's buckets: abi.h's macros (via enum moa_abi_consts) are schemas'.
+    assert (mirror.SOJOURN_SHIFT, mirror.SOJOURN_BUCKETS) == (schemas.SOJOURN_SHIFT,
+                                                              schemas.SOJOURN_BUCKETS) == (10, 22)
+    assert len(schemas.SOJOURN_BOUNDS_NS) == mirror.SOJOURN_BUCKETS - 1
+    assert schemas.SOJOURN_BOUNDS_NS[0] == 1024 and schemas.SOJOURN_BOUNDS_NS[-1] == 1 << 30
 
 
 def test_a_table_that_differs_from_the_enums_stops_the_load(
@@ -172,7 +179,7 @@ def test_mirror_enums_match_the_c_compiler(mirror: abi_mod.Abi, tmp_path: Path) 
              [f"MOA_LOSS_{m.name}" for m in mirror.LossModel] + \
              [f"MOA_AQM_{m.name}" for m in mirror.Aqm] + \
              ["MOA_NR_STAGES", "MOA_NR_DROP_REASONS", "MOA_DROP_EVENT_VERSION", "MOA_F_REORDER",
-              "MOA_F_DOWN", "MOA_F_ECN"]
+              "MOA_F_DOWN", "MOA_F_ECN", "MOA_SOJOURN_SHIFT", "MOA_SOJOURN_BUCKETS"]
     src = tmp_path / "enums.c"
     src.write_text('#include <stdio.h>\n#include <linux/bpf.h>\n#include "abi.h"\nint main(void)\n{\n'
                    + "".join(f'\tprintf("{v} %lld\\n", (long long){v});\n' for v in values)
@@ -188,7 +195,9 @@ def test_mirror_enums_match_the_c_compiler(mirror: abi_mod.Abi, tmp_path: Path) 
     py |= {"MOA_NR_STAGES": mirror.NR_STAGES, "MOA_NR_DROP_REASONS": mirror.NR_DROP_REASONS,
            "MOA_DROP_EVENT_VERSION": mirror.DROP_EVENT_VERSION,
            "MOA_F_REORDER": int(mirror.StageFlags.REORDER),
-           "MOA_F_DOWN": int(mirror.StageFlags.DOWN), "MOA_F_ECN": int(mirror.StageFlags.ECN)}
+           "MOA_F_DOWN": int(mirror.StageFlags.DOWN), "MOA_F_ECN": int(mirror.StageFlags.ECN),
+           "MOA_SOJOURN_SHIFT": mirror.SOJOURN_SHIFT,
+           "MOA_SOJOURN_BUCKETS": mirror.SOJOURN_BUCKETS}
     assert {k: int(v) for k, v in c.items()} == py
 
 

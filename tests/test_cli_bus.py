@@ -445,3 +445,33 @@ async def test_set_netem_words_through_the_service(nats_server: NatsServer, topo
         rc, out, err = await moa("dematerialize", "n1", *base)
         assert rc == 0, (out, err)
         await kernel_holds(nc, host, topo)
+
+
+def test_show_has_the_sojourn_quantiles_and_the_backlog() -> None:
+    """p50 and p99 are the buckets that hold them (their upper bounds); the backlog the longest
+    of the row's egress stages as time, their bytes summed. Ingress stages are not the row's
+    queue."""
+    # 90 frames below 1.024 us, 9 in [2^19, 2^20) ns (bucket 10), 1 in [2^20, 2^21) ns.
+    hist = [90] + [0] * 9 + [9, 1]
+    assert show.quantile_bucket(hist, 0.5) == 0 and show.quantile_bucket(hist, 0.99) == 10
+    assert show.quantile_bucket(hist, 1.0) == 11 and show.quantile_bucket([], 0.5) is None
+    assert show.quantile_bucket([0, 0, 5], 0.01) == 2
+    assert show.bucket_label(0) == "<1.02us" and show.bucket_label(10) == "<1.05ms"
+    assert show.bucket_label(schemas.SOJOURN_BUCKETS - 1) == ">=1.07s"
+
+    def stats(vni: int, stage: str, backlog_ns: int, backlog_bytes: int) -> schemas.LinkStats:
+        return schemas.LinkStats(materialization="m", link="l", vni=vni, stage=stage, packets=100,
+                                 bytes=100_000, drops={}, sojourn=hist, backlog_ns=backlog_ns,
+                                 backlog_bytes=backlog_bytes)
+    link = schemas.LinkStatus(id="l", kind="lan", vnis=[5, 6], emulation=schemas.Emulation(
+        capacity=8_000_000), counters=[stats(5, "egress", 3_000_000, 3000),
+                                       stats(6, "egress", 1_000_000, 1000),
+                                       stats(6, "ingress", 9_000_000, 9000)])
+    assert show.queue(link, [5, 6]) == ["<1.02us <1.05ms", "3ms 4KB"]
+    status = schemas.StatusReply(host="h", fq_memory_bytes=0, materializations=[
+        schemas.MaterializationStatus(id="m", generation=1, links=[link])])
+    from rich.console import Console
+    console = Console(width=240, record=True)
+    console.print(show.build_table(status))
+    text = console.export_text()
+    assert "sojourn p50 p99" in text and "<1.02us <1.05ms" in text and "3ms" in text

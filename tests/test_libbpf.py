@@ -53,7 +53,8 @@ def possible_from_sysfs() -> int:
 # -- open / load ----------------------------------------------------------------------------------
 
 def test_programs_and_maps_by_name(obj: BpfObject) -> None:
-    assert obj.program_names() == ["st_echo_prog", "st_ctx_prog", "st_event_prog", "st_lookup_prog"]
+    assert obj.program_names() == ["st_echo_prog", "st_ctx_prog", "st_event_prog", "st_lookup_prog",
+                                   "st_sojourn_prog"]
     assert {"moa_st_links", "moa_st_state", "moa_st_counters", "moa_st_global",
             "moa_st_events"} <= set(obj.map_names())
     prog = obj.program("st_echo_prog")
@@ -199,7 +200,7 @@ def test_percpu_maps(obj: BpfObject, abi: abi_mod.Abi) -> None:
         obj.program("st_event_prog").test_run(FRAME)
     after = counters.lookup(0, abi.LinkCounters)
     assert sum(c.packets for c in after) == 5
-    assert all(isinstance(v, bytes) and len(v) == 80 for v in counters.lookup(0))
+    assert all(isinstance(v, bytes) and len(v) == 256 for v in counters.lookup(0))
     # One value per CPU ...
     counters.update(1, [abi.LinkCounters(packets=10 + i) for i in range(ncpu)])
     assert [c.packets for c in counters.lookup(1, abi.LinkCounters)] == [10 + i for i in range(ncpu)]
@@ -207,7 +208,7 @@ def test_percpu_maps(obj: BpfObject, abi: abi_mod.Abi) -> None:
     counters.update(1, abi.LinkCounters(bytes=3))
     assert [c.bytes for c in counters.lookup(1, abi.LinkCounters)] == [3] * ncpu
     with pytest.raises(ValueError, match="per-CPU"):
-        counters.update(1, [bytes(80)] * (ncpu + 1))
+        counters.update(1, [bytes(256)] * (ncpu + 1))
     # A per-CPU hash: absent keys, insert, delete.
     glob = obj.map("moa_st_global")
     assert glob.lookup(3) is None

@@ -192,6 +192,17 @@ struct moa_stage_state {
 	struct moa_aqm_state aqm;	/* under `lock` (aqm.h); bytes 56-111 */
 };
 
+/*
+ * The sojourn histogram (moa_link_counters.sojourn; docs/semantics.md, "Queue telemetry"): a
+ * passed packet's wait on the timeline before its serialisation starts (start - now, the
+ * sojourn the AQM judges; 0 on a stage without a rate) is counted in bucket
+ * min(bit_length(sojourn >> MOA_SOJOURN_SHIFT), MOA_SOJOURN_BUCKETS - 1): bucket 0 is
+ * [0, 2^10) ns, bucket k (1..20) is [2^(9+k), 2^(10+k)) ns, bucket 21 is [2^30 ns, inf) -
+ * below 1.024 us up to over 1.07 s, one octave per bucket.
+ */
+#define MOA_SOJOURN_SHIFT 10
+#define MOA_SOJOURN_BUCKETS 22
+
 /* Per-CPU counters of one stage of one link (moa_counters, index slot * 2 + stage). */
 struct moa_link_counters {
 	__u64 packets;		/* passed (frames, counting every GSO segment) */
@@ -200,9 +211,12 @@ struct moa_link_counters {
 	__u64 events_suppressed;	/* drops not reported as events: over budget */
 	__u64 handover;		/* egress: packets that arrived carrying an ingress-stage handover */
 	__u64 marks;		/* ECN: packets the AQM marked CE instead of dropping (frames) */
-	/* 80 bytes: the fifth drop reason (aqm) and marks took a second cache line. A passed
-	 * packet writes packets and bytes (the first two words) only; an AQM drop or mark writes
-	 * words 6 or 9. */
+	__u64 sojourn[MOA_SOJOURN_BUCKETS];	/* passed frames by sojourn (bytes 80-255) */
+	/* 256 bytes, four cache lines (80 before the histogram). sojourn[0] is never written: the
+	 * datapath leaves bucket 0 implicit and the reader takes it as packets minus the other
+	 * buckets, so a passed packet that did not wait writes packets and bytes (line 0) only, as
+	 * before; one that waited 1.024 us or more also writes its bucket (1-5 in line 1 with
+	 * marks, 6-13 line 2, 14-21 line 3). An AQM drop or mark writes words 6 or 9. */
 };
 
 /* Per-CPU global counters (moa_global, one entry). */

@@ -25,6 +25,7 @@
 #include "handover.h"
 #include "tstamp.h"
 #include "events.h"
+#include "sojourn.h"
 
 /* Does the stage need its shared state (timeline, delay ordering, Gilbert-Elliott)? */
 static __always_inline int moa_needs_state(const struct moa_stage_params *p, __u64 handover)
@@ -141,6 +142,11 @@ static __always_inline int moa_classify(struct __sk_buff *skb, const enum moa_st
 pass:
 	cnt->packets += c.segs;
 	cnt->bytes += c.bytes;
+	/* s.sojourn is 0 unless the timeline placed it. Bucket 0 (below 2^MOA_SOJOURN_SHIFT ns:
+	 * every frame of a stage without a rate, or finding its queue empty) is not written: the
+	 * reader derives it from packets (abi.h), so such a frame costs one comparison. */
+	if (s.sojourn >> MOA_SOJOURN_SHIFT)
+		cnt->sojourn[moa_sojourn_bucket(s.sojourn)] += c.segs;
 	return TC_ACT_OK;
 drop:
 	if (s.reason < MOA_NR_DROP_REASONS)

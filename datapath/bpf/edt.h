@@ -46,6 +46,7 @@ struct moa_step {
 	int can_mark;		/* in: ECN on and the inner packet ECN-capable (aqm.h) */
 	__u32 aqm_rand;		/* in: PIE's uniform draw (made outside the lock) */
 	__u64 departure;	/* out: when the packet may leave (monotonic ns) */
+	__u64 sojourn;		/* out: start of its serialisation - now (0 without a rate) */
 	__u8 drop;		/* out: 1 = drop for `reason` */
 	__u8 reason;		/* out: enum moa_drop_reason */
 	__u8 emit;		/* out: within the event budget: report the drop */
@@ -93,6 +94,7 @@ static __always_inline int moa_timeline_place(const struct moa_stage_params *p,
 		}
 		*t_new = start + s->ser_ns;
 		*dep = *t_new + s->delay_ns;
+		s->sojourn = start - now;	/* the last placement is the one committed */
 	} else {
 		*dep = now + s->delay_ns;
 	}

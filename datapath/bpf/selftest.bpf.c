@@ -11,6 +11,7 @@
 #include <bpf/bpf_helpers.h>
 
 #include "abi.h"
+#include "sojourn.h"
 
 /* Load-time settings (.rodata): the tests set them before load and read them back via test_run. */
 const volatile __u32 st_echo = 7;
@@ -63,6 +64,8 @@ enum moa_abi_consts {
 	MOA_ABI_DIST_SCALE = MOA_DIST_SCALE,
 	MOA_ABI_DIST_SIZE = MOA_DIST_SIZE,
 	MOA_ABI_CDF_SIZE = MOA_CDF_SIZE,
+	MOA_ABI_SOJOURN_SHIFT = MOA_SOJOURN_SHIFT,
+	MOA_ABI_SOJOURN_BUCKETS = MOA_SOJOURN_BUCKETS,
 };
 const volatile enum moa_abi_consts st_consts;
 
@@ -129,6 +132,18 @@ int st_lookup_prog(struct __sk_buff *skb)
 	struct moa_link *l = bpf_map_lookup_elem(&moa_st_links, &key);
 
 	return l ? (int)l->slot : -1;
+}
+
+/* Returns the sojourn bucket (sojourn.h) of the little-endian __u64 in the frame's first 8
+ * bytes: the classifier's bucket function, its edges tested exactly (test_classifier_sojourn). */
+SEC("tc")
+int st_sojourn_prog(struct __sk_buff *skb)
+{
+	__u64 ns = 0;
+
+	if (bpf_skb_load_bytes(skb, 0, &ns, sizeof(ns)))
+		return -1;
+	return moa_sojourn_bucket(ns);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -38,6 +38,8 @@ enum moa_abi_consts {
 	MOA_ABI_DIST_SCALE = MOA_DIST_SCALE,
 	MOA_ABI_DIST_SIZE = MOA_DIST_SIZE,
 	MOA_ABI_CDF_SIZE = MOA_CDF_SIZE,
+	MOA_ABI_SOJOURN_SHIFT = MOA_SOJOURN_SHIFT,
+	MOA_ABI_SOJOURN_BUCKETS = MOA_SOJOURN_BUCKETS,
 };
 const volatile enum moa_abi_consts moa_abi_consts;
 

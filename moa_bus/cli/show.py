@@ -81,13 +81,58 @@ def _aqm(e: schemas.Emulation) -> str:
     return f" {e.aqm.kind}{'+ecn' if e.aqm.ecn else ''}"
 
 
+def quantile_bucket(hist: list[int], q: float) -> int | None:
+    """The bucket of a sojourn histogram (LinkStats.sojourn) that holds its q-quantile: the
+    first whose cumulative count reaches q of the total; None when it counts nothing."""
+    total = sum(hist)
+    if not total:
+        return None
+    want, run = q * total, 0
+    for k, n in enumerate(hist):
+        run += n
+        if run >= want and n:
+            return k
+    return len(hist) - 1
+
+
+def _short(ns: int) -> str:
+    for unit, scale in (("s", 10**9), ("ms", 10**6), ("us", 10**3)):
+        if ns >= scale:
+            return f"{ns / scale:.3g}{unit}"
+    return f"{ns}ns"
+
+
+def bucket_label(k: int | None) -> str:
+    """A bucket as the bound its sojourns are below ("<2.05ms"), the top one as ">=1.07s"."""
+    if k is None:
+        return "-"
+    bounds = schemas.SOJOURN_BOUNDS_NS
+    return f"<{_short(bounds[k])}" if k < len(bounds) else f">={_short(bounds[-1])}"
+
+
+def queue(link: schemas.LinkStatus, vnis: list[int]) -> list[str]:
+    """The queue columns of a row: the p50 and p99 sojourn of the frames delivered towards its
+    VNIs (their egress stages' histograms, summed), and the backlog now (the longest of theirs
+    as time, their bytes summed)."""
+    cs = [c for c in link.counters if c.vni in vnis and c.stage == "egress"]
+    hist = [0] * schemas.SOJOURN_BUCKETS
+    for c in cs:
+        for k, n in enumerate(c.sojourn):
+            hist[k] += n
+    ns = max((c.backlog_ns for c in cs), default=0)
+    size = sum(c.backlog_bytes for c in cs)
+    backlog = f"{_short(ns)} {schemas.format_size(size)}" if ns else "-"
+    return [f"{bucket_label(quantile_bucket(hist, 0.5))} {bucket_label(quantile_bucket(hist, 0.99))}",
+            backlog]
+
+
 def build_table(status: schemas.StatusReply, previous: Totals | None = None,
                 dt: float = 0.0) -> Table:
     """The table; with the totals of a previous status `dt` seconds ago, rates too. A link whose
     directions differ has a row per direction: `to VNI` names the receiving end."""
     table = Table(title=f"moa on {status.host}", title_justify="left")
     for col in ("materialization", "link", "kind", "VNIs", "latency", "jitter", "loss",
-                "capacity", "packets", "bytes", "drops"):
+                "capacity", "packets", "bytes", "drops", "sojourn p50 p99", "backlog"):
         table.add_column(col, justify="right" if col in ("packets", "bytes", "drops") else "left")
     if previous is not None and dt > 0:
         table.add_column("pkt/s", justify="right")
@@ -103,7 +148,8 @@ def build_table(status: schemas.StatusReply, previous: Totals | None = None,
                 shown = ",".join(map(str, vnis))
                 if several and vnis[0] in {x.vni for x in link.directions}:
                     shown = f"to {shown}"
-                row = [m.id, link.id, kind, shown, *_emulation(e), f"{p:,}", f"{b:,}", f"{d:,}"]
+                row = [m.id, link.id, kind, shown, *_emulation(e), f"{p:,}", f"{b:,}", f"{d:,}",
+                       *queue(link, vnis)]
                 if previous is not None and dt > 0:
                     p0, b0, _ = previous.get(key, (p, b, d))
                     row += [f"{(p - p0) / dt:,.0f}",

@@ -47,10 +47,19 @@ def room(max_payload: int) -> int:
     return max_payload - HEADROOM
 
 
+def trim(hist: list[int]) -> list[int]:
+    """A histogram without its trailing empty buckets (LinkStats.sojourn)."""
+    n = len(hist)
+    while n and not hist[n - 1]:
+        n -= 1
+    return list(hist[:n])
+
+
 def _stats(mid: str, link: str, vnis: list[int], counters: Counters) -> list[schemas.LinkStats]:
     return [schemas.LinkStats(materialization=mid, link=link, vni=vni, stage=stage,
                               packets=c.packets, bytes=c.bytes, drops=dict(c.drops),
-                              marks=c.marks)
+                              marks=c.marks, sojourn=trim(c.sojourn),
+                              backlog_ns=c.backlog_ns, backlog_bytes=c.backlog_bytes)
             for vni in vnis for stage, c in counters.get(vni, {}).items()]
 
 
