@@ -4,12 +4,14 @@ A stage is a schemas.Emulation (None: the stage does nothing). Emulations reach 
 checked at the edge (schemas.decode, docs/contract.md) and are trusted here: nothing is checked
 again. What this module adds is what the kernel needs and the bus does not say: the datapath
 divides nothing it can be told, so the queue (bytes) becomes time at the link rate and
-probabilities become thresholds over 2^32 (abi.h), and every frame is charged the L1 overhead.
+probabilities become thresholds over 2^32 (abi.h), and every frame is charged its overhead
+(24 bytes of L1 by default) and, with cells, its cells (`frame_wire`).
 `stage_bytes` does it once per distinct emulation (emulations are frozen, hence hashable).
 
 Queue (Emulation.queue): None = the default, what the link carries in 50 ms at its rate, at
 least 64 KiB (a switch port buffer of that order; enough for a TCP window of a typical testbed
-link), at most 1 s of link time but at least two full frames (below 524 kbit/s 64 KiB would be
+link), at most 1 s of link time but at least two full frames (as the link charges them, cells
+included: `full_frame`) (below 524 kbit/s 64 KiB would be
 seconds of queue, and every delay the box accepts must stay under its horizon: datapath/limits.py);
 0 = no limit, only the horizon (ClassifierConfig.horizon_ns) bounds the backlog (the bus
 refuses a queue below one frame, the classifier tests use it). Without a capacity no queue.
@@ -26,7 +28,8 @@ if TYPE_CHECKING:  # datapath.libbpf.abi reads the compiled object's BTF at impo
     from datapath.libbpf.abi import Abi
 
 __all__ = ["correlated_loss", "queue_bytes", "queue_ns", "stage_params", "stage_bytes", "probability_threshold",
-           "DEFAULT_QUEUE_MS", "MIN_DEFAULT_QUEUE_BYTES", "MAX_DEFAULT_QUEUE_MS", "DEFAULT_OVERHEAD"]
+           "DEFAULT_QUEUE_MS", "MIN_DEFAULT_QUEUE_BYTES", "MAX_DEFAULT_QUEUE_MS", "DEFAULT_OVERHEAD",
+           "frame_wire", "full_frame"]
 
 NSEC = 1_000_000_000
 ONE = 1 << 32                      # probability 1 as a threshold
@@ -34,7 +37,25 @@ DEFAULT_QUEUE_MS = 50
 MIN_DEFAULT_QUEUE_BYTES = 64 * 1024
 MAX_DEFAULT_QUEUE_MS = 1000
 FULL_FRAME = 1538                  # 1500 + Ethernet header + L1 overhead
-DEFAULT_OVERHEAD = 24              # preamble 7 + SFD 1 + FCS 4 + inter-frame gap 12
+DEFAULT_OVERHEAD = schemas.messages.DEFAULT_OVERHEAD  # preamble 7 + SFD 1 + FCS 4 + IFG 12
+MIN_FRAME = 60                     # Ethernet's minimum without FCS: shorter frames are padded
+
+
+def frame_wire(e: schemas.Emulation, frame: int) -> int:
+    """What one frame of `frame` bytes (the inner Ethernet frame) costs on e's link, as the
+    datapath charges it (datapath/bpf/charge.h): padded to 60 bytes, plus the per-frame
+    overhead, in cells when the link has them: ceil((len + overhead) / cell_size) cells of
+    cell_size + cell_overhead bytes."""
+    w = max(0, max(frame, MIN_FRAME) + e.overhead)
+    if e.cell_size:
+        w = -(-w // e.cell_size) * (e.cell_size + e.cell_overhead)
+    return w
+
+
+def full_frame(e: schemas.Emulation) -> int:
+    """A full frame (1500 bytes of MTU and the Ethernet header) as e's link charges it:
+    FULL_FRAME with the default overhead and no cells."""
+    return frame_wire(e, FULL_FRAME - DEFAULT_OVERHEAD)
 
 
 def probability_threshold(p: float) -> int:
@@ -66,7 +87,7 @@ def queue_bytes(e: schemas.Emulation) -> int:
     if e.queue is not None:
         return e.queue
     q = max(MIN_DEFAULT_QUEUE_BYTES, e.capacity * DEFAULT_QUEUE_MS // 8000)
-    return max(2 * FULL_FRAME, min(q, e.capacity * MAX_DEFAULT_QUEUE_MS // 8000))
+    return max(2 * full_frame(e), min(q, e.capacity * MAX_DEFAULT_QUEUE_MS // 8000))
 
 
 def queue_ns(e: schemas.Emulation) -> int:
@@ -86,7 +107,9 @@ def stage_params(e: schemas.Emulation | None, abi: Abi) -> Any:
     p.queue_ns = queue_ns(e)
     p.latency_ns = e.latency
     p.jitter_ns = e.jitter
-    p.overhead = DEFAULT_OVERHEAD
+    p.overhead = e.overhead
+    p.cell_size = e.cell_size
+    p.cell_overhead = e.cell_overhead
     p.flags = abi.StageFlags.REORDER if e.reorder else 0
     if e.state == "down":
         p.flags |= abi.StageFlags.DOWN

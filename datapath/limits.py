@@ -6,7 +6,8 @@ with them; the tests check them directly.
 
 The longest a stage holds a packet (`hold_ns`): its latency plus its largest jitter (the jitter,
 or the jitter times its distribution's largest value) plus the longer of its
-queue and one full frame, both as time at the link's rate. The queue is the backlog a packet may
+queue and one full frame, both as time at the link's rate (the frame as the link charges it: its
+overhead and cells, `charged_frame`; the queue is already time at the rate of what it charges). The queue is the backlog a packet may
 find ahead of it plus its own serialisation (edt.h: backlog + itself <= queue), and a packet that
 finds the queue empty is always taken, however long its own serialisation. So a departure is at
 most `hold_ns` ahead of now for frames up to the VTEP MTU (a GSO packet of many frames can go
@@ -20,7 +21,9 @@ box already holds; a stage whose hold exceeds it is refused. Why not a run-time 
 docs/semantics.md, "The horizon".
 
 What sch_fq holds for a stage (`stage_bytes`): the rate at which packets reach it times the hold.
-The rate is the link's capacity, or for an unlimited link the uplink's line rate; nothing reaches
+The rate is the link's capacity (in frame bytes: more than the capacity when a negative overhead
+charges a frame less than its bytes, `frame_ratio`), or for an unlimited link the uplink's line
+rate; nothing reaches
 the box faster than its uplink, so the box's total is also at most line rate x the longest hold
 (`BoxFigures.memory`). sch_fq's limit and flow_limit come from these figures (fq_sizing_for):
 one link's packets may share one of fq's flows (forwarded packets have no socket), so flow_limit
@@ -29,6 +32,7 @@ covers the largest stage, limit the total.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -36,7 +40,7 @@ import msgspec
 
 import schemas
 from datapath.distributions import max_offset
-from datapath.emulation import DEFAULT_OVERHEAD, queue_ns
+from datapath.emulation import DEFAULT_OVERHEAD, MIN_FRAME, frame_wire, queue_ns
 from datapath.netlink.model import FqSizing, fq_sizing_for
 
 # A VTEP's (egress, ingress) stages, as datapath.plan.planner.Stages.
@@ -51,8 +55,16 @@ ETH_HEADER = 14
 
 
 def frame_bytes(vtep_mtu: int) -> int:
-    """What one full frame is charged on a link: the inner MTU, its Ethernet header, L1 overhead."""
+    """What one full frame is charged on a link with the default charge: the inner MTU, its
+    Ethernet header, L1 overhead. A link with its own overhead or cells charges it
+    `charged_frame` instead."""
     return vtep_mtu + ETH_HEADER + DEFAULT_OVERHEAD
+
+
+def charged_frame(e: schemas.Emulation, frame: int) -> int:
+    """The full frame `frame` (frame_bytes: with the default charge) as e's link charges it: its
+    own overhead and, with cells, the cells' inflation (datapath/bpf/charge.h)."""
+    return frame_wire(e, frame - DEFAULT_OVERHEAD)
 
 
 def frame_ns(capacity: int, frame: int) -> int:
@@ -64,7 +76,7 @@ def hold_ns(e: schemas.Emulation | None, frame: int) -> int:
     """The longest a stage holds a frame of up to `frame` bytes (module doc)."""
     if e is None:
         return 0
-    return max_delay_ns(e) + max(queue_ns(e), frame_ns(e.capacity, frame))
+    return max_delay_ns(e) + max(queue_ns(e), frame_ns(e.capacity, charged_frame(e, frame)))
 
 
 def max_delay_ns(e: schemas.Emulation) -> int:
@@ -97,10 +109,11 @@ def horizon_refusal(e: schemas.Emulation, path: str, horizon_ns: int, frame: int
             _join(path, field), f"{what} is beyond this box's horizon {h} (moa serve --horizon): "
             "no departure may be further ahead than that", code="unsupported")
 
-    one = frame_ns(e.capacity, frame)
+    charged = charged_frame(e, frame)
+    one = frame_ns(e.capacity, charged)
     if one > horizon_ns:
         rate = schemas.format_rate(e.capacity)
-        return refuse("capacity", f"one full frame ({frame} B) at {rate} takes {fmt(one)}, which")
+        return refuse("capacity", f"one full frame ({charged} B) at {rate} takes {fmt(one)}, which")
     if e.latency > horizon_ns:
         return refuse("latency", f"latency {fmt(e.latency)}")
     if max_delay_ns(e) > horizon_ns:
@@ -130,8 +143,28 @@ def stage_bytes(e: schemas.Emulation | None, frame: int, line_rate_bps: int) -> 
     held = hold_ns(e, frame)
     if not held:
         return 0
-    rate = min(e.capacity or line_rate_bps, line_rate_bps)
+    rate = line_rate_bps
+    if e.capacity:
+        ratio = frame_ratio(e.overhead, e.cell_size, e.cell_overhead, frame - DEFAULT_OVERHEAD)
+        if ratio is not None:
+            rate = min(rate, math.ceil(e.capacity * ratio))
     return rate * held // (8 * NSEC)
+
+
+@lru_cache(maxsize=1024)
+def frame_ratio(overhead: int, cell_size: int, cell_overhead: int, largest: int) -> float | None:
+    """The most frame bytes a link charging this way passes per byte it charges, over frames
+    of 60 to `largest` bytes: at least 1 (the default charge is more than the frame; only a
+    negative overhead or cell overhead makes it less). None when some frame is charged
+    nothing (overhead -60 and a minimum frame): such frames are not bounded by the rate."""
+    e = schemas.Emulation(overhead=overhead, cell_size=cell_size, cell_overhead=cell_overhead)
+    worst = 1.0
+    for n in range(MIN_FRAME, max(MIN_FRAME, largest) + 1):
+        w = frame_wire(e, n)
+        if w == 0:
+            return None
+        worst = max(worst, n / w)
+    return worst
 
 
 @dataclass(frozen=True)

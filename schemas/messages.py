@@ -89,6 +89,20 @@ CHOICES: dict[str, tuple[str, ...]] = {"state": typing.get_args(LinkState),
                                        "kind": typing.get_args(AqmKind)}
 
 MIN_CAPACITY_BPS = 1_000
+# What a frame is charged on the link besides its bytes (docs/semantics.md, "What a link's
+# capacity is charged for"): the per-frame overhead (Ethernet's L1 by default) and cells
+# (netem's packetoverhead, cellsize, celloverhead). A frame is at least 60 bytes, so an overhead
+# of -60 charges it nothing; the datapath holds them as 16-bit values.
+DEFAULT_OVERHEAD = 24
+OVERHEAD_MIN, OVERHEAD_MAX = -60, 4096
+CELL_SIZE_MAX = 4096
+CELL_OVERHEAD_MIN, CELL_OVERHEAD_MAX = -(CELL_SIZE_MAX - 1), 4096
+Overhead = Annotated[int, msgspec.Meta(extra_json_schema={"minimum": OVERHEAD_MIN,
+                                                          "maximum": OVERHEAD_MAX})]
+CellSize = Annotated[int, msgspec.Meta(extra_json_schema={"minimum": 0,
+                                                          "maximum": CELL_SIZE_MAX})]
+CellOverhead = Annotated[int, msgspec.Meta(extra_json_schema={"minimum": CELL_OVERHEAD_MIN,
+                                                              "maximum": CELL_OVERHEAD_MAX})]
 MIN_QUEUE_BYTES = 1_500
 # CoDel's target and interval: at least 1 us, at most 3 s (the datapath holds them as 32-bit ns
 # and squares the interval below 2^63); RFC 8289's defaults when left out.
@@ -164,6 +178,9 @@ class Emulation(_Message, frozen=True, kw_only=True):
     distribution: Distribution = "uniform"
     delay_correlation: Probability = 0.0
     aqm: Aqm = msgspec.field(default_factory=Aqm)
+    overhead: Overhead = DEFAULT_OVERHEAD
+    cell_size: CellSize = 0
+    cell_overhead: CellOverhead = 0
 
 
 class EmulationPatch(_Message, kw_only=True):
@@ -183,6 +200,9 @@ class EmulationPatch(_Message, kw_only=True):
     distribution: Distribution | UnsetType = UNSET
     delay_correlation: Probability | UnsetType = UNSET
     aqm: Aqm | UnsetType = UNSET  # replaces the whole aqm: fields left out take their defaults
+    overhead: Overhead | UnsetType = UNSET
+    cell_size: CellSize | UnsetType = UNSET
+    cell_overhead: CellOverhead | UnsetType = UNSET
 
     def changes(self) -> dict[str, object]:
         """The fields this patch sets, by name."""
@@ -203,7 +223,8 @@ class EmulationPatch(_Message, kw_only=True):
 
 # The names of an emulation's fields (LinkUpdate.inherit).
 EmulationField = Literal["latency", "jitter", "loss", "capacity", "queue", "burst", "reorder",
-                         "loss_correlation", "state", "distribution", "delay_correlation"]
+                         "loss_correlation", "state", "distribution", "delay_correlation",
+                         "overhead", "cell_size", "cell_overhead"]
 
 
 # The rules of an emulation, written once for an Emulation and for a patch: a field a patch
@@ -243,6 +264,12 @@ def check_values(e: Emulation | EmulationPatch, path: str) -> None:
         if e.loss_correlation >= 1.0:  # the chain would never leave its first state
             raise InvalidMessage(_join(path, "loss_correlation"),
                                  f"loss_correlation {e.loss_correlation!r} must be below 1")
+    for name, lo, hi in (("overhead", OVERHEAD_MIN, OVERHEAD_MAX),
+                         ("cell_size", 0, CELL_SIZE_MAX),
+                         ("cell_overhead", CELL_OVERHEAD_MIN, CELL_OVERHEAD_MAX)):
+        v = getattr(e, name)
+        if v is not UNSET and not lo <= v <= hi:
+            raise InvalidMessage(_join(path, name), f"{name} {v} is outside {lo}..{hi} (bytes)")
     if e.burst not in (UNSET, None):
         for name in ("p", "r", "loss_good", "loss_bad"):
             _check_probability(getattr(e.burst, name), _join(path, f"burst.{name}"), name)
@@ -261,7 +288,8 @@ def check_values(e: Emulation | EmulationPatch, path: str) -> None:
 
 def check_across(e: Emulation | EmulationPatch, path: str) -> None:
     """The rules across fields: jitter <= latency, a queue only with a capacity, burst excludes
-    loss and loss_correlation."""
+    loss and loss_correlation, a cell_overhead only with a cell_size and a cell of at least
+    one byte."""
     if e.latency is not UNSET and e.jitter is not UNSET and e.jitter > e.latency:
         raise InvalidMessage(_join(path, "jitter"),
                              f"jitter {units.format_duration(e.jitter)} is larger than latency "
@@ -275,6 +303,15 @@ def check_across(e: Emulation | EmulationPatch, path: str) -> None:
     if e.burst not in (UNSET, None) and e.loss not in (UNSET, 0.0):
         raise InvalidMessage(_join(path, "loss"),
                              "loss must be 0 when burst is given (use burst.loss_good)")
+    if e.cell_overhead not in (UNSET, 0) and e.cell_size == 0:
+        raise InvalidMessage(_join(path, "cell_overhead"),
+                             "cell_overhead needs a cell_size: without cells it charges nothing")
+    if (e.cell_size not in (UNSET, 0) and e.cell_overhead is not UNSET
+            and e.cell_size + e.cell_overhead < 1):
+        raise InvalidMessage(_join(path, "cell_overhead"),
+                             f"cell_overhead {e.cell_overhead} leaves a cell of cell_size "
+                             f"{e.cell_size} costing {e.cell_size + e.cell_overhead} bytes "
+                             "(at least 1)")
     if e.burst not in (UNSET, None) and e.loss_correlation not in (UNSET, 0.0):
         raise InvalidMessage(_join(path, "loss_correlation"),
                              "loss_correlation must be 0 when burst is given (burst is its own "

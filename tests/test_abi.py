@@ -24,7 +24,8 @@ BPF_DIR = REPO / "datapath" / "bpf"
 FIELDS = {
     "Link": ["slot", "stage"],
     "StageParams": ["rate_bps", "queue_ns", "latency_ns", "jitter_ns", "loss_threshold", "ge",
-                    "overhead", "loss_model", "flags", "aqm", "aqm_target_ns", "aqm_interval_ns"],
+                    "overhead", "loss_model", "flags", "aqm", "aqm_target_ns", "aqm_interval_ns",
+                    "cell_size", "cell_overhead"],
     "GilbertElliott": ["p_good_to_bad", "p_bad_to_good", "loss_good", "loss_bad"],
     "StageState": ["lock", "ge_bad", "t_last", "t_depart", "ev_window", "ev_used", "aqm"],
     "LinkCounters": ["packets", "bytes", "drops", "events_suppressed", "marks", "sojourn"],
@@ -80,7 +81,7 @@ def test_mirror_has_the_fields_python_relies_on(mirror: abi_mod.Abi) -> None:
     # The timeline's words in the first 56 bytes, CoDel's and PIE's state after them (abi.h).
     assert ctypes.sizeof(mirror.StageState) == 112 and mirror.StageState.ge_bad.offset == 4
     assert mirror.StageState.aqm.offset == 56
-    assert ctypes.sizeof(mirror.StageParams) == 96
+    assert ctypes.sizeof(mirror.StageParams) == 112
     # A passed packet's counters are the first two words; the AQM's are further on, then the
     # sojourn histogram to the end of the fourth cache line (abi.h).
     assert ctypes.sizeof(mirror.LinkCounters) == 256 and mirror.LinkCounters.bytes.offset == 8

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,8 +17,14 @@ import schemas
 from moa_bus.cli import netem_syntax as netem
 from moa_bus.cli import set as set_verb
 from moa_bus.cli import show
-from schemas.messages import AQM_MAX_NS, AQM_MIN_NS, MIN_CAPACITY_BPS, MIN_QUEUE_BYTES
+from schemas.messages import (
+    AQM_MAX_NS, AQM_MIN_NS, CELL_OVERHEAD_MAX, CELL_SIZE_MAX, MIN_CAPACITY_BPS, MIN_QUEUE_BYTES,
+    OVERHEAD_MAX, OVERHEAD_MIN,
+)
 from schemas.units import MAX_DURATION_NS, MAX_RATE_BPS, MAX_SIZE_BYTES
+
+
+NO_CELLS = {"overhead": 24, "cell_size": 0, "cell_overhead": 0}  # what `rate` alone sets
 
 
 def applied(words: str | list[str], base: schemas.Emulation | None = None) -> schemas.Emulation:
@@ -52,7 +59,10 @@ def emulations(draw) -> schemas.Emulation:
         burst=burst, capacity=capacity,
         queue=draw(st.one_of(st.none(), st.integers(MIN_QUEUE_BYTES, MAX_SIZE_BYTES)))
         if capacity else None,
-        aqm=aqm, reorder=draw(st.booleans()), state=draw(st.sampled_from(("up", "down"))))
+        aqm=aqm, reorder=draw(st.booleans()), state=draw(st.sampled_from(("up", "down"))),
+        overhead=draw(st.one_of(st.just(24), st.integers(OVERHEAD_MIN, OVERHEAD_MAX))),
+        cell_size=(cell := draw(st.one_of(st.just(0), st.integers(1, CELL_SIZE_MAX)))),
+        cell_overhead=draw(st.integers(1 - cell, CELL_OVERHEAD_MAX)) if cell else 0)
     schemas.check_emulation(e, "")
     return e
 
@@ -98,9 +108,15 @@ def test_netems_examples_read_as_tc_reads_them() -> None:
     assert netem.parse("latency 1.5msec drop random 0.3".split()) == {
         "latency": 1_500_000, "jitter": 0, "delay_correlation": 0.0, "distribution": "uniform",
         "loss": 0.003, "loss_correlation": 0.0, "burst": None}
-    assert netem.parse(["rate", "5kbit"]) == {"capacity": 5_000}
-    assert netem.parse(["rate", "1.5Mbit"]) == {"capacity": 1_500_000}
-    assert netem.parse(["rate", "1kibit"]) == {"capacity": 1_024}
+    assert netem.parse(["rate", "5kbit"]) == {"capacity": 5_000, **NO_CELLS}
+    assert netem.parse(["rate", "1.5Mbit"]) == {"capacity": 1_500_000, **NO_CELLS}
+    assert netem.parse(["rate", "1kibit"]) == {"capacity": 1_024, **NO_CELLS}
+    # packetoverhead, cellsize, celloverhead: tc-netem(8)'s ATM example and a stripped header
+    assert netem.parse("rate 256kbit 20 48 5".split()) == {
+        "capacity": 256_000, "overhead": 20, "cell_size": 48, "cell_overhead": 5}
+    assert netem.parse("rate 100kbit -14".split()) == {
+        "capacity": 100_000, "overhead": -14, "cell_size": 0, "cell_overhead": 0}
+    assert netem.parse("rate 1mbit 0 53".split())["cell_size"] == 53
     assert netem.parse(["delay", "250usecs"])["latency"] == 250_000
     # Gilbert-Elliott: p, r, 1-h (loss while bad), 1-k (loss while good)
     assert netem.parse("loss gemodel 1% 10% 70% 0.1%".split())["burst"] == {
@@ -114,7 +130,7 @@ def test_netems_examples_read_as_tc_reads_them() -> None:
     # moa's own keys after `moa`
     assert netem.parse("rate 20mbit moa queue 256KiB aqm codel target 5ms ecn on reorder true "
                        "state down".split()) == {
-        "capacity": 20_000_000, "queue": 262_144, "reorder": True, "state": "down",
+        "capacity": 20_000_000, **NO_CELLS, "queue": 262_144, "reorder": True, "state": "down",
         "aqm": {"kind": "codel", "target": 5_000_000, "ecn": True}}
 
 
@@ -131,6 +147,11 @@ def test_a_group_replaces_its_fields_and_leaves_the_others() -> None:
         0.0, 0.0, schemas.GilbertElliott(p=0.01, r=0.3))
     assert applied("loss 2%", ge).burst is None and applied("loss 2%", ge).loss == 0.02
     assert applied("rate 0bit", schemas.Emulation(capacity=1_000_000)).capacity == 0
+    # rate names the frames' charge too: left out, moa's default (24, no cells)
+    cells = schemas.Emulation(capacity=1_000_000, overhead=10, cell_size=48, cell_overhead=5)
+    assert applied("rate 2mbit", cells) == schemas.Emulation(capacity=2_000_000)
+    assert applied("rate 2mbit 8", cells) == schemas.Emulation(capacity=2_000_000, overhead=8)
+    assert applied("delay 1ms", cells) == msgspec.structs.replace(cells, latency=1_000_000)
 
 
 def test_render_writes_netems_words() -> None:
@@ -148,6 +169,10 @@ def test_render_writes_netems_words() -> None:
         capacity=1_500, queue=1_536, aqm=schemas.Aqm(kind="pie", interval=30_000_000),
         reorder=True, state="down")) == (
         "rate 1.5kbit moa queue 1.5KiB aqm pie interval 30ms reorder true state down")
+    assert netem.render(schemas.Emulation(capacity=256_000, overhead=20, cell_size=48,
+                                          cell_overhead=5)) == "rate 256kbit 20 48 5"
+    assert netem.render(schemas.Emulation(capacity=10**6, overhead=0)) == "rate 1mbit 0"
+    assert netem.render(schemas.Emulation(overhead=-14)) == "rate 0bit -14"  # unlimited
     assert netem.render(schemas.Emulation()) == ""
 
 
@@ -161,8 +186,14 @@ def test_render_writes_netems_words() -> None:
     ("loss 1% ecn", "ecn"),
     ("limit 1000", "limit"),
     ("seed 42", "seed"),
-    ("rate 5kbit 20 100 5", "packetoverhead"),
-    ("rate 5kbit -14", "packetoverhead"),
+    ("rate 5kbit 0x14", "packetoverhead"),
+    ("rate 5kbit 20 48.5", "cellsize"),
+    ("rate 5kbit 20 48 5.5", "celloverhead"),
+    ("rate 5kbit -61", "rate"),              # overhead below -60 (a 60-byte frame charged < 0)
+    ("rate 5kbit 4097", "rate"),
+    ("rate 5kbit 20 4097", "rate"),
+    ("rate 5kbit 20 0 5", "rate"),           # a cell overhead without cells
+    ("rate 5kbit 20 48 -48", "rate"),        # a cell of 0 bytes
     ("rate 10%", "rate"),
     ("rate 1mbps", "rate"),
     ("rate 100", "rate"),
@@ -215,6 +246,13 @@ def test_set_takes_netems_words_or_pairs() -> None:
         {"loss": 0.01, "loss_correlation": 0.25, "burst": None}, [])
     assert set_verb.parse_words(["loss", "0.01", "capacity", "inherit"]) == (
         {"loss": 0.01}, ["capacity"])
+    assert set_verb.parse_words(["overhead", "-14", "cell_size", "48", "cell_overhead", "5"]) == (
+        {"overhead": -14, "cell_size": 48, "cell_overhead": 5}, [])
+    with pytest.raises(set_verb.UsageError, match="cell_size '48B' is not a whole number"):
+        set_verb.parse_words(["cell_size", "48B"])
+    # moa show's capacity column names a charge that is not the default
+    assert show._emulation(schemas.Emulation(capacity=10**6, overhead=0, cell_size=48,
+                                             cell_overhead=5))[-1] == "1mbps oh 0 cells 48+5"
 
 
 def test_show_netem_prints_a_line_per_row() -> None:
@@ -248,7 +286,7 @@ async def test_moa_set_refuses_before_it_connects() -> None:
     url = f"nats://127.0.0.1:{free_port()}"
     for words, said in ((["duplicate", "1%"], "netem word 'duplicate' is not supported"),
                         (["delay", "10ms", "reorder", "25%"], "netem word 'reorder'"),
-                        (["rate", "10mbit", "20"], "netem word 'packetoverhead'")):
+                        (["rate", "10mbit", "-99"], "overhead -99 is outside -60..4096")):
         rc, out, err = await _moa("set", "a-b", "netem", *words, "--nats", url,
                                   "--connect-timeout", "1")
         assert (rc, out) == (2, ""), err

@@ -106,17 +106,23 @@ struct moa_stage_params {
 	__u64 jitter_ns;	/* uniform in [latency - jitter, latency + jitter], clamped at 0 */
 	__u64 loss_threshold;	/* Bernoulli: P(drop) * 2^32 */
 	struct moa_gilbert_elliott ge;
-	__u16 overhead;		/* L1 bytes charged per frame (preamble, SFD, FCS, IFG): 24 */
+	__s16 overhead;		/* bytes charged per frame besides the frame: 24 by default (L1:
+				 * preamble, SFD, FCS, IFG), -60 .. 4096 (charge.h) */
 	__u8 loss_model;	/* enum moa_loss_model */
 	__u8 flags;		/* enum moa_stage_flags */
 	__u8 dist;		/* enum moa_dist: the jitter's distribution */
 	__u8 aqm;		/* enum moa_aqm (needs rate_bps) */
-	__u8 pad0[2];
+	__u16 cell_size;	/* 0 = none; else a frame costs ceil((len + overhead) / cell_size)
+				 * cells of cell_size + cell_overhead bytes (charge.h) */
 	__s32 delay_rho;	/* correlated jitter: weight of the previous latent draw, over 2^16 */
 	__s32 delay_innov;	/* and of the new normal draw, sqrt(1 - rho^2), over 2^16; 0 = none */
 	__u32 aqm_target_ns;	/* CoDel: TARGET; PIE: QDELAY_REF */
 	__u32 aqm_interval_ns;	/* CoDel: INTERVAL (at most 3 s: interval^2 < 2^63); PIE: T_UPDATE */
-	/* 96 bytes (the AQM took the last reserved word) */
+	__s16 cell_overhead;	/* bytes per cell besides its cell_size (ATM: 5); cell_size +
+				 * cell_overhead >= 1 */
+	__u8 pad1[6];
+	__u64 reserved[1];	/* room for the next impairment's word */
+	/* 112 bytes: the per-frame words in the first 80 (the hit path's), cells at 78 and 96 */
 };
 
 /* Value of moa_links, keyed by VNI (__u32, low 24 bits). Written by userspace only. */

@@ -101,7 +101,7 @@ static __always_inline int moa_codel_judge(struct moa_codel_state *a,
 					   __u64 start, __u64 sojourn)
 {
 	if (sojourn < p->aqm_target_ns ||
-	    sojourn <= moa_ser_ns(MOA_AQM_MAXPACKET + p->overhead, p->rate_bps)) {
+	    sojourn <= moa_ser_ns(moa_frame_wire(p, MOA_AQM_MAXPACKET), p->rate_bps)) {
 		a->first_above_time = 0;
 		return 0;
 	}
@@ -304,7 +304,7 @@ static __always_inline int moa_pie(struct moa_pie_state *a, const struct moa_sta
 
 	/* drop_early() */
 	if ((a->qdelay_old < p->aqm_target_ns / 2 && a->drop_prob < MOA_PIE_P_02) ||
-	    sojourn <= moa_ser_ns(2 * (MOA_AQM_MAXPACKET + p->overhead), p->rate_bps))
+	    sojourn <= moa_ser_ns(2 * moa_frame_wire(p, MOA_AQM_MAXPACKET), p->rate_bps))
 		return MOA_AQM_PASS;
 	if (a->drop_prob == 0)
 		a->accu_prob = 0;

@@ -77,7 +77,7 @@ static __always_inline int moa_classify(struct __sk_buff *skb, const enum moa_st
 				g->handover++;
 		}
 	}
-	moa_charge(skb, &pkt, p->overhead, &c);
+	moa_charge(skb, &pkt, p, &c);
 
 	/*
 	 * A link that is down drops every frame with its own reason. It is a parameter like any

@@ -89,6 +89,10 @@ def _emu(e: schemas.Emulation | None) -> str:
         parts.append(f"burst {e.burst}")
     if e.capacity:
         parts.append(f"capacity {e.capacity}bit/s queue {queue_bytes(e)}B")
+        if e.overhead != schemas.messages.DEFAULT_OVERHEAD:
+            parts.append(f"overhead {e.overhead}B")
+        if e.cell_size:
+            parts.append(f"cells {e.cell_size}{e.cell_overhead:+d}B")
         if e.aqm.kind != "taildrop":
             parts.append(f"aqm {e.aqm.kind}{' ecn' if e.aqm.ecn else ''}")
     return ", ".join(parts) or "pass"

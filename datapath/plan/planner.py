@@ -28,7 +28,7 @@ from typing import Callable
 import msgspec
 
 import schemas
-from datapath.emulation import queue_bytes
+from datapath.emulation import full_frame, queue_bytes
 from datapath.netlink.model import FqSizing, MoaDevice, VtepSpec, owner_key
 from datapath.pair import PeerEntry
 from datapath.plan.devices import (
@@ -44,7 +44,6 @@ PORT_QUEUE_NS = 2_000_000  # one computation (no hold): see the module doc
 # With the hold: the handover field (16 bits of 1.024 us under the default mark mask, handover.h)
 # reaches 67 ms; a port queue within 60 ms of link time never saturates it with full frames.
 HELD_PORT_QUEUE_NS = 60_000_000
-FULL_FRAME = 1538  # 1500 + Ethernet header, FCS and L1 overhead
 DEFAULT_VXLAN_PORT = 4789
 
 # A VNI's (egress, ingress) stages; None = the stage does nothing.
@@ -88,10 +87,12 @@ def port_stage(egress: schemas.Emulation, held: bool = False) -> schemas.Emulati
         return None
     shared = queue_bytes(egress)
     port_ns = HELD_PORT_QUEUE_NS if held else PORT_QUEUE_NS
-    q = max(2 * FULL_FRAME, egress.capacity * port_ns // 8_000_000_000)
+    q = max(2 * full_frame(egress), egress.capacity * port_ns // 8_000_000_000)
     if shared:
         q = min(q, shared)
-    return schemas.Emulation(capacity=egress.capacity, queue=q)
+    # The port charges frames as the link does (its overhead and cells: the same medium).
+    return schemas.Emulation(capacity=egress.capacity, queue=q, overhead=egress.overhead,
+                             cell_size=egress.cell_size, cell_overhead=egress.cell_overhead)
 
 
 def link_stages(link: schemas.Link, cfg: PlanConfig) -> list[Stages]:

@@ -17,9 +17,12 @@ The words, as iproute2's tc reads them (tc/q_netem.c):
   and no burst model. `loss gemodel p [r [1-h [1-k]]]`: the Gilbert-Elliott model, `burst`
   {p, r, loss_bad: 1-h, loss_good: 1-k}; tc's defaults for the ones left out: r = 1 - p,
   1-h = 100 %, 1-k = 0 %. A percentage may leave out its `%` (tc's rule).
-- `rate RATE`: capacity, in tc's bit units (bit, kbit, mbit, gbit, tbit, kibit, mibit, gibit,
-  tibit). tc's byte units (bps, kbps, MBps ...) are refused: moa's own `capacity 100mbps` means
-  bits, tc's `rate 100mbps` bytes, and a guess would be wrong by 8.
+- `rate RATE [PACKETOVERHEAD [CELLSIZE [CELLOVERHEAD]]]`: capacity, in tc's bit units (bit,
+  kbit, mbit, gbit, tbit, kibit, mibit, gibit, tibit), and what each frame is charged: overhead,
+  cell_size, cell_overhead (bytes; the overheads may be negative). tc's byte units (bps, kbps,
+  MBps ...) are refused: moa's own `capacity 100mbps` means bits, tc's `rate 100mbps` bytes,
+  and a guess would be wrong by 8. The overhead left out is moa's 24 (a frame's L1 overhead),
+  not netem's 0: `rate 10mbit 0` charges the frame alone, as netem's `rate 10mbit` does.
 - `moa KEY VALUE ...`, last: moa's own keys that netem has no word for (queue, aqm, target,
   interval, ecn, reorder, state), with the values `moa set` takes.
 
@@ -35,7 +38,7 @@ from decimal import Context, Decimal, InvalidOperation
 
 from schemas import units
 from schemas.messages import (
-    CHOICES, Aqm, Emulation, EmulationPatch, InvalidMessage, check_emulation,
+    CHOICES, DEFAULT_OVERHEAD, Aqm, Emulation, EmulationPatch, InvalidMessage, check_emulation,
 )
 
 # netem words moa does not implement, and what to say about each.
@@ -58,7 +61,8 @@ MOA_KEYS = ("queue", "aqm", "target", "interval", "ecn", "reorder", "state")
 # moa's keys that a netem word says; in the `moa` tail they are refused, naming that word.
 NETEM_SAYS = {"latency": "delay", "jitter": "delay", "delay_correlation": "delay",
               "distribution": "distribution", "loss": "loss", "loss_correlation": "loss",
-              "capacity": "rate", "burst": "loss"}
+              "capacity": "rate", "burst": "loss", "overhead": "rate", "cell_size": "rate",
+              "cell_overhead": "rate"}
 
 _NUMBER = r"([0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?)"
 _TIME = re.compile(_NUMBER + r"([A-Za-z]*)")
@@ -224,15 +228,34 @@ def _loss(w: _Words, word: str) -> dict[str, object]:
                             "(PERCENT, random PERCENT, gemodel p r 1-h 1-k)")
 
 
+_INT = re.compile(r"[+-]?[0-9]{1,6}")
+
+
+def _bytes(word: str, text: str, what: str, signed: bool) -> int:
+    """tc's get_s32/get_u32 for the rate's byte counts, in decimal (bounds: the emulation's)."""
+    if _INT.fullmatch(text) is None or (not signed and text[:1] in "+-"):
+        kind = "a whole number of bytes" + ("" if signed else ", not negative")
+        raise NetemError(word, f"netem rate: {what} {text!r} is not {kind}")
+    return int(text, 10)
+
+
 def _rate_group(w: _Words) -> dict[str, object]:
+    """`rate RATE [PACKETOVERHEAD [CELLSIZE [CELLOVERHEAD]]]` (tc reads the overheads as signed
+    numbers, the cell size as unsigned): capacity, overhead, cell_size, cell_overhead. The ones
+    left out take moa's defaults: overhead 24 (netem's is 0: moa charges every frame its L1
+    overhead, docs/semantics.md), no cells."""
     capacity = _rate("rate", w.take("rate", "RATE"))
-    extra = w.peek()
-    if extra is not None and (extra[:1].isdigit() or extra[:1] == "-"):
-        raise NetemError("packetoverhead", f"netem word 'packetoverhead' ({extra!r} after the "
-                                           "rate; and cellsize, celloverhead) is not supported "
-                                           "by moa: moa charges each Ethernet frame its own "
-                                           "overhead (docs/semantics.md)")
-    return {"capacity": capacity}
+    out: dict[str, object] = {"capacity": capacity, "overhead": DEFAULT_OVERHEAD,
+                              "cell_size": 0, "cell_overhead": 0}
+    for name, what, signed in (("overhead", "packetoverhead", True),
+                               ("cell_size", "cellsize", False),
+                               ("cell_overhead", "celloverhead", True)):
+        nxt = w.peek()
+        if nxt is None or not (nxt[:1].isdigit() or (signed and nxt[:1] in "+-")):
+            break
+        w.i += 1
+        out[name] = _bytes(what, nxt, what, signed)
+    return out
 
 
 def _moa_tail(w: _Words) -> dict[str, object]:
@@ -287,7 +310,8 @@ def _moa_tail(w: _Words) -> dict[str, object]:
 # Which word set a field of the patch: a refusal by the emulation's rules names it.
 _WORD_OF = {"latency": "delay", "jitter": "delay", "delay_correlation": "delay",
             "distribution": "distribution", "loss": "loss", "loss_correlation": "loss",
-            "burst": "loss", "capacity": "rate", "queue": "moa queue", "aqm": "moa aqm",
+            "burst": "loss", "capacity": "rate", "overhead": "rate", "cell_size": "rate",
+            "cell_overhead": "rate", "queue": "moa queue", "aqm": "moa aqm",
             "reorder": "moa reorder", "state": "moa state"}
 
 
@@ -361,6 +385,8 @@ def _pct(p: float) -> str:
 
 
 def _rate_words(bps: int) -> str:
+    if not bps:  # unlimited, with a charge of its own to write after it
+        return "0bit"
     return units.format_rate(bps)[:-3] + "bit"  # "100mbps" -> "100mbit": tc's bits
 
 
@@ -387,8 +413,15 @@ def render(e: Emulation) -> str:
         words += ["loss", _pct(e.loss)]
         if e.loss_correlation:
             words.append(_pct(e.loss_correlation))
-    if e.capacity:
+    cells = e.cell_size or e.cell_overhead
+    if e.capacity or e.overhead != DEFAULT_OVERHEAD or cells:
         words += ["rate", _rate_words(e.capacity)]
+        if e.overhead != DEFAULT_OVERHEAD or cells:
+            words.append(str(e.overhead))
+        if cells:
+            words.append(str(e.cell_size))
+        if e.cell_overhead:
+            words.append(str(e.cell_overhead))
     tail: list[str] = []
     if e.queue is not None:
         tail += ["queue", units.format_size(e.queue)]

@@ -5,7 +5,9 @@ Keys: latency, jitter (durations), capacity (rate), queue (size, or "none"), los
 loss_correlation (0..1, below 1), reorder (true/false), state (up/down), distribution (uniform,
 normal, pareto, paretonormal), delay_correlation (0..1, below 1), aqm (taildrop, codel, pie) with
 target, interval (durations) and ecn (true/false): these four make the link's whole `aqm` (the
-ones left out take their defaults), e.g. `moa set a-b aqm codel target 5ms ecn true`. Without
+ones left out take their defaults), e.g. `moa set a-b aqm codel target 5ms ecn true`; overhead,
+cell_size, cell_overhead (bytes; what each frame is charged, e.g. ATM's `cell_size 48
+cell_overhead 5`). Without
 --id the materialization is the one holding a link of that name,
 or, for a tag, the only materialization on the box. A name that is a link id is a link, else a tag.
 
@@ -30,7 +32,9 @@ from moa_bus import engine
 from moa_bus.cli import client, netem_syntax
 
 KEYS = ("latency", "jitter", "capacity", "queue", "loss", "loss_correlation", "reorder", "state",
-        "distribution", "delay_correlation", "aqm", "target", "interval", "ecn")
+        "distribution", "delay_correlation", "aqm", "target", "interval", "ecn", "overhead",
+        "cell_size", "cell_overhead")
+INT_KEYS = ("overhead", "cell_size", "cell_overhead")  # bytes, overheads may be negative
 AQM_KEYS = {"aqm": "kind", "target": "target", "interval": "interval", "ecn": "ecn"}
 
 
@@ -101,6 +105,11 @@ def parse_params(words: list[str]) -> dict[str, object]:
             if value.lower() not in ("true", "false", "on", "off", "1", "0"):
                 raise UsageError(f"{key} {value!r}: give true or false")
             out[key] = value.lower() in ("true", "on", "1")
+        elif key in INT_KEYS:
+            try:
+                out[key] = int(value, 10)
+            except ValueError:
+                raise UsageError(f"{key} {value!r} is not a whole number of bytes") from None
         elif key == "queue" and value.lower() == "none":
             out[key] = None
         else:

@@ -72,7 +72,15 @@ def _emulation(e: schemas.Emulation) -> list[str]:
             _jitter(e),
             (f"{e.loss:g} (corr {e.loss_correlation:g})" if e.loss_correlation else f"{e.loss:g}")
             if e.loss else "-",
-            schemas.format_rate(e.capacity) + _aqm(e)]
+            schemas.format_rate(e.capacity) + _charge(e) + _aqm(e)]
+
+
+def _charge(e: schemas.Emulation) -> str:
+    """The frames' charge when it is not the default (24 bytes of overhead, no cells)."""
+    out = f" oh {e.overhead}" if e.overhead != schemas.messages.DEFAULT_OVERHEAD else ""
+    if e.cell_size:
+        out += f" cells {e.cell_size}{e.cell_overhead:+d}"
+    return out
 
 
 def _aqm(e: schemas.Emulation) -> str:
