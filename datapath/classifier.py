@@ -94,6 +94,7 @@ class StageCounters:
     events_suppressed: int = 0
     handover: int = 0    # egress: packets that carried an ingress-stage handover in skb->mark
     marks: int = 0       # ECN: packets the AQM marked CE instead of dropping
+    corrupted: int = 0   # egress: packets with one bit of their payload flipped (corrupt.h)
     # Passed frames by sojourn, one count per bucket of schemas.SOJOURN_BOUNDS_NS (abi.h).
     sojourn: list[int] = field(default_factory=list)
     # The backlog at the read: the timeline's tail (t_last) minus now, and that time at the
@@ -396,25 +397,30 @@ class Classifier:
         mk = fields.index("marks")
         so = [i for i, f in enumerate(fields) if f.startswith("sojourn_")]
         rows = table.values.tolist()  # [slot][stage][field], python ints
-        backlog = self.backlogs(slots)
+        corrupted: dict[tuple[int, int], int] = {}
+        backlog = self.backlogs(slots, corrupted)
         out: dict[int, dict[str, StageCounters]] = {}
         for vni, slot in slots.items():
             out[vni] = {name: StageCounters(
                 packets=row[pk], bytes=row[by], drops={r: row[i] for r, i in drops},
                 events_suppressed=row[sup], handover=row[ho], marks=row[mk],
+                corrupted=corrupted.get((vni, st), 0),
                 sojourn=_histogram(row[pk], [row[i] for i in so]),
                 backlog_ns=backlog.get((vni, st), (0, 0))[0],
                 backlog_bytes=backlog.get((vni, st), (0, 0))[1])
                 for st, (name, row) in enumerate(zip(schemas.STAGES, rows[slot]))}
         return out
 
-    def backlogs(self, slots: Mapping[int, int]) -> dict[tuple[int, int], tuple[int, int]]:
+    def backlogs(self, slots: Mapping[int, int], corrupted: dict[tuple[int, int], int] | None = None,
+                 ) -> dict[tuple[int, int], tuple[int, int]]:
         """{(vni, stage): (backlog_ns, backlog_bytes)} of the stages of `slots` (VNI -> slot)
         that have a rate and a backlog now: the timeline's tail t_last minus the monotonic clock
         (bpf_ktime_get_ns's), and that time at the stage's rate as bytes (rounded down, L1
         overhead included as the timeline charges it). Computed from the state and the
         parameters - one batch read of each map, no cost on the datapath. A stage whose timeline
-        a locked step owns at that instant (t_last = MOA_OWNED) reads as empty."""
+        a locked step owns at that instant (t_last = MOA_OWNED) reads as empty. `corrupted`,
+        when given, gets the stages' corrupted counts (a word of the same state, corrupt.h)
+        where they are not 0."""
         if not slots:
             return {}
         nst = self.abi.NR_STAGES
@@ -423,6 +429,7 @@ class Classifier:
         kraw, lraw, lgot = self.links_map.lookup_batch(len(self._slots) + 64)
         now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         ssize, toff = self.state_map.value_size, self.abi.StageState.t_last.offset
+        coff = self.abi.StageState.corrupted.offset
         lsize = self.links_map.value_size
         soff = self.abi.Link.stage.offset
         psize = ctypes.sizeof(self.abi.StageParams)
@@ -443,6 +450,11 @@ class Classifier:
                 rate = int.from_bytes(link[o:o + 8], sys.byteorder)
                 t_last = int.from_bytes(sraw[idx * ssize + toff:idx * ssize + toff + 8],
                                         sys.byteorder)
+                if corrupted is not None:
+                    n = int.from_bytes(sraw[idx * ssize + coff:idx * ssize + coff + 8],
+                                       sys.byteorder)
+                    if n:
+                        corrupted[(vni, st)] = n
                 if not rate or t_last == owned or t_last <= now:
                     continue
                 ns = t_last - now

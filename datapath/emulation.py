@@ -114,6 +114,9 @@ def stage_params(e: schemas.Emulation | None, abi: Abi) -> Any:
     if e.state == "down":
         p.flags |= abi.StageFlags.DOWN
     p.dist = DIST_IDS[e.distribution]
+    if e.corrupt:
+        p.flags |= abi.StageFlags.CORRUPT
+        p.corrupt_threshold = probability_threshold(e.corrupt)
     if e.aqm.kind != "taildrop" and e.capacity:
         msg = schemas.messages
         codel = e.aqm.kind == "codel"

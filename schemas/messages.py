@@ -181,6 +181,7 @@ class Emulation(_Message, frozen=True, kw_only=True):
     overhead: Overhead = DEFAULT_OVERHEAD
     cell_size: CellSize = 0
     cell_overhead: CellOverhead = 0
+    corrupt: Probability = 0.0
 
 
 class EmulationPatch(_Message, kw_only=True):
@@ -203,6 +204,7 @@ class EmulationPatch(_Message, kw_only=True):
     overhead: Overhead | UnsetType = UNSET
     cell_size: CellSize | UnsetType = UNSET
     cell_overhead: CellOverhead | UnsetType = UNSET
+    corrupt: Probability | UnsetType = UNSET
 
     def changes(self) -> dict[str, object]:
         """The fields this patch sets, by name."""
@@ -224,7 +226,7 @@ class EmulationPatch(_Message, kw_only=True):
 # The names of an emulation's fields (LinkUpdate.inherit).
 EmulationField = Literal["latency", "jitter", "loss", "capacity", "queue", "burst", "reorder",
                          "loss_correlation", "state", "distribution", "delay_correlation",
-                         "overhead", "cell_size", "cell_overhead"]
+                         "overhead", "cell_size", "cell_overhead", "corrupt"]
 
 
 # The rules of an emulation, written once for an Emulation and for a patch: a field a patch
@@ -253,6 +255,8 @@ def check_values(e: Emulation | EmulationPatch, path: str) -> None:
                              "(one full-size frame)")
     if e.loss is not UNSET:
         _check_probability(e.loss, _join(path, "loss"), "loss")
+    if e.corrupt is not UNSET:
+        _check_probability(e.corrupt, _join(path, "corrupt"), "corrupt")
     if e.delay_correlation is not UNSET:
         _check_probability(e.delay_correlation, _join(path, "delay_correlation"),
                            "delay_correlation")
@@ -459,6 +463,7 @@ class LinkStats(_Message, kw_only=True):
     bytes: int
     drops: dict[str, int]
     marks: int = 0  # ECN: packets the AQM marked CE instead of dropping
+    corrupted: int = 0  # packets that got one bit of their payload flipped (`corrupt`)
     # Passed frames by the sojourn they had on the timeline, bucket k for sojourns below
     # SOJOURN_BOUNDS_NS[k] (the last: the rest); trailing empty buckets are left out, so an
     # unshaped stage's histogram is [packets] (docs/contract.md, "Queue telemetry").

@@ -25,9 +25,10 @@ FIELDS = {
     "Link": ["slot", "stage"],
     "StageParams": ["rate_bps", "queue_ns", "latency_ns", "jitter_ns", "loss_threshold", "ge",
                     "overhead", "loss_model", "flags", "aqm", "aqm_target_ns", "aqm_interval_ns",
-                    "cell_size", "cell_overhead"],
+                    "cell_size", "cell_overhead", "corrupt_threshold"],
     "GilbertElliott": ["p_good_to_bad", "p_bad_to_good", "loss_good", "loss_bad"],
-    "StageState": ["lock", "ge_bad", "t_last", "t_depart", "ev_window", "ev_used", "aqm"],
+    "StageState": ["lock", "ge_bad", "t_last", "t_depart", "ev_window", "ev_used", "aqm",
+                   "corrupted"],
     "LinkCounters": ["packets", "bytes", "drops", "events_suppressed", "marks", "sojourn"],
     "GlobalCounters": ["non_vxlan", "unknown_vni", "ringbuf_fail", "handover"],
     "DropEvent": ["version", "reason", "stage", "vni", "time_ns", "len", "segs", "reserved"],
@@ -100,7 +101,8 @@ def test_mirror_enums(mirror: abi_mod.Abi) -> None:
     assert {m.name: m.value for m in mirror.Aqm} == {"TAILDROP": 0, "CODEL": 1, "PIE": 2}
     assert {m.name: m.value for m in mirror.LossModel} == {
         "NONE": 0, "BERNOULLI": 1, "GILBERT_ELLIOTT": 2}
-    assert (mirror.StageFlags.REORDER, mirror.StageFlags.DOWN, mirror.StageFlags.ECN) == (1, 2, 4)
+    assert (mirror.StageFlags.REORDER, mirror.StageFlags.DOWN, mirror.StageFlags.ECN,
+            mirror.StageFlags.CORRUPT) == (1, 2, 4, 8)
     assert (mirror.NR_STAGES, mirror.NR_DROP_REASONS, mirror.DROP_EVENT_VERSION) == (2, 5, 2)
 
 

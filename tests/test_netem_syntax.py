@@ -62,7 +62,8 @@ def emulations(draw) -> schemas.Emulation:
         aqm=aqm, reorder=draw(st.booleans()), state=draw(st.sampled_from(("up", "down"))),
         overhead=draw(st.one_of(st.just(24), st.integers(OVERHEAD_MIN, OVERHEAD_MAX))),
         cell_size=(cell := draw(st.one_of(st.just(0), st.integers(1, CELL_SIZE_MAX)))),
-        cell_overhead=draw(st.integers(1 - cell, CELL_OVERHEAD_MAX)) if cell else 0)
+        cell_overhead=draw(st.integers(1 - cell, CELL_OVERHEAD_MAX)) if cell else 0,
+        corrupt=draw(probabilities))
     schemas.check_emulation(e, "")
     return e
 
@@ -82,7 +83,7 @@ def test_parse_gives_back_what_render_wrote(e: schemas.Emulation) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.one_of(
     st.sampled_from(["delay", "latency", "distribution", "loss", "drop", "random", "gemodel",
-                     "state", "rate", "moa", "queue", "aqm", "codel", "ecn", "duplicate",
+                     "state", "rate", "moa", "queue", "aqm", "codel", "ecn", "duplicate", "corrupt",
                      "reorder", "limit", "normal", "10ms", "1ms", "5%", "0.5", "100%", "1e-3%",
                      "10mbit", "1mbps", "-14", "20", "64KiB", "true", "down", "inherit"]),
     st.text(max_size=12)), max_size=10))
@@ -117,6 +118,10 @@ def test_netems_examples_read_as_tc_reads_them() -> None:
     assert netem.parse("rate 100kbit -14".split()) == {
         "capacity": 100_000, "overhead": -14, "cell_size": 0, "cell_overhead": 0}
     assert netem.parse("rate 1mbit 0 53".split())["cell_size"] == 53
+    assert netem.parse("corrupt 0.1%".split()) == {"corrupt": 0.001}
+    assert netem.parse("corrupt 5% 0%".split()) == {"corrupt": 0.05}
+    assert netem.parse("delay 100ms 20ms distribution normal loss 1% 25% corrupt 0.1%".split())[
+        "corrupt"] == 0.001
     assert netem.parse(["delay", "250usecs"])["latency"] == 250_000
     # Gilbert-Elliott: p, r, 1-h (loss while bad), 1-k (loss while good)
     assert netem.parse("loss gemodel 1% 10% 70% 0.1%".split())["burst"] == {
@@ -173,12 +178,17 @@ def test_render_writes_netems_words() -> None:
                                           cell_overhead=5)) == "rate 256kbit 20 48 5"
     assert netem.render(schemas.Emulation(capacity=10**6, overhead=0)) == "rate 1mbit 0"
     assert netem.render(schemas.Emulation(overhead=-14)) == "rate 0bit -14"  # unlimited
+    assert netem.render(schemas.Emulation(loss=0.01, corrupt=0.001)) == "loss 1% corrupt 0.1%"
     assert netem.render(schemas.Emulation()) == ""
 
 
 @pytest.mark.parametrize(("words", "word"), [
     ("delay 100ms 20ms distribution normal loss 1% 25% duplicate 1%", "duplicate"),
-    ("corrupt 0.1%", "corrupt"),
+    ("corrupt 0.1% 25%", "corrupt"),          # a correlation: refused
+    ("corrupt 101%", "corrupt"),
+    ("corrupt", "corrupt"),
+    ("corrupt 1% corrupt 2%", "corrupt"),
+    ("moa corrupt 0.1", "corrupt"),
     ("delay 10ms reorder 25% 50%", "reorder"),
     ("delay 10ms reorder 25% gap 5", "reorder"),
     ("gap 5", "gap"),

@@ -375,6 +375,8 @@ RULES = [
     ("burst and loss_correlation", _materialize(loss_correlation=0.5, burst={"p": 0.1, "r": 0.5}),
      "links[0].emulation.loss_correlation", "must be 0 when burst"),
     ("state", _materialize(state="sideways"), "links[0].emulation.state", "up"),
+    ("corrupt > 1", _materialize(corrupt=1.5), "links[0].emulation.corrupt", "outside [0, 1]"),
+    ("corrupt < 0", _materialize(corrupt=-0.1), "links[0].emulation.corrupt", "outside [0, 1]"),
     ("overhead < -60", _materialize(overhead=-61), "links[0].emulation.overhead",
      "outside -60..4096"),
     ("overhead big", _materialize(overhead=4097), "links[0].emulation.overhead", "outside"),

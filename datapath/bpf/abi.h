@@ -43,6 +43,7 @@ enum moa_stage_flags {
 	MOA_F_REORDER = 1 << 0,	/* jitter may reorder this link's packets (netem-like) */
 	MOA_F_DOWN = 1 << 1,	/* the link is down: drop every frame (MOA_DROP_LINK_DOWN) */
 	MOA_F_ECN = 1 << 2,	/* the AQM marks ECN-capable packets CE instead of dropping them */
+	MOA_F_CORRUPT = 1 << 3,	/* corrupt_threshold is set: flip a bit of some packets (corrupt.h) */
 };
 
 /* The queue's management (stage_params.aqm; docs/semantics.md, "Queue management"). Tail drop
@@ -121,7 +122,7 @@ struct moa_stage_params {
 	__s16 cell_overhead;	/* bytes per cell besides its cell_size (ATM: 5); cell_size +
 				 * cell_overhead >= 1 */
 	__u8 pad1[6];
-	__u64 reserved[1];	/* room for the next impairment's word */
+	__u64 corrupt_threshold;	/* with MOA_F_CORRUPT: P(one bit flipped) * 2^32 (corrupt.h) */
 	/* 112 bytes: the per-frame words in the first 80 (the hit path's), cells at 78 and 96 */
 };
 
@@ -194,7 +195,8 @@ struct moa_stage_state {
 	__u32 ev_used;		/* drop events emitted in that window */
 	__u32 pad0;
 	__s64 delay_z;		/* correlated jitter: the last latent normal draw, over MOA_DIST_SCALE */
-	__u64 reserved[1];
+	__u64 corrupted;	/* frames this stage corrupted (corrupt.h): shared, added to
+				 * atomically by the few packets it corrupts, read by userspace */
 	struct moa_aqm_state aqm;	/* under `lock` (aqm.h); bytes 56-111 */
 };
 

@@ -26,6 +26,7 @@
 #include "tstamp.h"
 #include "events.h"
 #include "sojourn.h"
+#include "corrupt.h"
 
 /* Does the stage need its shared state (timeline, delay ordering, Gilbert-Elliott)? */
 static __always_inline int moa_needs_state(const struct moa_stage_params *p, __u64 handover)
@@ -140,6 +141,15 @@ static __always_inline int moa_classify(struct __sk_buff *skb, const enum moa_st
 			moa_handover_put(skb, wait);
 	}
 pass:
+	/* Corruption: the egress stage's only (a LAN port never corrupts; on ingress the outer
+	 * UDP checksum is still to be verified, which a flip would fail), passed packets only. */
+	if (stage == MOA_STAGE_EGRESS && (p->flags & MOA_F_CORRUPT) &&
+	    moa_chance(bpf_get_prandom_u32(), p->corrupt_threshold) &&
+	    moa_corrupt(skb, pkt.outer_len, bpf_get_prandom_u32())) {
+		st = bpf_map_lookup_elem(&moa_state, &idx);
+		if (st)
+			__sync_fetch_and_add(&st->corrupted, 1);
+	}
 	cnt->packets += c.segs;
 	cnt->bytes += c.bytes;
 	/* s.sojourn is 0 unless the timeline placed it. Bucket 0 (below 2^MOA_SOJOURN_SHIFT ns:

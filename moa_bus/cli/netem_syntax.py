@@ -17,6 +17,8 @@ The words, as iproute2's tc reads them (tc/q_netem.c):
   and no burst model. `loss gemodel p [r [1-h [1-k]]]`: the Gilbert-Elliott model, `burst`
   {p, r, loss_bad: 1-h, loss_good: 1-k}; tc's defaults for the ones left out: r = 1 - p,
   1-h = 100 %, 1-k = 0 %. A percentage may leave out its `%` (tc's rule).
+- `corrupt PERCENT [CORRELATION]`: corrupt (one bit flipped in the inner payload of that share
+  of the packets, docs/semantics.md "Corruption"); a correlation other than 0 is refused.
 - `rate RATE [PACKETOVERHEAD [CELLSIZE [CELLOVERHEAD]]]`: capacity, in tc's bit units (bit,
   kbit, mbit, gbit, tbit, kibit, mibit, gibit, tibit), and what each frame is charged: overhead,
   cell_size, cell_overhead (bytes; the overheads may be negative). tc's byte units (bps, kbps,
@@ -44,7 +46,6 @@ from schemas.messages import (
 # netem words moa does not implement, and what to say about each.
 UNSUPPORTED: dict[str, str] = {
     "duplicate": "moa does not duplicate packets",
-    "corrupt": "moa does not corrupt packets",
     "reorder": "moa does not send a fraction of packets ahead of the delay (moa's own "
                "`reorder true` is another thing: jitter may reorder the link)",
     "gap": "moa has no netem reordering",
@@ -56,13 +57,13 @@ UNSUPPORTED: dict[str, str] = {
     "seed": "moa's random numbers have no seed",
 }
 ALIASES = {"latency": "delay", "drop": "loss"}
-GROUPS = ("delay", "distribution", "loss", "rate", "moa")
+GROUPS = ("delay", "distribution", "loss", "corrupt", "rate", "moa")
 MOA_KEYS = ("queue", "aqm", "target", "interval", "ecn", "reorder", "state")
 # moa's keys that a netem word says; in the `moa` tail they are refused, naming that word.
 NETEM_SAYS = {"latency": "delay", "jitter": "delay", "delay_correlation": "delay",
               "distribution": "distribution", "loss": "loss", "loss_correlation": "loss",
               "capacity": "rate", "burst": "loss", "overhead": "rate", "cell_size": "rate",
-              "cell_overhead": "rate"}
+              "cell_overhead": "rate", "corrupt": "corrupt"}
 
 _NUMBER = r"([0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?)"
 _TIME = re.compile(_NUMBER + r"([A-Za-z]*)")
@@ -239,6 +240,18 @@ def _bytes(word: str, text: str, what: str, signed: bool) -> int:
     return int(text, 10)
 
 
+def _corrupt(w: _Words) -> dict[str, object]:
+    """`corrupt PERCENT [CORRELATION]`: corrupt. A correlation other than 0 is refused: moa's
+    corruption is independent per packet (netem's correlation mixes successive draws)."""
+    out: dict[str, object] = {"corrupt": _percent("corrupt", w.take("corrupt", "PERCENT"),
+                                                  "percentage")}
+    if (corr := w.take_number()) is not None and _percent("corrupt", corr, "correlation"):
+        raise NetemError("corrupt", f"netem corrupt: correlation {corr!r} is not supported by "
+                                    "moa (each packet is corrupted independently); give 0% or "
+                                    "leave it out")
+    return out
+
+
 def _rate_group(w: _Words) -> dict[str, object]:
     """`rate RATE [PACKETOVERHEAD [CELLSIZE [CELLOVERHEAD]]]` (tc reads the overheads as signed
     numbers, the cell size as unsigned): capacity, overhead, cell_size, cell_overhead. The ones
@@ -311,7 +324,7 @@ def _moa_tail(w: _Words) -> dict[str, object]:
 _WORD_OF = {"latency": "delay", "jitter": "delay", "delay_correlation": "delay",
             "distribution": "distribution", "loss": "loss", "loss_correlation": "loss",
             "burst": "loss", "capacity": "rate", "overhead": "rate", "cell_size": "rate",
-            "cell_overhead": "rate", "queue": "moa queue", "aqm": "moa aqm",
+            "cell_overhead": "rate", "corrupt": "corrupt", "queue": "moa queue", "aqm": "moa aqm",
             "reorder": "moa reorder", "state": "moa state"}
 
 
@@ -330,7 +343,7 @@ def parse(words: list[str]) -> dict[str, object]:
         _refuse_unsupported(group)
         if group not in GROUPS:
             raise NetemError(word, f"netem word {word!r} is not one moa takes (delay, "
-                                   f"distribution, loss, rate, then moa KEY VALUE ...)")
+                                   f"distribution, loss, corrupt, rate, then moa KEY VALUE ...)")
         if group in seen:
             raise NetemError(word, f"netem word {word!r} is given twice")
         seen.add(group)
@@ -344,6 +357,8 @@ def parse(words: list[str]) -> dict[str, object]:
                                                  f"{', '.join(CHOICES['distribution'])}")
         elif group == "loss":
             out.update(_loss(w, word))
+        elif group == "corrupt":
+            out.update(_corrupt(w))
         elif group == "rate":
             out.update(_rate_group(w))
         else:
@@ -413,6 +428,8 @@ def render(e: Emulation) -> str:
         words += ["loss", _pct(e.loss)]
         if e.loss_correlation:
             words.append(_pct(e.loss_correlation))
+    if e.corrupt:
+        words += ["corrupt", _pct(e.corrupt)]
     cells = e.cell_size or e.cell_overhead
     if e.capacity or e.overhead != DEFAULT_OVERHEAD or cells:
         words += ["rate", _rate_words(e.capacity)]

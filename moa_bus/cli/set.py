@@ -7,8 +7,8 @@ normal, pareto, paretonormal), delay_correlation (0..1, below 1), aqm (taildrop,
 target, interval (durations) and ecn (true/false): these four make the link's whole `aqm` (the
 ones left out take their defaults), e.g. `moa set a-b aqm codel target 5ms ecn true`; overhead,
 cell_size, cell_overhead (bytes; what each frame is charged, e.g. ATM's `cell_size 48
-cell_overhead 5`). Without
---id the materialization is the one holding a link of that name,
+cell_overhead 5`), corrupt (0..1: the share of packets with one bit of their payload
+flipped). Without --id the materialization is the one holding a link of that name,
 or, for a tag, the only materialization on the box. A name that is a link id is a link, else a tag.
 
 --endpoint VNI (a link only): the values are that direction's own, for the frames delivered
@@ -33,7 +33,7 @@ from moa_bus.cli import client, netem_syntax
 
 KEYS = ("latency", "jitter", "capacity", "queue", "loss", "loss_correlation", "reorder", "state",
         "distribution", "delay_correlation", "aqm", "target", "interval", "ecn", "overhead",
-        "cell_size", "cell_overhead")
+        "cell_size", "cell_overhead", "corrupt")
 INT_KEYS = ("overhead", "cell_size", "cell_overhead")  # bytes, overheads may be negative
 AQM_KEYS = {"aqm": "kind", "target": "target", "interval": "interval", "ecn": "ecn"}
 
@@ -92,7 +92,7 @@ def parse_params(words: list[str]) -> dict[str, object]:
     for key, value in zip(words[::2], words[1::2]):
         if key not in KEYS:
             raise UsageError(f"unknown parameter {key!r} (one of {', '.join(KEYS)})")
-        if key in ("loss", "loss_correlation", "delay_correlation"):
+        if key in ("loss", "loss_correlation", "delay_correlation", "corrupt"):
             try:
                 out[key] = float(value)
             except ValueError:

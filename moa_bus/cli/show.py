@@ -70,9 +70,14 @@ def _jitter(e: schemas.Emulation) -> str:
 def _emulation(e: schemas.Emulation) -> list[str]:
     return [schemas.format_duration(e.latency) if e.latency else "-",
             _jitter(e),
-            (f"{e.loss:g} (corr {e.loss_correlation:g})" if e.loss_correlation else f"{e.loss:g}")
-            if e.loss else "-",
+            _loss(e),
             schemas.format_rate(e.capacity) + _charge(e) + _aqm(e)]
+
+
+def _loss(e: schemas.Emulation) -> str:
+    out = ((f"{e.loss:g} (corr {e.loss_correlation:g})" if e.loss_correlation else f"{e.loss:g}")
+           if e.loss else "-")
+    return f"{out} corrupt {e.corrupt:g}" if e.corrupt else out
 
 
 def _charge(e: schemas.Emulation) -> str:
