@@ -7,6 +7,10 @@ that slot's state and counters before the link becomes visible to the datapath; 
 only replace the parameters (one atomic hash update), so the timeline is not reset. With
 pinned maps the slot table is rebuilt from moa_links on load, so a restarted service keeps
 every link's slot (and its timeline and counters).
+
+Why this is one module, past 450 lines: every map of the loaded object is read and written
+through this class, which keeps the slots and the custom distribution tables consistent with
+the maps.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ import schemas
 from datapath.bpf import object_path
 from datapath.counter_table import CounterTable
 from datapath.counter_table import read as read_counter_table
-from datapath.distributions import DIST_IDS, DIST_SIZE, cdf_table
+from datapath.distributions import DIST_IDS, DIST_SIZE, cdf_table, custom_table, table_key
 from datapath.distributions import table as dist_table
 from datapath.emulation import stage_bytes
 from datapath.libbpf import BpfObject, Map, Program, RingBuffer
@@ -123,6 +127,11 @@ class Classifier:
         self.saved_qdiscs_map: Map = obj.map("moa_saved_qdiscs")
         self.dist_map: Map = obj.map("moa_dist")
         self.dist_cdf_map: Map = obj.map("moa_dist_cdf")
+        self.dist_custom_map: Map = obj.map("moa_dist_custom")
+        # Custom tables (distribution "custom"): what each key holds (every table this process
+        # encoded or found in the map: a rollback may need one back) and the keys in the map.
+        self._tables: dict[int, tuple[int, ...]] = {}
+        self._tables_present: set[int] = set()
         self.event_version = self.abi.DROP_EVENT_VERSION
         self._lock = threading.Lock()
         self._slots: dict[int, int] = {}
@@ -166,11 +175,65 @@ class Classifier:
         """The jitter's tables and the normal CDF (datapath/distributions.py), before any link
         can use them; the same content every time, so a reused pinned map is rewritten as is."""
         for name, dist_id in DIST_IDS.items():
-            if dist_id:
+            if dist_id and name != "custom":  # custom tables: moa_dist_custom, per content
                 self.dist_map.update(dist_id, self.abi.DistTable(v=(ctypes.c_int16 * DIST_SIZE)(
                     *dist_table(name))))
         self.dist_cdf_map.update(0, self.abi.DistCdf(u=(ctypes.c_uint16 * len(cdf_table()))(
             *cdf_table())))
+        for key, table in self.dist_custom_map.items(ctypes.c_uint32, self.abi.DistTable):
+            key = int(key.value) if hasattr(key, "value") else int(key)
+            self._tables[key] = tuple(table.v)
+            self._tables_present.add(key)
+
+    # -- custom distribution tables -----------------------------------------------------------------
+
+    def _remember_tables(self, *stages: schemas.Emulation | None) -> None:
+        """Keep the custom tables of these stages by key, for the writes that will need them.
+        Two different tables with one key (a 32-bit hash) cannot be held apart: refused."""
+        for e in stages:
+            if e is None or e.distribution != "custom" or not e.distribution_table:
+                continue
+            key, held = table_key(e.distribution_table), custom_table(e.distribution_table)
+            if self._tables.setdefault(key, held) != held:
+                raise schemas.InvalidMessage(
+                    "distribution_table", "this table's key collides with another table's on "
+                    "this box; change one value of it by one", code="unsupported")
+
+    def _table_keys(self, stages: bytes) -> set[int]:
+        """The custom tables' keys an encoded `stage` array refers to."""
+        size = ctypes.sizeof(self.abi.StageParams)
+        doff, koff = self.abi.StageParams.dist.offset, self.abi.StageParams.dist_key.offset
+        custom = int(self.abi.Dist.CUSTOM)
+        out = set()
+        for st in range(self.abi.NR_STAGES):
+            if stages[st * size + doff] == custom:
+                out.add(int.from_bytes(stages[st * size + koff:st * size + koff + 4],
+                                       sys.byteorder))
+        return out
+
+    def _ensure_tables(self, stages: Iterable[bytes]) -> None:
+        """Under the lock, before links referring to them are written: every custom table of
+        `stages` is in moa_dist_custom. When the map would overflow, the tables no link in
+        moa_links refers to any more (and none of these stages does) are removed first."""
+        need = set().union(*(self._table_keys(s) for s in stages))
+        missing = need - self._tables_present
+        if not missing:
+            return
+        unknown = [k for k in missing if k not in self._tables]
+        if unknown:  # never encoded here nor found in the map: nothing to write
+            raise RuntimeError(f"custom distribution table {unknown[0]:#x} is not known")
+        if len(self._tables_present) + len(missing) > self.abi.DIST_CUSTOM_MAX:
+            used = set(need)
+            lsize, soff = self.links_map.value_size, self.abi.Link.stage.offset
+            for _, raw in self.links_map.items():
+                used |= self._table_keys(bytes(raw)[soff:lsize])
+            for key in self._tables_present - used:
+                self.dist_custom_map.delete(key)
+                self._tables_present.discard(key)
+        for key in missing:
+            self.dist_custom_map.update(key, self.abi.DistTable(
+                v=(ctypes.c_int16 * DIST_SIZE)(*self._tables[key])))
+            self._tables_present.add(key)
 
     def slot(self, vni: int) -> int | None:
         return self._slots.get(vni)
@@ -189,6 +252,7 @@ class Classifier:
         """The `stage` array of a struct moa_link for these stages (None = that stage does
         nothing): what the planner compares with the kernel's and what the writes below take.
         Each distinct emulation is converted once (datapath.emulation.stage_bytes)."""
+        self._remember_tables(egress, ingress)
         return stage_bytes(egress, self.abi) + stage_bytes(ingress, self.abi)
 
     def stages_of(self, raw_link: bytes) -> bytes:
@@ -234,6 +298,7 @@ class Classifier:
 
     def _write(self, vni: int, stages: bytes, want_slot: int | None = None) -> int:
         with self._lock:
+            self._ensure_tables([stages])
             had = vni in self._slots
             slot, _ = self._take_slot(vni, want_slot)
             try:
@@ -273,6 +338,7 @@ class Classifier:
             self.set_link_stages(vni, links[vni])
         with self._lock:
             existing = [v for v in links if v in self._slots and v not in fresh]
+            self._ensure_tables(links[v] for v in existing)
             values = b"".join(bytes(self._link(self._slots[v], links[v])) for v in existing)
             keys = b"".join(int(v).to_bytes(4, sys.byteorder) for v in existing)
             self.links_map.update_batch(keys, values)

@@ -25,7 +25,8 @@ from functools import lru_cache
 from statistics import NormalDist
 
 __all__ = ["DIST_SCALE", "DIST_SIZE", "CDF_SIZE", "DIST_IDS", "table", "cdf_table",
-           "max_offset", "latent_rho", "fixed_point"]
+           "max_offset", "latent_rho", "fixed_point", "custom_table", "table_key", "table_of",
+           "read_dist_file"]
 
 DIST_SCALE = 8192
 DIST_SIZE = 4096
@@ -34,7 +35,8 @@ CDF_STEPS_PER_SIGMA = 2048
 S16 = (-32768, 32767)
 
 # schemas' names -> enum moa_dist (abi.h; tests/test_classifier_delay.py checks them against BTF).
-DIST_IDS = {"uniform": 0, "normal": 1, "pareto": 2, "paretonormal": 3}
+DIST_IDS = {"uniform": 0, "normal": 1, "pareto": 2, "paretonormal": 3, "custom": 4}
+NETEM_DIST_MAX = 16384  # the most values iproute2 reads from a .dist file (tc/q_netem.c)
 
 _NORMAL = NormalDist()
 
@@ -82,6 +84,62 @@ def table(name: str) -> tuple[int, ...]:
     return tuple(_MAKERS[name]())
 
 
+# -- custom tables -----------------------------------------------------------------------------
+#
+# A custom table (Emulation.distribution_table: netem's .dist values, docs/semantics.md "Delay
+# distributions") is any list of values in 1/DIST_SCALE of the jitter; netem draws an entry
+# uniformly, so the distribution is the values' empirical one whatever their order. moa holds
+# it as the built-in tables are held: DIST_SIZE quantiles, sorted (the correlated draw reads a
+# quantile index), entry k the value at rank floor((k + 1/2) n / DIST_SIZE) of the n sorted
+# values - a table of DIST_SIZE values is held exactly, a longer one thinned evenly, a shorter
+# one repeated evenly.
+
+@lru_cache(maxsize=256)
+def custom_table(values: tuple[int, ...]) -> tuple[int, ...]:
+    """The DIST_SIZE sorted quantiles moa holds for a custom table's values."""
+    v = sorted(values)
+    n = len(v)
+    return tuple(v[(2 * k + 1) * n // (2 * DIST_SIZE)] for k in range(DIST_SIZE))
+
+
+@lru_cache(maxsize=256)
+def table_key(values: tuple[int, ...]) -> int:
+    """The custom table's key in moa_dist_custom (stage_params.dist_key): 32 bits of a hash of
+    the table moa holds, never 0."""
+    import hashlib
+    held = custom_table(values)
+    digest = hashlib.sha256(b"".join(x.to_bytes(2, "little", signed=True) for x in held))
+    return int.from_bytes(digest.digest()[:4], "little") or 1
+
+
+def table_of(name: str, values: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """The table a stage draws from: the named one, or with `values` its custom table."""
+    return custom_table(values) if name == "custom" and values else table(name)
+
+
+def read_dist_file(text: str) -> list[int]:
+    """The values of an iproute2 .dist file (tc/q_netem.c's get_distribution): whitespace-
+    separated integers, `#` starting a comment line, at most NETEM_DIST_MAX; ValueError naming
+    what is wrong."""
+    out: list[int] = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if line.lstrip().startswith("#"):
+            continue
+        for word in line.split():
+            try:
+                v = int(word, 10)
+            except ValueError:
+                raise ValueError(f"line {lineno}: {word!r} is not an integer") from None
+            if not S16[0] <= v <= S16[1]:
+                raise ValueError(f"line {lineno}: {v} is outside a 16-bit value")
+            out.append(v)
+            if len(out) > NETEM_DIST_MAX:
+                raise ValueError(f"more than {NETEM_DIST_MAX} values")
+    if len(out) < 2:
+        raise ValueError("a table needs at least 2 values")
+    return out
+
+
 @lru_cache(maxsize=1)
 def cdf_table() -> tuple[int, ...]:
     """u[j] = floor(Phi(z) * DIST_SIZE) for z = (j - CDF_SIZE / 2) / CDF_STEPS_PER_SIGMA."""
@@ -89,9 +147,12 @@ def cdf_table() -> tuple[int, ...]:
         (j - CDF_SIZE // 2) / CDF_STEPS_PER_SIGMA) * DIST_SIZE))) for j in range(CDF_SIZE))
 
 
-def max_offset(name: str) -> float:
-    """The largest delay above latency, in jitters (uniform: 1; pareto: 4)."""
-    return max(1.0, max(table(name)) / DIST_SCALE) if name != "uniform" else 1.0
+def max_offset(name: str, values: tuple[int, ...] | None = None) -> float:
+    """The largest delay above latency, in jitters (uniform: 1; pareto: 4; a custom table: its
+    largest value, at least 1)."""
+    if name == "uniform":
+        return 1.0
+    return max(1.0, max(table_of(name, values)) / DIST_SCALE)
 
 
 # -- correlation -------------------------------------------------------------------------------
@@ -100,10 +161,9 @@ _GRID = 8  # latent points per table entry for the expectations below
 _TERMS = 24
 
 
-@lru_cache(maxsize=None)
-def _hermite_weights(name: str) -> tuple[tuple[float, ...], float]:
-    """(E[g He_k]^2 / k! for k = 1.._TERMS, Var g) of g(z) = table[floor(Phi(z) * DIST_SIZE)]."""
-    t = table(name)
+@lru_cache(maxsize=64)
+def _hermite_weights(t: tuple[int, ...]) -> tuple[tuple[float, ...], float]:
+    """(E[g He_k]^2 / k! for k = 1.._TERMS, Var g) of g(z) = t[floor(Phi(z) * DIST_SIZE)]."""
     m = DIST_SIZE * _GRID
     zs = [_NORMAL.inv_cdf((i + 0.5) / m) for i in range(m)]
     gs = [t[i // _GRID] / DIST_SCALE for i in range(m)]
@@ -118,33 +178,35 @@ def _hermite_weights(name: str) -> tuple[tuple[float, ...], float]:
     return tuple(weights), var
 
 
-def delay_correlation(name: str, a: float) -> float:
+def delay_correlation(name: str, a: float, values: tuple[int, ...] | None = None) -> float:
     """The lag-1 correlation of the delays when the latent normal's is `a`."""
-    weights, var = _hermite_weights(name)
+    weights, var = _hermite_weights(table_of(name, values))
+    if not var:  # a constant table: every delay the same, any correlation
+        return a
     head = sum(w * a ** (k + 1) for k, w in enumerate(weights))
     rest = max(0.0, var - sum(weights)) * a ** (len(weights) + 1)  # the terms left, at most this
     return (head + rest) / var
 
 
 @lru_cache(maxsize=4096)
-def latent_rho(name: str, rho: float) -> float:
+def latent_rho(name: str, rho: float, values: tuple[int, ...] | None = None) -> float:
     """The latent correlation whose delays have lag-1 correlation `rho` (0 <= rho < 1)."""
     if rho <= 0.0:
         return 0.0
     lo, hi = rho, 1.0
     for _ in range(50):
         mid = (lo + hi) / 2
-        if delay_correlation(name, mid) < rho:
+        if delay_correlation(name, mid, values) < rho:
             lo = mid
         else:
             hi = mid
     return (lo + hi) / 2
 
 
-def fixed_point(name: str, rho: float) -> tuple[int, int]:
+def fixed_point(name: str, rho: float, values: tuple[int, ...] | None = None) -> tuple[int, int]:
     """(delay_rho, delay_innov) of struct moa_stage_params: a and sqrt(1 - a^2) over 2^16;
     (0, 0) without correlation."""
     if rho <= 0.0:
         return 0, 0
-    a = latent_rho(name, rho)
+    a = latent_rho(name, rho, values)
     return round(a * 65536), max(1, round(math.sqrt(1 - a * a) * 65536))

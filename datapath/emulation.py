@@ -22,7 +22,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import schemas
-from datapath.distributions import DIST_IDS, fixed_point
+from datapath.distributions import DIST_IDS, fixed_point, table_key
 
 if TYPE_CHECKING:  # datapath.libbpf.abi reads the compiled object's BTF at import
     from datapath.libbpf.abi import Abi
@@ -114,6 +114,8 @@ def stage_params(e: schemas.Emulation | None, abi: Abi) -> Any:
     if e.state == "down":
         p.flags |= abi.StageFlags.DOWN
     p.dist = DIST_IDS[e.distribution]
+    if e.distribution == "custom" and e.distribution_table:
+        p.dist_key = table_key(e.distribution_table)
     if e.corrupt:
         p.flags |= abi.StageFlags.CORRUPT
         p.corrupt_threshold = probability_threshold(e.corrupt)
@@ -127,7 +129,8 @@ def stage_params(e: schemas.Emulation | None, abi: Abi) -> Any:
             msg.CODEL_INTERVAL_NS if codel else msg.PIE_INTERVAL_NS)
         if e.aqm.ecn:
             p.flags |= abi.StageFlags.ECN
-    p.delay_rho, p.delay_innov = fixed_point(e.distribution, e.delay_correlation)
+    p.delay_rho, p.delay_innov = fixed_point(e.distribution, e.delay_correlation,
+                                             e.distribution_table)
     ge = e.burst if e.burst is not None else correlated_loss(e.loss, e.loss_correlation)
     if ge is not None:
         p.loss_model = abi.LossModel.GILBERT_ELLIOTT

@@ -82,7 +82,7 @@ def hold_ns(e: schemas.Emulation | None, frame: int) -> int:
 def max_delay_ns(e: schemas.Emulation) -> int:
     """The longest delay the stage's jitter can draw: latency + jitter, or + jitter times the
     largest value of its distribution (pareto: 4 jitters)."""
-    return e.latency + math.ceil(e.jitter * max_offset(e.distribution))
+    return e.latency + math.ceil(e.jitter * max_offset(e.distribution, e.distribution_table))
 
 
 def fq_horizon_us(horizon_ns: int) -> int:

@@ -13,7 +13,8 @@ and code building, comparing or encoding these Structs only ever meets ints. For
 the markers are simply int.
 
 The rules of an emulation (check_values, check_across) live here, beside the Structs they
-constrain, because EmulationPatch.apply needs them; the rules of whole messages (ids, VNIs,
+constrain, because EmulationPatch.apply needs them (which keeps this one module, past 450 lines:
+the Structs of one message refer to each other and to those rules); the rules of whole messages (ids, VNIs,
 addresses) are in schemas/validate.py, which imports this module (never the other way).
 """
 from __future__ import annotations
@@ -80,7 +81,13 @@ SOJOURN_BOUNDS_NS: tuple[int, ...] = tuple(1 << (SOJOURN_SHIFT + k)
 LinkKind = Literal["p2p", "lan"]
 LinkState = Literal["up", "down"]
 # The jitter's distributions (docs/semantics.md, "Delay distributions"), in enum moa_dist's order.
-Distribution = Literal["uniform", "normal", "pareto", "paretonormal"]
+Distribution = Literal["uniform", "normal", "pareto", "paretonormal", "custom"]
+# A custom distribution's table (distribution "custom"): netem's .dist values, in 1/8192 of the
+# jitter (NETEM_DIST_SCALE), 2 to 4096 of them (moa holds 4096 quantiles; `moa set ... netem
+# distribution FILE` thins a longer file to those).
+DIST_TABLE_MAX = 4096
+DistValue = Annotated[int, msgspec.Meta(ge=-32768, le=32767)]
+DistTable = Annotated[tuple[DistValue, ...], msgspec.Meta(min_length=2, max_length=DIST_TABLE_MAX)]
 # The queue's management (docs/semantics.md, "Queue management"), in enum moa_aqm's order.
 AqmKind = Literal["taildrop", "codel", "pie"]
 # The fields whose value is one of a few words, and those words: a refusal lists them.
@@ -176,6 +183,7 @@ class Emulation(_Message, frozen=True, kw_only=True):
     loss_correlation: Probability = 0.0
     state: LinkState = "up"
     distribution: Distribution = "uniform"
+    distribution_table: DistTable | None = None
     delay_correlation: Probability = 0.0
     aqm: Aqm = msgspec.field(default_factory=Aqm)
     overhead: Overhead = DEFAULT_OVERHEAD
@@ -199,6 +207,7 @@ class EmulationPatch(_Message, kw_only=True):
     loss_correlation: Probability | UnsetType = UNSET
     state: LinkState | UnsetType = UNSET
     distribution: Distribution | UnsetType = UNSET
+    distribution_table: DistTable | None | UnsetType = UNSET
     delay_correlation: Probability | UnsetType = UNSET
     aqm: Aqm | UnsetType = UNSET  # replaces the whole aqm: fields left out take their defaults
     overhead: Overhead | UnsetType = UNSET
@@ -226,7 +235,8 @@ class EmulationPatch(_Message, kw_only=True):
 # The names of an emulation's fields (LinkUpdate.inherit).
 EmulationField = Literal["latency", "jitter", "loss", "capacity", "queue", "burst", "reorder",
                          "loss_correlation", "state", "distribution", "delay_correlation",
-                         "overhead", "cell_size", "cell_overhead", "corrupt"]
+                         "overhead", "cell_size", "cell_overhead", "corrupt",
+                         "distribution_table"]
 
 
 # The rules of an emulation, written once for an Emulation and for a patch: a field a patch
@@ -307,6 +317,14 @@ def check_across(e: Emulation | EmulationPatch, path: str) -> None:
     if e.burst not in (UNSET, None) and e.loss not in (UNSET, 0.0):
         raise InvalidMessage(_join(path, "loss"),
                              "loss must be 0 when burst is given (use burst.loss_good)")
+    if e.distribution == "custom" and e.distribution_table is None:
+        raise InvalidMessage(_join(path, "distribution_table"),
+                             "distribution custom needs its distribution_table (netem's .dist "
+                             "values)")
+    if e.distribution_table not in (UNSET, None) and e.distribution not in (UNSET, "custom"):
+        raise InvalidMessage(_join(path, "distribution_table"),
+                             f"distribution_table is only for distribution custom (the "
+                             f"distribution is {e.distribution})")
     if e.cell_overhead not in (UNSET, 0) and e.cell_size == 0:
         raise InvalidMessage(_join(path, "cell_overhead"),
                              "cell_overhead needs a cell_size: without cells it charges nothing")

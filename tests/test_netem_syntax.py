@@ -38,6 +38,9 @@ probabilities = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
 below_one = st.floats(min_value=0.0, max_value=1.0, exclude_max=True, allow_nan=False)
 
 
+dist_tables = st.lists(st.integers(-32768, 32767), min_size=2, max_size=50).map(tuple)
+
+
 @st.composite
 def emulations(draw) -> schemas.Emulation:
     """Any emulation the rules accept (schemas.messages.check_emulation)."""
@@ -52,7 +55,9 @@ def emulations(draw) -> schemas.Emulation:
         kind=kind, target=draw(aqm_time), interval=draw(aqm_time), ecn=draw(st.booleans()))
     e = schemas.Emulation(
         latency=latency, jitter=draw(st.integers(0, latency)),
-        distribution=draw(st.sampled_from(("uniform", "normal", "pareto", "paretonormal"))),
+        distribution=(name := draw(st.sampled_from(
+            ("uniform", "normal", "pareto", "paretonormal", "custom")))),
+        distribution_table=draw(dist_tables) if name == "custom" else None,
         delay_correlation=draw(below_one),
         loss=0.0 if burst else draw(probabilities),
         loss_correlation=0.0 if burst else draw(below_one),
@@ -75,7 +80,13 @@ def test_parse_gives_back_what_render_wrote(e: schemas.Emulation) -> None:
     if e == schemas.Emulation():
         assert words == ""
         return
-    assert applied(words) == e, words
+    if e.distribution == "custom":  # `distribution custom`: the table is the link's (kept)
+        assert " distribution custom" in words
+        with_table = schemas.Emulation(distribution="custom", latency=1,
+                                       distribution_table=e.distribution_table)
+        assert applied(words, with_table) == e, words
+    else:
+        assert applied(words) == e, words
     # the words set every field they name: on a link that already is e they change nothing
     assert applied(words, e) == e
 
@@ -101,14 +112,15 @@ def test_netems_examples_read_as_tc_reads_them() -> None:
     """tc-netem(8)'s and the issue's lines, the parts moa implements."""
     assert netem.parse("delay 100ms 20ms distribution normal loss 1% 25%".split()) == {
         "latency": 100_000_000, "jitter": 20_000_000, "delay_correlation": 0.0,
-        "distribution": "normal", "loss": 0.01, "loss_correlation": 0.25, "burst": None}
+        "distribution": "normal", "distribution_table": None, "loss": 0.01,
+        "loss_correlation": 0.25, "burst": None}
     assert netem.parse("delay 10ms 3ms 25%".split()) == {
         "latency": 10_000_000, "jitter": 3_000_000, "delay_correlation": 0.25,
-        "distribution": "uniform"}
+        "distribution": "uniform", "distribution_table": None}
     # tc's other names, `random`, a percentage without its %, tc's time units
     assert netem.parse("latency 1.5msec drop random 0.3".split()) == {
         "latency": 1_500_000, "jitter": 0, "delay_correlation": 0.0, "distribution": "uniform",
-        "loss": 0.003, "loss_correlation": 0.0, "burst": None}
+        "distribution_table": None, "loss": 0.003, "loss_correlation": 0.0, "burst": None}
     assert netem.parse(["rate", "5kbit"]) == {"capacity": 5_000, **NO_CELLS}
     assert netem.parse(["rate", "1.5Mbit"]) == {"capacity": 1_500_000, **NO_CELLS}
     assert netem.parse(["rate", "1kibit"]) == {"capacity": 1_024, **NO_CELLS}
@@ -212,7 +224,7 @@ def test_render_writes_netems_words() -> None:
     ("delay 2h", "delay"),
     ("delay 10ms 20ms", "delay"),  # jitter beyond latency: moa's rule, netem clamps at 0
     ("delay 10ms 1ms 100%", "delay"),  # moa's correlation is below 1
-    ("delay 10ms 1ms distribution experimental", "distribution"),
+    ("delay 10ms 1ms distribution experimental", "distribution"),  # no reader: parse is pure
     ("delay 10ms 1ms distribution /tmp/x.dist", "distribution"),
     ("distribution normal", "distribution"),
     ("loss state 1% 2%", "state"),
@@ -301,3 +313,40 @@ async def test_moa_set_refuses_before_it_connects() -> None:
                                   "--connect-timeout", "1")
         assert (rc, out) == (2, ""), err
         assert said in err and "cannot connect" not in err, err
+
+
+def test_a_table_file_is_read_as_tc_reads_it(tmp_path, monkeypatch) -> None:
+    """`distribution NAME` of another table: NAME.dist where tc looks (iproute2's own
+    experimental.dist on this host), or a path; sent as `custom` with the values, a file longer
+    than moa's 4096 quantiles thinned to the table moa would hold of it anyway."""
+    from datapath import distributions as dist
+
+    exp = netem.parse("delay 10ms 2ms distribution experimental".split(),
+                      read_table=set_verb.table_text)
+    assert exp["distribution"] == "custom" and len(exp["distribution_table"]) == 4096
+    long = [(k * 37) % 20000 - 10000 for k in range(16384)]
+    path = tmp_path / "mine.dist"
+    path.write_text("# made here\n" + "\n".join(" ".join(map(str, long[i:i + 8]))
+                                                 for i in range(0, len(long), 8)))
+    mine = netem.parse(["delay", "10ms", "2ms", "distribution", str(path)],
+                       read_table=set_verb.table_text)
+    assert mine["distribution_table"] == list(dist.custom_table(tuple(long)))
+    monkeypatch.setenv("TC_LIB_DIR", str(tmp_path))
+    assert set_verb.table_text("mine") == path.read_text()
+    assert netem.parse("delay 10ms 2ms distribution mine".split(),
+                       read_table=set_verb.table_text) == mine
+    for words, said in (("distribution nosuch", "no nosuch.dist in"),
+                        (f"distribution {tmp_path}/bad.dist", "No such file")):
+        with pytest.raises(netem.NetemError, match=said) as e:
+            netem.parse(f"delay 10ms 2ms {words}".split(), read_table=set_verb.table_text)
+        assert e.value.word == "distribution"
+    (tmp_path / "bad.dist").write_text("1 2 zz\n")
+    with pytest.raises(netem.NetemError, match="'zz' is not an integer"):
+        netem.parse(f"delay 10ms 2ms distribution {tmp_path}/bad.dist".split(),
+                    read_table=set_verb.table_text)
+    # `distribution custom` keeps the link's table; a link without one refuses it
+    with pytest.raises(schemas.InvalidMessage, match="needs its distribution_table"):
+        applied("delay 10ms 2ms distribution custom")
+    # `moa set ... netem` reads the table: the patch carries its values
+    assert set_verb.parse_words(["netem", "delay", "10ms", "2ms", "distribution",
+                                 str(path)])[0] == mine

@@ -60,15 +60,20 @@ enum moa_aqm {
  * 1/MOA_DIST_SCALE of the jitter (netem's scale and size): the delay is latency + jitter *
  * v[q] / MOA_DIST_SCALE for a uniform quantile index q, clamped at 0. moa_dist holds the tables,
  * written by userspace at load; the normal table also gives the innovations of a correlated
- * draw (delay.h).
+ * draw (delay.h). A custom table (a link's own, netem's .dist files) is in moa_dist_custom,
+ * keyed by stage_params.dist_key, in the same form (sorted quantiles).
  */
 enum moa_dist {
 	MOA_DIST_UNIFORM = 0,		/* no table: uniform in [latency - jitter, latency + jitter] */
 	MOA_DIST_NORMAL = 1,
 	MOA_DIST_PARETO = 2,
 	MOA_DIST_PARETONORMAL = 3,
-	MOA_NR_DISTS = 4,
+	MOA_DIST_CUSTOM = 4,		/* the link's own table: moa_dist_custom[dist_key] */
+	MOA_NR_DISTS = 5,
 };
+
+/* Custom tables held at once (moa_dist_custom), distinct contents over every link of a box. */
+#define MOA_DIST_CUSTOM_MAX 256
 
 #define MOA_DIST_SCALE 8192	/* a table value of MOA_DIST_SCALE is one jitter */
 #define MOA_DIST_SIZE 4096	/* quantiles per table: entry k is the quantile k / 4096 */
@@ -121,7 +126,9 @@ struct moa_stage_params {
 	__u32 aqm_interval_ns;	/* CoDel: INTERVAL (at most 3 s: interval^2 < 2^63); PIE: T_UPDATE */
 	__s16 cell_overhead;	/* bytes per cell besides its cell_size (ATM: 5); cell_size +
 				 * cell_overhead >= 1 */
-	__u8 pad1[6];
+	__u8 pad1[2];
+	__u32 dist_key;		/* dist == MOA_DIST_CUSTOM: the table's key in moa_dist_custom (a
+				 * hash of its content, written by userspace before the link) */
 	__u64 corrupt_threshold;	/* with MOA_F_CORRUPT: P(one bit flipped) * 2^32 (corrupt.h) */
 	/* 112 bytes: the per-frame words in the first 80 (the hit path's), cells at 78 and 96 */
 };

@@ -80,8 +80,13 @@ static __always_inline __u64 moa_delay_ns(const struct moa_stage_params *p,
 		off = ((__u64)q * span + ((((r >> 32) & MOA_DIST_MASK) * span) >> 12)) >> 12;
 		return lat + off > jit ? lat + off - jit : 0;
 	}
-	key = p->dist;
-	tab = bpf_map_lookup_elem(&moa_dist, &key);
+	if (p->dist == MOA_DIST_CUSTOM) {
+		key = p->dist_key;
+		tab = bpf_map_lookup_elem(&moa_dist_custom, &key);
+	} else {
+		key = p->dist;
+		tab = bpf_map_lookup_elem(&moa_dist, &key);
+	}
 	if (!tab)
 		return lat;
 	t = tab->v[q & MOA_DIST_MASK];

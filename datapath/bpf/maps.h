@@ -76,10 +76,19 @@ struct {
  * them at load (datapath/distributions.py). Entry MOA_DIST_UNIFORM stays unused. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, MOA_NR_DISTS);
+	__uint(max_entries, MOA_DIST_CUSTOM);	/* the built-in ones */
 	__type(key, __u32);
 	__type(value, struct moa_dist_table);
 } moa_dist SEC(".maps");
+
+/* Custom tables (struct moa_dist_table) by content key (stage_params.dist_key): userspace writes
+ * one before the first link that uses it and removes it when no link does (datapath/classifier.py). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MOA_DIST_CUSTOM_MAX);
+	__type(key, __u32);
+	__type(value, struct moa_dist_table);
+} moa_dist_custom SEC(".maps");
 
 /* The normal CDF as quantile indexes (struct moa_dist_cdf), one entry; userspace writes it. */
 struct {

@@ -12,7 +12,10 @@ The words, as iproute2's tc reads them (tc/q_netem.c):
   `uniform` unless `distribution NAME` is among the words. A time needs a unit (s, ms, us, ns,
   also sec/msec/usec/nsec and their plurals): tc reads a bare number as ns, which is never
   what was meant.
-- `distribution {uniform|normal|pareto|paretonormal}`: only with `delay`. A table file is refused.
+- `distribution {uniform|normal|pareto|paretonormal|NAME|FILE}`: only with `delay`. Any other
+  name is a table (iproute2's .dist format), read by `moa set` where tc reads it ($TC_LIB_DIR,
+  /usr/lib/tc, /usr/lib/*/tc: NAME.dist; or a path) and sent as distribution `custom` with its
+  values. `distribution custom` keeps the link's table (what `moa show --netem` writes for it).
 - `loss [random] PERCENT [CORRELATION]` (tc's other name: `drop`): loss and loss_correlation,
   and no burst model. `loss gemodel p [r [1-h [1-k]]]`: the Gilbert-Elliott model, `burst`
   {p, r, loss_bad: 1-h, loss_good: 1-k}; tc's defaults for the ones left out: r = 1 - p,
@@ -28,6 +31,9 @@ The words, as iproute2's tc reads them (tc/q_netem.c):
 - `moa KEY VALUE ...`, last: moa's own keys that netem has no word for (queue, aqm, target,
   interval, ecn, reorder, state), with the values `moa set` takes.
 
+Why this is one module, past 450 lines: parse and render are each other's inverse (tested as
+such) and are kept side by side, so that a word changed in one is seen changing in the other.
+
 Each group of words replaces the fields it names and nothing else: `delay 10ms` leaves the loss
 as it was, as a patch does. render writes the groups whose fields are not at their defaults, so
 for every valid Emulation e, parse(render(e)) applied to the default Emulation gives e back.
@@ -38,9 +44,13 @@ import json
 import re
 from decimal import Context, Decimal, InvalidOperation
 
+from collections.abc import Callable
+
+from datapath.distributions import custom_table, read_dist_file
 from schemas import units
 from schemas.messages import (
-    CHOICES, DEFAULT_OVERHEAD, Aqm, Emulation, EmulationPatch, InvalidMessage, check_emulation,
+    CHOICES, DEFAULT_OVERHEAD, DIST_TABLE_MAX, Aqm, Emulation, EmulationPatch, InvalidMessage,
+    check_emulation,
 )
 
 # netem words moa does not implement, and what to say about each.
@@ -61,9 +71,10 @@ GROUPS = ("delay", "distribution", "loss", "corrupt", "rate", "moa")
 MOA_KEYS = ("queue", "aqm", "target", "interval", "ecn", "reorder", "state")
 # moa's keys that a netem word says; in the `moa` tail they are refused, naming that word.
 NETEM_SAYS = {"latency": "delay", "jitter": "delay", "delay_correlation": "delay",
-              "distribution": "distribution", "loss": "loss", "loss_correlation": "loss",
-              "capacity": "rate", "burst": "loss", "overhead": "rate", "cell_size": "rate",
-              "cell_overhead": "rate", "corrupt": "corrupt"}
+              "distribution": "distribution", "distribution_table": "distribution",
+              "loss": "loss", "loss_correlation": "loss", "capacity": "rate", "burst": "loss",
+              "overhead": "rate", "cell_size": "rate", "cell_overhead": "rate",
+              "corrupt": "corrupt"}
 
 _NUMBER = r"([0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?)"
 _TIME = re.compile(_NUMBER + r"([A-Za-z]*)")
@@ -194,7 +205,7 @@ class _Words:
 def _delay(w: _Words) -> dict[str, object]:
     latency = _time("delay", w.take("delay", "TIME"), "time")
     out: dict[str, object] = {"latency": latency, "jitter": 0, "delay_correlation": 0.0,
-                              "distribution": "uniform"}
+                              "distribution": "uniform", "distribution_table": None}
     if (jitter := w.take_number()) is not None:
         out["jitter"] = _time("delay", jitter, "jitter")
         if (corr := w.take_number()) is not None:
@@ -322,21 +333,41 @@ def _moa_tail(w: _Words) -> dict[str, object]:
 
 # Which word set a field of the patch: a refusal by the emulation's rules names it.
 _WORD_OF = {"latency": "delay", "jitter": "delay", "delay_correlation": "delay",
-            "distribution": "distribution", "loss": "loss", "loss_correlation": "loss",
-            "burst": "loss", "capacity": "rate", "overhead": "rate", "cell_size": "rate",
-            "cell_overhead": "rate", "corrupt": "corrupt", "queue": "moa queue", "aqm": "moa aqm",
+            "distribution": "distribution", "distribution_table": "distribution",
+            "loss": "loss", "loss_correlation": "loss", "burst": "loss", "capacity": "rate",
+            "overhead": "rate", "cell_size": "rate", "cell_overhead": "rate",
+            "corrupt": "corrupt", "queue": "moa queue", "aqm": "moa aqm",
             "reorder": "moa reorder", "state": "moa state"}
 
 
-def parse(words: list[str]) -> dict[str, object]:
+def _table(name: str, read_table: Callable[[str], str] | None) -> list[int]:
+    """`distribution NAME` of a table: its values (thinned to the DIST_SIZE quantiles moa holds
+    when longer, which is the table moa would hold anyway)."""
+    if read_table is None:
+        raise NetemError("distribution", f"netem distribution {name!r}: a table file is read "
+                                         "by `moa set` (one of "
+                                         f"{', '.join(CHOICES['distribution'])} here)")
+    try:
+        values = read_dist_file(read_table(name))
+    except (OSError, ValueError) as e:
+        raise NetemError("distribution", f"netem distribution {name!r}: {e}") from None
+    if len(values) > DIST_TABLE_MAX:
+        values = list(custom_table(tuple(values)))
+    return values
+
+
+def parse(words: list[str], read_table: Callable[[str], str] | None = None) -> dict[str, object]:
     """The words after `netem` -> an EmulationPatch-shaped JSON dict (durations in ns, rates in
-    bit/s, sizes in bytes, probabilities in [0, 1]); NetemError naming the word otherwise."""
+    bit/s, sizes in bytes, probabilities in [0, 1]); NetemError naming the word otherwise.
+    read_table(name): the text of the .dist table a `distribution NAME` that is not built in
+    names (moa set's: tc's lookup, `table_text`); without it such a name is refused."""
     if not words:
         raise NetemError("netem", "netem: give netem's words after it (e.g. delay 100ms)")
     w = _Words(words)
     out: dict[str, object] = {}
     seen: set[str] = set()
     distribution: str | None = None
+    table: list[int] | None = None
     while (word := w.peek()) is not None:
         w.i += 1
         group = ALIASES.get(word, word)
@@ -352,9 +383,8 @@ def parse(words: list[str]) -> dict[str, object]:
         elif group == "distribution":
             distribution = w.take("distribution", "its name")
             if distribution not in CHOICES["distribution"]:
-                raise NetemError("distribution", f"netem distribution {distribution!r} (a table "
-                                                 "file) is not supported by moa: one of "
-                                                 f"{', '.join(CHOICES['distribution'])}")
+                table = _table(distribution, read_table)
+                distribution = "custom"
         elif group == "loss":
             out.update(_loss(w, word))
         elif group == "corrupt":
@@ -368,6 +398,10 @@ def parse(words: list[str]) -> dict[str, object]:
             raise NetemError("distribution", "netem word 'distribution' needs 'delay TIME "
                                              "JITTER' among the words")
         out["distribution"] = distribution
+        if table is not None:
+            out["distribution_table"] = table
+        elif distribution == "custom":  # the link's table, kept
+            out.pop("distribution_table", None)
     _check(out)
     return out
 
@@ -415,7 +449,7 @@ def render(e: Emulation) -> str:
             words.append(units.format_duration(e.jitter))
         if e.delay_correlation:
             words.append(_pct(e.delay_correlation))
-        if e.distribution != "uniform":
+        if e.distribution != "uniform":  # a custom table: `custom`, the link's table kept
             words += ["distribution", e.distribution]
     if e.burst is not None:
         b = e.burst

@@ -17,7 +17,8 @@ towards that endpoint (docs/semantics.md, "Each direction"), e.g. the uplink of 
 direction follow the link's value again (`moa set access --endpoint 101 capacity inherit`).
 
 `moa set LINK-OR-TAG netem WORDS`: netem's own words instead of the pairs, e.g. `moa set a-b
-netem delay 100ms 20ms distribution normal loss 1% 25% rate 10mbit` (moa_bus/cli/netem_syntax.py;
+netem delay 100ms 20ms distribution normal loss 1% 25% rate 10mbit` (`distribution NAME` of
+another table reads NAME.dist where tc does, or a path, here, and sends its values) (moa_bus/cli/netem_syntax.py;
 docs/contract.md, "netem's words"); a word moa does not implement is refused naming it, exit 2,
 and nothing is sent. --dry-run prints the Update it would send and sends nothing.
 """
@@ -25,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 
 import schemas
 from moa_bus import engine
@@ -78,9 +81,29 @@ def parse_words(params: list[str]) -> tuple[dict[str, object], list[str]]:
     """(the emulation patch, the keys to inherit) from the words after LINK-OR-TAG: KEY VALUE
     pairs, or `netem` and netem's words (NetemError naming a word moa does not take)."""
     if params and params[0] == "netem":
-        return netem_syntax.parse(params[1:]), []
+        return netem_syntax.parse(params[1:], read_table=table_text), []
     pairs, inherit = split_inherit(params)
     return parse_params(pairs), inherit
+
+
+def table_dirs() -> list[Path]:
+    """Where tc looks for NAME.dist: $TC_LIB_DIR, else its library directory (/usr/lib/tc, or
+    Debian's multiarch /usr/lib/<triplet>/tc)."""
+    if os.environ.get("TC_LIB_DIR"):
+        return [Path(os.environ["TC_LIB_DIR"])]
+    return [Path("/usr/lib/tc"), Path("/usr/lib64/tc"), *sorted(Path("/usr/lib").glob("*/tc"))]
+
+
+def table_text(name: str) -> str:
+    """The text of netem's `distribution NAME` table: a path (with a / or ending in .dist) as
+    given, else NAME.dist where tc looks (FileNotFoundError saying where)."""
+    if "/" in name or name.endswith(".dist"):
+        return Path(name).read_text()
+    for d in table_dirs():
+        if (d / f"{name}.dist").is_file():
+            return (d / f"{name}.dist").read_text()
+    raise FileNotFoundError(f"no {name}.dist in {', '.join(map(str, table_dirs()))} "
+                            "(give a path to the table)")
 
 
 def parse_params(words: list[str]) -> dict[str, object]:
