@@ -424,7 +424,8 @@ async def test_set_netem_words_through_the_service(nats_server: NatsServer, topo
         assert rc == 0 and "nothing sent (dry run)" in err, (out, err)
         assert json.loads(out) == {"id": "n1", "links": [{"link": "l0", "emulation": {
             "latency": 100_000_000, "jitter": 20_000_000, "delay_correlation": 0.0,
-            "distribution": "normal", "loss": 0.0, "loss_correlation": 0.0,
+            "distribution": "normal", "distribution_table": None, "loss": 0.0,
+            "loss_correlation": 0.0,
             "burst": {"p": 0.01, "r": 0.1, "loss_bad": 1.0, "loss_good": 0.0}}}]}
         # refused before anything is sent: the generation stays, the kernel holds the same
         rc, out, err = await moa("set", "l0", "netem", "loss", "1%", "duplicate", "1%", *base)
