@@ -164,3 +164,15 @@ def test_limits_count_the_cells() -> None:
     free = Emulation(capacity=10**8, overhead=-60)  # the uplink's rate bounds it
     assert limits.stage_bytes(free, frame, 10**10) == (
         10**10 * limits.hold_ns(free, frame) // (8 * 10**9))
+
+
+def test_a_lan_port_charges_as_its_link() -> None:
+    """A LAN member's port stage (the ingress stage) is the same medium: the link's overhead
+    and cells, and a queue of at least two frames as charged."""
+    from datapath.plan.planner import port_stage
+
+    atm = Emulation(capacity=10_000, overhead=0, cell_size=48, cell_overhead=5)
+    port = port_stage(atm)
+    assert port is not None
+    assert (port.overhead, port.cell_size, port.cell_overhead) == (0, 48, 5)
+    assert port.queue == 2 * 32 * 53 == queue_bytes(atm)
