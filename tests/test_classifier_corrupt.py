@@ -9,14 +9,13 @@ from __future__ import annotations
 import math
 
 import pytest
-from scapy.layers.inet import ICMP, IP, TCP, UDP
-from scapy.layers.inet6 import IPv6
+from scapy.layers.inet import ICMP, IP, TCP
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 
 from datapath.classifier import Classifier
 from schemas import Emulation
-from tests.fixtures.classifier import EGRESS, INGRESS, VNI, clf, send  # noqa: F401
+from tests.fixtures.classifier import INGRESS, VNI, clf, send  # noqa: F401
 from tests.fixtures.packets import TC_ACT_OK, inner_tcp, inner_udp, outer_len, vxlan
 
 ETH = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")

@@ -15,8 +15,9 @@ import pytest
 
 from datapath import distributions as dist
 from datapath import limits
-from datapath.classifier import Classifier
+from datapath.classifier import Classifier, ClassifierConfig
 from schemas import Emulation
+from tests.fixtures.bpf import pin_root  # noqa: F401
 from tests.fixtures.classifier import mono, put_t_last
 from tests.fixtures.packets import inner_tcp, vxlan
 from tests.test_classifier_delay import (  # noqa: F401 (clf is a fixture)
@@ -172,3 +173,19 @@ def test_the_hold_counts_a_custom_tables_largest_value() -> None:
     narrow = Emulation(latency=10, jitter=1000, distribution="custom",
                        distribution_table=(-100, 100))
     assert limits.max_delay_ns(narrow) == 10 + 1000
+
+
+def test_a_restarted_classifier_finds_its_tables(pin_root: str) -> None:  # noqa: F811
+    """Pinned: the tables outlive the process, and the next one knows their content (a rollback
+    after a restart may need to write one back)."""
+    table = bimodal()
+    with Classifier.load(ClassifierConfig(max_links=8, horizon_ns=60 * 10**9), pin_root=pin_root) as c:
+        c.set_link(VNI, egress=custom(table))
+        before = c.raw_links([VNI])[VNI]
+    with Classifier.load(ClassifierConfig(max_links=8, horizon_ns=60 * 10**9), pin_root=pin_root) as c:
+        key = dist.table_key(table)
+        assert [int.from_bytes(bytes(k), "little") for k in c.dist_custom_map.keys()] == [key]
+        assert c._tables[key] == dist.custom_table(table)
+        c.restore_link(VNI, before)
+        xs = draws(c, custom(table), 20_000)
+        assert ks_distance(xs, held_cdf(table)) <= 1.95 / math.sqrt(20_000)
