@@ -7,6 +7,10 @@ that slot's state and counters before the link becomes visible to the datapath; 
 only replace the parameters (one atomic hash update), so the timeline is not reset. With
 pinned maps the slot table is rebuilt from moa_links on load, so a restarted service keeps
 every link's slot (and its timeline and counters).
+
+It is one module because the slot table it keeps is what every reader and writer of those maps
+indexes by: parameters, state, counters, backlogs and drop events stay consistent only if one
+object hands out and takes back slots.
 """
 from __future__ import annotations
 
