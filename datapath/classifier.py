@@ -8,9 +8,9 @@ only replace the parameters (one atomic hash update), so the timeline is not res
 pinned maps the slot table is rebuilt from moa_links on load, so a restarted service keeps
 every link's slot (and its timeline and counters).
 
-Why this is one module, past 450 lines: every map of the loaded object is read and written
-through this class, which keeps the slots and the custom distribution tables consistent with
-the maps.
+It is one module because the slot table it keeps is what every reader and writer of those maps
+indexes by: parameters, state, counters, backlogs, drop events and the custom distribution tables
+stay consistent only if one object hands out and takes back slots.
 """
 from __future__ import annotations
 

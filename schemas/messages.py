@@ -16,6 +16,8 @@ The rules of an emulation (check_values, check_across) live here, beside the Str
 constrain, because EmulationPatch.apply needs them (which keeps this one module, past 450 lines:
 the Structs of one message refer to each other and to those rules); the rules of whole messages (ids, VNIs,
 addresses) are in schemas/validate.py, which imports this module (never the other way).
+The Structs and those rules are one module because the Structs nest (an Update's patch applies
+to a Link's Emulation, a status carries both) and msgspec must see each type where it is used.
 """
 from __future__ import annotations
 

@@ -409,3 +409,18 @@ def test_check_environment_here() -> None:
                       helpers=("ringbuf_reserve", "skb_set_tstamp", "spin_lock"))
     with pytest.raises(LibbpfMissing, match="bpffs"):
         check_environment(pin_root="/tmp")
+
+
+def test_a_limited_batch_read_of_a_fuller_hash_map_stops_at_its_limit(obj: BpfObject,
+                                                                      abi: abi_mod.Abi) -> None:
+    """A hash map gives out whole buckets: reading fewer entries than it holds ends where the next
+    bucket does not fit (ENOSPC from the kernel), which is where the limit is, not an error. A
+    status read during an apply does this: the map grows while it is read."""
+    links = obj.map("moa_st_links")
+    for k in range(16):  # full: 16 keys in 16 buckets share some
+        links.update(100 + k, abi.Link(slot=k))
+    for limit in range(4, 17):
+        keys, _, n = links.lookup_batch(limit, chunk=limit)
+        got = {int.from_bytes(keys[4 * j:4 * j + 4], "little") for j in range(n)}
+        assert 0 < n <= limit and len(got) == n and got <= set(range(100, 116)), (limit, got)
+    assert links.lookup_batch()[2] == 16

@@ -247,6 +247,10 @@ class Map(Pinnable):
                                            ctypes.byref(kb, n * self.key_size),
                                            ctypes.byref(vb, n * vsize),
                                            ctypes.byref(count), ctypes.byref(opts))
+            if ret == -errno_mod.ENOSPC and n > 0:
+                # A hash map hands out whole buckets: the next one does not fit in what is left
+                # of `limit` (the map grew past it while being read). Up to `limit` it is.
+                break
             if ret < 0 and ret != -errno_mod.ENOENT:
                 raise errno_error(f"batch lookup in map {self.name}", -ret)
             n += count.value

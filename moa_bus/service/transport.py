@@ -287,6 +287,7 @@ class MoaService:
             outcome = await pending
         except Exception as e:
             text = f"not applied: {e}"
+            log.exception("%s: %s", msg.subject, text)
             if msg.reply:
                 await self.nc.publish(msg.reply, b"", headers=error_headers(UNAVAILABLE, text))
             endpoint.record(time.perf_counter_ns() - t0, f"{UNAVAILABLE} {text}")

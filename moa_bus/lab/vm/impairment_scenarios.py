@@ -88,6 +88,18 @@ def ks_two_sample(a: list[float], b: list[float]) -> float:
     return d
 
 
+def status_link(step: StepResult, link_id: str) -> dict | None:
+    """The link `link_id` in the status a step saved ("$STEP.status.json"), None without it."""
+    status = step.file(".status.json")
+    if not status.exists() or not status.read_text().strip():
+        return None
+    for m in json.loads(status.read_text()).get("materializations", []):
+        for lk in m.get("links", []):
+            if lk.get("id") == link_id:
+                return lk
+    return None
+
+
 def ks_critical(n: int, m: int) -> float:
     """The two-sample distance a test rejects at the 0.1% level."""
     return 1.95 * math.sqrt((n + m) / (n * m))
@@ -214,14 +226,11 @@ class ImpairmentScenarios:
                 r.update(goodput_mbps=tcp.goodput_bps / 1e6, retransmits=tcp.retransmits)
             except (OSError, ValueError, KeyError, TypeError) as e:
                 r["error"] = str(e)
-            status = s.file(".status.json")
-            if status.exists() and status.read_text().strip():
-                for m in json.loads(status.read_text()).get("materializations", []):
-                    for x in m.get("links", []):
-                        if x.get("id") == lk:
-                            r["drops"] = {k: sum(c["drops"].get(k, 0) for c in x["counters"])
-                                          for k in ("queue", "aqm")}
-                            r["marks"] = sum(c.get("marks", 0) for c in x["counters"])
+            x = status_link(s, lk)
+            if x is not None:
+                r["drops"] = {k: sum(c["drops"].get(k, 0) for c in x["counters"])
+                              for k in ("queue", "aqm")}
+                r["marks"] = sum(c.get("marks", 0) for c in x["counters"])
             out[lk] = r
         return out
 
@@ -253,15 +262,11 @@ class ImpairmentScenarios:
                     out[f"both_{name}_error"] = str(e)
                     continue
                 out[f"both_{name}_goodput_ratio"] = r.goodput_bps / theory[name]
-            status = s.file(".status.json")
-            if status.exists() and status.read_text().strip():
-                for m in json.loads(status.read_text()).get("materializations", []):
-                    for lk in m.get("links", []):
-                        if lk.get("id") == "acc":
-                            out["status_capacity"] = lk["emulation"]["capacity"]
-                            out["status_directions"] = {
-                                str(d["vni"]): d["emulation"]["capacity"]
-                                for d in lk.get("directions", [])}
+            lk = status_link(s, "acc")
+            if lk is not None:
+                out["status_capacity"] = lk["emulation"]["capacity"]
+                out["status_directions"] = {str(d["vni"]): d["emulation"]["capacity"]
+                                            for d in lk.get("directions", [])}
         return out
 
     def _distributions(self, ok: dict[str, StepResult]) -> dict:
@@ -312,12 +317,8 @@ class ImpairmentScenarios:
         cli = s.file(".cli")
         out["cli"] = {line.split()[0]: int(line.split()[2])
                       for line in cli.read_text().splitlines()} if cli.exists() else {}
-        status = s.file(".status.json")
-        if status.exists() and status.read_text().strip():
-            for m in json.loads(status.read_text()).get("materializations", []):
-                for lk in m.get("links", []):
-                    if lk.get("id") == "dn":
-                        out["dn_link_down_drops"] = sum(
-                            x["drops"].get("link_down", 0) for x in lk["counters"])
-                        out["dn_state"] = lk["emulation"].get("state", "up")
+        lk = status_link(s, "dn")
+        if lk is not None:
+            out["dn_link_down_drops"] = sum(x["drops"].get("link_down", 0) for x in lk["counters"])
+            out["dn_state"] = lk["emulation"].get("state", "up")
         return out
