@@ -60,6 +60,7 @@ class ClassifierConfig:
     horizon_ns: int = 10_000_000_000
     event_budget: int = 64               # drop events per link stage per window
     event_window_ns: int = 100_000_000
+    flow_mode: bool = False              # point-to-point links without VTEPs (datapath/flow.py)
 
     def __post_init__(self) -> None:
         if not 1 <= self.vxlan_port <= 0xFFFF:
@@ -81,12 +82,12 @@ class ClassifierConfig:
     def rodata(self) -> dict[str, int]:
         return {"vxlan_port": self.vxlan_port, "mark_mask": self.mark_mask,
                 "horizon_ns": self.horizon_ns, "event_budget": self.event_budget,
-                "event_window_ns": self.event_window_ns}
+                "event_window_ns": self.event_window_ns, "flow_mode": int(self.flow_mode)}
 
     def max_entries(self) -> dict[str, int]:
         arrays = self.max_links * len(schemas.STAGES)  # MOA_NR_STAGES: checked on load (abi.py)
         return {"moa_links": self.max_links, "moa_state": arrays, "moa_counters": arrays,
-                "moa_events": self.ringbuf_bytes}
+                "moa_events": self.ringbuf_bytes, "moa_flow": self.max_links}
 
 
 @dataclass

@@ -1,0 +1,155 @@
+"""Flow mode's table: which point-to-point endpoint's frames the uplink's ingress rewrites toward
+which peer (datapath/bpf/flow.h; docs/architecture.md, "Flow mode").
+
+An entry is keyed by the sending endpoint's VNI and says where its frames go: the other
+endpoint's VNI, its VTEP's address and the MAC of the next hop toward it, and what the frame
+leaves with as its source (the box's address and the uplink's MAC) and by which device (the
+uplink's ifindex). A link is two entries, one per direction (`link_entries`). Both endpoints'
+VNIs are also links of the classifier (moa_links): the egress stage shapes the rewritten frame
+under the receiving endpoint's VNI, as in VTEP mode.
+
+The table lives in the classifier's object (maps moa_flow and moa_flow_stats, pinned with the
+others), so a FlowTable is built on a loaded Classifier; one loaded without
+ClassifierConfig.flow_mode never runs flow.h, and a table on it is refused rather than written
+to no effect. The entry's layout is abi.h's struct moa_flow, read from BTF (abi.Flow).
+"""
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from datapath.classifier import MAX_VNI, Classifier
+
+__all__ = ["FlowEntry", "FlowEnd", "Uplink", "FlowTable", "link_entries"]
+
+FLOW_MAP = "moa_flow"
+STATS_MAP = "moa_flow_stats"
+
+
+@dataclass(frozen=True)
+class Uplink:
+    """What a rewritten frame leaves with and by: the box's address, the uplink's MAC and ifindex."""
+    ifindex: int
+    ip: str
+    mac: str
+
+
+@dataclass(frozen=True)
+class FlowEnd:
+    """One endpoint of a flow-mode link: its VNI, its VTEP's address, the MAC to send it to."""
+    vni: int
+    ip: str
+    mac: str
+
+
+@dataclass(frozen=True)
+class FlowEntry:
+    """moa_flow[vni]: frames arriving with `vni` leave toward `peer_*`, from `src_*`."""
+    vni: int
+    peer_vni: int
+    peer_ip: str
+    peer_mac: str
+    src_ip: str
+    src_mac: str
+    ifindex: int
+
+
+def link_entries(uplink: Uplink, a: FlowEnd, b: FlowEnd) -> tuple[FlowEntry, FlowEntry]:
+    """The two entries of the link a-b: a's frames to b, b's to a."""
+    def one(src: FlowEnd, dst: FlowEnd) -> FlowEntry:
+        return FlowEntry(src.vni, dst.vni, dst.ip, dst.mac, uplink.ip, uplink.mac, uplink.ifindex)
+    return one(a, b), one(b, a)
+
+
+def _mac(value: str, field: str) -> bytes:
+    parts = value.split(":")
+    try:
+        raw = bytes(int(p, 16) for p in parts)
+    except ValueError:
+        raw = b""
+    if len(parts) != 6 or len(raw) != 6 or any(len(p) != 2 for p in parts):
+        raise ValueError(f"{field}: {value!r} is not a MAC address (aa:bb:cc:dd:ee:ff)")
+    return raw
+
+
+def _ip(value: str, field: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{field}: {value!r} is not an IPv4 or IPv6 address") from None
+
+
+def _vni(value: int, field: str) -> int:
+    if not isinstance(value, int) or not 0 <= value <= MAX_VNI:
+        raise ValueError(f"{field}: {value!r} outside 0..{MAX_VNI}")
+    return value
+
+
+def _text(raw: bytes, family: int) -> str:
+    return str(ipaddress.ip_address(raw[:4] if family == 4 else raw[:16]))
+
+
+class FlowTable:
+    """moa_flow and its counters on a classifier loaded with flow_mode (see the module doc)."""
+
+    def __init__(self, classifier: Classifier) -> None:
+        if not classifier.config.flow_mode:
+            raise ValueError("flow_mode: the classifier was loaded without flow mode; its "
+                             "ingress program would never read a flow entry")
+        self.classifier = classifier
+        self.Flow: Any = classifier.abi.Flow
+        self.map = classifier.obj.map(FLOW_MAP)
+        self.stats = classifier.obj.map(STATS_MAP)
+        self.counter_names = tuple(m.name.lower() for m in sorted(classifier.abi.FlowCounter))
+
+    def encode(self, e: FlowEntry) -> Any:
+        """The struct moa_flow of `e`, every field checked (ValueError naming it)."""
+        _vni(e.vni, "vni")
+        _vni(e.peer_vni, "peer_vni")
+        if e.vni == e.peer_vni:
+            raise ValueError(f"peer_vni: {e.peer_vni} is the entry's own VNI")
+        if not isinstance(e.ifindex, int) or not 0 < e.ifindex < 1 << 31:
+            raise ValueError(f"ifindex: {e.ifindex!r} is not an interface index")
+        src, peer = _ip(e.src_ip, "src_ip"), _ip(e.peer_ip, "peer_ip")
+        if src.version != peer.version:
+            raise ValueError(f"peer_ip: {e.peer_ip} is IPv{peer.version} but src_ip {e.src_ip} "
+                             f"is IPv{src.version}: a frame keeps its outer family")
+        flow = self.Flow(peer_vni=e.peer_vni, ifindex=e.ifindex, family=src.version)
+        flow.peer_mac[:] = list(_mac(e.peer_mac, "peer_mac"))
+        flow.src_mac[:] = list(_mac(e.src_mac, "src_mac"))
+        flow.src_ip[:] = list(src.packed.ljust(16, b"\0"))
+        flow.peer_ip[:] = list(peer.packed.ljust(16, b"\0"))
+        return flow
+
+    def set(self, entries: Iterable[FlowEntry]) -> int:
+        """Write these entries (all checked before any is written); how many. Many at once go
+        in one batch update."""
+        encoded = [(e.vni, self.encode(e)) for e in entries]
+        if len(encoded) == 1:
+            self.map.update(*encoded[0])
+        elif encoded:
+            self.map.update_batch(b"".join(bytes(ctypes.c_uint32(k)) for k, _ in encoded),
+                                  b"".join(bytes(v) for _, v in encoded))
+        return len(encoded)
+
+    def remove(self, vnis: Iterable[int]) -> int:
+        """Delete the entries of these VNIs; how many there were."""
+        return sum(1 for v in vnis if self.map.delete(_vni(v, "vni")))
+
+    def entries(self) -> dict[int, FlowEntry]:
+        out = {}
+        for k, f in self.map.items(ctypes.c_uint32, self.Flow):
+            vni = int(k.value) if hasattr(k, "value") else int(k)
+            out[vni] = FlowEntry(
+                vni, f.peer_vni, _text(bytes(f.peer_ip), f.family),
+                ":".join(f"{x:02x}" for x in f.peer_mac), _text(bytes(f.src_ip), f.family),
+                ":".join(f"{x:02x}" for x in f.src_mac), f.ifindex)
+        return out
+
+    def counters(self) -> dict[str, int]:
+        """enum moa_flow_counter by name (lower case), summed over CPUs."""
+        return {name: sum(int.from_bytes(v, "little") for v in self.stats.lookup(i))
+                for i, name in enumerate(self.counter_names)}
