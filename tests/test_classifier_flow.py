@@ -158,3 +158,25 @@ def test_table_api_round_trip_and_refusals(flow_clf) -> None:
             t.set([good, FlowEntry(**{**good.__dict__, **change})])
     assert t.entries()[A].peer_ip == HV_B6  # nothing of a refused batch was written
     assert t.set([good]) == 1 and t.entries()[A] == good
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_vnis_of_equal_checksum_sum(v6) -> None:
+    """VNIs 0x010002 and 0x020001 add up to the same 16-bit sum: the VNI's change leaves the
+    UDP checksum as it is, and the checksum state is found by a probe undone at once."""
+    a, b = 0x010002, 0x020001
+    with Classifier.load(ClassifierConfig(max_links=8, flow_mode=True)) as c:
+        c.set_link(a)
+        c.set_link(b)
+        t = FlowTable(c)
+        box = BOX6 if v6 else BOX4
+        t.set(link_entries(Uplink(UPLINK_IFINDEX, box, MAC_UP),
+                           FlowEnd(a, HV_A6 if v6 else HV_A4, MAC_A),
+                           FlowEnd(b, HV_B6 if v6 else HV_B4, MAC_B)))
+        sent = frame(a, v6=v6)
+        r = ingress(c, sent)
+        want = Ether(expected(sent, v6=v6, csum=True))
+        want[VXLAN].vni = b
+        del want[UDP].chksum
+        assert r.retval == TC_ACT_REDIRECT and r.data == bytes(want)
+        assert t.counters()["error"] == 0

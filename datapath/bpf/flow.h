@@ -25,15 +25,8 @@
  * UDP checksum. A zero checksum stays zero: IPv4's "no checksum", and on IPv6 the zero
  * checksum a tunnel may use under RFC 6935 and RFC 6936 (the sending VTEP chose it, so its
  * link is configured for it; moa never introduces one). Any other value is updated, never
- * recomputed over the payload: bpf_l4_csum_replace applies the address change as a pseudo
- * header change and the VNI change as a payload change, following the skb's checksum state -
- * a frame off a wire carries a finished checksum, updated in place (a result of 0 is sent as
- * 0xffff); a GRO super-packet carries the pseudo header's sum, which the segmentation or the
- * NIC completes over the new payload, so only the addresses enter it. One state is not told
- * apart from the second: a frame sent by a VTEP on the box's own host whose outer checksum was
- * finished over an inner one still to be filled (local checksum offload). Its outer checksum
- * then keeps the old VNI's; such a frame only ever reaches receivers on the same host, which
- * do not verify a checksum still marked partial.
+ * recomputed over the payload (moa_flow_udp_csum: the update depends on the skb's checksum
+ * state), and a result of 0 is sent as 0xffff. The IPv4 header checksum is updated likewise.
  *
  * A redirected frame goes out of the uplink and is never seen by the ingress program again.
  * With flow_mode 0 (the default) the verifier removes all of this from moa_ingress.
@@ -82,7 +75,56 @@ static __always_inline void moa_flow_count(__u32 counter)
 }
 
 #define MOA_UDP_CHECK 6		/* offsetof(struct udphdr, check) */
+#define MOA_UDP_LEN 4		/* offsetof(struct udphdr, len) */
 #define MOA_VXLAN_VNI 12	/* the VNI's word (vni[3], rsvd1) from the UDP header */
+
+/* A one's complement sum (raw words, as bpf_csum_diff adds them) folded to 16 bits. */
+static __always_inline __u16 moa_csum_fold(__u64 s)
+{
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)s;
+}
+
+/*
+ * The outer UDP checksum (not 0) after the addresses changed by d_addr and the VNI by d_vni.
+ * bpf_l4_csum_replace knows the skb's checksum state but not where a partial checksum starts,
+ * so the state is found first, by its effect: a payload change (the VNI's, or a probe of 1
+ * undone at once when the VNI's sum does not change) alters a finished checksum and leaves a
+ * partial one as it is.
+ *   finished (a frame off a wire): the kernel's rules, addresses as pseudo header, VNI as payload;
+ *   partial, the field holding the pseudo header's sum (a GSO super-packet, or a sender that
+ *     left the outer checksum to the device): only the addresses enter it, the rest is summed
+ *     later over the new payload;
+ *   partial elsewhere (a sender of this host finished the outer checksum over an inner one
+ *     still to be filled: local checksum offload): the field is final, updated by hand.
+ * The last two are told apart by the field's value: is it the old pseudo header's sum? A
+ * finished checksum equal to it (one in 65,536 such frames) would be taken for the second.
+ * Returns 0 or a helper's error.
+ */
+static __always_inline int moa_flow_udp_csum(struct __sk_buff *skb, __u32 off, __u16 check,
+					     __u32 d_addr, __u32 d_vni, __u64 pseudo)
+{
+	__u16 d = moa_csum_fold(d_vni), now = 0;
+	int probe = d == 0 || d == 0xffff;
+
+	if (bpf_l4_csum_replace(skb, off, 0, probe ? 1 : d_vni, BPF_F_MARK_MANGLED_0) ||
+	    bpf_skb_load_bytes(skb, off, &now, sizeof(now)))
+		return -1;
+	if (now != check) {
+		if (probe && bpf_skb_store_bytes(skb, off, &check, sizeof(check), 0))
+			return -1;
+		return bpf_l4_csum_replace(skb, off, 0, d_addr,
+					   BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0);
+	}
+	if (skb->gso_size || check == moa_csum_fold(pseudo))
+		return bpf_l4_csum_replace(skb, off, 0, d_addr, BPF_F_PSEUDO_HDR);
+	check = ~moa_csum_fold((__u64)(__u16)~check + d_addr + d_vni);
+	if (!check)
+		check = 0xffff;
+	return bpf_skb_store_bytes(skb, off, &check, sizeof(check), 0);
+}
 
 /*
  * Rewrite one frame whose outer L3 header starts at l3; v6 is a constant, so each family gets
@@ -99,6 +141,7 @@ static __always_inline int moa_flow_rewrite(struct __sk_buff *skb, const struct 
 	struct udphdr *udp;
 	__u32 l4, addr_off;
 	__s64 d_addr, d_vni;
+	__u64 pseudo;
 	__u16 ucheck;
 
 	if (f->family != (v6 ? 6 : 4))
@@ -135,6 +178,12 @@ static __always_inline int moa_flow_rewrite(struct __sk_buff *skb, const struct 
 	if ((void *)udp + MOA_VXLAN_VNI + 4 > data_end)
 		return TC_ACT_OK;
 	ucheck = udp->check;
+	/* The old pseudo header's sum: addresses, protocol, UDP length (IPv4's and IPv6's alike
+	 * in 16-bit words). */
+	pseudo = (__u64)bpf_htons(IPPROTO_UDP) + *(__u16 *)((void *)udp + MOA_UDP_LEN);
+#pragma unroll
+	for (i = 0; i < alen / 4; i++)
+		pseudo += old[i];
 	__builtin_memcpy(&vni_old, (void *)udp + MOA_VXLAN_VNI, 4);
 	vni_b[0] = f->peer_vni >> 16;
 	vni_b[1] = f->peer_vni >> 8;
@@ -156,10 +205,7 @@ static __always_inline int moa_flow_rewrite(struct __sk_buff *skb, const struct 
 		goto error;
 	if (bpf_skb_store_bytes(skb, addr_off, new, alen, 0))
 		goto error;
-	if (bpf_l4_csum_replace(skb, l4 + MOA_UDP_CHECK, 0, d_addr,
-				BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0))
-		goto error;
-	if (bpf_l4_csum_replace(skb, l4 + MOA_UDP_CHECK, 0, d_vni, BPF_F_MARK_MANGLED_0))
+	if (ucheck && moa_flow_udp_csum(skb, l4 + MOA_UDP_CHECK, ucheck, d_addr, d_vni, pseudo))
 		goto error;
 	if (bpf_skb_store_bytes(skb, l4 + MOA_VXLAN_VNI, &vni_new, 4, 0))
 		goto error;
