@@ -180,3 +180,43 @@ def test_loss_drops_every_frame_then_none(flowbox: FlowBox) -> None:
     # Entries removed: the frames reach the box's stack, which has no VTEP for them.
     flowbox.table.remove([A, B])
     assert t.ping(a, b, count=2, deadline=1) == (2, 0)
+
+
+def test_mixed_box_vtep_beside_flow_and_gro_super_packets(flowbox: FlowBox) -> None:
+    """A VTEP in the box (VNI 300, its own address: how VTEP-mode links and LANs live) beside the
+    flow-mode link: its frames pass the ingress to the stack untouched while the flow link
+    carries TCP. With the VTEP's UDP socket the uplink may merge VXLAN frames by GRO (on here),
+    besides the sending VTEPs' GSO super-packets that cross the veths whole: the rewrite sees
+    fewer packets than the frames the egress stage counts. The uplink finishes checksums in
+    software (offload off), so the hypervisors verify every segment's outer checksum."""
+    t, clf, v6 = flowbox.topo, flowbox.classifier, flowbox.v6
+    a, b = endpoints(flowbox)
+    box, hv1 = (BOX6, hv_addr6(1)) if v6 else (BOX_ADDR, t.hv_addr(1))
+    sh("ip", "-n", t.box, "link", "add", "mv300", "type", "vxlan", "id", "300", "local", box,
+       "remote", hv1, "dstport", "4789", "dev", UPLINK, "nolearning")
+    sh("ip", "-n", t.box, "addr", "add", "192.168.30.1/24", "dev", "mv300")
+    sh("ip", "-n", t.box, "link", "set", "mv300", "up")
+    clf.set_link(300)
+    n300 = _add_endpoint(t, 1, 300, "192.168.30.2/24", v6)
+    r = ns_exec(t.node(1), "ping", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "5", "192.168.30.1",
+                check=False)
+    assert " 0% packet loss" in r.stdout, r.stdout
+    assert clf.link_counters(300)["egress"].packets >= 3  # the box's VTEP's replies
+    assert t.ping(a, b, count=3) == (3, 3)
+    assert flowbox.table.counters()["mismatch"] == 0
+
+    ns_exec(t.box, "ethtool", "-K", UPLINK, "gro", "on", "tx-checksum-ip-generic", "off")
+    before = (flowbox.table.counters()["redirect"], clf.link_counters(B)["egress"].packets)
+    j = iperf3_tcp(t, a, b, seconds=2)
+    assert j["end"]["sum_received"]["bits_per_second"] > 1e8
+    rewrites = flowbox.table.counters()["redirect"] - before[0]
+    frames = clf.link_counters(B)["egress"].packets - before[1]
+    print(f"GRO on the uplink ({'IPv6' if v6 else 'IPv4'}): {rewrites} rewrites for {frames} "
+          f"frames toward B")
+    assert 0 < rewrites < frames
+    errors = csum_errors(t)
+    assert set(errors.values()) == {0}, errors
+    r = ns_exec(t.node(1), "ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "5", "192.168.30.1",
+                check=False)
+    assert " 0% packet loss" in r.stdout, r.stdout
+    del n300
