@@ -57,13 +57,15 @@ int moa_egress(struct __sk_buff *skb)
 SEC("tc")
 int moa_ingress(struct __sk_buff *skb)
 {
-	int verdict = moa_classify(skb, MOA_STAGE_INGRESS);
+	int verdict;
 
+	/* Without flow mode, the program it always was (the verifier drops the rest). */
+	if (!flow_mode)
+		return moa_classify(skb, MOA_STAGE_INGRESS);
 	/* The sender's port first (a LAN member's, or a point-to-point endpoint's own stage when
 	 * it has one): a frame it drops is not forwarded. Its handover mark rides along. */
-	if (flow_mode && verdict == TC_ACT_OK)
-		return moa_flow_forward(skb);
-	return verdict;
+	verdict = moa_classify(skb, MOA_STAGE_INGRESS);
+	return verdict == TC_ACT_OK ? moa_flow_forward(skb) : verdict;
 }
 
 SEC("tc")
