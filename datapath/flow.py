@@ -139,15 +139,36 @@ class FlowTable:
         """Delete the entries of these VNIs; how many there were."""
         return sum(1 for v in vnis if self.map.delete(_vni(v, "vni")))
 
+    def raw(self) -> dict[int, bytes]:
+        """Every entry as the kernel holds it (struct moa_flow's bytes), in batch reads."""
+        keys, values, n = self.map.lookup_batch()
+        size = self.map.value_size
+        return {int.from_bytes(keys[i * 4:i * 4 + 4], "little"): values[i * size:(i + 1) * size]
+                for i in range(n)}
+
     def entries(self) -> dict[int, FlowEntry]:
         out = {}
-        for k, f in self.map.items(ctypes.c_uint32, self.Flow):
-            vni = int(k.value) if hasattr(k, "value") else int(k)
+        for vni, raw in self.raw().items():
+            f = self.Flow.from_buffer_copy(raw)
             out[vni] = FlowEntry(
                 vni, f.peer_vni, _text(bytes(f.peer_ip), f.family),
                 ":".join(f"{x:02x}" for x in f.peer_mac), _text(bytes(f.src_ip), f.family),
                 ":".join(f"{x:02x}" for x in f.src_mac), f.ifindex)
         return out
+
+    def sync(self, desired: Iterable[FlowEntry]) -> tuple[int, int]:
+        """Make the table exactly `desired` (a restart's reconcile): write the entries that
+        differ from the kernel's, then delete the ones not desired. (written, deleted)."""
+        want = {e.vni: bytes(self.encode(e)) for e in desired}
+        have = self.raw()
+        changed = {k: v for k, v in want.items() if have.get(k) != v}
+        if changed:
+            self.map.update_batch(b"".join(k.to_bytes(4, "little") for k in changed),
+                                  b"".join(changed.values()))
+        stale = [k for k in have if k not in want]
+        if stale:
+            self.map.delete_batch(b"".join(k.to_bytes(4, "little") for k in stale))
+        return len(changed), len(stale)
 
     def counters(self) -> dict[str, int]:
         """enum moa_flow_counter by name (lower case), summed over CPUs."""

@@ -190,3 +190,17 @@ def test_bench_figures_measure_the_rewrite() -> None:
     r = measure_flow(repeat=1000, runs=1)
     assert set(r) == {"ingress_ns", "flow_pass_ns", "flow_rewrite_ns", "flow_rewrite_csum_ns"}
     assert all(isinstance(v, (int, float)) and v > 0 for v in r.values()), r
+
+
+def test_sync_writes_what_differs_and_deletes_the_rest(flow_clf) -> None:
+    t = table(flow_clf)
+    up = Uplink(UPLINK_IFINDEX, BOX4, MAC_UP)
+    many = [e for i in range(10) for e in link_entries(
+        up, FlowEnd(1000 + 2 * i, HV_A4, MAC_A), FlowEnd(1001 + 2 * i, HV_B4, MAC_B))]
+    assert t.sync(many) == (20, 2)  # A-B was not desired
+    assert sorted(t.entries()) == list(range(1000, 1020))
+    assert t.sync(many) == (0, 0)  # the kernel holds exactly that
+    moved = [FlowEntry(**{**e.__dict__, "peer_ip": "192.0.2.99"}) if e.vni == 1000 else e
+             for e in many[:4]]
+    assert t.sync(moved) == (1, 16)
+    assert t.entries()[1000].peer_ip == "192.0.2.99" and len(t.entries()) == 4
