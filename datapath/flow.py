@@ -2,7 +2,8 @@
 which peer (datapath/bpf/flow.h; docs/architecture.md, "Flow mode").
 
 An entry is keyed by the sending endpoint's VNI and says where its frames go: the other
-endpoint's VNI, its VTEP's address and the MAC of the next hop toward it, and what the frame
+endpoint's VNI, its VTEP's address and UDP port (which the classifier must know as a VXLAN
+port: Classifier.set_vxlan_ports), the MAC of the next hop toward it, and what the frame
 leaves with as its source (the box's address and the uplink's MAC) and by which device (the
 uplink's ifindex). A link is two entries, one per direction (`link_entries`). Both endpoints'
 VNIs are also links of the classifier (moa_links): the egress stage shapes the rewritten frame
@@ -44,10 +45,12 @@ class Uplink:
 
 @dataclass(frozen=True)
 class FlowEnd:
-    """One endpoint of a flow-mode link: its VNI, its VTEP's address, the MAC to send it to."""
+    """One endpoint of a flow-mode link: its VNI, its VTEP's address and UDP port, the MAC to
+    send it to."""
     vni: int
     ip: str
     mac: str
+    port: int = 4789
 
 
 @dataclass(frozen=True)
@@ -60,12 +63,14 @@ class FlowEntry:
     src_ip: str
     src_mac: str
     ifindex: int
+    peer_port: int = 4789
 
 
 def link_entries(uplink: Uplink, a: FlowEnd, b: FlowEnd) -> tuple[FlowEntry, FlowEntry]:
     """The two entries of the link a-b: a's frames to b, b's to a."""
     def one(src: FlowEnd, dst: FlowEnd) -> FlowEntry:
-        return FlowEntry(src.vni, dst.vni, dst.ip, dst.mac, uplink.ip, uplink.mac, uplink.ifindex)
+        return FlowEntry(src.vni, dst.vni, dst.ip, dst.mac, uplink.ip, uplink.mac, uplink.ifindex,
+                         dst.port)
     return one(a, b), one(b, a)
 
 
@@ -115,7 +120,7 @@ class FlowTable:
         self.counter_names = tuple(m.name.lower() for m in sorted(classifier.abi.FlowCounter))
         # struct moa_flow's fields at their offsets in BTF (abi.h), packed without ctypes.
         kinds = {"peer_vni": "I", "ifindex": "I", "family": "B", "peer_mac": "6s",
-                 "src_mac": "6s", "src_ip": "16s", "peer_ip": "16s"}
+                 "src_mac": "6s", "src_ip": "16s", "peer_ip": "16s", "peer_port": "H"}
         fmt, at = "=", 0
         self._order = tuple(sorted(kinds, key=lambda n: getattr(self.Flow, n).offset))
         for name in self._order:
@@ -135,11 +140,14 @@ class FlowTable:
             raise ValueError(f"peer_vni: {e.peer_vni} is the entry's own VNI")
         if not isinstance(e.ifindex, int) or not 0 < e.ifindex < 1 << 31:
             raise ValueError(f"ifindex: {e.ifindex!r} is not an interface index")
+        if not isinstance(e.peer_port, int) or not 0 < e.peer_port <= 0xFFFF:
+            raise ValueError(f"peer_port: {e.peer_port!r} outside 1..65535")
         (family, src), (peer_family, peer) = _ip(e.src_ip, "src_ip"), _ip(e.peer_ip, "peer_ip")
         if family != peer_family:
             raise ValueError(f"peer_ip: {e.peer_ip} is IPv{peer_family} but src_ip {e.src_ip} "
                              f"is IPv{family}: a frame keeps its outer family")
         values = {"peer_vni": e.peer_vni, "ifindex": e.ifindex, "family": family,
+                  "peer_port": e.peer_port,
                   "peer_mac": _mac(e.peer_mac, "peer_mac"), "src_mac": _mac(e.src_mac, "src_mac"),
                   "src_ip": src, "peer_ip": peer}
         return self._pack(*(values[n] for n in self._order))
@@ -173,7 +181,7 @@ class FlowTable:
             out[vni] = FlowEntry(
                 vni, f["peer_vni"], _text(f["peer_ip"], f["family"]),
                 ":".join(f"{x:02x}" for x in f["peer_mac"]), _text(f["src_ip"], f["family"]),
-                ":".join(f"{x:02x}" for x in f["src_mac"]), f["ifindex"])
+                ":".join(f"{x:02x}" for x in f["src_mac"]), f["ifindex"], f["peer_port"])
         return out
 
     def sync(self, desired: Iterable[FlowEntry]) -> tuple[int, int]:

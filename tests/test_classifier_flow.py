@@ -204,3 +204,24 @@ def test_sync_writes_what_differs_and_deletes_the_rest(flow_clf) -> None:
              for e in many[:4]]
     assert t.sync(moved) == (1, 16)
     assert t.entries()[1000].peer_ip == "192.0.2.99" and len(t.entries()) == 4
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("csum", [False, True], ids=["zero-udp-csum", "udp-csum"])
+def test_the_peers_own_udp_port(flow_clf, v6, csum) -> None:
+    """B's VTEP listens on 8472: A's frames leave with that destination port, checksum right."""
+    box = BOX6 if v6 else BOX4
+    t = FlowTable(flow_clf)
+    t.set(link_entries(Uplink(UPLINK_IFINDEX, box, MAC_UP),
+                       FlowEnd(A, HV_A6 if v6 else HV_A4, MAC_A),
+                       FlowEnd(B, HV_B6 if v6 else HV_B4, MAC_B, port=8472)))
+    assert t.entries()[A].peer_port == 8472 and t.entries()[B].peer_port == 4789
+    sent = frame(v6=v6, csum=csum)
+    r = ingress(flow_clf, sent)
+    want = Ether(expected(sent, v6=v6, csum=csum))
+    want[UDP].dport = 8472
+    if csum:
+        del want[UDP].chksum
+    assert r.retval == TC_ACT_REDIRECT and r.data == bytes(want)
+    with pytest.raises(ValueError, match="^peer_port: "):
+        t.set([FlowEntry(A, B, HV_B4, MAC_B, BOX4, MAC_UP, UPLINK_IFINDEX, 0)])

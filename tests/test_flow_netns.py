@@ -36,19 +36,22 @@ class FlowBox:
     classifier: Classifier
     table: FlowTable
     v6: bool
+    uplink: Uplink
+    ends: list[FlowEnd]
 
 
 def _link(ns: str, dev: str) -> dict:
     return json.loads(ns_exec(ns, "ip", "-j", "link", "show", dev).stdout)[0]
 
 
-def _add_endpoint(t: Testbed, node: int, vni: int, addr: str, v6: bool) -> Endpoint:
+def _add_endpoint(t: Testbed, node: int, vni: int, addr: str, v6: bool,
+                  port: int = 4789) -> Endpoint:
     """Testbed.add_endpoint, over the IPv6 underlay when v6."""
     if not v6:
-        return t.add_endpoint(node, vni, addr)
+        return t.add_endpoint(node, vni, addr, port)
     dev, hv = f"vx{vni}", t.hv(node)
     sh("ip", "-n", hv, "link", "add", dev, "type", "vxlan", "id", str(vni), "local",
-       hv_addr6(node), "remote", BOX6, "dstport", "4789", "dev", "eth0", "nolearning")
+       hv_addr6(node), "remote", BOX6, "dstport", str(port), "dev", "eth0", "nolearning")
     sh("ip", "-n", hv, "link", "set", dev, "netns", t.node(node))
     sh("ip", "-n", t.node(node), "addr", "add", addr, "dev", dev)
     ns_exec(t.node(node), "sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=1")
@@ -91,7 +94,7 @@ def flowbox(request: pytest.FixtureRequest) -> Iterator[FlowBox]:
         clf.set_link(B)
         table = FlowTable(clf)
         table.set(link_entries(uplink, *ends))
-        yield FlowBox(t, clf, table, v6)
+        yield FlowBox(t, clf, table, v6, uplink, ends)
     finally:
         if clf is not None:
             clf.close()
@@ -220,3 +223,17 @@ def test_mixed_box_vtep_beside_flow_and_gro_super_packets(flowbox: FlowBox) -> N
                 check=False)
     assert " 0% packet loss" in r.stdout, r.stdout
     del n300
+
+
+def test_endpoints_on_different_udp_ports(flowbox: FlowBox) -> None:
+    """B's VTEP on port 8472, A's on 4789: each direction leaves with the receiver's port."""
+    t, clf = flowbox.topo, flowbox.classifier
+    clf.set_vxlan_ports([8472])  # B's frames arrive on it: the classifier must parse them
+    a = _add_endpoint(t, 1, A, "192.168.100.1/24", flowbox.v6)
+    b = _add_endpoint(t, 2, B, "192.168.100.2/24", flowbox.v6, port=8472)
+    end_a, end_b = flowbox.ends
+    flowbox.table.set(link_entries(flowbox.uplink, end_a,
+                                   FlowEnd(end_b.vni, end_b.ip, end_b.mac, port=8472)))
+    assert t.ping(a, b, count=3) == (3, 3)
+    assert clf.link_counters(B)["egress"].packets >= 3  # parsed at egress on port 8472
+    assert flowbox.table.counters()["error"] == 0

@@ -332,7 +332,8 @@ struct moa_flow {
 	__u8 src_mac[6];	/* outer source MAC: the uplink's */
 	__u8 family;		/* 4 or 6: the outer IP version of both addresses, and of the
 				 * frames the entry applies to */
-	__u8 pad0[3];
+	__u8 pad0;
+	__u16 peer_port;	/* the peer VTEP's UDP port (host order): the new destination port */
 	__u8 src_ip[16];	/* the box's address, the frame's outer destination on arrival and
 				 * its source on departure (IPv4: the first 4 bytes, the rest 0) */
 	__u8 peer_ip[16];	/* the peer endpoint's VTEP: the new outer destination */

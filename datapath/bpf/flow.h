@@ -12,9 +12,9 @@
  *   Ethernet   destination = the peer's next hop (moa_flow.peer_mac), source = the uplink's
  *   IPv4/IPv6  source = the box (it was the destination), destination = the peer's VTEP;
  *              IPv4's header checksum follows; TTL / hop limit, TOS, ID and flow label stay
- *   UDP        ports stay (the source port is the sender's hash of the inner flow: keeping it
- *              keeps the flow's path through the underlay and its receive queue at the peer);
- *              the checksum follows, see below
+ *   UDP        destination port = the peer VTEP's (moa_flow.peer_port); the source port stays
+ *              (the sender's hash of the inner flow: keeping it keeps the flow's path through
+ *              the underlay and its receive queue at the peer); the checksum follows, see below
  *   VXLAN      VNI = the peer's (moa_flow.peer_vni); flags and reserved bytes stay
  *
  * The inner frame is never read nor written: LLDP, LACP and STP cross as on a wire. Frames of
@@ -88,12 +88,14 @@ static __always_inline __u16 moa_csum_fold(__u64 s)
 }
 
 /*
- * The outer UDP checksum (not 0) after the addresses changed by d_addr and the VNI by d_vni.
+ * The outer UDP checksum (not 0) after the addresses changed by d_addr and the payload (for
+ * the checksum: the destination port and the VNI) by d_pay.
  * bpf_l4_csum_replace knows the skb's checksum state but not where a partial checksum starts,
- * so the state is found first, by its effect: a payload change (the VNI's, or a probe of 1
- * undone at once when the VNI's sum does not change) alters a finished checksum and leaves a
+ * so the state is found first, by its effect: a payload change (d_pay, or a probe of 1
+ * undone at once when d_pay's sum is nil) alters a finished checksum and leaves a
  * partial one as it is.
- *   finished (a frame off a wire): the kernel's rules, addresses as pseudo header, VNI as payload;
+ *   finished (a frame off a wire): the kernel's rules, addresses as pseudo header, d_pay as
+ *     payload;
  *   partial, the field holding the pseudo header's sum (a GSO super-packet, or a sender that
  *     left the outer checksum to the device): only the addresses enter it, the rest is summed
  *     later over the new payload;
@@ -104,12 +106,12 @@ static __always_inline __u16 moa_csum_fold(__u64 s)
  * Returns 0 or a helper's error.
  */
 static __always_inline int moa_flow_udp_csum(struct __sk_buff *skb, __u32 off, __u16 check,
-					     __u32 d_addr, __u32 d_vni, __u64 pseudo)
+					     __u32 d_addr, __u32 d_pay, __u64 pseudo)
 {
-	__u16 d = moa_csum_fold(d_vni), now = 0;
+	__u16 d = moa_csum_fold(d_pay), now = 0;
 	int probe = d == 0 || d == 0xffff;
 
-	if (bpf_l4_csum_replace(skb, off, 0, probe ? 1 : d_vni, BPF_F_MARK_MANGLED_0) ||
+	if (bpf_l4_csum_replace(skb, off, 0, probe ? 1 : d_pay, BPF_F_MARK_MANGLED_0) ||
 	    bpf_skb_load_bytes(skb, off, &now, sizeof(now)))
 		return -1;
 	if (now != check) {
@@ -120,7 +122,7 @@ static __always_inline int moa_flow_udp_csum(struct __sk_buff *skb, __u32 off, _
 	}
 	if (skb->gso_size || check == moa_csum_fold(pseudo))
 		return bpf_l4_csum_replace(skb, off, 0, d_addr, BPF_F_PSEUDO_HDR);
-	check = ~moa_csum_fold((__u64)(__u16)~check + d_addr + d_vni);
+	check = ~moa_csum_fold((__u64)(__u16)~check + d_addr + d_pay);
 	if (!check)
 		check = 0xffff;
 	return bpf_skb_store_bytes(skb, off, &check, sizeof(check), 0);
@@ -137,10 +139,11 @@ static __always_inline int moa_flow_rewrite(struct __sk_buff *skb, const struct 
 	void *data_end = (void *)(long)skb->data_end;
 	const __u32 alen = v6 ? 32 : 8;		/* source and destination addresses */
 	__u32 old[8] = {}, new[8] = {}, vni_old, vni_new, ifindex, i, box;
+	__u32 ports_old, ports_new;	/* the UDP header's first word: source and destination */
 	__u8 macs[12], vni_b[4];
 	struct udphdr *udp;
 	__u32 l4, addr_off;
-	__s64 d_addr, d_vni;
+	__s64 d_addr, d_pay;
 	__u64 pseudo;
 	__u16 ucheck;
 
@@ -178,6 +181,9 @@ static __always_inline int moa_flow_rewrite(struct __sk_buff *skb, const struct 
 	if ((void *)udp + MOA_VXLAN_VNI + 4 > data_end)
 		return TC_ACT_OK;
 	ucheck = udp->check;
+	__builtin_memcpy(&ports_old, udp, 4);
+	ports_new = ports_old;
+	((__be16 *)&ports_new)[1] = bpf_htons(f->peer_port);
 	/* The old pseudo header's sum: addresses, protocol, UDP length (IPv4's and IPv6's alike
 	 * in 16-bit words). */
 	pseudo = (__u64)bpf_htons(IPPROTO_UDP) + *(__u16 *)((void *)udp + MOA_UDP_LEN);
@@ -196,8 +202,10 @@ static __always_inline int moa_flow_rewrite(struct __sk_buff *skb, const struct 
 
 	/* Packet pointers are void from here on (every helper below may move the data). */
 	d_addr = bpf_csum_diff(old, alen, new, alen, 0);
-	d_vni = bpf_csum_diff(&vni_old, 4, &vni_new, 4, 0);
-	if (d_addr < 0 || d_vni < 0)
+	d_pay = bpf_csum_diff(&vni_old, 4, &vni_new, 4, 0);
+	if (ports_new != ports_old && d_pay >= 0)
+		d_pay = bpf_csum_diff(&ports_old, 4, &ports_new, 4, d_pay);
+	if (d_addr < 0 || d_pay < 0)
 		goto error;
 	/* The IPv4 header's sum over both addresses and its checksum is unchanged by the pair of
 	 * writes, so a CHECKSUM_COMPLETE skb->csum needs no update for them (flags 0). */
@@ -205,14 +213,16 @@ static __always_inline int moa_flow_rewrite(struct __sk_buff *skb, const struct 
 		goto error;
 	if (bpf_skb_store_bytes(skb, addr_off, new, alen, 0))
 		goto error;
-	if (ucheck && moa_flow_udp_csum(skb, l4 + MOA_UDP_CHECK, ucheck, d_addr, d_vni, pseudo))
+	if (ucheck && moa_flow_udp_csum(skb, l4 + MOA_UDP_CHECK, ucheck, d_addr, d_pay, pseudo))
 		goto error;
 	if (bpf_skb_store_bytes(skb, l4 + MOA_VXLAN_VNI, &vni_new, 4, 0))
+		goto error;
+	if (ports_new != ports_old && bpf_skb_store_bytes(skb, l4, &ports_new, 4, 0))
 		goto error;
 	/* Without a UDP checksum nothing balances the VNI's bytes: a CHECKSUM_COMPLETE sum
 	 * follows them (the helper fails, harmlessly, on any other state). */
 	if (!ucheck)
-		bpf_csum_update(skb, d_vni);
+		bpf_csum_update(skb, d_pay);
 	if (bpf_skb_store_bytes(skb, 0, macs, sizeof(macs), 0))
 		goto error;
 	moa_flow_count(MOA_FLOW_REDIRECT);
