@@ -87,7 +87,9 @@ class ClassifierConfig:
     def max_entries(self) -> dict[str, int]:
         arrays = self.max_links * len(schemas.STAGES)  # MOA_NR_STAGES: checked on load (abi.py)
         return {"moa_links": self.max_links, "moa_state": arrays, "moa_counters": arrays,
-                "moa_events": self.ringbuf_bytes, "moa_flow": self.max_links}
+                "moa_events": self.ringbuf_bytes,
+                # a preallocated hash (8 MiB at 65,536): one entry when flow mode is off
+                "moa_flow": self.max_links if self.flow_mode else 1}
 
 
 @dataclass
