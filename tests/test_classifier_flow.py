@@ -43,13 +43,15 @@ def table(c: Classifier, v6: bool = False) -> FlowTable:
 
 
 def frame(vni: int = A, *, v6: bool = False, csum: bool = True, inner: bytes | None = None,
-          dst: str | None = None, tagged: bool = False, sport: int = 51234) -> bytes:
+          dst: str | None = None, tagged: bool = False, sport: int = 51234,
+          ip_options: bool = False) -> bytes:
     """A frame as hypervisor A's VTEP sends it to the box."""
     p = Ether(src=MAC_A, dst=MAC_UP)
     if tagged:
         p = p / Dot1Q(vlan=42)
     p = p / (IPv6(src=HV_A6, dst=dst or BOX6, hlim=61) if v6 else
-             IP(src=HV_A4, dst=dst or BOX4, ttl=61, id=4321, flags="DF"))
+             IP(src=HV_A4, dst=dst or BOX4, ttl=61, id=4321, flags="DF",
+                options=b"\x94\x04\x00\x00\x01\x01\x01\x00" if ip_options else b""))
     udp = UDP(sport=sport, dport=4789) if csum else UDP(sport=sport, dport=4789, chksum=0)
     return bytes(p / udp / VXLAN(vni=vni) / Raw(inner if inner is not None else
                                                  bytes(inner_tcp(payload=300))))
@@ -96,6 +98,16 @@ def test_inner_frame_untouched_lldp_included(flow_clf, v6) -> None:
     r = ingress(flow_clf, sent)
     assert r.retval == TC_ACT_REDIRECT
     assert r.data[-len(LLDP):] == LLDP and r.data == expected(sent, v6=v6, csum=True)
+
+
+@pytest.mark.parametrize("csum", [False, True], ids=["zero-udp-csum", "udp-csum"])
+def test_ipv4_options(flow_clf, csum) -> None:
+    """An outer IPv4 header of 28 bytes (Router Alert and padding): rewritten all the same."""
+    table(flow_clf)
+    sent = frame(csum=csum, ip_options=True)
+    assert Ether(sent)[IP].ihl == 7
+    r = ingress(flow_clf, sent)
+    assert r.retval == TC_ACT_REDIRECT and r.data == expected(sent, v6=False, csum=csum)
 
 
 def test_the_other_direction_and_other_frames(flow_clf) -> None:
