@@ -14,6 +14,7 @@ from scapy.packet import Raw
 from datapath.classifier import Classifier, ClassifierConfig
 from datapath.flow import FlowEnd, FlowEntry, FlowTable, Uplink, link_entries
 from schemas import Emulation
+from tests.fixtures.classifier import INGRESS, mono, put_t_last
 from tests.fixtures.packets import TC_ACT_OK, TC_ACT_SHOT, inner_tcp
 
 TC_ACT_REDIRECT = 7
@@ -142,6 +143,19 @@ def test_the_ingress_stage_comes_first(flow_clf) -> None:
     assert flow_clf.link_counters(A)["ingress"].drops["loss"] == 1
     flow_clf.set_link(A, ingress=Emulation(loss=0.0))
     assert ingress(flow_clf, frame()).retval == TC_ACT_REDIRECT
+
+
+def test_the_ingress_stages_handover_rides_along(flow_clf) -> None:
+    """An ingress stage with a rate whose port is busy for another second: the frame waits
+    behind it, and is rewritten and redirected with that wait in skb->mark for the egress stage
+    (handover.h), as in VTEP mode."""
+    table(flow_clf)
+    flow_clf.set_link(A, ingress=Emulation(capacity=8_000_000, queue=0))
+    put_t_last(flow_clf, A, INGRESS, mono() + 10**9)
+    r = ingress(flow_clf, frame())
+    assert r.retval == TC_ACT_REDIRECT and Ether(r.data)[VXLAN].vni == B
+    assert r.ctx.mark >> 16 == 0xFFFF  # a second saturates the 16-bit field (67 ms)
+    assert flow_clf.link_counters(A)["ingress"].packets == 1
 
 
 def test_flow_mode_off_passes_and_refuses_a_table() -> None:
