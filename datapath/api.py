@@ -141,8 +141,10 @@ class KernelDatapath:
         pc = PlanConfig(uplink=config.uplink, local=config.local,
                         vtep_mtu=config.vtep_mtu or mtu - VXLAN_OVERHEAD, port_hold=config.fq)
         stages = [(st, n) for m in desired for st, n, _ in stage_groups(m, pc)]
+        held = [st for m in desired for state in scheduled.contents(m)  # with every step's
+                for st, _, _ in stage_groups(state, pc)]
         budget = limits.Budget(config.horizon_ns, limits.frame_bytes(pc.vtep_mtu), line)
-        need = limits.required_horizon((e for s, _ in stages for e in s), budget.frame)
+        need = limits.required_horizon((e for s in held for e in s), budget.frame)
         horizon = min(max(config.horizon_ns, need), limits.MAX_HORIZON_NS)
         if horizon > config.horizon_ns:
             log.warning("horizon raised from %s to %s: the desired state holds a link that needs "

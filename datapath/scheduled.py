@@ -46,6 +46,12 @@ def _states(m: schemas.Materialize) -> list[tuple[int, schemas.Materialize]]:
     return out
 
 
+def contents(m: schemas.Materialize) -> list[schemas.Materialize]:
+    """m, and with a schedule every state it takes m's links through (the box's horizon and
+    sch_fq are sized for all of them at start)."""
+    return [m] if m.schedule is msgspec.UNSET else [state for _, state in _states(m)]
+
+
 def _at_step(e: schemas.InvalidMessage, k: int) -> schemas.InvalidMessage:
     if k < 0:
         return e

@@ -157,6 +157,9 @@ def check_schedule(s: Schedule, path: str = "schedule") -> None:
     if not 1 <= len(s.steps) <= SCHEDULE_STEPS_MAX:
         raise InvalidMessage(f"{path}.steps", f"{len(s.steps)} steps: a schedule has 1 to "
                                               f"{SCHEDULE_STEPS_MAX}")
+    if s.start is not None and not 0 <= s.start < 1 << 63:
+        raise InvalidMessage(f"{path}.start", f"{s.start} is not a time in ns since the epoch "
+                                              "(the box's CLOCK_REALTIME)")
     fmt = units.format_duration
     gap = fmt(SCHEDULE_GAP_MIN_NS)
     before = None
