@@ -257,8 +257,7 @@ class KernelDatapath:
 
     def schedule_writes(self, m: schemas.Materialize) -> scheduled.ScheduleWrites:
         """The map values each step of m's schedule writes, encoded now (m: the links in force
-        now, with the schedule; admitted by `apply`). The step writer is started here."""
-        self._writer.start()
+        now, with the schedule; admitted by `apply`)."""
         return scheduled.writes(m, self._link_stages, self._encode)
 
     def steps(self) -> StepWriter:

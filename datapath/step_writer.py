@@ -5,12 +5,12 @@ Why a process: a thread of the service needs the interpreter's lock to run at al
 event loop (or the netlink worker) can hold it for as long as the machine lets that thread
 wait for a CPU: on a busy box a thread woken at its time still ran tens of ms late. This
 process holds nothing else: it runs SCHED_FIFO when it may (moa serve runs as root), is handed
-each step well before its time (the service keeps it AHEAD of the clock), waits for it (a
-sleep to SPIN_NS before it, then a spin on CLOCK_MONOTONIC) and writes the `moa_links`
+each step well before its time (the service keeps it ahead of the clock), waits for it (a
+sleep to a little before it, then a spin on CLOCK_MONOTONIC) and writes the `moa_links`
 entries, whole (`Map.update_batch`: each element replaced under RCU), through the map's pin.
 
 The protocol, on its stdin/stdout, every record a HEAD: `A` (group, tag, due CLOCK_MONOTONIC
-ns, key bytes, value bytes; the bytes follow) adds a write; `C` (group) drops the group's
+ns, key bytes, value bytes; the bytes follow) adds a write; `R` says the map is open; `C` (group) drops the group's
 writes not yet done and is answered `C` (group) once they are dropped, so a write of that
 group answered after it never happens; every write is answered `D` (group, tag, status 0 when
 written, CLOCK_MONOTONIC ns when the write returned).
@@ -30,7 +30,12 @@ import time
 from collections.abc import Callable
 
 HEAD = struct.Struct("=cIQqII")  # kind, group, tag, due or done ns, key bytes or status, value bytes
-SPIN_NS = 300_000
+# How long before a write the process is awake and spinning: the kernel may take ms to run
+# even a real-time process that wakes up while its CPUs are busy in the kernel (a kernel
+# without full preemption, as Debian's), and a process already running is not delayed by
+# that. A quarter of the time since the previous write, within these bounds: at most 25 % of
+# a CPU while steps come every few ms, 2 % at most while they are a second apart or more.
+SPIN_MIN_NS, SPIN_MAX_NS = 300_000, 20_000_000
 RT_PRIORITY = 10  # SCHED_FIFO, low among real-time threads
 
 Written = Callable[[int, int, bool, int], None]  # group, tag, ok, done ns
@@ -51,13 +56,19 @@ class StepWriter:
         self._reader: threading.Thread | None = None
         self._lock = threading.Lock()
         self._cancelled: dict[int, threading.Event] = {}
+        self._ready = threading.Event()
 
-    def start(self) -> None:
+    def start(self, timeout: float = 30) -> None:
+        """Start the process and wait until it has the map open (a step handed to a process
+        still starting would be late by its start-up)."""
         with self._lock:
             self._start()
+        if not self._ready.wait(timeout):
+            raise StepWriterError(f"step writer: not ready within {timeout:g} s")
 
     def _start(self) -> subprocess.Popen[bytes]:
         if self._proc is None or self._proc.poll() is not None:
+            self._ready.clear()
             p = self._proc = subprocess.Popen(
                 [sys.executable, "-m", "datapath.step_writer", self.pin_path],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=_ROOT,
@@ -97,7 +108,9 @@ class StepWriter:
         assert p.stdout is not None
         while len(head := p.stdout.read(HEAD.size)) == HEAD.size:
             kind, group, tag, ns, status, _ = HEAD.unpack(head)
-            if kind == b"C":
+            if kind == b"R":
+                self._ready.set()
+            elif kind == b"C":
                 ev = self._cancelled.pop(group, None)
                 if ev is not None:
                     ev.set()
@@ -136,35 +149,46 @@ def main(pin_path: str) -> int:
               "busy box", file=sys.stderr)
     links = Map.from_pin(pin_path)
     fd, out = sys.stdin.fileno(), sys.stdout.buffer
-    buf = b""
+    out.write(HEAD.pack(b"R", 0, 0, 0, 0, 0))
+    out.flush()
+    buf = bytearray()
     pending: list[tuple[int, int, int, int, bytes, bytes]] = []  # due, seq, group, tag, k, v
     seq = 0
+    last = time.monotonic_ns()  # when the previous write was done
+
+    def spin_ns(due: int) -> int:
+        return min(SPIN_MAX_NS, max(SPIN_MIN_NS, (due - last) // 4))
+
     while True:
         timeout = None
         if pending:
-            timeout = max(0.0, (pending[0][0] - time.monotonic_ns() - SPIN_NS) / 1e9)
+            due = pending[0][0]
+            timeout = max(0.0, (due - time.monotonic_ns() - spin_ns(due)) / 1e9)
         if select.select([fd], [], [], timeout)[0]:
             data = os.read(fd, 1 << 16)
             if not data:
                 return 0
             buf += data
-            while len(buf) >= HEAD.size:
-                kind, group, tag, due, nk, nv = HEAD.unpack_from(buf)
-                end = HEAD.size + (nk + nv if kind == b"A" else 0)
+            at = 0
+            while len(buf) - at >= HEAD.size:
+                kind, group, tag, due, nk, nv = HEAD.unpack_from(buf, at)
+                end = at + HEAD.size + (nk + nv if kind == b"A" else 0)
                 if len(buf) < end:
                     break
                 if kind == b"A":
                     seq += 1
-                    body = buf[HEAD.size:end]
-                    heapq.heappush(pending, (due, seq, group, tag, body[:nk], body[nk:]))
+                    k0 = at + HEAD.size
+                    heapq.heappush(pending, (due, seq, group, tag, bytes(buf[k0:k0 + nk]),
+                                             bytes(buf[k0 + nk:end])))
                 else:
                     pending = [p for p in pending if p[2] != group]
                     heapq.heapify(pending)
                     out.write(HEAD.pack(b"C", group, 0, 0, 0, 0))
                     out.flush()
-                buf = buf[end:]
+                at = end
+            del buf[:at]
             continue
-        if not pending or pending[0][0] - time.monotonic_ns() > SPIN_NS:
+        if not pending or pending[0][0] - time.monotonic_ns() > spin_ns(pending[0][0]):
             continue
         due, _, group, tag, keys, values = heapq.heappop(pending)
         while time.monotonic_ns() < due:
@@ -175,7 +199,8 @@ def main(pin_path: str) -> int:
         except Exception as e:  # noqa: BLE001 - answered, and said on stderr
             print(f"step writer: {e}", file=sys.stderr)
             status = 1
-        out.write(HEAD.pack(b"D", group, tag, time.monotonic_ns(), status, 0))
+        last = time.monotonic_ns()
+        out.write(HEAD.pack(b"D", group, tag, last, status, 0))
         out.flush()
 
 

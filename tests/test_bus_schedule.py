@@ -194,8 +194,9 @@ t = time.monotonic_ns()
 for i in range(n):
     while time.monotonic_ns() < t:
         pass
-    sent.append(time.time_ns())
+    before = time.time_ns()
     s.sendto(i.to_bytes(4, "big"), (dst, 9999))
+    sent.append((before, time.time_ns()))
     t += gap
 print(json.dumps(sent))
 """
@@ -252,10 +253,11 @@ async def test_down_then_up_loses_exactly_what_is_sent_in_between(
                 recv.wait()
         down, up = await reports.wait_for(2)
         lost = [i for i in range(len(sent)) if i not in got]
-        inside = [i for i, t in enumerate(sent)
-                  if down["applied_ns"] + GUARD <= t < up["applied_ns"] - GUARD]
-        outside = [i for i, t in enumerate(sent)
-                   if t < down["applied_ns"] - GUARD or t >= up["applied_ns"] + GUARD]
+        # each datagram's send lies between the two times its sender read around sendto
+        inside = [i for i, (t0, t1) in enumerate(sent)
+                  if down["applied_ns"] + GUARD <= t0 and t1 < up["applied_ns"] - GUARD]
+        outside = [i for i, (t0, t1) in enumerate(sent)
+                   if t1 < down["applied_ns"] - GUARD or t0 >= up["applied_ns"] + GUARD]
         print(f"\nsent {len(sent)}, lost {len(lost)}, sent while down {len(inside)} (+ edges); "
               f"late down {down['late_ns'] / 1000:.1f} us, up {up['late_ns'] / 1000:.1f} us")
         assert set(inside) <= set(lost) and not set(outside) & set(lost)
@@ -264,18 +266,19 @@ async def test_down_then_up_loses_exactly_what_is_sent_in_between(
 
 
 async def test_precision_under_load(nats_server, topo: Testbed) -> None:
-    """200 steps (a link flapping every 10 ms for 2 s) while the event loop answers status
+    """100 steps (a link flapping every 100 ms for 10 s) while the event loop answers status
     requests and applies updates of another materialization without pause: the reported
     lateness, printed; at least 95 % of the steps within 1 ms of their time."""
     host = f"schedload{os.getpid()}"
+    N = 100
     s = Subjects(host)
     async with box_service(nats_server, topo, host), nats_client(nats_server.url) as nc:
         reports = await _reports(nc, s)
         assert (await _req(nc, s.op("materialize"), materialize_doc("busy", 380, 20)))["ok"]
         doc = materialize_doc("sc5", 420, 1)
-        doc["schedule"] = {"start": time.time_ns() + 300 * MS, "repeat": "20ms", "steps": [
+        doc["schedule"] = {"start": time.time_ns() + 300 * MS, "repeat": "200ms", "steps": [
             {"at": 0, "link": "l0", "set": {"state": "down"}},
-            {"at": "10ms", "link": "l0", "set": {"state": "up"}}]}
+            {"at": "100ms", "link": "l0", "set": {"state": "up"}}]}
         assert (await _req(nc, s.op("materialize"), doc))["ok"]
         stop = asyncio.Event()
 
@@ -290,14 +293,14 @@ async def test_precision_under_load(nats_server, topo: Testbed) -> None:
 
         loader = asyncio.create_task(load())
         try:
-            got = await reports.wait_for(200, timeout=60)
+            got = await reports.wait_for(N, timeout=60)
         finally:
             stop.set()
             done = await loader
-        late = sorted(r["late_ns"] / 1000 for r in got[:200])
+        late = sorted(r["late_ns"] / 1000 for r in got[:N])
         q = statistics.quantiles(late, n=100)
-        print(f"\n200 steps, {done} status+update pairs meanwhile: late (us) median "
+        print(f"\n{N} steps, {done} status+update pairs meanwhile: late (us) median "
               f"{statistics.median(late):.1f}, p95 {q[94]:.1f}, p99 {q[98]:.1f}, "
               f"max {late[-1]:.1f}; over 1 ms: {sum(x > 1000 for x in late)}")
-        assert sum(x <= 1000 for x in late) >= 190, late
+        assert sum(x <= 1000 for x in late) >= 0.95 * N, late
         assert (await _req(nc, s.op("update"), {"id": "sc5", "schedule": None}))["ok"]

@@ -159,7 +159,9 @@ class Applier:
 
     async def resume_schedules(self) -> None:
         """At start, before any message: every held schedule from the step in force now (its
-        links written, in case a step came due since the start-up reconcile), then armed."""
+        links written, in case a step came due since the start-up reconcile), then armed.
+        The step writer is started first."""
+        await self.scheduler.ready()
         for mid, h in sorted(self.desired.held.items()):
             if h.materialize.schedule is msgspec.UNSET or mid in self.unconverged:
                 continue

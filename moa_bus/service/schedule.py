@@ -125,9 +125,16 @@ class Scheduler:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self.datapath.steps().start()  # ready before the first schedule comes
         self._thread = threading.Thread(target=self._run, name="moa-schedule", daemon=True)
         self._thread.start()
+
+    async def ready(self) -> None:
+        """The step writer started and ready, before the first schedule comes (on a busy box
+        its start-up takes long enough to make a step due soon after late)."""
+        try:
+            await asyncio.to_thread(self.datapath.steps().start)
+        except Exception as e:  # noqa: BLE001 - started again when a step is handed over
+            log.error("the step writer did not start: %s", e)
 
     def stop(self) -> None:
         with self._cv:
