@@ -165,6 +165,10 @@ async def test_survives_a_restart_runs_under_an_update_and_is_cancelled(
             for r in after:
                 assert (r["due_ns"] - start) % (400 * MS) in (100 * MS, 200 * MS), r
                 assert r["cycle"] > got[before - 1]["cycle"] and r["generation"] == 1
+            # the same content again (its start left out) keeps the running schedule
+            again = await _req(nc, s.op("materialize"), doc)
+            assert again["ok"] and again["generation"] == 1, again
+            assert svc.applier.scheduler.armed["sc3"].start_ns == start
             # an Update keeps it running over the new parameters
             u = await _req(nc, s.op("update"), {"id": "sc3", "links": [
                 {"link": "l0", "emulation": {"loss": 0.3}}]})
