@@ -374,11 +374,13 @@ class DesiredState:
             self.store.remove(mid, generation, removed)
         faults.hit("state.after-write", mid)
 
-    def show(self, mid: str, links: list[schemas.Link]) -> None:
+    def show(self, mid: str, links: list[schemas.Link], generation: int | None = None) -> None:
         """mid's schedule put these links in force (not durable: the schedule is, and says
-        the same after a restart). A new Held, so a status snapshot keeps the one it took."""
+        the same after a restart); with `generation`, only if mid is still at it (a step of a
+        schedule since replaced is reported, not shown). A new Held, so a status snapshot
+        keeps the one it took."""
         h = self.held.get(mid)
-        if h is not None:
+        if h is not None and generation in (None, h.generation):
             self.held[mid] = Held(h.materialize, h.generation, h.digest, in_force=links)
 
     def vnis(self, mids: Iterable[str] | None = None) -> list[int]:

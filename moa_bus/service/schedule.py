@@ -107,8 +107,8 @@ class Scheduler:
     datapath: Datapath
     host: str
     report: Report | None = None
-    # called on the loop with (materialization, links in force) after each step: status
-    shown: Callable[[str, list[schemas.Link]], None] | None = None
+    # called on the loop with (materialization, links in force, generation) after each step
+    shown: Callable[[str, list[schemas.Link], int], None] | None = None
     armed: dict[str, Armed] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -181,7 +181,7 @@ class Scheduler:
     def _reported(self, r: schemas.ScheduleReport, links: list[schemas.Link]) -> None:
         self.reports = self.reports[-1023:] + [r]
         if self.shown is not None:
-            self.shown(r.materialization, links)
+            self.shown(r.materialization, links, r.generation)
         if self.report is not None:
             task = asyncio.ensure_future(self.report(r))
             task.add_done_callback(lambda t: t.cancelled() or t.exception() is None or
