@@ -35,7 +35,7 @@ from schemas.schedule import Expanded, expand, links_at, next_step, position
 
 log = logging.getLogger("moa.bus")
 
-AHEAD_NS = 1_000_000_000  # steps are handed to the step writer this long before their time
+AHEAD_NS = 5_000_000_000  # steps are handed to the step writer this long before their time
 FEED_S = 0.1  # how often this thread looks for steps to hand over
 
 Report = Callable[[schemas.ScheduleReport], Awaitable[None]]
