@@ -75,14 +75,15 @@ async def test_steps_take_effect_are_reported_and_shown(nats_server, topo: Testb
     async with box_service(nats_server, topo, host), nats_client(nats_server.url) as nc:
         reports = await _reports(nc, s)
         doc = materialize_doc("sc1", 300, 2, tags=["wan"])
-        start = time.time_ns() + 300 * MS
+        start = time.time_ns() + 1000 * MS
         doc["schedule"] = {"start": start, "steps": [
             {"at": 0, "link": "l0", "set": {"state": "down"}},
             {"at": "300ms", "tag": "wan", "set": {"state": "up", "loss": 0.2}}]}
         a = await _req(nc, s.op("materialize"), doc)
         assert a["ok"] and a["generation"] == 1, a
         st = _emulations(await _req(nc, s.op("status"), b"{}"))
-        assert st["l0"]["state"] == "up" and st["l0"]["loss"] == 0.01  # not due yet
+        if not reports.got:  # not due yet (a loaded box may have taken its second to apply)
+            assert st["l0"]["state"] == "up" and st["l0"]["loss"] == 0.01
         got = await reports.wait_for(2)
         assert [(r["step"], r["cycle"], r["links"], r["generation"]) for r in got] == [
             (0, 0, ["l0"], 1), (1, 0, ["l0", "l1"], 1)]
