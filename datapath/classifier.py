@@ -60,6 +60,7 @@ class ClassifierConfig:
     horizon_ns: int = 10_000_000_000
     event_budget: int = 64               # drop events per link stage per window
     event_window_ns: int = 100_000_000
+    flow_mode: bool = False              # point-to-point links without VTEPs (datapath/flow.py)
 
     def __post_init__(self) -> None:
         if not 1 <= self.vxlan_port <= 0xFFFF:
@@ -81,12 +82,14 @@ class ClassifierConfig:
     def rodata(self) -> dict[str, int]:
         return {"vxlan_port": self.vxlan_port, "mark_mask": self.mark_mask,
                 "horizon_ns": self.horizon_ns, "event_budget": self.event_budget,
-                "event_window_ns": self.event_window_ns}
+                "event_window_ns": self.event_window_ns, "flow_mode": int(self.flow_mode)}
 
     def max_entries(self) -> dict[str, int]:
         arrays = self.max_links * len(schemas.STAGES)  # MOA_NR_STAGES: checked on load (abi.py)
         return {"moa_links": self.max_links, "moa_state": arrays, "moa_counters": arrays,
-                "moa_events": self.ringbuf_bytes}
+                "moa_events": self.ringbuf_bytes,
+                # a preallocated hash (8 MiB at 65,536): one entry when flow mode is off
+                "moa_flow": self.max_links if self.flow_mode else 1}
 
 
 @dataclass
@@ -333,9 +336,9 @@ class Classifier:
         parameters in one BPF_MAP_UPDATE_BATCH (each element is still replaced whole under RCU:
         a packet sees the old or the new parameters, never a mix; slots, timelines and counters
         stay); new ones are created one by one. Returns how many were written."""
-        fresh = [v for v in links if v not in self._slots]
-        for vni in fresh:
-            self.set_link_stages(vni, links[vni])
+        fresh = {v: links[v] for v in links if v not in self._slots}
+        if fresh:
+            self._add_links(fresh)
         with self._lock:
             existing = [v for v in links if v in self._slots and v not in fresh]
             self._ensure_tables(links[v] for v in existing)
@@ -352,6 +355,37 @@ class Classifier:
             self._ensure_tables(links.values())
             values = b"".join(bytes(self._link(self._slots[v], links[v])) for v in links)
         return b"".join(int(v).to_bytes(4, sys.byteorder) for v in links), values
+
+    def _add_links(self, links: Mapping[int, bytes]) -> None:
+        """New links in three batch writes: their slots' state and counters zeroed, then their
+        parameters (a link becomes visible to packets only with the last). What a failure
+        leaves out gets its slot back; the links written stay, as set_link's would."""
+        for vni in links:
+            _check_vni(vni)
+        with self._lock:
+            if len(links) > len(self._free):
+                raise RuntimeError(f"no free link slot (max_links={self.config.max_links})")
+            self._ensure_tables(links.values())
+            slots = {vni: heapq.heappop(self._free) for vni in links}
+            try:
+                nr = self.abi.NR_STAGES
+                idx = b"".join(int(s * nr + st).to_bytes(4, sys.byteorder)
+                               for s in slots.values() for st in range(nr))
+                n = len(idx) // 4
+                self.state_map.update_batch(idx, bytes(ctypes.sizeof(self.abi.StageState)) * n)
+                self.counters_map.update_batch(idx, bytes(self.counters_map._slot *
+                                                          self.counters_map.ncpu * n))
+                self._slots.update(slots)
+                self.links_map.update_batch(
+                    b"".join(int(v).to_bytes(4, sys.byteorder) for v in slots),
+                    b"".join(bytes(self._link(slots[v], links[v])) for v in slots))
+            except BaseException:
+                written = self.raw_links(slots)
+                for vni, slot in slots.items():
+                    if vni not in written:
+                        self._slots.pop(vni, None)
+                        heapq.heappush(self._free, slot)
+                raise
 
     def raw_links(self, vnis: Iterable[int]) -> dict[int, bytes]:
         """The raw struct moa_link of each of `vnis` the map holds (read from the kernel)."""

@@ -249,7 +249,8 @@ def test_missing_type_is_named(tmp_path: Path) -> None:
                                            "struct moa_link l; struct moa_stage_state s;"
                                            "struct moa_link_counters c; struct moa_global_counters g;"
                                            "struct moa_drop_event e; struct moa_box b;"
-                                           "struct moa_dist_table t; struct moa_dist_cdf f;"))
+                                           "struct moa_dist_table t; struct moa_dist_cdf f;"
+                                           "struct moa_flow w;"))
     with pytest.raises(abi_mod.AbiError, match="enum moa_stage"):
         abi_mod.Abi(str(compile_bpf(src, tmp_path)))
 

@@ -9,11 +9,16 @@ the target would pass or fail with the machine's load; this one checks that the 
 made."""
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 
 import pytest
+
+from moa_bus.lab import control_bench_classifier as classifier_steps
+from moa_bus.service.subjects import Subjects
+from tests.fixtures.nats import start_nats
 
 pytestmark = pytest.mark.netns
 
@@ -46,3 +51,26 @@ def test_request_reply_round_trip_figures_are_reported() -> None:
     # the scale figures are in every report, null when their steps did not run
     for key in ("status_30k_ms", "materialize_30k_s", "status_during_apply_ms"):
         assert key in out and out[key] is None, out
+
+
+def test_map_update_figure_writes_10k_links_of_distinct_parameters() -> None:
+    """map_update_10k_s is what its name says: 10,000 links, both directions, 20,000 VNIs each
+    written an emulation of its own (map_updates checks the map and raises otherwise)."""
+    out: dict = {"notes": []}
+    classifier_steps.map_updates(out)
+    assert out["map_update_vnis"] == 20_000 and out["map_update_10k_s"] > 0, out
+
+
+def test_drop_events_lost_shows_events_that_did_not_arrive(tmp_path) -> None:
+    """The figure can show a failure: with a ring buffer of one page, most reservations fail
+    during the flood, and what has not arrived when the window closes is counted lost."""
+    server = start_nats(tmp_path / "nats")
+    out: dict = {"notes": []}
+    try:
+        asyncio.run(classifier_steps.drop_events(out, server.url, Subjects("bench"), 20_000,
+                                                 ringbuf_bytes=4096))
+    finally:
+        server.stop()
+    assert out["drop_events_ringbuf_fail"] > 0, out
+    assert out["drop_events_lost"] >= out["drop_events_ringbuf_fail"], out
+    assert out["drop_events"] + out["drop_events_lost"] == 20_000, out

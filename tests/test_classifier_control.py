@@ -42,6 +42,29 @@ def test_slots_are_allocated_reused_and_zeroed() -> None:
         assert c.vnis() == [10, 12, 13, 14]
 
 
+def test_many_new_links_in_one_batch_get_distinct_zeroed_slots() -> None:
+    """update_links creates new links in three batch writes (state, per-CPU counters, params):
+    each VNI its own slot, the lowest free first, a reused slot's state and counters zeroed;
+    more links than free slots is refused before anything is written."""
+    with Classifier.load(ClassifierConfig(max_links=64)) as c:
+        c.set_link(1, Emulation(capacity=8_000_000))
+        send(c, 1, repeat=7)
+        assert c.stage_state(1, 0).t_last > 0
+        c.delete_link(1)
+        new = {100 + i: c.encode_stages(Emulation(latency=1_000 + i), None) for i in range(60)}
+        assert c.update_links(new) == 60
+        slots = {v: c.slot(v) for v in new}
+        assert sorted(slots.values()) == list(range(60))
+        assert c.link_counters(100)["egress"].packets == 0 and slots[100] == 0
+        assert c.stage_state(100, 0).t_last == 0
+        assert all(c.link(v).stage[0].latency_ns == 1_000 + v - 100 for v in new)
+        send(c, 130, repeat=3)
+        assert c.link_counters(130)["egress"].packets == 3
+        with pytest.raises(RuntimeError, match="no free link slot"):
+            c.update_links({200 + i: new[100] for i in range(5)})
+        assert c.link_count() == 60 and c.link(200) is None
+
+
 def test_update_keeps_the_timeline_and_counters() -> None:
     with Classifier.load(ClassifierConfig(max_links=4)) as c:
         c.set_link(20, Emulation(capacity=8_000_000, queue=0))
@@ -61,8 +84,8 @@ def test_pinned_maps_survive_a_restart_with_their_slots(pin_root: str) -> None:
         send(c, 32, repeat=4)
         t_last = c.stage_state(32, 0).t_last
     assert sorted(os.listdir(pin_root)) == ["moa_box", "moa_counters", "moa_dist", "moa_dist_cdf",
-                                            "moa_dist_custom", "moa_events", "moa_global",
-                                            "moa_links",
+                                            "moa_dist_custom", "moa_events", "moa_flow",
+                                            "moa_flow_stats", "moa_global", "moa_links",
                                             "moa_saved_qdiscs",
                                             "moa_state", "moa_vxlan_ports"]
     with Classifier.load(ClassifierConfig(max_links=8), pin_root=pin_root) as c:

@@ -317,4 +317,36 @@ enum moa_pair_counter {
 	MOA_PAIR_NR_COUNTERS = 4,
 };
 
+/*
+ * Flow mode (flow.h; docs/architecture.md, "Flow mode"): a point-to-point endpoint with no
+ * VTEP in the box. The uplink's ingress rewrites the outer headers of its frames toward the
+ * other endpoint and sends them out of the uplink again, where the egress stage shapes them
+ * under the peer's VNI. Written by userspace only (datapath/flow.py).
+ */
+
+/* Value of moa_flow, keyed by the sending endpoint's VNI (the frame's VNI as it arrives). */
+struct moa_flow {
+	__u32 peer_vni;		/* the other endpoint's VNI: the frame leaves with it */
+	__u32 ifindex;		/* the device the frame leaves by, egress: the uplink */
+	__u8 peer_mac[6];	/* outer destination MAC: the peer's hypervisor or the next hop */
+	__u8 src_mac[6];	/* outer source MAC: the uplink's */
+	__u8 family;		/* 4 or 6: the outer IP version of both addresses, and of the
+				 * frames the entry applies to */
+	__u8 pad0;
+	__u16 peer_port;	/* the peer VTEP's UDP port (host order): the new destination port */
+	__u8 src_ip[16];	/* the box's address, the frame's outer destination on arrival and
+				 * its source on departure (IPv4: the first 4 bytes, the rest 0) */
+	__u8 peer_ip[16];	/* the peer endpoint's VTEP: the new outer destination */
+	/* 56 bytes */
+};
+
+/* Index of the per-CPU __u64 counters of moa_flow_stats. */
+enum moa_flow_counter {
+	MOA_FLOW_REDIRECT = 0,	/* rewritten and sent out of moa_flow.ifindex */
+	MOA_FLOW_MISMATCH = 1,	/* an entry, but the frame's outer family or destination is not
+				 * the entry's (not addressed to the box): passed untouched */
+	MOA_FLOW_ERROR = 2,	/* a rewrite helper failed: dropped, never sent half rewritten */
+	MOA_NR_FLOW_COUNTERS = 3,
+};
+
 #endif /* MOA_ABI_H */

@@ -79,6 +79,10 @@ struct moa_dist_cdf st_cdf_template;
 /* The box record, so struct moa_box is in BTF as it is in the classifier's. */
 struct moa_box st_box_template;
 
+/* Flow mode's entry and counters (flow.h), in BTF as in the classifier's. */
+struct moa_flow st_flow_template;
+const volatile enum moa_flow_counter st_flow_counter = MOA_FLOW_REDIRECT;
+
 /* Returns the .rodata value the loader set: proves rodata offsets and sizes. */
 SEC("tc")
 int st_echo_prog(struct __sk_buff *skb)

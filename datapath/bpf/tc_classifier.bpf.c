@@ -6,6 +6,8 @@
  *                loss, latency, jitter), plus the ingress stage's handover delay.
  *   moa_ingress  keyed by the sending endpoint's VNI: the sender's own port on a LAN (capacity,
  *                queue, loss); its delay goes to the egress stage in skb->mark (handover.h).
+ *                In flow mode, then, a point-to-point endpoint's frame is rewritten toward
+ *                the other endpoint and sent back out of the uplink (flow.h).
  *   moa_port_hold  on the egress of a LAN member's VTEP (root qdisc sch_fq): turns that
  *                handover into the frame's departure, so the frame reaches the uplink's egress
  *                stage when it leaves the sender's emulated port (port.h).
@@ -16,6 +18,7 @@
 #include "abi.h"
 #include "classify.h"
 #include "port.h"
+#include "flow.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -31,6 +34,7 @@ const volatile enum moa_stage_flags moa_abi_stage_flags;
 const volatile enum moa_dist moa_abi_dist;
 const volatile enum moa_aqm moa_abi_aqm;
 const volatile struct moa_drop_event moa_abi_drop_event;
+const volatile enum moa_flow_counter moa_abi_flow_counter;
 
 /* abi.h's macros, as enumerators Python can read from BTF. */
 enum moa_abi_consts {
@@ -53,7 +57,15 @@ int moa_egress(struct __sk_buff *skb)
 SEC("tc")
 int moa_ingress(struct __sk_buff *skb)
 {
-	return moa_classify(skb, MOA_STAGE_INGRESS);
+	int verdict;
+
+	/* Without flow mode, the program it always was (the verifier drops the rest). */
+	if (!flow_mode)
+		return moa_classify(skb, MOA_STAGE_INGRESS);
+	/* The sender's port first (a LAN member's, or a point-to-point endpoint's own stage when
+	 * it has one): a frame it drops is not forwarded. Its handover mark rides along. */
+	verdict = moa_classify(skb, MOA_STAGE_INGRESS);
+	return verdict == TC_ACT_OK ? moa_flow_forward(skb) : verdict;
 }
 
 SEC("tc")

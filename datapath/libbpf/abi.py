@@ -9,12 +9,14 @@ Public API
 ----------
 Module attributes (built lazily from the classifier object on first access):
     ``Link``, ``StageParams``, ``GilbertElliott``, ``StageState``, ``LinkCounters``,
-    ``GlobalCounters``, ``DropEvent``, ``Box``, ``DistTable``, ``DistCdf``: ctypes.Structure subclasses of ``struct moa_*``;
+    ``GlobalCounters``, ``DropEvent``, ``Box``, ``DistTable``, ``DistCdf``, ``Flow``:
+    ctypes.Structure subclasses of ``struct moa_*``;
     ``SkBuff``: ``struct __sk_buff`` (the tc context, for ``Program.test_run``);
     ``Stage``, ``DropReason``, ``LossModel``, ``Dist``, ``Aqm``: IntEnums from
     ``enum moa_stage`` ... with the
     ``MOA_STAGE_``/``MOA_DROP_``/``MOA_LOSS_`` prefixes stripped (``Stage.EGRESS``);
     ``StageFlags``: IntFlag from ``enum moa_stage_flags`` when the object's BTF has it;
+    ``FlowCounter``: IntEnum of ``enum moa_flow_counter`` (flow mode's counters), likewise;
     ``NR_STAGES``, ``NR_DROP_REASONS``: the ``MOA_NR_*`` enumerators;
     ``DROP_EVENT_VERSION`` (and any other ``MOA_ABI_*`` of ``enum moa_abi_consts``, which the
     object declares to carry abi.h's macros into BTF); ``constants``: all of these as a dict;
@@ -55,6 +57,7 @@ STRUCTS = {
     "Box": "moa_box",
     "DistTable": "moa_dist_table",
     "DistCdf": "moa_dist_cdf",
+    "Flow": "moa_flow",
     "SkBuff": "__sk_buff",
 }
 
@@ -66,6 +69,7 @@ ENUMS = {
     "StageFlags": ("moa_stage_flags", "MOA_F_", False),
     "Dist": ("moa_dist", "MOA_DIST_", True),
     "Aqm": ("moa_aqm", "MOA_AQM_", True),
+    "FlowCounter": ("moa_flow_counter", "MOA_FLOW_", False),
 }
 
 # Optional: `enum moa_abi_consts { MOA_ABI_X = X, ... }` carries abi.h's #defines into BTF.

@@ -190,14 +190,14 @@ class Map(Pinnable):
 
     def update_batch(self, keys: bytes, values: bytes, flags: int = BPF_ANY) -> None:
         """Write many entries in one syscall (BPF_MAP_UPDATE_BATCH): `keys` and `values` are the
-        packed keys and values, back to back. Not for per-CPU maps. On an error the entries
-        before the failing one are written (the exception says how many)."""
-        if self.is_percpu:
-            raise BpfError(f"{self.name}: update_batch of a per-CPU map is not supported here")
+        packed keys and values, back to back; a per-CPU map's value is one per possible CPU at
+        8-byte strides, as lookup returns it. On an error the entries before the failing one
+        are written (the exception says how many)."""
         n, rem = divmod(len(keys), self.key_size)
-        if rem or len(values) != n * self.value_size:
+        value_size = self._slot * self.ncpu if self.is_percpu else self.value_size
+        if rem or len(values) != n * value_size:
             raise ValueError(f"{self.name}: {len(keys)} key bytes and {len(values)} value bytes "
-                             f"are not whole entries of {self.key_size}+{self.value_size}")
+                             f"are not whole entries of {self.key_size}+{value_size}")
         if n == 0:
             return
         count = _u32(n)

@@ -11,8 +11,9 @@ cannot be measured is reported as null with the reason in `notes`):
 - materialize `--p2p` point-to-point links and `--lans` LANs of `--lan-size` in one Materialize
   through NATS (materialize_s; the operation count comes from a dry run first: ops_per_s);
 - a parameter-only update of every link of it through NATS, by tag (update_links, update_s), and
-  10,000 links' parameters rewritten the way Datapath.update writes them, in a classifier of its
-  own (map_update_10k_s: no netlink, no NATS);
+  10,000 point-to-point links' parameters (20,000 VNIs, each an emulation of its own) rewritten
+  the way Datapath.update writes them, in a classifier of its own (map_update_10k_s: no
+  netlink, no NATS);
 - the service's resident memory with all that applied (rss_mib), the pinned BPF maps' memory
   (bpf_map_bytes), the worst-case sch_fq memory the links imply, as `moa status` reports it;
 - a restart: `kill -9` of the service holding all of it, started again, until its first status
@@ -22,9 +23,9 @@ cannot be measured is reported as null with the reason in `notes`):
   (the bridge), iperf3 between two nodes, offloads on (pair_gbps, bridge_gbps);
 - drop events from the BPF ring buffer to NATS: a classifier of its own in this process, a
   loss-1 link driven with BPF_PROG_TEST_RUN, events read in asyncio and published by the bus's
-  Telemetry in batches, counted by a subscriber; every drop the counters saw must arrive, be
-  counted as suppressed, or as a failed ring buffer reservation (drop_events_per_s,
-  drop_events_lost must be 0).
+  Telemetry in batches, counted by a subscriber (drop_events_per_s); drop_events_lost is what
+  has not arrived 2 s after the flood (failed ring buffer reservations included), 0 when the
+  path keeps up.
 
 - status while a 10,000-link Materialize (of 10,000 more point-to-point links) is applied:
   whole-box status requests (every page, as `moa status` walks them) one after the other until

@@ -30,6 +30,11 @@ On each: pings alone (the idle RTT), then one bulk TCP flow hv1 -> hv2 with ping
 from its third second (the RTT under load, the queue toward hv2 included). With the FIFO the
 flow fills the queue and the RTT grows by hundreds of ms; CoDel keeps the queue near its
 target. Also recorded: each flow's goodput and the link's drop counters (aqm drops on `cd`).
+The kernel's own CoDel in the same boot (`kcodel`): the plain bridge lan0 behind netem (20 ms,
+every frame leaving the bond) whose child is an HTB with one class per hypervisor, each at the
+link's rate and with a codel leaf (the kernel's defaults: target 5 ms, interval 100 ms, no ECN,
+as `cd`). HTB charges the outer frame, 50 bytes of VXLAN more than the inner frame moa charges
+(+ 24 B), so its classes run at 20 x 1564/1538 Mbit/s: the same rate for full-size frames.
 """
 from __future__ import annotations
 
@@ -80,6 +85,29 @@ def netem_both_ways(tb: Testbed, vnis: tuple[int, int], opts: str) -> list[str]:
     ]
 
 
+KCODEL_RATE_BPS = 20_000_000 * (INNER_TCP_FRAME + 50) // (INNER_TCP_FRAME + L1_OVERHEAD)
+
+
+def kernel_codel(tb: Testbed, vnis: tuple[int, int], latency_ms: int) -> list[str]:
+    """netem (the delay, every frame) -> HTB, a class per hypervisor of vnis at
+    KCODEL_RATE_BPS with a codel leaf; the rest unlimited."""
+    box, dev = tb.ns("box"), tb.uplink_dev
+    cmds = shaping.clear(tb) + [
+        f"tc -n {box} qdisc add dev {dev} root handle 1: netem limit 100000 delay {latency_ms}ms",
+        f"tc -n {box} qdisc add dev {dev} parent 1:1 handle 2: htb default 99",
+        f"tc -n {box} class add dev {dev} parent 2: classid 2:99 htb rate 10gbit",
+    ]
+    for i, v in enumerate(vnis, start=1):
+        cmds += [
+            f"tc -n {box} class add dev {dev} parent 2: classid 2:{i} htb "
+            f"rate {KCODEL_RATE_BPS}bit burst 3028 cburst 3028",
+            f"tc -n {box} qdisc add dev {dev} parent 2:{i} handle {10 + i}: codel",
+            f"tc -n {box} filter add dev {dev} parent 2: protocol ip prio 1 u32 "
+            f"match ip dst {tb.owner_of(v).underlay}/32 flowid 2:{i}",
+        ]
+    return cmds
+
+
 def ks_two_sample(a: list[float], b: list[float]) -> float:
     xs, ys = sorted(a), sorted(b)
     d = 0.0
@@ -98,6 +126,14 @@ def status_link(step: StepResult, link_id: str) -> dict | None:
             if lk.get("id") == link_id:
                 return lk
     return None
+
+
+def _codel_drops(step: StepResult) -> int | None:
+    """Drops counted by the codel qdiscs in a step's saved `tc -s -j qdisc show`."""
+    f = step.file(".qdisc.json")
+    if not f.exists() or not f.read_text().strip():
+        return None
+    return sum(q.get("drops", 0) for q in json.loads(f.read_text()) if q.get("kind") == "codel")
 
 
 def ks_critical(n: int, m: int) -> float:
@@ -186,9 +222,16 @@ class ImpairmentScenarios:
         and under load; the status with the drop counters after both."""
         c = self.cfg
         hv1, hv2 = self.ns("hv1"), self.ns("hv2")
-        for lk in ("bb", "cd"):
-            dst = link(lk).address("hv2")
-            batch.add(f"aqm-{lk}", shaping.clear(self.tb) + [
+        for lk in ("bb", "cd", "kcodel"):
+            if lk == "kcodel":
+                dst = self.netem_dst
+                shaper = kernel_codel(self.tb, self.netem_vnis, c.latency_ms)
+                after = [f'tc -n {self.tb.ns("box")} -s -j qdisc show dev {self.tb.uplink_dev} '
+                         '>"$STEP.qdisc.json"', *shaping.clear(self.tb)]
+            else:
+                dst, shaper = link(lk).address("hv2"), shaping.clear(self.tb)
+                after = self.stack.status("$STEP.status.json")
+            batch.add(f"aqm-{lk}", shaper + [
                 "_srv=''", "_pings=''", traffic.KILL_JOBS,
                 in_ns(hv1, f"ping -n -q -c 10 -i {c.aqm_ping_interval_s} {dst} >/dev/null || true"),
                 in_ns(hv1, f'ping -n -c 30 -i {c.aqm_ping_interval_s} -W 2 {dst} >"$STEP.idle"'),
@@ -198,7 +241,7 @@ class ImpairmentScenarios:
                 "sleep 3",
                 *traffic.ping_bg(hv1, dst, c.aqm_pings, c.aqm_ping_interval_s, "$STEP.loaded"),
                 "wait $_c", "wait $_pings || true", "wait $_srv",
-                *self.stack.status("$STEP.status.json"),
+                *after,
             ])
 
     # -- results ----------------------------------------------------------------------------
@@ -210,8 +253,9 @@ class ImpairmentScenarios:
     def _aqm(self, ok: dict[str, StepResult]) -> dict:
         out: dict = {"method": "20 ms each way, 20 Mbit/s, 1 MB queue; ping RTT alone and beside "
                                "one bulk TCP flow hv1 -> hv2 (from its 3rd second); bb: FIFO, "
-                               "cd: CoDel (target 5 ms, interval 100 ms)"}
-        for lk in ("bb", "cd"):
+                               "cd: CoDel (target 5 ms, interval 100 ms); kcodel: the kernel's "
+                               "codel behind netem + HTB on lan0, same boot"}
+        for lk in ("bb", "cd", "kcodel"):
             s = ok.get(f"aqm-{lk}")
             if s is None:
                 continue
@@ -226,7 +270,9 @@ class ImpairmentScenarios:
                 r.update(goodput_mbps=tcp.goodput_bps / 1e6, retransmits=tcp.retransmits)
             except (OSError, ValueError, KeyError, TypeError) as e:
                 r["error"] = str(e)
-            x = status_link(s, lk)
+            if lk == "kcodel":
+                r["drops"] = {"aqm": _codel_drops(s)}
+            x = status_link(s, lk) if lk != "kcodel" else None
             if x is not None:
                 r["drops"] = {k: sum(c["drops"].get(k, 0) for c in x["counters"])
                               for k in ("queue", "aqm")}

@@ -31,7 +31,7 @@ def plot_latency_cdf(added_ms: dict[str, list[float]], configured_ms: float, pat
                     label=f"{name} (n={len(s)})")
     ax.axvline(configured_ms, color="black", linestyle="--", label=f"configured {configured_ms} ms")
     ax.set_xlabel("added one-way delay (ms): RTT - baseline median RTT "
-                  "(moa: both directions shaped, halved)")
+                  "(every shaper: the direction towards hv2)")
     ax.set_ylabel("fraction of probes")
     ax.set_title("Added delay, 20 ms configured (VM, same boot)")
     ax.grid(alpha=0.3)

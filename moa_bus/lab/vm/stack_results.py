@@ -32,7 +32,7 @@ class StackResults:
         errors: dict[str, str] = {}  # step -> why its output could not be read
         out["moa"] = self._service(outdir, steps)
 
-        # 1. latency: one-way = (RTT - round's baseline median) / 2 (both directions shaped)
+        # 1. latency: added = RTT - round's baseline median (one direction shaped, as netem's)
         lat = out["latency"]
         rounds, base_all = [], []
         for r in range(c.latency_rounds):
@@ -42,12 +42,13 @@ class StackResults:
             base = measure.parse_ping(s.file(".base").read_text())
             base_all += base
             b = measure.median(base)
-            rounds.append([(x - b) / 2 for x in measure.parse_ping(s.out)])
+            rounds.append([x - b for x in measure.parse_ping(s.out)])
         lat.update(added_delay_stats("moa", rounds))
         if base_all:  # RTT over moa's unshaped link `base` (redirect pair + classifier)
             lat.update(moa_baseline_median_ms=measure.median(base_all),
                        moa_baseline_p90_ms=measure.percentile(base_all, 90))
-        lat["moa_method"] = "(RTT over link lat - median RTT over link base) / 2, same round"
+        lat["moa_method"] = ("RTT over link lat (20 ms towards hv2 only) - median RTT over link "
+                             "base, same round")
         if rounds:
             out["samples"]["latency_added_ms"]["moa"] = [x for rd in rounds for x in rd]
 
@@ -229,16 +230,16 @@ class StackResults:
     def _isolation(self, ok: dict[str, StepResult]) -> dict:
         out: dict = {"configured_ms": self.cfg.latency_ms, "configured_mbps": 10.0,
                      "method": "pings at once to the shaped link and to an unshaped baseline "
-                               "while hv3 -> hv1 TCP runs as fast as it goes (moa: one-way = "
-                               "difference / 2)"}
-        for shaper, div in (("moa", 2.0), ("netem", 1.0)):
+                               "while hv3 -> hv1 TCP runs as fast as it goes; both shape the "
+                               "frames towards hv2 only"}
+        for shaper in ("moa", "netem"):
             s = ok.get(f"iso-{shaper}")
             if s is None:
                 continue
             base = measure.parse_ping(s.file(".base").read_text())
             shaped = measure.parse_ping(s.file(".shaped").read_text())
             b = measure.median(base)
-            added = [(x - b) / div for x in shaped]
+            added = [x - b for x in shaped]
             st = added_delay_stats(shaper, [added])
             out.update({k: v for k, v in st.items() if "round" not in k})
             out[f"{shaper}_loaded_baseline_ms"] = b

@@ -6,9 +6,12 @@ link (moa_stack.LINKS), so no scenario waits for a CLI call except the runtime u
 what it tests. The comparison runs tc-netem on the box's plain bridges
 (shaper_scenarios.ShaperScenarios and the steps below) on the same bond egress.
 
-moa's emulation acts on both directions of a link; netem here on one (the destination's). So a
-round trip over a moa link carries the configured latency twice: moa's one-way added delay is
-half the round trip's (RTT minus the same round's baseline over moa's unshaped link `base`).
+moa's emulation acts on both directions of a link; netem here on one (the destination's). The
+links compared with netem on delay (`lat`, `iso`) therefore delay only the frames towards hv2
+(moa_stack.LINKS): both sides add their delay once per round trip, and the added delay is the
+RTT minus the same round's baseline over each one's unshaped path (moa's link `base`, netem's
+bridge without netem). Links judged alone (`upd`, `pp`/`plan`) keep both directions: their
+one-way delay is half the round trip's.
 """
 from __future__ import annotations
 
