@@ -21,12 +21,14 @@ import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+import msgspec
+
 import schemas
 from datapath.classifier import Classifier, ClassifierConfig, CounterTable, StageCounters
 from datapath.contract import (ApplyResult, Datapath, DropCallback, MapUsage,
                                ReconcileReport)
 from datapath.drops import DropEventReader, OwnerLookup
-from datapath import limits
+from datapath import limits, scheduled
 from datapath.netlink.model import VXLAN_OVERHEAD, FqSizing, FqUnavailable, owner_key
 from datapath.held import HeldCheck
 from datapath.netlink.worker import NetlinkWorker
@@ -37,6 +39,7 @@ from datapath.plan.planner import (Current, PlanConfig, PlanConflict, Stages, li
                                    stage_groups)
 from datapath.plan.runner import PlanError, run_plan
 from datapath.plan.uplink import EnsureUplink, ReleaseUplink, ResizeFq
+from datapath.step_writer import StepWriter
 
 log = logging.getLogger("datapath.api")
 
@@ -87,6 +90,7 @@ class KernelDatapath:
         frame = limits.frame_bytes(self.plan_config.vtep_mtu)
         self.budget = limits.Budget(config.horizon_ns, frame, line_rate_bps, config.fq_memory_max)
         self._held = HeldCheck(worker, classifier, self.plan_config, self._encode)
+        self._writer = StepWriter(os.path.join(config.pin_root, "moa_links"))  # schedules
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -137,8 +141,10 @@ class KernelDatapath:
         pc = PlanConfig(uplink=config.uplink, local=config.local,
                         vtep_mtu=config.vtep_mtu or mtu - VXLAN_OVERHEAD, port_hold=config.fq)
         stages = [(st, n) for m in desired for st, n, _ in stage_groups(m, pc)]
+        held = [st for m in desired for state in scheduled.contents(m)  # with every step's
+                for st, _, _ in stage_groups(state, pc)]
         budget = limits.Budget(config.horizon_ns, limits.frame_bytes(pc.vtep_mtu), line)
-        need = limits.required_horizon((e for s, _ in stages for e in s), budget.frame)
+        need = limits.required_horizon((e for s in held for e in s), budget.frame)
         horizon = min(max(config.horizon_ns, need), limits.MAX_HORIZON_NS)
         if horizon > config.horizon_ns:
             log.warning("horizon raised from %s to %s: the desired state holds a link that needs "
@@ -153,6 +159,7 @@ class KernelDatapath:
     async def close(self) -> None:
         """Stop using the kernel objects; pins, devices and attached programs stay."""
         self._drops.close()  # detaches from the loop; before the map it reads goes
+        self._writer.close()
         self._held.close()
         self.pair.close()
         self.classifier.close()
@@ -224,14 +231,43 @@ class KernelDatapath:
         return stage_groups(m, self.plan_config)
 
     def _figures(self, m: schemas.Materialize) -> limits.Figures:
+        """m's figures; with a schedule, the largest over its states (datapath/scheduled.py)."""
+        return scheduled.envelope(m, self._figures_of)
+
+    def _figures_of(self, m: schemas.Materialize) -> limits.Figures:
         return self.budget.figures_of((st, n) for st, n, _ in self._stages(m))
 
     def _admit(self, m: schemas.Materialize) -> limits.Figures:
         """m's figures, once m passed what refuses a setting this box cannot apply
         (`unsupported`, naming the field): shaping on a loss-only box, a hold beyond the
-        horizon, sch_fq memory beyond --fq-memory-max (datapath/limits.py)."""
+        horizon, sch_fq memory beyond --fq-memory-max (datapath/limits.py); with a schedule,
+        every state it goes through, and the memory of their envelope."""
+        if m.schedule is not msgspec.UNSET:
+            figures = scheduled.envelope(m, self._figures_of, self._admit_one)
+            refusal = limits.fq_memory_refusal(self.budget.box({m.id: figures}),
+                                               self.budget.box(), self.budget.fq_memory_max)
+            if refusal is not None:
+                raise schemas.InvalidMessage("schedule", refusal.message, refusal.code)
+            return figures
+        return self._admit_one(m)
+
+    def _admit_one(self, m: schemas.Materialize) -> limits.Figures:
         limits.refuse_shaping(m, self.loss_only)
         return self.budget.admit(m.id, self._stages(m))
+
+    def schedule_writes(self, m: schemas.Materialize) -> scheduled.ScheduleWrites:
+        """The map values each step of m's schedule writes, encoded now (m: the links in force
+        now, with the schedule; admitted by `apply`)."""
+        return scheduled.writes(m, self._link_stages, self._encode)
+
+    def steps(self) -> StepWriter:
+        """The step writer (datapath/step_writer.py): `add` a step's values at a time (the
+        ScheduleWrites' {vni: stages}, turned into entries here by `step_entries`), `cancel`
+        a group, `written` told of each write."""
+        return self._writer
+
+    def step_entries(self, values: dict[int, bytes]) -> tuple[bytes, bytes]:
+        return self.classifier.link_entries(values)
 
     def _resize_ops(self, mid: str, figures: limits.Figures,
                     ) -> tuple[list[Operation], list[Operation], FqSizing]:

@@ -347,6 +347,15 @@ class Classifier:
             self.links_map.update_batch(keys, values)
         return len(fresh) + len(existing)
 
+    def link_entries(self, links: Mapping[int, bytes]) -> tuple[bytes, bytes]:
+        """{vni: encoded stages} of links that hold a slot as packed keys and struct moa_link
+        values, each in its slot, for a write elsewhere (datapath/step_writer.py); KeyError
+        for a VNI without a slot."""
+        with self._lock:
+            self._ensure_tables(links.values())
+            values = b"".join(bytes(self._link(self._slots[v], links[v])) for v in links)
+        return b"".join(int(v).to_bytes(4, sys.byteorder) for v in links), values
+
     def _add_links(self, links: Mapping[int, bytes]) -> None:
         """New links in three batch writes: their slots' state and counters zeroed, then their
         parameters (a link becomes visible to packets only with the last). What a failure

@@ -348,6 +348,40 @@ def check_emulation(e: Emulation | EmulationPatch, path: str = "emulation") -> N
     check_across(e, path)
 
 
+# ----------------------------------------------------------------------------- schedules
+
+# A schedule's bounds (docs/semantics.md, "Scheduled changes"): at most SCHEDULE_STEPS_MAX
+# steps, offsets strictly increasing and at least SCHEDULE_GAP_MIN_NS apart (the service
+# writes each step within 1 ms of its time: two closer steps could not be told apart), the
+# last within SCHEDULE_SPAN_MAX_NS of the start; a repeat period longer than the last offset
+# by that gap too. The rules are schemas/schedule.py's.
+SCHEDULE_STEPS_MAX = 64
+SCHEDULE_GAP_MIN_NS = 1_000_000
+SCHEDULE_SPAN_MAX_NS = 7 * 86_400 * 1_000_000_000
+StartNs = Annotated[int, msgspec.Meta(extra_json_schema={"minimum": 0,
+                                                         "maximum": (1 << 63) - 1})]
+
+
+class ScheduleStep(_Message, kw_only=True):
+    """At `at` after the schedule's start (of each period, with `repeat`), set `set`'s fields
+    on one link (`link`) or on every link carrying `tag`: exactly one of the two. The fields
+    stay set until a later step sets them again (steps add up, as updates do)."""
+    at: Duration
+    set: EmulationPatch
+    link: Id | None = None
+    tag: Id | None = None
+
+
+class Schedule(_Message, kw_only=True):
+    """Changes of a materialization's links at given times (docs/semantics.md, "Scheduled
+    changes"). start: CLOCK_REALTIME ns of the box (null: when the box accepts it; the box
+    keeps the time it took, so a restart resumes in phase); repeat: the period after which
+    the steps start again (null: once)."""
+    steps: list[ScheduleStep]
+    start: StartNs | None = None
+    repeat: Duration | None = None
+
+
 # ----------------------------------------------------------------------------- materialize
 
 class Endpoint(_Message, kw_only=True):
@@ -389,9 +423,11 @@ class Link(_Message, kw_only=True):
 
 
 class Materialize(_Message, kw_only=True):
-    """The whole desired state of one materialization id."""
+    """The whole desired state of one materialization id. schedule: changes of its links at
+    given times (left out: none; a new Materialize replaces the schedule with its own)."""
     id: Id
     links: list[Link]
+    schedule: Schedule | UnsetType = UNSET
 
 
 class Dematerialize(_Message, kw_only=True):
@@ -412,9 +448,12 @@ class LinkUpdate(_Message, kw_only=True):
 
 
 class Update(_Message, kw_only=True):
-    """`moa set LINK-OR-TAG latency 50ms ...`: change some parameters of some links of one id."""
+    """`moa set LINK-OR-TAG latency 50ms ...`: change some parameters of some links of one id.
+    schedule: left out, the materialization's schedule keeps running over the new parameters;
+    null cancels it; a Schedule replaces it (docs/semantics.md, "Scheduled changes")."""
     id: Id
-    links: list[LinkUpdate]
+    links: list[LinkUpdate] = msgspec.field(default_factory=list)
+    schedule: Schedule | None | UnsetType = UNSET
 
 
 # The `next` of a status page, handed back to get the page after it (docs/contract.md, "Status").
@@ -500,6 +539,21 @@ class LinkStatsBatch(_Message, kw_only=True):
     links: list[LinkStats]
     part: int = 1
     parts: int = 1
+
+
+class ScheduleReport(_Message, kw_only=True):
+    """One step of a schedule, published on moa.<host>.schedule when it took effect. due_ns:
+    when it was due, applied_ns: when its map writes were done (CLOCK_REALTIME ns of the box);
+    late_ns = applied_ns - due_ns. cycle: 0 for the first period. links: the links it changed."""
+    host: str
+    materialization: str
+    generation: int
+    step: int
+    cycle: int
+    links: list[str]
+    due_ns: int
+    applied_ns: int
+    late_ns: int
 
 
 # ----------------------------------------------------------------------------- status

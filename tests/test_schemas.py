@@ -197,6 +197,14 @@ ROUND_TRIP = [
     Update(id="m", links=[LinkUpdate(link="a-b", emulation=EmulationPatch(latency=50 * MS)),
                           LinkUpdate(tag="wan", emulation=EmulationPatch(queue=None, burst=None,
                                                                          capacity=10**6))]),
+    Update(id="m", schedule=None),
+    Update(id="m", schedule=schemas.Schedule(
+        start=10**18, repeat=5_000 * MS, steps=[
+            schemas.ScheduleStep(at=2_000 * MS, link="a-b", set=EmulationPatch(state="down")),
+            schemas.ScheduleStep(at=4_000 * MS, tag="wan", set=EmulationPatch(state="up"))])),
+    schemas.ScheduleReport(host="h", materialization="m", generation=3, step=1, cycle=0,
+                           links=["a-b"], due_ns=10**18, applied_ns=10**18 + 20_000,
+                           late_ns=20_000),
     StatusRequest(), StatusRequest(id="m"),
     Ack(id="m", op="materialize", ok=True, generation=1, elapsed_ms=0.5),
     Ack(id=None, op="update", ok=False, error=AckError(code="malformed", message="x")),
