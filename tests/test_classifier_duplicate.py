@@ -24,6 +24,7 @@ import pytest
 from datapath.classifier import Classifier, ClassifierConfig
 from datapath.netlink.worker import _enter_netns
 from moa_bus.lab.host_testbed import nsenter, sh, unique_tag
+import schemas
 from schemas import Emulation
 from tests.fixtures.classifier import RATE, SER, VNI, mono
 from tests.fixtures.packets import TC_ACT_OK, inner_tcp, vxlan
@@ -189,6 +190,7 @@ from pyroute2 import IPRoute
 from datapath.classifier import Classifier, ClassifierConfig
 from datapath.netlink.worker import _enter_netns
 from datapath.netlink.devices import Netlink
+import schemas
 from schemas import Emulation
 from tests.fixtures.packets import inner_tcp, vxlan
 
@@ -229,3 +231,31 @@ def test_on_a_veth_pair_the_original_and_its_copy_arrive(netns: str) -> None:
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got == {"received": 2 * n, "packets": n, "duplicated": n}
+
+
+def _doc(emulation: dict) -> str:
+    return json.dumps({"id": "m", "links": [{
+        "id": "a-b", "emulation": emulation,
+        "endpoints": [{"vni": 100, "remote": "10.0.0.1"}, {"vni": 101, "remote": "10.0.0.2"}]}]})
+
+
+@pytest.mark.parametrize("emulation, field", [
+    ({"duplicate": 1.5}, "links[0].emulation.duplicate"),
+    ({"duplicate": -0.1}, "links[0].emulation.duplicate"),
+    ({"duplicate": 0.1, "duplicate_correlation": 1.0}, "links[0].emulation.duplicate_correlation"),
+    ({"duplicate_correlation": 0.5}, "links[0].emulation.duplicate_correlation"),
+])
+def test_refusals_name_the_field(emulation: dict, field: str) -> None:
+    with pytest.raises(schemas.InvalidMessage) as e:
+        schemas.decode(schemas.Materialize, _doc(emulation))
+    assert e.value.field == field and e.value.code == "invalid"
+
+
+def test_a_direction_takes_duplicate_of_its_own() -> None:
+    """duplicate is per direction like every field: the endpoint's own value reaches its VNI."""
+    doc = json.loads(_doc({"latency": "1ms"}))
+    doc["links"][0]["endpoints"][1]["emulation"] = {"duplicate": 0.25}
+    m = schemas.decode(schemas.Materialize, json.dumps(doc))
+    link = m.links[0]
+    assert schemas.direction(link.emulation, link.endpoints[0].emulation).duplicate == 0.0
+    assert schemas.direction(link.emulation, link.endpoints[1].emulation).duplicate == 0.25
