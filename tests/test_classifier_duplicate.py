@@ -259,3 +259,30 @@ def test_a_direction_takes_duplicate_of_its_own() -> None:
     link = m.links[0]
     assert schemas.direction(link.emulation, link.endpoints[0].emulation).duplicate == 0.0
     assert schemas.direction(link.emulation, link.endpoints[1].emulation).duplicate == 0.25
+
+
+def test_status_reports_the_duplicated_count(clf_ns: Classifier, netns: str) -> None:
+    """The count lives in the stage's shared state (abi.h); status and telemetry carry it."""
+    from moa_bus.service.status import _stats
+
+    clf_ns.set_link(VNI, egress=Emulation(duplicate=1.0))
+    _in_netns(netns, lambda: _send(clf_ns, repeat=7))
+    stats = _stats("m", "l", [VNI], clf_ns.counters_of([VNI]))
+    assert {s.stage: (s.packets, s.duplicated) for s in stats} == {"egress": (7, 7),
+                                                                  "ingress": (0, 0)}
+
+
+def test_an_early_packet_is_duplicated_early(clf_ns: Classifier, netns: str) -> None:
+    """reorder_early and duplicate together: the copy has its original's delay, none when the
+    original goes early; both are charged."""
+    clf_ns.set_link(VNI, egress=Emulation(
+        latency=50_000_000, capacity=RATE, queue=None, duplicate=1.0,
+        reorder_early=schemas.ReorderEarly(probability=1.0, gap=2)))
+    t0 = mono()
+    first, second = _in_netns(netns, lambda: [_send(clf_ns).ctx.tstamp for _ in range(2)])
+    t1 = mono()
+    assert t0 + SER + 50_000_000 <= first <= t1 + SER + 50_000_000   # delayed, copy after it
+    assert t0 + 3 * SER <= second <= t1 + 3 * SER                     # early, after 2 frames
+    st = clf_ns.stage_state(VNI, 0)
+    assert t0 + 4 * SER <= st.t_last <= t1 + 4 * SER and _dup(clf_ns) == 2
+    assert st.t_depart == first + SER   # the delayed packet's copy is the last departure
