@@ -174,19 +174,19 @@ static __always_inline enum moa_fast moa_step_fast(struct moa_stage_state *st,
 	return MOA_FAST_LOCKED;
 }
 
-/* The stage's netem reorder and duplicate draws, before the lock; 1 when it has either. */
-static __always_inline int moa_netem_draw(const struct moa_stage_params *p, struct moa_step *s,
-					  int can_dup)
+/* The stage's netem reorder and duplicate draws, before the lock (can_dup: the egress stage,
+ * the only one that duplicates). */
+static __always_inline void moa_netem_draw(const struct moa_stage_params *p, struct moa_step *s,
+					   int can_dup)
 {
 	if (!(p->flags & (MOA_F_EARLY | MOA_F_DUPLICATE)))
-		return 0;
+		return;
 	if (p->flags & MOA_F_EARLY)
 		s->early_r = bpf_get_prandom_u32();
 	if (can_dup && (p->flags & MOA_F_DUPLICATE)) {
 		s->dup_on = 1;
 		s->dup_r = bpf_get_prandom_u32();
 	}
-	return 1;
 }
 
 /* The locked path: owns both words by xchg under the lock (see the top of this file). */
