@@ -445,9 +445,9 @@ async def test_set_netem_words_through_the_service(nats_server: NatsServer, topo
             "loss_correlation": 0.0,
             "burst": {"p": 0.01, "r": 0.1, "loss_bad": 1.0, "loss_good": 0.0}}}]}
         # refused before anything is sent: the generation stays, the kernel holds the same
-        rc, out, err = await moa("set", "l0", "netem", "loss", "1%", "duplicate", "1%", *base)
+        rc, out, err = await moa("set", "l0", "netem", "loss", "1%", "slot", "1ms", *base)
         assert (rc, out) == (2, ""), err
-        assert "netem word 'duplicate' is not supported by moa" in err
+        assert "netem word 'slot' is not supported by moa" in err
         rc, out, err = await moa("status", "n1", *base)
         assert json.loads(out)["materializations"][0]["generation"] == 2, out
         await kernel_holds(nc, host, topo, now)
