@@ -18,6 +18,7 @@ from . import moa_stack, report, runner
 from .shaper_scenarios import E2eConfig, ShaperFn, ShaperScenarios, edt_ref_shaper, netem_shaper
 from .stack_results import StackResults
 from .impairment_scenarios import ImpairmentScenarios
+from .netem_features import NetemFeatures
 from .scale_scenarios import ScaleScenarios
 from .stack_scenarios import MoaConfig, StackScenarios
 from .batch import Batch, results as step_results
@@ -45,7 +46,7 @@ def _scenarios(workdir: Path, cfg: E2eConfig,
 
 
 SCENARIOS = ("latency", "capacity", "udp", "loss", "lan", "update", "isolation", "p2p_vs_lan",
-             "rollback", "long_latency", "distributions", "link_state", "access", "aqm", "scale")
+             "rollback", "long_latency", "distributions", "link_state", "access", "aqm", "features", "scale")
 
 
 def impairments(sc: ShaperScenarios, ms: StackScenarios) -> ImpairmentScenarios:
@@ -60,6 +61,13 @@ def scale(sc: ShaperScenarios, ms: StackScenarios) -> ScaleScenarios:
     (_, lan0), = [(n, m) for n, m in moa_stack.COMPARISON_BRIDGES if n == "lan0"]
     (_, _, _), (_, v2, addr2) = lan0
     return ScaleScenarios(sc.tb, ms.stack, v2, addr2.split("/")[0])
+
+
+def features(sc: ShaperScenarios, ms: StackScenarios) -> NetemFeatures:
+    """Issue 13's duplicate, reorder and slot beside netem's, netem on lan0 towards hv2."""
+    (_, lan0), = [(n, m) for n, m in moa_stack.COMPARISON_BRIDGES if n == "lan0"]
+    (_, _, _), (_, v2, addr2) = lan0
+    return NetemFeatures(sc.tb, ms.stack, v2, addr2.split("/")[0])
 
 
 def full_batch(sc: ShaperScenarios, ms: StackScenarios,
@@ -93,6 +101,8 @@ def full_batch(sc: ShaperScenarios, ms: StackScenarios,
     for name in ("distributions", "link_state", "access", "aqm"):
         if want(name):
             getattr(ims, name)(batch)
+    if want("features"):
+        features(sc, ms).features(batch)
     if want("scale"):  # last: it fills the classifier's map past the service
         scale(sc, ms).scale(batch)
     ms.finish(batch)
@@ -106,6 +116,7 @@ def analyse(sc: ShaperScenarios, ms: StackScenarios, workdir: Path) -> dict:
     ok = {n: s for n, s in steps.items() if s.rc == 0}
     out.update(impairments(sc, ms).analyse(ok))
     out["scale"] = scale(sc, ms).analyse(ok)
+    out["features"] = features(sc, ms).analyse(ok)
     return out
 
 

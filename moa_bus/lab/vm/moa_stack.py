@@ -28,6 +28,8 @@ the LAN 410-412); moa's links use other VNIs, so both live in one testbed and on
                                                2 Mbit/s towards hv2
     bb      p2p   hv1:960 hv2:961              20 ms, 20 Mbit/s, 1 MB  issue 14: a deep FIFO ...
     cd      p2p   hv1:970 hv2:971              the same with CoDel     ... and CoDel
+    dp      p2p   hv1:990 hv2:991              10 ms, duplicate 10 %   issue 13: netem's duplicate,
+    ro      p2p   hv1:1000 hv2:1001            10 ms, 25 % early gap 5 and reorder with a gap
     tput    p2p   hv1:980 hv2:981              1 ms, 10 Gbit/s, 1 MB   issue 16: throughput at scale
 
 Emulation is per link, both directions (schemas.Emulation): a ping over `upd` crosses 20 ms twice;
@@ -113,6 +115,10 @@ LINKS: tuple[MoaLink, ...] = (
             {"latency": "20ms", "capacity": "20mbps", "queue": "1MB"}),
     MoaLink("cd", (("hv1", 970), ("hv2", 971)),
             {"latency": "20ms", "capacity": "20mbps", "queue": "1MB", "aqm": {"kind": "codel"}}),
+    # issue 13 (netem_features.py): duplicate and reorder with a gap, beside netem's
+    MoaLink("dp", (("hv1", 990), ("hv2", 991)), {"latency": "10ms", "duplicate": 0.1}),
+    MoaLink("ro", (("hv1", 1000), ("hv2", 1001)),
+            {"latency": "10ms", "reorder_early": {"probability": 0.25, "gap": 5}}),
     # issue 16 (scale_scenarios.py): throughput with 1 and 65,534 VNIs in the map
     MoaLink("tput", (("hv1", 980), ("hv2", 981)),
             {"latency": "1ms", "capacity": "10gbps", "queue": "1MB"}),

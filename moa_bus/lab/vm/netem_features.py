@@ -1,0 +1,86 @@
+"""netem's duplicate and reorder-with-gap next to moa's in the VM (issue 13), seen by a
+receiver: numbered UDP datagrams hv1 -> hv2 (moa_bus/lab/vm/seqprobe.py) over a moa link and,
+in the same boot, over the plain bridge lan0 with netem towards hv2.
+
+    feature    moa link (moa_stack.LINKS)                       netem (towards hv2)
+    duplicate  dp: 10 ms, duplicate 0.1                        delay 10ms duplicate 10%
+    reorder    ro: 10 ms, reorder_early 0.25 gap 5             delay 10ms reorder 25% gap 5
+
+Datagrams every 2 ms: 5 are in flight within the 10 ms delay, so an early one overtakes. What
+is compared: the duplicated share (theory 0.1); the share of datagrams that overtook a lower-
+numbered one (theory P / (1 + (G - 1) P) = 0.125: a candidate every G-th delayed packet, early
+with probability P). seqprobe also groups arrivals into bursts, for slots (not on main yet).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from . import shaping
+from .batch import Batch, StepResult
+from .measure import in_ns
+from .moa_stack import MoaStack, link
+from .scripted_testbed import Testbed
+from .seqprobe import analyse
+
+FEATURES = {  # name -> (moa link, netem options, datagrams, interval s)
+    "duplicate": ("dp", "delay 10ms duplicate 10%", 3000, 0.002),
+    "reorder": ("ro", "delay 10ms reorder 25% gap 5", 3000, 0.002),
+}
+PORT = 9100
+
+
+def netem_towards(tb: Testbed, vni: int, opts: str) -> list[str]:
+    """netem on the box's uplink for the frames towards vni's hypervisor only."""
+    box, dev = tb.ns("box"), tb.uplink_dev
+    return shaping.clear(tb) + [
+        f"tc -n {box} qdisc add dev {dev} root handle 1: prio bands 2 "
+        "priomap 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1",
+        f"tc -n {box} qdisc add dev {dev} parent 1:1 handle 10: netem limit 100000 {opts}",
+        f"tc -n {box} qdisc add dev {dev} parent 1:2 handle 20: pfifo limit 10000",
+        f"tc -n {box} filter add dev {dev} parent 1: protocol ip prio 1 u32 "
+        f"match ip dst {tb.owner_of(vni).underlay}/32 flowid 1:1",
+    ]
+
+
+@dataclass
+class NetemFeatures:
+    tb: Testbed
+    stack: MoaStack
+    netem_vni: int      # lan0's VNI on hv2
+    netem_dst: str      # hv2's address on lan0
+
+    def _probe(self, dst: str, count: int, interval_s: float) -> list[str]:
+        py = f"{self.stack.python} -m moa_bus.lab.vm.seqprobe"
+        return [
+            "_rx=''", "trap '_rc=$?; kill $_rx 2>/dev/null || true; exit $_rc' EXIT",
+            in_ns(self.tb.ns("hv2"), f'{py} recv --port {PORT} --out "$STEP.arrivals.json" '
+                                      "--idle 3 &"), "_rx=$!",
+            "sleep 4",  # Python's start under TCG
+            in_ns(self.tb.ns("hv1"), f"{py} send --dst {dst} --port {PORT} --count {count} "
+                                      f"--interval {interval_s}"),
+            "wait $_rx",
+        ]
+
+    def features(self, batch: Batch) -> None:
+        for name, (lk, opts, count, interval) in FEATURES.items():
+            batch.add(f"feat-{name}-moa", shaping.clear(self.tb)
+                      + self._probe(link(lk).address("hv2"), count, interval))
+            batch.add(f"feat-{name}-netem", netem_towards(self.tb, self.netem_vni, opts)
+                      + self._probe(self.netem_dst, count, interval) + shaping.clear(self.tb))
+
+    def analyse(self, ok: dict[str, StepResult]) -> dict:
+        out: dict = {"method": __doc__.split("\n\n")[-1].strip()}
+        for name, (_, opts, count, _) in FEATURES.items():
+            r: dict = {"netem": opts}
+            for side in ("moa", "netem"):
+                s = ok.get(f"feat-{name}-{side}")
+                if s is None:
+                    continue
+                try:
+                    arrivals = json.loads(s.file(".arrivals.json").read_text())["arrivals"]
+                    r[side] = analyse(arrivals, count)
+                except (OSError, ValueError, KeyError) as e:
+                    r[side] = {"error": str(e)}
+            out[name] = r
+        return out
