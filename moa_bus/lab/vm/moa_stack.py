@@ -116,9 +116,13 @@ LINKS: tuple[MoaLink, ...] = (
     MoaLink("cd", (("hv1", 970), ("hv2", 971)),
             {"latency": "20ms", "capacity": "20mbps", "queue": "1MB", "aqm": {"kind": "codel"}}),
     # issue 13 (netem_features.py): duplicate and reorder with a gap, beside netem's
-    MoaLink("dp", (("hv1", 990), ("hv2", 991)), {"latency": "10ms", "duplicate": 0.1}),
+    # (a capacity: without one, sch_fq's worst case is the line rate x 10 ms, which the VM's
+    # --fq-memory-max does not leave room for)
+    MoaLink("dp", (("hv1", 990), ("hv2", 991)),
+            {"latency": "10ms", "capacity": "100mbps", "duplicate": 0.1}),
     MoaLink("ro", (("hv1", 1000), ("hv2", 1001)),
-            {"latency": "10ms", "reorder_early": {"probability": 0.25, "gap": 5}}),
+            {"latency": "10ms", "capacity": "100mbps",
+             "reorder_early": {"probability": 0.25, "gap": 5}}),
     # issue 16 (scale_scenarios.py): throughput with 1 and 65,534 VNIs in the map
     MoaLink("tput", (("hv1", 980), ("hv2", 981)),
             {"latency": "1ms", "capacity": "10gbps", "queue": "1MB"}),
