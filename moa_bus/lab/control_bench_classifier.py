@@ -106,14 +106,13 @@ async def drop_events(out: dict[str, Any], url: str, subjects: Subjects, total: 
             except asyncio.TimeoutError:
                 pass
         elapsed = time.perf_counter() - t0
-        got = arrived
-        out["drop_events"] = got
-        out["drop_events_per_s"] = round(got / elapsed)
+        out["drop_events"] = arrived
+        out["drop_events_per_s"] = round(arrived / elapsed)
         out["drop_batches"] = batches
         out["drop_events_suppressed"] = c.events_suppressed
         out["drop_events_ringbuf_fail"] = failed
         out["drop_events_window_s"] = DROP_EVENTS_WINDOW_S
-        out["drop_events_lost"] = expected[0] - got
+        out["drop_events_lost"] = expected[0] - arrived
         if c.drops["loss"] != total:
             out["notes"].append(f"drop events: {total} packets run, {c.drops['loss']} "
                                      "counted as loss drops")

@@ -72,8 +72,9 @@ class ImpairmentConfig:
     aqm_ping_interval_s: float = 0.1
 
 
-def netem_both_ways(tb: Testbed, vnis: tuple[int, int], opts: str) -> list[str]:
-    """One netem on the box's uplink for the frames toward both VNIs' hypervisors."""
+def netem_towards(tb: Testbed, vnis: tuple[int, ...], opts: str) -> list[str]:
+    """One netem on the box's uplink for the frames toward the hypervisors of `vnis` (both of
+    a link's for both directions, one for one direction)."""
     box, dev = tb.ns("box"), tb.uplink_dev
     return shaping.clear(tb) + [
         f"tc -n {box} qdisc add dev {dev} root handle 1: prio bands 2 "
@@ -163,7 +164,7 @@ class ImpairmentScenarios:
                 *pings(link("base").address("hv2"), "$STEP.moa_base"),
                 *pings(link(lk).address("hv2"), "$STEP.moa"),
                 *pings(self.netem_dst, "$STEP.netem_base"),
-                *netem_both_ways(self.tb, self.netem_vnis,
+                *netem_towards(self.tb, self.netem_vnis,
                                  f"delay {c.latency_ms}ms {c.jitter_ms}ms distribution {dist}"),
                 *pings(self.netem_dst, "$STEP.netem"),
                 *shaping.clear(self.tb),

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from . import shaping
 from .batch import Batch, StepResult
+from .impairment_scenarios import netem_towards
 from .measure import in_ns
 from .moa_stack import MoaStack, link
 from .scripted_testbed import Testbed
@@ -28,19 +29,6 @@ FEATURES = {  # name -> (moa link, netem options, datagrams, interval s)
     "reorder": ("ro", "delay 10ms reorder 25% gap 5", 3000, 0.002),
 }
 PORT = 9100
-
-
-def netem_towards(tb: Testbed, vni: int, opts: str) -> list[str]:
-    """netem on the box's uplink for the frames towards vni's hypervisor only."""
-    box, dev = tb.ns("box"), tb.uplink_dev
-    return shaping.clear(tb) + [
-        f"tc -n {box} qdisc add dev {dev} root handle 1: prio bands 2 "
-        "priomap 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1",
-        f"tc -n {box} qdisc add dev {dev} parent 1:1 handle 10: netem limit 100000 {opts}",
-        f"tc -n {box} qdisc add dev {dev} parent 1:2 handle 20: pfifo limit 10000",
-        f"tc -n {box} filter add dev {dev} parent 1: protocol ip prio 1 u32 "
-        f"match ip dst {tb.owner_of(vni).underlay}/32 flowid 1:1",
-    ]
 
 
 @dataclass
@@ -66,7 +54,7 @@ class NetemFeatures:
         for name, (lk, opts, count, interval) in FEATURES.items():
             batch.add(f"feat-{name}-moa", shaping.clear(self.tb)
                       + self._probe(link(lk).address("hv2"), count, interval))
-            batch.add(f"feat-{name}-netem", netem_towards(self.tb, self.netem_vni, opts)
+            batch.add(f"feat-{name}-netem", netem_towards(self.tb, (self.netem_vni,), opts)
                       + self._probe(self.netem_dst, count, interval) + shaping.clear(self.tb))
 
     def analyse(self, ok: dict[str, StepResult]) -> dict:
