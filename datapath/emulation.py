@@ -27,7 +27,7 @@ from datapath.distributions import DIST_IDS, fixed_point, table_key
 if TYPE_CHECKING:  # datapath.libbpf.abi reads the compiled object's BTF at import
     from datapath.libbpf.abi import Abi
 
-__all__ = ["correlated_loss", "queue_bytes", "queue_ns", "stage_params", "stage_bytes", "probability_threshold",
+__all__ = ["chain", "correlated_loss", "queue_bytes", "queue_ns", "stage_params", "stage_bytes", "probability_threshold",
            "DEFAULT_QUEUE_MS", "MIN_DEFAULT_QUEUE_BYTES", "MAX_DEFAULT_QUEUE_MS", "DEFAULT_OVERHEAD",
            "frame_wire", "full_frame"]
 
@@ -80,6 +80,15 @@ def correlated_loss(p: float, rho: float) -> schemas.GilbertElliott | None:
                                   loss_good=0.0, loss_bad=1.0)
 
 
+def chain(c: Any, p: float, rho: float) -> None:
+    """A `struct moa_chain` (datapath/bpf/chain.h) for yes with probability p and lag-1
+    correlation rho: the same two-state chain as correlated_loss, whose state is the last
+    decision - yes again with p + rho (1 - p), yes after a no with p (1 - rho) - so the share of
+    yes stays p whatever rho is (netem's correlation of its draws does not keep it)."""
+    c.after_yes = probability_threshold(p + rho * (1 - p))
+    c.after_no = probability_threshold(p * (1 - rho))
+
+
 def queue_bytes(e: schemas.Emulation) -> int:
     """The queue the stage enforces, in bytes (0 = no limit, also without a rate)."""
     if not e.capacity:
@@ -119,6 +128,13 @@ def stage_params(e: schemas.Emulation | None, abi: Abi) -> Any:
     if e.corrupt:
         p.flags |= abi.StageFlags.CORRUPT
         p.corrupt_threshold = probability_threshold(e.corrupt)
+    if e.reorder_early is not None:
+        p.flags |= abi.StageFlags.EARLY
+        chain(p.early, e.reorder_early.probability, e.reorder_early.correlation)
+        p.early_gap = e.reorder_early.gap
+    if e.duplicate:
+        p.flags |= abi.StageFlags.DUPLICATE
+        chain(p.dup, e.duplicate, e.duplicate_correlation)
     if e.aqm.kind != "taildrop" and e.capacity:
         msg = schemas.messages
         codel = e.aqm.kind == "codel"

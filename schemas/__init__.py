@@ -8,6 +8,7 @@ from schemas.messages import (
     DROP_REASONS, SOJOURN_BOUNDS_NS, SOJOURN_BUCKETS, SOJOURN_SHIFT, STAGES, Ack, AckError, Aqm, Dematerialize, DirectionStatus, DropBatch,
     DropEvent, Emulation,
     EmulationPatch, Endpoint, GilbertElliott, InvalidMessage, Link, LinkStats, LinkStatsBatch,
+    ReorderEarly,
     LinkStatus, LinkUpdate, Materialize, MaterializationStatus, StatusReply, StatusRequest, Update,
     check_emulation, direction,
 )
@@ -20,7 +21,7 @@ __all__ = [
     "DROP_REASONS", "SOJOURN_BOUNDS_NS", "SOJOURN_BUCKETS", "SOJOURN_SHIFT", "STAGES", "Ack", "AckError", "Aqm", "Dematerialize", "DirectionStatus",
     "DropBatch", "DropEvent",
     "Emulation", "EmulationPatch", "Endpoint", "GilbertElliott", "InvalidMessage", "Link",
-    "LinkStats", "LinkStatsBatch", "LinkStatus", "LinkUpdate", "Materialize",
+    "LinkStats", "LinkStatsBatch", "LinkStatus", "LinkUpdate", "Materialize", "ReorderEarly",
     "MaterializationStatus", "StatusReply", "StatusRequest", "Update", "check_emulation", "decode",
     "direction",
     "encode", "format_duration", "format_rate", "format_size", "parse_duration", "parse_rate",

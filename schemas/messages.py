@@ -113,6 +113,12 @@ CellSize = Annotated[int, msgspec.Meta(extra_json_schema={"minimum": 0,
 CellOverhead = Annotated[int, msgspec.Meta(extra_json_schema={"minimum": CELL_OVERHEAD_MIN,
                                                               "maximum": CELL_OVERHEAD_MAX})]
 MIN_QUEUE_BYTES = 1_500
+# netem's reorder gap (ReorderEarly.gap): a packet is a candidate to go early after gap - 1
+# delayed ones. netem's is 32 bits; the datapath counts to the gap in 32 bits without overflow
+# up to 2^31.
+REORDER_GAP_MAX = 1 << 31
+ReorderGap = Annotated[int, msgspec.Meta(extra_json_schema={"minimum": 1,
+                                                            "maximum": REORDER_GAP_MAX})]
 # CoDel's target and interval: at least 1 us, at most 3 s (the datapath holds them as 32-bit ns
 # and squares the interval below 2^63); RFC 8289's defaults when left out.
 AQM_MIN_NS = 1_000
@@ -169,6 +175,17 @@ class Aqm(_Message, frozen=True, kw_only=True):
     ecn: bool = False
 
 
+class ReorderEarly(_Message, frozen=True, kw_only=True):
+    """netem's `reorder P [CORR] gap G` (docs/semantics.md, "Reordering (netem's reorder)"):
+    a packet is a candidate once gap - 1 packets were delayed since the last early one (gap 1:
+    every packet), and a candidate skips the delay (latency and jitter; not the capacity) with
+    `probability`. correlation: the lag-1 autocorrelation of the candidates' decisions, the
+    share early kept (below 1)."""
+    probability: Probability
+    correlation: Probability = 0.0
+    gap: ReorderGap = 1
+
+
 # Frozen, hence hashable: the datapath turns each distinct emulation into its map bytes once
 # (datapath/emulation.py).
 class Emulation(_Message, frozen=True, kw_only=True):
@@ -192,6 +209,9 @@ class Emulation(_Message, frozen=True, kw_only=True):
     cell_size: CellSize = 0
     cell_overhead: CellOverhead = 0
     corrupt: Probability = 0.0
+    reorder_early: ReorderEarly | None = None
+    duplicate: Probability = 0.0
+    duplicate_correlation: Probability = 0.0
 
 
 class EmulationPatch(_Message, kw_only=True):
@@ -216,6 +236,9 @@ class EmulationPatch(_Message, kw_only=True):
     cell_size: CellSize | UnsetType = UNSET
     cell_overhead: CellOverhead | UnsetType = UNSET
     corrupt: Probability | UnsetType = UNSET
+    reorder_early: ReorderEarly | None | UnsetType = UNSET  # replaces the whole of it
+    duplicate: Probability | UnsetType = UNSET
+    duplicate_correlation: Probability | UnsetType = UNSET
 
     def changes(self) -> dict[str, object]:
         """The fields this patch sets, by name."""
@@ -238,7 +261,8 @@ class EmulationPatch(_Message, kw_only=True):
 EmulationField = Literal["latency", "jitter", "loss", "capacity", "queue", "burst", "reorder",
                          "loss_correlation", "state", "distribution", "delay_correlation",
                          "overhead", "cell_size", "cell_overhead", "corrupt",
-                         "distribution_table"]
+                         "distribution_table", "reorder_early", "duplicate",
+                         "duplicate_correlation"]
 
 
 # The rules of an emulation, written once for an Emulation and for a patch: a field a patch
@@ -255,6 +279,14 @@ def _check_probability(value: float, path: str, what: str) -> None:
         raise InvalidMessage(path, f"{what} {value!r} is outside [0, 1]")
 
 
+def _check_correlation(value: float, path: str, what: str) -> None:
+    """A correlation of a chain of decisions (reorder_early, duplicate): in [0, 1), as at 1
+    the chain would never leave its first state."""
+    _check_probability(value, path, what)
+    if value >= 1.0:
+        raise InvalidMessage(path, f"{what} {value!r} must be below 1")
+
+
 def check_values(e: Emulation | EmulationPatch, path: str) -> None:
     """The rules of each field alone: capacity and queue minimums, probabilities in [0, 1]."""
     if e.capacity is not UNSET and 0 < e.capacity < MIN_CAPACITY_BPS:
@@ -269,6 +301,18 @@ def check_values(e: Emulation | EmulationPatch, path: str) -> None:
         _check_probability(e.loss, _join(path, "loss"), "loss")
     if e.corrupt is not UNSET:
         _check_probability(e.corrupt, _join(path, "corrupt"), "corrupt")
+    if e.duplicate is not UNSET:
+        _check_probability(e.duplicate, _join(path, "duplicate"), "duplicate")
+    if e.duplicate_correlation is not UNSET:
+        _check_correlation(e.duplicate_correlation, _join(path, "duplicate_correlation"),
+                           "duplicate_correlation")
+    if e.reorder_early not in (UNSET, None):
+        r, rp = e.reorder_early, _join(path, "reorder_early")
+        _check_probability(r.probability, _join(rp, "probability"), "probability")
+        _check_correlation(r.correlation, _join(rp, "correlation"), "correlation")
+        if not 1 <= r.gap <= REORDER_GAP_MAX:
+            raise InvalidMessage(_join(rp, "gap"),
+                                 f"gap {r.gap} is outside 1..{REORDER_GAP_MAX} (packets)")
     if e.delay_correlation is not UNSET:
         _check_probability(e.delay_correlation, _join(path, "delay_correlation"),
                            "delay_correlation")
@@ -336,6 +380,14 @@ def check_across(e: Emulation | EmulationPatch, path: str) -> None:
                              f"cell_overhead {e.cell_overhead} leaves a cell of cell_size "
                              f"{e.cell_size} costing {e.cell_size + e.cell_overhead} bytes "
                              "(at least 1)")
+    if e.reorder_early not in (UNSET, None) and e.latency == 0:
+        raise InvalidMessage(_join(path, "reorder_early"),
+                             "reorder_early needs a latency: an early packet skips the delay, "
+                             "and there is none to skip")
+    if e.duplicate_correlation not in (UNSET, 0.0) and e.duplicate == 0.0:
+        raise InvalidMessage(_join(path, "duplicate_correlation"),
+                             "duplicate_correlation needs duplicate: it correlates the "
+                             "decisions to duplicate, and there are none")
     if e.burst not in (UNSET, None) and e.loss_correlation not in (UNSET, 0.0):
         raise InvalidMessage(_join(path, "loss_correlation"),
                              "loss_correlation must be 0 when burst is given (burst is its own "
@@ -484,6 +536,7 @@ class LinkStats(_Message, kw_only=True):
     drops: dict[str, int]
     marks: int = 0  # ECN: packets the AQM marked CE instead of dropping
     corrupted: int = 0  # packets that got one bit of their payload flipped (`corrupt`)
+    duplicated: int = 0  # frames of the copies sent (`duplicate`), beside `packets`
     # Passed frames by the sojourn they had on the timeline, bucket k for sojourns below
     # SOJOURN_BOUNDS_NS[k] (the last: the rest); trailing empty buckets are left out, so an
     # unshaped stage's histogram is [packets] (docs/contract.md, "Queue telemetry").

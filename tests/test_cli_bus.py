@@ -318,6 +318,23 @@ def test_show_says_a_link_is_down_and_its_distributions() -> None:
     assert "5ms normal (corr 0.5)" in text
 
 
+def test_show_has_netems_reorder_and_duplicate_and_the_copies_sent() -> None:
+    c = schemas.LinkStats(materialization="m", link="l", vni=5, stage="egress", packets=1000,
+                          bytes=10_000, drops={}, duplicated=12)
+    status = schemas.StatusReply(host="h", fq_memory_bytes=0, materializations=[
+        schemas.MaterializationStatus(id="m", generation=1, links=[schemas.LinkStatus(
+            id="l", kind="p2p", vnis=[5, 6], counters=[c], emulation=schemas.Emulation(
+                latency=10_000_000, duplicate=0.01, duplicate_correlation=0.3,
+                reorder_early=schemas.ReorderEarly(probability=0.25, gap=5)))])])
+    from rich.console import Console
+    console = Console(width=240, record=True)
+    console.print(show.build_table(status))
+    text = console.export_text()
+    assert "dup 0.01 (corr 0.3) early 0.25 gap 5" in text and "1,000 (+12 dup)" in text
+    assert set_verb.parse_params(["duplicate", "0.01", "duplicate_correlation", "0.3"]) == {
+        "duplicate": 0.01, "duplicate_correlation": 0.3}
+
+
 def test_show_names_the_aqm() -> None:
     status = schemas.StatusReply(host="h", fq_memory_bytes=0, materializations=[
         schemas.MaterializationStatus(id="m", generation=1, links=[schemas.LinkStatus(
@@ -428,9 +445,9 @@ async def test_set_netem_words_through_the_service(nats_server: NatsServer, topo
             "loss_correlation": 0.0,
             "burst": {"p": 0.01, "r": 0.1, "loss_bad": 1.0, "loss_good": 0.0}}}]}
         # refused before anything is sent: the generation stays, the kernel holds the same
-        rc, out, err = await moa("set", "l0", "netem", "loss", "1%", "duplicate", "1%", *base)
+        rc, out, err = await moa("set", "l0", "netem", "loss", "1%", "slot", "1ms", *base)
         assert (rc, out) == (2, ""), err
-        assert "netem word 'duplicate' is not supported by moa" in err
+        assert "netem word 'slot' is not supported by moa" in err
         rc, out, err = await moa("status", "n1", *base)
         assert json.loads(out)["materializations"][0]["generation"] == 2, out
         await kernel_holds(nc, host, topo, now)

@@ -68,7 +68,13 @@ def emulations(draw) -> schemas.Emulation:
         overhead=draw(st.one_of(st.just(24), st.integers(OVERHEAD_MIN, OVERHEAD_MAX))),
         cell_size=(cell := draw(st.one_of(st.just(0), st.integers(1, CELL_SIZE_MAX)))),
         cell_overhead=draw(st.integers(1 - cell, CELL_OVERHEAD_MAX)) if cell else 0,
-        corrupt=draw(probabilities))
+        corrupt=draw(probabilities),
+        reorder_early=draw(st.builds(schemas.ReorderEarly, probability=probabilities,
+                                     correlation=below_one,
+                                     gap=st.one_of(st.just(1), st.integers(1, 2**31))))
+        if latency and draw(st.booleans()) else None,
+        duplicate=(dup := draw(probabilities)),
+        duplicate_correlation=draw(below_one) if dup else 0.0)
     schemas.check_emulation(e, "")
     return e
 
@@ -194,16 +200,41 @@ def test_render_writes_netems_words() -> None:
     assert netem.render(schemas.Emulation()) == ""
 
 
+def test_reorder_gap_and_duplicate_read_as_tc_reads_them() -> None:
+    """tc-netem(8)'s reorder lines and the issue's duplicate; the gap may come anywhere."""
+    assert netem.parse("delay 10ms reorder 25% 50%".split())["reorder_early"] == {
+        "probability": 0.25, "correlation": 0.5, "gap": 1}
+    assert netem.parse("gap 5 delay 10ms reorder 25%".split())["reorder_early"] == {
+        "probability": 0.25, "correlation": 0.0, "gap": 5}
+    assert netem.parse("delay 100ms 20ms distribution normal loss 1% 25% duplicate 1%".split(
+    ))["duplicate"] == 0.01
+    assert netem.parse("duplicate 1% 30".split()) == {"duplicate": 0.01,
+                                                      "duplicate_correlation": 0.3}
+    assert netem.render(schemas.Emulation(
+        latency=10**7, reorder_early=schemas.ReorderEarly(probability=0.25, correlation=0.5,
+                                                          gap=5), duplicate=0.01)) == (
+        "delay 10ms reorder 25% 50% gap 5 duplicate 1%")
+
+
 @pytest.mark.parametrize(("words", "word"), [
-    ("delay 100ms 20ms distribution normal loss 1% 25% duplicate 1%", "duplicate"),
+    ("duplicate 101%", "duplicate"),
+    ("duplicate 1% 100%", "duplicate"),      # moa's correlation is below 1
+    ("duplicate", "duplicate"),
+    ("duplicate 1% duplicate 2%", "duplicate"),
+    ("moa duplicate 0.1", "duplicate"),
+    ("delay 0ms reorder 25%", "reorder"),    # no delay to skip (tc refuses it too)
+    ("delay 10ms reorder 25% 100%", "reorder"),
+    ("delay 10ms reorder 25% gap 0", "gap"),
+    ("delay 10ms reorder 25% gap -1", "gap"),
+    ("delay 10ms reorder 25% gap 4294967295", "gap"),
+    ("delay 10ms reorder 1% gap 2 gap 3", "gap"),
     ("corrupt 0.1% 25%", "corrupt"),          # a correlation: refused
     ("corrupt 101%", "corrupt"),
     ("corrupt", "corrupt"),
     ("corrupt 1% corrupt 2%", "corrupt"),
     ("moa corrupt 0.1", "corrupt"),
-    ("delay 10ms reorder 25% 50%", "reorder"),
-    ("delay 10ms reorder 25% gap 5", "reorder"),
     ("gap 5", "gap"),
+    ("delay 10ms gap 5", "gap"),
     ("slot 800us 1ms packets 4", "slot"),
     ("loss 1% ecn", "ecn"),
     ("limit 1000", "limit"),
@@ -257,8 +288,8 @@ def test_refusals_name_the_word(words: str, word: str) -> None:
 
 
 def test_refusing_an_unsupported_word_says_so() -> None:
-    with pytest.raises(netem.NetemError, match="netem word 'duplicate' is not supported by moa"):
-        netem.parse("delay 100ms 20ms duplicate 1%".split())
+    with pytest.raises(netem.NetemError, match="netem word 'slot' is not supported by moa"):
+        netem.parse("delay 100ms 20ms slot 1ms".split())
     with pytest.raises(netem.NetemError, match="give netem's words"):
         netem.parse([])
 
@@ -306,8 +337,8 @@ async def test_moa_set_refuses_before_it_connects() -> None:
     refusal comes before any attempt to connect (which would exit 1 saying it cannot)."""
     from moa_bus.service.embedded_nats import free_port
     url = f"nats://127.0.0.1:{free_port()}"
-    for words, said in ((["duplicate", "1%"], "netem word 'duplicate' is not supported"),
-                        (["delay", "10ms", "reorder", "25%"], "netem word 'reorder'"),
+    for words, said in ((["slot", "1ms"], "netem word 'slot' is not supported"),
+                        (["delay", "10ms", "gap", "5"], "'gap' needs 'reorder PERCENT'"),
                         (["rate", "10mbit", "-99"], "overhead -99 is outside -60..4096")):
         rc, out, err = await _moa("set", "a-b", "netem", *words, "--nats", url,
                                   "--connect-timeout", "1")

@@ -15,6 +15,10 @@
  * commit of t_last, at most MOA_FAST_TRIES attempts. Locked path (Gilbert-Elliott, fallback):
  * under the stage lock, own both words by xchg(word, MOA_OWNED), then store the results.
  * Why this is correct, the memory order it needs and what it costs: docs/timeline.md.
+ *
+ * netem's reorder and duplicate (MOA_F_EARLY, MOA_F_DUPLICATE) take the locked path: their
+ * decisions read and move stage state (early.h, chain.h), and a duplicated packet is placed
+ * twice, its copy right after it (duplicate.h).
  */
 #ifndef MOA_EDT_H
 #define MOA_EDT_H
@@ -26,6 +30,7 @@
 #include "loss.h"
 #include "charge.h"
 #include "aqm.h"
+#include "early.h"
 
 /* t_last / t_depart while a locked step owns them: never a time (2^64 ns is 584 years). */
 #define MOA_OWNED (~0ULL)
@@ -45,6 +50,14 @@ struct moa_step {
 	int lost;		/* in: Bernoulli decision (made outside the lock) */
 	int can_mark;		/* in: ECN on and the inner packet ECN-capable (aqm.h) */
 	__u32 aqm_rand;		/* in: PIE's uniform draw (made outside the lock) */
+	__u32 early_r;		/* in: the reorder draw (MOA_F_EARLY; early.h) */
+	__u32 dup_r;		/* in: the duplicate draw (dup_on; duplicate.h) */
+	__u8 dup_on;		/* in: this stage duplicates (MOA_F_DUPLICATE, egress) */
+	__u8 early;		/* out: it skipped the delay (early.h) */
+	__u8 dup;		/* out: 1 = its copy passed, leaving at dup_departure; 2 = the copy
+			 * was dropped for dup_reason */
+	__u8 dup_reason;	/* out: enum moa_drop_reason of a dropped copy */
+	__u64 dup_departure;	/* out: the copy's departure */
 	__u64 departure;	/* out: when the packet may leave (monotonic ns) */
 	__u64 sojourn;		/* out: start of its serialisation - now (0 without a rate) */
 	__u8 drop;		/* out: 1 = drop for `reason` */
@@ -105,7 +118,7 @@ static __always_inline int moa_timeline_place(const struct moa_stage_params *p,
 	 * this step (seen in the VM around a run-time parameter change, when CPUs briefly use
 	 * old and new parameters): a departure is strictly after the last one.
 	 */
-	if (!(p->flags & MOA_F_REORDER) && *dep <= td)
+	if (!(p->flags & MOA_F_REORDER) && *dep <= td && !s->early)
 		*dep = td + 1;
 
 	if (*dep - now > horizon_ns) {
@@ -161,12 +174,28 @@ static __always_inline enum moa_fast moa_step_fast(struct moa_stage_state *st,
 	return MOA_FAST_LOCKED;
 }
 
+/* The stage's netem reorder and duplicate draws, before the lock (can_dup: the egress stage,
+ * the only one that duplicates). */
+static __always_inline void moa_netem_draw(const struct moa_stage_params *p, struct moa_step *s,
+					   int can_dup)
+{
+	if (!(p->flags & (MOA_F_EARLY | MOA_F_DUPLICATE)))
+		return;
+	if (p->flags & MOA_F_EARLY)
+		s->early_r = bpf_get_prandom_u32();
+	if (can_dup && (p->flags & MOA_F_DUPLICATE)) {
+		s->dup_on = 1;
+		s->dup_r = bpf_get_prandom_u32();
+	}
+}
+
 /* The locked path: owns both words by xchg under the lock (see the top of this file). */
 static __always_inline void moa_step_locked(struct moa_stage_state *st,
 					    const struct moa_stage_params *p,
 					    const struct moa_draws *d, struct moa_step *s)
 {
-	__u64 tl = 0, td, t_new = 0, dep = 0;
+	__u64 tl = 0, td, t_new = 0, dep = 0, t_copy = 0, dep_copy = 0, sojourn;
+	int dup = 0;
 
 	bpf_spin_lock(&st->lock);
 
@@ -175,6 +204,10 @@ static __always_inline void moa_step_locked(struct moa_stage_state *st,
 	if (s->lost) {
 		s->reason = MOA_DROP_LOSS;
 		goto drop;
+	}
+	if ((p->flags & MOA_F_EARLY) && moa_early_pick(st, p, s->early_r)) {
+		s->early = 1;
+		s->delay_ns = 0;
 	}
 
 	/* Both words are taken before anything is decided (in either order: the model check
@@ -201,6 +234,31 @@ static __always_inline void moa_step_locked(struct moa_stage_state *st,
 		s->mark = v == MOA_AQM_MARK;
 	}
 
+	/* The copy: right after the original on the timeline, with the original's delay. It
+	 * meets the queue and the horizon as a frame of its own (not the AQM, which judged the
+	 * pair by the original); a copy that does not fit is dropped alone. */
+	if (s->dup_on && moa_chain_pick(&p->dup, st->dup_prev, s->dup_r)) {
+		dup = 1;
+		sojourn = s->sojourn;
+		if (moa_timeline_place(p, s, p->rate_bps ? t_new : 0, dep > td ? dep : td,
+				       &t_copy, &dep_copy)) {
+			s->dup = 2;
+			s->dup_reason = s->reason;
+		} else {
+			s->dup = 1;
+			s->dup_departure = dep_copy;
+			if (p->rate_bps)
+				t_new = t_copy;
+			if (dep_copy > td)	/* t_depart takes the later of the two below */
+				td = dep_copy;
+		}
+		s->sojourn = sojourn;
+	}
+	if (s->dup_on)
+		st->dup_prev = dup;
+	if (p->flags & MOA_F_EARLY)
+		moa_early_commit(st, p, s->early);
+
 	/* Stores, not atomics: no one else writes a word that reads MOA_OWNED. t_depart first,
 	 * so that a fast attempt reading the new t_last does not find t_depart still owned. */
 	MOA_WRITE_ONCE(st->t_depart, dep > td ? dep : td);
@@ -224,8 +282,10 @@ static __always_inline void moa_stage_step(struct moa_stage_state *st,
 					   const struct moa_stage_params *p,
 					   const struct moa_draws *d, struct moa_step *s)
 {
-	/* Gilbert-Elliott and the AQM keep state beside the timeline: the locked path. */
-	if (p->loss_model != MOA_LOSS_GILBERT_ELLIOTT && p->aqm == MOA_AQM_TAILDROP) {
+	/* Gilbert-Elliott, the AQM and netem's reorder and duplicate keep state beside the
+	 * timeline: the locked path. */
+	if (p->loss_model != MOA_LOSS_GILBERT_ELLIOTT && p->aqm == MOA_AQM_TAILDROP &&
+	    !(p->flags & (MOA_F_EARLY | MOA_F_DUPLICATE))) {
 		enum moa_fast r = s->lost ? MOA_FAST_DROP : moa_step_fast(st, p, s);
 
 		if (r == MOA_FAST_PASS)
