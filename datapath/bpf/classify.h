@@ -28,11 +28,11 @@
 #include "sojourn.h"
 #include "corrupt.h"
 
-/* Does the stage need its shared state (timeline, delay ordering, Gilbert-Elliott)? */
+/* Does the stage need its shared state (timeline, delay ordering, Gilbert-Elliott, slots)? */
 static __always_inline int moa_needs_state(const struct moa_stage_params *p, __u64 handover)
 {
 	return p->rate_bps || p->latency_ns || p->jitter_ns || handover ||
-	       p->loss_model == MOA_LOSS_GILBERT_ELLIOTT;
+	       p->loss_model == MOA_LOSS_GILBERT_ELLIOTT || (p->flags & MOA_F_SLOT);
 }
 
 static __always_inline int moa_classify(struct __sk_buff *skb, const enum moa_stage stage)
@@ -114,6 +114,12 @@ static __always_inline int moa_classify(struct __sk_buff *skb, const enum moa_st
 	s.delay_ns = moa_delay_ns(p, st) + handover;
 	if (p->aqm == MOA_AQM_PIE)
 		s.aqm_rand = bpf_get_prandom_u32();
+	if (p->flags & MOA_F_SLOT) {
+		s.slot_segs = c.segs;
+		s.slot_bytes = c.bytes;
+		s.slot_gap[0] = moa_slot_gap(p);
+		s.slot_gap[1] = moa_slot_gap(p);
+	}
 	if ((p->flags & MOA_F_ECN) && p->aqm != MOA_AQM_TAILDROP)
 		s.can_mark = moa_inner_ect(skb, pkt.outer_len);
 

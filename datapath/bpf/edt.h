@@ -5,7 +5,9 @@
  * Order (docs/architecture.md): loss -> queue (tail drop) -> timeline (capacity) -> latency
  * and jitter (+ the ingress stage's handover delay on egress) -> departure clamped to the
  * link's last departure unless MOA_F_REORDER -> horizon -> AQM (aqm.h: CoDel on the sojourn
- * the placement gave, locked path only; a drop leaves the timeline as it was).
+ * the placement gave, locked path only; a drop leaves the timeline as it was). A slotted
+ * stage (MOA_F_SLOT, slot.h) moves the departure onto its slot before the clamp, locked path
+ * only.
  *
  * The timeline of a stage is two words shared by every CPU (struct moa_stage_state): t_last,
  * the end of serialisation of the last accepted packet, and t_depart, the latest departure
@@ -26,6 +28,7 @@
 #include "loss.h"
 #include "charge.h"
 #include "aqm.h"
+#include "slot.h"
 
 /* t_last / t_depart while a locked step owns them: never a time (2^64 ns is 584 years). */
 #define MOA_OWNED (~0ULL)
@@ -45,6 +48,9 @@ struct moa_step {
 	int lost;		/* in: Bernoulli decision (made outside the lock) */
 	int can_mark;		/* in: ECN on and the inner packet ECN-capable (aqm.h) */
 	__u32 aqm_rand;		/* in: PIE's uniform draw (made outside the lock) */
+	__u32 slot_segs;	/* in, MOA_F_SLOT: the packet's frames */
+	__u32 slot_bytes;	/* in, MOA_F_SLOT: and their bytes */
+	__u64 slot_gap[2];	/* in, MOA_F_SLOT: two gaps drawn outside the lock (slot.h) */
 	__u64 departure;	/* out: when the packet may leave (monotonic ns) */
 	__u64 sojourn;		/* out: start of its serialisation - now (0 without a rate) */
 	__u8 drop;		/* out: 1 = drop for `reason` */
@@ -74,7 +80,7 @@ static __always_inline void moa_event_budget(struct moa_stage_state *st, struct 
  */
 static __always_inline int moa_timeline_place(const struct moa_stage_params *p,
 					      struct moa_step *s, __u64 tl, __u64 td,
-					      __u64 *t_new, __u64 *dep)
+					      __u64 *t_new, __u64 *dep, struct moa_slot *sl)
 {
 	__u64 now = s->now;
 
@@ -98,6 +104,10 @@ static __always_inline int moa_timeline_place(const struct moa_stage_params *p,
 	} else {
 		*dep = now + s->delay_ns;
 	}
+
+	/* The locked path's slots (the fast path passes no sl: compiled out there). */
+	if (sl && (p->flags & MOA_F_SLOT))
+		*dep = moa_slot_place(p, sl, s->slot_gap, s->slot_segs, s->slot_bytes, *dep);
 
 	/*
 	 * fq orders a flow by tstamp: a departure before the last one would overtake it. Equal
@@ -137,7 +147,7 @@ static __always_inline enum moa_fast moa_step_fast(struct moa_stage_state *st,
 		td = MOA_READ_ONCE(st->t_depart);
 		if (tl == MOA_OWNED || td == MOA_OWNED)
 			return MOA_FAST_LOCKED;
-		if (moa_timeline_place(p, s, tl, td, &t_new, &dep))
+		if (moa_timeline_place(p, s, tl, td, &t_new, &dep, 0))
 			return MOA_FAST_DROP;
 
 		/* 1. t_depart first, so that whoever takes t_last after our commit sees dep. */
@@ -167,6 +177,7 @@ static __always_inline void moa_step_locked(struct moa_stage_state *st,
 					    const struct moa_draws *d, struct moa_step *s)
 {
 	__u64 tl = 0, td, t_new = 0, dep = 0;
+	struct moa_slot sl = {};
 
 	bpf_spin_lock(&st->lock);
 
@@ -188,7 +199,12 @@ static __always_inline void moa_step_locked(struct moa_stage_state *st,
 		if (tl == MOA_OWNED)
 			tl = 0;
 	}
-	if (moa_timeline_place(p, s, tl, td, &t_new, &dep))
+	if (p->flags & MOA_F_SLOT) {
+		sl.next = st->slot_next;
+		sl.pkts = st->slot_pkts;
+		sl.used = st->slot_used;
+	}
+	if (moa_timeline_place(p, s, tl, td, &t_new, &dep, &sl))
 		goto restore;
 	if (p->aqm != MOA_AQM_TAILDROP && p->rate_bps) {
 		int v = moa_aqm(&st->aqm, p, s->now, tl > s->now ? tl : s->now, s->aqm_rand,
@@ -206,6 +222,11 @@ static __always_inline void moa_step_locked(struct moa_stage_state *st,
 	MOA_WRITE_ONCE(st->t_depart, dep > td ? dep : td);
 	if (p->rate_bps)
 		MOA_WRITE_ONCE(st->t_last, t_new);
+	if (p->flags & MOA_F_SLOT) {	/* under the lock, read by no one else */
+		st->slot_next = sl.next;
+		st->slot_pkts = sl.pkts;
+		st->slot_used = sl.used;
+	}
 	s->departure = dep;
 	bpf_spin_unlock(&st->lock);
 	return;
@@ -224,8 +245,9 @@ static __always_inline void moa_stage_step(struct moa_stage_state *st,
 					   const struct moa_stage_params *p,
 					   const struct moa_draws *d, struct moa_step *s)
 {
-	/* Gilbert-Elliott and the AQM keep state beside the timeline: the locked path. */
-	if (p->loss_model != MOA_LOSS_GILBERT_ELLIOTT && p->aqm == MOA_AQM_TAILDROP) {
+	/* Gilbert-Elliott, the AQM and slots keep state beside the timeline: the locked path. */
+	if (p->loss_model != MOA_LOSS_GILBERT_ELLIOTT && p->aqm == MOA_AQM_TAILDROP &&
+	    !(p->flags & MOA_F_SLOT)) {
 		enum moa_fast r = s->lost ? MOA_FAST_DROP : moa_step_fast(st, p, s);
 
 		if (r == MOA_FAST_PASS)
