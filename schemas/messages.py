@@ -339,8 +339,8 @@ def check_values(e: Emulation | EmulationPatch, path: str) -> None:
 
 
 def check_slot(s: Slot, path: str) -> None:
-    """A slot's own rules: the fields of its form only, gaps within 0..4 s, max >= min, and a
-    gap that can be above 0 (a slot of gap 0 would release everything at once: netem reads
+    """A slot's own rules: the fields of its form only, gaps within 0..4 s, max >= min, a
+    distribution's jitter above 0, and a gap that can be above 0 (a slot of gap 0 would release everything at once: netem reads
     `slot 0` as no slots, moa asks for slot null)."""
     fmt = units.format_duration
     uniform = s.distribution == "uniform"
@@ -360,6 +360,10 @@ def check_slot(s: Slot, path: str) -> None:
     if not uniform and s.delay is None:
         raise InvalidMessage(_join(path, "delay"),
                              f"{s.distribution} slots need delay (the gaps' mean)")
+    if not uniform and not s.jitter:  # netem refuses it too; a fixed gap is min alone
+        raise InvalidMessage(_join(path, "jitter"),
+                             f"{s.distribution} slots need a jitter above 0 (a fixed gap: "
+                             "uniform slots with min)")
     gap, span = s.gaps()
     if uniform and span < 0:
         raise InvalidMessage(_join(path, "max"), f"max {fmt(s.max or 0)} is below min {fmt(gap)}")

@@ -329,6 +329,28 @@ def test_show_names_the_aqm() -> None:
     assert "20mbps codel+ecn" in console.export_text()
 
 
+def test_show_names_the_slots() -> None:
+    ms = 1_000_000
+    status = schemas.StatusReply(host="h", fq_memory_bytes=0, materializations=[
+        schemas.MaterializationStatus(id="m", generation=1, links=[
+            schemas.LinkStatus(id="l", kind="p2p", vnis=[5, 6], counters=[],
+                               emulation=schemas.Emulation(slot=schemas.Slot(
+                                   min=ms, max=3 * ms, packets=4))),
+            schemas.LinkStatus(id="k", kind="p2p", vnis=[7, 8], counters=[],
+                               emulation=schemas.Emulation(capacity=10**7, slot=schemas.Slot(
+                                   distribution="normal", delay=10 * ms, jitter=2 * ms,
+                                   bytes=9000)))])])
+    from rich.console import Console
+    console = Console(width=250, record=True)
+    console.print(show.build_table(status))
+    text = console.export_text()
+    assert "unlimited slot 1ms-3ms 4p" in text
+    assert "10mbps slot normal 10ms±2ms 9000B" in text
+    assert show.netem_lines(status) == ["m l netem slot 1ms 3ms packets 4",
+                                        "m k netem rate 10mbit slot distribution normal 10ms 2ms "
+                                        "bytes 9000"]
+
+
 def test_show_counts_a_frame_once_though_two_stages_saw_it() -> None:
     def stats(stage: str, packets: int, drops: int) -> schemas.LinkStats:
         return schemas.LinkStats(materialization="m", link="lan", vni=7, stage=stage,

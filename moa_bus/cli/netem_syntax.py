@@ -28,6 +28,10 @@ The words, as iproute2's tc reads them (tc/q_netem.c):
   MBps ...) are refused: moa's own `capacity 100mbps` means bits, tc's `rate 100mbps` bytes,
   and a guess would be wrong by 8. The overhead left out is moa's 24 (a frame's L1 overhead),
   not netem's 0: `rate 10mbit 0` charges the frame alone, as netem's `rate 10mbit` does.
+- `slot MIN [MAX] [packets N] [bytes B]` or `slot distribution NAME DELAY JITTER [packets N]
+  [bytes B]`: slot (docs/semantics.md, "Slots"), MAX left out is MIN, N and B whole numbers
+  (left out: no limit), NAME one of the built-in tables (normal, pareto, paretonormal; a table
+  file is refused). packets before bytes, as tc reads them.
 - `moa KEY VALUE ...`, last: moa's own keys that netem has no word for (queue, aqm, target,
   interval, ecn, reorder, state), with the values `moa set` takes.
 
@@ -59,7 +63,6 @@ UNSUPPORTED: dict[str, str] = {
     "reorder": "moa does not send a fraction of packets ahead of the delay (moa's own "
                "`reorder true` is another thing: jitter may reorder the link)",
     "gap": "moa has no netem reordering",
-    "slot": "moa does not release packets in slots",
     "ecn": "netem's ecn marks instead of its loss model's drops; moa marks in its AQM "
            "(`moa aqm codel ecn true`)",
     "limit": "netem's limit counts every packet in the qdisc, the delayed ones too; moa's "
@@ -67,14 +70,14 @@ UNSUPPORTED: dict[str, str] = {
     "seed": "moa's random numbers have no seed",
 }
 ALIASES = {"latency": "delay", "drop": "loss"}
-GROUPS = ("delay", "distribution", "loss", "corrupt", "rate", "moa")
+GROUPS = ("delay", "distribution", "loss", "corrupt", "rate", "slot", "moa")
 MOA_KEYS = ("queue", "aqm", "target", "interval", "ecn", "reorder", "state")
 # moa's keys that a netem word says; in the `moa` tail they are refused, naming that word.
 NETEM_SAYS = {"latency": "delay", "jitter": "delay", "delay_correlation": "delay",
               "distribution": "distribution", "distribution_table": "distribution",
               "loss": "loss", "loss_correlation": "loss", "capacity": "rate", "burst": "loss",
               "overhead": "rate", "cell_size": "rate", "cell_overhead": "rate",
-              "corrupt": "corrupt"}
+              "corrupt": "corrupt", "slot": "slot"}
 
 _NUMBER = r"([0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?)"
 _TIME = re.compile(_NUMBER + r"([A-Za-z]*)")
@@ -263,6 +266,39 @@ def _corrupt(w: _Words) -> dict[str, object]:
     return out
 
 
+_SLOT_TABLES = ("normal", "pareto", "paretonormal")
+
+
+def _slot(w: _Words) -> dict[str, object]:
+    """`slot MIN [MAX]` or `slot distribution NAME DELAY JITTER`, then `packets N`, `bytes B`
+    (tc's order): the whole `slot`."""
+    first = w.take("slot", "MIN or `distribution NAME DELAY JITTER`")
+    slot: dict[str, object]
+    if _is_number(first):
+        slot = {"min": _time("slot", first, "min")}
+        if (hi := w.take_number()) is not None:
+            slot["max"] = _time("slot", hi, "max")
+    elif first == "distribution":
+        name = w.take("slot", "the distribution's name")
+        if name not in _SLOT_TABLES:
+            raise NetemError("slot", f"netem slot distribution {name!r}: moa's slots take "
+                                     f"{', '.join(_SLOT_TABLES)} (no table file)")
+        slot = {"distribution": name,
+                "delay": _time("slot", w.take("slot", "DELAY"), "delay"),
+                "jitter": _time("slot", w.take("slot", "JITTER"), "jitter")}
+    else:
+        raise NetemError("slot", f"netem slot: {first!r} is neither a time (slot MIN [MAX]) nor "
+                                 "`distribution`")
+    for key in ("packets", "bytes"):
+        if w.peek() == key:
+            w.i += 1
+            value = w.take("slot", f"{key}'s number")
+            if not value.isdigit() or len(value) > 10:
+                raise NetemError("slot", f"netem slot {key}: {value!r} is not a whole number")
+            slot[key] = int(value)
+    return {"slot": slot}
+
+
 def _rate_group(w: _Words) -> dict[str, object]:
     """`rate RATE [PACKETOVERHEAD [CELLSIZE [CELLOVERHEAD]]]` (tc reads the overheads as signed
     numbers, the cell size as unsigned): capacity, overhead, cell_size, cell_overhead. The ones
@@ -336,7 +372,7 @@ _WORD_OF = {"latency": "delay", "jitter": "delay", "delay_correlation": "delay",
             "distribution": "distribution", "distribution_table": "distribution",
             "loss": "loss", "loss_correlation": "loss", "burst": "loss", "capacity": "rate",
             "overhead": "rate", "cell_size": "rate", "cell_overhead": "rate",
-            "corrupt": "corrupt", "queue": "moa queue", "aqm": "moa aqm",
+            "corrupt": "corrupt", "slot": "slot", "queue": "moa queue", "aqm": "moa aqm",
             "reorder": "moa reorder", "state": "moa state"}
 
 
@@ -374,7 +410,8 @@ def parse(words: list[str], read_table: Callable[[str], str] | None = None) -> d
         _refuse_unsupported(group)
         if group not in GROUPS:
             raise NetemError(word, f"netem word {word!r} is not one moa takes (delay, "
-                                   f"distribution, loss, corrupt, rate, then moa KEY VALUE ...)")
+                                   f"distribution, loss, corrupt, rate, slot, then moa KEY "
+                                   f"VALUE ...)")
         if group in seen:
             raise NetemError(word, f"netem word {word!r} is given twice")
         seen.add(group)
@@ -391,6 +428,8 @@ def parse(words: list[str], read_table: Callable[[str], str] | None = None) -> d
             out.update(_corrupt(w))
         elif group == "rate":
             out.update(_rate_group(w))
+        elif group == "slot":
+            out.update(_slot(w))
         else:
             out.update(_moa_tail(w))
     if distribution is not None:
@@ -473,6 +512,19 @@ def render(e: Emulation) -> str:
             words.append(str(e.cell_size))
         if e.cell_overhead:
             words.append(str(e.cell_overhead))
+    if e.slot is not None:
+        sl = e.slot
+        if sl.distribution == "uniform":
+            words += ["slot", units.format_duration(sl.min or 0)]
+            if sl.max is not None:
+                words.append(units.format_duration(sl.max))
+        else:
+            words += ["slot", "distribution", sl.distribution, units.format_duration(sl.delay or 0),
+                      units.format_duration(sl.jitter)]
+        if sl.packets:
+            words += ["packets", str(sl.packets)]
+        if sl.bytes:
+            words += ["bytes", str(sl.bytes)]
     tail: list[str] = []
     if e.queue is not None:
         tail += ["queue", units.format_size(e.queue)]
