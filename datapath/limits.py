@@ -313,12 +313,12 @@ class Budget:
             self.figures[mid] = figures
 
 
-_SHAPING = ("latency", "jitter", "capacity", "queue")
+_SHAPING = ("latency", "jitter", "capacity", "queue", "slot")
 
 
 def refuse_shaping(m: schemas.Materialize, loss_only: bool) -> None:
-    """On a loss-only box (no sch_fq in its kernel), any latency, jitter, capacity or queue is
-    refused `unsupported`, naming the field (a link's, or one direction's own)."""
+    """On a loss-only box (no sch_fq in its kernel), any latency, jitter, capacity, queue or
+    slot is refused `unsupported`, naming the field (a link's, or one direction's own)."""
     if not loss_only:
         return
     for i, link in enumerate(m.links):
