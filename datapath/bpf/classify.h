@@ -114,16 +114,10 @@ static __always_inline int moa_classify(struct __sk_buff *skb, const enum moa_st
 	s.delay_ns = moa_delay_ns(p, st) + handover;
 	if (p->aqm == MOA_AQM_PIE)
 		s.aqm_rand = bpf_get_prandom_u32();
-	if (p->flags & MOA_F_SLOT) {
-		s.slot_segs = c.segs;
-		s.slot_bytes = c.bytes;
-		s.slot_gap[0] = moa_slot_gap(p);
-		s.slot_gap[1] = moa_slot_gap(p);
-	}
 	if ((p->flags & MOA_F_ECN) && p->aqm != MOA_AQM_TAILDROP)
 		s.can_mark = moa_inner_ect(skb, pkt.outer_len);
 
-	moa_stage_step(st, p, &d, &s);
+	moa_stage_step(st, p, &d, &s, &c, stage == MOA_STAGE_EGRESS);
 	if (s.drop)
 		goto drop;
 	if (s.mark) {

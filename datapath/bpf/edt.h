@@ -105,8 +105,8 @@ static __always_inline int moa_timeline_place(const struct moa_stage_params *p,
 		*dep = now + s->delay_ns;
 	}
 
-	/* The locked path's slots (the fast path passes no sl: compiled out there). */
-	if (sl && (p->flags & MOA_F_SLOT))
+	/* A slotted stage's locked path (the others pass no sl: compiled out there). */
+	if (sl)
 		*dep = moa_slot_place(p, sl, s->slot_gap, s->slot_segs, s->slot_bytes, *dep);
 
 	/*
@@ -171,10 +171,15 @@ static __always_inline enum moa_fast moa_step_fast(struct moa_stage_state *st,
 	return MOA_FAST_LOCKED;
 }
 
-/* The locked path: owns both words by xchg under the lock (see the top of this file). */
+/*
+ * The locked path: owns both words by xchg under the lock (see the top of this file). `slotted`
+ * is a constant at each call: a slotted stage has a copy of its own, so the verifier walks the
+ * slot's branches once instead of once per combination of flag tests.
+ */
 static __always_inline void moa_step_locked(struct moa_stage_state *st,
 					    const struct moa_stage_params *p,
-					    const struct moa_draws *d, struct moa_step *s)
+					    const struct moa_draws *d, struct moa_step *s,
+					    const int slotted)
 {
 	__u64 tl = 0, td, t_new = 0, dep = 0;
 	struct moa_slot sl = {};
@@ -199,12 +204,12 @@ static __always_inline void moa_step_locked(struct moa_stage_state *st,
 		if (tl == MOA_OWNED)
 			tl = 0;
 	}
-	if (p->flags & MOA_F_SLOT) {
+	if (slotted) {
 		sl.next = st->slot_next;
 		sl.pkts = st->slot_pkts;
 		sl.used = st->slot_used;
 	}
-	if (moa_timeline_place(p, s, tl, td, &t_new, &dep, &sl))
+	if (moa_timeline_place(p, s, tl, td, &t_new, &dep, slotted ? &sl : 0))
 		goto restore;
 	if (p->aqm != MOA_AQM_TAILDROP && p->rate_bps) {
 		int v = moa_aqm(&st->aqm, p, s->now, tl > s->now ? tl : s->now, s->aqm_rand,
@@ -222,7 +227,7 @@ static __always_inline void moa_step_locked(struct moa_stage_state *st,
 	MOA_WRITE_ONCE(st->t_depart, dep > td ? dep : td);
 	if (p->rate_bps)
 		MOA_WRITE_ONCE(st->t_last, t_new);
-	if (p->flags & MOA_F_SLOT) {	/* under the lock, read by no one else */
+	if (slotted) {	/* under the lock, read by no one else */
 		st->slot_next = sl.next;
 		st->slot_pkts = sl.pkts;
 		st->slot_used = sl.used;
@@ -243,11 +248,21 @@ drop:
 
 static __always_inline void moa_stage_step(struct moa_stage_state *st,
 					   const struct moa_stage_params *p,
-					   const struct moa_draws *d, struct moa_step *s)
+					   const struct moa_draws *d, struct moa_step *s,
+					   const struct moa_charge *c, const int may_slot)
 {
-	/* Gilbert-Elliott, the AQM and slots keep state beside the timeline: the locked path. */
-	if (p->loss_model != MOA_LOSS_GILBERT_ELLIOTT && p->aqm == MOA_AQM_TAILDROP &&
-	    !(p->flags & MOA_F_SLOT)) {
+	/* Slots keep state beside the timeline: the locked path, its gaps drawn before it. Only
+	 * an egress stage is ever slotted (may_slot: a constant, so ingress has no slot code). */
+	if (may_slot && (p->flags & MOA_F_SLOT)) {
+		s->slot_segs = c->segs;
+		s->slot_bytes = c->bytes;
+		s->slot_gap[0] = moa_slot_gap(p);
+		s->slot_gap[1] = moa_slot_gap(p);
+		moa_step_locked(st, p, d, s, 1);
+		return;
+	}
+	/* Gilbert-Elliott and the AQM keep state beside the timeline: the locked path. */
+	if (p->loss_model != MOA_LOSS_GILBERT_ELLIOTT && p->aqm == MOA_AQM_TAILDROP) {
 		enum moa_fast r = s->lost ? MOA_FAST_DROP : moa_step_fast(st, p, s);
 
 		if (r == MOA_FAST_PASS)
@@ -262,7 +277,7 @@ static __always_inline void moa_stage_step(struct moa_stage_state *st,
 			return;
 		}
 	}
-	moa_step_locked(st, p, d, s);
+	moa_step_locked(st, p, d, s, 0);
 }
 
 #endif /* MOA_EDT_H */

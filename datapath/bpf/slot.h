@@ -65,8 +65,6 @@ static __always_inline __u64 moa_slot_gap(const struct moa_stage_params *p)
 static __always_inline __u64 moa_slot_place(const struct moa_stage_params *p, struct moa_slot *sl,
 					    const __u64 gap[2], __u32 segs, __u32 bytes, __u64 dep)
 {
-	__u64 pkts, used;
-
 	if (sl->pkts && ((__u64)sl->pkts + segs > p->slot_packets ||
 			 (__u64)sl->used + bytes > p->slot_bytes)) {
 		sl->next += gap[0];
@@ -78,11 +76,10 @@ static __always_inline __u64 moa_slot_place(const struct moa_stage_params *p, st
 		sl->pkts = 0;
 		sl->used = 0;
 	}
-	/* Saturating: without a limit a slot may count past 2^32 and must not wrap to room. */
-	pkts = (__u64)sl->pkts + segs;
-	used = (__u64)sl->used + bytes;
-	sl->pkts = pkts > 0xffffffffULL ? 0xffffffffU : (__u32)pkts;
-	sl->used = used > 0xffffffffULL ? 0xffffffffU : (__u32)used;
+	/* Without a limit (0xffffffff) the count may wrap, harmlessly: it is compared in 64 bits
+	 * with a limit no 32-bit count passes. With one, it stays below limit + one packet. */
+	sl->pkts += segs;
+	sl->used += bytes;
 	return sl->next;
 }
 
