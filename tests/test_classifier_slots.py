@@ -64,6 +64,7 @@ def run(c: Classifier, seq: list, latency: int, t0: int) -> tuple[list[int], lis
         assert r.retval == TC_ACT_OK
         ready.append(tl + latency)
         deps.append(r.ctx.tstamp)
+    assert mono() < t0, "the run outlasted the parked timeline's lead on the clock"
     return ready, deps
 
 
@@ -122,7 +123,7 @@ def test_departures_equal_the_model(clf: Classifier, seed: int) -> None:
     for _ in range(300):
         idle = rng.choice([0, 0, 0, rng.randrange(1, 2 * gap), rng.randrange(gap, 5 * gap)])
         seq.append((*packet(rng), idle))
-    t0 = mono() + 300 * MS
+    t0 = mono() + 2000 * MS                  # the timeline stays ahead of the clock throughout
     park(clf, t0)
     ready, deps = run(clf, seq, latency, t0)
     want = release(SlotState(), [(r, f, b) for r, (_, f, b, _, _) in zip(ready, seq)],
@@ -142,7 +143,7 @@ def test_random_gaps_lie_between_min_and_max(clf: Classifier, n_max: int, b_max:
     rng = random.Random(n_max)
     slotted(clf, Slot(min=lo, max=hi, packets=n_max % UNLIMITED, bytes=b_max % UNLIMITED))
     seq = [(*packet(rng), 0) for _ in range(300)]
-    t0 = mono() + 300 * MS
+    t0 = mono() + 2000 * MS                  # the timeline stays ahead of the clock throughout
     opening = t0 + 1000 * MS                 # after the last packet is ready (~0.4 s of frames)
     park(clf, t0, slot_next=opening)
     ready, deps = run(clf, seq, 0, t0)
@@ -169,9 +170,9 @@ def test_random_gaps_lie_between_min_and_max(clf: Classifier, n_max: int, b_max:
 def draw_gaps(c: Classifier, n: int, reanchor: bool) -> list[int]:
     """n gaps, each from a fresh parked state: a full slot of one packet (the gap after a
     slot) or a slot opened before the packet was ready (the gap after its readiness)."""
-    t0 = mono() + 200 * MS
     out = []
     for _ in range(n):
+        t0 = mono() + 200 * MS               # each draw ahead of the clock, however slow the run
         if reanchor:
             park(c, t0, slot_next=t0 - 1, slot_pkts=0, t_depart=0)
             base = t0 + 1078 * 1000
@@ -320,3 +321,33 @@ def test_a_loss_only_box_refuses_slots() -> None:
     with pytest.raises(InvalidMessage) as e:
         limits.refuse_shaping(m, loss_only=True)
     assert e.value.field == "links[0].endpoints[1].emulation.slot" and e.value.code == "unsupported"
+
+
+def test_slots_switched_on_and_off_at_run_time(clf: Classifier) -> None:
+    """Off: the fast path, departures as without slots, the slot's words kept; on again: a
+    slot that opened in the past re-anchors one gap after the packet (rule 2)."""
+    slotted(clf, Slot(min=2 * MS, packets=1))
+    t0 = mono() + 300 * MS
+    park(clf, t0, slot_next=t0 + 50 * MS)
+    assert send(clf).ctx.tstamp == t0 + 50 * MS
+    clf.set_link(VNI, egress=Emulation(capacity=RATE, queue=0))
+    t1 = t0 + 100 * MS
+    park(clf, t1)
+    assert send(clf).ctx.tstamp == t1 + 1078 * 1000
+    assert clf.stage_state(VNI, EGRESS).slot_next == t0 + 50 * MS
+    slotted(clf, Slot(min=2 * MS, packets=1))
+    assert send(clf).ctx.tstamp == t1 + 2 * 1078 * 1000 + 2 * MS
+
+
+def test_a_lost_packet_takes_no_room_in_a_slot(clf: Classifier) -> None:
+    """Gilbert-Elliott (the locked path too) loses every packet in its bad state: the drops
+    happen before the slot, whose words stay as they were."""
+    from schemas import GilbertElliott
+    clf.set_link(VNI, egress=Emulation(capacity=RATE, queue=0, slot=Slot(min=MS, packets=2),
+                                       burst=GilbertElliott(p=1.0, r=0.0, loss_good=1.0)))
+    t0 = mono() + 300 * MS
+    park(clf, t0, slot_next=t0 + 10 * MS, slot_pkts=1, slot_used=100)
+    assert all(send(clf).retval == TC_ACT_SHOT for _ in range(5))
+    st = clf.stage_state(VNI, EGRESS)
+    assert (st.slot_next, st.slot_pkts, st.slot_used, st.t_last) == (t0 + 10 * MS, 1, 100, t0)
+    assert clf.link_counters(VNI)["egress"].drops["loss"] == 5
