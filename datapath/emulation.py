@@ -38,6 +38,7 @@ MIN_DEFAULT_QUEUE_BYTES = 64 * 1024
 MAX_DEFAULT_QUEUE_MS = 1000
 FULL_FRAME = 1538                  # 1500 + Ethernet header + L1 overhead
 DEFAULT_OVERHEAD = schemas.messages.DEFAULT_OVERHEAD  # preamble 7 + SFD 1 + FCS 4 + IFG 12
+SLOT_UNLIMITED = 0xFFFFFFFF         # a slot's packets or bytes without a limit (slot.h)
 MIN_FRAME = 60                     # Ethernet's minimum without FCS: shorter frames are padded
 
 
@@ -135,6 +136,12 @@ def stage_params(e: schemas.Emulation | None, abi: Abi) -> Any:
     if e.duplicate:
         p.flags |= abi.StageFlags.DUPLICATE
         chain(p.dup, e.duplicate, e.duplicate_correlation)
+    if e.slot is not None:  # slot.h; checked at the edge: gaps within 4 s, limits 2^31 - 1
+        p.flags |= abi.StageFlags.SLOT
+        p.slot_dist = DIST_IDS[e.slot.distribution]
+        p.slot_gap_ns, p.slot_span_ns = e.slot.gaps()
+        p.slot_packets = e.slot.packets or SLOT_UNLIMITED
+        p.slot_bytes = e.slot.bytes or SLOT_UNLIMITED
     if e.aqm.kind != "taildrop" and e.capacity:
         msg = schemas.messages
         codel = e.aqm.kind == "codel"

@@ -9,7 +9,8 @@ from schemas.messages import (
     DropEvent, Emulation,
     EmulationPatch, Endpoint, GilbertElliott, InvalidMessage, Link, LinkStats, LinkStatsBatch,
     ReorderEarly,
-    LinkStatus, LinkUpdate, Materialize, MaterializationStatus, StatusReply, StatusRequest, Update,
+    LinkStatus, LinkUpdate, Materialize, MaterializationStatus, Slot, StatusReply, StatusRequest,
+    Update,
     check_emulation, direction,
 )
 from schemas.units import (
@@ -22,7 +23,7 @@ __all__ = [
     "DropBatch", "DropEvent",
     "Emulation", "EmulationPatch", "Endpoint", "GilbertElliott", "InvalidMessage", "Link",
     "LinkStats", "LinkStatsBatch", "LinkStatus", "LinkUpdate", "Materialize", "ReorderEarly",
-    "MaterializationStatus", "StatusReply", "StatusRequest", "Update", "check_emulation", "decode",
+    "MaterializationStatus", "Slot", "StatusReply", "StatusRequest", "Update", "check_emulation", "decode",
     "direction",
     "encode", "format_duration", "format_rate", "format_size", "parse_duration", "parse_rate",
     "parse_size", "validate", "vni_fields",

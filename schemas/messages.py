@@ -92,9 +92,14 @@ DistValue = Annotated[int, msgspec.Meta(ge=-32768, le=32767)]
 DistTable = Annotated[tuple[DistValue, ...], msgspec.Meta(min_length=2, max_length=DIST_TABLE_MAX)]
 # The queue's management (docs/semantics.md, "Queue management"), in enum moa_aqm's order.
 AqmKind = Literal["taildrop", "codel", "pie"]
-# The fields whose value is one of a few words, and those words: a refusal lists them.
+# The gap between slot openings (docs/semantics.md, "Slots"): uniform in min..max, or one of the
+# built-in tables (the delay's: enum moa_dist's ids), no custom table.
+SlotDistribution = Literal["uniform", "normal", "pareto", "paretonormal"]
+# The fields whose value is one of a few words, and those words: a refusal lists them (a key
+# with a dot names a field inside an object, looked up before the bare name).
 CHOICES: dict[str, tuple[str, ...]] = {"state": typing.get_args(LinkState),
                                        "distribution": typing.get_args(Distribution),
+                                       "slot.distribution": typing.get_args(SlotDistribution),
                                        "kind": typing.get_args(AqmKind)}
 
 MIN_CAPACITY_BPS = 1_000
@@ -128,6 +133,11 @@ CODEL_INTERVAL_NS = 100_000_000
 # PIE's QDELAY_REF and T_UPDATE (RFC 8033), its target and interval here.
 PIE_TARGET_NS = 15_000_000
 PIE_INTERVAL_NS = 15_000_000
+# Slots: a gap (min, max, delay, jitter) of at most 4 s, so the datapath's 32-bit draw times the
+# gap's span fits 64 bits; at most 2^31 - 1 packets or bytes a slot (netem's limit; 0 = none).
+SLOT_GAP_MAX_NS = 4_000_000_000
+SLOT_LIMIT_MAX = (1 << 31) - 1
+SlotLimit = Annotated[int, msgspec.Meta(ge=0, le=SLOT_LIMIT_MAX)]
 
 
 class InvalidMessage(ValueError):
@@ -186,6 +196,28 @@ class ReorderEarly(_Message, frozen=True, kw_only=True):
     gap: ReorderGap = 1
 
 
+class Slot(_Message, frozen=True, kw_only=True):
+    """Departures released in slots, netem's `slot` (docs/semantics.md, "Slots"). The gap
+    from one slot's opening to the next: distribution uniform, min..max (max null = min), or
+    normal, pareto or paretonormal with its mean `delay` and its `jitter` (the delay's tables;
+    min and max left out). packets / bytes: the most a slot releases (0 = no limit)."""
+    distribution: SlotDistribution = "uniform"
+    min: Duration | None = None
+    max: Duration | None = None
+    delay: Duration | None = None
+    jitter: Duration = 0
+    packets: SlotLimit = 0
+    bytes: SlotLimit = 0
+
+    def gaps(self) -> tuple[int, int]:
+        """(gap, span) as the datapath holds them (abi.h slot_gap_ns, slot_span_ns): min and
+        max - min, or delay and jitter."""
+        if self.distribution == "uniform":
+            lo = self.min or 0
+            return lo, (self.max if self.max is not None else lo) - lo
+        return self.delay or 0, self.jitter
+
+
 # Frozen, hence hashable: the datapath turns each distinct emulation into its map bytes once
 # (datapath/emulation.py).
 class Emulation(_Message, frozen=True, kw_only=True):
@@ -212,6 +244,7 @@ class Emulation(_Message, frozen=True, kw_only=True):
     reorder_early: ReorderEarly | None = None
     duplicate: Probability = 0.0
     duplicate_correlation: Probability = 0.0
+    slot: Slot | None = None
 
 
 class EmulationPatch(_Message, kw_only=True):
@@ -239,6 +272,7 @@ class EmulationPatch(_Message, kw_only=True):
     reorder_early: ReorderEarly | None | UnsetType = UNSET  # replaces the whole of it
     duplicate: Probability | UnsetType = UNSET
     duplicate_correlation: Probability | UnsetType = UNSET
+    slot: Slot | None | UnsetType = UNSET  # null: no slots
 
     def changes(self) -> dict[str, object]:
         """The fields this patch sets, by name."""
@@ -262,7 +296,7 @@ EmulationField = Literal["latency", "jitter", "loss", "capacity", "queue", "burs
                          "loss_correlation", "state", "distribution", "delay_correlation",
                          "overhead", "cell_size", "cell_overhead", "corrupt",
                          "distribution_table", "reorder_early", "duplicate",
-                         "duplicate_correlation"]
+                         "duplicate_correlation", "slot"]
 
 
 # The rules of an emulation, written once for an Emulation and for a patch: a field a patch
@@ -330,6 +364,8 @@ def check_values(e: Emulation | EmulationPatch, path: str) -> None:
         v = getattr(e, name)
         if v is not UNSET and not lo <= v <= hi:
             raise InvalidMessage(_join(path, name), f"{name} {v} is outside {lo}..{hi} (bytes)")
+    if e.slot not in (UNSET, None):
+        check_slot(e.slot, _join(path, "slot"))
     if e.burst not in (UNSET, None):
         for name in ("p", "r", "loss_good", "loss_bad"):
             _check_probability(getattr(e.burst, name), _join(path, f"burst.{name}"), name)
@@ -344,6 +380,41 @@ def check_values(e: Emulation | EmulationPatch, path: str) -> None:
             what = "ecn" if e.aqm.ecn else ("target" if e.aqm.target is not None else "interval")
             raise InvalidMessage(_join(path, f"aqm.{what}"),
                                  f"{what} needs an AQM: kind is taildrop (give codel or pie)")
+
+
+def check_slot(s: Slot, path: str) -> None:
+    """A slot's own rules: the fields of its form only, gaps within 0..4 s, max >= min, a
+    distribution's jitter above 0, and a gap that can be above 0 (a slot of gap 0 would release everything at once: netem reads
+    `slot 0` as no slots, moa asks for slot null)."""
+    fmt = units.format_duration
+    uniform = s.distribution == "uniform"
+    for name in ("min", "max", "delay", "jitter"):
+        v = getattr(s, name)
+        if name in (("delay",) if uniform else ("min", "max")) and v is not None:
+            raise InvalidMessage(_join(path, name),
+                                 f"{name} is for {'a distribution' if uniform else 'uniform'} "
+                                 f"slots, the distribution is {s.distribution}")
+        if v is not None and v > SLOT_GAP_MAX_NS:
+            raise InvalidMessage(_join(path, name), f"{name} {fmt(v)} is above 4s")
+    if uniform and s.jitter:
+        raise InvalidMessage(_join(path, "jitter"), "jitter is for a distribution's slots: "
+                             "uniform slots take min and max")
+    if uniform and s.min is None:
+        raise InvalidMessage(_join(path, "min"), "uniform slots need min (the shortest gap)")
+    if not uniform and s.delay is None:
+        raise InvalidMessage(_join(path, "delay"),
+                             f"{s.distribution} slots need delay (the gaps' mean)")
+    if not uniform and not s.jitter:  # netem refuses it too; a fixed gap is min alone
+        raise InvalidMessage(_join(path, "jitter"),
+                             f"{s.distribution} slots need a jitter above 0 (a fixed gap: "
+                             "uniform slots with min)")
+    gap, span = s.gaps()
+    if uniform and span < 0:
+        raise InvalidMessage(_join(path, "max"), f"max {fmt(s.max or 0)} is below min {fmt(gap)}")
+    if gap + span == 0:
+        field = "max" if uniform else "delay"
+        raise InvalidMessage(_join(path, field), "a slot needs a gap above 0 (no slots: "
+                             "slot null)")
 
 
 def check_across(e: Emulation | EmulationPatch, path: str) -> None:

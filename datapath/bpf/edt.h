@@ -5,7 +5,9 @@
  * Order (docs/architecture.md): loss -> queue (tail drop) -> timeline (capacity) -> latency
  * and jitter (+ the ingress stage's handover delay on egress) -> departure clamped to the
  * link's last departure unless MOA_F_REORDER -> horizon -> AQM (aqm.h: CoDel on the sojourn
- * the placement gave, locked path only; a drop leaves the timeline as it was).
+ * the placement gave, locked path only; a drop leaves the timeline as it was). A slotted
+ * stage (MOA_F_SLOT, slot.h) moves the departure onto its slot before the clamp, locked path
+ * only.
  *
  * The timeline of a stage is two words shared by every CPU (struct moa_stage_state): t_last,
  * the end of serialisation of the last accepted packet, and t_depart, the latest departure
@@ -31,6 +33,7 @@
 #include "charge.h"
 #include "aqm.h"
 #include "early.h"
+#include "slot.h"
 
 /* t_last / t_depart while a locked step owns them: never a time (2^64 ns is 584 years). */
 #define MOA_OWNED (~0ULL)
@@ -58,6 +61,9 @@ struct moa_step {
 			 * was dropped for dup_reason */
 	__u8 dup_reason;	/* out: enum moa_drop_reason of a dropped copy */
 	__u64 dup_departure;	/* out: the copy's departure */
+	__u32 slot_segs;	/* in, MOA_F_SLOT: the packet's frames */
+	__u32 slot_bytes;	/* in, MOA_F_SLOT: and their bytes */
+	__u64 slot_gap[2];	/* in, MOA_F_SLOT: two gaps drawn outside the lock (slot.h) */
 	__u64 departure;	/* out: when the packet may leave (monotonic ns) */
 	__u64 sojourn;		/* out: start of its serialisation - now (0 without a rate) */
 	__u8 drop;		/* out: 1 = drop for `reason` */
@@ -87,7 +93,7 @@ static __always_inline void moa_event_budget(struct moa_stage_state *st, struct 
  */
 static __always_inline int moa_timeline_place(const struct moa_stage_params *p,
 					      struct moa_step *s, __u64 tl, __u64 td,
-					      __u64 *t_new, __u64 *dep)
+					      __u64 *t_new, __u64 *dep, struct moa_slot *sl)
 {
 	__u64 now = s->now;
 
@@ -111,6 +117,10 @@ static __always_inline int moa_timeline_place(const struct moa_stage_params *p,
 	} else {
 		*dep = now + s->delay_ns;
 	}
+
+	/* A slotted stage's locked path (the others pass no sl: compiled out there). */
+	if (sl)
+		*dep = moa_slot_place(p, sl, s->slot_gap, s->slot_segs, s->slot_bytes, *dep);
 
 	/*
 	 * fq orders a flow by tstamp: a departure before the last one would overtake it. Equal
@@ -150,7 +160,7 @@ static __always_inline enum moa_fast moa_step_fast(struct moa_stage_state *st,
 		td = MOA_READ_ONCE(st->t_depart);
 		if (tl == MOA_OWNED || td == MOA_OWNED)
 			return MOA_FAST_LOCKED;
-		if (moa_timeline_place(p, s, tl, td, &t_new, &dep))
+		if (moa_timeline_place(p, s, tl, td, &t_new, &dep, 0))
 			return MOA_FAST_DROP;
 
 		/* 1. t_depart first, so that whoever takes t_last after our commit sees dep. */
@@ -189,12 +199,19 @@ static __always_inline void moa_netem_draw(const struct moa_stage_params *p, str
 	}
 }
 
-/* The locked path: owns both words by xchg under the lock (see the top of this file). */
+/*
+ * The locked path: owns both words by xchg under the lock (see the top of this file). `slotted`
+ * is a constant at each call: a slotted stage has a copy of its own, so the verifier walks the
+ * slot's branches once instead of once per combination of flag tests. A slotted stage may
+ * also reorder and duplicate: the copy is moved onto a slot as a frame of its own.
+ */
 static __always_inline void moa_step_locked(struct moa_stage_state *st,
 					    const struct moa_stage_params *p,
-					    const struct moa_draws *d, struct moa_step *s)
+					    const struct moa_draws *d, struct moa_step *s,
+					    const int slotted)
 {
 	__u64 tl = 0, td, t_new = 0, dep = 0, t_copy = 0, dep_copy = 0, sojourn;
+	struct moa_slot sl = {}, sl_orig;
 	int dup = 0;
 
 	bpf_spin_lock(&st->lock);
@@ -221,7 +238,12 @@ static __always_inline void moa_step_locked(struct moa_stage_state *st,
 		if (tl == MOA_OWNED)
 			tl = 0;
 	}
-	if (moa_timeline_place(p, s, tl, td, &t_new, &dep))
+	if (slotted) {
+		sl.next = st->slot_next;
+		sl.pkts = st->slot_pkts;
+		sl.used = st->slot_used;
+	}
+	if (moa_timeline_place(p, s, tl, td, &t_new, &dep, slotted ? &sl : 0))
 		goto restore;
 	if (p->aqm != MOA_AQM_TAILDROP && p->rate_bps) {
 		int v = moa_aqm(&st->aqm, p, s->now, tl > s->now ? tl : s->now, s->aqm_rand,
@@ -240,10 +262,13 @@ static __always_inline void moa_step_locked(struct moa_stage_state *st,
 	if (s->dup_on && moa_chain_pick(&p->dup, st->dup_prev, s->dup_r)) {
 		dup = 1;
 		sojourn = s->sojourn;
+		sl_orig = sl;	/* a dropped copy leaves the slot as its original left it */
 		if (moa_timeline_place(p, s, p->rate_bps ? t_new : 0, dep > td ? dep : td,
-				       &t_copy, &dep_copy)) {
+				       &t_copy, &dep_copy, slotted ? &sl : 0)) {
 			s->dup = 2;
 			s->dup_reason = s->reason;
+			if (slotted)
+				sl = sl_orig;
 		} else {
 			s->dup = 1;
 			s->dup_departure = dep_copy;
@@ -264,6 +289,11 @@ static __always_inline void moa_step_locked(struct moa_stage_state *st,
 	MOA_WRITE_ONCE(st->t_depart, dep > td ? dep : td);
 	if (p->rate_bps)
 		MOA_WRITE_ONCE(st->t_last, t_new);
+	if (slotted) {	/* under the lock, read by no one else */
+		st->slot_next = sl.next;
+		st->slot_pkts = sl.pkts;
+		st->slot_used = sl.used;
+	}
 	s->departure = dep;
 	bpf_spin_unlock(&st->lock);
 	return;
@@ -280,8 +310,19 @@ drop:
 
 static __always_inline void moa_stage_step(struct moa_stage_state *st,
 					   const struct moa_stage_params *p,
-					   const struct moa_draws *d, struct moa_step *s)
+					   const struct moa_draws *d, struct moa_step *s,
+					   const struct moa_charge *c, const int may_slot)
 {
+	/* Slots keep state beside the timeline: the locked path, its gaps drawn before it. Only
+	 * an egress stage is ever slotted (may_slot: a constant, so ingress has no slot code). */
+	if (may_slot && (p->flags & MOA_F_SLOT)) {
+		s->slot_segs = c->segs;
+		s->slot_bytes = c->bytes;
+		s->slot_gap[0] = moa_slot_gap(p);
+		s->slot_gap[1] = moa_slot_gap(p);
+		moa_step_locked(st, p, d, s, 1);
+		return;
+	}
 	/* Gilbert-Elliott, the AQM and netem's reorder and duplicate keep state beside the
 	 * timeline: the locked path. */
 	if (p->loss_model != MOA_LOSS_GILBERT_ELLIOTT && p->aqm == MOA_AQM_TAILDROP &&
@@ -300,7 +341,7 @@ static __always_inline void moa_stage_step(struct moa_stage_state *st,
 			return;
 		}
 	}
-	moa_step_locked(st, p, d, s);
+	moa_step_locked(st, p, d, s, 0);
 }
 
 #endif /* MOA_EDT_H */
