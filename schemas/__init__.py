@@ -8,7 +8,8 @@ from schemas.messages import (
     DROP_REASONS, SOJOURN_BOUNDS_NS, SOJOURN_BUCKETS, SOJOURN_SHIFT, STAGES, Ack, AckError, Aqm, Dematerialize, DirectionStatus, DropBatch,
     DropEvent, Emulation,
     EmulationPatch, Endpoint, GilbertElliott, InvalidMessage, Link, LinkStats, LinkStatsBatch,
-    LinkStatus, LinkUpdate, Materialize, MaterializationStatus, StatusReply, StatusRequest, Update,
+    LinkStatus, LinkUpdate, Materialize, MaterializationStatus, StatusReply, StatusRequest, Trace,
+    Update,
     check_emulation, direction,
 )
 from schemas.units import (
@@ -21,7 +22,7 @@ __all__ = [
     "DropBatch", "DropEvent",
     "Emulation", "EmulationPatch", "Endpoint", "GilbertElliott", "InvalidMessage", "Link",
     "LinkStats", "LinkStatsBatch", "LinkStatus", "LinkUpdate", "Materialize",
-    "MaterializationStatus", "StatusReply", "StatusRequest", "Update", "check_emulation", "decode",
+    "MaterializationStatus", "StatusReply", "StatusRequest", "Trace", "Update", "check_emulation", "decode",
     "direction",
     "encode", "format_duration", "format_rate", "format_size", "parse_duration", "parse_rate",
     "parse_size", "validate", "vni_fields",

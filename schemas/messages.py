@@ -90,6 +90,24 @@ Distribution = Literal["uniform", "normal", "pareto", "paretonormal", "custom"]
 DIST_TABLE_MAX = 4096
 DistValue = Annotated[int, msgspec.Meta(ge=-32768, le=32767)]
 DistTable = Annotated[tuple[DistValue, ...], msgspec.Meta(min_length=2, max_length=DIST_TABLE_MAX)]
+# Trace-driven capacity (docs/semantics.md, "Trace-driven capacity"): Mahimahi's delivery
+# opportunities, each 1,500 bytes of IP packets, in ms from the trace's start, non-decreasing,
+# the last one > 0 (the trace repeats after it); 1 to TRACE_MAX of them (the datapath's
+# MOA_TRACE_MAX, checked against its BTF by tests/test_abi.py), each at most TRACE_MS_MAX.
+TRACE_MAX = 1 << 18
+TRACE_MS_MAX = (1 << 32) - 1
+TraceMs = Annotated[int, msgspec.Meta(ge=0, le=TRACE_MS_MAX)]
+
+
+class Trace(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """A link's capacity as a Mahimahi trace (docs/semantics.md, "Trace-driven capacity"):
+    opportunities_ms are the lines of an mm-link trace file, one per 1,500-byte delivery
+    opportunity. Inline content: a large trace reaches the box in a materialize or update of
+    its own size (docs/contract.md, "Message sizes")."""
+    opportunities_ms: Annotated[tuple[TraceMs, ...], msgspec.Meta(min_length=1,
+                                                                 max_length=TRACE_MAX)]
+
+
 # The queue's management (docs/semantics.md, "Queue management"), in enum moa_aqm's order.
 AqmKind = Literal["taildrop", "codel", "pie"]
 # The fields whose value is one of a few words, and those words: a refusal lists them.
@@ -192,6 +210,7 @@ class Emulation(_Message, frozen=True, kw_only=True):
     cell_size: CellSize = 0
     cell_overhead: CellOverhead = 0
     corrupt: Probability = 0.0
+    trace: Trace | None = None
 
 
 class EmulationPatch(_Message, kw_only=True):
@@ -216,6 +235,7 @@ class EmulationPatch(_Message, kw_only=True):
     cell_size: CellSize | UnsetType = UNSET
     cell_overhead: CellOverhead | UnsetType = UNSET
     corrupt: Probability | UnsetType = UNSET
+    trace: Trace | None | UnsetType = UNSET
 
     def changes(self) -> dict[str, object]:
         """The fields this patch sets, by name."""
@@ -238,7 +258,7 @@ class EmulationPatch(_Message, kw_only=True):
 EmulationField = Literal["latency", "jitter", "loss", "capacity", "queue", "burst", "reorder",
                          "loss_correlation", "state", "distribution", "delay_correlation",
                          "overhead", "cell_size", "cell_overhead", "corrupt",
-                         "distribution_table"]
+                         "distribution_table", "trace"]
 
 
 # The rules of an emulation, written once for an Emulation and for a patch: a field a patch
@@ -286,6 +306,8 @@ def check_values(e: Emulation | EmulationPatch, path: str) -> None:
         v = getattr(e, name)
         if v is not UNSET and not lo <= v <= hi:
             raise InvalidMessage(_join(path, name), f"{name} {v} is outside {lo}..{hi} (bytes)")
+    if e.trace not in (UNSET, None):
+        _check_trace(e.trace.opportunities_ms, _join(path, "trace.opportunities_ms"))
     if e.burst not in (UNSET, None):
         for name in ("p", "r", "loss_good", "loss_bad"):
             _check_probability(getattr(e.burst, name), _join(path, f"burst.{name}"), name)
@@ -302,6 +324,18 @@ def check_values(e: Emulation | EmulationPatch, path: str) -> None:
                                  f"{what} needs an AQM: kind is taildrop (give codel or pie)")
 
 
+def _check_trace(ms: tuple[int, ...], path: str) -> None:
+    """mm-link's own rules for a trace: non-decreasing, lasting more than 0 ms."""
+    for i in range(1, len(ms)):
+        if ms[i] < ms[i - 1]:
+            raise InvalidMessage(f"{path}[{i}]", f"opportunity {ms[i]} ms is before the one "
+                                 f"ahead of it ({ms[i - 1]} ms): the times must not decrease")
+    if ms[-1] == 0:
+        raise InvalidMessage(f"{path}[{len(ms) - 1}]",
+                             "the last opportunity is at 0 ms: a trace must last more than 0 ms "
+                             "(it repeats after its last opportunity)")
+
+
 def check_across(e: Emulation | EmulationPatch, path: str) -> None:
     """The rules across fields: jitter <= latency, a queue only with a capacity, burst excludes
     loss and loss_correlation, a cell_overhead only with a cell_size and a cell of at least
@@ -310,10 +344,16 @@ def check_across(e: Emulation | EmulationPatch, path: str) -> None:
         raise InvalidMessage(_join(path, "jitter"),
                              f"jitter {units.format_duration(e.jitter)} is larger than latency "
                              f"{units.format_duration(e.latency)} (the delay is latency ± jitter)")
-    if e.queue not in (UNSET, None) and e.capacity == 0:
+    traced = e.trace not in (UNSET, None)
+    if traced and e.capacity not in (UNSET, 0):
+        raise InvalidMessage(_join(path, "trace"),
+                             "trace and capacity exclude each other: the trace is the link's "
+                             "capacity (give capacity 0)")
+    if e.queue not in (UNSET, None) and e.capacity == 0 and not traced:
         raise InvalidMessage(_join(path, "queue"),
-                             "queue needs a capacity: an unlimited link has no backlog to bound")
-    if e.aqm is not UNSET and e.aqm.kind != "taildrop" and e.capacity == 0:
+                             "queue needs a capacity or a trace: an unlimited link has no "
+                             "backlog to bound")
+    if e.aqm is not UNSET and e.aqm.kind != "taildrop" and e.capacity == 0 and not traced:
         raise InvalidMessage(_join(path, "aqm.kind"),
                              f"{e.aqm.kind} needs a capacity: an unlimited link has no queue")
     if e.burst not in (UNSET, None) and e.loss not in (UNSET, 0.0):

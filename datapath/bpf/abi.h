@@ -44,6 +44,7 @@ enum moa_stage_flags {
 	MOA_F_DOWN = 1 << 1,	/* the link is down: drop every frame (MOA_DROP_LINK_DOWN) */
 	MOA_F_ECN = 1 << 2,	/* the AQM marks ECN-capable packets CE instead of dropping them */
 	MOA_F_CORRUPT = 1 << 3,	/* corrupt_threshold is set: flip a bit of some packets (corrupt.h) */
+	MOA_F_TRACE = 1 << 4,	/* capacity follows the trace moa_trace[trace_key] (trace.h) */
 };
 
 /* The queue's management (stage_params.aqm; docs/semantics.md, "Queue management"). Tail drop
@@ -70,6 +71,23 @@ enum moa_dist {
 	MOA_DIST_PARETONORMAL = 3,
 	MOA_DIST_CUSTOM = 4,		/* the link's own table: moa_dist_custom[dist_key] */
 	MOA_NR_DISTS = 5,
+};
+
+/*
+ * Trace-driven capacity (trace.h; docs/semantics.md, "Trace-driven capacity"): Mahimahi's
+ * delivery opportunities, each MOA_TRACE_OPP bytes of the link's IP packets, at t_ms[i] ms
+ * from the start of the trace's period; the trace repeats every t_ms[len - 1] ms. Userspace
+ * keeps t_ms non-decreasing, 1 <= len <= MOA_TRACE_MAX and t_ms[len - 1] > 0.
+ */
+#define MOA_TRACE_MAX (1 << 18)		/* opportunities per trace (2^18: a 19-step search) */
+#define MOA_TRACE_KEYS_MAX 16		/* distinct traces held at once (moa_trace) */
+#define MOA_TRACE_OPP 1500		/* bytes per opportunity */
+
+/* Value of moa_trace, keyed by stage_params.trace_key (a hash of its content). 1 MiB. */
+struct moa_trace {
+	__u32 len;		/* opportunities used in t_ms */
+	__u32 period_ms;	/* t_ms[len - 1]: the trace repeats after it */
+	__u32 t_ms[MOA_TRACE_MAX];
 };
 
 /* Custom tables held at once (moa_dist_custom), distinct contents over every link of a box. */
@@ -130,7 +148,10 @@ struct moa_stage_params {
 	__u32 dist_key;		/* dist == MOA_DIST_CUSTOM: the table's key in moa_dist_custom (a
 				 * hash of its content, written by userspace before the link) */
 	__u64 corrupt_threshold;	/* with MOA_F_CORRUPT: P(one bit flipped) * 2^32 (corrupt.h) */
-	/* 112 bytes: the per-frame words in the first 80 (the hit path's), cells at 78 and 96 */
+	__u32 trace_key;	/* with MOA_F_TRACE: the trace's key in moa_trace (written before
+				 * the link; rate_bps then holds the trace's mean rate) */
+	__u32 trace_queue;	/* with MOA_F_TRACE: the queue limit in bytes; 0 = none */
+	/* 120 bytes: the per-frame words in the first 80 (the hit path's), cells at 78 and 96 */
 };
 
 /* Value of moa_links, keyed by VNI (__u32, low 24 bits). Written by userspace only. */
@@ -205,6 +226,16 @@ struct moa_stage_state {
 	__u64 corrupted;	/* frames this stage corrupted (corrupt.h): shared, added to
 				 * atomically by the few packets it corrupts, read by userspace */
 	struct moa_aqm_state aqm;	/* under `lock` (aqm.h); bytes 56-111 */
+	/* The trace's position (trace.h), under `lock`: the next byte the link can deliver is
+	 * in opportunity trace_idx of the period that starts at trace_origin, which has
+	 * trace_left bytes left (0 = none, the next opportunity's MOA_TRACE_OPP follow).
+	 * trace_key is the trace it belongs to: another one in the parameters restarts it. */
+	__u64 trace_origin;	/* monotonic ns */
+	__u32 trace_key;
+	__u32 trace_idx;
+	__u32 trace_left;
+	__u32 pad1;
+	/* 136 bytes */
 };
 
 /*

@@ -5,7 +5,9 @@
  * Order (docs/architecture.md): loss -> queue (tail drop) -> timeline (capacity) -> latency
  * and jitter (+ the ingress stage's handover delay on egress) -> departure clamped to the
  * link's last departure unless MOA_F_REORDER -> horizon -> AQM (aqm.h: CoDel on the sojourn
- * the placement gave, locked path only; a drop leaves the timeline as it was).
+ * the placement gave, locked path only; a drop leaves the timeline as it was). A trace link
+ * (trace.h, locked path only) places the packet on its trace's opportunities instead of
+ * serialising it at rate_bps.
  *
  * The timeline of a stage is two words shared by every CPU (struct moa_stage_state): t_last,
  * the end of serialisation of the last accepted packet, and t_depart, the latest departure
@@ -26,6 +28,7 @@
 #include "loss.h"
 #include "charge.h"
 #include "aqm.h"
+#include "trace.h"
 
 /* t_last / t_depart while a locked step owns them: never a time (2^64 ns is 584 years). */
 #define MOA_OWNED (~0ULL)
@@ -45,6 +48,7 @@ struct moa_step {
 	int lost;		/* in: Bernoulli decision (made outside the lock) */
 	int can_mark;		/* in: ECN on and the inner packet ECN-capable (aqm.h) */
 	__u32 aqm_rand;		/* in: PIE's uniform draw (made outside the lock) */
+	__u32 trace_bytes;	/* in: with MOA_F_TRACE, what the trace is charged (trace.h) */
 	__u64 departure;	/* out: when the packet may leave (monotonic ns) */
 	__u64 sojourn;		/* out: start of its serialisation - now (0 without a rate) */
 	__u8 drop;		/* out: 1 = drop for `reason` */
@@ -166,8 +170,12 @@ static __always_inline void moa_step_locked(struct moa_stage_state *st,
 					    const struct moa_stage_params *p,
 					    const struct moa_draws *d, struct moa_step *s)
 {
-	__u64 tl = 0, td, t_new = 0, dep = 0;
+	__u64 tl = 0, td, t_new = 0, dep = 0, start;
+	const struct moa_trace *tr = NULL;
+	struct moa_trace_pos pos = {};
 
+	if (p->flags & MOA_F_TRACE)	/* no helper calls under the lock */
+		tr = bpf_map_lookup_elem(&moa_trace, &p->trace_key);
 	bpf_spin_lock(&st->lock);
 
 	if (p->loss_model == MOA_LOSS_GILBERT_ELLIOTT)
@@ -188,11 +196,25 @@ static __always_inline void moa_step_locked(struct moa_stage_state *st,
 		if (tl == MOA_OWNED)
 			tl = 0;
 	}
-	if (moa_timeline_place(p, s, tl, td, &t_new, &dep))
+	start = tl > s->now ? tl : s->now;
+	if (tr) {
+		/* trace.h: the opportunity of the last byte ends the serialisation (a trace link's
+		 * queue_ns is 0, its limit trace_queue in bytes); then delay, order and horizon */
+		__u64 t_end;
+
+		if (moa_trace_place(tr, p, st, s->now, s->trace_bytes, &pos, &start, &t_end)) {
+			s->reason = MOA_DROP_QUEUE;
+			goto restore;
+		}
+		s->ser_ns = 0;
+		if (moa_timeline_place(p, s, t_end, td, &t_new, &dep))
+			goto restore;
+		s->sojourn = start - s->now;
+	} else if (moa_timeline_place(p, s, tl, td, &t_new, &dep)) {
 		goto restore;
+	}
 	if (p->aqm != MOA_AQM_TAILDROP && p->rate_bps) {
-		int v = moa_aqm(&st->aqm, p, s->now, tl > s->now ? tl : s->now, s->aqm_rand,
-				s->can_mark);
+		int v = moa_aqm(&st->aqm, p, s->now, start, s->aqm_rand, s->can_mark);
 
 		if (v == MOA_AQM_DROP) {
 			s->reason = MOA_DROP_AQM;
@@ -206,6 +228,12 @@ static __always_inline void moa_step_locked(struct moa_stage_state *st,
 	MOA_WRITE_ONCE(st->t_depart, dep > td ? dep : td);
 	if (p->rate_bps)
 		MOA_WRITE_ONCE(st->t_last, t_new);
+	if (tr) {
+		st->trace_origin = pos.origin;
+		st->trace_idx = pos.idx;
+		st->trace_left = pos.left;
+		st->trace_key = p->trace_key;
+	}
 	s->departure = dep;
 	bpf_spin_unlock(&st->lock);
 	return;
@@ -224,8 +252,9 @@ static __always_inline void moa_stage_step(struct moa_stage_state *st,
 					   const struct moa_stage_params *p,
 					   const struct moa_draws *d, struct moa_step *s)
 {
-	/* Gilbert-Elliott and the AQM keep state beside the timeline: the locked path. */
-	if (p->loss_model != MOA_LOSS_GILBERT_ELLIOTT && p->aqm == MOA_AQM_TAILDROP) {
+	/* Gilbert-Elliott, the AQM and a trace keep state beside the timeline: the locked path. */
+	if (p->loss_model != MOA_LOSS_GILBERT_ELLIOTT && p->aqm == MOA_AQM_TAILDROP &&
+	    !(p->flags & MOA_F_TRACE)) {
 		enum moa_fast r = s->lost ? MOA_FAST_DROP : moa_step_fast(st, p, s);
 
 		if (r == MOA_FAST_PASS)
