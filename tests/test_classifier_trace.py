@@ -25,6 +25,7 @@ import schemas
 from datapath.classifier import Classifier
 from datapath.traces import OPP_BYTES, mean_rate_bps, read_mahimahi, trace_key
 from schemas import Emulation, InvalidMessage, Trace
+from tests.fixtures.bpf import pin_root  # noqa: F401
 from tests.fixtures.classifier import EGRESS, VNI, clf, mono, send  # noqa: F401
 from tests.fixtures.packets import TC_ACT_OK, TC_ACT_SHOT, inner_tcp, inner_udp, outer_len, vxlan
 from tests.mahimahi_model import MmLink
@@ -257,6 +258,22 @@ def test_refused(body: dict, field: str, words: str) -> None:
     with pytest.raises(InvalidMessage) as e:
         schemas.decode(Emulation, msgspec.json.encode(body))
     assert e.value.field == field and e.value.code == "invalid" and words in e.value.message
+
+
+def test_restart_keeps_traces(pin_root: str) -> None:  # noqa: F811
+    """A restarted classifier finds the traces its links use in the pinned moa_trace (and can
+    write them again after they were removed)."""
+    t = Trace(opportunities_ms=(0, 3, 3, 9))
+    with Classifier.load(pin_root=pin_root) as c:
+        c.set_link(VNI, egress=Emulation(trace=t))
+    with Classifier.load(pin_root=pin_root) as c:
+        key = trace_key(t.opportunities_ms)
+        assert c.traces._known[key] == t.opportunities_ms and key in c.traces._present
+        c.traces.map.delete(key)
+        c.traces._present.discard(key)
+        c.set_link(VNI + 1, egress=Emulation(trace=t, latency=MS))
+        raw = bytes(c.traces.map.lookup(key))
+        assert raw[:24] == b"".join(x.to_bytes(4, "little") for x in (4, 9, 0, 3, 3, 9))
 
 
 def test_longest_trace_loads(clf: Classifier) -> None:  # noqa: F811
