@@ -28,6 +28,7 @@
 #include "loss.h"
 #include "charge.h"
 #include "aqm.h"
+#include "maps.h"
 #include "trace.h"
 
 /* t_last / t_depart while a locked step owns them: never a time (2^64 ns is 584 years). */
@@ -49,6 +50,7 @@ struct moa_step {
 	int can_mark;		/* in: ECN on and the inner packet ECN-capable (aqm.h) */
 	__u32 aqm_rand;		/* in: PIE's uniform draw (made outside the lock) */
 	__u32 trace_bytes;	/* in: with MOA_F_TRACE, what the trace is charged (trace.h) */
+	__u32 idx;		/* in: with MOA_F_TRACE, the stage's index in moa_state */
 	__u64 departure;	/* out: when the packet may leave (monotonic ns) */
 	__u64 sojourn;		/* out: start of its serialisation - now (0 without a rate) */
 	__u8 drop;		/* out: 1 = drop for `reason` */
@@ -168,14 +170,13 @@ static __always_inline enum moa_fast moa_step_fast(struct moa_stage_state *st,
 /* The locked path: owns both words by xchg under the lock (see the top of this file). */
 static __always_inline void moa_step_locked(struct moa_stage_state *st,
 					    const struct moa_stage_params *p,
-					    const struct moa_draws *d, struct moa_step *s)
+					    const struct moa_draws *d, struct moa_step *s,
+					    const struct moa_trace *tr)
 {
-	__u64 tl = 0, td, t_new = 0, dep = 0, start;
-	const struct moa_trace *tr = NULL;
+	__u64 tl = 0, td, t_new = 0, dep = 0, start, tail;
 	struct moa_trace_pos pos = {};
+	int traced = 0;
 
-	if (p->flags & MOA_F_TRACE)	/* no helper calls under the lock */
-		tr = bpf_map_lookup_elem(&moa_trace, &p->trace_key);
 	bpf_spin_lock(&st->lock);
 
 	if (p->loss_model == MOA_LOSS_GILBERT_ELLIOTT)
@@ -197,22 +198,23 @@ static __always_inline void moa_step_locked(struct moa_stage_state *st,
 			tl = 0;
 	}
 	start = tl > s->now ? tl : s->now;
+	tail = tl;
 	if (tr) {
-		/* trace.h: the opportunity of the last byte ends the serialisation (a trace link's
-		 * queue_ns is 0, its limit trace_queue in bytes); then delay, order and horizon */
-		__u64 t_end;
-
-		if (moa_trace_place(tr, p, st, s->now, s->trace_bytes, &pos, &start, &t_end)) {
+		/* trace.h: the opportunity of the last byte stands for the end of serialisation
+		 * (a trace link's queue_ns is 0, its limit trace_queue is in bytes); delay, order
+		 * and horizon as for any link. tr is not used after this block, so the verifier
+		 * can merge what follows with the other links' paths. */
+		if (moa_trace_place(tr, p, st, s->now, s->trace_bytes, &pos, &start, &tail)) {
 			s->reason = MOA_DROP_QUEUE;
 			goto restore;
 		}
 		s->ser_ns = 0;
-		if (moa_timeline_place(p, s, t_end, td, &t_new, &dep))
-			goto restore;
-		s->sojourn = start - s->now;
-	} else if (moa_timeline_place(p, s, tl, td, &t_new, &dep)) {
-		goto restore;
+		traced = 1;
 	}
+	if (moa_timeline_place(p, s, tail, td, &t_new, &dep))
+		goto restore;
+	if (traced)
+		s->sojourn = start - s->now;
 	if (p->aqm != MOA_AQM_TAILDROP && p->rate_bps) {
 		int v = moa_aqm(&st->aqm, p, s->now, start, s->aqm_rand, s->can_mark);
 
@@ -228,7 +230,7 @@ static __always_inline void moa_step_locked(struct moa_stage_state *st,
 	MOA_WRITE_ONCE(st->t_depart, dep > td ? dep : td);
 	if (p->rate_bps)
 		MOA_WRITE_ONCE(st->t_last, t_new);
-	if (tr) {
+	if (traced) {
 		st->trace_origin = pos.origin;
 		st->trace_idx = pos.idx;
 		st->trace_left = pos.left;
@@ -246,6 +248,35 @@ drop:
 	s->drop = 1;
 	moa_event_budget(st, s);
 	bpf_spin_unlock(&st->lock);
+}
+
+/*
+ * A trace link's step (trace.h): the locked path with the trace, as a global function. The
+ * verifier checks a global function once, on its own, rather than once for every way the
+ * classifier reaches it: inline, the trace's placement multiplied the program's verification
+ * forty-fold (docs/benchmarks.md). Its pointers are plain memory to it, so it looks the stage's
+ * state up itself (the lock must be in a map value). A missing trace (never: userspace writes
+ * it before the link) leaves the packet unshaped.
+ */
+__noinline int moa_trace_stage(const struct moa_stage_params *p, const struct moa_draws *d,
+			       struct moa_step *s)
+{
+	const struct moa_trace *tr;
+	struct moa_stage_state *st;
+	__u32 idx, key;
+
+	if (!p || !d || !s)
+		return 0;
+	idx = s->idx;
+	key = p->trace_key;
+	st = bpf_map_lookup_elem(&moa_state, &idx);
+	tr = bpf_map_lookup_elem(&moa_trace, &key);
+	if (!st || !tr) {
+		s->departure = s->now + s->delay_ns;
+		return 0;
+	}
+	moa_step_locked(st, p, d, s, tr);
+	return 0;
 }
 
 static __always_inline void moa_stage_step(struct moa_stage_state *st,
@@ -269,7 +300,10 @@ static __always_inline void moa_stage_step(struct moa_stage_state *st,
 			return;
 		}
 	}
-	moa_step_locked(st, p, d, s);
+	if (p->flags & MOA_F_TRACE)
+		moa_trace_stage(p, d, s);
+	else
+		moa_step_locked(st, p, d, s, NULL);
 }
 
 #endif /* MOA_EDT_H */
