@@ -349,6 +349,14 @@ def check_across(e: Emulation | EmulationPatch, path: str) -> None:
         raise InvalidMessage(_join(path, "trace"),
                              "trace and capacity exclude each other: the trace is the link's "
                              "capacity (give capacity 0)")
+    if traced and e.cell_size not in (UNSET, 0):
+        raise InvalidMessage(_join(path, "cell_size"),
+                             "cells do not apply to a trace: its opportunities carry IP bytes "
+                             "(give cell_size 0)")
+    if traced and e.overhead not in (UNSET, DEFAULT_OVERHEAD):
+        raise InvalidMessage(_join(path, "overhead"),
+                             "overhead does not apply to a trace: its opportunities carry IP "
+                             f"bytes (leave overhead at {DEFAULT_OVERHEAD})")
     if e.queue not in (UNSET, None) and e.capacity == 0 and not traced:
         raise InvalidMessage(_join(path, "queue"),
                              "queue needs a capacity or a trace: an unlimited link has no "

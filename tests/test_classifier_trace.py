@@ -252,12 +252,37 @@ def test_trace_held_once_per_content(clf: Classifier) -> None:  # noqa: F811
     ({"trace": {"opportunities_ms": [1] * (schemas.messages.TRACE_MAX + 1)}},
      "trace.opportunities_ms", "length"),
     ({"trace": {"opportunities": [1]}}, "trace.opportunities", "unknown"),
+    ({"trace": {"opportunities_ms": [1]}, "cell_size": 48}, "cell_size", "do not apply"),
+    ({"trace": {"opportunities_ms": [1]}, "overhead": 0}, "overhead", "does not apply"),
 ])
 def test_refused(body: dict, field: str, words: str) -> None:
     import msgspec
     with pytest.raises(InvalidMessage) as e:
         schemas.decode(Emulation, msgspec.json.encode(body))
     assert e.value.field == field and e.value.code == "invalid" and words in e.value.message
+
+
+def test_refused_in_a_materialize_and_per_direction() -> None:
+    """The path names the link and the endpoint; an endpoint's own trace over a link with a
+    capacity is refused unless it clears the capacity, and then it holds for that direction."""
+    import msgspec
+    ep = [{"vni": 501, "remote": "192.0.2.10"}, {"vni": 502, "remote": "192.0.2.11"}]
+    doc = {"id": "m1", "links": [{"id": "l1", "endpoints": ep,
+                                  "emulation": {"capacity": "10mbps"}}]}
+    ep[1]["emulation"] = {"trace": {"opportunities_ms": [2, 1]}}
+    with pytest.raises(InvalidMessage) as e:
+        schemas.decode(schemas.Materialize, msgspec.json.encode(doc))
+    assert e.value.field == "links[0].endpoints[1].emulation.trace.opportunities_ms[1]"
+    ep[1]["emulation"] = {"trace": {"opportunities_ms": [1, 2]}}
+    with pytest.raises(InvalidMessage) as e:
+        schemas.decode(schemas.Materialize, msgspec.json.encode(doc))
+    assert e.value.field.endswith("trace") and "exclude" in e.value.message
+    ep[1]["emulation"] = {"trace": {"opportunities_ms": [1, 2]}, "capacity": 0}
+    m = schemas.decode(schemas.Materialize, msgspec.json.encode(doc))
+    link = m.links[0]
+    towards = schemas.direction(link.emulation, link.endpoints[1].emulation)
+    assert towards.trace == Trace(opportunities_ms=(1, 2)) and towards.capacity == 0
+    assert schemas.direction(link.emulation, link.endpoints[0].emulation).trace is None
 
 
 def test_restart_keeps_traces(pin_root: str) -> None:  # noqa: F811
@@ -291,3 +316,18 @@ def test_read_mahimahi() -> None:
     for text, words in (("1\n\n2\n", "line 2: empty"), ("1\nx\n", "line 2"), ("", "empty")):
         with pytest.raises(ValueError, match=words):
             read_mahimahi(text)
+
+
+def test_moa_set_reads_a_trace_file(tmp_path: Path) -> None:
+    """`moa set LINK trace FILE`: the file's opportunities, capacity 0 unless given; `none`
+    removes the trace; a bad line is refused naming the file and the line."""
+    from moa_bus.cli.set import UsageError, parse_params
+    f = tmp_path / "link.down"
+    f.write_text("0\n3\n3\n8\n")
+    assert parse_params(["trace", str(f)]) == {"trace": {"opportunities_ms": [0, 3, 3, 8]},
+                                               "capacity": 0}
+    assert parse_params(["trace", "none", "capacity", "5mbps"]) == {"trace": None,
+                                                                   "capacity": "5mbps"}
+    f.write_text("0\nfast\n")
+    with pytest.raises(UsageError, match="link.down: line 2"):
+        parse_params(["trace", str(f)])

@@ -254,9 +254,9 @@ drop:
  * A trace link's step (trace.h): the locked path with the trace, as a global function. The
  * verifier checks a global function once, on its own, rather than once for every way the
  * classifier reaches it: inline, the trace's placement multiplied the program's verification
- * forty-fold (docs/benchmarks.md). Its pointers are plain memory to it, so it looks the stage's
- * state up itself (the lock must be in a map value). A missing trace (never: userspace writes
- * it before the link) leaves the packet unshaped.
+ * forty-fold (docs/architecture.md, "The classifier"). Its pointers are plain memory to it,
+ * so it looks the stage's state up itself (the lock must be in a map value). A missing trace
+ * (never: userspace writes it before the link) leaves the packet unshaped.
  */
 __noinline int moa_trace_stage(const struct moa_stage_params *p, const struct moa_draws *d,
 			       struct moa_step *s)
