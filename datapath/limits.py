@@ -297,7 +297,7 @@ class Budget:
             self.figures[mid] = figures
 
 
-_SHAPING = ("latency", "jitter", "capacity", "queue")
+_SHAPING = ("latency", "jitter", "capacity", "queue", "trace")
 
 
 def refuse_shaping(m: schemas.Materialize, loss_only: bool) -> None:

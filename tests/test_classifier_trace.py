@@ -331,3 +331,19 @@ def test_moa_set_reads_a_trace_file(tmp_path: Path) -> None:
     f.write_text("0\nfast\n")
     with pytest.raises(UsageError, match="link.down: line 2"):
         parse_params(["trace", str(f)])
+
+
+def test_loss_only_box_refuses_a_trace() -> None:
+    """A trace needs sch_fq to hold packets: a loss-only box refuses it, naming the field."""
+    import msgspec
+
+    from datapath.limits import refuse_shaping
+    doc = {"id": "m1", "links": [{"id": "l1", "endpoints": [
+        {"vni": 501, "remote": "192.0.2.10"},
+        {"vni": 502, "remote": "192.0.2.11", "emulation": {"trace": {"opportunities_ms": [1]}}}]}]}
+    m = schemas.decode(schemas.Materialize, msgspec.json.encode(doc))
+    with pytest.raises(InvalidMessage) as e:
+        refuse_shaping(m, loss_only=True)
+    assert e.value.field == "links[0].endpoints[1].emulation.trace"
+    assert e.value.code == "unsupported"
+    refuse_shaping(m, loss_only=False)
