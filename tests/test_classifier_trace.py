@@ -347,3 +347,10 @@ def test_loss_only_box_refuses_a_trace() -> None:
     assert e.value.field == "links[0].endpoints[1].emulation.trace"
     assert e.value.code == "unsupported"
     refuse_shaping(m, loss_only=False)
+
+
+def test_moa_show_names_a_trace() -> None:
+    """`moa show`'s capacity column: a trace link shows its mean rate, not "unlimited"."""
+    from moa_bus.cli.show import _emulation
+    e = Emulation(trace=Trace(opportunities_ms=(0, 1, 1, 1, 4)))     # 5 x 1,500 B in 4 ms
+    assert _emulation(e)[3].startswith("trace ~15mbps")
