@@ -202,8 +202,7 @@ static __always_inline void moa_step_locked(struct moa_stage_state *st,
 	if (tr) {
 		/* trace.h: the opportunity of the last byte stands for the end of serialisation
 		 * (a trace link's queue_ns is 0, its limit trace_queue is in bytes); delay, order
-		 * and horizon as for any link. tr is not used after this block, so the verifier
-		 * can merge what follows with the other links' paths. */
+		 * and horizon as for any link. Only in moa_trace_stage: inlined, tr is NULL. */
 		if (moa_trace_place(tr, p, st, s->now, s->trace_bytes, &pos, &start, &tail)) {
 			s->reason = MOA_DROP_QUEUE;
 			goto restore;
