@@ -60,10 +60,10 @@ class Driver:
     """Sends packets at virtual times on a trace link (see the module docstring)."""
 
     def __init__(self, c: Classifier, schedule: list[int], queue: int | None = 1 << 30,
-                 reorder: bool = True) -> None:
+                 reorder: bool = True, **more) -> None:
         self.c = c
         c.set_link(VNI, egress=Emulation(trace=Trace(opportunities_ms=tuple(schedule)),
-                                         queue=queue, reorder=reorder))
+                                         queue=queue, reorder=reorder, **more))
         st = c.stage_state(VNI, EGRESS)
         self.d = mono()                  # real = virtual + d
         st.trace_key, st.trace_origin, st.trace_idx, st.trace_left = (
@@ -354,3 +354,36 @@ def test_moa_show_names_a_trace() -> None:
     from moa_bus.cli.show import _emulation
     e = Emulation(trace=Trace(opportunities_ms=(0, 1, 1, 1, 4)))     # 5 x 1,500 B in 4 ms
     assert _emulation(e)[3].startswith("trace ~15mbps")
+
+
+def test_aqm_on_a_trace(clf: Classifier) -> None:  # noqa: F811
+    """CoDel judges a trace link's packets on their sojourn (the first byte's opportunity minus
+    the arrival): a standing queue far above target is dropped from, counted as `aqm`, and
+    the sojourn histogram sees the waits."""
+    sched = list(range(1, 2001))                     # one opportunity per ms: 12 Mbit/s
+    drv = Driver(clf, sched, aqm=schemas.Aqm(kind="codel", target=MS, interval=5 * MS))
+    verdicts = [drv.send(ms * MS + SUB, frame(1500))[0] for ms in range(400) for _ in range(2)]
+    c = clf.link_counters(VNI)["egress"]
+    assert verdicts.count(TC_ACT_SHOT) == c.drops["aqm"] - drv.redone_drops > 20
+    assert c.drops["queue"] == 0 and sum(c.sojourn[10:]) > 100     # waits of 1 ms and more
+
+
+def test_switching_between_capacity_and_trace(clf: Classifier) -> None:  # noqa: F811
+    """A capacity link switched to a trace starts the trace with its next packet (after the
+    last departure all the same); switched back, the capacity goes on from the last
+    opportunity used."""
+    clf.set_link(VNI, egress=Emulation(capacity=8_000_000, queue=0))
+    first = send(clf).ctx.tstamp                       # 1,078 us of serialisation
+    t = Trace(opportunities_ms=(1, 2, 3))
+    clf.set_link(VNI, egress=Emulation(trace=t))
+    before = mono()
+    second = send(clf).ctx.tstamp
+    st = clf.stage_state(VNI, EGRESS)
+    assert st.trace_key == trace_key(t.opportunities_ms) and before <= st.trace_origin
+    assert second == max(st.trace_origin + MS, first + 1) and st.t_last == st.trace_origin + MS
+    clf.set_link(VNI, egress=Emulation(capacity=8_000_000, queue=0))
+    third = send(clf).ctx.tstamp
+    if mono() < st.t_last:                             # the trace's tail was still ahead
+        assert third == st.t_last + 1_078_000
+    else:                                              # (a send delayed past it: from now)
+        assert third > st.t_last + 1_078_000
