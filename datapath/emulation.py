@@ -121,7 +121,8 @@ def stage_params(e: schemas.Emulation | None, abi: Abi) -> Any:
         p.flags |= abi.StageFlags.TRACE
         p.trace_key = trace_key(e.trace.opportunities_ms)
         p.rate_bps = rate_bps(e)
-        p.trace_queue = min(queue_bytes(e), (1 << 32) - 1)
+        # a given queue is at most TRACE_QUEUE_MAX (schemas refuses more); the default too
+        p.trace_queue = min(queue_bytes(e), schemas.messages.TRACE_QUEUE_MAX)
         p.queue_ns = 0
     p.latency_ns = e.latency
     p.jitter_ns = e.jitter

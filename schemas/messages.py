@@ -97,6 +97,7 @@ DistTable = Annotated[tuple[DistValue, ...], msgspec.Meta(min_length=2, max_leng
 TRACE_MAX = 1 << 18
 TRACE_MS_MAX = (1 << 32) - 1
 TraceMs = Annotated[int, msgspec.Meta(ge=0, le=TRACE_MS_MAX)]
+TRACE_QUEUE_MAX = (1 << 32) - 1     # stage_params.trace_queue: bytes, 32 bits
 
 
 class Trace(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -357,6 +358,10 @@ def check_across(e: Emulation | EmulationPatch, path: str) -> None:
         raise InvalidMessage(_join(path, "overhead"),
                              "overhead does not apply to a trace: its opportunities carry IP "
                              f"bytes (leave overhead at {DEFAULT_OVERHEAD})")
+    if traced and e.queue not in (UNSET, None) and e.queue > TRACE_QUEUE_MAX:
+        raise InvalidMessage(_join(path, "queue"),
+                             f"queue {e.queue} bytes: a trace link's queue is at most "
+                             f"{TRACE_QUEUE_MAX} bytes (the datapath counts it in 32 bits)")
     if e.queue not in (UNSET, None) and e.capacity == 0 and not traced:
         raise InvalidMessage(_join(path, "queue"),
                              "queue needs a capacity or a trace: an unlimited link has no "

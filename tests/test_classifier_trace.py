@@ -254,6 +254,7 @@ def test_trace_held_once_per_content(clf: Classifier) -> None:  # noqa: F811
     ({"trace": {"opportunities": [1]}}, "trace.opportunities", "unknown"),
     ({"trace": {"opportunities_ms": [1]}, "cell_size": 48}, "cell_size", "do not apply"),
     ({"trace": {"opportunities_ms": [1]}, "overhead": 0}, "overhead", "does not apply"),
+    ({"trace": {"opportunities_ms": [1]}, "queue": "8GiB"}, "queue", "at most 4294967295"),
 ])
 def test_refused(body: dict, field: str, words: str) -> None:
     import msgspec
