@@ -11,7 +11,7 @@
  * packets; one that finds the link idle starts at the first opportunity after now, found by
  * a binary search, every opportunity in between wasted; its bytes then advance the position
  * by whole opportunities, by a division (a 64 KiB GSO packet spans ~44 of them). Runs under
- * the stage lock (edt.h's locked path), like the AQM: the position is three words.
+ * the stage lock, like the AQM (the position is three words), in edt.h's moa_trace_stage.
  */
 #ifndef MOA_TRACE_H
 #define MOA_TRACE_H
@@ -27,8 +27,8 @@
 #define MOA_ETH_HLEN 14
 
 /* Traces (struct moa_trace) by content key (stage_params.trace_key): userspace writes one
- * before the first link that uses it and removes it when no link does (datapath/traces.py).
- * Allocated when written: only the traces in use take their 1 MiB. */
+ * before the first link that uses it and removes those no link uses when the map is full
+ * (datapath/traces.py). Allocated when written: only the traces held take their 1 MiB. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MOA_TRACE_KEYS_MAX);
