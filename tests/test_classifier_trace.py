@@ -388,3 +388,20 @@ def test_switching_between_capacity_and_trace(clf: Classifier) -> None:  # noqa:
         assert third == st.t_last + 1_078_000
     else:                                              # (a send delayed past it: from now)
         assert third > st.t_last + 1_078_000
+
+
+def test_trace_map_full(clf: Classifier) -> None:  # noqa: F811
+    """16 distinct traces at once: a 17th is refused `unsupported` naming the field while every
+    one is in use; once a link is gone, its trace makes room for the new one."""
+    most = clf.abi.TRACE_KEYS_MAX
+    traces = [Trace(opportunities_ms=(k + 1,)) for k in range(most + 1)]
+    for k in range(most):
+        clf.set_link(VNI + k, egress=Emulation(trace=traces[k]))
+    with pytest.raises(InvalidMessage) as e:
+        clf.set_link(VNI + most, egress=Emulation(trace=traces[most]))
+    assert (e.value.field, e.value.code) == ("trace", "unsupported")
+    clf.delete_link(VNI + 3)
+    clf.set_link(VNI + most, egress=Emulation(trace=traces[most]))
+    held = {int.from_bytes(bytes(k), "little") for k in clf.traces.map.keys()}
+    want = {trace_key(t.opportunities_ms) for i, t in enumerate(traces) if i != 3}
+    assert held == want
