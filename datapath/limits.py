@@ -313,7 +313,7 @@ class Budget:
             self.figures[mid] = figures
 
 
-_SHAPING = ("latency", "jitter", "capacity", "queue", "slot")
+_SHAPING = ("latency", "jitter", "capacity", "queue", "slot", "trace")
 
 
 def refuse_shaping(m: schemas.Materialize, loss_only: bool) -> None:

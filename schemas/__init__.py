@@ -9,7 +9,7 @@ from schemas.messages import (
     DropEvent, Emulation,
     EmulationPatch, Endpoint, GilbertElliott, InvalidMessage, Link, LinkStats, LinkStatsBatch,
     LinkStatus, LinkUpdate, Materialize, MaterializationStatus, ReorderEarly, Schedule,
-    ScheduleReport, ScheduleStep, Slot, StatusReply, StatusRequest, Update, check_emulation,
+    ScheduleReport, ScheduleStep, Slot, StatusReply, StatusRequest, Trace, Update, check_emulation,
     direction,
 )
 from schemas.units import (
@@ -23,7 +23,7 @@ __all__ = [
     "Emulation", "EmulationPatch", "Endpoint", "GilbertElliott", "InvalidMessage", "Link",
     "LinkStats", "LinkStatsBatch", "LinkStatus", "LinkUpdate", "Materialize", "ReorderEarly",
     "MaterializationStatus", "Schedule", "ScheduleReport", "ScheduleStep", "Slot", "StatusReply",
-    "StatusRequest", "Update", "check_emulation", "decode",
+    "StatusRequest", "Trace", "Update", "check_emulation", "decode",
     "direction",
     "encode", "format_duration", "format_rate", "format_size", "parse_duration", "parse_rate",
     "parse_size", "validate", "vni_fields",

@@ -90,6 +90,25 @@ Distribution = Literal["uniform", "normal", "pareto", "paretonormal", "custom"]
 DIST_TABLE_MAX = 4096
 DistValue = Annotated[int, msgspec.Meta(ge=-32768, le=32767)]
 DistTable = Annotated[tuple[DistValue, ...], msgspec.Meta(min_length=2, max_length=DIST_TABLE_MAX)]
+# Trace-driven capacity (docs/semantics.md, "Trace-driven capacity"): Mahimahi's delivery
+# opportunities, each 1,500 bytes of IP packets, in ms from the trace's start, non-decreasing,
+# the last one > 0 (the trace repeats after it); 1 to TRACE_MAX of them (the datapath's
+# MOA_TRACE_MAX, checked against its BTF by tests/test_abi.py), each at most TRACE_MS_MAX.
+TRACE_MAX = 1 << 18
+TRACE_MS_MAX = (1 << 32) - 1
+TraceMs = Annotated[int, msgspec.Meta(ge=0, le=TRACE_MS_MAX)]
+TRACE_QUEUE_MAX = (1 << 32) - 1     # stage_params.trace_queue: bytes, 32 bits
+
+
+class Trace(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """A link's capacity as a Mahimahi trace (docs/semantics.md, "Trace-driven capacity"):
+    opportunities_ms are the lines of an mm-link trace file, one per 1,500-byte delivery
+    opportunity. Inline content: a large trace reaches the box in a materialize or update of
+    its own size (docs/contract.md, "Message sizes")."""
+    opportunities_ms: Annotated[tuple[TraceMs, ...], msgspec.Meta(min_length=1,
+                                                                 max_length=TRACE_MAX)]
+
+
 # The queue's management (docs/semantics.md, "Queue management"), in enum moa_aqm's order.
 AqmKind = Literal["taildrop", "codel", "pie"]
 # The gap between slot openings (docs/semantics.md, "Slots"): uniform in min..max, or one of the
@@ -245,6 +264,7 @@ class Emulation(_Message, frozen=True, kw_only=True):
     duplicate: Probability = 0.0
     duplicate_correlation: Probability = 0.0
     slot: Slot | None = None
+    trace: Trace | None = None
 
 
 class EmulationPatch(_Message, kw_only=True):
@@ -273,6 +293,7 @@ class EmulationPatch(_Message, kw_only=True):
     duplicate: Probability | UnsetType = UNSET
     duplicate_correlation: Probability | UnsetType = UNSET
     slot: Slot | None | UnsetType = UNSET  # null: no slots
+    trace: Trace | None | UnsetType = UNSET
 
     def changes(self) -> dict[str, object]:
         """The fields this patch sets, by name."""
@@ -296,7 +317,7 @@ EmulationField = Literal["latency", "jitter", "loss", "capacity", "queue", "burs
                          "loss_correlation", "state", "distribution", "delay_correlation",
                          "overhead", "cell_size", "cell_overhead", "corrupt",
                          "distribution_table", "reorder_early", "duplicate",
-                         "duplicate_correlation", "slot"]
+                         "duplicate_correlation", "slot", "trace"]
 
 
 # The rules of an emulation, written once for an Emulation and for a patch: a field a patch
@@ -366,6 +387,8 @@ def check_values(e: Emulation | EmulationPatch, path: str) -> None:
             raise InvalidMessage(_join(path, name), f"{name} {v} is outside {lo}..{hi} (bytes)")
     if e.slot not in (UNSET, None):
         check_slot(e.slot, _join(path, "slot"))
+    if e.trace not in (UNSET, None):
+        _check_trace(e.trace.opportunities_ms, _join(path, "trace.opportunities_ms"))
     if e.burst not in (UNSET, None):
         for name in ("p", "r", "loss_good", "loss_bad"):
             _check_probability(getattr(e.burst, name), _join(path, f"burst.{name}"), name)
@@ -417,6 +440,18 @@ def check_slot(s: Slot, path: str) -> None:
                              "slot null)")
 
 
+def _check_trace(ms: tuple[int, ...], path: str) -> None:
+    """mm-link's own rules for a trace: non-decreasing, lasting more than 0 ms."""
+    for i in range(1, len(ms)):
+        if ms[i] < ms[i - 1]:
+            raise InvalidMessage(f"{path}[{i}]", f"opportunity {ms[i]} ms is before the one "
+                                 f"ahead of it ({ms[i - 1]} ms): the times must not decrease")
+    if ms[-1] == 0:
+        raise InvalidMessage(f"{path}[{len(ms) - 1}]",
+                             "the last opportunity is at 0 ms: a trace must last more than 0 ms "
+                             "(it repeats after its last opportunity)")
+
+
 def check_across(e: Emulation | EmulationPatch, path: str) -> None:
     """The rules across fields: jitter <= latency, a queue only with a capacity, burst excludes
     loss and loss_correlation, a cell_overhead only with a cell_size and a cell of at least
@@ -425,10 +460,36 @@ def check_across(e: Emulation | EmulationPatch, path: str) -> None:
         raise InvalidMessage(_join(path, "jitter"),
                              f"jitter {units.format_duration(e.jitter)} is larger than latency "
                              f"{units.format_duration(e.latency)} (the delay is latency ± jitter)")
-    if e.queue not in (UNSET, None) and e.capacity == 0:
+    traced = e.trace not in (UNSET, None)
+    if traced and e.capacity not in (UNSET, 0):
+        raise InvalidMessage(_join(path, "trace"),
+                             "trace and capacity exclude each other: the trace is the link's "
+                             "capacity (give capacity 0)")
+    if traced and e.cell_size not in (UNSET, 0):
+        raise InvalidMessage(_join(path, "cell_size"),
+                             "cells do not apply to a trace: its opportunities carry IP bytes "
+                             "(give cell_size 0)")
+    if traced and e.overhead not in (UNSET, DEFAULT_OVERHEAD):
+        raise InvalidMessage(_join(path, "overhead"),
+                             "overhead does not apply to a trace: its opportunities carry IP "
+                             f"bytes (leave overhead at {DEFAULT_OVERHEAD})")
+    if traced and e.queue not in (UNSET, None) and e.queue > TRACE_QUEUE_MAX:
         raise InvalidMessage(_join(path, "queue"),
-                             "queue needs a capacity: an unlimited link has no backlog to bound")
-    if e.aqm is not UNSET and e.aqm.kind != "taildrop" and e.capacity == 0:
+                             f"queue {e.queue} bytes: a trace link's queue is at most "
+                             f"{TRACE_QUEUE_MAX} bytes (the datapath counts it in 32 bits)")
+    for name, given, what, off in (
+            ("slot", e.slot not in (UNSET, None), "slotted", "null"),
+            ("reorder_early", e.reorder_early not in (UNSET, None), "reordered", "null"),
+            ("duplicate", e.duplicate not in (UNSET, 0.0), "duplicated", "0")):
+        if traced and given:  # a trace's locked path has none of their code (edt.h)
+            raise InvalidMessage(_join(path, "trace"),
+                                 f"trace and {name} exclude each other: a trace link is not "
+                                 f"{what} (give {name} {off} or trace null)")
+    if e.queue not in (UNSET, None) and e.capacity == 0 and not traced:
+        raise InvalidMessage(_join(path, "queue"),
+                             "queue needs a capacity or a trace: an unlimited link has no "
+                             "backlog to bound")
+    if e.aqm is not UNSET and e.aqm.kind != "taildrop" and e.capacity == 0 and not traced:
         raise InvalidMessage(_join(path, "aqm.kind"),
                              f"{e.aqm.kind} needs a capacity: an unlimited link has no queue")
     if e.burst not in (UNSET, None) and e.loss not in (UNSET, 0.0):

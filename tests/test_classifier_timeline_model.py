@@ -308,7 +308,9 @@ def test_the_model_follows_edt_h() -> None:
                   r"__sync_val_compare_and_swap\(&st->t_depart, td, dep > td \? dep : td\)",
                   r"__sync_val_compare_and_swap\(&st->t_last, tl, t_new\)"]),
         (locked_c, [r"bpf_spin_lock", r"__sync_lock_test_and_set\(&st->t_depart, MOA_OWNED\)",
-                    r"__sync_lock_test_and_set\(&st->t_last, MOA_OWNED\)", place,
+                    r"__sync_lock_test_and_set\(&st->t_last, MOA_OWNED\)",
+                    # tl itself, except on a trace link, whose tail is its trace's (trace.h)
+                    r"tail = tl;", place.replace(" tl,", " tail,"),
                     r"MOA_WRITE_ONCE\(st->t_depart, dep > td \? dep : td\)",
                     r"MOA_WRITE_ONCE\(st->t_last, t_new\)", r"MOA_WRITE_ONCE\(st->t_depart, td\)",
                     r"MOA_WRITE_ONCE\(st->t_last, tl\)", r"bpf_spin_unlock"]),

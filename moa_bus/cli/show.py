@@ -71,7 +71,16 @@ def _emulation(e: schemas.Emulation) -> list[str]:
     return [schemas.format_duration(e.latency) if e.latency else "-",
             _jitter(e),
             _loss(e),
-            schemas.format_rate(e.capacity) + _charge(e) + _aqm(e) + _slot(e)]
+            _capacity(e) + _charge(e) + _aqm(e) + _slot(e)]
+
+
+def _capacity(e: schemas.Emulation) -> str:
+    """The rate, or a trace's mean rate over its period (docs/semantics.md, "Trace-driven
+    capacity")."""
+    if e.trace is None:
+        return schemas.format_rate(e.capacity)
+    ms = e.trace.opportunities_ms
+    return f"trace ~{schemas.format_rate(max(1, len(ms) * 12_000_000 // ms[-1]))}"
 
 
 def _loss(e: schemas.Emulation) -> str:
