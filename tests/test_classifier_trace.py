@@ -311,6 +311,22 @@ def test_a_patch_cannot_bring_a_trace_beside_slots_reorder_or_duplicate() -> Non
     assert EmulationPatch(trace=trace, duplicate=0.0).apply(dup).trace == trace
 
 
+def test_a_schedule_cannot_bring_a_trace_beside_duplicate() -> None:
+    """A schedule's step is checked on the state it makes (schemas/schedule.py): a trace set on
+    a duplicating link is refused at the step's field."""
+    import msgspec
+    from schemas.schedule import expand
+    ep = [{"vni": 1, "remote": "10.0.0.1"}, {"vni": 2, "remote": "10.0.0.2"}]
+    doc = {"id": "m", "links": [{"id": "a", "emulation": {"duplicate": 0.01}, "endpoints": ep}],
+           "schedule": {"steps": [{"at": "1s", "link": "a",
+                                   "set": {"trace": {"opportunities_ms": [1, 2]}}}]}}
+    m = schemas.decode(schemas.Materialize, msgspec.json.encode(doc))
+    with pytest.raises(InvalidMessage) as e:
+        expand(m, m.schedule)
+    assert e.value.field == "schedule.steps[0].set.trace"
+    assert "trace and duplicate exclude each other" in e.value.message
+
+
 def test_restart_keeps_traces(pin_root: str) -> None:  # noqa: F811
     """A restarted classifier finds the traces its links use in the pinned moa_trace (and can
     write them again after they were removed)."""
