@@ -30,6 +30,7 @@ from datapath.counter_table import read as read_counter_table
 from datapath.distributions import DIST_IDS, DIST_SIZE, cdf_table, custom_table, table_key
 from datapath.distributions import table as dist_table
 from datapath.emulation import stage_bytes
+from datapath.traces import TraceStore
 from datapath.libbpf import BpfObject, Map, Program, RingBuffer
 from datapath.libbpf import abi as _abi_mod
 
@@ -147,6 +148,7 @@ class Classifier:
         # encoded or found in the map: a rollback may need one back) and the keys in the map.
         self._tables: dict[int, tuple[int, ...]] = {}
         self._tables_present: set[int] = set()
+        self.traces = TraceStore(obj.map("moa_trace"), self.abi)   # trace links' traces
         self.event_version = self.abi.DROP_EVENT_VERSION
         self._lock = threading.Lock()
         self._slots: dict[int, int] = {}
@@ -250,6 +252,11 @@ class Classifier:
                 v=(ctypes.c_int16 * DIST_SIZE)(*self._tables[key])))
             self._tables_present.add(key)
 
+    def _ensure_traces(self, stages: list[bytes]) -> None:
+        """Under the lock: the traces `stages` refer to are in moa_trace (datapath/traces.py)."""
+        lsize, soff = self.links_map.value_size, self.abi.Link.stage.offset
+        self.traces.ensure(stages, (bytes(raw)[soff:lsize] for _, raw in self.links_map.items()))
+
     def slot(self, vni: int) -> int | None:
         return self._slots.get(vni)
 
@@ -268,6 +275,7 @@ class Classifier:
         nothing): what the planner compares with the kernel's and what the writes below take.
         Each distinct emulation is converted once (datapath.emulation.stage_bytes)."""
         self._remember_tables(egress, ingress)
+        self.traces.remember(egress, ingress)
         return stage_bytes(egress, self.abi) + stage_bytes(ingress, self.abi)
 
     def stages_of(self, raw_link: bytes) -> bytes:
@@ -314,6 +322,7 @@ class Classifier:
     def _write(self, vni: int, stages: bytes, want_slot: int | None = None) -> int:
         with self._lock:
             self._ensure_tables([stages])
+            self._ensure_traces([stages])
             had = vni in self._slots
             slot, _ = self._take_slot(vni, want_slot)
             try:
@@ -353,7 +362,8 @@ class Classifier:
             self._add_links(fresh)
         with self._lock:
             existing = [v for v in links if v in self._slots and v not in fresh]
-            self._ensure_tables(links[v] for v in existing)
+            self._ensure_tables([links[v] for v in existing])
+            self._ensure_traces([links[v] for v in existing])
             values = b"".join(bytes(self._link(self._slots[v], links[v])) for v in existing)
             keys = b"".join(int(v).to_bytes(4, sys.byteorder) for v in existing)
             self.links_map.update_batch(keys, values)

@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 import schemas
 from datapath.distributions import DIST_IDS, fixed_point, table_key
+from datapath.traces import mean_rate_bps, trace_key
 
 if TYPE_CHECKING:  # datapath.libbpf.abi reads the compiled object's BTF at import
     from datapath.libbpf.abi import Abi
 
-__all__ = ["chain", "correlated_loss", "queue_bytes", "queue_ns", "stage_params", "stage_bytes", "probability_threshold",
+__all__ = ["chain", "correlated_loss", "queue_bytes", "rate_bps", "queue_ns", "stage_params", "stage_bytes", "probability_threshold",
            "DEFAULT_QUEUE_MS", "MIN_DEFAULT_QUEUE_BYTES", "MAX_DEFAULT_QUEUE_MS", "DEFAULT_OVERHEAD",
            "frame_wire", "full_frame"]
 
@@ -38,6 +39,7 @@ MIN_DEFAULT_QUEUE_BYTES = 64 * 1024
 MAX_DEFAULT_QUEUE_MS = 1000
 FULL_FRAME = 1538                  # 1500 + Ethernet header + L1 overhead
 DEFAULT_OVERHEAD = schemas.messages.DEFAULT_OVERHEAD  # preamble 7 + SFD 1 + FCS 4 + IFG 12
+SLOT_UNLIMITED = 0xFFFFFFFF         # a slot's packets or bytes without a limit (slot.h)
 MIN_FRAME = 60                     # Ethernet's minimum without FCS: shorter frames are padded
 
 
@@ -89,22 +91,31 @@ def chain(c: Any, p: float, rho: float) -> None:
     c.after_no = probability_threshold(p * (1 - rho))
 
 
+def rate_bps(e: schemas.Emulation) -> int:
+    """The stage's rate: its capacity, or a trace's mean rate (datapath/traces.py)."""
+    return e.capacity or (mean_rate_bps(e.trace.opportunities_ms) if e.trace else 0)
+
+
 def queue_bytes(e: schemas.Emulation) -> int:
-    """The queue the stage enforces, in bytes (0 = no limit, also without a rate)."""
-    if not e.capacity:
+    """The queue the stage enforces, in bytes (0 = no limit, also without a rate). A trace
+    link's default is the same rule at the trace's mean rate."""
+    rate = rate_bps(e)
+    if not rate:
         return 0
     if e.queue is not None:
         return e.queue
-    q = max(MIN_DEFAULT_QUEUE_BYTES, e.capacity * DEFAULT_QUEUE_MS // 8000)
-    return max(2 * full_frame(e), min(q, e.capacity * MAX_DEFAULT_QUEUE_MS // 8000))
+    q = max(MIN_DEFAULT_QUEUE_BYTES, rate * DEFAULT_QUEUE_MS // 8000)
+    return max(2 * full_frame(e), min(q, rate * MAX_DEFAULT_QUEUE_MS // 8000))
 
 
 def queue_ns(e: schemas.Emulation) -> int:
-    """The queue as time at the rate, rounded to the nearest ns, at least 1 ns if limited."""
+    """The queue as time at the rate (a trace's: its mean rate), rounded to the nearest ns, at
+    least 1 ns if limited."""
     q = queue_bytes(e)
     if not q:
         return 0
-    return max(1, (q * 8 * NSEC + e.capacity // 2) // e.capacity)
+    rate = rate_bps(e)
+    return max(1, (q * 8 * NSEC + rate // 2) // rate)
 
 
 def stage_params(e: schemas.Emulation | None, abi: Abi) -> Any:
@@ -114,12 +125,21 @@ def stage_params(e: schemas.Emulation | None, abi: Abi) -> Any:
         return p
     p.rate_bps = e.capacity
     p.queue_ns = queue_ns(e)
+    if e.trace is not None:
+        # trace.h: the trace is the capacity; its queue is bytes (trace_queue), rate_bps its
+        # mean rate for the telemetry and the AQM's gate, queue_ns unused (0).
+        p.flags |= abi.StageFlags.TRACE
+        p.trace_key = trace_key(e.trace.opportunities_ms)
+        p.rate_bps = rate_bps(e)
+        # a given queue is at most TRACE_QUEUE_MAX (schemas refuses more); the default too
+        p.trace_queue = min(queue_bytes(e), schemas.messages.TRACE_QUEUE_MAX)
+        p.queue_ns = 0
     p.latency_ns = e.latency
     p.jitter_ns = e.jitter
     p.overhead = e.overhead
     p.cell_size = e.cell_size
     p.cell_overhead = e.cell_overhead
-    p.flags = abi.StageFlags.REORDER if e.reorder else 0
+    p.flags |= abi.StageFlags.REORDER if e.reorder else 0
     if e.state == "down":
         p.flags |= abi.StageFlags.DOWN
     p.dist = DIST_IDS[e.distribution]
@@ -135,7 +155,13 @@ def stage_params(e: schemas.Emulation | None, abi: Abi) -> Any:
     if e.duplicate:
         p.flags |= abi.StageFlags.DUPLICATE
         chain(p.dup, e.duplicate, e.duplicate_correlation)
-    if e.aqm.kind != "taildrop" and e.capacity:
+    if e.slot is not None:  # slot.h; checked at the edge: gaps within 4 s, limits 2^31 - 1
+        p.flags |= abi.StageFlags.SLOT
+        p.slot_dist = DIST_IDS[e.slot.distribution]
+        p.slot_gap_ns, p.slot_span_ns = e.slot.gaps()
+        p.slot_packets = e.slot.packets or SLOT_UNLIMITED
+        p.slot_bytes = e.slot.bytes or SLOT_UNLIMITED
+    if e.aqm.kind != "taildrop" and p.rate_bps:
         msg = schemas.messages
         codel = e.aqm.kind == "codel"
         p.aqm = int(abi.Aqm.CODEL if codel else abi.Aqm.PIE)

@@ -90,11 +90,35 @@ Distribution = Literal["uniform", "normal", "pareto", "paretonormal", "custom"]
 DIST_TABLE_MAX = 4096
 DistValue = Annotated[int, msgspec.Meta(ge=-32768, le=32767)]
 DistTable = Annotated[tuple[DistValue, ...], msgspec.Meta(min_length=2, max_length=DIST_TABLE_MAX)]
+# Trace-driven capacity (docs/semantics.md, "Trace-driven capacity"): Mahimahi's delivery
+# opportunities, each 1,500 bytes of IP packets, in ms from the trace's start, non-decreasing,
+# the last one > 0 (the trace repeats after it); 1 to TRACE_MAX of them (the datapath's
+# MOA_TRACE_MAX, checked against its BTF by tests/test_abi.py), each at most TRACE_MS_MAX.
+TRACE_MAX = 1 << 18
+TRACE_MS_MAX = (1 << 32) - 1
+TraceMs = Annotated[int, msgspec.Meta(ge=0, le=TRACE_MS_MAX)]
+TRACE_QUEUE_MAX = (1 << 32) - 1     # stage_params.trace_queue: bytes, 32 bits
+
+
+class Trace(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """A link's capacity as a Mahimahi trace (docs/semantics.md, "Trace-driven capacity"):
+    opportunities_ms are the lines of an mm-link trace file, one per 1,500-byte delivery
+    opportunity. Inline content: a large trace reaches the box in a materialize or update of
+    its own size (docs/contract.md, "Message sizes")."""
+    opportunities_ms: Annotated[tuple[TraceMs, ...], msgspec.Meta(min_length=1,
+                                                                 max_length=TRACE_MAX)]
+
+
 # The queue's management (docs/semantics.md, "Queue management"), in enum moa_aqm's order.
 AqmKind = Literal["taildrop", "codel", "pie"]
-# The fields whose value is one of a few words, and those words: a refusal lists them.
+# The gap between slot openings (docs/semantics.md, "Slots"): uniform in min..max, or one of the
+# built-in tables (the delay's: enum moa_dist's ids), no custom table.
+SlotDistribution = Literal["uniform", "normal", "pareto", "paretonormal"]
+# The fields whose value is one of a few words, and those words: a refusal lists them (a key
+# with a dot names a field inside an object, looked up before the bare name).
 CHOICES: dict[str, tuple[str, ...]] = {"state": typing.get_args(LinkState),
                                        "distribution": typing.get_args(Distribution),
+                                       "slot.distribution": typing.get_args(SlotDistribution),
                                        "kind": typing.get_args(AqmKind)}
 
 MIN_CAPACITY_BPS = 1_000
@@ -128,6 +152,11 @@ CODEL_INTERVAL_NS = 100_000_000
 # PIE's QDELAY_REF and T_UPDATE (RFC 8033), its target and interval here.
 PIE_TARGET_NS = 15_000_000
 PIE_INTERVAL_NS = 15_000_000
+# Slots: a gap (min, max, delay, jitter) of at most 4 s, so the datapath's 32-bit draw times the
+# gap's span fits 64 bits; at most 2^31 - 1 packets or bytes a slot (netem's limit; 0 = none).
+SLOT_GAP_MAX_NS = 4_000_000_000
+SLOT_LIMIT_MAX = (1 << 31) - 1
+SlotLimit = Annotated[int, msgspec.Meta(ge=0, le=SLOT_LIMIT_MAX)]
 
 
 class InvalidMessage(ValueError):
@@ -186,6 +215,28 @@ class ReorderEarly(_Message, frozen=True, kw_only=True):
     gap: ReorderGap = 1
 
 
+class Slot(_Message, frozen=True, kw_only=True):
+    """Departures released in slots, netem's `slot` (docs/semantics.md, "Slots"). The gap
+    from one slot's opening to the next: distribution uniform, min..max (max null = min), or
+    normal, pareto or paretonormal with its mean `delay` and its `jitter` (the delay's tables;
+    min and max left out). packets / bytes: the most a slot releases (0 = no limit)."""
+    distribution: SlotDistribution = "uniform"
+    min: Duration | None = None
+    max: Duration | None = None
+    delay: Duration | None = None
+    jitter: Duration = 0
+    packets: SlotLimit = 0
+    bytes: SlotLimit = 0
+
+    def gaps(self) -> tuple[int, int]:
+        """(gap, span) as the datapath holds them (abi.h slot_gap_ns, slot_span_ns): min and
+        max - min, or delay and jitter."""
+        if self.distribution == "uniform":
+            lo = self.min or 0
+            return lo, (self.max if self.max is not None else lo) - lo
+        return self.delay or 0, self.jitter
+
+
 # Frozen, hence hashable: the datapath turns each distinct emulation into its map bytes once
 # (datapath/emulation.py).
 class Emulation(_Message, frozen=True, kw_only=True):
@@ -212,6 +263,8 @@ class Emulation(_Message, frozen=True, kw_only=True):
     reorder_early: ReorderEarly | None = None
     duplicate: Probability = 0.0
     duplicate_correlation: Probability = 0.0
+    slot: Slot | None = None
+    trace: Trace | None = None
 
 
 class EmulationPatch(_Message, kw_only=True):
@@ -239,6 +292,8 @@ class EmulationPatch(_Message, kw_only=True):
     reorder_early: ReorderEarly | None | UnsetType = UNSET  # replaces the whole of it
     duplicate: Probability | UnsetType = UNSET
     duplicate_correlation: Probability | UnsetType = UNSET
+    slot: Slot | None | UnsetType = UNSET  # null: no slots
+    trace: Trace | None | UnsetType = UNSET
 
     def changes(self) -> dict[str, object]:
         """The fields this patch sets, by name."""
@@ -262,7 +317,7 @@ EmulationField = Literal["latency", "jitter", "loss", "capacity", "queue", "burs
                          "loss_correlation", "state", "distribution", "delay_correlation",
                          "overhead", "cell_size", "cell_overhead", "corrupt",
                          "distribution_table", "reorder_early", "duplicate",
-                         "duplicate_correlation"]
+                         "duplicate_correlation", "slot", "trace"]
 
 
 # The rules of an emulation, written once for an Emulation and for a patch: a field a patch
@@ -330,6 +385,10 @@ def check_values(e: Emulation | EmulationPatch, path: str) -> None:
         v = getattr(e, name)
         if v is not UNSET and not lo <= v <= hi:
             raise InvalidMessage(_join(path, name), f"{name} {v} is outside {lo}..{hi} (bytes)")
+    if e.slot not in (UNSET, None):
+        check_slot(e.slot, _join(path, "slot"))
+    if e.trace not in (UNSET, None):
+        _check_trace(e.trace.opportunities_ms, _join(path, "trace.opportunities_ms"))
     if e.burst not in (UNSET, None):
         for name in ("p", "r", "loss_good", "loss_bad"):
             _check_probability(getattr(e.burst, name), _join(path, f"burst.{name}"), name)
@@ -346,6 +405,53 @@ def check_values(e: Emulation | EmulationPatch, path: str) -> None:
                                  f"{what} needs an AQM: kind is taildrop (give codel or pie)")
 
 
+def check_slot(s: Slot, path: str) -> None:
+    """A slot's own rules: the fields of its form only, gaps within 0..4 s, max >= min, a
+    distribution's jitter above 0, and a gap that can be above 0 (a slot of gap 0 would release everything at once: netem reads
+    `slot 0` as no slots, moa asks for slot null)."""
+    fmt = units.format_duration
+    uniform = s.distribution == "uniform"
+    for name in ("min", "max", "delay", "jitter"):
+        v = getattr(s, name)
+        if name in (("delay",) if uniform else ("min", "max")) and v is not None:
+            raise InvalidMessage(_join(path, name),
+                                 f"{name} is for {'a distribution' if uniform else 'uniform'} "
+                                 f"slots, the distribution is {s.distribution}")
+        if v is not None and v > SLOT_GAP_MAX_NS:
+            raise InvalidMessage(_join(path, name), f"{name} {fmt(v)} is above 4s")
+    if uniform and s.jitter:
+        raise InvalidMessage(_join(path, "jitter"), "jitter is for a distribution's slots: "
+                             "uniform slots take min and max")
+    if uniform and s.min is None:
+        raise InvalidMessage(_join(path, "min"), "uniform slots need min (the shortest gap)")
+    if not uniform and s.delay is None:
+        raise InvalidMessage(_join(path, "delay"),
+                             f"{s.distribution} slots need delay (the gaps' mean)")
+    if not uniform and not s.jitter:  # netem refuses it too; a fixed gap is min alone
+        raise InvalidMessage(_join(path, "jitter"),
+                             f"{s.distribution} slots need a jitter above 0 (a fixed gap: "
+                             "uniform slots with min)")
+    gap, span = s.gaps()
+    if uniform and span < 0:
+        raise InvalidMessage(_join(path, "max"), f"max {fmt(s.max or 0)} is below min {fmt(gap)}")
+    if gap + span == 0:
+        field = "max" if uniform else "delay"
+        raise InvalidMessage(_join(path, field), "a slot needs a gap above 0 (no slots: "
+                             "slot null)")
+
+
+def _check_trace(ms: tuple[int, ...], path: str) -> None:
+    """mm-link's own rules for a trace: non-decreasing, lasting more than 0 ms."""
+    for i in range(1, len(ms)):
+        if ms[i] < ms[i - 1]:
+            raise InvalidMessage(f"{path}[{i}]", f"opportunity {ms[i]} ms is before the one "
+                                 f"ahead of it ({ms[i - 1]} ms): the times must not decrease")
+    if ms[-1] == 0:
+        raise InvalidMessage(f"{path}[{len(ms) - 1}]",
+                             "the last opportunity is at 0 ms: a trace must last more than 0 ms "
+                             "(it repeats after its last opportunity)")
+
+
 def check_across(e: Emulation | EmulationPatch, path: str) -> None:
     """The rules across fields: jitter <= latency, a queue only with a capacity, burst excludes
     loss and loss_correlation, a cell_overhead only with a cell_size and a cell of at least
@@ -354,10 +460,36 @@ def check_across(e: Emulation | EmulationPatch, path: str) -> None:
         raise InvalidMessage(_join(path, "jitter"),
                              f"jitter {units.format_duration(e.jitter)} is larger than latency "
                              f"{units.format_duration(e.latency)} (the delay is latency ± jitter)")
-    if e.queue not in (UNSET, None) and e.capacity == 0:
+    traced = e.trace not in (UNSET, None)
+    if traced and e.capacity not in (UNSET, 0):
+        raise InvalidMessage(_join(path, "trace"),
+                             "trace and capacity exclude each other: the trace is the link's "
+                             "capacity (give capacity 0)")
+    if traced and e.cell_size not in (UNSET, 0):
+        raise InvalidMessage(_join(path, "cell_size"),
+                             "cells do not apply to a trace: its opportunities carry IP bytes "
+                             "(give cell_size 0)")
+    if traced and e.overhead not in (UNSET, DEFAULT_OVERHEAD):
+        raise InvalidMessage(_join(path, "overhead"),
+                             "overhead does not apply to a trace: its opportunities carry IP "
+                             f"bytes (leave overhead at {DEFAULT_OVERHEAD})")
+    if traced and e.queue not in (UNSET, None) and e.queue > TRACE_QUEUE_MAX:
         raise InvalidMessage(_join(path, "queue"),
-                             "queue needs a capacity: an unlimited link has no backlog to bound")
-    if e.aqm is not UNSET and e.aqm.kind != "taildrop" and e.capacity == 0:
+                             f"queue {e.queue} bytes: a trace link's queue is at most "
+                             f"{TRACE_QUEUE_MAX} bytes (the datapath counts it in 32 bits)")
+    for name, given, what, off in (
+            ("slot", e.slot not in (UNSET, None), "slotted", "null"),
+            ("reorder_early", e.reorder_early not in (UNSET, None), "reordered", "null"),
+            ("duplicate", e.duplicate not in (UNSET, 0.0), "duplicated", "0")):
+        if traced and given:  # a trace's locked path has none of their code (edt.h)
+            raise InvalidMessage(_join(path, "trace"),
+                                 f"trace and {name} exclude each other: a trace link is not "
+                                 f"{what} (give {name} {off} or trace null)")
+    if e.queue not in (UNSET, None) and e.capacity == 0 and not traced:
+        raise InvalidMessage(_join(path, "queue"),
+                             "queue needs a capacity or a trace: an unlimited link has no "
+                             "backlog to bound")
+    if e.aqm is not UNSET and e.aqm.kind != "taildrop" and e.capacity == 0 and not traced:
         raise InvalidMessage(_join(path, "aqm.kind"),
                              f"{e.aqm.kind} needs a capacity: an unlimited link has no queue")
     if e.burst not in (UNSET, None) and e.loss not in (UNSET, 0.0):

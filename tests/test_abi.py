@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import schemas
 from datapath.libbpf import abi as abi_mod
 from datapath.libbpf import read_btf
 from datapath.libbpf.btf import Btf, BtfError, Kind
@@ -26,11 +27,14 @@ FIELDS = {
     "StageParams": ["rate_bps", "queue_ns", "latency_ns", "jitter_ns", "loss_threshold", "ge",
                     "overhead", "loss_model", "flags", "aqm", "aqm_target_ns", "aqm_interval_ns",
                     "cell_size", "cell_overhead", "corrupt_threshold", "early", "dup",
-                    "early_gap"],
+                    "early_gap", "slot_dist", "slot_gap_ns", "slot_span_ns", "slot_packets",
+                    "slot_bytes", "trace_key", "trace_queue"],
     "Chain": ["after_yes", "after_no"],
     "GilbertElliott": ["p_good_to_bad", "p_bad_to_good", "loss_good", "loss_bad"],
     "StageState": ["lock", "ge_bad", "t_last", "t_depart", "ev_window", "ev_used", "aqm",
-                   "corrupted", "early_count", "early_prev", "dup_prev", "duplicated"],
+                   "corrupted", "early_count", "early_prev", "dup_prev", "duplicated",
+                   "slot_next", "slot_pkts", "slot_used", "trace_origin", "trace_key",
+                   "trace_idx", "trace_left"],
     "LinkCounters": ["packets", "bytes", "drops", "events_suppressed", "marks", "sojourn"],
     "GlobalCounters": ["non_vxlan", "unknown_vni", "ringbuf_fail", "handover"],
     "DropEvent": ["version", "reason", "stage", "vni", "time_ns", "len", "segs", "reserved"],
@@ -81,10 +85,19 @@ def test_mirror_has_the_fields_python_relies_on(mirror: abi_mod.Abi) -> None:
             assert hasattr(ct, f), f"{pyname}.{f}"
     assert ctypes.sizeof(mirror.btf.ctype("struct bpf_spin_lock")) == 4
     assert mirror.StageState.lock.offset == 0 and mirror.StageState.lock.size == 4
-    # The timeline's words in the first 56 bytes, CoDel's and PIE's state after them (abi.h).
-    assert ctypes.sizeof(mirror.StageState) == 128 and mirror.StageState.ge_bad.offset == 4
-    assert mirror.StageState.aqm.offset == 56
-    assert ctypes.sizeof(mirror.StageParams) == 152
+    # The timeline's words in the first 56 bytes, CoDel's and PIE's state after them, then
+    # reorder's and duplicate's, then the slot's, then a trace link's position (abi.h).
+    assert ctypes.sizeof(mirror.StageState) == 168 and mirror.StageState.ge_bad.offset == 4
+    assert mirror.StageState.aqm.offset == 56 and mirror.StageState.early_count.offset == 112
+    assert mirror.StageState.slot_next.offset == 128
+    assert mirror.StageState.trace_origin.offset == 144
+    # The hit path's words in the first 80 bytes; reorder's and duplicate's from 112, the slot's
+    # from 152, the trace's at the end: read only by the locked path.
+    assert ctypes.sizeof(mirror.StageParams) == 184 and mirror.StageParams.early.offset == 112
+    assert mirror.StageParams.slot_gap_ns.offset == 152
+    assert mirror.StageParams.trace_key.offset == 176
+    # The trace map's bounds are the schema's (schemas.messages.TRACE_MAX).
+    assert mirror.TRACE_MAX == schemas.messages.TRACE_MAX and mirror.TRACE_OPP == 1500
     # A passed packet's counters are the first two words; the AQM's are further on, then the
     # sojourn histogram to the end of the fourth cache line (abi.h).
     assert ctypes.sizeof(mirror.LinkCounters) == 256 and mirror.LinkCounters.bytes.offset == 8
@@ -104,7 +117,8 @@ def test_mirror_enums(mirror: abi_mod.Abi) -> None:
     assert {m.name: m.value for m in mirror.LossModel} == {
         "NONE": 0, "BERNOULLI": 1, "GILBERT_ELLIOTT": 2}
     assert (mirror.StageFlags.REORDER, mirror.StageFlags.DOWN, mirror.StageFlags.ECN,
-            mirror.StageFlags.CORRUPT) == (1, 2, 4, 8)
+            mirror.StageFlags.CORRUPT, mirror.StageFlags.EARLY, mirror.StageFlags.DUPLICATE,
+            mirror.StageFlags.SLOT, mirror.StageFlags.TRACE) == (1, 2, 4, 8, 16, 32, 64, 128)
     assert (mirror.NR_STAGES, mirror.NR_DROP_REASONS, mirror.DROP_EVENT_VERSION) == (2, 5, 2)
 
 
@@ -184,7 +198,9 @@ def test_mirror_enums_match_the_c_compiler(mirror: abi_mod.Abi, tmp_path: Path) 
              [f"MOA_LOSS_{m.name}" for m in mirror.LossModel] + \
              [f"MOA_AQM_{m.name}" for m in mirror.Aqm] + \
              ["MOA_NR_STAGES", "MOA_NR_DROP_REASONS", "MOA_DROP_EVENT_VERSION", "MOA_F_REORDER",
-              "MOA_F_DOWN", "MOA_F_ECN", "MOA_SOJOURN_SHIFT", "MOA_SOJOURN_BUCKETS"]
+              "MOA_F_DOWN", "MOA_F_ECN", "MOA_F_CORRUPT", "MOA_F_EARLY", "MOA_F_DUPLICATE",
+              "MOA_F_SLOT", "MOA_F_TRACE", "MOA_SOJOURN_SHIFT", "MOA_SOJOURN_BUCKETS",
+              "MOA_TRACE_MAX", "MOA_TRACE_KEYS_MAX", "MOA_TRACE_OPP"]
     src = tmp_path / "enums.c"
     src.write_text('#include <stdio.h>\n#include <linux/bpf.h>\n#include "abi.h"\nint main(void)\n{\n'
                    + "".join(f'\tprintf("{v} %lld\\n", (long long){v});\n' for v in values)
@@ -201,8 +217,13 @@ def test_mirror_enums_match_the_c_compiler(mirror: abi_mod.Abi, tmp_path: Path) 
            "MOA_DROP_EVENT_VERSION": mirror.DROP_EVENT_VERSION,
            "MOA_F_REORDER": int(mirror.StageFlags.REORDER),
            "MOA_F_DOWN": int(mirror.StageFlags.DOWN), "MOA_F_ECN": int(mirror.StageFlags.ECN),
+           "MOA_F_CORRUPT": int(mirror.StageFlags.CORRUPT),
+           "MOA_F_EARLY": int(mirror.StageFlags.EARLY),
+           "MOA_F_DUPLICATE": int(mirror.StageFlags.DUPLICATE),
+           "MOA_F_SLOT": int(mirror.StageFlags.SLOT), "MOA_F_TRACE": int(mirror.StageFlags.TRACE),
            "MOA_SOJOURN_SHIFT": mirror.SOJOURN_SHIFT,
-           "MOA_SOJOURN_BUCKETS": mirror.SOJOURN_BUCKETS}
+           "MOA_SOJOURN_BUCKETS": mirror.SOJOURN_BUCKETS, "MOA_TRACE_MAX": mirror.TRACE_MAX,
+           "MOA_TRACE_KEYS_MAX": mirror.TRACE_KEYS_MAX, "MOA_TRACE_OPP": mirror.TRACE_OPP}
     assert {k: int(v) for k, v in c.items()} == py
 
 

@@ -298,8 +298,9 @@ def test_the_model_follows_edt_h() -> None:
     fast_c = src[src.index("moa_step_fast("):src.index("moa_step_locked(")]
     locked_c = src[src.index("moa_step_locked("):src.index("moa_stage_step(", src.index(
         "moa_step_locked("))]
-    # Both paths place the packet with moa_timeline_place (the clamp, then the horizon).
-    place = r"moa_timeline_place\(p, s, tl, td, &t_new, &dep\)"
+    # Both paths place the packet with moa_timeline_place (the clamp, then the horizon; its last
+    # argument, a slotted stage's slot words, are the stage's own: slot.h).
+    place = r"moa_timeline_place\(p, s, tl, td, &t_new, &dep, [^;]*\)"
     for body, steps in [
         (place_c, [r"\*dep = td \+ 1", r"horizon_ns"]),
         (fast_c, [r"MOA_READ_ONCE\(st->t_last\)", r"MOA_READ_ONCE\(st->t_depart\)",
@@ -307,7 +308,9 @@ def test_the_model_follows_edt_h() -> None:
                   r"__sync_val_compare_and_swap\(&st->t_depart, td, dep > td \? dep : td\)",
                   r"__sync_val_compare_and_swap\(&st->t_last, tl, t_new\)"]),
         (locked_c, [r"bpf_spin_lock", r"__sync_lock_test_and_set\(&st->t_depart, MOA_OWNED\)",
-                    r"__sync_lock_test_and_set\(&st->t_last, MOA_OWNED\)", place,
+                    r"__sync_lock_test_and_set\(&st->t_last, MOA_OWNED\)",
+                    # tl itself, except on a trace link, whose tail is its trace's (trace.h)
+                    r"tail = tl;", place.replace(" tl,", " tail,"),
                     r"MOA_WRITE_ONCE\(st->t_depart, dep > td \? dep : td\)",
                     r"MOA_WRITE_ONCE\(st->t_last, t_new\)", r"MOA_WRITE_ONCE\(st->t_depart, td\)",
                     r"MOA_WRITE_ONCE\(st->t_last, tl\)", r"bpf_spin_unlock"]),

@@ -46,6 +46,9 @@ enum moa_stage_flags {
 	MOA_F_CORRUPT = 1 << 3,	/* corrupt_threshold is set: flip a bit of some packets (corrupt.h) */
 	MOA_F_EARLY = 1 << 4,	/* netem's reorder: some packets skip the delay (early.h) */
 	MOA_F_DUPLICATE = 1 << 5,	/* netem's duplicate: some packets are sent twice (duplicate.h) */
+	MOA_F_SLOT = 1 << 6,	/* departures are released in slots (slot.h): the locked path */
+	MOA_F_TRACE = 1 << 7,	/* capacity follows the trace moa_trace[trace_key] (trace.h); never
+				 * with MOA_F_EARLY, MOA_F_DUPLICATE or MOA_F_SLOT (refused) */
 };
 
 /* The queue's management (stage_params.aqm; docs/semantics.md, "Queue management"). Tail drop
@@ -72,6 +75,23 @@ enum moa_dist {
 	MOA_DIST_PARETONORMAL = 3,
 	MOA_DIST_CUSTOM = 4,		/* the link's own table: moa_dist_custom[dist_key] */
 	MOA_NR_DISTS = 5,
+};
+
+/*
+ * Trace-driven capacity (trace.h; docs/semantics.md, "Trace-driven capacity"): Mahimahi's
+ * delivery opportunities, each MOA_TRACE_OPP bytes of the link's IP packets, at t_ms[i] ms
+ * from the start of the trace's period; the trace repeats every t_ms[len - 1] ms. Userspace
+ * keeps t_ms non-decreasing, 1 <= len <= MOA_TRACE_MAX and t_ms[len - 1] > 0.
+ */
+#define MOA_TRACE_MAX (1 << 18)		/* opportunities per trace (2^18: a 19-step search) */
+#define MOA_TRACE_KEYS_MAX 16		/* distinct traces held at once (moa_trace) */
+#define MOA_TRACE_OPP 1500		/* bytes per opportunity */
+
+/* Value of moa_trace, keyed by stage_params.trace_key (a hash of its content). 1 MiB. */
+struct moa_trace {
+	__u32 len;		/* opportunities used in t_ms */
+	__u32 period_ms;	/* t_ms[len - 1]: the trace repeats after it */
+	__u32 t_ms[MOA_TRACE_MAX];
 };
 
 /* Custom tables held at once (moa_dist_custom), distinct contents over every link of a box. */
@@ -139,7 +159,10 @@ struct moa_stage_params {
 	__u32 aqm_interval_ns;	/* CoDel: INTERVAL (at most 3 s: interval^2 < 2^63); PIE: T_UPDATE */
 	__s16 cell_overhead;	/* bytes per cell besides its cell_size (ATM: 5); cell_size +
 				 * cell_overhead >= 1 */
-	__u8 pad1[2];
+	__u8 slot_dist;		/* with MOA_F_SLOT: enum moa_dist of the gap between slots (UNIFORM:
+				 * slot_gap_ns + a uniform share of slot_span_ns; a table: slot_gap_ns
+				 * + slot_span_ns * v[q] / MOA_DIST_SCALE, clamped at 0) */
+	__u8 pad1;
 	__u32 dist_key;		/* dist == MOA_DIST_CUSTOM: the table's key in moa_dist_custom (a
 				 * hash of its content, written by userspace before the link) */
 	__u64 corrupt_threshold;	/* with MOA_F_CORRUPT: P(one bit flipped) * 2^32 (corrupt.h) */
@@ -148,7 +171,17 @@ struct moa_stage_params {
 	__u32 early_gap;	/* with MOA_F_EARLY: a packet is a candidate after early_gap - 1
 				 * delayed ones (netem's gap; 1 = every packet) */
 	__u32 pad2;
-	/* 152 bytes: the per-frame words in the first 80 (the hit path's), cells at 78 and 96 */
+	__u64 slot_gap_ns;	/* with MOA_F_SLOT (slot.h): the smallest gap between two slot
+				 * openings (uniform) or the gaps' mean (a table) */
+	__u64 slot_span_ns;	/* uniform: max - min of the gap; a table: its jitter */
+	__u32 slot_packets;	/* frames a slot releases at most (0xffffffff: no limit) */
+	__u32 slot_bytes;	/* frame bytes a slot releases at most (0xffffffff: no limit) */
+	__u32 trace_key;	/* with MOA_F_TRACE: the trace's key in moa_trace (written before
+				 * the link; rate_bps then holds the trace's mean rate) */
+	__u32 trace_queue;	/* with MOA_F_TRACE: the queue limit in bytes; 0 = none */
+	/* 184 bytes: the per-frame words in the first 80 (the hit path's), cells at 78 and 96,
+	 * reorder and duplicate from 112, slots from 152, the trace from 176 (all read by the
+	 * locked path only) */
 };
 
 /* Value of moa_links, keyed by VNI (__u32, low 24 bits). Written by userspace only. */
@@ -229,7 +262,20 @@ struct moa_stage_state {
 	__u8 pad1[2];
 	__u64 duplicated;	/* frames of the copies this stage sent (duplicate.h): shared, added
 				 * to atomically by duplicated packets only, read by userspace */
-	/* 128 bytes */
+	__u64 slot_next;	/* under `lock` (slot.h): when the current slot opens (monotonic ns) */
+	__u32 slot_pkts;	/* frames released in that slot so far */
+	__u32 slot_used;	/* and their bytes */
+	/* The trace's position (trace.h), under `lock`: the next byte the link can deliver is
+	 * in opportunity trace_idx of the period that starts at trace_origin, which has
+	 * trace_left bytes left (0 = none, the next opportunity's MOA_TRACE_OPP follow).
+	 * trace_key is the trace it belongs to: another one in the parameters restarts it. */
+	__u64 trace_origin;	/* monotonic ns */
+	__u32 trace_key;
+	__u32 trace_idx;
+	__u32 trace_left;
+	__u32 pad2;
+	/* 168 bytes: the hit path's words (t_last, t_depart) in the first 24; the AQM's,
+	 * reorder's, duplicate's, the slot's and the trace's after them */
 };
 
 /*

@@ -29,11 +29,12 @@
 #include "corrupt.h"
 #include "duplicate.h"
 
-/* Does the stage need its shared state (timeline, delay ordering, Gilbert-Elliott)? */
+/* Does the stage need its shared state (timeline, delay ordering, Gilbert-Elliott, duplicate, slots)? */
 static __always_inline int moa_needs_state(const struct moa_stage_params *p, __u64 handover)
 {
 	return p->rate_bps || p->latency_ns || p->jitter_ns || handover ||
-	       p->loss_model == MOA_LOSS_GILBERT_ELLIOTT || (p->flags & MOA_F_DUPLICATE);
+	       p->loss_model == MOA_LOSS_GILBERT_ELLIOTT ||
+	       (p->flags & (MOA_F_DUPLICATE | MOA_F_SLOT));
 }
 
 static __always_inline int moa_classify(struct __sk_buff *skb, const enum moa_stage stage)
@@ -116,6 +117,10 @@ static __always_inline int moa_classify(struct __sk_buff *skb, const enum moa_st
 	s.now = bpf_ktime_get_ns();
 	if (p->rate_bps)
 		s.ser_ns = moa_ser_ns(c.wire, p->rate_bps);
+	if (p->flags & MOA_F_TRACE) {
+		s.trace_bytes = moa_trace_bytes(c.bytes, c.segs);
+		s.idx = idx;
+	}
 	s.delay_ns = moa_delay_ns(p, st) + handover;
 	if (p->aqm == MOA_AQM_PIE)
 		s.aqm_rand = bpf_get_prandom_u32();
@@ -123,7 +128,7 @@ static __always_inline int moa_classify(struct __sk_buff *skb, const enum moa_st
 		s.can_mark = moa_inner_ect(skb, pkt.outer_len);
 	moa_netem_draw(p, &s, stage == MOA_STAGE_EGRESS);
 
-	moa_stage_step(st, p, &d, &s);
+	moa_stage_step(st, p, &d, &s, &c, stage == MOA_STAGE_EGRESS);
 	if (s.drop)
 		goto drop;
 	if (s.mark) {

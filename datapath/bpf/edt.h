@@ -5,7 +5,10 @@
  * Order (docs/architecture.md): loss -> queue (tail drop) -> timeline (capacity) -> latency
  * and jitter (+ the ingress stage's handover delay on egress) -> departure clamped to the
  * link's last departure unless MOA_F_REORDER -> horizon -> AQM (aqm.h: CoDel on the sojourn
- * the placement gave, locked path only; a drop leaves the timeline as it was).
+ * the placement gave, locked path only; a drop leaves the timeline as it was). A slotted
+ * stage (MOA_F_SLOT, slot.h) moves the departure onto its slot before the clamp, locked path
+ * only. A trace link (MOA_F_TRACE, trace.h, locked path only, in moa_trace_stage) places the
+ * packet on its trace's opportunities instead of serialising it at rate_bps.
  *
  * The timeline of a stage is two words shared by every CPU (struct moa_stage_state): t_last,
  * the end of serialisation of the last accepted packet, and t_depart, the latest departure
@@ -18,7 +21,8 @@
  *
  * netem's reorder and duplicate (MOA_F_EARLY, MOA_F_DUPLICATE) take the locked path: their
  * decisions read and move stage state (early.h, chain.h), and a duplicated packet is placed
- * twice, its copy right after it (duplicate.h).
+ * twice, its copy right after it (duplicate.h). A trace link never reorders, duplicates or
+ * is slotted (the schema refuses the pairs): its locked path has none of that code.
  */
 #ifndef MOA_EDT_H
 #define MOA_EDT_H
@@ -31,6 +35,9 @@
 #include "charge.h"
 #include "aqm.h"
 #include "early.h"
+#include "slot.h"
+#include "maps.h"
+#include "trace.h"
 
 /* t_last / t_depart while a locked step owns them: never a time (2^64 ns is 584 years). */
 #define MOA_OWNED (~0ULL)
@@ -58,6 +65,11 @@ struct moa_step {
 			 * was dropped for dup_reason */
 	__u8 dup_reason;	/* out: enum moa_drop_reason of a dropped copy */
 	__u64 dup_departure;	/* out: the copy's departure */
+	__u32 slot_segs;	/* in, MOA_F_SLOT: the packet's frames */
+	__u32 slot_bytes;	/* in, MOA_F_SLOT: and their bytes */
+	__u64 slot_gap[2];	/* in, MOA_F_SLOT: two gaps drawn outside the lock (slot.h) */
+	__u32 trace_bytes;	/* in: with MOA_F_TRACE, what the trace is charged (trace.h) */
+	__u32 idx;		/* in: with MOA_F_TRACE, the stage's index in moa_state */
 	__u64 departure;	/* out: when the packet may leave (monotonic ns) */
 	__u64 sojourn;		/* out: start of its serialisation - now (0 without a rate) */
 	__u8 drop;		/* out: 1 = drop for `reason` */
@@ -87,7 +99,7 @@ static __always_inline void moa_event_budget(struct moa_stage_state *st, struct 
  */
 static __always_inline int moa_timeline_place(const struct moa_stage_params *p,
 					      struct moa_step *s, __u64 tl, __u64 td,
-					      __u64 *t_new, __u64 *dep)
+					      __u64 *t_new, __u64 *dep, struct moa_slot *sl)
 {
 	__u64 now = s->now;
 
@@ -111,6 +123,10 @@ static __always_inline int moa_timeline_place(const struct moa_stage_params *p,
 	} else {
 		*dep = now + s->delay_ns;
 	}
+
+	/* A slotted stage's locked path (the others pass no sl: compiled out there). */
+	if (sl)
+		*dep = moa_slot_place(p, sl, s->slot_gap, s->slot_segs, s->slot_bytes, *dep);
 
 	/*
 	 * fq orders a flow by tstamp: a departure before the last one would overtake it. Equal
@@ -150,7 +166,7 @@ static __always_inline enum moa_fast moa_step_fast(struct moa_stage_state *st,
 		td = MOA_READ_ONCE(st->t_depart);
 		if (tl == MOA_OWNED || td == MOA_OWNED)
 			return MOA_FAST_LOCKED;
-		if (moa_timeline_place(p, s, tl, td, &t_new, &dep))
+		if (moa_timeline_place(p, s, tl, td, &t_new, &dep, 0))
 			return MOA_FAST_DROP;
 
 		/* 1. t_depart first, so that whoever takes t_last after our commit sees dep. */
@@ -189,13 +205,24 @@ static __always_inline void moa_netem_draw(const struct moa_stage_params *p, str
 	}
 }
 
-/* The locked path: owns both words by xchg under the lock (see the top of this file). */
+/*
+ * The locked path: owns both words by xchg under the lock (see the top of this file). `slotted`
+ * is a constant at each call: a slotted stage has a copy of its own, so the verifier walks the
+ * slot's branches once instead of once per combination of flag tests. A slotted stage may
+ * also reorder and duplicate: the copy is moved onto a slot as a frame of its own. `tr` is
+ * NULL (a constant) but in moa_trace_stage, where the packet is placed on the trace; there
+ * reorder and duplicate are compiled out (never set on a trace link: the schema refuses them)
+ * and `slotted` is 0.
+ */
 static __always_inline void moa_step_locked(struct moa_stage_state *st,
 					    const struct moa_stage_params *p,
-					    const struct moa_draws *d, struct moa_step *s)
+					    const struct moa_draws *d, struct moa_step *s,
+					    const int slotted, const struct moa_trace *tr)
 {
-	__u64 tl = 0, td, t_new = 0, dep = 0, t_copy = 0, dep_copy = 0, sojourn;
-	int dup = 0;
+	__u64 tl = 0, td, t_new = 0, dep = 0, t_copy = 0, dep_copy = 0, sojourn, start, tail;
+	struct moa_slot sl = {}, sl_orig;
+	struct moa_trace_pos pos = {};
+	int dup = 0, traced = 0;
 
 	bpf_spin_lock(&st->lock);
 
@@ -205,7 +232,7 @@ static __always_inline void moa_step_locked(struct moa_stage_state *st,
 		s->reason = MOA_DROP_LOSS;
 		goto drop;
 	}
-	if ((p->flags & MOA_F_EARLY) && moa_early_pick(st, p, s->early_r)) {
+	if (!tr && (p->flags & MOA_F_EARLY) && moa_early_pick(st, p, s->early_r)) {
 		s->early = 1;
 		s->delay_ns = 0;
 	}
@@ -221,11 +248,30 @@ static __always_inline void moa_step_locked(struct moa_stage_state *st,
 		if (tl == MOA_OWNED)
 			tl = 0;
 	}
-	if (moa_timeline_place(p, s, tl, td, &t_new, &dep))
+	if (slotted) {
+		sl.next = st->slot_next;
+		sl.pkts = st->slot_pkts;
+		sl.used = st->slot_used;
+	}
+	start = tl > s->now ? tl : s->now;
+	tail = tl;
+	if (tr) {
+		/* trace.h: the opportunity of the last byte stands for the end of serialisation
+		 * (a trace link's queue_ns is 0, its limit trace_queue is in bytes); delay, order
+		 * and horizon as for any link. Only in moa_trace_stage: inlined, tr is NULL. */
+		if (moa_trace_place(tr, p, st, s->now, s->trace_bytes, &pos, &start, &tail)) {
+			s->reason = MOA_DROP_QUEUE;
+			goto restore;
+		}
+		s->ser_ns = 0;
+		traced = 1;
+	}
+	if (moa_timeline_place(p, s, tail, td, &t_new, &dep, slotted ? &sl : 0))
 		goto restore;
+	if (traced)
+		s->sojourn = start - s->now;
 	if (p->aqm != MOA_AQM_TAILDROP && p->rate_bps) {
-		int v = moa_aqm(&st->aqm, p, s->now, tl > s->now ? tl : s->now, s->aqm_rand,
-				s->can_mark);
+		int v = moa_aqm(&st->aqm, p, s->now, start, s->aqm_rand, s->can_mark);
 
 		if (v == MOA_AQM_DROP) {
 			s->reason = MOA_DROP_AQM;
@@ -237,13 +283,16 @@ static __always_inline void moa_step_locked(struct moa_stage_state *st,
 	/* The copy: right after the original on the timeline, with the original's delay. It
 	 * meets the queue and the horizon as a frame of its own (not the AQM, which judged the
 	 * pair by the original); a copy that does not fit is dropped alone. */
-	if (s->dup_on && moa_chain_pick(&p->dup, st->dup_prev, s->dup_r)) {
+	if (!tr && s->dup_on && moa_chain_pick(&p->dup, st->dup_prev, s->dup_r)) {
 		dup = 1;
 		sojourn = s->sojourn;
+		sl_orig = sl;	/* a dropped copy leaves the slot as its original left it */
 		if (moa_timeline_place(p, s, p->rate_bps ? t_new : 0, dep > td ? dep : td,
-				       &t_copy, &dep_copy)) {
+				       &t_copy, &dep_copy, slotted ? &sl : 0)) {
 			s->dup = 2;
 			s->dup_reason = s->reason;
+			if (slotted)
+				sl = sl_orig;
 		} else {
 			s->dup = 1;
 			s->dup_departure = dep_copy;
@@ -254,9 +303,9 @@ static __always_inline void moa_step_locked(struct moa_stage_state *st,
 		}
 		s->sojourn = sojourn;
 	}
-	if (s->dup_on)
+	if (!tr && s->dup_on)
 		st->dup_prev = dup;
-	if (p->flags & MOA_F_EARLY)
+	if (!tr && (p->flags & MOA_F_EARLY))
 		moa_early_commit(st, p, s->early);
 
 	/* Stores, not atomics: no one else writes a word that reads MOA_OWNED. t_depart first,
@@ -264,6 +313,17 @@ static __always_inline void moa_step_locked(struct moa_stage_state *st,
 	MOA_WRITE_ONCE(st->t_depart, dep > td ? dep : td);
 	if (p->rate_bps)
 		MOA_WRITE_ONCE(st->t_last, t_new);
+	if (slotted) {	/* under the lock, read by no one else */
+		st->slot_next = sl.next;
+		st->slot_pkts = sl.pkts;
+		st->slot_used = sl.used;
+	}
+	if (traced) {
+		st->trace_origin = pos.origin;
+		st->trace_idx = pos.idx;
+		st->trace_left = pos.left;
+		st->trace_key = p->trace_key;
+	}
 	s->departure = dep;
 	bpf_spin_unlock(&st->lock);
 	return;
@@ -278,10 +338,56 @@ drop:
 	bpf_spin_unlock(&st->lock);
 }
 
+/*
+ * A trace link's step (trace.h): the locked path with the trace, as a global function. The
+ * verifier checks a global function once, on its own, rather than once for every way the
+ * classifier reaches it: inline, the trace's placement multiplied the program's verification
+ * forty-fold (docs/architecture.md, "The classifier"). Its pointers are plain memory to it,
+ * so it looks the stage's state up itself (the lock must be in a map value). A missing trace
+ * (never: userspace writes it before the link) leaves the packet unshaped.
+ */
+__noinline int moa_trace_stage(const struct moa_stage_params *p, const struct moa_draws *d,
+			       struct moa_step *s)
+{
+	const struct moa_trace *tr;
+	struct moa_stage_state *st;
+	__u32 idx, key;
+
+	if (!p || !d || !s)
+		return 0;
+	idx = s->idx;
+	key = p->trace_key;
+	st = bpf_map_lookup_elem(&moa_state, &idx);
+	tr = bpf_map_lookup_elem(&moa_trace, &key);
+	if (!st || !tr) {
+		s->departure = s->now + s->delay_ns;
+		return 0;
+	}
+	moa_step_locked(st, p, d, s, 0, tr);
+	return 0;
+}
+
 static __always_inline void moa_stage_step(struct moa_stage_state *st,
 					   const struct moa_stage_params *p,
-					   const struct moa_draws *d, struct moa_step *s)
+					   const struct moa_draws *d, struct moa_step *s,
+					   const struct moa_charge *c, const int may_slot)
 {
+	/* A trace keeps its position beside the timeline: the locked path, in its global
+	 * function (never slotted, reordered or duplicated: the schema refuses the pairs). */
+	if (p->flags & MOA_F_TRACE) {
+		moa_trace_stage(p, d, s);
+		return;
+	}
+	/* Slots keep state beside the timeline: the locked path, its gaps drawn before it. Only
+	 * an egress stage is ever slotted (may_slot: a constant, so ingress has no slot code). */
+	if (may_slot && (p->flags & MOA_F_SLOT)) {
+		s->slot_segs = c->segs;
+		s->slot_bytes = c->bytes;
+		s->slot_gap[0] = moa_slot_gap(p);
+		s->slot_gap[1] = moa_slot_gap(p);
+		moa_step_locked(st, p, d, s, 1, NULL);
+		return;
+	}
 	/* Gilbert-Elliott, the AQM and netem's reorder and duplicate keep state beside the
 	 * timeline: the locked path. */
 	if (p->loss_model != MOA_LOSS_GILBERT_ELLIOTT && p->aqm == MOA_AQM_TAILDROP &&
@@ -300,7 +406,7 @@ static __always_inline void moa_stage_step(struct moa_stage_state *st,
 			return;
 		}
 	}
-	moa_step_locked(st, p, d, s);
+	moa_step_locked(st, p, d, s, 0, NULL);
 }
 
 #endif /* MOA_EDT_H */

@@ -34,6 +34,10 @@ The words, as iproute2's tc reads them (tc/q_netem.c):
   MBps ...) are refused: moa's own `capacity 100mbps` means bits, tc's `rate 100mbps` bytes,
   and a guess would be wrong by 8. The overhead left out is moa's 24 (a frame's L1 overhead),
   not netem's 0: `rate 10mbit 0` charges the frame alone, as netem's `rate 10mbit` does.
+- `slot MIN [MAX] [packets N] [bytes B]` or `slot distribution NAME DELAY JITTER [packets N]
+  [bytes B]`: slot (docs/semantics.md, "Slots"), MAX left out is MIN, N and B whole numbers
+  (left out: no limit), NAME one of the built-in tables (normal, pareto, paretonormal; a table
+  file is refused). packets before bytes, as tc reads them.
 - `moa KEY VALUE ...`, last: moa's own keys that netem has no word for (queue, aqm, target,
   interval, ecn, reorder, state), with the values `moa set` takes.
 
@@ -61,7 +65,6 @@ from schemas.messages import (
 
 # netem words moa does not implement, and what to say about each.
 UNSUPPORTED: dict[str, str] = {
-    "slot": "moa does not release packets in slots",
     "ecn": "netem's ecn marks instead of its loss model's drops; moa marks in its AQM "
            "(`moa aqm codel ecn true`)",
     "limit": "netem's limit counts every packet in the qdisc, the delayed ones too; moa's "
@@ -70,7 +73,7 @@ UNSUPPORTED: dict[str, str] = {
 }
 ALIASES = {"latency": "delay", "drop": "loss"}
 GROUPS = ("delay", "distribution", "loss", "reorder", "gap", "duplicate", "corrupt", "rate",
-          "moa")
+          "slot", "moa")
 MOA_KEYS = ("queue", "aqm", "target", "interval", "ecn", "reorder", "state")
 # moa's keys that a netem word says; in the `moa` tail they are refused, naming that word.
 NETEM_SAYS = {"latency": "delay", "jitter": "delay", "delay_correlation": "delay",
@@ -78,7 +81,7 @@ NETEM_SAYS = {"latency": "delay", "jitter": "delay", "delay_correlation": "delay
               "loss": "loss", "loss_correlation": "loss", "capacity": "rate", "burst": "loss",
               "overhead": "rate", "cell_size": "rate", "cell_overhead": "rate",
               "corrupt": "corrupt", "reorder_early": "reorder", "duplicate": "duplicate",
-              "duplicate_correlation": "duplicate"}
+              "duplicate_correlation": "duplicate", "slot": "slot"}
 
 _NUMBER = r"([0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?)"
 _TIME = re.compile(_NUMBER + r"([A-Za-z]*)")
@@ -280,6 +283,37 @@ def _gap(w: _Words) -> int:
     if not text.isdigit() or len(text) > 10:
         raise NetemError("gap", f"netem gap: {text!r} is not a whole number of packets")
     return int(text, 10)
+_SLOT_TABLES = ("normal", "pareto", "paretonormal")
+
+
+def _slot(w: _Words) -> dict[str, object]:
+    """`slot MIN [MAX]` or `slot distribution NAME DELAY JITTER`, then `packets N`, `bytes B`
+    (tc's order): the whole `slot`."""
+    first = w.take("slot", "MIN or `distribution NAME DELAY JITTER`")
+    slot: dict[str, object]
+    if _is_number(first):
+        slot = {"min": _time("slot", first, "min")}
+        if (hi := w.take_number()) is not None:
+            slot["max"] = _time("slot", hi, "max")
+    elif first == "distribution":
+        name = w.take("slot", "the distribution's name")
+        if name not in _SLOT_TABLES:
+            raise NetemError("slot", f"netem slot distribution {name!r}: moa's slots take "
+                                     f"{', '.join(_SLOT_TABLES)} (no table file)")
+        slot = {"distribution": name,
+                "delay": _time("slot", w.take("slot", "DELAY"), "delay"),
+                "jitter": _time("slot", w.take("slot", "JITTER"), "jitter")}
+    else:
+        raise NetemError("slot", f"netem slot: {first!r} is neither a time (slot MIN [MAX]) nor "
+                                 "`distribution`")
+    for key in ("packets", "bytes"):
+        if w.peek() == key:
+            w.i += 1
+            value = w.take("slot", f"{key}'s number")
+            if not value.isdigit() or len(value) > 10:
+                raise NetemError("slot", f"netem slot {key}: {value!r} is not a whole number")
+            slot[key] = int(value)
+    return {"slot": slot}
 
 
 def _rate_group(w: _Words) -> dict[str, object]:
@@ -356,7 +390,8 @@ _WORD_OF = {"latency": "delay", "jitter": "delay", "delay_correlation": "delay",
             "loss": "loss", "loss_correlation": "loss", "burst": "loss", "capacity": "rate",
             "overhead": "rate", "cell_size": "rate", "cell_overhead": "rate",
             "corrupt": "corrupt", "reorder_early": "reorder", "duplicate": "duplicate",
-            "duplicate_correlation": "duplicate", "queue": "moa queue", "aqm": "moa aqm",
+            "duplicate_correlation": "duplicate", "slot": "slot", "queue": "moa queue",
+            "aqm": "moa aqm",
             "reorder": "moa reorder", "state": "moa state"}
 
 
@@ -396,7 +431,7 @@ def parse(words: list[str], read_table: Callable[[str], str] | None = None) -> d
         if group not in GROUPS:
             raise NetemError(word, f"netem word {word!r} is not one moa takes (delay, "
                                    f"distribution, loss, reorder, gap, duplicate, corrupt, "
-                                   f"rate, then moa KEY VALUE ...)")
+                                   f"rate, slot, then moa KEY VALUE ...)")
         if group in seen:
             raise NetemError(word, f"netem word {word!r} is given twice")
         seen.add(group)
@@ -420,6 +455,8 @@ def parse(words: list[str], read_table: Callable[[str], str] | None = None) -> d
             out.update(_corrupt(w))
         elif group == "rate":
             out.update(_rate_group(w))
+        elif group == "slot":
+            out.update(_slot(w))
         else:
             out.update(_moa_tail(w))
     if gap is not None:
@@ -517,6 +554,19 @@ def render(e: Emulation) -> str:
             words.append(str(e.cell_size))
         if e.cell_overhead:
             words.append(str(e.cell_overhead))
+    if e.slot is not None:
+        sl = e.slot
+        if sl.distribution == "uniform":
+            words += ["slot", units.format_duration(sl.min or 0)]
+            if sl.max is not None:
+                words.append(units.format_duration(sl.max))
+        else:
+            words += ["slot", "distribution", sl.distribution, units.format_duration(sl.delay or 0),
+                      units.format_duration(sl.jitter)]
+        if sl.packets:
+            words += ["packets", str(sl.packets)]
+        if sl.bytes:
+            words += ["bytes", str(sl.bytes)]
     tail: list[str] = []
     if e.queue is not None:
         tail += ["queue", units.format_size(e.queue)]

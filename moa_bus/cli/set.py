@@ -9,7 +9,9 @@ ones left out take their defaults), e.g. `moa set a-b aqm codel target 5ms ecn t
 cell_size, cell_overhead (bytes; what each frame is charged, e.g. ATM's `cell_size 48
 cell_overhead 5`), corrupt (0..1: the share of packets with one bit of their payload
 flipped), duplicate and duplicate_correlation (0..1, the correlation below 1: the share of
-packets sent twice; netem's `reorder` has its netem words only). Without --id the
+packets sent twice; netem's `reorder` has its netem words only), trace (a Mahimahi trace file,
+mm-link's format, or "none": the link's capacity follows its delivery opportunities,
+docs/semantics.md "Trace-driven capacity"; capacity becomes 0 unless given). Without --id the
 materialization is the one holding a link of that name, or, for a tag, the only
 materialization on the box. A name that is a link id is a link, else a tag.
 
@@ -33,12 +35,13 @@ import sys
 from pathlib import Path
 
 import schemas
+from datapath.traces import read_mahimahi
 from moa_bus import engine
 from moa_bus.cli import client, netem_syntax
 
 KEYS = ("latency", "jitter", "capacity", "queue", "loss", "loss_correlation", "reorder", "state",
         "distribution", "delay_correlation", "aqm", "target", "interval", "ecn", "overhead",
-        "cell_size", "cell_overhead", "corrupt", "duplicate", "duplicate_correlation")
+        "cell_size", "cell_overhead", "corrupt", "duplicate", "duplicate_correlation", "trace")
 INT_KEYS = ("overhead", "cell_size", "cell_overhead")  # bytes, overheads may be negative
 AQM_KEYS = {"aqm": "kind", "target": "target", "interval": "interval", "ecn": "ecn"}
 
@@ -108,6 +111,15 @@ def table_text(name: str) -> str:
                             "(give a path to the table)")
 
 
+def trace_file(path: str) -> dict[str, list[int]]:
+    """A Mahimahi trace file as Emulation.trace (UsageError naming the file and the line)."""
+    try:
+        text = Path(path).read_text()
+        return {"opportunities_ms": list(read_mahimahi(text).opportunities_ms)}
+    except (OSError, ValueError) as e:
+        raise UsageError(f"trace {path}: {e}") from None
+
+
 def parse_params(words: list[str]) -> dict[str, object]:
     """["latency", "50ms", "loss", "0.01"] -> {"latency": "50ms", "loss": 0.01} (units stay text:
     the service parses them with the same rules as any message)."""
@@ -138,8 +150,12 @@ def parse_params(words: list[str]) -> dict[str, object]:
                 raise UsageError(f"{key} {value!r} is not a whole number of bytes") from None
         elif key == "queue" and value.lower() == "none":
             out[key] = None
+        elif key == "trace":
+            out[key] = None if value.lower() == "none" else trace_file(value)
         else:
             out[key] = int(value) if value.isdigit() else value
+    if out.get("trace") is not None:
+        out.setdefault("capacity", 0)        # the trace is the capacity (they exclude each other)
     aqm = {AQM_KEYS[k]: out.pop(k) for k in list(out) if k in AQM_KEYS}
     if aqm:
         out["aqm"] = aqm

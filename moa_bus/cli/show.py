@@ -71,7 +71,16 @@ def _emulation(e: schemas.Emulation) -> list[str]:
     return [schemas.format_duration(e.latency) if e.latency else "-",
             _jitter(e),
             _loss(e),
-            schemas.format_rate(e.capacity) + _charge(e) + _aqm(e)]
+            _capacity(e) + _charge(e) + _aqm(e) + _slot(e)]
+
+
+def _capacity(e: schemas.Emulation) -> str:
+    """The rate, or a trace's mean rate over its period (docs/semantics.md, "Trace-driven
+    capacity")."""
+    if e.trace is None:
+        return schemas.format_rate(e.capacity)
+    ms = e.trace.opportunities_ms
+    return f"trace ~{schemas.format_rate(max(1, len(ms) * 12_000_000 // ms[-1]))}"
 
 
 def _loss(e: schemas.Emulation) -> str:
@@ -100,6 +109,21 @@ def _charge(e: schemas.Emulation) -> str:
     if e.cell_size:
         out += f" cells {e.cell_size}{e.cell_overhead:+d}"
     return out
+
+
+def _slot(e: schemas.Emulation) -> str:
+    """Slots (docs/semantics.md, "Slots"): the gap (min-max, or a distribution's delay±jitter)
+    and the most a slot releases (frames p, bytes B)."""
+    sl = e.slot
+    if sl is None:
+        return ""
+    fmt = schemas.format_duration
+    if sl.distribution == "uniform":
+        gap = fmt(sl.min or 0) + (f"-{fmt(sl.max)}" if sl.max not in (None, sl.min) else "")
+    else:
+        gap = f"{sl.distribution} {fmt(sl.delay or 0)}±{fmt(sl.jitter)}"
+    limits = (f" {sl.packets}p" if sl.packets else "") + (f" {sl.bytes}B" if sl.bytes else "")
+    return f" slot {gap}{limits}"
 
 
 def _aqm(e: schemas.Emulation) -> str:
