@@ -117,10 +117,9 @@ static __always_inline int moa_classify(struct __sk_buff *skb, const enum moa_st
 	s.now = bpf_ktime_get_ns();
 	if (p->rate_bps)
 		s.ser_ns = moa_ser_ns(c.wire, p->rate_bps);
-	if (p->flags & MOA_F_TRACE) {
+	if (p->flags & MOA_F_TRACE)
 		s.trace_bytes = moa_trace_bytes(c.bytes, c.segs);
-		s.idx = idx;
-	}
+	s.idx = idx;
 	s.delay_ns = moa_delay_ns(p, st) + handover;
 	if (p->aqm == MOA_AQM_PIE)
 		s.aqm_rand = bpf_get_prandom_u32();

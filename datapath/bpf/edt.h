@@ -69,7 +69,7 @@ struct moa_step {
 	__u32 slot_bytes;	/* in, MOA_F_SLOT: and their bytes */
 	__u64 slot_gap[2];	/* in, MOA_F_SLOT: two gaps drawn outside the lock (slot.h) */
 	__u32 trace_bytes;	/* in: with MOA_F_TRACE, what the trace is charged (trace.h) */
-	__u32 idx;		/* in: with MOA_F_TRACE, the stage's index in moa_state */
+	__u32 idx;		/* in: the stage's index in moa_state (for the global functions) */
 	__u64 departure;	/* out: when the packet may leave (monotonic ns) */
 	__u64 sojourn;		/* out: start of its serialisation - now (0 without a rate) */
 	__u8 drop;		/* out: 1 = drop for `reason` */
@@ -367,6 +367,30 @@ __noinline int moa_trace_stage(const struct moa_stage_params *p, const struct mo
 	return 0;
 }
 
+/*
+ * A slotted stage's step (slot.h): the locked path with the slot, as a global function, for
+ * the trace's reason: inline beside reorder and duplicate, the slot's placement (taken twice
+ * for a duplicated packet) pushed moa_egress past the 1,000,000 instructions that Debian 12's
+ * 6.1 verifier walks at most (docs/architecture.md, "The classifier").
+ */
+__noinline int moa_slot_stage(const struct moa_stage_params *p, const struct moa_draws *d,
+			      struct moa_step *s)
+{
+	struct moa_stage_state *st;
+	__u32 idx;
+
+	if (!p || !d || !s)
+		return 0;
+	idx = s->idx;
+	st = bpf_map_lookup_elem(&moa_state, &idx);
+	if (!st) {
+		s->departure = s->now + s->delay_ns;
+		return 0;
+	}
+	moa_step_locked(st, p, d, s, 1, NULL);
+	return 0;
+}
+
 static __always_inline void moa_stage_step(struct moa_stage_state *st,
 					   const struct moa_stage_params *p,
 					   const struct moa_draws *d, struct moa_step *s,
@@ -385,7 +409,7 @@ static __always_inline void moa_stage_step(struct moa_stage_state *st,
 		s->slot_bytes = c->bytes;
 		s->slot_gap[0] = moa_slot_gap(p);
 		s->slot_gap[1] = moa_slot_gap(p);
-		moa_step_locked(st, p, d, s, 1, NULL);
+		moa_slot_stage(p, d, s);
 		return;
 	}
 	/* Gilbert-Elliott, the AQM and netem's reorder and duplicate keep state beside the

@@ -61,6 +61,15 @@ static __always_inline __u64 moa_le(__u64 a, __u64 b)
 	return (d >> 63) ^ 1;
 }
 
+/* Opportunity i's time in ms. The mask is hidden from the compiler, which knows i's range and
+ * would drop it: the 6.1 verifier loses that range across the search's or-ed bits and refuses
+ * an index it cannot bound. */
+static __always_inline __u64 moa_trace_ms(const struct moa_trace *tr, __u64 i)
+{
+	asm volatile("" : "+r"(i));
+	return tr->t_ms[i & (MOA_TRACE_MAX - 1)];
+}
+
 /*
  * How many opportunities of one period are at or before rel ns from its start (rel < the
  * period, so at most len - 1): the index of the first one after rel. Without a branch on the
@@ -77,7 +86,7 @@ static __always_inline __u32 moa_trace_count(const struct moa_trace *tr, __u32 l
 	for (i = MOA_TRACE_STEPS - 1; i >= 0; i--) {
 		step = 1ULL << i;
 		pos += step * (moa_le(pos + step, len) &
-			       moa_le(tr->t_ms[(pos + step - 1) & (MOA_TRACE_MAX - 1)], ms));
+			       moa_le(moa_trace_ms(tr, pos + step - 1), ms));
 	}
 	return pos;
 }
@@ -85,7 +94,7 @@ static __always_inline __u32 moa_trace_count(const struct moa_trace *tr, __u32 l
 /* The time of opportunity idx of the period starting at origin. */
 static __always_inline __u64 moa_trace_time(const struct moa_trace *tr, __u64 origin, __u64 idx)
 {
-	return origin + tr->t_ms[idx & (MOA_TRACE_MAX - 1)] * MOA_NS_PER_MS;
+	return origin + moa_trace_ms(tr, idx) * MOA_NS_PER_MS;
 }
 
 /*
