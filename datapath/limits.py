@@ -40,7 +40,7 @@ import msgspec
 
 import schemas
 from datapath.distributions import max_offset
-from datapath.emulation import DEFAULT_OVERHEAD, MIN_FRAME, frame_wire, queue_ns
+from datapath.emulation import DEFAULT_OVERHEAD, MIN_FRAME, frame_wire, queue_bytes, queue_ns
 from datapath.netlink.model import FqSizing, fq_sizing_for
 
 # A VTEP's (egress, ingress) stages, as datapath.plan.planner.Stages.
@@ -159,6 +159,12 @@ def stage_bytes(e: schemas.Emulation | None, frame: int, line_rate_bps: int) -> 
     held = hold_ns(e, frame)
     if not held:
         return 0
+    if e.trace is not None:
+        # A trace link's backlog is at most its queue in bytes (trace.h's tail drop counts
+        # bytes, not time at a rate: the line rate times its queue as time at the trace's mean
+        # rate counted the trace's rate up to the line's); behind the backlog a frame waits
+        # its delay at most, arriving at most at the line rate.
+        return queue_bytes(e) + line_rate_bps * max_delay_ns(e) // (8 * NSEC)
     rate = line_rate_bps
     if e.capacity:
         ratio = frame_ratio(e.overhead, e.cell_size, e.cell_overhead, frame - DEFAULT_OVERHEAD)

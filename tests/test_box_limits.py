@@ -129,6 +129,18 @@ def test_fq_figures_are_rate_times_hold_and_an_unlimited_link_counts_at_line_rat
     assert f.egress_bytes == 2 * 6_251_488 + 2 * 12_500_000 and f.largest == 12_500_000
 
 
+def test_a_trace_link_holds_its_queue_in_bytes_and_what_its_delay_holds() -> None:
+    """trace.h's tail drop bounds a trace link's backlog in bytes, whatever the trace's rate
+    (its queue as time at the mean rate would count the line rate over that time)."""
+    trace = schemas.Trace(opportunities_ms=(0, 1, 5, 20, 1000))
+    e = Emulation(trace=trace, queue=1_000_000)
+    assert limits.stage_bytes(e, FRAME, 10**10) == 1_000_000
+    delayed = Emulation(trace=trace, queue=1_000_000, latency=10 * MS)
+    assert limits.stage_bytes(delayed, FRAME, 10**10) == 1_000_000 + 12_500_000
+    # the line rate times the queue as time at the trace's mean rate was ~833 times more
+    assert 10**10 * limits.hold_ns(e, FRAME) // (8 * 10**9) > 800 * 1_000_000
+
+
 def test_the_box_holds_at_most_line_rate_times_the_longest_hold() -> None:
     many = [_figures((Emulation(latency=100 * MS), 2)) for _ in range(50)]  # 50 x 250 MB
     box = limits.BoxFigures(tuple(many), 10**10)

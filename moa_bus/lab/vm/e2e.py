@@ -21,6 +21,8 @@ from .impairment_scenarios import ImpairmentScenarios
 from .netem_features import NetemFeatures
 from .scale_scenarios import ScaleScenarios
 from .stack_scenarios import MoaConfig, StackScenarios
+from .schedule_scenario import ScheduleScenario
+from .trace_scenario import TraceScenario
 from .batch import Batch, results as step_results
 
 DEFAULT_RESULTS = runner.REPO / "results" / "e2e"
@@ -46,7 +48,8 @@ def _scenarios(workdir: Path, cfg: E2eConfig,
 
 
 SCENARIOS = ("latency", "capacity", "udp", "loss", "lan", "update", "isolation", "p2p_vs_lan",
-             "rollback", "long_latency", "distributions", "link_state", "access", "aqm", "features", "scale")
+             "rollback", "long_latency", "distributions", "link_state", "access", "aqm", "features",
+             "trace", "schedule", "scale")
 
 
 def impairments(sc: ShaperScenarios, ms: StackScenarios) -> ImpairmentScenarios:
@@ -64,7 +67,7 @@ def scale(sc: ShaperScenarios, ms: StackScenarios) -> ScaleScenarios:
 
 
 def features(sc: ShaperScenarios, ms: StackScenarios) -> NetemFeatures:
-    """Issue 13's duplicate, reorder and slot beside netem's, netem on lan0 towards hv2."""
+    """Issue 13's duplicate, reorder and slots beside netem's, netem on lan0 towards hv2."""
     (_, lan0), = [(n, m) for n, m in moa_stack.COMPARISON_BRIDGES if n == "lan0"]
     (_, _, _), (_, v2, addr2) = lan0
     return NetemFeatures(sc.tb, ms.stack, v2, addr2.split("/")[0])
@@ -103,6 +106,10 @@ def full_batch(sc: ShaperScenarios, ms: StackScenarios,
             getattr(ims, name)(batch)
     if want("features"):
         features(sc, ms).features(batch)
+    if want("trace"):
+        TraceScenario(sc.tb, ms.stack).trace(batch)
+    if want("schedule"):
+        ScheduleScenario(sc.tb, ms.stack).schedule(batch)
     if want("scale"):  # last: it fills the classifier's map past the service
         scale(sc, ms).scale(batch)
     ms.finish(batch)
@@ -117,11 +124,13 @@ def analyse(sc: ShaperScenarios, ms: StackScenarios, workdir: Path) -> dict:
     out.update(impairments(sc, ms).analyse(ok))
     out["scale"] = scale(sc, ms).analyse(ok)
     out["features"] = features(sc, ms).analyse(ok)
+    out["trace"] = TraceScenario(sc.tb, ms.stack).analyse(ok)
+    out["schedule"] = ScheduleScenario(sc.tb, ms.stack).analyse(ok)
     return out
 
 
 def run_reference(
-    workdir: Path, cfg: E2eConfig | None = None, *, timeout_s: int = 1500,
+    workdir: Path, cfg: E2eConfig | None = None, *, timeout_s: int = 1800,
     mcfg: MoaConfig | None = None, only: Collection[str] | None = None,
 ) -> tuple[dict, runner.VmRun]:
     """Boot once, run every scenario with moa and the comparison shapers; results include the

@@ -48,6 +48,7 @@ from .measure import in_ns, start_daemon, wait_until
 from .scripted_testbed import Hypervisor, Testbed, Vtep
 
 HOST = "e2e"  # the box's id in subjects: moa.e2e.*
+REPO = Path(__file__).resolve().parents[3]  # the checkout holding moa_bus
 MATERIALIZATION = "e2e"
 NATS_PORT = 4222  # the embedded server, inside the box namespace (alone there)
 PIN_ROOT = "/sys/fs/bpf/moa"  # the VM's own bpffs
@@ -123,6 +124,15 @@ LINKS: tuple[MoaLink, ...] = (
     MoaLink("ro", (("hv1", 1000), ("hv2", 1001)),
             {"latency": "10ms", "capacity": "100mbps",
              "reorder_early": {"probability": 0.25, "gap": 5}}),
+    # issue 13 (netem_features.py): slots beside netem's, without and with a packet limit
+    MoaLink("sa", (("hv1", 1010), ("hv2", 1011)),
+            {"latency": "10ms", "capacity": "100mbps", "slot": {"min": "20ms"}}),
+    MoaLink("sb", (("hv1", 1020), ("hv2", 1021)),
+            {"latency": "10ms", "capacity": "100mbps", "slot": {"min": "20ms", "packets": 6}}),
+    # issue 14 (trace_scenario.py): a cellular trace towards hv2, set by `moa set ... trace`
+    MoaLink("tr", (("hv1", 1030), ("hv2", 1031)), {"capacity": "100mbps"}),
+    # issue 14 (schedule_scenario.py): scheduled down at +2 s, up at +4 s
+    MoaLink("sd", (("hv1", 1040), ("hv2", 1041)), {"capacity": "100mbps"}),
     # issue 16 (scale_scenarios.py): throughput with 1 and 65,534 VNIs in the map
     MoaLink("tput", (("hv1", 980), ("hv2", 981)),
             {"latency": "1ms", "capacity": "10gbps", "queue": "1MB"}),
@@ -194,7 +204,9 @@ def materialize_doc(links: tuple[MoaLink, ...] = LINKS) -> dict:
 @dataclass(frozen=True)
 class MoaStack:
     tb: Testbed
-    python: str = sys.executable  # the host venv's interpreter (shared over 9p)
+    # The host venv's interpreter (shared over 9p), importing this checkout's code first: an
+    # editable install points at the tree it was made from, which need not be this one.
+    python: str = f"env PYTHONPATH={REPO} {sys.executable}"
 
     @property
     def box(self) -> str:
