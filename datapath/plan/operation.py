@@ -49,6 +49,7 @@ class Env:
     egress_program: ProgramFd | None = None
     ingress_program: ProgramFd | None = None
     port_hold_program: ProgramFd | None = None
+    flows: Any = None  # datapath.flow.FlowTable in flow mode (datapath/plan/flows.py), else None
 
 
 class Operation:
