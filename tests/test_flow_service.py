@@ -14,13 +14,14 @@ import pytest
 
 from datapath.flow import FlowTable
 from datapath.libbpf import Map
-from moa_bus.lab.host_testbed import Testbed, ns_exec
+from moa_bus.lab.host_testbed import UPLINK, Testbed, ns_exec, sh
 from moa_bus.service.embedded_nats import NatsServer
 from moa_bus.service.subjects import Subjects
 from tests.fixtures.moabox import moa_devices, vni_keys
 from tests.fixtures.nats import nats_client, nats_server  # noqa: F401
 from tests.fixtures.service import box_service
 from tests.fixtures.topology import topo  # noqa: F401
+from tests.test_flow_netns import BOX6, _add_endpoint, hv_addr6
 
 pytestmark = [pytest.mark.netns, pytest.mark.nats]
 
@@ -184,3 +185,38 @@ async def test_switching_modes_across_restarts_converges(nats_server: NatsServer
         assert set(await asyncio.to_thread(moa_devices, topo.box)) == {"mv80", "mv81"}
         assert await _ping(topo, a, b) == (3, 3)
         assert await svc.datapath.plan(svc.desired.held["sw"].materialize) == []
+
+
+async def test_flow_link_over_an_ipv6_underlay(nats_server: NatsServer, topo: Testbed) -> None:
+    """The box's address and the remotes are IPv6 (the endpoints' `local`): the next hops are
+    found by neighbour discovery, pings cross, loss applies, dematerialize leaves nothing."""
+    s = Subjects(HOST)
+    await asyncio.to_thread(_ipv6_underlay, topo)
+    a = await asyncio.to_thread(_add_endpoint, topo, 1, 90, "192.168.90.1/24", True)
+    b = await asyncio.to_thread(_add_endpoint, topo, 2, 91, "192.168.90.2/24", True)
+    doc = {"id": "six", "links": [{"id": "l0", "endpoints": [
+        {"vni": 90, "remote": hv_addr6(1), "local": BOX6},
+        {"vni": 91, "remote": hv_addr6(2), "local": BOX6}], "emulation": {"loss": 0.0}}]}
+    async with box_service(nats_server, topo, HOST, settings=FLOW) as svc, \
+            nats_client(nats_server.url) as nc:
+        ack = await _req(nc, s.op("materialize"), doc)
+        assert ack["ok"], ack
+        e = _entries(svc)
+        assert (e[90].peer_ip, e[90].src_ip, e[90].peer_mac) == (
+            hv_addr6(2), BOX6, _hv_mac(topo, 2))
+        assert await asyncio.to_thread(moa_devices, topo.box) == {}
+        assert await _ping(topo, a, b) == (3, 3)
+        u = await _req(nc, s.op("update"), {"id": "six", "links": [
+            {"link": "l0", "emulation": {"loss": 1.0}}]})
+        assert u["ok"], u
+        assert await _ping(topo, a, b, 2, 1) == (2, 0)
+        assert (await _req(nc, s.op("dematerialize"), {"id": "six"}))["ok"]
+        assert _entries(svc) == {} and vni_keys(topo.pin_root) == set()
+
+
+def _ipv6_underlay(t: Testbed) -> None:
+    ns_exec(t.box, "sysctl", "-qw", f"net.ipv6.conf.{UPLINK}.disable_ipv6=0")
+    sh("ip", "-n", t.box, "addr", "add", f"{BOX6}/64", "dev", UPLINK, "nodad")
+    for i in (1, 2):
+        ns_exec(t.hv(i), "sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=0")
+        sh("ip", "-n", t.hv(i), "addr", "add", f"{hv_addr6(i)}/64", "dev", "eth0", "nodad")
