@@ -431,5 +431,9 @@ class KernelDatapath:
         links = self.classifier.links_map
         peers = self.pair.peers
         _, _, held = peers.lookup_batch()
-        return [MapUsage(links.name, self.classifier.link_count(), links.max_entries),
-                MapUsage(peers.name, held, peers.max_entries)]
+        out = [MapUsage(links.name, self.classifier.link_count(), links.max_entries),
+               MapUsage(peers.name, held, peers.max_entries)]
+        if self.flows is not None:
+            out.append(MapUsage(self.flows.map.name, self.flows.map.lookup_batch()[2],
+                                self.flows.map.max_entries))
+        return out

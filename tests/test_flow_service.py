@@ -78,6 +78,8 @@ async def test_flow_link_through_the_service(nats_server: NatsServer, topo: Test
             40, Testbed.hv_addr(1), _hv_mac(topo, 1))
         assert e[40].src_mac == _uplink_mac(topo) and e[40].ifindex == svc.datapath.uplink_index
         assert vni_keys(topo.pin_root) == {40, 41}
+        usage = {u.name: u.entries for u in svc.datapath.map_usage()}
+        assert (usage["moa_links"], usage["moa_flow"], usage["moa_pair_peers"]) == (2, 2, 0)
         assert await _ping(topo, a, b) == (3, 3)
         # unchanged resend: nothing to do
         again = await _req(nc, s.op("materialize"), doc)
