@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +19,7 @@ from datapath.libbpf import Map
 from moa_bus.lab.host_testbed import UPLINK, Testbed, ns_exec, sh
 from moa_bus.service.embedded_nats import NatsServer
 from moa_bus.service.subjects import Subjects
-from tests.fixtures.moabox import moa_devices, vni_keys
+from tests.fixtures.moabox import ServeProcess, moa_devices, serve_cmd, vni_keys
 from tests.fixtures.nats import nats_client, nats_server  # noqa: F401
 from tests.fixtures.service import box_service
 from tests.fixtures.topology import topo  # noqa: F401
@@ -222,3 +224,41 @@ def _ipv6_underlay(t: Testbed) -> None:
     for i in (1, 2):
         ns_exec(t.hv(i), "sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=0")
         sh("ip", "-n", t.hv(i), "addr", "add", f"{hv_addr6(i)}/64", "dev", "eth0", "nodad")
+
+
+def _pinned_flows(topo: Testbed) -> set[int]:
+    with Map.from_pin(os.path.join(topo.pin_root, "moa_flow")) as m:
+        return {int.from_bytes(bytes(k), sys.byteorder) for k, _ in m.items()}
+
+
+async def test_moa_serve_p2p_mode_flow_survives_a_crash(nats_server: NatsServer, topo: Testbed,
+                                                        tmp_path: Path) -> None:
+    """`moa serve --p2p-mode flow` as a process: the link made of entries, SIGKILL, restarted:
+    the entries were never removed (traffic kept flowing) and the service converges to them."""
+    s = Subjects(HOST)
+    a = await asyncio.to_thread(topo.add_endpoint, 1, 44, "192.168.44.1/24")
+    b = await asyncio.to_thread(topo.add_endpoint, 2, 45, "192.168.44.2/24")
+    cmd = serve_cmd(topo, nats_server.url, HOST, "--p2p-mode", "flow")
+    first = ServeProcess(cmd, tmp_path / "first.log").start()
+    second: ServeProcess | None = None
+    try:
+        async with nats_client(nats_server.url) as nc:
+            await first.wait_ready(nc, HOST)
+            ack = await _req(nc, s.op("materialize"), p2p_doc("p", 44, 45))
+            assert ack["ok"], (ack, first.log())
+            assert _pinned_flows(topo) == {44, 45}
+            assert await asyncio.to_thread(moa_devices, topo.box) == {}
+            first.kill9()
+            assert await _ping(topo, a, b) == (3, 3)  # no service: the kernel carries on
+            second = ServeProcess(cmd, tmp_path / "second.log").start()
+            await second.wait_ready(nc, HOST)
+            assert _pinned_flows(topo) == {44, 45}
+            assert await _ping(topo, a, b) == (3, 3)
+            st = (await _req(nc, s.op("status"), {}))["materializations"]
+            assert [m["id"] for m in st] == ["p"] and st[0]["error"] is None, st
+            assert (await _req(nc, s.op("dematerialize"), {"id": "p"}))["ok"]
+            assert _pinned_flows(topo) == set()
+    finally:
+        first.kill9()
+        if second is not None:
+            assert await asyncio.to_thread(second.stop) == 0, second.log()
