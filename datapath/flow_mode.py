@@ -4,6 +4,7 @@ purges (docs/architecture.md, "Flow mode in the planner").
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 
@@ -13,7 +14,7 @@ from datapath.flow import FLOW_MAP, OWNER_MAP, FlowTable, Uplink
 from datapath.libbpf import Map
 from datapath.netlink.devices import Netlink
 from datapath.plan.flows import key_tag
-from datapath.plan.planner import Current, FlowContext, PlanConfig, desired_state
+from datapath.plan.planner import Current, FlowContext, PlanConfig
 
 log = logging.getLogger("datapath.flow_mode")
 
@@ -69,6 +70,16 @@ def flow_context(nl: Netlink, table: FlowTable | None, m: schemas.Materialize,
         if len(link.endpoints) != 2:
             continue
         for j, ep in enumerate(link.endpoints):
+            peer = link.endpoints[1 - j]
+            src = ep.local or cfg.local
+            if _family(src) != _family(peer.remote):
+                raise schemas.InvalidMessage(
+                    f"links[{i}].endpoints[{1 - j}].remote",
+                    f"remote {peer.remote} is IPv{_family(peer.remote)} but endpoint {j}'s "
+                    f"frames arrive at {src} (IPv{_family(src)}): flow mode keeps a frame's "
+                    "outer family (set both endpoints' local, or use --p2p-mode vtep)",
+                    code="unsupported")
+        for j, ep in enumerate(link.endpoints):
             if ep.remote in hops:
                 continue
             hop, mac = nl.next_hop_mac(ep.remote, uplink_index, NEXT_HOP_WAIT_S)
@@ -84,8 +95,8 @@ def flow_context(nl: Netlink, table: FlowTable | None, m: schemas.Materialize,
     return FlowContext(up, hops, table.encode)
 
 
-def desired_flow_vnis(desired: list[schemas.Materialize], cfg: PlanConfig) -> set[int]:
-    return {v for m in desired for v in desired_state(m, cfg).flows}
+def _family(address: str) -> int:
+    return ipaddress.ip_address(address).version
 
 
 def purge_foreign(table: FlowTable | None, desired: list[schemas.Materialize]) -> list[str]:

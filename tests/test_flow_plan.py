@@ -22,6 +22,8 @@ from moa_bus.lab.host_testbed import Testbed
 from tests.fixtures.docs import materialize
 from tests.fixtures.moabox import box_config, moa_devices, vni_keys
 from tests.fixtures.topology import topo  # noqa: F401
+from tests.test_flow_netns import BOX6, hv_addr6
+from tests.test_flow_service import _ipv6_underlay
 
 CFG = PlanConfig(uplink="up0", local="10.0.0.1", flow=True)
 
@@ -94,6 +96,16 @@ async def test_failed_flow_plan_rolls_back_and_conflicts_are_refused(topo: Testb
         with pytest.raises(PlanConflict):
             await dp.apply(materialize(_doc("d", 202)))
         assert set(table.raw()) == {100, 101, 102, 103}
+
+        # endpoints whose frames would change outer family: refused, naming the remote
+        await asyncio.to_thread(_ipv6_underlay, topo)
+        mixed = _doc("e", 300)
+        mixed["links"][0]["endpoints"][1].update(remote=hv_addr6(2), local=BOX6)
+        with pytest.raises(schemas.InvalidMessage) as e:
+            await dp.apply(materialize(mixed))
+        assert (e.value.field, e.value.code) == ("links[0].endpoints[1].remote", "unsupported")
+        assert "outer family" in e.value.message
+        assert 300 not in table.raw() and 300 not in vni_keys(topo.pin_root)
 
         # removal: the entries, their owners, their parameters
         ops = await dp.plan(schemas.Materialize(id="a", links=[]))
