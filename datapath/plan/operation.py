@@ -20,6 +20,7 @@ class LinkTable(Protocol):
     the VXLAN ports it takes (moa_vxlan_ports)."""
 
     def set_link_stages(self, vni: int, stages: bytes) -> Any: ...
+    def update_links(self, links: Any) -> Any: ...  # {vni: stages}, in batch writes
 
     def restore_link(self, vni: int, raw_link: bytes) -> Any: ...
 
