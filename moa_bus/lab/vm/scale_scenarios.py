@@ -18,7 +18,9 @@ others point at classes never made. Not 65,534 as Becker et al.: u32 numbers the
 list in 12 bits (4,095 at most), and HTB's class creation walks every class for each new one,
 so 65,534 classes did not finish within 10 minutes even on the host. Made with one `tc -batch`.
 
-Each case: `runs` iperf3 runs of `seconds`, the median goodput; the VM's CPU time per GB carried,
+Rounds: each round measures 1 link and then many, back to back (the host's load drifts between
+minutes); the ratio is the median of the rounds' ratios. Each run: iperf3 for `seconds`; the
+VM's CPU time per GB carried,
 from /proc/stat (all CPUs, busy = everything but idle and iowait) over each run, against the
 bytes the receiver got. Offloads on (GSO/GRO), as in a testbed: a per-packet cost is paid per
 super-packet, which the report says.
@@ -39,8 +41,8 @@ FILLER_FIRST_VNI = 100_000
 class ScaleConfig:
     links: int = 65_534
     netem_filters: int = 4_095  # u32's node ids are 12 bits: one list holds at most 4,095
-    seconds: int = 6
-    runs: int = 3
+    seconds: int = 5
+    runs: int = 4
     port: int = 5203
 
 
@@ -83,33 +85,34 @@ class ScaleScenarios:
     netem_dst: str                  # hv2's address on lan0
     cfg: ScaleConfig = ScaleConfig()
 
-    def _runs(self, batch: Batch, name: str, dst: str) -> None:
-        c = self.cfg
-        for r in range(c.runs):
-            batch.add(f"scale-{name}-r{r}", [
-                'head -1 /proc/stat >"$STEP.cpu0"',
-                *measure.iperf3(self.tb.ns("hv2"), self.tb.ns("hv1"), dst, seconds=c.seconds,
-                                port=c.port),
-                'head -1 /proc/stat >"$STEP.cpu1"',
-            ])
+    def _run(self, batch: Batch, name: str, dst: str, r: int) -> None:
+        batch.add(f"scale-{name}-r{r}", [
+            'head -1 /proc/stat >"$STEP.cpu0"',
+            *measure.iperf3(self.tb.ns("hv2"), self.tb.ns("hv1"), dst, seconds=self.cfg.seconds,
+                            port=self.cfg.port),
+            'head -1 /proc/stat >"$STEP.cpu1"',
+        ])
 
     def scale(self, batch: Batch) -> None:
+        """Rounds of (1 link, many): the host's load drifts between minutes, so each round's
+        pair is measured back to back and the ratio is the median of the rounds' ratios."""
         c, py = self.cfg, self.stack.python
         tput = link("tput").address("hv2")
+        fill = (f"{py} -m moa_bus.lab.vm.fill_map --pin-root {PIN_ROOT} "
+                f"--first-vni {FILLER_FIRST_VNI}")
         batch.add("scale-moa-clear", shaping.clear(self.tb))
-        self._runs(batch, "moa-1", tput)
-        batch.add("scale-moa-fill", [
-            f"{py} -m moa_bus.lab.vm.fill_map --pin-root {PIN_ROOT} "
-            f"--first-vni {FILLER_FIRST_VNI} --total {c.links}"])
-        self._runs(batch, f"moa-{c.links}", tput)
-        batch.add("scale-moa-unfill", [
-            f"{py} -m moa_bus.lab.vm.fill_map --pin-root {PIN_ROOT} "
-            f"--first-vni {FILLER_FIRST_VNI} --remove"])
-        batch.add("scale-netem-setup-1", netem_htb(self.tb, self.netem_vni, 1, "/tmp/htb1.tc"))
-        self._runs(batch, "netem-1", self.netem_dst)
-        batch.add("scale-netem-setup-many",
-                  netem_htb(self.tb, self.netem_vni, c.netem_filters, "/tmp/htbn.tc"))
-        self._runs(batch, f"netem-{c.netem_filters}", self.netem_dst)
+        for r in range(c.runs):
+            self._run(batch, "moa-1", tput, r)
+            batch.add(f"scale-moa-fill-r{r}", [f"{fill} --total {c.links}"])
+            self._run(batch, f"moa-{c.links}", tput, r)
+            batch.add(f"scale-moa-unfill-r{r}", [f"{fill} --remove"])
+        for r in range(c.runs):
+            batch.add(f"scale-netem-setup-1-r{r}",
+                      netem_htb(self.tb, self.netem_vni, 1, "/tmp/htb1.tc"))
+            self._run(batch, "netem-1", self.netem_dst, r)
+            batch.add(f"scale-netem-setup-many-r{r}",
+                      netem_htb(self.tb, self.netem_vni, c.netem_filters, "/tmp/htbn.tc"))
+            self._run(batch, f"netem-{c.netem_filters}", self.netem_dst, r)
         batch.add("scale-netem-clear", [*shaping.clear(self.tb), "rm -f /tmp/htb1.tc /tmp/htbn.tc"])
 
     # -- results ----------------------------------------------------------------------------
@@ -119,14 +122,15 @@ class ScaleScenarios:
                      "method": "one TCP flow hv1 -> hv2, offloads on; moa: link tput (10 Gbit/s, "
                                "1 ms), map filled with traffic-less VNIs (no devices); netem: "
                                "HTB + netem (1 ms) + u32 per link, the flow's filter in the "
-                               "middle; median goodput of the runs; CPU = the VM's busy time "
-                               "per GB received",
+                               "middle; rounds of (1, many) back to back, ratio = median of the "
+                               "rounds' ratios; CPU = the VM's busy time per GB received",
                      "flow_tput_ratio_65534": None,
                      "flow_note": "flow mode is not in the service yet: no figure"}
         for name in ("moa-1", f"moa-{c.links}", "netem-1", f"netem-{c.netem_filters}"):
-            gbps, cpu = [], []
+            gbps, cpu, by_round = [], [], []
             for r in range(c.runs):
                 s = ok.get(f"scale-{name}-r{r}")
+                by_round.append(None)
                 if s is None:
                     continue
                 try:
@@ -136,26 +140,30 @@ class ScaleScenarios:
                     out.setdefault("errors", {})[f"{name}-r{r}"] = str(e)
                     continue
                 gbps.append(run.goodput_bps / 1e9)
+                by_round[-1] = run.goodput_bps / 1e9
                 gb = run.goodput_bps * c.seconds / 8 / 1e9
                 cpu.append(busy / gb if gb else None)
             key = name.replace("-", "_")
             out[f"{key}_gbps_runs"] = gbps
+            out[f"{key}_gbps_by_round"] = by_round
             out[f"{key}_gbps"] = measure.median(gbps) if gbps else None
             cpus = [x for x in cpu if x is not None]
             out[f"{key}_cpu_s_per_gb"] = measure.median(cpus) if cpus else None
         for side, n in (("moa", c.links), ("netem", c.netem_filters)):
-            one, many = out.get(f"{side}_1_gbps"), out.get(f"{side}_{n}_gbps")
+            ones, manys = out[f"{side}_1_gbps_by_round"], out[f"{side}_{n}_gbps_by_round"]
+            pairs = [m / o for o, m in zip(ones, manys) if o and m is not None]
             ratio = "vtep_tput_ratio_65534" if side == "moa" else f"netem_tput_ratio_{n}"
-            out[ratio] = many / one if one and many is not None else None
+            out[ratio] = measure.median(pairs) if pairs else None
+            out[ratio + "_by_round"] = pairs
         out["netem_tput_ratio_65534"] = None
         out["netem_note"] = (f"netem + HTB measured with {c.netem_filters:,} filters, not 65,534: "
                              "u32 numbers a list's filters in 12 bits, and making one HTB class "
                              "per link walks every class per new one (65,534 did not finish in "
                              "10 minutes on the host, docs/benchmarks.md)")
-        fill = ok.get("scale-moa-fill")
+        fill = ok.get("scale-moa-fill-r0")
         if fill is not None:
             out["moa_fill"] = fill.out.strip().splitlines()[-1] if fill.out.strip() else None
-        setup = ok.get("scale-netem-setup-many")
+        setup = ok.get("scale-netem-setup-many-r0")
         if setup is not None:
             out["netem_tc_batch_s"] = next((float(w.split()[1]) for w in setup.out.splitlines()
                                             if w.startswith("tc_batch_s")), None)
