@@ -21,12 +21,14 @@ import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+import msgspec
+
 import schemas
 from datapath.classifier import Classifier, ClassifierConfig, CounterTable, StageCounters
 from datapath.contract import (ApplyResult, Datapath, DropCallback, MapUsage,
                                ReconcileReport)
 from datapath.drops import DropEventReader, OwnerLookup
-from datapath import flow_mode, limits
+from datapath import flow_mode, limits, remotes, scheduled
 from datapath.flow import FlowTable
 from datapath.netlink.model import VXLAN_OVERHEAD, FqSizing, FqUnavailable, owner_key
 from datapath.held import HeldCheck
@@ -38,6 +40,7 @@ from datapath.plan.planner import (Current, PlanConfig, PlanConflict, Stages, li
                                    stage_groups)
 from datapath.plan.runner import PlanError, run_plan
 from datapath.plan.uplink import EnsureUplink, ReleaseUplink, ResizeFq
+from datapath.step_writer import StepWriter
 
 log = logging.getLogger("datapath.api")
 
@@ -92,6 +95,7 @@ class KernelDatapath:
         frame = limits.frame_bytes(self.plan_config.vtep_mtu)
         self.budget = limits.Budget(config.horizon_ns, frame, line_rate_bps, config.fq_memory_max)
         self._held = HeldCheck(worker, classifier, self.plan_config, self._encode, self.flows)
+        self._writer = StepWriter(os.path.join(config.pin_root, "moa_links"))  # schedules
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -148,8 +152,10 @@ class KernelDatapath:
         pc = PlanConfig(uplink=config.uplink, local=config.local,
                         vtep_mtu=config.vtep_mtu or mtu - VXLAN_OVERHEAD, port_hold=config.fq)
         stages = [(st, n) for m in desired for st, n, _ in stage_groups(m, pc)]
+        held = [st for m in desired for state in scheduled.contents(m)  # with every step's
+                for st, _, _ in stage_groups(state, pc)]
         budget = limits.Budget(config.horizon_ns, limits.frame_bytes(pc.vtep_mtu), line)
-        need = limits.required_horizon((e for s, _ in stages for e in s), budget.frame)
+        need = limits.required_horizon((e for s in held for e in s), budget.frame)
         horizon = min(max(config.horizon_ns, need), limits.MAX_HORIZON_NS)
         if horizon > config.horizon_ns:
             log.warning("horizon raised from %s to %s: the desired state holds a link that needs "
@@ -164,6 +170,7 @@ class KernelDatapath:
     async def close(self) -> None:
         """Stop using the kernel objects; pins, devices and attached programs stay."""
         self._drops.close()  # detaches from the loop; before the map it reads goes
+        self._writer.close()
         self._held.close()
         self.pair.close()
         self.classifier.close()
@@ -221,14 +228,10 @@ class KernelDatapath:
         if stale:
             self.pair.disconnect(*stale)
             purged += [f"pair entry of ifindex {i}" for i in stale]
-        current = flow_mode.read_flows(self.flows, Current())
-        gone = [v for v in current.flows if v not in keep_vnis]
-        if self.flows is not None and gone:
-            self.flows.remove_owned(gone)
-            purged += [f"flow entry of VNI {v}" for v in sorted(gone)]
+        flow_ports, gone = flow_mode.purge_unwanted(self.flows, keep_vnis)
+        purged += gone
         ports = self.classifier.vxlan_ports()
-        unused = ports - {d.port for d in devices if d.kind == "vxlan"} - {
-            p for v, p in current.flow_ports.items() if v in keep_vnis}
+        unused = ports - {d.port for d in devices if d.kind == "vxlan"} - flow_ports
         if unused:
             self.classifier.set_vxlan_ports(ports - unused)
             purged += [f"VXLAN port {p}" for p in sorted(unused)]
@@ -244,14 +247,43 @@ class KernelDatapath:
         return stage_groups(m, self.plan_config)
 
     def _figures(self, m: schemas.Materialize) -> limits.Figures:
+        """m's figures; with a schedule, the largest over its states (datapath/scheduled.py)."""
+        return scheduled.envelope(m, self._figures_of)
+
+    def _figures_of(self, m: schemas.Materialize) -> limits.Figures:
         return self.budget.figures_of((st, n) for st, n, _ in self._stages(m))
 
     def _admit(self, m: schemas.Materialize) -> limits.Figures:
         """m's figures, once m passed what refuses a setting this box cannot apply
         (`unsupported`, naming the field): shaping on a loss-only box, a hold beyond the
-        horizon, sch_fq memory beyond --fq-memory-max (datapath/limits.py)."""
+        horizon, sch_fq memory beyond --fq-memory-max (datapath/limits.py); with a schedule,
+        every state it goes through, and the memory of their envelope."""
+        if m.schedule is not msgspec.UNSET:
+            figures = scheduled.envelope(m, self._figures_of, self._admit_one)
+            refusal = limits.fq_memory_refusal(self.budget.box({m.id: figures}),
+                                               self.budget.box(), self.budget.fq_memory_max)
+            if refusal is not None:
+                raise schemas.InvalidMessage("schedule", refusal.message, refusal.code)
+            return figures
+        return self._admit_one(m)
+
+    def _admit_one(self, m: schemas.Materialize) -> limits.Figures:
         limits.refuse_shaping(m, self.loss_only)
         return self.budget.admit(m.id, self._stages(m))
+
+    def schedule_writes(self, m: schemas.Materialize) -> scheduled.ScheduleWrites:
+        """The map values each step of m's schedule writes, encoded now (m: the links in force
+        now, with the schedule; admitted by `apply`)."""
+        return scheduled.writes(m, self._link_stages, self._encode)
+
+    def steps(self) -> StepWriter:
+        """The step writer (datapath/step_writer.py): `add` a step's values at a time (the
+        ScheduleWrites' {vni: stages}, turned into entries here by `step_entries`), `cancel`
+        a group, `written` told of each write."""
+        return self._writer
+
+    def step_entries(self, values: dict[int, bytes]) -> tuple[bytes, bytes]:
+        return self.classifier.link_entries(values)
 
     def _resize_ops(self, mid: str, figures: limits.Figures,
                     ) -> tuple[list[Operation], list[Operation], FqSizing]:
@@ -320,25 +352,7 @@ class KernelDatapath:
         return ApplyResult(changed=bool(ops), operations=len(ops))
 
     def _refuse_unrouted(self, m: schemas.Materialize) -> None:
-        """Refuse (`unsupported`, naming the endpoint's remote) a remote that the box's routes
-        do not send through the uplink: its VTEP is bound to no device (create_vtep), so its
-        frames would leave by another way, past the classifier, or not at all. One route
-        lookup per distinct remote address (a box has a few hypervisors, not one per link)."""
-        seen: set[str] = set()
-        for i, link in enumerate(m.links):
-            for j, ep in enumerate(link.endpoints):
-                if ep.remote in seen:
-                    continue
-                seen.add(ep.remote)
-                dev = self.env.nl.route_device(ep.remote)
-                if dev == self.uplink_index:
-                    continue
-                why = ("the box has no route to it" if dev is None else
-                       f"the box's routes send it through {self.env.nl.name_of(dev)!r}")
-                raise schemas.InvalidMessage(
-                    f"links[{i}].endpoints[{j}].remote",
-                    f"remote {ep.remote}: {why}, not the uplink {self.config.uplink!r}, so the "
-                    "link's frames would not pass moa's classifier", code="unsupported")
+        remotes.refuse_unrouted(self.env.nl, m, self.uplink_index, self.config.uplink)
 
     async def plan(self, m: schemas.Materialize) -> list[str]:
         figures = self._admit(m)
@@ -431,9 +445,5 @@ class KernelDatapath:
         links = self.classifier.links_map
         peers = self.pair.peers
         _, _, held = peers.lookup_batch()
-        out = [MapUsage(links.name, self.classifier.link_count(), links.max_entries),
-               MapUsage(peers.name, held, peers.max_entries)]
-        if self.flows is not None:
-            out.append(MapUsage(self.flows.map.name, self.flows.map.lookup_batch()[2],
-                                self.flows.map.max_entries))
-        return out
+        return [MapUsage(links.name, self.classifier.link_count(), links.max_entries),
+                MapUsage(peers.name, held, peers.max_entries), *flow_mode.usage(self.flows)]

@@ -50,6 +50,11 @@ def _contiguous(mask: int) -> bool:
     return mask == 0 or (mask + low) & mask == 0
 
 
+# Counts of a stage kept in its moa_stage_state (shared words added to atomically by the few
+# packets concerned) rather than in the per-CPU counters: StageCounters fields of the same name.
+SHARED_COUNTS = ("corrupted", "duplicated")
+
+
 @dataclass(frozen=True)
 class ClassifierConfig:
     """Load-time settings (.rodata and map sizes); fixed for the life of the loaded object."""
@@ -57,6 +62,7 @@ class ClassifierConfig:
     max_links: int = 65536
     ringbuf_bytes: int = 256 * 1024
     mark_mask: int = 0xFFFF0000          # contiguous bits of skb->mark; 0 = no handover
+    dup_mark: int = 0x00008000           # one bit outside mark_mask: a copy (duplicate.h)
     horizon_ns: int = 10_000_000_000
     event_budget: int = 64               # drop events per link stage per window
     event_window_ns: int = 100_000_000
@@ -72,6 +78,10 @@ class ClassifierConfig:
             raise ValueError(f"ringbuf_bytes: {rb} must be a power of two >= {PAGE}")
         if not 0 <= self.mark_mask <= 0xFFFFFFFF or not _contiguous(self.mark_mask):
             raise ValueError(f"mark_mask: {self.mark_mask:#x} must be contiguous 32-bit bits")
+        d = self.dup_mark
+        if not 0 <= d <= 0xFFFFFFFF or d & (d - 1) or d & self.mark_mask:
+            raise ValueError(f"dup_mark: {d:#x} must be one bit of skb->mark outside mark_mask "
+                             f"{self.mark_mask:#x} (or 0: no duplication)")
         if not 0 < self.horizon_ns < 1 << 63:
             raise ValueError(f"horizon_ns: {self.horizon_ns} outside 1..2^63")
         if not 0 <= self.event_budget < 1 << 32:
@@ -81,6 +91,7 @@ class ClassifierConfig:
 
     def rodata(self) -> dict[str, int]:
         return {"vxlan_port": self.vxlan_port, "mark_mask": self.mark_mask,
+                "dup_mark": self.dup_mark,
                 "horizon_ns": self.horizon_ns, "event_budget": self.event_budget,
                 "event_window_ns": self.event_window_ns, "flow_mode": int(self.flow_mode)}
 
@@ -103,6 +114,7 @@ class StageCounters:
     handover: int = 0    # egress: packets that carried an ingress-stage handover in skb->mark
     marks: int = 0       # ECN: packets the AQM marked CE instead of dropping
     corrupted: int = 0   # egress: packets with one bit of their payload flipped (corrupt.h)
+    duplicated: int = 0  # egress: frames of the copies sent (duplicate.h), beside `packets`
     # Passed frames by sojourn, one count per bucket of schemas.SOJOURN_BOUNDS_NS (abi.h).
     sojourn: list[int] = field(default_factory=list)
     # The backlog at the read: the timeline's tail (t_last) minus now, and that time at the
@@ -348,6 +360,15 @@ class Classifier:
             self.links_map.update_batch(keys, values)
         return len(fresh) + len(existing)
 
+    def link_entries(self, links: Mapping[int, bytes]) -> tuple[bytes, bytes]:
+        """{vni: encoded stages} of links that hold a slot as packed keys and struct moa_link
+        values, each in its slot, for a write elsewhere (datapath/step_writer.py); KeyError
+        for a VNI without a slot."""
+        with self._lock:
+            self._ensure_tables(links.values())
+            values = b"".join(bytes(self._link(self._slots[v], links[v])) for v in links)
+        return b"".join(int(v).to_bytes(4, sys.byteorder) for v in links), values
+
     def _add_links(self, links: Mapping[int, bytes]) -> None:
         """New links in three batch writes: their slots' state and counters zeroed, then their
         parameters (a link becomes visible to packets only with the last). What a failure
@@ -498,30 +519,31 @@ class Classifier:
         mk = fields.index("marks")
         so = [i for i, f in enumerate(fields) if f.startswith("sojourn_")]
         rows = table.values.tolist()  # [slot][stage][field], python ints
-        corrupted: dict[tuple[int, int], int] = {}
-        backlog = self.backlogs(slots, corrupted)
+        shared: dict[tuple[int, int], dict[str, int]] = {}
+        backlog = self.backlogs(slots, shared)
         out: dict[int, dict[str, StageCounters]] = {}
         for vni, slot in slots.items():
             out[vni] = {name: StageCounters(
                 packets=row[pk], bytes=row[by], drops={r: row[i] for r, i in drops},
                 events_suppressed=row[sup], handover=row[ho], marks=row[mk],
-                corrupted=corrupted.get((vni, st), 0),
+                **shared.get((vni, st), {}),
                 sojourn=_histogram(row[pk], [row[i] for i in so]),
                 backlog_ns=backlog.get((vni, st), (0, 0))[0],
                 backlog_bytes=backlog.get((vni, st), (0, 0))[1])
                 for st, (name, row) in enumerate(zip(schemas.STAGES, rows[slot]))}
         return out
 
-    def backlogs(self, slots: Mapping[int, int], corrupted: dict[tuple[int, int], int] | None = None,
+    def backlogs(self, slots: Mapping[int, int],
+                 shared: dict[tuple[int, int], dict[str, int]] | None = None,
                  ) -> dict[tuple[int, int], tuple[int, int]]:
         """{(vni, stage): (backlog_ns, backlog_bytes)} of the stages of `slots` (VNI -> slot)
         that have a rate and a backlog now: the timeline's tail t_last minus the monotonic clock
         (bpf_ktime_get_ns's), and that time at the stage's rate as bytes (rounded down, L1
         overhead included as the timeline charges it). Computed from the state and the
         parameters - one batch read of each map, no cost on the datapath. A stage whose timeline
-        a locked step owns at that instant (t_last = MOA_OWNED) reads as empty. `corrupted`,
-        when given, gets the stages' corrupted counts (a word of the same state, corrupt.h)
-        where they are not 0."""
+        a locked step owns at that instant (t_last = MOA_OWNED) reads as empty. `shared`,
+        when given, gets the stages' counts kept in the same state (SHARED_COUNTS: corrupted,
+        duplicated) where they are not 0, by name."""
         if not slots:
             return {}
         nst = self.abi.NR_STAGES
@@ -530,7 +552,7 @@ class Classifier:
         kraw, lraw, lgot = self.links_map.lookup_batch(len(self._slots) + 64)
         now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         ssize, toff = self.state_map.value_size, self.abi.StageState.t_last.offset
-        coff = self.abi.StageState.corrupted.offset
+        coffs = [(name, getattr(self.abi.StageState, name).offset) for name in SHARED_COUNTS]
         lsize = self.links_map.value_size
         soff = self.abi.Link.stage.offset
         psize = ctypes.sizeof(self.abi.StageParams)
@@ -551,11 +573,11 @@ class Classifier:
                 rate = int.from_bytes(link[o:o + 8], sys.byteorder)
                 t_last = int.from_bytes(sraw[idx * ssize + toff:idx * ssize + toff + 8],
                                         sys.byteorder)
-                if corrupted is not None:
+                for name, coff in coffs if shared is not None else ():
                     n = int.from_bytes(sraw[idx * ssize + coff:idx * ssize + coff + 8],
                                        sys.byteorder)
                     if n:
-                        corrupted[(vni, st)] = n
+                        shared.setdefault((vni, st), {})[name] = n
                 if not rate or t_last == owned or t_last <= now:
                     continue
                 ns = t_last - now

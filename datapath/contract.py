@@ -12,6 +12,8 @@ from typing import Protocol
 import schemas
 from datapath.classifier import CounterTable, StageCounters
 from datapath.drops import OwnerLookup
+from datapath.scheduled import ScheduleWrites
+from datapath.step_writer import StepWriter
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,23 @@ class Datapath(Protocol):
         `params_only`: m differs from what was applied only in emulation (an Update). Raises
         InvalidMessage (a setting this box cannot honour), PlanConflict, or PlanError (the box
         was rolled back to what the kernel held before; `rollback_errors` when not all of it)."""
+        ...
+
+    def schedule_writes(self, m: schemas.Materialize) -> ScheduleWrites:
+        """The map values of each step of m's schedule (m: the links in force, with the
+        schedule, as `apply` admitted them: every state it goes through), encoded once."""
+        ...
+
+    def steps(self) -> StepWriter:
+        """The process that writes scheduled steps at their times (datapath/step_writer.py):
+        `add(group, tag, due CLOCK_MONOTONIC ns, keys, values)`, `cancel(group)` (blocks until
+        none of the group's writes can happen any more), `written(group, tag, ok, done_ns)`
+        called for each write, from its own thread."""
+        ...
+
+    def step_entries(self, values: dict[int, bytes]) -> tuple[bytes, bytes]:
+        """A step's {vni: stages} (ScheduleWrites) as packed keys and map values, each in its
+        VNI's slot now (any thread)."""
         ...
 
     async def plan(self, m: schemas.Materialize) -> list[str]:

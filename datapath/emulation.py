@@ -27,7 +27,7 @@ from datapath.distributions import DIST_IDS, fixed_point, table_key
 if TYPE_CHECKING:  # datapath.libbpf.abi reads the compiled object's BTF at import
     from datapath.libbpf.abi import Abi
 
-__all__ = ["correlated_loss", "queue_bytes", "queue_ns", "stage_params", "stage_bytes", "probability_threshold",
+__all__ = ["chain", "correlated_loss", "queue_bytes", "queue_ns", "stage_params", "stage_bytes", "probability_threshold",
            "DEFAULT_QUEUE_MS", "MIN_DEFAULT_QUEUE_BYTES", "MAX_DEFAULT_QUEUE_MS", "DEFAULT_OVERHEAD",
            "frame_wire", "full_frame"]
 
@@ -38,6 +38,7 @@ MIN_DEFAULT_QUEUE_BYTES = 64 * 1024
 MAX_DEFAULT_QUEUE_MS = 1000
 FULL_FRAME = 1538                  # 1500 + Ethernet header + L1 overhead
 DEFAULT_OVERHEAD = schemas.messages.DEFAULT_OVERHEAD  # preamble 7 + SFD 1 + FCS 4 + IFG 12
+SLOT_UNLIMITED = 0xFFFFFFFF         # a slot's packets or bytes without a limit (slot.h)
 MIN_FRAME = 60                     # Ethernet's minimum without FCS: shorter frames are padded
 
 
@@ -80,6 +81,15 @@ def correlated_loss(p: float, rho: float) -> schemas.GilbertElliott | None:
                                   loss_good=0.0, loss_bad=1.0)
 
 
+def chain(c: Any, p: float, rho: float) -> None:
+    """A `struct moa_chain` (datapath/bpf/chain.h) for yes with probability p and lag-1
+    correlation rho: the same two-state chain as correlated_loss, whose state is the last
+    decision - yes again with p + rho (1 - p), yes after a no with p (1 - rho) - so the share of
+    yes stays p whatever rho is (netem's correlation of its draws does not keep it)."""
+    c.after_yes = probability_threshold(p + rho * (1 - p))
+    c.after_no = probability_threshold(p * (1 - rho))
+
+
 def queue_bytes(e: schemas.Emulation) -> int:
     """The queue the stage enforces, in bytes (0 = no limit, also without a rate)."""
     if not e.capacity:
@@ -119,6 +129,19 @@ def stage_params(e: schemas.Emulation | None, abi: Abi) -> Any:
     if e.corrupt:
         p.flags |= abi.StageFlags.CORRUPT
         p.corrupt_threshold = probability_threshold(e.corrupt)
+    if e.reorder_early is not None:
+        p.flags |= abi.StageFlags.EARLY
+        chain(p.early, e.reorder_early.probability, e.reorder_early.correlation)
+        p.early_gap = e.reorder_early.gap
+    if e.duplicate:
+        p.flags |= abi.StageFlags.DUPLICATE
+        chain(p.dup, e.duplicate, e.duplicate_correlation)
+    if e.slot is not None:  # slot.h; checked at the edge: gaps within 4 s, limits 2^31 - 1
+        p.flags |= abi.StageFlags.SLOT
+        p.slot_dist = DIST_IDS[e.slot.distribution]
+        p.slot_gap_ns, p.slot_span_ns = e.slot.gaps()
+        p.slot_packets = e.slot.packets or SLOT_UNLIMITED
+        p.slot_bytes = e.slot.bytes or SLOT_UNLIMITED
     if e.aqm.kind != "taildrop" and e.capacity:
         msg = schemas.messages
         codel = e.aqm.kind == "codel"

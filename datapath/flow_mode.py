@@ -10,6 +10,7 @@ import os
 
 import schemas
 from datapath.classifier import ClassifierConfig
+from datapath.contract import MapUsage
 from datapath.flow import FLOW_MAP, OWNER_MAP, FlowTable, Uplink
 from datapath.libbpf import Map
 from datapath.netlink.devices import Netlink
@@ -110,3 +111,21 @@ def purge_foreign(table: FlowTable | None, desired: list[schemas.Materialize]) -
     gone += [v for v in table.raw() if v not in owners]  # an entry without owner: half made
     table.remove_owned(gone)
     return [f"flow entry of VNI {v}" for v in sorted(gone)]
+
+
+def purge_unwanted(table: FlowTable | None, keep_vnis: set[int]) -> tuple[set[int], list[str]]:
+    """Entries of VNIs no desired link has, removed: (the UDP ports the kept entries send to,
+    what was purged)."""
+    current = read_flows(table, Current())
+    gone = [v for v in current.flows if v not in keep_vnis]
+    if table is not None and gone:
+        table.remove_owned(gone)
+    return ({p for v, p in current.flow_ports.items() if v in keep_vnis},
+            [f"flow entry of VNI {v}" for v in sorted(gone)])
+
+
+def usage(table: FlowTable | None) -> list[MapUsage]:
+    """moa_flow's entries (counted in batch reads) and size, in flow mode."""
+    if table is None:
+        return []
+    return [MapUsage(table.map.name, table.map.lookup_batch()[2], table.map.max_entries)]

@@ -76,13 +76,26 @@ def hold_ns(e: schemas.Emulation | None, frame: int) -> int:
     """The longest a stage holds a frame of up to `frame` bytes (module doc)."""
     if e is None:
         return 0
-    return max_delay_ns(e) + max(queue_ns(e), frame_ns(e.capacity, charged_frame(e, frame)))
+    return (max_delay_ns(e) + slot_ns(e)
+            + max(queue_ns(e), frame_ns(e.capacity, charged_frame(e, frame))))
 
 
 def max_delay_ns(e: schemas.Emulation) -> int:
     """The longest delay the stage's jitter can draw: latency + jitter, or + jitter times the
     largest value of its distribution (pareto: 4 jitters)."""
     return e.latency + math.ceil(e.jitter * max_offset(e.distribution, e.distribution_table))
+
+
+def slot_ns(e: schemas.Emulation) -> int:
+    """The longest gap between two slot openings (0 without slots): a packet that just missed
+    a slot waits it on top of its delay (datapath/bpf/slot.h). A backlog of several slots'
+    worth waits several; those beyond the horizon are dropped `horizon` as any departure."""
+    if e.slot is None:
+        return 0
+    gap, span = e.slot.gaps()
+    if e.slot.distribution == "uniform":
+        return gap + span
+    return gap + math.ceil(span * max_offset(e.slot.distribution, None))
 
 
 def fq_horizon_us(horizon_ns: int) -> int:
@@ -119,6 +132,9 @@ def horizon_refusal(e: schemas.Emulation, path: str, horizon_ns: int, frame: int
     if max_delay_ns(e) > horizon_ns:
         what = "jitter" if e.distribution == "uniform" else f"{e.distribution} jitter at its largest"
         return refuse("jitter", f"latency + {what} = {fmt(max_delay_ns(e))}")
+    if max_delay_ns(e) + slot_ns(e) > horizon_ns:
+        return refuse("slot", f"the delay and the longest gap between slots "
+                              f"({fmt(slot_ns(e))}) = {fmt(max_delay_ns(e) + slot_ns(e))}")
     for stage in (e, port):
         held = hold_ns(stage, frame)
         if held > horizon_ns:
@@ -297,12 +313,12 @@ class Budget:
             self.figures[mid] = figures
 
 
-_SHAPING = ("latency", "jitter", "capacity", "queue")
+_SHAPING = ("latency", "jitter", "capacity", "queue", "slot")
 
 
 def refuse_shaping(m: schemas.Materialize, loss_only: bool) -> None:
-    """On a loss-only box (no sch_fq in its kernel), any latency, jitter, capacity or queue is
-    refused `unsupported`, naming the field (a link's, or one direction's own)."""
+    """On a loss-only box (no sch_fq in its kernel), any latency, jitter, capacity, queue or
+    slot is refused `unsupported`, naming the field (a link's, or one direction's own)."""
     if not loss_only:
         return
     for i, link in enumerate(m.links):

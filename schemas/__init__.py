@@ -8,8 +8,9 @@ from schemas.messages import (
     DROP_REASONS, SOJOURN_BOUNDS_NS, SOJOURN_BUCKETS, SOJOURN_SHIFT, STAGES, Ack, AckError, Aqm, Dematerialize, DirectionStatus, DropBatch,
     DropEvent, Emulation,
     EmulationPatch, Endpoint, GilbertElliott, InvalidMessage, Link, LinkStats, LinkStatsBatch,
-    LinkStatus, LinkUpdate, Materialize, MaterializationStatus, StatusReply, StatusRequest, Update,
-    check_emulation, direction,
+    LinkStatus, LinkUpdate, Materialize, MaterializationStatus, ReorderEarly, Schedule,
+    ScheduleReport, ScheduleStep, Slot, StatusReply, StatusRequest, Update, check_emulation,
+    direction,
 )
 from schemas.units import (
     format_duration, format_rate, format_size, parse_duration, parse_rate, parse_size,
@@ -20,8 +21,9 @@ __all__ = [
     "DROP_REASONS", "SOJOURN_BOUNDS_NS", "SOJOURN_BUCKETS", "SOJOURN_SHIFT", "STAGES", "Ack", "AckError", "Aqm", "Dematerialize", "DirectionStatus",
     "DropBatch", "DropEvent",
     "Emulation", "EmulationPatch", "Endpoint", "GilbertElliott", "InvalidMessage", "Link",
-    "LinkStats", "LinkStatsBatch", "LinkStatus", "LinkUpdate", "Materialize",
-    "MaterializationStatus", "StatusReply", "StatusRequest", "Update", "check_emulation", "decode",
+    "LinkStats", "LinkStatsBatch", "LinkStatus", "LinkUpdate", "Materialize", "ReorderEarly",
+    "MaterializationStatus", "Schedule", "ScheduleReport", "ScheduleStep", "Slot", "StatusReply",
+    "StatusRequest", "Update", "check_emulation", "decode",
     "direction",
     "encode", "format_duration", "format_rate", "format_size", "parse_duration", "parse_rate",
     "parse_size", "validate", "vni_fields",

@@ -53,7 +53,7 @@ def _path_of(error: msgspec.ValidationError) -> tuple[str, str]:
         path = f"{path}.{name}" if path else name
         what = "unknown field" if f["what"] == "contains unknown" else "missing required field"
         message = f"{what} {name!r}"
-    choices = CHOICES.get(path.rsplit(".", 1)[-1])
+    choices = CHOICES.get(".".join(path.rsplit(".", 2)[-2:])) or CHOICES.get(path.rsplit(".", 1)[-1])
     if choices and message.startswith("Invalid enum value"):
         message = f"{message} (one of: {', '.join(choices)})"
     return path, message.replace("`", "")

@@ -92,9 +92,14 @@ DistValue = Annotated[int, msgspec.Meta(ge=-32768, le=32767)]
 DistTable = Annotated[tuple[DistValue, ...], msgspec.Meta(min_length=2, max_length=DIST_TABLE_MAX)]
 # The queue's management (docs/semantics.md, "Queue management"), in enum moa_aqm's order.
 AqmKind = Literal["taildrop", "codel", "pie"]
-# The fields whose value is one of a few words, and those words: a refusal lists them.
+# The gap between slot openings (docs/semantics.md, "Slots"): uniform in min..max, or one of the
+# built-in tables (the delay's: enum moa_dist's ids), no custom table.
+SlotDistribution = Literal["uniform", "normal", "pareto", "paretonormal"]
+# The fields whose value is one of a few words, and those words: a refusal lists them (a key
+# with a dot names a field inside an object, looked up before the bare name).
 CHOICES: dict[str, tuple[str, ...]] = {"state": typing.get_args(LinkState),
                                        "distribution": typing.get_args(Distribution),
+                                       "slot.distribution": typing.get_args(SlotDistribution),
                                        "kind": typing.get_args(AqmKind)}
 
 MIN_CAPACITY_BPS = 1_000
@@ -113,6 +118,12 @@ CellSize = Annotated[int, msgspec.Meta(extra_json_schema={"minimum": 0,
 CellOverhead = Annotated[int, msgspec.Meta(extra_json_schema={"minimum": CELL_OVERHEAD_MIN,
                                                               "maximum": CELL_OVERHEAD_MAX})]
 MIN_QUEUE_BYTES = 1_500
+# netem's reorder gap (ReorderEarly.gap): a packet is a candidate to go early after gap - 1
+# delayed ones. netem's is 32 bits; the datapath counts to the gap in 32 bits without overflow
+# up to 2^31.
+REORDER_GAP_MAX = 1 << 31
+ReorderGap = Annotated[int, msgspec.Meta(extra_json_schema={"minimum": 1,
+                                                            "maximum": REORDER_GAP_MAX})]
 # CoDel's target and interval: at least 1 us, at most 3 s (the datapath holds them as 32-bit ns
 # and squares the interval below 2^63); RFC 8289's defaults when left out.
 AQM_MIN_NS = 1_000
@@ -122,6 +133,11 @@ CODEL_INTERVAL_NS = 100_000_000
 # PIE's QDELAY_REF and T_UPDATE (RFC 8033), its target and interval here.
 PIE_TARGET_NS = 15_000_000
 PIE_INTERVAL_NS = 15_000_000
+# Slots: a gap (min, max, delay, jitter) of at most 4 s, so the datapath's 32-bit draw times the
+# gap's span fits 64 bits; at most 2^31 - 1 packets or bytes a slot (netem's limit; 0 = none).
+SLOT_GAP_MAX_NS = 4_000_000_000
+SLOT_LIMIT_MAX = (1 << 31) - 1
+SlotLimit = Annotated[int, msgspec.Meta(ge=0, le=SLOT_LIMIT_MAX)]
 
 
 class InvalidMessage(ValueError):
@@ -169,6 +185,39 @@ class Aqm(_Message, frozen=True, kw_only=True):
     ecn: bool = False
 
 
+class ReorderEarly(_Message, frozen=True, kw_only=True):
+    """netem's `reorder P [CORR] gap G` (docs/semantics.md, "Reordering (netem's reorder)"):
+    a packet is a candidate once gap - 1 packets were delayed since the last early one (gap 1:
+    every packet), and a candidate skips the delay (latency and jitter; not the capacity) with
+    `probability`. correlation: the lag-1 autocorrelation of the candidates' decisions, the
+    share early kept (below 1)."""
+    probability: Probability
+    correlation: Probability = 0.0
+    gap: ReorderGap = 1
+
+
+class Slot(_Message, frozen=True, kw_only=True):
+    """Departures released in slots, netem's `slot` (docs/semantics.md, "Slots"). The gap
+    from one slot's opening to the next: distribution uniform, min..max (max null = min), or
+    normal, pareto or paretonormal with its mean `delay` and its `jitter` (the delay's tables;
+    min and max left out). packets / bytes: the most a slot releases (0 = no limit)."""
+    distribution: SlotDistribution = "uniform"
+    min: Duration | None = None
+    max: Duration | None = None
+    delay: Duration | None = None
+    jitter: Duration = 0
+    packets: SlotLimit = 0
+    bytes: SlotLimit = 0
+
+    def gaps(self) -> tuple[int, int]:
+        """(gap, span) as the datapath holds them (abi.h slot_gap_ns, slot_span_ns): min and
+        max - min, or delay and jitter."""
+        if self.distribution == "uniform":
+            lo = self.min or 0
+            return lo, (self.max if self.max is not None else lo) - lo
+        return self.delay or 0, self.jitter
+
+
 # Frozen, hence hashable: the datapath turns each distinct emulation into its map bytes once
 # (datapath/emulation.py).
 class Emulation(_Message, frozen=True, kw_only=True):
@@ -192,6 +241,10 @@ class Emulation(_Message, frozen=True, kw_only=True):
     cell_size: CellSize = 0
     cell_overhead: CellOverhead = 0
     corrupt: Probability = 0.0
+    reorder_early: ReorderEarly | None = None
+    duplicate: Probability = 0.0
+    duplicate_correlation: Probability = 0.0
+    slot: Slot | None = None
 
 
 class EmulationPatch(_Message, kw_only=True):
@@ -216,6 +269,10 @@ class EmulationPatch(_Message, kw_only=True):
     cell_size: CellSize | UnsetType = UNSET
     cell_overhead: CellOverhead | UnsetType = UNSET
     corrupt: Probability | UnsetType = UNSET
+    reorder_early: ReorderEarly | None | UnsetType = UNSET  # replaces the whole of it
+    duplicate: Probability | UnsetType = UNSET
+    duplicate_correlation: Probability | UnsetType = UNSET
+    slot: Slot | None | UnsetType = UNSET  # null: no slots
 
     def changes(self) -> dict[str, object]:
         """The fields this patch sets, by name."""
@@ -238,7 +295,8 @@ class EmulationPatch(_Message, kw_only=True):
 EmulationField = Literal["latency", "jitter", "loss", "capacity", "queue", "burst", "reorder",
                          "loss_correlation", "state", "distribution", "delay_correlation",
                          "overhead", "cell_size", "cell_overhead", "corrupt",
-                         "distribution_table"]
+                         "distribution_table", "reorder_early", "duplicate",
+                         "duplicate_correlation", "slot"]
 
 
 # The rules of an emulation, written once for an Emulation and for a patch: a field a patch
@@ -255,6 +313,14 @@ def _check_probability(value: float, path: str, what: str) -> None:
         raise InvalidMessage(path, f"{what} {value!r} is outside [0, 1]")
 
 
+def _check_correlation(value: float, path: str, what: str) -> None:
+    """A correlation of a chain of decisions (reorder_early, duplicate): in [0, 1), as at 1
+    the chain would never leave its first state."""
+    _check_probability(value, path, what)
+    if value >= 1.0:
+        raise InvalidMessage(path, f"{what} {value!r} must be below 1")
+
+
 def check_values(e: Emulation | EmulationPatch, path: str) -> None:
     """The rules of each field alone: capacity and queue minimums, probabilities in [0, 1]."""
     if e.capacity is not UNSET and 0 < e.capacity < MIN_CAPACITY_BPS:
@@ -269,6 +335,18 @@ def check_values(e: Emulation | EmulationPatch, path: str) -> None:
         _check_probability(e.loss, _join(path, "loss"), "loss")
     if e.corrupt is not UNSET:
         _check_probability(e.corrupt, _join(path, "corrupt"), "corrupt")
+    if e.duplicate is not UNSET:
+        _check_probability(e.duplicate, _join(path, "duplicate"), "duplicate")
+    if e.duplicate_correlation is not UNSET:
+        _check_correlation(e.duplicate_correlation, _join(path, "duplicate_correlation"),
+                           "duplicate_correlation")
+    if e.reorder_early not in (UNSET, None):
+        r, rp = e.reorder_early, _join(path, "reorder_early")
+        _check_probability(r.probability, _join(rp, "probability"), "probability")
+        _check_correlation(r.correlation, _join(rp, "correlation"), "correlation")
+        if not 1 <= r.gap <= REORDER_GAP_MAX:
+            raise InvalidMessage(_join(rp, "gap"),
+                                 f"gap {r.gap} is outside 1..{REORDER_GAP_MAX} (packets)")
     if e.delay_correlation is not UNSET:
         _check_probability(e.delay_correlation, _join(path, "delay_correlation"),
                            "delay_correlation")
@@ -286,6 +364,8 @@ def check_values(e: Emulation | EmulationPatch, path: str) -> None:
         v = getattr(e, name)
         if v is not UNSET and not lo <= v <= hi:
             raise InvalidMessage(_join(path, name), f"{name} {v} is outside {lo}..{hi} (bytes)")
+    if e.slot not in (UNSET, None):
+        check_slot(e.slot, _join(path, "slot"))
     if e.burst not in (UNSET, None):
         for name in ("p", "r", "loss_good", "loss_bad"):
             _check_probability(getattr(e.burst, name), _join(path, f"burst.{name}"), name)
@@ -300,6 +380,41 @@ def check_values(e: Emulation | EmulationPatch, path: str) -> None:
             what = "ecn" if e.aqm.ecn else ("target" if e.aqm.target is not None else "interval")
             raise InvalidMessage(_join(path, f"aqm.{what}"),
                                  f"{what} needs an AQM: kind is taildrop (give codel or pie)")
+
+
+def check_slot(s: Slot, path: str) -> None:
+    """A slot's own rules: the fields of its form only, gaps within 0..4 s, max >= min, a
+    distribution's jitter above 0, and a gap that can be above 0 (a slot of gap 0 would release everything at once: netem reads
+    `slot 0` as no slots, moa asks for slot null)."""
+    fmt = units.format_duration
+    uniform = s.distribution == "uniform"
+    for name in ("min", "max", "delay", "jitter"):
+        v = getattr(s, name)
+        if name in (("delay",) if uniform else ("min", "max")) and v is not None:
+            raise InvalidMessage(_join(path, name),
+                                 f"{name} is for {'a distribution' if uniform else 'uniform'} "
+                                 f"slots, the distribution is {s.distribution}")
+        if v is not None and v > SLOT_GAP_MAX_NS:
+            raise InvalidMessage(_join(path, name), f"{name} {fmt(v)} is above 4s")
+    if uniform and s.jitter:
+        raise InvalidMessage(_join(path, "jitter"), "jitter is for a distribution's slots: "
+                             "uniform slots take min and max")
+    if uniform and s.min is None:
+        raise InvalidMessage(_join(path, "min"), "uniform slots need min (the shortest gap)")
+    if not uniform and s.delay is None:
+        raise InvalidMessage(_join(path, "delay"),
+                             f"{s.distribution} slots need delay (the gaps' mean)")
+    if not uniform and not s.jitter:  # netem refuses it too; a fixed gap is min alone
+        raise InvalidMessage(_join(path, "jitter"),
+                             f"{s.distribution} slots need a jitter above 0 (a fixed gap: "
+                             "uniform slots with min)")
+    gap, span = s.gaps()
+    if uniform and span < 0:
+        raise InvalidMessage(_join(path, "max"), f"max {fmt(s.max or 0)} is below min {fmt(gap)}")
+    if gap + span == 0:
+        field = "max" if uniform else "delay"
+        raise InvalidMessage(_join(path, field), "a slot needs a gap above 0 (no slots: "
+                             "slot null)")
 
 
 def check_across(e: Emulation | EmulationPatch, path: str) -> None:
@@ -336,6 +451,14 @@ def check_across(e: Emulation | EmulationPatch, path: str) -> None:
                              f"cell_overhead {e.cell_overhead} leaves a cell of cell_size "
                              f"{e.cell_size} costing {e.cell_size + e.cell_overhead} bytes "
                              "(at least 1)")
+    if e.reorder_early not in (UNSET, None) and e.latency == 0:
+        raise InvalidMessage(_join(path, "reorder_early"),
+                             "reorder_early needs a latency: an early packet skips the delay, "
+                             "and there is none to skip")
+    if e.duplicate_correlation not in (UNSET, 0.0) and e.duplicate == 0.0:
+        raise InvalidMessage(_join(path, "duplicate_correlation"),
+                             "duplicate_correlation needs duplicate: it correlates the "
+                             "decisions to duplicate, and there are none")
     if e.burst not in (UNSET, None) and e.loss_correlation not in (UNSET, 0.0):
         raise InvalidMessage(_join(path, "loss_correlation"),
                              "loss_correlation must be 0 when burst is given (burst is its own "
@@ -346,6 +469,40 @@ def check_emulation(e: Emulation | EmulationPatch, path: str = "emulation") -> N
     """Every rule of an emulation (or of the fields a patch sets)."""
     check_values(e, path)
     check_across(e, path)
+
+
+# ----------------------------------------------------------------------------- schedules
+
+# A schedule's bounds (docs/semantics.md, "Scheduled changes"): at most SCHEDULE_STEPS_MAX
+# steps, offsets strictly increasing and at least SCHEDULE_GAP_MIN_NS apart (the service
+# writes each step within 1 ms of its time: two closer steps could not be told apart), the
+# last within SCHEDULE_SPAN_MAX_NS of the start; a repeat period longer than the last offset
+# by that gap too. The rules are schemas/schedule.py's.
+SCHEDULE_STEPS_MAX = 64
+SCHEDULE_GAP_MIN_NS = 1_000_000
+SCHEDULE_SPAN_MAX_NS = 7 * 86_400 * 1_000_000_000
+StartNs = Annotated[int, msgspec.Meta(extra_json_schema={"minimum": 0,
+                                                         "maximum": (1 << 63) - 1})]
+
+
+class ScheduleStep(_Message, kw_only=True):
+    """At `at` after the schedule's start (of each period, with `repeat`), set `set`'s fields
+    on one link (`link`) or on every link carrying `tag`: exactly one of the two. The fields
+    stay set until a later step sets them again (steps add up, as updates do)."""
+    at: Duration
+    set: EmulationPatch
+    link: Id | None = None
+    tag: Id | None = None
+
+
+class Schedule(_Message, kw_only=True):
+    """Changes of a materialization's links at given times (docs/semantics.md, "Scheduled
+    changes"). start: CLOCK_REALTIME ns of the box (null: when the box accepts it; the box
+    keeps the time it took, so a restart resumes in phase); repeat: the period after which
+    the steps start again (null: once)."""
+    steps: list[ScheduleStep]
+    start: StartNs | None = None
+    repeat: Duration | None = None
 
 
 # ----------------------------------------------------------------------------- materialize
@@ -389,9 +546,11 @@ class Link(_Message, kw_only=True):
 
 
 class Materialize(_Message, kw_only=True):
-    """The whole desired state of one materialization id."""
+    """The whole desired state of one materialization id. schedule: changes of its links at
+    given times (left out: none; a new Materialize replaces the schedule with its own)."""
     id: Id
     links: list[Link]
+    schedule: Schedule | UnsetType = UNSET
 
 
 class Dematerialize(_Message, kw_only=True):
@@ -412,9 +571,12 @@ class LinkUpdate(_Message, kw_only=True):
 
 
 class Update(_Message, kw_only=True):
-    """`moa set LINK-OR-TAG latency 50ms ...`: change some parameters of some links of one id."""
+    """`moa set LINK-OR-TAG latency 50ms ...`: change some parameters of some links of one id.
+    schedule: left out, the materialization's schedule keeps running over the new parameters;
+    null cancels it; a Schedule replaces it (docs/semantics.md, "Scheduled changes")."""
     id: Id
-    links: list[LinkUpdate]
+    links: list[LinkUpdate] = msgspec.field(default_factory=list)
+    schedule: Schedule | None | UnsetType = UNSET
 
 
 # The `next` of a status page, handed back to get the page after it (docs/contract.md, "Status").
@@ -484,6 +646,7 @@ class LinkStats(_Message, kw_only=True):
     drops: dict[str, int]
     marks: int = 0  # ECN: packets the AQM marked CE instead of dropping
     corrupted: int = 0  # packets that got one bit of their payload flipped (`corrupt`)
+    duplicated: int = 0  # frames of the copies sent (`duplicate`), beside `packets`
     # Passed frames by the sojourn they had on the timeline, bucket k for sojourns below
     # SOJOURN_BOUNDS_NS[k] (the last: the rest); trailing empty buckets are left out, so an
     # unshaped stage's histogram is [packets] (docs/contract.md, "Queue telemetry").
@@ -500,6 +663,21 @@ class LinkStatsBatch(_Message, kw_only=True):
     links: list[LinkStats]
     part: int = 1
     parts: int = 1
+
+
+class ScheduleReport(_Message, kw_only=True):
+    """One step of a schedule, published on moa.<host>.schedule when it took effect. due_ns:
+    when it was due, applied_ns: when its map writes were done (CLOCK_REALTIME ns of the box);
+    late_ns = applied_ns - due_ns. cycle: 0 for the first period. links: the links it changed."""
+    host: str
+    materialization: str
+    generation: int
+    step: int
+    cycle: int
+    links: list[str]
+    due_ns: int
+    applied_ns: int
+    late_ns: int
 
 
 # ----------------------------------------------------------------------------- status

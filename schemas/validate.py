@@ -35,6 +35,13 @@ Rules (InvalidMessage for the first one broken; field is a path like "links[0].e
   both inherited and set. A rule across two parameters is checked here when the patch sets
   both, and by
   EmulationPatch.apply against the link's current parameters.
+- a schedule (Materialize.schedule, Update.schedule: docs/semantics.md, "Scheduled changes"):
+  1..SCHEDULE_STEPS_MAX steps; each names exactly one of link and tag (in a Materialize, a link
+  or tag it has) and sets at least one field, each within its bounds; offsets strictly
+  increasing, at least SCHEDULE_GAP_MIN_NS apart, the last within SCHEDULE_SPAN_MAX_NS; a
+  repeat period longer than the last offset by that gap. What each step makes of its links,
+  every rule across fields in every period, is schemas/schedule.py's (the service runs it
+  against the links the schedule will meet).
 - drop reasons (DropBatch.counts, LinkStats.drops): names of schemas.messages.DROP_REASONS.
 """
 from __future__ import annotations
@@ -45,12 +52,14 @@ import re
 from msgspec import UNSET
 
 from schemas.messages import (
-    DROP_REASONS, ID_MAX_LEN, ID_PATTERN, VNI_MAX, VNI_MIN, Dematerialize, DropBatch, Emulation,
-    EmulationPatch, InvalidMessage, Link, LinkStats, LinkStatsBatch, Materialize, StatusReply,
+    DROP_REASONS, ID_MAX_LEN, ID_PATTERN, SCHEDULE_GAP_MIN_NS, SCHEDULE_SPAN_MAX_NS,
+    SCHEDULE_STEPS_MAX, VNI_MAX, VNI_MIN, Dematerialize, DropBatch, Emulation, EmulationPatch,
+    InvalidMessage, Link, LinkStats, LinkStatsBatch, Materialize, Schedule, StatusReply,
     StatusRequest, Update, check_across, check_emulation, direction,
 )
+from schemas import units
 
-__all__ = ["InvalidMessage", "check", "check_id", "vni_fields"]
+__all__ = ["InvalidMessage", "check", "check_id", "check_schedule", "vni_fields"]
 
 _ID = re.compile(ID_PATTERN)
 
@@ -130,12 +139,61 @@ def _check_materialize(m: Materialize) -> None:
             raise InvalidMessage(f"{path}.id",
                                  f"link id {link.id!r} is used twice (also {ids[link.id]})")
         ids[link.id] = f"{path}.id"
+    if m.schedule is not UNSET:
+        check_schedule(m.schedule)
+        tags = {t for link in m.links for t in link.tags}
+        for k, step in enumerate(m.schedule.steps):
+            if step.link is not None and step.link not in ids:
+                raise InvalidMessage(f"schedule.steps[{k}].link",
+                                     f"materialization {m.id!r} has no link {step.link!r}")
+            if step.tag is not None and step.tag not in tags:
+                raise InvalidMessage(f"schedule.steps[{k}].tag",
+                                     f"materialization {m.id!r} has no link tagged {step.tag!r}")
+
+
+def check_schedule(s: Schedule, path: str = "schedule") -> None:
+    """A schedule's own rules (module doc); the links it names are checked where they are
+    known (above for a Materialize, by the service for an Update)."""
+    if not 1 <= len(s.steps) <= SCHEDULE_STEPS_MAX:
+        raise InvalidMessage(f"{path}.steps", f"{len(s.steps)} steps: a schedule has 1 to "
+                                              f"{SCHEDULE_STEPS_MAX}")
+    if s.start is not None and not 0 <= s.start < 1 << 63:
+        raise InvalidMessage(f"{path}.start", f"{s.start} is not a time in ns since the epoch "
+                                              "(the box's CLOCK_REALTIME)")
+    fmt = units.format_duration
+    gap = fmt(SCHEDULE_GAP_MIN_NS)
+    before = None
+    for k, step in enumerate(s.steps):
+        at = f"{path}.steps[{k}]"
+        if (step.link is None) == (step.tag is None):
+            raise InvalidMessage(at, "give exactly one of link and tag")
+        if step.link is not None:
+            check_id(step.link, f"{at}.link", "link id")
+        else:
+            check_id(step.tag, f"{at}.tag", "tag")
+        if not step.set.changes():
+            raise InvalidMessage(f"{at}.set", "sets no parameter")
+        check_emulation(step.set, f"{at}.set")
+        if step.at > SCHEDULE_SPAN_MAX_NS:
+            raise InvalidMessage(f"{at}.at", f"{fmt(step.at)} is past the longest schedule, "
+                                             f"{fmt(SCHEDULE_SPAN_MAX_NS)}")
+        if before is not None and step.at < before + SCHEDULE_GAP_MIN_NS:
+            raise InvalidMessage(f"{at}.at", f"{fmt(step.at)} is not at least {gap} after the "
+                                             f"step before ({fmt(before)}): offsets increase")
+        before = step.at
+    if s.repeat is not None and not before + SCHEDULE_GAP_MIN_NS <= s.repeat <= SCHEDULE_SPAN_MAX_NS:
+        raise InvalidMessage(f"{path}.repeat", f"repeat {fmt(s.repeat)} must be at least {gap} "
+                                               f"longer than the last offset ({fmt(before)}) "
+                                               f"and at most {fmt(SCHEDULE_SPAN_MAX_NS)}")
 
 
 def _check_update(u: Update) -> None:
     check_id(u.id, "id")
-    if not u.links:
-        raise InvalidMessage("links", "an update needs at least one link update")
+    if u.schedule not in (UNSET, None):
+        check_schedule(u.schedule)
+    if not u.links and u.schedule is UNSET:
+        raise InvalidMessage("links", "an update needs at least one link update (or a "
+                                      "schedule)")
     for i, lu in enumerate(u.links):
         path = f"links[{i}]"
         if (lu.link is None) == (lu.tag is None):

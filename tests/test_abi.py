@@ -25,10 +25,14 @@ FIELDS = {
     "Link": ["slot", "stage"],
     "StageParams": ["rate_bps", "queue_ns", "latency_ns", "jitter_ns", "loss_threshold", "ge",
                     "overhead", "loss_model", "flags", "aqm", "aqm_target_ns", "aqm_interval_ns",
-                    "cell_size", "cell_overhead", "corrupt_threshold"],
+                    "cell_size", "cell_overhead", "corrupt_threshold", "early", "dup",
+                    "early_gap", "slot_dist", "slot_gap_ns", "slot_span_ns", "slot_packets",
+                    "slot_bytes"],
+    "Chain": ["after_yes", "after_no"],
     "GilbertElliott": ["p_good_to_bad", "p_bad_to_good", "loss_good", "loss_bad"],
     "StageState": ["lock", "ge_bad", "t_last", "t_depart", "ev_window", "ev_used", "aqm",
-                   "corrupted"],
+                   "corrupted", "early_count", "early_prev", "dup_prev", "duplicated",
+                   "slot_next", "slot_pkts", "slot_used"],
     "LinkCounters": ["packets", "bytes", "drops", "events_suppressed", "marks", "sojourn"],
     "GlobalCounters": ["non_vxlan", "unknown_vni", "ringbuf_fail", "handover"],
     "DropEvent": ["version", "reason", "stage", "vni", "time_ns", "len", "segs", "reserved"],
@@ -79,10 +83,15 @@ def test_mirror_has_the_fields_python_relies_on(mirror: abi_mod.Abi) -> None:
             assert hasattr(ct, f), f"{pyname}.{f}"
     assert ctypes.sizeof(mirror.btf.ctype("struct bpf_spin_lock")) == 4
     assert mirror.StageState.lock.offset == 0 and mirror.StageState.lock.size == 4
-    # The timeline's words in the first 56 bytes, CoDel's and PIE's state after them (abi.h).
-    assert ctypes.sizeof(mirror.StageState) == 112 and mirror.StageState.ge_bad.offset == 4
-    assert mirror.StageState.aqm.offset == 56
-    assert ctypes.sizeof(mirror.StageParams) == 112
+    # The timeline's words in the first 56 bytes, CoDel's and PIE's state after them, then
+    # reorder's and duplicate's, then the slot's (abi.h).
+    assert ctypes.sizeof(mirror.StageState) == 144 and mirror.StageState.ge_bad.offset == 4
+    assert mirror.StageState.aqm.offset == 56 and mirror.StageState.early_count.offset == 112
+    assert mirror.StageState.slot_next.offset == 128
+    # The hit path's words in the first 80 bytes; reorder's and duplicate's from 112, the slot's
+    # at the end: read only by the locked path.
+    assert ctypes.sizeof(mirror.StageParams) == 176 and mirror.StageParams.early.offset == 112
+    assert mirror.StageParams.slot_gap_ns.offset == 152
     # A passed packet's counters are the first two words; the AQM's are further on, then the
     # sojourn histogram to the end of the fourth cache line (abi.h).
     assert ctypes.sizeof(mirror.LinkCounters) == 256 and mirror.LinkCounters.bytes.offset == 8

@@ -86,7 +86,8 @@ def as_sent(d: dict) -> list:
     full = {"latency": 0, "jitter": 0, "loss": 0.0, "capacity": 0, "queue": None, "burst": None,
             "reorder": False, "loss_correlation": 0.0, "state": "up", "distribution": "uniform",
             "delay_correlation": 0.0, "distribution_table": None, "overhead": 24, "cell_size": 0,
-            "cell_overhead": 0, "corrupt": 0.0,
+            "cell_overhead": 0, "corrupt": 0.0, "reorder_early": None, "duplicate": 0.0,
+            "duplicate_correlation": 0.0, "slot": None,
             "aqm": {"kind": "taildrop", "target": None, "interval": None, "ecn": False}}
     out = []
     for link in sorted(d["links"], key=lambda x: x["id"]):

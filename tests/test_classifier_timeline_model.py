@@ -298,8 +298,9 @@ def test_the_model_follows_edt_h() -> None:
     fast_c = src[src.index("moa_step_fast("):src.index("moa_step_locked(")]
     locked_c = src[src.index("moa_step_locked("):src.index("moa_stage_step(", src.index(
         "moa_step_locked("))]
-    # Both paths place the packet with moa_timeline_place (the clamp, then the horizon).
-    place = r"moa_timeline_place\(p, s, tl, td, &t_new, &dep\)"
+    # Both paths place the packet with moa_timeline_place (the clamp, then the horizon; its last
+    # argument, a slotted stage's slot words, are the stage's own: slot.h).
+    place = r"moa_timeline_place\(p, s, tl, td, &t_new, &dep, [^;]*\)"
     for body, steps in [
         (place_c, [r"\*dep = td \+ 1", r"horizon_ns"]),
         (fast_c, [r"MOA_READ_ONCE\(st->t_last\)", r"MOA_READ_ONCE\(st->t_depart\)",

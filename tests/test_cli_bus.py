@@ -318,6 +318,23 @@ def test_show_says_a_link_is_down_and_its_distributions() -> None:
     assert "5ms normal (corr 0.5)" in text
 
 
+def test_show_has_netems_reorder_and_duplicate_and_the_copies_sent() -> None:
+    c = schemas.LinkStats(materialization="m", link="l", vni=5, stage="egress", packets=1000,
+                          bytes=10_000, drops={}, duplicated=12)
+    status = schemas.StatusReply(host="h", fq_memory_bytes=0, materializations=[
+        schemas.MaterializationStatus(id="m", generation=1, links=[schemas.LinkStatus(
+            id="l", kind="p2p", vnis=[5, 6], counters=[c], emulation=schemas.Emulation(
+                latency=10_000_000, duplicate=0.01, duplicate_correlation=0.3,
+                reorder_early=schemas.ReorderEarly(probability=0.25, gap=5)))])])
+    from rich.console import Console
+    console = Console(width=240, record=True)
+    console.print(show.build_table(status))
+    text = console.export_text()
+    assert "dup 0.01 (corr 0.3) early 0.25 gap 5" in text and "1,000 (+12 dup)" in text
+    assert set_verb.parse_params(["duplicate", "0.01", "duplicate_correlation", "0.3"]) == {
+        "duplicate": 0.01, "duplicate_correlation": 0.3}
+
+
 def test_show_names_the_aqm() -> None:
     status = schemas.StatusReply(host="h", fq_memory_bytes=0, materializations=[
         schemas.MaterializationStatus(id="m", generation=1, links=[schemas.LinkStatus(
@@ -327,6 +344,28 @@ def test_show_names_the_aqm() -> None:
     console = Console(width=200, record=True)
     console.print(show.build_table(status))
     assert "20mbps codel+ecn" in console.export_text()
+
+
+def test_show_names_the_slots() -> None:
+    ms = 1_000_000
+    status = schemas.StatusReply(host="h", fq_memory_bytes=0, materializations=[
+        schemas.MaterializationStatus(id="m", generation=1, links=[
+            schemas.LinkStatus(id="l", kind="p2p", vnis=[5, 6], counters=[],
+                               emulation=schemas.Emulation(slot=schemas.Slot(
+                                   min=ms, max=3 * ms, packets=4))),
+            schemas.LinkStatus(id="k", kind="p2p", vnis=[7, 8], counters=[],
+                               emulation=schemas.Emulation(capacity=10**7, slot=schemas.Slot(
+                                   distribution="normal", delay=10 * ms, jitter=2 * ms,
+                                   bytes=9000)))])])
+    from rich.console import Console
+    console = Console(width=250, record=True)
+    console.print(show.build_table(status))
+    text = console.export_text()
+    assert "unlimited slot 1ms-3ms 4p" in text
+    assert "10mbps slot normal 10ms±2ms 9000B" in text
+    assert show.netem_lines(status) == ["m l netem slot 1ms 3ms packets 4",
+                                        "m k netem rate 10mbit slot distribution normal 10ms 2ms "
+                                        "bytes 9000"]
 
 
 def test_show_counts_a_frame_once_though_two_stages_saw_it() -> None:
@@ -428,9 +467,9 @@ async def test_set_netem_words_through_the_service(nats_server: NatsServer, topo
             "loss_correlation": 0.0,
             "burst": {"p": 0.01, "r": 0.1, "loss_bad": 1.0, "loss_good": 0.0}}}]}
         # refused before anything is sent: the generation stays, the kernel holds the same
-        rc, out, err = await moa("set", "l0", "netem", "loss", "1%", "duplicate", "1%", *base)
+        rc, out, err = await moa("set", "l0", "netem", "loss", "1%", "seed", "42", *base)
         assert (rc, out) == (2, ""), err
-        assert "netem word 'duplicate' is not supported by moa" in err
+        assert "netem word 'seed' is not supported by moa" in err
         rc, out, err = await moa("status", "n1", *base)
         assert json.loads(out)["materializations"][0]["generation"] == 2, out
         await kernel_holds(nc, host, topo, now)

@@ -54,14 +54,14 @@ def possible_from_sysfs() -> int:
 
 def test_programs_and_maps_by_name(obj: BpfObject) -> None:
     assert obj.program_names() == ["st_echo_prog", "st_ctx_prog", "st_event_prog", "st_lookup_prog",
-                                   "st_sojourn_prog"]
+                                   "st_sojourn_prog", "st_tstamp_prog"]
     assert {"moa_st_links", "moa_st_state", "moa_st_counters", "moa_st_global",
             "moa_st_events"} <= set(obj.map_names())
     prog = obj.program("st_echo_prog")
     assert prog.fd > 0 and prog.name == "st_echo_prog" and prog.type == 3  # BPF_PROG_TYPE_SCHED_CLS
     links = obj.map("moa_st_links")
     assert (links.type, links.key_size, links.value_size, links.max_entries) == (
-        MapType.HASH, 4, 232, 16)
+        MapType.HASH, 4, 360, 16)
     assert obj.map("moa_st_links") is links  # cached
     with pytest.raises(KeyError, match="no_such_prog"):
         obj.program("no_such_prog")
@@ -136,9 +136,9 @@ def test_max_entries_override(selftest_o: Path) -> None:
         assert links.max_entries == 1000
         assert o.map("moa_st_state").max_entries == 8
         for k in range(1000):  # the kernel really made room for 1000
-            links.update(k, bytes(232))
+            links.update(k, bytes(360))
         with pytest.raises(BpfError) as info:
-            links.update(1000, bytes(232))
+            links.update(1000, bytes(360))
         assert info.value.errno == errno.E2BIG
     with pytest.raises(KeyError, match="no_such_map"):
         BpfObject.open(str(selftest_o), max_entries={"no_such_map": 1})
@@ -171,7 +171,7 @@ def test_hash_map_crud_and_keys(obj: BpfObject, abi: abi_mod.Abi) -> None:
     assert links.delete(5) is True
     assert links.delete(5) is False
     assert links.lookup(5) is None
-    with pytest.raises(ValueError, match="232"):
+    with pytest.raises(ValueError, match="360"):
         links.update(7, b"short")
     with pytest.raises(TypeError):
         links.update(7, 1.5)
@@ -237,7 +237,7 @@ def test_pinned_maps_are_reused_across_opens(selftest_o: Path, pin_root: str, ab
     # As after a service restart: the map by its pin, shape from the kernel.
     with Map.from_pin(f"{pin_root}/moa_st_links") as m:
         assert (m.name, m.type, m.key_size, m.value_size, m.max_entries) == (
-            "moa_st_links", MapType.HASH, 4, 232, 16)
+            "moa_st_links", MapType.HASH, 4, 360, 16)
         assert sorted(int.from_bytes(k, "little") for k in m.keys()) == [7, 8]
         m.unpin()
     assert not os.path.exists(f"{pin_root}/moa_st_links")
@@ -251,8 +251,8 @@ def test_map_pin_and_unpin(obj: BpfObject, pin_root: str) -> None:
     state = obj.map("moa_st_state")
     state.pin(f"{pin_root}/state")
     with Map.from_pin(f"{pin_root}/state") as again:
-        again.update(1, bytes(112))
-        assert again.max_entries == 4 and again.value_size == 112
+        again.update(1, bytes(144))
+        assert again.max_entries == 4 and again.value_size == 144
     state.unpin()
     assert os.listdir(pin_root) == []
 

@@ -19,7 +19,7 @@ from moa_bus.cli import set as set_verb
 from moa_bus.cli import show
 from schemas.messages import (
     AQM_MAX_NS, AQM_MIN_NS, CELL_OVERHEAD_MAX, CELL_SIZE_MAX, MIN_CAPACITY_BPS, MIN_QUEUE_BYTES,
-    OVERHEAD_MAX, OVERHEAD_MIN,
+    OVERHEAD_MAX, OVERHEAD_MIN, SLOT_GAP_MAX_NS, SLOT_LIMIT_MAX,
 )
 from schemas.units import MAX_DURATION_NS, MAX_RATE_BPS, MAX_SIZE_BYTES
 
@@ -39,6 +39,24 @@ below_one = st.floats(min_value=0.0, max_value=1.0, exclude_max=True, allow_nan=
 
 
 dist_tables = st.lists(st.integers(-32768, 32767), min_size=2, max_size=50).map(tuple)
+slot_limits = st.one_of(st.just(0), st.integers(1, SLOT_LIMIT_MAX))
+
+
+@st.composite
+def slots(draw) -> schemas.Slot | None:
+    """None, or any slot the rules accept (schemas.messages.check_slot)."""
+    form = draw(st.sampled_from(("none", "uniform", "normal", "pareto", "paretonormal")))
+    if form == "none":
+        return None
+    if form == "uniform":
+        lo = draw(st.integers(0, SLOT_GAP_MAX_NS))
+        hi = draw(st.one_of(st.none(), st.integers(max(lo, 1), SLOT_GAP_MAX_NS)))
+        if lo == 0 and hi is None:
+            hi = 1
+        return schemas.Slot(min=lo, max=hi, packets=draw(slot_limits), bytes=draw(slot_limits))
+    return schemas.Slot(distribution=form, delay=draw(st.integers(0, SLOT_GAP_MAX_NS)),
+                        jitter=draw(st.integers(1, SLOT_GAP_MAX_NS)), packets=draw(slot_limits),
+                        bytes=draw(slot_limits))
 
 
 @st.composite
@@ -68,7 +86,13 @@ def emulations(draw) -> schemas.Emulation:
         overhead=draw(st.one_of(st.just(24), st.integers(OVERHEAD_MIN, OVERHEAD_MAX))),
         cell_size=(cell := draw(st.one_of(st.just(0), st.integers(1, CELL_SIZE_MAX)))),
         cell_overhead=draw(st.integers(1 - cell, CELL_OVERHEAD_MAX)) if cell else 0,
-        corrupt=draw(probabilities))
+        corrupt=draw(probabilities),
+        reorder_early=draw(st.builds(schemas.ReorderEarly, probability=probabilities,
+                                     correlation=below_one,
+                                     gap=st.one_of(st.just(1), st.integers(1, 2**31))))
+        if latency and draw(st.booleans()) else None,
+        duplicate=(dup := draw(probabilities)),
+        duplicate_correlation=draw(below_one) if dup else 0.0, slot=draw(slots()))
     schemas.check_emulation(e, "")
     return e
 
@@ -96,7 +120,8 @@ def test_parse_gives_back_what_render_wrote(e: schemas.Emulation) -> None:
     st.sampled_from(["delay", "latency", "distribution", "loss", "drop", "random", "gemodel",
                      "state", "rate", "moa", "queue", "aqm", "codel", "ecn", "duplicate", "corrupt",
                      "reorder", "limit", "normal", "10ms", "1ms", "5%", "0.5", "100%", "1e-3%",
-                     "10mbit", "1mbps", "-14", "20", "64KiB", "true", "down", "inherit"]),
+                     "10mbit", "1mbps", "-14", "20", "64KiB", "true", "down", "inherit",
+                     "slot", "packets", "bytes", "pareto", "4", "0ms"]),
     st.text(max_size=12)), max_size=10))
 def test_any_words_are_taken_or_refused_naming_a_word(words: list[str]) -> None:
     """Whatever the words: a patch the emulation's rules accept, or NetemError with the word."""
@@ -171,6 +196,26 @@ def test_a_group_replaces_its_fields_and_leaves_the_others() -> None:
     assert applied("delay 1ms", cells) == msgspec.structs.replace(cells, latency=1_000_000)
 
 
+def test_slot_words() -> None:
+    """tc's two forms of `slot`, and what moa writes back for them."""
+    ms = 1_000_000
+    assert netem.parse("slot 800us 1ms packets 4".split()) == {
+        "slot": {"min": 800_000, "max": ms, "packets": 4}}
+    assert applied("slot 2ms bytes 3000").slot == schemas.Slot(min=2 * ms, bytes=3000)
+    assert applied("delay 10ms slot distribution pareto 5ms 1ms packets 8 bytes 9000") == (
+        schemas.Emulation(latency=10 * ms, slot=schemas.Slot(
+            distribution="pareto", delay=5 * ms, jitter=ms, packets=8, bytes=9000)))
+    assert netem.render(schemas.Emulation(slot=schemas.Slot(min=ms, max=3 * ms, packets=4))) == (
+        "slot 1ms 3ms packets 4")
+    assert netem.render(schemas.Emulation(slot=schemas.Slot(
+        distribution="normal", delay=10 * ms, jitter=2 * ms, bytes=1500))) == (
+        "slot distribution normal 10ms 2ms bytes 1500")
+    # a group of its own: the words replace the whole slot and nothing else
+    e = applied("slot 1ms packets 4", schemas.Emulation(loss=0.1, slot=schemas.Slot(
+        min=5 * ms, bytes=100)))
+    assert e == schemas.Emulation(loss=0.1, slot=schemas.Slot(min=ms, packets=4))
+
+
 def test_render_writes_netems_words() -> None:
     e = schemas.Emulation(latency=100_000_000, jitter=20_000_000, distribution="normal",
                           loss=0.01, loss_correlation=0.25, capacity=10_000_000)
@@ -194,17 +239,58 @@ def test_render_writes_netems_words() -> None:
     assert netem.render(schemas.Emulation()) == ""
 
 
+def test_reorder_gap_and_duplicate_read_as_tc_reads_them() -> None:
+    """tc-netem(8)'s reorder lines and the issue's duplicate; the gap may come anywhere."""
+    assert netem.parse("delay 10ms reorder 25% 50%".split())["reorder_early"] == {
+        "probability": 0.25, "correlation": 0.5, "gap": 1}
+    assert netem.parse("gap 5 delay 10ms reorder 25%".split())["reorder_early"] == {
+        "probability": 0.25, "correlation": 0.0, "gap": 5}
+    assert netem.parse("delay 100ms 20ms distribution normal loss 1% 25% duplicate 1%".split(
+    ))["duplicate"] == 0.01
+    assert netem.parse("duplicate 1% 30".split()) == {"duplicate": 0.01,
+                                                      "duplicate_correlation": 0.3}
+    assert netem.render(schemas.Emulation(
+        latency=10**7, reorder_early=schemas.ReorderEarly(probability=0.25, correlation=0.5,
+                                                          gap=5), duplicate=0.01)) == (
+        "delay 10ms reorder 25% 50% gap 5 duplicate 1%")
+
+
 @pytest.mark.parametrize(("words", "word"), [
-    ("delay 100ms 20ms distribution normal loss 1% 25% duplicate 1%", "duplicate"),
+    ("duplicate 101%", "duplicate"),
+    ("duplicate 1% 100%", "duplicate"),      # moa's correlation is below 1
+    ("duplicate", "duplicate"),
+    ("duplicate 1% duplicate 2%", "duplicate"),
+    ("moa duplicate 0.1", "duplicate"),
+    ("delay 0ms reorder 25%", "reorder"),    # no delay to skip (tc refuses it too)
+    ("delay 10ms reorder 25% 100%", "reorder"),
+    ("delay 10ms reorder 25% gap 0", "gap"),
+    ("delay 10ms reorder 25% gap -1", "gap"),
+    ("delay 10ms reorder 25% gap 4294967295", "gap"),
+    ("delay 10ms reorder 1% gap 2 gap 3", "gap"),
     ("corrupt 0.1% 25%", "corrupt"),          # a correlation: refused
     ("corrupt 101%", "corrupt"),
     ("corrupt", "corrupt"),
     ("corrupt 1% corrupt 2%", "corrupt"),
     ("moa corrupt 0.1", "corrupt"),
-    ("delay 10ms reorder 25% 50%", "reorder"),
-    ("delay 10ms reorder 25% gap 5", "reorder"),
     ("gap 5", "gap"),
-    ("slot 800us 1ms packets 4", "slot"),
+    ("delay 10ms gap 5", "gap"),
+    ("slot", "slot"),
+    ("slot 800", "slot"),                      # a bare number: tc's ns, refused
+    ("slot 2ms 1ms", "slot"),                  # max below min
+    ("slot 0ms", "slot"),                      # no gap: netem's `slot 0` is no slots
+    ("slot 5s", "slot"),
+    ("slot 1ms packets", "slot"),
+    ("slot 1ms packets -1", "slot"),
+    ("slot 1ms packets 4x", "slot"),
+    ("slot 1ms bytes 2147483648", "slot"),
+    ("slot 1ms bytes 1500 packets 4", "packets"),  # tc's order: packets, then bytes
+    ("slot distribution normal 1ms", "slot"),
+    ("slot distribution normal 1ms 0ms", "slot"),  # tc: non-positive jitter
+    ("slot distribution experimental 1ms 1ms", "slot"),
+    ("slot distribution uniform 1ms 1ms", "slot"),
+    ("slot often", "slot"),
+    ("slot 1ms slot 2ms", "slot"),
+    ("moa slot 1ms", "slot"),
     ("loss 1% ecn", "ecn"),
     ("limit 1000", "limit"),
     ("seed 42", "seed"),
@@ -257,8 +343,8 @@ def test_refusals_name_the_word(words: str, word: str) -> None:
 
 
 def test_refusing_an_unsupported_word_says_so() -> None:
-    with pytest.raises(netem.NetemError, match="netem word 'duplicate' is not supported by moa"):
-        netem.parse("delay 100ms 20ms duplicate 1%".split())
+    with pytest.raises(netem.NetemError, match="netem word 'seed' is not supported by moa"):
+        netem.parse("delay 100ms 20ms seed 42".split())
     with pytest.raises(netem.NetemError, match="give netem's words"):
         netem.parse([])
 
@@ -306,8 +392,8 @@ async def test_moa_set_refuses_before_it_connects() -> None:
     refusal comes before any attempt to connect (which would exit 1 saying it cannot)."""
     from moa_bus.service.embedded_nats import free_port
     url = f"nats://127.0.0.1:{free_port()}"
-    for words, said in ((["duplicate", "1%"], "netem word 'duplicate' is not supported"),
-                        (["delay", "10ms", "reorder", "25%"], "netem word 'reorder'"),
+    for words, said in ((["seed", "42"], "netem word 'seed' is not supported"),
+                        (["delay", "10ms", "gap", "5"], "'gap' needs 'reorder PERCENT'"),
                         (["rate", "10mbit", "-99"], "overhead -99 is outside -60..4096")):
         rc, out, err = await _moa("set", "a-b", "netem", *words, "--nats", url,
                                   "--connect-timeout", "1")

@@ -44,6 +44,9 @@ enum moa_stage_flags {
 	MOA_F_DOWN = 1 << 1,	/* the link is down: drop every frame (MOA_DROP_LINK_DOWN) */
 	MOA_F_ECN = 1 << 2,	/* the AQM marks ECN-capable packets CE instead of dropping them */
 	MOA_F_CORRUPT = 1 << 3,	/* corrupt_threshold is set: flip a bit of some packets (corrupt.h) */
+	MOA_F_EARLY = 1 << 4,	/* netem's reorder: some packets skip the delay (early.h) */
+	MOA_F_DUPLICATE = 1 << 5,	/* netem's duplicate: some packets are sent twice (duplicate.h) */
+	MOA_F_SLOT = 1 << 6,	/* departures are released in slots (slot.h): the locked path */
 };
 
 /* The queue's management (stage_params.aqm; docs/semantics.md, "Queue management"). Tail drop
@@ -102,6 +105,17 @@ struct moa_gilbert_elliott {
 };
 
 /*
+ * A correlated yes/no per packet (netem's reorder and duplicate; chain.h): a two-state chain
+ * whose state is the previous decision. P(yes) = after_yes or after_no over 2^32 as the last
+ * decision was yes or no; userspace sets them from P and the correlation rho as P + rho (1 - P)
+ * and P (1 - rho), so the share of yes is P and the lag-1 autocorrelation rho.
+ */
+struct moa_chain {
+	__u64 after_yes;
+	__u64 after_no;
+};
+
+/*
  * One stage of one link endpoint. Times in ns, rate in bit/s. Userspace precomputes what the
  * datapath would otherwise divide for on every packet.
  */
@@ -126,11 +140,25 @@ struct moa_stage_params {
 	__u32 aqm_interval_ns;	/* CoDel: INTERVAL (at most 3 s: interval^2 < 2^63); PIE: T_UPDATE */
 	__s16 cell_overhead;	/* bytes per cell besides its cell_size (ATM: 5); cell_size +
 				 * cell_overhead >= 1 */
-	__u8 pad1[2];
+	__u8 slot_dist;		/* with MOA_F_SLOT: enum moa_dist of the gap between slots (UNIFORM:
+				 * slot_gap_ns + a uniform share of slot_span_ns; a table: slot_gap_ns
+				 * + slot_span_ns * v[q] / MOA_DIST_SCALE, clamped at 0) */
+	__u8 pad1;
 	__u32 dist_key;		/* dist == MOA_DIST_CUSTOM: the table's key in moa_dist_custom (a
 				 * hash of its content, written by userspace before the link) */
 	__u64 corrupt_threshold;	/* with MOA_F_CORRUPT: P(one bit flipped) * 2^32 (corrupt.h) */
-	/* 112 bytes: the per-frame words in the first 80 (the hit path's), cells at 78 and 96 */
+	struct moa_chain early;	/* with MOA_F_EARLY: which candidates skip the delay (early.h) */
+	struct moa_chain dup;	/* with MOA_F_DUPLICATE: which packets are sent twice */
+	__u32 early_gap;	/* with MOA_F_EARLY: a packet is a candidate after early_gap - 1
+				 * delayed ones (netem's gap; 1 = every packet) */
+	__u32 pad2;
+	__u64 slot_gap_ns;	/* with MOA_F_SLOT (slot.h): the smallest gap between two slot
+				 * openings (uniform) or the gaps' mean (a table) */
+	__u64 slot_span_ns;	/* uniform: max - min of the gap; a table: its jitter */
+	__u32 slot_packets;	/* frames a slot releases at most (0xffffffff: no limit) */
+	__u32 slot_bytes;	/* frame bytes a slot releases at most (0xffffffff: no limit) */
+	/* 176 bytes: the per-frame words in the first 80 (the hit path's), cells at 78 and 96,
+	 * reorder and duplicate from 112, slots from 152 (both read by the locked path only) */
 };
 
 /* Value of moa_links, keyed by VNI (__u32, low 24 bits). Written by userspace only. */
@@ -205,6 +233,17 @@ struct moa_stage_state {
 	__u64 corrupted;	/* frames this stage corrupted (corrupt.h): shared, added to
 				 * atomically by the few packets it corrupts, read by userspace */
 	struct moa_aqm_state aqm;	/* under `lock` (aqm.h); bytes 56-111 */
+	__u32 early_count;	/* early.h, under `lock`: delayed packets since the last early one */
+	__u8 early_prev;	/* chain.h, under `lock`: the last reorder decision (1 = early) */
+	__u8 dup_prev;		/* chain.h, under `lock`: the last duplicate decision */
+	__u8 pad1[2];
+	__u64 duplicated;	/* frames of the copies this stage sent (duplicate.h): shared, added
+				 * to atomically by duplicated packets only, read by userspace */
+	__u64 slot_next;	/* under `lock` (slot.h): when the current slot opens (monotonic ns) */
+	__u32 slot_pkts;	/* frames released in that slot so far */
+	__u32 slot_used;	/* and their bytes */
+	/* 144 bytes: the hit path's words (t_last, t_depart) in the first 24; the AQM's,
+	 * reorder's, duplicate's and the slot's after them */
 };
 
 /*

@@ -27,12 +27,14 @@
 #include "events.h"
 #include "sojourn.h"
 #include "corrupt.h"
+#include "duplicate.h"
 
-/* Does the stage need its shared state (timeline, delay ordering, Gilbert-Elliott)? */
+/* Does the stage need its shared state (timeline, delay ordering, Gilbert-Elliott, duplicate, slots)? */
 static __always_inline int moa_needs_state(const struct moa_stage_params *p, __u64 handover)
 {
 	return p->rate_bps || p->latency_ns || p->jitter_ns || handover ||
-	       p->loss_model == MOA_LOSS_GILBERT_ELLIOTT;
+	       p->loss_model == MOA_LOSS_GILBERT_ELLIOTT ||
+	       (p->flags & (MOA_F_DUPLICATE | MOA_F_SLOT));
 }
 
 static __always_inline int moa_classify(struct __sk_buff *skb, const enum moa_stage stage)
@@ -48,6 +50,10 @@ static __always_inline int moa_classify(struct __sk_buff *skb, const enum moa_st
 	struct moa_pkt pkt;
 	__u64 handover = 0;
 	__u32 idx;
+
+	/* A duplicated packet's copy, back from moa_send_copy: classified already. */
+	if (stage == MOA_STAGE_EGRESS && moa_is_copy(skb))
+		return TC_ACT_OK;
 
 	if (moa_parse(skb, &pkt) != MOA_PARSE_VXLAN) {
 		g = moa_global_counters();
@@ -116,8 +122,9 @@ static __always_inline int moa_classify(struct __sk_buff *skb, const enum moa_st
 		s.aqm_rand = bpf_get_prandom_u32();
 	if ((p->flags & MOA_F_ECN) && p->aqm != MOA_AQM_TAILDROP)
 		s.can_mark = moa_inner_ect(skb, pkt.outer_len);
+	moa_netem_draw(p, &s, stage == MOA_STAGE_EGRESS);
 
-	moa_stage_step(st, p, &d, &s);
+	moa_stage_step(st, p, &d, &s, &c, stage == MOA_STAGE_EGRESS);
 	if (s.drop)
 		goto drop;
 	if (s.mark) {
@@ -126,8 +133,14 @@ static __always_inline int moa_classify(struct __sk_buff *skb, const enum moa_st
 	}
 
 	if (stage == MOA_STAGE_EGRESS) {
+		if (s.dup == 2 && s.dup_reason < MOA_NR_DROP_REASONS)	/* the copy did not fit */
+			cnt->drops[s.dup_reason] += c.segs;
+		if (s.dup == 1 && moa_send_copy(skb, s.dup_departure, s.now))
+			__sync_fetch_and_add(&st->duplicated, c.segs);
 		if (s.departure > s.now)
 			moa_set_departure(skb, s.departure);
+		else if (s.dup == 1)	/* the copy's departure is not the original's */
+			skb->tstamp = 0;
 	} else {
 		/*
 		 * No qdisc holds packets on ingress: the wait goes to the receiving VTEP's hold

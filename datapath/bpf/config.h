@@ -21,6 +21,13 @@ const volatile __u32 vxlan_port = 4789;
 const volatile __u32 mark_mask = 0xffff0000;
 
 /*
+ * The bit of skb->mark a duplicated packet's copy carries back into the uplink's egress, so
+ * that the classifier passes it untouched instead of classifying it again (duplicate.h). One
+ * bit outside mark_mask (checked at load); 0 disables duplication.
+ */
+const volatile __u32 dup_mark = 0x00008000;
+
+/*
  * A departure further ahead of now than this is dropped (MOA_DROP_HORIZON) rather than handed
  * to sch_fq, whose own horizon (moa sets the same, rounded up to fq's µs) would drop it
  * silently. A service sets the box's horizon here (moa serve --horizon, 30 s by default, raised

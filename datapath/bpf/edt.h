@@ -5,7 +5,9 @@
  * Order (docs/architecture.md): loss -> queue (tail drop) -> timeline (capacity) -> latency
  * and jitter (+ the ingress stage's handover delay on egress) -> departure clamped to the
  * link's last departure unless MOA_F_REORDER -> horizon -> AQM (aqm.h: CoDel on the sojourn
- * the placement gave, locked path only; a drop leaves the timeline as it was).
+ * the placement gave, locked path only; a drop leaves the timeline as it was). A slotted
+ * stage (MOA_F_SLOT, slot.h) moves the departure onto its slot before the clamp, locked path
+ * only.
  *
  * The timeline of a stage is two words shared by every CPU (struct moa_stage_state): t_last,
  * the end of serialisation of the last accepted packet, and t_depart, the latest departure
@@ -15,6 +17,10 @@
  * commit of t_last, at most MOA_FAST_TRIES attempts. Locked path (Gilbert-Elliott, fallback):
  * under the stage lock, own both words by xchg(word, MOA_OWNED), then store the results.
  * Why this is correct, the memory order it needs and what it costs: docs/timeline.md.
+ *
+ * netem's reorder and duplicate (MOA_F_EARLY, MOA_F_DUPLICATE) take the locked path: their
+ * decisions read and move stage state (early.h, chain.h), and a duplicated packet is placed
+ * twice, its copy right after it (duplicate.h).
  */
 #ifndef MOA_EDT_H
 #define MOA_EDT_H
@@ -26,6 +32,8 @@
 #include "loss.h"
 #include "charge.h"
 #include "aqm.h"
+#include "early.h"
+#include "slot.h"
 
 /* t_last / t_depart while a locked step owns them: never a time (2^64 ns is 584 years). */
 #define MOA_OWNED (~0ULL)
@@ -45,6 +53,17 @@ struct moa_step {
 	int lost;		/* in: Bernoulli decision (made outside the lock) */
 	int can_mark;		/* in: ECN on and the inner packet ECN-capable (aqm.h) */
 	__u32 aqm_rand;		/* in: PIE's uniform draw (made outside the lock) */
+	__u32 early_r;		/* in: the reorder draw (MOA_F_EARLY; early.h) */
+	__u32 dup_r;		/* in: the duplicate draw (dup_on; duplicate.h) */
+	__u8 dup_on;		/* in: this stage duplicates (MOA_F_DUPLICATE, egress) */
+	__u8 early;		/* out: it skipped the delay (early.h) */
+	__u8 dup;		/* out: 1 = its copy passed, leaving at dup_departure; 2 = the copy
+			 * was dropped for dup_reason */
+	__u8 dup_reason;	/* out: enum moa_drop_reason of a dropped copy */
+	__u64 dup_departure;	/* out: the copy's departure */
+	__u32 slot_segs;	/* in, MOA_F_SLOT: the packet's frames */
+	__u32 slot_bytes;	/* in, MOA_F_SLOT: and their bytes */
+	__u64 slot_gap[2];	/* in, MOA_F_SLOT: two gaps drawn outside the lock (slot.h) */
 	__u64 departure;	/* out: when the packet may leave (monotonic ns) */
 	__u64 sojourn;		/* out: start of its serialisation - now (0 without a rate) */
 	__u8 drop;		/* out: 1 = drop for `reason` */
@@ -74,7 +93,7 @@ static __always_inline void moa_event_budget(struct moa_stage_state *st, struct 
  */
 static __always_inline int moa_timeline_place(const struct moa_stage_params *p,
 					      struct moa_step *s, __u64 tl, __u64 td,
-					      __u64 *t_new, __u64 *dep)
+					      __u64 *t_new, __u64 *dep, struct moa_slot *sl)
 {
 	__u64 now = s->now;
 
@@ -99,13 +118,17 @@ static __always_inline int moa_timeline_place(const struct moa_stage_params *p,
 		*dep = now + s->delay_ns;
 	}
 
+	/* A slotted stage's locked path (the others pass no sl: compiled out there). */
+	if (sl)
+		*dep = moa_slot_place(p, sl, s->slot_gap, s->slot_segs, s->slot_bytes, *dep);
+
 	/*
 	 * fq orders a flow by tstamp: a departure before the last one would overtake it. Equal
 	 * tstamps leave in the order the packets reach fq, which two CPUs can swap after leaving
 	 * this step (seen in the VM around a run-time parameter change, when CPUs briefly use
 	 * old and new parameters): a departure is strictly after the last one.
 	 */
-	if (!(p->flags & MOA_F_REORDER) && *dep <= td)
+	if (!(p->flags & MOA_F_REORDER) && *dep <= td && !s->early)
 		*dep = td + 1;
 
 	if (*dep - now > horizon_ns) {
@@ -137,7 +160,7 @@ static __always_inline enum moa_fast moa_step_fast(struct moa_stage_state *st,
 		td = MOA_READ_ONCE(st->t_depart);
 		if (tl == MOA_OWNED || td == MOA_OWNED)
 			return MOA_FAST_LOCKED;
-		if (moa_timeline_place(p, s, tl, td, &t_new, &dep))
+		if (moa_timeline_place(p, s, tl, td, &t_new, &dep, 0))
 			return MOA_FAST_DROP;
 
 		/* 1. t_depart first, so that whoever takes t_last after our commit sees dep. */
@@ -161,12 +184,35 @@ static __always_inline enum moa_fast moa_step_fast(struct moa_stage_state *st,
 	return MOA_FAST_LOCKED;
 }
 
-/* The locked path: owns both words by xchg under the lock (see the top of this file). */
+/* The stage's netem reorder and duplicate draws, before the lock (can_dup: the egress stage,
+ * the only one that duplicates). */
+static __always_inline void moa_netem_draw(const struct moa_stage_params *p, struct moa_step *s,
+					   int can_dup)
+{
+	if (!(p->flags & (MOA_F_EARLY | MOA_F_DUPLICATE)))
+		return;
+	if (p->flags & MOA_F_EARLY)
+		s->early_r = bpf_get_prandom_u32();
+	if (can_dup && (p->flags & MOA_F_DUPLICATE)) {
+		s->dup_on = 1;
+		s->dup_r = bpf_get_prandom_u32();
+	}
+}
+
+/*
+ * The locked path: owns both words by xchg under the lock (see the top of this file). `slotted`
+ * is a constant at each call: a slotted stage has a copy of its own, so the verifier walks the
+ * slot's branches once instead of once per combination of flag tests. A slotted stage may
+ * also reorder and duplicate: the copy is moved onto a slot as a frame of its own.
+ */
 static __always_inline void moa_step_locked(struct moa_stage_state *st,
 					    const struct moa_stage_params *p,
-					    const struct moa_draws *d, struct moa_step *s)
+					    const struct moa_draws *d, struct moa_step *s,
+					    const int slotted)
 {
-	__u64 tl = 0, td, t_new = 0, dep = 0;
+	__u64 tl = 0, td, t_new = 0, dep = 0, t_copy = 0, dep_copy = 0, sojourn;
+	struct moa_slot sl = {}, sl_orig;
+	int dup = 0;
 
 	bpf_spin_lock(&st->lock);
 
@@ -175,6 +221,10 @@ static __always_inline void moa_step_locked(struct moa_stage_state *st,
 	if (s->lost) {
 		s->reason = MOA_DROP_LOSS;
 		goto drop;
+	}
+	if ((p->flags & MOA_F_EARLY) && moa_early_pick(st, p, s->early_r)) {
+		s->early = 1;
+		s->delay_ns = 0;
 	}
 
 	/* Both words are taken before anything is decided (in either order: the model check
@@ -188,7 +238,12 @@ static __always_inline void moa_step_locked(struct moa_stage_state *st,
 		if (tl == MOA_OWNED)
 			tl = 0;
 	}
-	if (moa_timeline_place(p, s, tl, td, &t_new, &dep))
+	if (slotted) {
+		sl.next = st->slot_next;
+		sl.pkts = st->slot_pkts;
+		sl.used = st->slot_used;
+	}
+	if (moa_timeline_place(p, s, tl, td, &t_new, &dep, slotted ? &sl : 0))
 		goto restore;
 	if (p->aqm != MOA_AQM_TAILDROP && p->rate_bps) {
 		int v = moa_aqm(&st->aqm, p, s->now, tl > s->now ? tl : s->now, s->aqm_rand,
@@ -201,11 +256,44 @@ static __always_inline void moa_step_locked(struct moa_stage_state *st,
 		s->mark = v == MOA_AQM_MARK;
 	}
 
+	/* The copy: right after the original on the timeline, with the original's delay. It
+	 * meets the queue and the horizon as a frame of its own (not the AQM, which judged the
+	 * pair by the original); a copy that does not fit is dropped alone. */
+	if (s->dup_on && moa_chain_pick(&p->dup, st->dup_prev, s->dup_r)) {
+		dup = 1;
+		sojourn = s->sojourn;
+		sl_orig = sl;	/* a dropped copy leaves the slot as its original left it */
+		if (moa_timeline_place(p, s, p->rate_bps ? t_new : 0, dep > td ? dep : td,
+				       &t_copy, &dep_copy, slotted ? &sl : 0)) {
+			s->dup = 2;
+			s->dup_reason = s->reason;
+			if (slotted)
+				sl = sl_orig;
+		} else {
+			s->dup = 1;
+			s->dup_departure = dep_copy;
+			if (p->rate_bps)
+				t_new = t_copy;
+			if (dep_copy > td)	/* t_depart takes the later of the two below */
+				td = dep_copy;
+		}
+		s->sojourn = sojourn;
+	}
+	if (s->dup_on)
+		st->dup_prev = dup;
+	if (p->flags & MOA_F_EARLY)
+		moa_early_commit(st, p, s->early);
+
 	/* Stores, not atomics: no one else writes a word that reads MOA_OWNED. t_depart first,
 	 * so that a fast attempt reading the new t_last does not find t_depart still owned. */
 	MOA_WRITE_ONCE(st->t_depart, dep > td ? dep : td);
 	if (p->rate_bps)
 		MOA_WRITE_ONCE(st->t_last, t_new);
+	if (slotted) {	/* under the lock, read by no one else */
+		st->slot_next = sl.next;
+		st->slot_pkts = sl.pkts;
+		st->slot_used = sl.used;
+	}
 	s->departure = dep;
 	bpf_spin_unlock(&st->lock);
 	return;
@@ -222,10 +310,23 @@ drop:
 
 static __always_inline void moa_stage_step(struct moa_stage_state *st,
 					   const struct moa_stage_params *p,
-					   const struct moa_draws *d, struct moa_step *s)
+					   const struct moa_draws *d, struct moa_step *s,
+					   const struct moa_charge *c, const int may_slot)
 {
-	/* Gilbert-Elliott and the AQM keep state beside the timeline: the locked path. */
-	if (p->loss_model != MOA_LOSS_GILBERT_ELLIOTT && p->aqm == MOA_AQM_TAILDROP) {
+	/* Slots keep state beside the timeline: the locked path, its gaps drawn before it. Only
+	 * an egress stage is ever slotted (may_slot: a constant, so ingress has no slot code). */
+	if (may_slot && (p->flags & MOA_F_SLOT)) {
+		s->slot_segs = c->segs;
+		s->slot_bytes = c->bytes;
+		s->slot_gap[0] = moa_slot_gap(p);
+		s->slot_gap[1] = moa_slot_gap(p);
+		moa_step_locked(st, p, d, s, 1);
+		return;
+	}
+	/* Gilbert-Elliott, the AQM and netem's reorder and duplicate keep state beside the
+	 * timeline: the locked path. */
+	if (p->loss_model != MOA_LOSS_GILBERT_ELLIOTT && p->aqm == MOA_AQM_TAILDROP &&
+	    !(p->flags & (MOA_F_EARLY | MOA_F_DUPLICATE))) {
 		enum moa_fast r = s->lost ? MOA_FAST_DROP : moa_step_fast(st, p, s);
 
 		if (r == MOA_FAST_PASS)
@@ -240,7 +341,7 @@ static __always_inline void moa_stage_step(struct moa_stage_state *st,
 			return;
 		}
 	}
-	moa_step_locked(st, p, d, s);
+	moa_step_locked(st, p, d, s, 0);
 }
 
 #endif /* MOA_EDT_H */

@@ -150,4 +150,40 @@ int st_sojourn_prog(struct __sk_buff *skb)
 	return moa_sojourn_bucket(ns);
 }
 
+/*
+ * What a frame's departure looks like where it arrives: on a tc ingress hook, each frame's
+ * __sk_buff->tstamp and tstamp_type (reading tstamp_type gives the raw tstamp), in arrival
+ * order in st_tstamps (at most 64; st_tstamps_seen counts every frame). The duplication
+ * test attaches it to the peer of a veth pair whose other end has the classifier
+ * (docs/kernel-facts.md, "Duplication").
+ */
+struct st_tstamp_seen {
+	__u64 tstamp;
+	__u32 type;
+	__u32 len;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, struct st_tstamp_seen);
+} st_tstamps SEC(".maps");
+
+__u32 st_tstamps_seen;
+
+SEC("tc")
+int st_tstamp_prog(struct __sk_buff *skb)
+{
+	__u32 i = __sync_fetch_and_add(&st_tstamps_seen, 1);
+	struct st_tstamp_seen *r = bpf_map_lookup_elem(&st_tstamps, &i);
+
+	if (r) {
+		r->tstamp = skb->tstamp;
+		r->type = skb->tstamp_type;
+		r->len = skb->len;
+	}
+	return TC_ACT_OK;
+}
+
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

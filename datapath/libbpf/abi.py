@@ -50,6 +50,7 @@ STRUCTS = {
     "Link": "moa_link",
     "StageParams": "moa_stage_params",
     "GilbertElliott": "moa_gilbert_elliott",
+    "Chain": "moa_chain",
     "StageState": "moa_stage_state",
     "LinkCounters": "moa_link_counters",
     "GlobalCounters": "moa_global_counters",

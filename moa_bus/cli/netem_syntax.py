@@ -22,12 +22,22 @@ The words, as iproute2's tc reads them (tc/q_netem.c):
   1-h = 100 %, 1-k = 0 %. A percentage may leave out its `%` (tc's rule).
 - `corrupt PERCENT [CORRELATION]`: corrupt (one bit flipped in the inner payload of that share
   of the packets, docs/semantics.md "Corruption"); a correlation other than 0 is refused.
+- `reorder PERCENT [CORRELATION]` and `gap G`: reorder_early {probability, correlation, gap}
+  (a share of the packets skips the delay, docs/semantics.md "Reordering (netem's reorder)");
+  the gap is 1 when left out, and `gap` without `reorder` is refused, as tc does. moa's
+  correlation keeps the share (netem's moves it).
+- `duplicate PERCENT [CORRELATION]`: duplicate and duplicate_correlation (docs/semantics.md
+  "Duplication"), the correlation kept as the share's lag-1 autocorrelation.
 - `rate RATE [PACKETOVERHEAD [CELLSIZE [CELLOVERHEAD]]]`: capacity, in tc's bit units (bit,
   kbit, mbit, gbit, tbit, kibit, mibit, gibit, tibit), and what each frame is charged: overhead,
   cell_size, cell_overhead (bytes; the overheads may be negative). tc's byte units (bps, kbps,
   MBps ...) are refused: moa's own `capacity 100mbps` means bits, tc's `rate 100mbps` bytes,
   and a guess would be wrong by 8. The overhead left out is moa's 24 (a frame's L1 overhead),
   not netem's 0: `rate 10mbit 0` charges the frame alone, as netem's `rate 10mbit` does.
+- `slot MIN [MAX] [packets N] [bytes B]` or `slot distribution NAME DELAY JITTER [packets N]
+  [bytes B]`: slot (docs/semantics.md, "Slots"), MAX left out is MIN, N and B whole numbers
+  (left out: no limit), NAME one of the built-in tables (normal, pareto, paretonormal; a table
+  file is refused). packets before bytes, as tc reads them.
 - `moa KEY VALUE ...`, last: moa's own keys that netem has no word for (queue, aqm, target,
   interval, ecn, reorder, state), with the values `moa set` takes.
 
@@ -55,11 +65,6 @@ from schemas.messages import (
 
 # netem words moa does not implement, and what to say about each.
 UNSUPPORTED: dict[str, str] = {
-    "duplicate": "moa does not duplicate packets",
-    "reorder": "moa does not send a fraction of packets ahead of the delay (moa's own "
-               "`reorder true` is another thing: jitter may reorder the link)",
-    "gap": "moa has no netem reordering",
-    "slot": "moa does not release packets in slots",
     "ecn": "netem's ecn marks instead of its loss model's drops; moa marks in its AQM "
            "(`moa aqm codel ecn true`)",
     "limit": "netem's limit counts every packet in the qdisc, the delayed ones too; moa's "
@@ -67,14 +72,16 @@ UNSUPPORTED: dict[str, str] = {
     "seed": "moa's random numbers have no seed",
 }
 ALIASES = {"latency": "delay", "drop": "loss"}
-GROUPS = ("delay", "distribution", "loss", "corrupt", "rate", "moa")
+GROUPS = ("delay", "distribution", "loss", "reorder", "gap", "duplicate", "corrupt", "rate",
+          "slot", "moa")
 MOA_KEYS = ("queue", "aqm", "target", "interval", "ecn", "reorder", "state")
 # moa's keys that a netem word says; in the `moa` tail they are refused, naming that word.
 NETEM_SAYS = {"latency": "delay", "jitter": "delay", "delay_correlation": "delay",
               "distribution": "distribution", "distribution_table": "distribution",
               "loss": "loss", "loss_correlation": "loss", "capacity": "rate", "burst": "loss",
               "overhead": "rate", "cell_size": "rate", "cell_overhead": "rate",
-              "corrupt": "corrupt"}
+              "corrupt": "corrupt", "reorder_early": "reorder", "duplicate": "duplicate",
+              "duplicate_correlation": "duplicate", "slot": "slot"}
 
 _NUMBER = r"([0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?)"
 _TIME = re.compile(_NUMBER + r"([A-Za-z]*)")
@@ -263,6 +270,52 @@ def _corrupt(w: _Words) -> dict[str, object]:
     return out
 
 
+def _percent_pair(w: _Words, word: str) -> tuple[float, float]:
+    """`WORD PERCENT [CORRELATION]` (reorder, duplicate): the share and its correlation."""
+    p = _percent(word, w.take(word, "PERCENT"), "percentage")
+    corr = w.take_number()
+    return p, (_percent(word, corr, "correlation") if corr is not None else 0.0)
+
+
+def _gap(w: _Words) -> int:
+    """`gap G` (tc's get_u32): packets, at least 1 (tc turns 0 into 1; moa refuses it)."""
+    text = w.take("gap", "G")
+    if not text.isdigit() or len(text) > 10:
+        raise NetemError("gap", f"netem gap: {text!r} is not a whole number of packets")
+    return int(text, 10)
+_SLOT_TABLES = ("normal", "pareto", "paretonormal")
+
+
+def _slot(w: _Words) -> dict[str, object]:
+    """`slot MIN [MAX]` or `slot distribution NAME DELAY JITTER`, then `packets N`, `bytes B`
+    (tc's order): the whole `slot`."""
+    first = w.take("slot", "MIN or `distribution NAME DELAY JITTER`")
+    slot: dict[str, object]
+    if _is_number(first):
+        slot = {"min": _time("slot", first, "min")}
+        if (hi := w.take_number()) is not None:
+            slot["max"] = _time("slot", hi, "max")
+    elif first == "distribution":
+        name = w.take("slot", "the distribution's name")
+        if name not in _SLOT_TABLES:
+            raise NetemError("slot", f"netem slot distribution {name!r}: moa's slots take "
+                                     f"{', '.join(_SLOT_TABLES)} (no table file)")
+        slot = {"distribution": name,
+                "delay": _time("slot", w.take("slot", "DELAY"), "delay"),
+                "jitter": _time("slot", w.take("slot", "JITTER"), "jitter")}
+    else:
+        raise NetemError("slot", f"netem slot: {first!r} is neither a time (slot MIN [MAX]) nor "
+                                 "`distribution`")
+    for key in ("packets", "bytes"):
+        if w.peek() == key:
+            w.i += 1
+            value = w.take("slot", f"{key}'s number")
+            if not value.isdigit() or len(value) > 10:
+                raise NetemError("slot", f"netem slot {key}: {value!r} is not a whole number")
+            slot[key] = int(value)
+    return {"slot": slot}
+
+
 def _rate_group(w: _Words) -> dict[str, object]:
     """`rate RATE [PACKETOVERHEAD [CELLSIZE [CELLOVERHEAD]]]` (tc reads the overheads as signed
     numbers, the cell size as unsigned): capacity, overhead, cell_size, cell_overhead. The ones
@@ -336,7 +389,9 @@ _WORD_OF = {"latency": "delay", "jitter": "delay", "delay_correlation": "delay",
             "distribution": "distribution", "distribution_table": "distribution",
             "loss": "loss", "loss_correlation": "loss", "burst": "loss", "capacity": "rate",
             "overhead": "rate", "cell_size": "rate", "cell_overhead": "rate",
-            "corrupt": "corrupt", "queue": "moa queue", "aqm": "moa aqm",
+            "corrupt": "corrupt", "reorder_early": "reorder", "duplicate": "duplicate",
+            "duplicate_correlation": "duplicate", "slot": "slot", "queue": "moa queue",
+            "aqm": "moa aqm",
             "reorder": "moa reorder", "state": "moa state"}
 
 
@@ -368,13 +423,15 @@ def parse(words: list[str], read_table: Callable[[str], str] | None = None) -> d
     seen: set[str] = set()
     distribution: str | None = None
     table: list[int] | None = None
+    gap: int | None = None
     while (word := w.peek()) is not None:
         w.i += 1
         group = ALIASES.get(word, word)
         _refuse_unsupported(group)
         if group not in GROUPS:
             raise NetemError(word, f"netem word {word!r} is not one moa takes (delay, "
-                                   f"distribution, loss, corrupt, rate, then moa KEY VALUE ...)")
+                                   f"distribution, loss, reorder, gap, duplicate, corrupt, "
+                                   f"rate, slot, then moa KEY VALUE ...)")
         if group in seen:
             raise NetemError(word, f"netem word {word!r} is given twice")
         seen.add(group)
@@ -387,12 +444,25 @@ def parse(words: list[str], read_table: Callable[[str], str] | None = None) -> d
                 distribution = "custom"
         elif group == "loss":
             out.update(_loss(w, word))
+        elif group == "reorder":
+            p, corr = _percent_pair(w, "reorder")
+            out["reorder_early"] = {"probability": p, "correlation": corr, "gap": 1}
+        elif group == "gap":
+            gap = _gap(w)
+        elif group == "duplicate":
+            out["duplicate"], out["duplicate_correlation"] = _percent_pair(w, "duplicate")
         elif group == "corrupt":
             out.update(_corrupt(w))
         elif group == "rate":
             out.update(_rate_group(w))
+        elif group == "slot":
+            out.update(_slot(w))
         else:
             out.update(_moa_tail(w))
+    if gap is not None:
+        if "reorder" not in seen:
+            raise NetemError("gap", "netem word 'gap' needs 'reorder PERCENT' among the words")
+        out["reorder_early"]["gap"] = gap  # type: ignore[index]
     if distribution is not None:
         if "delay" not in seen:
             raise NetemError("distribution", "netem word 'distribution' needs 'delay TIME "
@@ -414,7 +484,7 @@ def _check(patch: dict[str, object]) -> None:
         check_emulation(decode(EmulationPatch, json.dumps(patch)), "")
     except InvalidMessage as e:
         root = e.field.split(".", 1)[0].split("[", 1)[0]
-        word = _WORD_OF.get(root, root)
+        word = "gap" if e.field == "reorder_early.gap" else _WORD_OF.get(root, root)
         raise NetemError(word, f"netem {word}: {e.message}") from None
 
 
@@ -462,6 +532,17 @@ def render(e: Emulation) -> str:
         words += ["loss", _pct(e.loss)]
         if e.loss_correlation:
             words.append(_pct(e.loss_correlation))
+    if e.reorder_early is not None:
+        r = e.reorder_early
+        words += ["reorder", _pct(r.probability)]
+        if r.correlation:
+            words.append(_pct(r.correlation))
+        if r.gap != 1:
+            words += ["gap", str(r.gap)]
+    if e.duplicate or e.duplicate_correlation:
+        words += ["duplicate", _pct(e.duplicate)]
+        if e.duplicate_correlation:
+            words.append(_pct(e.duplicate_correlation))
     if e.corrupt:
         words += ["corrupt", _pct(e.corrupt)]
     cells = e.cell_size or e.cell_overhead
@@ -473,6 +554,19 @@ def render(e: Emulation) -> str:
             words.append(str(e.cell_size))
         if e.cell_overhead:
             words.append(str(e.cell_overhead))
+    if e.slot is not None:
+        sl = e.slot
+        if sl.distribution == "uniform":
+            words += ["slot", units.format_duration(sl.min or 0)]
+            if sl.max is not None:
+                words.append(units.format_duration(sl.max))
+        else:
+            words += ["slot", "distribution", sl.distribution, units.format_duration(sl.delay or 0),
+                      units.format_duration(sl.jitter)]
+        if sl.packets:
+            words += ["packets", str(sl.packets)]
+        if sl.bytes:
+            words += ["bytes", str(sl.bytes)]
     tail: list[str] = []
     if e.queue is not None:
         tail += ["queue", units.format_size(e.queue)]

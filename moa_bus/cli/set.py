@@ -8,8 +8,10 @@ target, interval (durations) and ecn (true/false): these four make the link's wh
 ones left out take their defaults), e.g. `moa set a-b aqm codel target 5ms ecn true`; overhead,
 cell_size, cell_overhead (bytes; what each frame is charged, e.g. ATM's `cell_size 48
 cell_overhead 5`), corrupt (0..1: the share of packets with one bit of their payload
-flipped). Without --id the materialization is the one holding a link of that name,
-or, for a tag, the only materialization on the box. A name that is a link id is a link, else a tag.
+flipped), duplicate and duplicate_correlation (0..1, the correlation below 1: the share of
+packets sent twice; netem's `reorder` has its netem words only). Without --id the
+materialization is the one holding a link of that name, or, for a tag, the only
+materialization on the box. A name that is a link id is a link, else a tag.
 
 --endpoint VNI (a link only): the values are that direction's own, for the frames delivered
 towards that endpoint (docs/semantics.md, "Each direction"), e.g. the uplink of an access link:
@@ -36,7 +38,7 @@ from moa_bus.cli import client, netem_syntax
 
 KEYS = ("latency", "jitter", "capacity", "queue", "loss", "loss_correlation", "reorder", "state",
         "distribution", "delay_correlation", "aqm", "target", "interval", "ecn", "overhead",
-        "cell_size", "cell_overhead", "corrupt")
+        "cell_size", "cell_overhead", "corrupt", "duplicate", "duplicate_correlation")
 INT_KEYS = ("overhead", "cell_size", "cell_overhead")  # bytes, overheads may be negative
 AQM_KEYS = {"aqm": "kind", "target": "target", "interval": "interval", "ecn": "ecn"}
 
@@ -115,7 +117,8 @@ def parse_params(words: list[str]) -> dict[str, object]:
     for key, value in zip(words[::2], words[1::2]):
         if key not in KEYS:
             raise UsageError(f"unknown parameter {key!r} (one of {', '.join(KEYS)})")
-        if key in ("loss", "loss_correlation", "delay_correlation", "corrupt"):
+        if key in ("loss", "loss_correlation", "delay_correlation", "corrupt", "duplicate",
+                   "duplicate_correlation"):
             try:
                 out[key] = float(value)
             except ValueError:

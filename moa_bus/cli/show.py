@@ -71,13 +71,27 @@ def _emulation(e: schemas.Emulation) -> list[str]:
     return [schemas.format_duration(e.latency) if e.latency else "-",
             _jitter(e),
             _loss(e),
-            schemas.format_rate(e.capacity) + _charge(e) + _aqm(e)]
+            schemas.format_rate(e.capacity) + _charge(e) + _aqm(e) + _slot(e)]
 
 
 def _loss(e: schemas.Emulation) -> str:
     out = ((f"{e.loss:g} (corr {e.loss_correlation:g})" if e.loss_correlation else f"{e.loss:g}")
            if e.loss else "-")
-    return f"{out} corrupt {e.corrupt:g}" if e.corrupt else out
+    if e.corrupt:
+        out += f" corrupt {e.corrupt:g}"
+    if e.duplicate:
+        out += f" dup {e.duplicate:g}" + (f" (corr {e.duplicate_correlation:g})"
+                                          if e.duplicate_correlation else "")
+    if (r := e.reorder_early) is not None:
+        out += f" early {r.probability:g}" + (f" (corr {r.correlation:g})" if r.correlation
+                                              else "") + (f" gap {r.gap}" if r.gap != 1 else "")
+    return out
+
+
+def _packets(link: schemas.LinkStatus, vnis: list[int], p: int) -> str:
+    """The packets cell: the frames passed, and the copies sent beside them (`duplicate`)."""
+    dup = sum(c.duplicated for c in link.counters if c.vni in vnis and c.stage == "egress")
+    return f"{p:,} (+{dup:,} dup)" if dup else f"{p:,}"
 
 
 def _charge(e: schemas.Emulation) -> str:
@@ -86,6 +100,21 @@ def _charge(e: schemas.Emulation) -> str:
     if e.cell_size:
         out += f" cells {e.cell_size}{e.cell_overhead:+d}"
     return out
+
+
+def _slot(e: schemas.Emulation) -> str:
+    """Slots (docs/semantics.md, "Slots"): the gap (min-max, or a distribution's delay±jitter)
+    and the most a slot releases (frames p, bytes B)."""
+    sl = e.slot
+    if sl is None:
+        return ""
+    fmt = schemas.format_duration
+    if sl.distribution == "uniform":
+        gap = fmt(sl.min or 0) + (f"-{fmt(sl.max)}" if sl.max not in (None, sl.min) else "")
+    else:
+        gap = f"{sl.distribution} {fmt(sl.delay or 0)}±{fmt(sl.jitter)}"
+    limits = (f" {sl.packets}p" if sl.packets else "") + (f" {sl.bytes}B" if sl.bytes else "")
+    return f" slot {gap}{limits}"
 
 
 def _aqm(e: schemas.Emulation) -> str:
@@ -161,7 +190,7 @@ def build_table(status: schemas.StatusReply, previous: Totals | None = None,
                 shown = ",".join(map(str, vnis))
                 if several and vnis[0] in {x.vni for x in link.directions}:
                     shown = f"to {shown}"
-                row = [m.id, link.id, kind, shown, *_emulation(e), f"{p:,}", f"{b:,}", f"{d:,}",
+                row = [m.id, link.id, kind, shown, *_emulation(e), _packets(link, vnis, p), f"{b:,}", f"{d:,}",
                        *queue(link, vnis)]
                 if previous is not None and dt > 0:
                     p0, b0, _ = previous.get(key, (p, b, d))

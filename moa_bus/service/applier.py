@@ -39,6 +39,7 @@ import schemas
 from datapath import faults
 from datapath.api import Datapath, PlanConflict, PlanError
 from moa_bus.service.desired import DesiredState
+from moa_bus.service.schedule import Scheduler, in_force, resolve_start
 from schemas import InvalidMessage
 
 log = logging.getLogger("moa.bus")
@@ -134,8 +135,13 @@ class Applier:
     # bytes the `plan` reply may take (the server's max_payload less headroom): a longer list
     # of operations is cut, with the count of all
     reply_room: Callable[[], int] | None = None
+    # the schedules' timer: paused for a materialization while a change of it is applied,
+    # armed again after (docs/architecture.md, "Scheduled changes")
+    scheduler: Scheduler | None = None
 
     def __post_init__(self) -> None:
+        if self.scheduler is None:
+            self.scheduler = Scheduler(self.datapath, self.host, shown=self.desired.show)
         self._queue: asyncio.Queue[tuple[str, Body, bool, asyncio.Future[Outcome]] | None] = (
             asyncio.Queue())
         self._worker: asyncio.Task[None] | None = None
@@ -148,7 +154,27 @@ class Applier:
         }
 
     def start(self) -> None:
+        self.scheduler.start()
         self._worker = asyncio.create_task(self._run(), name="moa-applier")
+
+    async def resume_schedules(self) -> None:
+        """At start, before any message: every held schedule from the step in force now (its
+        links written, in case a step came due since the start-up reconcile), then armed.
+        The step writer is started first."""
+        await self.scheduler.ready()
+        for mid, h in sorted(self.desired.held.items()):
+            if h.materialize.schedule is msgspec.UNSET or mid in self.unconverged:
+                continue
+            try:
+                a = self.scheduler.prepare(h.materialize, h.generation)
+                await self.datapath.apply(a.content(a.at), params_only=True)
+            except Exception as e:  # noqa: BLE001 - one schedule must not stop the others
+                log.error("%s: its schedule could not be resumed: %s", mid, e)
+                self.unconverged[mid] = f"its schedule could not be resumed: {e}"
+                continue
+            self.desired.show(mid, a.content(a.at).links)
+            self.scheduler.arm(a)
+            log.info("%s: schedule resumed at step %d of period %d", mid, a.at[1], a.at[0])
 
     def submit(self, op: str, data: Body, *, redelivered: bool = False) -> asyncio.Future[Outcome]:
         """Enqueue an operation now (no await before the enqueue: order is arrival order); with
@@ -173,6 +199,7 @@ class Applier:
             return
         self._queue.put_nowait(None)
         await self._worker
+        await asyncio.to_thread(self.scheduler.stop)
 
     @property
     def pending(self) -> int:
@@ -256,7 +283,9 @@ class Applier:
         """Judge, apply, commit (durable): the generation the materialization is now at."""
         d = self.desired
         held = d.get(m.id)
+        m = resolve_start(m, held.materialize if held is not None else None, time.time_ns())
         if held is not None and d.same_content(m):
+            m = in_force(m)
             # The same content again: nothing to commit. The kernel is the truth: when the
             # box was not converged to it, or a cheap reading of the kernel (each VNI's
             # parameters in the classifier's map, each VTEP by name) finds something missing
@@ -270,9 +299,32 @@ class Applier:
                 self.unconverged.pop(m.id, None)
             return self._acked("materialize", m.id, held.generation, t0)
         d.check_materialize(m)
-        await self.datapath.apply(m)
+        return await self._changed("materialize", m, t0)
+
+    async def _changed(self, op: str, m: schemas.Materialize, t0: float,
+                       params_only: bool = False,
+                       name: Callable[[InvalidMessage], InvalidMessage] | None = None) -> Outcome:
+        """Apply m (with a schedule: the links it puts in force now, every state it goes
+        through checked first), commit it, arm its schedule. m.id's running schedule is paused
+        meanwhile, and armed again if the change fails."""
+        armed = self.scheduler.prepare(m)  # InvalidMessage naming schedule.steps[k]...
+        paused = await self.scheduler.pause(m.id)
+        try:
+            await self.datapath.apply(armed.content(armed.at) if armed else m,
+                                      params_only=params_only)
+        except BaseException as e:
+            if paused is not None:
+                self.scheduler.arm(paused)
+            if isinstance(e, InvalidMessage) and name is not None:
+                raise name(e) from None
+            raise
         self.unconverged.pop(m.id, None)
-        return self._acked("materialize", m.id, await d.commit(m), t0)
+        generation = await self.desired.commit(m)
+        if armed is not None:
+            armed.generation = generation
+            self.desired.show(m.id, armed.content(armed.at).links)
+            self.scheduler.arm(armed)
+        return self._acked(op, m.id, generation, t0)
 
     async def _dematerialize(self, msg: schemas.Dematerialize, redelivered: bool,
                              t0: float) -> Outcome:
@@ -281,7 +333,13 @@ class Applier:
             # applied before the redelivery: already gone, at the generation it went
             return self._acked("dematerialize", msg.id, d.removed.get(msg.id), t0)
         d.check_dematerialize(msg.id)
-        await self.datapath.apply(schemas.Materialize(id=msg.id, links=[]))
+        paused = await self.scheduler.pause(msg.id)
+        try:
+            await self.datapath.apply(schemas.Materialize(id=msg.id, links=[]))
+        except BaseException:
+            if paused is not None:
+                self.scheduler.arm(paused)
+            raise
         self.unconverged.pop(msg.id, None)
         return self._acked("dematerialize", msg.id, await d.remove(msg.id), t0)
 
@@ -291,14 +349,12 @@ class Applier:
         m, origin = d.resolve_update(u)
         held = d.get(u.id)
         assert held is not None  # resolve_update raised not_found otherwise
+        m = resolve_start(m, held.materialize, time.time_ns())
         if d.same_content(m):
             return self._acked("update", u.id, held.generation, t0)
-        try:
-            await self.datapath.apply(m, params_only=u.id not in self.unconverged)
-        except InvalidMessage as e:  # names a link of m: name the update's entry instead
-            raise _in_update(e, m, origin) from None
-        self.unconverged.pop(u.id, None)
-        return self._acked("update", u.id, await d.commit(m), t0)
+        # an error naming a link of m names the update's entry instead
+        return await self._changed("update", m, t0, params_only=u.id not in self.unconverged,
+                                   name=lambda e: _in_update(e, m, origin))
 
     async def _plan_failed(self, mid: str, e: PlanError) -> InvalidMessage:
         """The Ack's error for a failed plan. Rolled back in full: apply_failed, naming the
@@ -327,6 +383,8 @@ class Applier:
     async def _plan(self, m: schemas.Materialize) -> Outcome:
         """The operations, as many as fit in a reply (`count`: all of them)."""
         self.desired.check_materialize(m)
+        held = self.desired.get(m.id)
+        m = in_force(resolve_start(m, held.materialize if held else None, time.time_ns()))
         operations = await self.datapath.plan(m)
         room = self.reply_room() if self.reply_room is not None else None
         reply = msgspec.json.encode({"id": m.id, "operations": operations,

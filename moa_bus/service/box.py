@@ -11,6 +11,7 @@ from pathlib import Path
 from datapath.api import Datapath
 from moa_bus.service.box_checks import no_fq, require_uplink, uplink_ipv4
 from moa_bus.service.desired import DesiredState, StateStore
+from moa_bus.service.schedule import in_force
 from moa_bus.service.settings import ServeSettings, fq_memory_max_bytes, horizon_ns
 
 log = logging.getLogger("moa.bus")
@@ -53,7 +54,8 @@ async def open_kernel_box(s: ServeSettings) -> OpenedBox:
                                generation=max(stored_generation, datapath.generation_floor()),
                                removed=store.removed, on_generation=datapath.record_generation)
         datapath.record_generation(desired.generation)
-        report = await datapath.reconcile(desired.materializations())
+        # a schedule's links as its steps made them now (moa_bus/service/schedule.py)
+        report = await datapath.reconcile([in_force(m) for m in desired.materializations()])
     except BaseException:
         await datapath.close()
         raise

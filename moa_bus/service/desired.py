@@ -68,15 +68,18 @@ class Held:
     generation: int
     digest: bytes = b""  # of the canonical JSON of `materialize`: recognises a resend
     _by_id: list[schemas.Link] | None = field(default=None, repr=False, compare=False)
+    # with a schedule: the links as its steps made them now (status shows these); None: as held
+    in_force: list[schemas.Link] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.digest:
             self.digest = content_digest(self.materialize)
 
     def links_by_id(self) -> list[schemas.Link]:
-        """Its links in id order (as status and telemetry list them), sorted once."""
+        """Its links in force, in id order (as status and telemetry list them), sorted once."""
         if self._by_id is None:
-            self._by_id = sorted(self.materialize.links, key=lambda link: link.id)
+            links = self.materialize.links if self.in_force is None else self.in_force
+            self._by_id = sorted(links, key=lambda link: link.id)
         return self._by_id
 
 
@@ -314,7 +317,11 @@ class DesiredState:
                                         f"endpoint VNI {ep.vni} of link {links[j].id!r}")
                 links[j] = msgspec.structs.replace(links[j], emulation=emu)
                 origin[links[j].id] = i
-        return schemas.Materialize(id=u.id, links=links), origin
+        # The schedule: left out of u, the one held keeps running over the new links; null
+        # cancels it; a new one replaces it (docs/semantics.md, "Scheduled changes").
+        schedule = h.materialize.schedule if u.schedule is msgspec.UNSET else (
+            msgspec.UNSET if u.schedule is None else u.schedule)
+        return schemas.Materialize(id=u.id, links=links, schedule=schedule), origin
 
     # -- changing (durable before returning) --------------------------------------------------------
 
@@ -366,6 +373,15 @@ class DesiredState:
         if self.store is not None:
             self.store.remove(mid, generation, removed)
         faults.hit("state.after-write", mid)
+
+    def show(self, mid: str, links: list[schemas.Link], generation: int | None = None) -> None:
+        """mid's schedule put these links in force (not durable: the schedule is, and says
+        the same after a restart); with `generation`, only if mid is still at it (a step of a
+        schedule since replaced is reported, not shown). A new Held, so a status snapshot
+        keeps the one it took."""
+        h = self.held.get(mid)
+        if h is not None and generation in (None, h.generation):
+            self.held[mid] = Held(h.materialize, h.generation, h.digest, in_force=links)
 
     def vnis(self, mids: Iterable[str] | None = None) -> list[int]:
         return [ep.vni for mid, h in self.held.items() if mids is None or mid in mids

@@ -58,7 +58,8 @@ def trim(hist: list[int]) -> list[int]:
 def _stats(mid: str, link: str, vnis: list[int], counters: Counters) -> list[schemas.LinkStats]:
     return [schemas.LinkStats(materialization=mid, link=link, vni=vni, stage=stage,
                               packets=c.packets, bytes=c.bytes, drops=dict(c.drops),
-                              marks=c.marks, corrupted=c.corrupted, sojourn=trim(c.sojourn),
+                              marks=c.marks, corrupted=c.corrupted,
+                              duplicated=c.duplicated, sojourn=trim(c.sojourn),
                               backlog_ns=c.backlog_ns, backlog_bytes=c.backlog_bytes)
             for vni in vnis for stage, c in counters.get(vni, {}).items()]
 

@@ -50,6 +50,11 @@ class Subjects:
         return f"{PREFIX}.{self.host}.acks"
 
     @property
+    def schedule(self) -> str:
+        """moa.<host>.schedule: a ScheduleReport per scheduled step, when it took effect."""
+        return f"{PREFIX}.{self.host}.schedule"
+
+    @property
     def drops(self) -> str:
         return f"{PREFIX}.{self.host}.telemetry.drops"
 

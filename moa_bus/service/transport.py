@@ -127,6 +127,7 @@ class MoaService:
         self.applier = Applier(datapath, desired, config.host, self._publish_ack,
                                dict(unconverged or {}), limit=config.queue_limit,
                                reply_room=lambda: status.room(self.nc.max_payload))
+        self.applier.scheduler.report = self._publish_schedule
         self.status = status.StatusPages(desired, datapath, config.host,
                                          self.applier.unconverged)
         self.telemetry = Telemetry(nc, datapath, desired, self.subjects,
@@ -163,6 +164,7 @@ class MoaService:
                                     f"cannot listen there: {e.strerror or e}") from None
             self.metrics_endpoint = endpoint
         self.applier.start()
+        await self.applier.resume_schedules()
         await self.micro.start(self.nc)
         # One subscription for every endpoint: see _dispatch for why.
         self._ops_sub = await self.nc.subscribe(
@@ -308,6 +310,10 @@ class MoaService:
         endpoint.record(time.perf_counter_ns() - t0, error)
         if not outcome.busy:
             await self._forget(msg)
+
+    async def _publish_schedule(self, report: schemas.ScheduleReport) -> None:
+        """A scheduled step took effect (docs/contract.md, "Scheduled changes")."""
+        await self.nc.publish(self.subjects.schedule, schemas.encode(report))
 
     async def _publish_ack(self, ack: schemas.Ack) -> None:
         if self.metrics is not None:

@@ -18,6 +18,7 @@ from . import moa_stack, report, runner
 from .shaper_scenarios import E2eConfig, ShaperFn, ShaperScenarios, edt_ref_shaper, netem_shaper
 from .stack_results import StackResults
 from .impairment_scenarios import ImpairmentScenarios
+from .scale_scenarios import ScaleScenarios
 from .stack_scenarios import MoaConfig, StackScenarios
 from .batch import Batch, results as step_results
 
@@ -44,7 +45,7 @@ def _scenarios(workdir: Path, cfg: E2eConfig,
 
 
 SCENARIOS = ("latency", "capacity", "udp", "loss", "lan", "update", "isolation", "p2p_vs_lan",
-             "rollback", "long_latency", "distributions", "link_state", "access", "aqm")
+             "rollback", "long_latency", "distributions", "link_state", "access", "aqm", "scale")
 
 
 def impairments(sc: ShaperScenarios, ms: StackScenarios) -> ImpairmentScenarios:
@@ -52,6 +53,13 @@ def impairments(sc: ShaperScenarios, ms: StackScenarios) -> ImpairmentScenarios:
     (_, lan0), = [(n, m) for n, m in moa_stack.COMPARISON_BRIDGES if n == "lan0"]
     (_, v1, _), (_, v2, addr2) = lan0
     return ImpairmentScenarios(sc.tb, ms.stack, (v1, v2), addr2.split("/")[0])
+
+
+def scale(sc: ShaperScenarios, ms: StackScenarios) -> ScaleScenarios:
+    """Issue 16's throughput at scale; netem + HTB on the plain bridge lan0 towards hv2."""
+    (_, lan0), = [(n, m) for n, m in moa_stack.COMPARISON_BRIDGES if n == "lan0"]
+    (_, _, _), (_, v2, addr2) = lan0
+    return ScaleScenarios(sc.tb, ms.stack, v2, addr2.split("/")[0])
 
 
 def full_batch(sc: ShaperScenarios, ms: StackScenarios,
@@ -85,6 +93,8 @@ def full_batch(sc: ShaperScenarios, ms: StackScenarios,
     for name in ("distributions", "link_state", "access", "aqm"):
         if want(name):
             getattr(ims, name)(batch)
+    if want("scale"):  # last: it fills the classifier's map past the service
+        scale(sc, ms).scale(batch)
     ms.finish(batch)
     return batch
 
@@ -93,7 +103,9 @@ def analyse(sc: ShaperScenarios, ms: StackScenarios, workdir: Path) -> dict:
     out = sc.analyse(workdir)
     steps = step_results(workdir)
     StackResults(ms).analyse(workdir, steps, out)
-    out.update(impairments(sc, ms).analyse({n: s for n, s in steps.items() if s.rc == 0}))
+    ok = {n: s for n, s in steps.items() if s.rc == 0}
+    out.update(impairments(sc, ms).analyse(ok))
+    out["scale"] = scale(sc, ms).analyse(ok)
     return out
 
 

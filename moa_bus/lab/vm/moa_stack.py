@@ -28,6 +28,7 @@ the LAN 410-412); moa's links use other VNIs, so both live in one testbed and on
                                                2 Mbit/s towards hv2
     bb      p2p   hv1:960 hv2:961              20 ms, 20 Mbit/s, 1 MB  issue 14: a deep FIFO ...
     cd      p2p   hv1:970 hv2:971              the same with CoDel     ... and CoDel
+    tput    p2p   hv1:980 hv2:981              1 ms, 10 Gbit/s, 1 MB   issue 16: throughput at scale
 
 Emulation is per link, both directions (schemas.Emulation): a ping over `upd` crosses 20 ms twice;
 a link's `own` gives one direction (the frames towards that hypervisor) fields of its own: `lat`
@@ -112,6 +113,9 @@ LINKS: tuple[MoaLink, ...] = (
             {"latency": "20ms", "capacity": "20mbps", "queue": "1MB"}),
     MoaLink("cd", (("hv1", 970), ("hv2", 971)),
             {"latency": "20ms", "capacity": "20mbps", "queue": "1MB", "aqm": {"kind": "codel"}}),
+    # issue 16 (scale_scenarios.py): throughput with 1 and 65,534 VNIs in the map
+    MoaLink("tput", (("hv1", 980), ("hv2", 981)),
+            {"latency": "1ms", "capacity": "10gbps", "queue": "1MB"}),
 )
 SLOW_LINKS = ("long",)  # a ping takes 20 s: not waited for at start (its scenario does)
 
