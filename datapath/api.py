@@ -28,7 +28,8 @@ from datapath.classifier import Classifier, ClassifierConfig, CounterTable, Stag
 from datapath.contract import (ApplyResult, Datapath, DropCallback, MapUsage,
                                ReconcileReport)
 from datapath.drops import DropEventReader, OwnerLookup
-from datapath import limits, scheduled
+from datapath import flow_mode, limits, remotes, scheduled
+from datapath.flow import FlowTable
 from datapath.netlink.model import VXLAN_OVERHEAD, FqSizing, FqUnavailable, owner_key
 from datapath.held import HeldCheck
 from datapath.netlink.worker import NetlinkWorker
@@ -65,6 +66,8 @@ class DatapathConfig:
     pair_mode: PairMode = PairMode.TC
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     host: str = field(default_factory=socket.gethostname)
+    # "flow": point-to-point links as moa_flow entries, no VTEPs (datapath/flow_mode.py)
+    p2p_mode: str = "vtep"
 
 
 class KernelDatapath:
@@ -83,13 +86,15 @@ class KernelDatapath:
         self.env = env
         self.uplink_index = worker.run(worker.nl.require_ifindex, config.uplink)
         self.uplink_mtu = worker.run(worker.nl.mtu, config.uplink)
+        self.flows: FlowTable | None = env.flows
         self.plan_config = PlanConfig(uplink=config.uplink, local=config.local,
                                       vtep_mtu=config.vtep_mtu or self.uplink_mtu - VXLAN_OVERHEAD,
                                       port_hold=None if loss_only else config.fq,
-                                      vxlan_port=config.classifier.vxlan_port)
+                                      vxlan_port=config.classifier.vxlan_port,
+                                      flow=self.flows is not None)
         frame = limits.frame_bytes(self.plan_config.vtep_mtu)
         self.budget = limits.Budget(config.horizon_ns, frame, line_rate_bps, config.fq_memory_max)
-        self._held = HeldCheck(worker, classifier, self.plan_config, self._encode)
+        self._held = HeldCheck(worker, classifier, self.plan_config, self._encode, self.flows)
         self._writer = StepWriter(os.path.join(config.pin_root, "moa_links"))  # schedules
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -101,17 +106,23 @@ class KernelDatapath:
         links is left as it is until `reconcile` is given the desired state; `desired` (the
         same) sizes the box first: the horizon is raised to the longest hold it has and the
         uplink's sch_fq is sized for its links (datapath/limits.py)."""
+        if config.p2p_mode not in flow_mode.P2P_MODES:
+            raise ValueError(f"p2p_mode: {config.p2p_mode!r} is not one of {flow_mode.P2P_MODES}")
+        config = dataclasses.replace(config, classifier=dataclasses.replace(
+            config.classifier, flow_mode=config.p2p_mode == "flow"))
         worker = NetlinkWorker(config.netns)
         classifier = pair = None
         try:
             config, uplink_fq, line = await cls._sized(config, desired, worker)
             os.makedirs(config.pin_root, exist_ok=True)
+            flow_mode.fit_pins(config.pin_root, config.classifier)
             classifier = Classifier.load(config.classifier, pin_root=config.pin_root)
             pair = PairProgram(config.pin_root, max_vteps=2 * config.classifier.max_links)
             env = Env(nl=worker.nl, links=classifier, pair=pair, pair_mode=config.pair_mode,
                       egress_program=classifier.egress_program,
                       ingress_program=classifier.ingress_program,
-                      port_hold_program=classifier.port_hold_program)
+                      port_hold_program=classifier.port_hold_program,
+                      flows=FlowTable(classifier) if config.classifier.flow_mode else None)
             loss_only = False
             try:
                 await worker.call(EnsureUplink(config.uplink, uplink_fq).apply, env)
@@ -192,10 +203,13 @@ class KernelDatapath:
         key = owner_key(m.id)
         wanted |= {d.vni for d in devices.values()
                    if d.materialization == key and d.vni is not None}
+        current = flow_mode.read_flows(self.flows, Current(devices=devices))
+        wanted |= flow_mode.owned(current, m.id)
         links = self.classifier.raw_links(wanted)
-        params = {vni: self.classifier.stages_of(raw) for vni, raw in links.items()}
-        return Current(devices=devices, pairs=self.pair.entries(), params=params, links=links,
-                       vxlan_ports=self.classifier.vxlan_ports())
+        current.params = {vni: self.classifier.stages_of(raw) for vni, raw in links.items()}
+        current.links, current.pairs = links, self.pair.entries()
+        current.vxlan_ports = self.classifier.vxlan_ports()
+        return current
 
     def _encode(self, stages: Stages) -> bytes:
         return self.classifier.encode_stages(*stages)
@@ -214,8 +228,10 @@ class KernelDatapath:
         if stale:
             self.pair.disconnect(*stale)
             purged += [f"pair entry of ifindex {i}" for i in stale]
+        flow_ports, gone = flow_mode.purge_unwanted(self.flows, keep_vnis)
+        purged += gone
         ports = self.classifier.vxlan_ports()
-        unused = ports - {d.port for d in devices if d.kind == "vxlan"}
+        unused = ports - {d.port for d in devices if d.kind == "vxlan"} - flow_ports
         if unused:
             self.classifier.set_vxlan_ports(ports - unused)
             purged += [f"VXLAN port {p}" for p in sorted(unused)]
@@ -289,7 +305,10 @@ class KernelDatapath:
         if figures is None:
             figures = self._figures(m)
         first, last, _ = self._resize_ops(m.id, figures)
-        ops = plan(m, self._read_current(m), self.plan_config, self._encode, self.uplink_index)
+        flow = flow_mode.flow_context(self.worker.nl, self.flows, m, self.plan_config,
+                                      self.config.uplink, self.uplink_index)
+        ops = plan(m, self._read_current(m), self.plan_config, self._encode, self.uplink_index,
+                   flow)
         return first + ops + last
 
     def _apply_plan(self, m: schemas.Materialize, figures: limits.Figures) -> list[Operation]:
@@ -333,25 +352,7 @@ class KernelDatapath:
         return ApplyResult(changed=bool(ops), operations=len(ops))
 
     def _refuse_unrouted(self, m: schemas.Materialize) -> None:
-        """Refuse (`unsupported`, naming the endpoint's remote) a remote that the box's routes
-        do not send through the uplink: its VTEP is bound to no device (create_vtep), so its
-        frames would leave by another way, past the classifier, or not at all. One route
-        lookup per distinct remote address (a box has a few hypervisors, not one per link)."""
-        seen: set[str] = set()
-        for i, link in enumerate(m.links):
-            for j, ep in enumerate(link.endpoints):
-                if ep.remote in seen:
-                    continue
-                seen.add(ep.remote)
-                dev = self.env.nl.route_device(ep.remote)
-                if dev == self.uplink_index:
-                    continue
-                why = ("the box has no route to it" if dev is None else
-                       f"the box's routes send it through {self.env.nl.name_of(dev)!r}")
-                raise schemas.InvalidMessage(
-                    f"links[{i}].endpoints[{j}].remote",
-                    f"remote {ep.remote}: {why}, not the uplink {self.config.uplink!r}, so the "
-                    "link's frames would not pass moa's classifier", code="unsupported")
+        remotes.refuse_unrouted(self.env.nl, m, self.uplink_index, self.config.uplink)
 
     async def plan(self, m: schemas.Materialize) -> list[str]:
         figures = self._admit(m)
@@ -371,6 +372,7 @@ class KernelDatapath:
             log.warning("the desired state's worst-case sch_fq memory %s is above "
                         "--fq-memory-max %s: held, but no change that adds to it is taken",
                         schemas.format_size(memory), schemas.format_size(maximum))
+        report.purged = await self.worker.call(flow_mode.purge_foreign, self.flows, desired)
         devices = await self.worker.call(self.worker.nl.list_moa_devices)
         wanted = {owner_key(m.id) for m in desired}  # devices carry keys (make_alias)
         for mid in sorted({d.materialization for d in devices} - wanted):
@@ -378,7 +380,7 @@ class KernelDatapath:
         for m in desired:
             await self._converge(m, report)
         keep = {ep.vni for m in desired for link in m.links for ep in link.endpoints}
-        report.purged = await self.worker.call(self._purge_orphans, keep)
+        report.purged += await self.worker.call(self._purge_orphans, keep)
         return report
 
     async def _converge(self, m: schemas.Materialize, report: ReconcileReport) -> None:
@@ -444,4 +446,4 @@ class KernelDatapath:
         peers = self.pair.peers
         _, _, held = peers.lookup_batch()
         return [MapUsage(links.name, self.classifier.link_count(), links.max_entries),
-                MapUsage(peers.name, held, peers.max_entries)]
+                MapUsage(peers.name, held, peers.max_entries), *flow_mode.usage(self.flows)]

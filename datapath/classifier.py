@@ -101,7 +101,8 @@ class ClassifierConfig:
         return {"moa_links": self.max_links, "moa_state": arrays, "moa_counters": arrays,
                 "moa_events": self.ringbuf_bytes,
                 # a preallocated hash (8 MiB at 65,536): one entry when flow mode is off
-                "moa_flow": self.max_links if self.flow_mode else 1}
+                "moa_flow": self.max_links if self.flow_mode else 1,
+                "moa_flow_owner": self.max_links if self.flow_mode else 1}
 
 
 @dataclass

@@ -33,6 +33,7 @@ __all__ = ["FlowEntry", "FlowEnd", "Uplink", "FlowTable", "link_entries"]
 
 FLOW_MAP = "moa_flow"
 STATS_MAP = "moa_flow_stats"
+OWNER_MAP = "moa_flow_owner"  # vni -> who holds the entry (32 bytes: datapath/plan/flows.py)
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ class FlowTable:
         self.Flow: Any = classifier.abi.Flow
         self.map = classifier.obj.map(FLOW_MAP)
         self.stats = classifier.obj.map(STATS_MAP)
+        self.owner_map = classifier.obj.map(OWNER_MAP)
         self.counter_names = tuple(m.name.lower() for m in sorted(classifier.abi.FlowCounter))
         # struct moa_flow's fields at their offsets in BTF (abi.h), packed without ctypes.
         kinds = {"peer_vni": "I", "ifindex": "I", "family": "B", "peer_mac": "6s",
@@ -197,6 +199,41 @@ class FlowTable:
         if stale:
             self.map.delete_batch(b"".join(k.to_bytes(4, sys.byteorder) for k in stale))
         return len(changed), len(stale)
+
+    def restore(self, vni: int, raw: bytes | None, owner: bytes | None) -> None:
+        """Put back an entry and its owner as read from the kernel (None: absent): a rollback."""
+        for m, value in ((self.map, raw), (self.owner_map, owner)):
+            if value is None:
+                m.delete(_vni(vni, "vni"))
+            else:
+                m.update(_vni(vni, "vni"), value)
+
+    def set_owned(self, items: Iterable[tuple[FlowEntry, bytes]]) -> int:
+        """Write entries with their owners (the owner first: an entry is never without one)."""
+        items = list(items)
+        if items:
+            self.owner_map.update_batch(
+                b"".join(e.vni.to_bytes(4, sys.byteorder) for e, _ in items),
+                b"".join(o for _, o in items))
+        return self.set(e for e, _ in items)
+
+    def remove_owned(self, vnis: Iterable[int]) -> int:
+        """Delete entries and then their owners; how many entries there were."""
+        vnis = list(vnis)
+        n = self.remove(vnis)
+        for v in vnis:
+            self.owner_map.delete(v)
+        return n
+
+    def owners(self) -> dict[int, bytes]:
+        """Every entry's owner (32 bytes), in batch reads."""
+        keys, values, n = self.owner_map.lookup_batch()
+        size = self.owner_map.value_size
+        return {int.from_bytes(keys[i * 4:i * 4 + 4], sys.byteorder):
+                values[i * size:(i + 1) * size] for i in range(n)}
+
+    def peer_port(self, raw: bytes) -> int:
+        return dict(zip(self._order, self._unpack(raw)))["peer_port"]
 
     def counters(self) -> dict[str, int]:
         """enum moa_flow_counter by name (lower case), summed over CPUs."""

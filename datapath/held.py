@@ -10,6 +10,7 @@ import fcntl
 import socket
 import struct
 from collections.abc import Callable
+from typing import Any
 
 import schemas
 from datapath.classifier import Classifier
@@ -40,8 +41,9 @@ class HeldCheck:
     the worker, which is in it) with which the event loop's thread looks devices up."""
 
     def __init__(self, worker: NetlinkWorker, classifier: Classifier, plan_config: PlanConfig,
-                 encode: Callable[[Stages], bytes]) -> None:
+                 encode: Callable[[Stages], bytes], flows: Any = None) -> None:
         self.worker, self.classifier = worker, classifier
+        self.flows = flows  # datapath.flow.FlowTable in flow mode: P2P links are its entries
         self.plan_config, self.encode = plan_config, encode
         self._probe = worker.run(socket.socket, socket.AF_INET, socket.SOCK_DGRAM)
 
@@ -58,6 +60,12 @@ class HeldCheck:
         if len(raw) != len(want) or any(self.classifier.stages_of(raw[vni]) != enc
                                         for vni, enc in want.items()):
             return False
+        if self.flows is not None:  # flow mode: a P2P endpoint is an entry, not a device
+            p2p = [ep.vni for link in m.links if len(link.endpoints) == 2
+                   for ep in link.endpoints]
+            if any(self.flows.map.lookup(vni) is None for vni in p2p):
+                return False
+            want = {vni: b"" for vni in want if vni not in set(p2p)}
         names = [vtep_name(vni) for vni in want]
         if len(names) <= PROBE_INLINE:
             return devices_exist(names, self._probe)

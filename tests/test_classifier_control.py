@@ -85,8 +85,8 @@ def test_pinned_maps_survive_a_restart_with_their_slots(pin_root: str) -> None:
         t_last = c.stage_state(32, 0).t_last
     assert sorted(os.listdir(pin_root)) == ["moa_box", "moa_counters", "moa_dist", "moa_dist_cdf",
                                             "moa_dist_custom", "moa_events", "moa_flow",
-                                            "moa_flow_stats", "moa_global", "moa_links",
-                                            "moa_saved_qdiscs",
+                                            "moa_flow_owner", "moa_flow_stats", "moa_global",
+                                            "moa_links", "moa_saved_qdiscs",
                                             "moa_state", "moa_trace", "moa_vxlan_ports"]
     with Classifier.load(ClassifierConfig(max_links=8), pin_root=pin_root) as c:
         assert (c.slot(30), c.slot(32)) == (0, 2)

@@ -348,7 +348,8 @@ def test_every_config_key_is_type_checked(tmp_path: Path, monkeypatch: pytest.Mo
         message = str(e.value)
         assert f"{name} = {value}" in message and kind in message, message
     good = {bool: "true", int: "3", float: "2", str: '"abc"'}
-    usable = {"metrics": '"127.0.0.1:9464"'}  # a string with a form of its own (ADDR:PORT)
+    # strings with a form of their own (ADDR:PORT, one of two words)
+    usable = {"metrics": '"127.0.0.1:9464"', "p2p_mode": '"flow"'}
     for name in names:
         conf.write_text(f"{name} = {usable.get(name, good[_field_type(name)])}\n")
         conf.chmod(0o600)

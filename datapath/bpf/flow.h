@@ -66,6 +66,16 @@ struct {
 	__type(value, __u64);
 } moa_flow_stats SEC(".maps");
 
+/* Sending endpoint's VNI -> who holds its entry: 16 bytes of the SHA-256 of the
+ * materialization's key, 16 of the link's (datapath/plan/flows.py). Never read here: the
+ * planner's record of ownership, as a VTEP's ifalias is in VTEP mode. Sized as moa_flow. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MOA_DEFAULT_LINKS);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, 32);
+} moa_flow_owner SEC(".maps");
+
 static __always_inline void moa_flow_count(__u32 counter)
 {
 	__u64 *c = bpf_map_lookup_elem(&moa_flow_stats, &counter);

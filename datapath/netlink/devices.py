@@ -20,7 +20,7 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from datapath.netlink import raw
+from datapath.netlink import nexthop, raw
 from datapath.netlink.model import DatapathNetlinkError, MoaDevice, NotOurs, VtepSpec, parse_alias
 from datapath.netlink.raw import IFF_UP, IN6_ADDR_GEN_MODE_NONE, Rtnl
 from datapath.netlink.tc import TrafficControl
@@ -179,6 +179,15 @@ class Netlink(TrafficControl):
                 return None
             raise DatapathNetlinkError(f"looking up the route to {address}: {e}") from e
         return routes[0].get("RTA_OIF") if routes else None
+
+    def next_hop_mac(self, address: str, ifindex: int, wait_s: float = 3.0,
+                     ) -> tuple[str, str | None]:
+        """(next hop, its MAC or None) toward `address` (datapath/netlink/nexthop.py)."""
+        self._check_thread()
+        return nexthop.next_hop_mac(self.ipr, address, ifindex, wait_s)
+
+    def mac_of(self, name: str) -> str:
+        return str(self._link_msg(self.require_ifindex(name)).get("IFLA_ADDRESS")).lower()
 
     def name_of(self, index: int) -> str:
         self._check_thread()

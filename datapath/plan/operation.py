@@ -20,6 +20,7 @@ class LinkTable(Protocol):
     the VXLAN ports it takes (moa_vxlan_ports)."""
 
     def set_link_stages(self, vni: int, stages: bytes) -> Any: ...
+    def update_links(self, links: Any) -> Any: ...  # {vni: stages}, in batch writes
 
     def restore_link(self, vni: int, raw_link: bytes) -> Any: ...
 
@@ -49,6 +50,7 @@ class Env:
     egress_program: ProgramFd | None = None
     ingress_program: ProgramFd | None = None
     port_hold_program: ProgramFd | None = None
+    flows: Any = None  # datapath.flow.FlowTable in flow mode (datapath/plan/flows.py), else None
 
 
 class Operation:

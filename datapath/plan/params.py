@@ -1,7 +1,7 @@
 """Link parameters: a VNI's stages written to (or removed from) the classifier's moa_links map."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,16 @@ class SetLinkParams(Operation):
     previous: bytes | None = None
     materialization: str = ""
     link: str = ""
+    bulk = True
+
+    @classmethod
+    def apply_bulk(cls, ops: Sequence[Operation], env: Env) -> list[Operation]:
+        """Many VNIs in a few batch writes (Classifier.update_links: new links' state, counters
+        and parameters, existing links' parameters), not several map writes each."""
+        if env.links is None:
+            return list(ops)
+        env.links.update_links({op.vni: op.stages for op in ops})  # type: ignore[attr-defined]
+        return []
 
     def apply(self, env: Env) -> None:
         if env.links is None:

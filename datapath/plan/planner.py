@@ -30,11 +30,13 @@ import msgspec
 import schemas
 from datapath.emulation import full_frame, queue_bytes
 from datapath.netlink.model import FqSizing, MoaDevice, VtepSpec, owner_key
+from datapath.flow import FlowEntry, Uplink
 from datapath.pair import PeerEntry
 from datapath.plan.devices import (
     AttachToBridge, CreateBridge, CreateVtep, DeleteBridge, DeleteVtep, DetachFromBridge,
     HoldAtPort,
 )
+from datapath.plan.flows import DeleteFlow, SetFlow, key_tag, owner_tag
 from datapath.plan.operation import Operation
 from datapath.plan.pair import CreatePair, DeletePair
 from datapath.plan.params import DeleteLinkParams, SetLinkParams
@@ -66,6 +68,30 @@ class PlanConfig:
     vtep_mtu: int = 1450
     port_hold: FqSizing | None = None  # LAN VTEPs hold frames (sch_fq of this size); None: no
     vxlan_port: int = DEFAULT_VXLAN_PORT  # the classifier's own (load-time) VXLAN port
+    flow: bool = False  # --p2p-mode flow: point-to-point links as moa_flow entries, no VTEPs
+
+
+@dataclass(frozen=True)
+class FlowSpec:
+    """Where one flow-mode endpoint's frames go: its peer's VNI, VTEP and port, and the box's
+    address the frames arrive at (and leave from)."""
+    peer_vni: int
+    peer_ip: str
+    peer_port: int
+    src_ip: str
+
+
+@dataclass(frozen=True)
+class FlowContext:
+    """What a flow entry needs beyond the Materialize: the uplink (ifindex, MAC), each remote's
+    next-hop MAC (datapath/netlink/nexthop.py), the table's encoding (FlowTable.encode)."""
+    uplink: Uplink
+    hops: dict[str, str]
+    encode: Callable[[FlowEntry], bytes]
+
+    def entry(self, vni: int, spec: FlowSpec) -> FlowEntry:
+        return FlowEntry(vni, spec.peer_vni, spec.peer_ip, self.hops[spec.peer_ip], spec.src_ip,
+                         self.uplink.mac, self.uplink.ifindex, spec.peer_port)
 
 
 def vtep_name(vni: int) -> str:
@@ -134,6 +160,7 @@ class Desired:
     masters: dict[str, str] = field(default_factory=dict)  # vtep -> bridge
     pairs: list[tuple[str, str]] = field(default_factory=list)
     params: dict[int, tuple[Stages, str]] = field(default_factory=dict)  # vni -> stages, link
+    flows: dict[int, tuple[FlowSpec, str]] = field(default_factory=dict)  # vni -> spec, link
 
 
 def desired_state(m: schemas.Materialize, cfg: PlanConfig) -> Desired:
@@ -141,9 +168,20 @@ def desired_state(m: schemas.Materialize, cfg: PlanConfig) -> Desired:
     for i, link in enumerate(m.links):
         stages = link_stages(link, cfg)
         names = []
+        if cfg.flow and len(link.endpoints) == 2:
+            a, b = link.endpoints
+            for j, (ep, peer) in enumerate(((a, b), (b, a))):
+                if ep.vni in d.flows or vtep_name(ep.vni) in d.vteps or a.vni == b.vni:
+                    raise PlanConflict(f"links[{i}].endpoints[{j}].vni",
+                                       f"VNI {ep.vni} is used twice in {m.id}")
+                d.flows[ep.vni] = (FlowSpec(peer.vni, peer.remote, peer.port or DEFAULT_VXLAN_PORT,
+                                            ep.local or cfg.local), link.id)
+            for ep, st in zip(link.endpoints, stages):
+                d.params[ep.vni] = (st, link.id)
+            continue
         for j, ep in enumerate(link.endpoints):
             name = vtep_name(ep.vni)
-            if name in d.vteps:
+            if name in d.vteps or ep.vni in d.flows:
                 raise PlanConflict(f"links[{i}].endpoints[{j}].vni",
                                    f"VNI {ep.vni} is used twice in {m.id}")
             spec = VtepSpec(name=name, vni=ep.vni, local=ep.local or cfg.local, remote=ep.remote,
@@ -172,6 +210,10 @@ class Current:
     params: dict[int, bytes] = field(default_factory=dict)  # vni -> its stages, as encoded
     links: dict[int, bytes] = field(default_factory=dict)  # vni -> raw struct moa_link (rollback)
     vxlan_ports: frozenset[int] = frozenset()  # moa_vxlan_ports: VXLAN besides the classifier's
+    # Flow mode: every moa_flow entry (raw), its owner (datapath/plan/flows.py), its peer port.
+    flows: dict[int, bytes] = field(default_factory=dict)
+    flow_owners: dict[int, bytes] = field(default_factory=dict)
+    flow_ports: dict[int, int] = field(default_factory=dict)
 
     def of(self, materialization: str) -> dict[str, MoaDevice]:
         """The devices of one materialization (by id, or by its key: owner_key)."""
@@ -187,12 +229,14 @@ def _spec_of(dev: MoaDevice, cfg: PlanConfig, underlay_name: str) -> VtepSpec:
 
 
 def plan(m: schemas.Materialize, current: Current, cfg: PlanConfig,
-         encode: Callable[[Stages], bytes], uplink_index: int | None = None) -> list[Operation]:
+         encode: Callable[[Stages], bytes], uplink_index: int | None = None,
+         flow: FlowContext | None = None) -> list[Operation]:
     """Operations that turn `current` into `m` for the materialization m.id (others untouched).
 
     `encode(stages)` gives the raw map value of a VNI's stages, compared with `current.params`
     so that only changed parameters are written. `uplink_index` is the uplink's ifindex (a
-    VTEP bound to another lower device is re-created; moa's own are bound to none).
+    VTEP bound to another lower device is re-created; moa's own are bound to none). `flow`:
+    what flow entries need (required when m has flow-mode links).
     """
     mid = m.id
     mkey = owner_key(mid)  # what the devices' aliases say (datapath/netlink/model.py)
@@ -206,6 +250,16 @@ def plan(m: schemas.Materialize, current: Current, cfg: PlanConfig,
         if other is not None and other.materialization != mkey:
             raise PlanConflict("links", f"VNI {spec.vni} ({name}) belongs to materialization "
                                         f"{other.materialization!r}, link {other.link!r}")
+    mtag = key_tag(mid)
+    mine_flows = {v for v, o in current.flow_owners.items() if o[:16] == mtag}
+    for vni in set(want.flows) | {s.vni for s, _ in want.vteps.values()}:
+        other = current.devices.get(vtep_name(vni))
+        if vni in want.flows and other is not None and other.materialization != mkey:
+            raise PlanConflict("links", f"VNI {vni} ({other.name}) belongs to materialization "
+                                        f"{other.materialization!r}, link {other.link!r}")
+        if vni in current.flow_owners and vni not in mine_flows:
+            raise PlanConflict("links", f"VNI {vni} is a flow-mode endpoint of another "
+                                        "materialization")
 
     # Which current VTEPs are kept as they are.
     recreate: set[str] = set()
@@ -277,8 +331,11 @@ def plan(m: schemas.Materialize, current: Current, cfg: PlanConfig,
         elif dev.kind == "bridge" and owner_key(want.bridges[name]) != dev.link:
             teardown.append(DeleteBridge(name, mid, dev.link, dev.mtu, dev.index))
 
+    # 3b. flow entries not wanted (before their parameters go).
+    for vni in sorted(mine_flows - set(want.flows)):
+        teardown.append(DeleteFlow(vni, current.flows.get(vni), current.flow_owners.get(vni)))
     # 4. parameters of VNIs this materialization no longer has.
-    mine = {d.vni for d in have.values() if d.kind == "vxlan" and d.vni is not None}
+    mine = {d.vni for d in have.values() if d.kind == "vxlan" and d.vni is not None} | mine_flows
     for vni in sorted(mine - set(want.params)):
         if vni in current.params:
             teardown.append(DeleteLinkParams(vni, current.links.get(vni)))
@@ -286,9 +343,11 @@ def plan(m: schemas.Materialize, current: Current, cfg: PlanConfig,
     # 4b. VXLAN ports that only VTEPs deleted above used (datapath/plan/ports.py).
     vteps = [(d.port, d.materialization == mkey) for d in current.devices.values()
              if d.kind == "vxlan" and d.port]
+    vteps += [(p, v in mine_flows) for v, p in current.flow_ports.items()]
     ports_gone, ports_new = port_changes(
         current.vxlan_ports, {p for p, mine in vteps if mine}, {p for p, mine in vteps if not mine},
-        {spec.port for spec, _ in want.vteps.values()} - {cfg.vxlan_port})
+        ({spec.port for spec, _ in want.vteps.values()}
+         | {spec.peer_port for spec, _ in want.flows.values()}) - {cfg.vxlan_port})
     if ports_gone is not None:
         teardown.append(ports_gone)
     # 5. the ports the new VTEPs use, and parameters, before any VTEP of theirs comes up.
@@ -324,6 +383,13 @@ def plan(m: schemas.Materialize, current: Current, cfg: PlanConfig,
     for a, b in want.pairs:
         if frozenset((a, b)) not in intact_pairs:
             build.append(CreatePair(a, b))
+    # 10. flow entries, once both endpoints' parameters are in.
+    for vni, (spec, link) in sorted(want.flows.items()):
+        assert flow is not None, "flow-mode links planned without a FlowContext"
+        entry, owner = flow.entry(vni, spec), owner_tag(mid, link)
+        if current.flows.get(vni) != flow.encode(entry) or current.flow_owners.get(vni) != owner:
+            build.append(SetFlow(entry, owner, current.flows.get(vni),
+                                 current.flow_owners.get(vni), mid, link))
     return teardown + build
 
 

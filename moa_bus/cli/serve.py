@@ -55,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fq-memory-max", metavar="SIZE", type=size_argument,
                         help="worst-case sch_fq memory a change may bring the box to, e.g. 8GiB "
                              "(default: half the machine's memory)")
+    parser.add_argument("--p2p-mode", choices=("vtep", "flow"),
+                        help="point-to-point links as two VTEPs joined by a redirect pair (vtep, "
+                             "the default) or as flow entries on the uplink, no device (flow)")
     parser.add_argument("--ack-wait", type=float,
                         help="s JetStream waits for an event's ack before redelivering it (30); "
                              "used when moa creates its consumer")

@@ -43,7 +43,8 @@ async def open_kernel_box(s: ServeSettings) -> OpenedBox:
     local = s.local or uplink_ipv4(uplink, s.netns)
     config = DatapathConfig(uplink=uplink, local=local, netns=s.netns, pin_root=s.pin_root,
                             allow_loss_only=s.allow_loss_only, host=s.host,
-                            horizon_ns=horizon_ns(s), fq_memory_max=fq_memory_max_bytes(s))
+                            horizon_ns=horizon_ns(s), fq_memory_max=fq_memory_max_bytes(s),
+                            p2p_mode=s.p2p_mode)
     try:
         datapath = await KernelDatapath.start(config, [h.materialize for h in held.values()])
     except FqUnavailable as e:

@@ -6,7 +6,7 @@ MOA_HOST, MOA_UPLINK, MOA_STATE_DIR, MOA_NATS_PASSWORD, MOA_NATS_TOKEN here), th
 (TOML, keys named like the long options: nats, host, uplink, local, allow_loss_only, state_dir,
 embedded_port, stats_interval, drop_interval, netns, pin_root, nats_user, nats_password_file,
 nats_token_file, nats_nkey, nats_creds, nats_inbox_prefix, nats_ca, nats_cert, nats_key,
-connect_timeout, stream_replicas, ack_wait, horizon, fq_memory_max, metrics; and nats_password,
+connect_timeout, stream_replicas, ack_wait, horizon, fq_memory_max, metrics, p2p_mode; and nats_password,
 nats_token, which have no option: a secret never goes in a command line), then defaults. A
 --config file that holds a secret must be readable by its owner only. A NATS URL may be a
 comma-separated list of a cluster's servers. A value that cannot be used is a SettingsError
@@ -74,6 +74,9 @@ class ServeSettings:
     # bytes: the worst-case sch_fq memory a change may bring the box to (on the command line a
     # size such as 8GiB); default: half of the machine's memory (MemTotal)
     fq_memory_max: int | None = None
+    # how point-to-point links are made: "vtep" (two VXLAN devices joined by a redirect pair) or
+    # "flow" (moa_flow entries on the uplink, no device; docs/architecture.md, "Flow mode")
+    p2p_mode: str = "vtep"
 
     def nats_options(self, url: str, local_seed: str | None = None) -> connection.NatsOptions:
         """How to connect to `url`: with the embedded server's credential `local_seed`, else with
@@ -276,6 +279,9 @@ def check_ranges(s: ServeSettings) -> None:
     if s.fq_memory_max is not None and not s.fq_memory_max > 0:
         raise SettingsError(f"{setting_name('fq_memory_max')} must be a number of bytes above "
                             f"0, not {s.fq_memory_max}")
+    if s.p2p_mode not in ("vtep", "flow"):
+        raise SettingsError(f"{setting_name('p2p_mode')} must be \"vtep\" or \"flow\", not "
+                            f"{s.p2p_mode!r}")
     if not 1 <= s.stream_replicas <= 5:
         raise SettingsError(f"{setting_name('stream_replicas')} must be 1 to 5 (JetStream's "
                             f"limit), not {s.stream_replicas}")

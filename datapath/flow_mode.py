@@ -1,0 +1,131 @@
+"""The box's side of flow mode (`--p2p-mode flow`) for KernelDatapath: the pins across a mode
+switch, what the planner reads of moa_flow, each remote's next-hop MAC, the entries a restart
+purges (docs/architecture.md, "Flow mode in the planner").
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+
+import schemas
+from datapath.classifier import ClassifierConfig
+from datapath.contract import MapUsage
+from datapath.flow import FLOW_MAP, OWNER_MAP, FlowTable, Uplink
+from datapath.libbpf import Map
+from datapath.netlink.devices import Netlink
+from datapath.plan.flows import key_tag
+from datapath.plan.planner import Current, FlowContext, PlanConfig
+
+log = logging.getLogger("datapath.flow_mode")
+
+P2P_MODES = ("vtep", "flow")
+NEXT_HOP_WAIT_S = 3.0  # ARP / neighbour discovery retries once a second: three tries
+
+
+def fit_pins(pin_root: str, config: ClassifierConfig) -> None:
+    """A box switched between modes across a restart: moa_flow (and its owners) pinned at the
+    other mode's size cannot be reused, so the pins go and the load makes new ones. Switching
+    to VTEP mode drops the entries with them; switching to flow mode starts empty. Either way
+    the reconcile that follows plans every link anew in the box's mode."""
+    want = config.max_entries()[FLOW_MAP]
+    for name in (FLOW_MAP, OWNER_MAP):
+        path = os.path.join(pin_root, name)
+        if not os.path.exists(path):
+            continue
+        pinned = Map.from_pin(path)
+        try:
+            size = pinned.max_entries
+        finally:
+            pinned.close()
+        if size != want:
+            log.warning("%s pinned with %d entries, this mode needs %d: unpinned (the box "
+                        "changed --p2p-mode; its links are planned anew)", name, size, want)
+            os.unlink(path)
+
+
+def read_flows(table: FlowTable | None, current: Current) -> Current:
+    """`current` with every flow entry, its owner and its peer port (one batch read each)."""
+    if table is not None:
+        current.flows = table.raw()
+        current.flow_owners = table.owners()
+        current.flow_ports = {v: table.peer_port(raw) for v, raw in current.flows.items()}
+    return current
+
+
+def owned(current: Current, materialization: str) -> set[int]:
+    """The VNIs of the flow entries `materialization` holds."""
+    tag = key_tag(materialization)
+    return {v for v, o in current.flow_owners.items() if o[:16] == tag}
+
+
+def flow_context(nl: Netlink, table: FlowTable | None, m: schemas.Materialize,
+                 cfg: PlanConfig, uplink: str, uplink_index: int) -> FlowContext | None:
+    """What m's flow entries need: the uplink and the next-hop MAC of each remote of a
+    flow-mode link, resolved (datapath/netlink/nexthop.py) or refused: `unsupported`, naming
+    the endpoint's remote. None when m has no flow-mode link."""
+    if table is None or not any(len(link.endpoints) == 2 for link in m.links):
+        return None
+    hops: dict[str, str] = {}
+    for i, link in enumerate(m.links):
+        if len(link.endpoints) != 2:
+            continue
+        for j, ep in enumerate(link.endpoints):
+            peer = link.endpoints[1 - j]
+            src = ep.local or cfg.local
+            if _family(src) != _family(peer.remote):
+                raise schemas.InvalidMessage(
+                    f"links[{i}].endpoints[{1 - j}].remote",
+                    f"remote {peer.remote} is IPv{_family(peer.remote)} but endpoint {j}'s "
+                    f"frames arrive at {src} (IPv{_family(src)}): flow mode keeps a frame's "
+                    "outer family (set both endpoints' local, or use --p2p-mode vtep)",
+                    code="unsupported")
+        for j, ep in enumerate(link.endpoints):
+            if ep.remote in hops:
+                continue
+            hop, mac = nl.next_hop_mac(ep.remote, uplink_index, NEXT_HOP_WAIT_S)
+            if mac is None:
+                via = "" if hop == ep.remote else f" (its next hop {hop})"
+                raise schemas.InvalidMessage(
+                    f"links[{i}].endpoints[{j}].remote",
+                    f"remote {ep.remote}{via}: no neighbour entry on the uplink {uplink!r} "
+                    f"after {NEXT_HOP_WAIT_S:g} s of resolution, so flow mode has no MAC to "
+                    "send its frames to", code="unsupported")
+            hops[ep.remote] = mac
+    up = Uplink(uplink_index, cfg.local, nl.mac_of(uplink))
+    return FlowContext(up, hops, table.encode)
+
+
+def _family(address: str) -> int:
+    return ipaddress.ip_address(address).version
+
+
+def purge_foreign(table: FlowTable | None, desired: list[schemas.Materialize]) -> list[str]:
+    """Flow entries whose materialization the desired state no longer has (a restart after a
+    dematerialize that did not reach the kernel): removed before any plan sees them."""
+    if table is None:
+        return []
+    tags = {key_tag(m.id) for m in desired}
+    owners = table.owners()
+    gone = [v for v, o in owners.items() if o[:16] not in tags]
+    gone += [v for v in table.raw() if v not in owners]  # an entry without owner: half made
+    table.remove_owned(gone)
+    return [f"flow entry of VNI {v}" for v in sorted(gone)]
+
+
+def purge_unwanted(table: FlowTable | None, keep_vnis: set[int]) -> tuple[set[int], list[str]]:
+    """Entries of VNIs no desired link has, removed: (the UDP ports the kept entries send to,
+    what was purged)."""
+    current = read_flows(table, Current())
+    gone = [v for v in current.flows if v not in keep_vnis]
+    if table is not None and gone:
+        table.remove_owned(gone)
+    return ({p for v, p in current.flow_ports.items() if v in keep_vnis},
+            [f"flow entry of VNI {v}" for v in sorted(gone)])
+
+
+def usage(table: FlowTable | None) -> list[MapUsage]:
+    """moa_flow's entries (counted in batch reads) and size, in flow mode."""
+    if table is None:
+        return []
+    return [MapUsage(table.map.name, table.map.lookup_batch()[2], table.map.max_entries)]

@@ -1,0 +1,81 @@
+"""The MAC a flow-mode frame is sent to: the next hop toward a remote VTEP, from the box's routes
+and neighbour table (docs/architecture.md, "Flow mode in the planner").
+
+A route's gateway is the next hop, else the remote itself (on the uplink's subnet). A neighbour
+entry that has an address (reachable, stale, delay, probe, permanent, noarp) gives it. None
+known: resolution is started by sending one empty UDP datagram to the remote's discard port
+(9): the kernel resolves the next hop to send it, by ARP or neighbour discovery, as for any
+frame. The table is then polled until `wait_s`; a next hop still unknown is the caller's to
+refuse. The socket is made on the netlink worker's thread, so it belongs to the box's network
+namespace.
+"""
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+import time
+from typing import Any
+
+from pyroute2.netlink.exceptions import NetlinkError
+
+from datapath.netlink.model import DatapathNetlinkError
+
+NUD_INCOMPLETE, NUD_FAILED = 0x01, 0x20
+DISCARD_PORT = 9
+POLL_S = 0.02
+
+
+def route(ipr: Any, address: str) -> tuple[int | None, str]:
+    """(the device's ifindex, the next hop's address) toward `address`; (None, address) when
+    the box has no route to it."""
+    try:
+        routes = ipr.route("get", dst=address)
+    except NetlinkError as e:
+        if e.code in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EINVAL):
+            return None, address
+        raise DatapathNetlinkError(f"looking up the route to {address}: {e}") from e
+    if not routes:
+        return None, address
+    return routes[0].get("RTA_OIF"), routes[0].get("RTA_GATEWAY") or address
+
+
+def neighbour(ipr: Any, ifindex: int, address: str) -> str | None:
+    """The link-layer address the neighbour table holds for `address` on `ifindex`, or None."""
+    family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+    want = ipaddress.ip_address(address)
+    for msg in ipr.get_neighbours(family=family, ifindex=ifindex):
+        dst = msg.get("NDA_DST")
+        if dst is None or ipaddress.ip_address(dst) != want:
+            continue
+        if msg["state"] & (NUD_INCOMPLETE | NUD_FAILED):
+            continue
+        mac = msg.get("NDA_LLADDR")
+        if mac:
+            return str(mac).lower()
+    return None
+
+
+def solicit(address: str) -> None:
+    """Make the kernel resolve the next hop toward `address` (module doc)."""
+    family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.setblocking(False)
+            s.sendto(b"", (address, DISCARD_PORT))
+    except OSError:
+        pass  # unreachable: the table stays empty and the caller refuses
+
+
+def next_hop_mac(ipr: Any, address: str, ifindex: int, wait_s: float) -> tuple[str, str | None]:
+    """(the next hop's address, its MAC or None) toward `address` through `ifindex`."""
+    _, hop = route(ipr, address)
+    mac = neighbour(ipr, ifindex, hop)
+    if mac is not None:
+        return hop, mac
+    solicit(address)
+    deadline = time.monotonic() + wait_s
+    while mac is None and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+        mac = neighbour(ipr, ifindex, hop)
+    return hop, mac
