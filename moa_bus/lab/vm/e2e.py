@@ -41,12 +41,16 @@ def _scenarios(workdir: Path, cfg: E2eConfig,
     bridges = [(name, [vni for _, vni, _ in members])
                for name, members in moa_stack.COMPARISON_BRIDGES]
     sc = ShaperScenarios(tb, cfg, all_shapers, bond_shapers, bridges=bridges)
-    ms = StackScenarios(sc, mcfg, moa_stack.MoaStack(tb),
-                                    moa_stack.write_doc(workdir))
+    ms = StackScenarios(sc, mcfg, moa_stack.MoaStack(tb, p2p_mode=mcfg.p2p_mode),
+                        moa_stack.write_doc(workdir))
     sc.round_hooks.append(ms.latency_round)
     return sc, ms
 
 
+# The scenarios of point-to-point links only (the LAN's, the P2P-against-LAN comparison and
+# the held LAN member's rollback have none): what a flow-mode boot runs.
+P2P_SCENARIOS = ("latency", "capacity", "udp", "loss", "update", "isolation", "long_latency",
+                 "distributions", "link_state", "access", "aqm")
 SCENARIOS = ("latency", "capacity", "udp", "loss", "lan", "update", "isolation", "p2p_vs_lan",
              "rollback", "long_latency", "distributions", "link_state", "access", "aqm", "features",
              "trace", "schedule", "scale")
@@ -126,6 +130,13 @@ def analyse(sc: ShaperScenarios, ms: StackScenarios, workdir: Path) -> dict:
     out["features"] = features(sc, ms).analyse(ok)
     out["trace"] = TraceScenario(sc.tb, ms.stack).analyse(ok)
     out["schedule"] = ScheduleScenario(sc.tb, ms.stack).analyse(ok)
+    out["p2p_mode"] = ms.stack.p2p_mode
+    m = ok.get("moa-materialize")
+    try:  # the box's VXLAN devices with every link up (flow mode: the LANs' only)
+        out["box_vxlan_devices"] = sorted(d["ifname"] for d in
+                                          json.loads(m.file(".vxlan.json").read_text()))
+    except (AttributeError, OSError, ValueError, KeyError):
+        out["box_vxlan_devices"] = None
     return out
 
 
@@ -181,6 +192,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", default=None, metavar="NAMES",
                    help=f"comma-separated scenarios to run (of {', '.join(SCENARIOS)}); "
                         "default: all")
+    p.add_argument("--p2p-mode", choices=("vtep", "flow"), default="vtep",
+                   help="moa serve's mode for point-to-point links (default vtep)")
     p.add_argument("--reanalyse", type=Path, default=None, metavar="KEPT",
                    help="write results and plots from a folder kept with --keep, no boot")
 
@@ -195,7 +208,8 @@ def run(args: argparse.Namespace) -> int:
         workdir = args.keep or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         only = args.only.split(",") if args.only else None
-        results, vm = run_reference(workdir, only=only)
+        results, vm = run_reference(workdir, only=only,
+                                    mcfg=MoaConfig(p2p_mode=args.p2p_mode))
         files = report.write_all(results, args.results)
     summary = {k: v for k, v in results.items() if k not in ("samples", "steps")}
     if args.json:

@@ -207,6 +207,7 @@ class MoaStack:
     # The host venv's interpreter (shared over 9p), importing this checkout's code first: an
     # editable install points at the tree it was made from, which need not be this one.
     python: str = f"env PYTHONPATH={REPO} {sys.executable}"
+    p2p_mode: str = "vtep"  # moa serve --p2p-mode
 
     @property
     def box(self) -> str:
@@ -240,7 +241,7 @@ class MoaStack:
         "$OUT/moa.log". The uplink's fq and classifiers are the service's own work."""
         argv = (f"{self.python} -m moa_bus.cli serve --host {HOST} --uplink {self.tb.uplink_dev} "
                 f"--pin-root {PIN_ROOT} --state-dir {STATE_DIR} --embedded-port {NATS_PORT} "
-                "--stats-interval 5")
+                f"--stats-interval 5 --p2p-mode {self.p2p_mode}")
         return [
             "export PYTHONUNBUFFERED=1",
             f"export MOA_FAILPOINTS={shlex.quote(ROLLBACK_FAILPOINT)}",  # the rollback check's

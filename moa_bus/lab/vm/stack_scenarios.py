@@ -27,6 +27,7 @@ from .shaper_scenarios import E2eConfig, ShaperScenarios
 
 @dataclass(frozen=True)
 class MoaConfig:
+    p2p_mode: str = "vtep"  # moa serve --p2p-mode: a boot runs in one mode
     loss_rates: tuple[float, ...] = (0.01, 0.1)
     loss_udp_bps: int = 8_000_000  # below every limit: only the link's loss drops
     loss_length: int = 1000
@@ -83,6 +84,8 @@ class StackScenarios:
         comparison shapers still run; the tests fail on it."""
         s = self.stack
         batch.add("moa-serve", s.serve())
+        # the box's VXLAN devices once the links are up: in flow mode, the LANs' only
+        vteps = [f'ip -n {s.box} -d -j link show type vxlan >"$STEP.vxlan.json"']
         slaves = " ".join(self.tb.slaves)
         batch.add("moa-uplink", s.uplink_state() + [
             f"for d in {slaves}; do tc -n {s.box} qdisc show dev $d | grep -q '^qdisc fq ' || "
@@ -95,7 +98,7 @@ class StackScenarios:
             (a, _), *others = lk.members
             waits += [measure.wait_ping(self.ns(a), lk.address(b), timeout_s=30)
                       for b, _ in others]
-        batch.add("moa-materialize", s.materialize(self.doc_path) + waits)
+        batch.add("moa-materialize", s.materialize(self.doc_path) + waits + vteps)
 
     # -- the rollback of a held LAN member's VTEP (issue 10) -----------------------------------
     def rollback(self, batch: Batch) -> None:
