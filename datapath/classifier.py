@@ -27,6 +27,8 @@ import schemas
 from datapath.bpf import object_path
 from datapath.counter_table import CounterTable
 from datapath.counter_table import read as read_counter_table
+from datapath.counter_table import read_rows as read_counter_rows
+from datapath.counter_table import rows_of
 from datapath.distributions import DIST_IDS, DIST_SIZE, cdf_table, custom_table, table_key
 from datapath.distributions import table as dist_table
 from datapath.emulation import stage_bytes
@@ -521,18 +523,18 @@ class Classifier:
         counter table's batch lookups (status and telemetry.links of 65,536 links)."""
         with self._lock:
             slots = {v: s for v in vnis if (s := self._slots.get(v)) is not None}
-        table = read_counter_table(self.counters_map, self.abi.LinkCounters, slots)
-        fields = table.fields
+        fields, values = read_counter_rows(self.counters_map, self.abi.LinkCounters,
+                                           list(slots.values()))
         drops = [(r, fields.index(f"drops_{r}")) for r in schemas.DROP_REASONS]
         pk, by = fields.index("packets"), fields.index("bytes")
         sup, ho = fields.index("events_suppressed"), fields.index("handover")
         mk = fields.index("marks")
         so = [i for i, f in enumerate(fields) if f.startswith("sojourn_")]
-        rows = table.values.tolist()  # [slot][stage][field], python ints
+        rows = values.tolist()  # [k][stage][field] of the k-th of `slots`, python ints
         shared: dict[tuple[int, int], dict[str, int]] = {}
         backlog = self.backlogs(slots, shared)
         out: dict[int, dict[str, StageCounters]] = {}
-        for vni, slot in slots.items():
+        for k, vni in enumerate(slots):
             out[vni] = {name: StageCounters(
                 packets=row[pk], bytes=row[by], drops={r: row[i] for r, i in drops},
                 events_suppressed=row[sup], handover=row[ho], marks=row[mk],
@@ -540,7 +542,7 @@ class Classifier:
                 sojourn=_histogram(row[pk], [row[i] for i in so]),
                 backlog_ns=backlog.get((vni, st), (0, 0))[0],
                 backlog_bytes=backlog.get((vni, st), (0, 0))[1])
-                for st, (name, row) in enumerate(zip(schemas.STAGES, rows[slot]))}
+                for st, (name, row) in enumerate(zip(schemas.STAGES, rows[k]))}
         return out
 
     def backlogs(self, slots: Mapping[int, int],
@@ -550,35 +552,38 @@ class Classifier:
         that have a rate and a backlog now: the timeline's tail t_last minus the monotonic clock
         (bpf_ktime_get_ns's), and that time at the stage's rate as bytes (rounded down, L1
         overhead included as the timeline charges it). Computed from the state and the
-        parameters - one batch read of each map, no cost on the datapath. A stage whose timeline
+        parameters - of moa_state the rows of `slots` (datapath.counter_table.rows_of), of
+        moa_links one batch read, or a lookup per VNI when they are under an eighth of the links
+        held (a status page's few hundred), no cost on the datapath. A stage whose timeline
         a locked step owns at that instant (t_last = MOA_OWNED) reads as empty. `shared`,
         when given, gets the stages' counts kept in the same state (SHARED_COUNTS: corrupted,
         duplicated) where they are not 0, by name."""
         if not slots:
             return {}
         nst = self.abi.NR_STAGES
-        n = max(slots.values()) + 1
-        _, sraw, got = self.state_map.lookup_batch(n * nst)
-        kraw, lraw, lgot = self.links_map.lookup_batch(len(self._slots) + 64)
+        order = {vni: k for k, vni in enumerate(slots)}  # row k of sraw: the k-th of `slots`
+        sraw = rows_of(self.state_map, list(slots.values()), nst)
+        lsize = self.links_map.value_size
+        if len(slots) * 8 < len(self._slots):
+            links = [(vni, raw) for vni in slots if (raw := self.links_map.lookup(vni)) is not None]
+        else:
+            kraw, lraw, lgot = self.links_map.lookup_batch(len(self._slots) + 64)
+            links = [(int.from_bytes(kraw[4 * j:4 * j + 4], sys.byteorder),
+                      lraw[j * lsize:(j + 1) * lsize]) for j in range(lgot)]
         now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         ssize, toff = self.state_map.value_size, self.abi.StageState.t_last.offset
         coffs = [(name, getattr(self.abi.StageState, name).offset) for name in SHARED_COUNTS]
-        lsize = self.links_map.value_size
         soff = self.abi.Link.stage.offset
         psize = ctypes.sizeof(self.abi.StageParams)
         roff = self.abi.StageParams.rate_bps.offset
         out: dict[tuple[int, int], tuple[int, int]] = {}
         owned = (1 << 64) - 1
-        for j in range(lgot):
-            vni = int.from_bytes(kraw[4 * j:4 * j + 4], sys.byteorder)
-            slot = slots.get(vni)
-            if slot is None:
+        for vni, link in links:
+            k = order.get(vni)
+            if k is None:
                 continue
-            link = lraw[j * lsize:(j + 1) * lsize]
             for st in range(nst):
-                idx = slot * nst + st
-                if idx >= got:
-                    continue
+                idx = k * nst + st
                 o = soff + st * psize + roff
                 rate = int.from_bytes(link[o:o + 8], sys.byteorder)
                 t_last = int.from_bytes(sraw[idx * ssize + toff:idx * ssize + toff + 8],

@@ -63,3 +63,37 @@ def read(counters_map: Any, counters_type: Any, slots: dict[int, int]) -> Counte
     summed = per_cpu[:, :, wanted].sum(axis=1, dtype=np.uint64)
     return CounterTable(slots=slots, fields=tuple(name for name, _ in fields),
                         values=summed.reshape(got // nst, nst, len(fields)))
+
+
+def rows_of(array_map: Any, slots: list[int], per: int) -> bytes:
+    """The `per` consecutive entries from index slot x per of each of `slots` (an array map:
+    moa_counters, moa_state), their values back to back in the order of `slots`. One batch read
+    of the window from the lowest slot to the highest when it is dense, else one per slot: a
+    status page's few hundred links lie anywhere among a box's 200,000 slots (pages go in link id
+    order), and reading the whole window for each page made a status walk quadratic."""
+    if not slots:
+        return b""
+    size = array_map._slot * array_map.ncpu if array_map.is_percpu else array_map.value_size
+    stride = per * size
+    lo, hi = min(slots), max(slots) + 1
+    if hi - lo <= 8 * len(slots):
+        _, raw, _ = array_map.lookup_batch((hi - lo) * per, start=lo * per)
+        return b"".join(raw[(s - lo) * stride:(s - lo + 1) * stride] for s in slots)
+    return b"".join(array_map.lookup_batch(per, chunk=per, start=s * per)[1] for s in slots)
+
+
+def read_rows(counters_map: Any, counters_type: Any,
+              slots: list[int]) -> tuple[tuple[str, ...], Any]:
+    """(fields, values): `values[k, stage, field]` the counters of `slots[k]`, summed over CPUs
+    as `read` sums them, read with `rows_of` (Classifier.counters_of: status and telemetry)."""
+    import numpy as np
+
+    fields = counter_fields(counters_type)
+    nst = len(schemas.STAGES)
+    raw = rows_of(counters_map, slots, nst)
+    words = counters_map._slot // 8
+    per_cpu = np.frombuffer(raw, dtype=np.uint64).reshape(len(slots) * nst, counters_map.ncpu,
+                                                          words)
+    wanted = np.array([w for _, w in fields], dtype=np.intp)
+    summed = per_cpu[:, :, wanted].sum(axis=1, dtype=np.uint64)
+    return tuple(name for name, _ in fields), summed.reshape(len(slots), nst, len(fields))

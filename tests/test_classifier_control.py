@@ -193,3 +193,29 @@ def test_every_abi_type_is_in_the_classifier_btf() -> None:
             "moa_abi_consts"} <= enums
     assert btf.enum("moa_abi_consts")["MOA_ABI_DROP_EVENT_VERSION"] == 2
     assert abi.StageFlags.REORDER == 1 and abi.NR_STAGES == 2 and abi.NR_DROP_REASONS == 5
+
+
+def test_counters_of_a_few_links_of_many_are_those_of_the_whole_read() -> None:
+    """counters_of reads only the asked VNIs' rows (the window of their slots when it is dense,
+    else one read per slot; their parameters one lookup each when they are few, as a status
+    page's are): the counters and backlogs of links in the middle of the slots, near together
+    or far apart, are the same as when every link is read at once."""
+    with Classifier.load(ClassifierConfig(max_links=64)) as c:
+        assert c.update_links({100 + i: c.encode_stages(Emulation(capacity=8_000_000), None)
+                               for i in range(64)}) == 64
+        for vni, n in ((140, 7), (150, 3), (163, 1)):
+            send(c, vni, repeat=n)
+        for vni in (140, 150):  # a queue of 10 s ahead on each
+            c.set_stage_state(vni, 0, c.abi.StageState(t_last=mono() + 10 * 10**9))
+        few = c.counters_of([150, 140])
+        every = c.counters_of(range(100, 164))
+        assert set(few) == {140, 150} and len(every) == 64
+        for vni, n in ((140, 7), (150, 3)):
+            assert few[vni]["egress"].packets == every[vni]["egress"].packets == n
+            assert few[vni]["egress"].backlog_ns > 0 and every[vni]["egress"].backlog_ns > 0
+            assert few[vni]["ingress"] == every[vni]["ingress"]
+        far = c.counters_of([163, 140, 100])  # slots 63, 40, 0: one read each, not the window
+        assert far[163]["egress"].packets == 1 and far[100]["egress"].packets == 0
+        assert far[140]["egress"].packets == 7 and far[140]["egress"].backlog_ns > 0
+        assert far[140]["ingress"] == every[140]["ingress"]
+        assert every[141]["egress"].packets == 0 and every[141]["egress"].backlog_ns == 0

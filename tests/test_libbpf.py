@@ -424,3 +424,26 @@ def test_a_limited_batch_read_of_a_fuller_hash_map_stops_at_its_limit(obj: BpfOb
         got = {int.from_bytes(keys[4 * j:4 * j + 4], "little") for j in range(n)}
         assert 0 < n <= limit and len(got) == n and got <= set(range(100, 116)), (limit, got)
     assert links.lookup_batch()[2] == 16
+
+
+def test_a_batch_read_of_an_array_starts_where_asked(obj: BpfObject, abi: abi_mod.Abi) -> None:
+    """`start` reads an array from that index on (a status page reads the window of its links'
+    slots, not the array from 0): plain and per-CPU arrays, to the end or to a limit; a hash
+    has no index to start from and is refused."""
+    state, counters = obj.map("moa_st_state"), obj.map("moa_st_counters")
+    for i in range(4):
+        state.update(i, abi.StageState(t_last=100 + i))
+        counters.update(i, abi.LinkCounters(packets=200 + i))
+    stride = counters._slot * counters.ncpu
+    for start, limit, want in ((0, 2, [0, 1]), (1, 2, [1, 2]), (2, None, [2, 3]), (3, 9, [3])):
+        keys, values, n = state.lookup_batch(limit, start=start)
+        assert [int.from_bytes(keys[4 * j:4 * j + 4], "little") for j in range(n)] == want
+        size = state.value_size
+        assert [abi.StageState.from_buffer_copy(values[j * size:(j + 1) * size]).t_last
+                for j in range(n)] == [100 + k for k in want]
+        keys, values, n = counters.lookup_batch(limit, chunk=1, start=start)
+        assert [int.from_bytes(keys[4 * j:4 * j + 4], "little") for j in range(n)] == want
+        assert [abi.LinkCounters.from_buffer_copy(values[j * stride:j * stride + 256]).packets
+                for j in range(n)] == [200 + k for k in want]
+    with pytest.raises(ValueError, match="arrays"):
+        obj.map("moa_st_links").lookup_batch(start=1)

@@ -142,6 +142,8 @@ CASES = [
     Case("port out of range", ["--uplink", UPLINK, "--embedded-port", "70000"],
          ["--embedded-port", "70000", "1 to 65535"]),
     Case("replicas out of range", [], ["stream_replicas", "not 7"], toml="stream_replicas = 7\n"),
+    Case("max_links out of range", ["--uplink", UPLINK, "--max-links", "0"],
+         ["--max-links", "max_links in --config", "1 to 16777216", "not 0"]),
     Case("interval not above 0", ["--uplink", UPLINK, "--drop-interval", "0"],
          ["--drop-interval", "above 0"]),
     Case("missing TLS file", ["--uplink", UPLINK, "--nats", "nats://127.0.0.1:1", "--nats-ca",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import errno as errno_mod
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -222,15 +223,20 @@ class Map(Pinnable):
             raise errno_error(f"batch delete from map {self.name} ({count.value} of {n} deleted)", -ret)
         return count.value
 
-    def lookup_batch(self, limit: int | None = None, chunk: int = 4096) -> tuple[bytes, bytes, int]:
+    def lookup_batch(self, limit: int | None = None, chunk: int = 4096,
+                     start: int = 0) -> tuple[bytes, bytes, int]:
         """Up to `limit` entries (None: all) in one BPF_MAP_LOOKUP_BATCH per `chunk` of them:
         (keys, values, n), packed back to back into buffers allocated once. An array is read
-        from index 0 on, so `limit` reads its first `limit` indexes. Per-CPU values come as ncpu
+        from index `start` on (0 unless given; a hash always from its start), so `limit`
+        reads indexes start..start+limit-1. Per-CPU values come as ncpu
         values of round_up(value_size, 8) bytes each per key, in CPU order (the kernel's layout).
 
         Nothing is locked and nothing is written: the kernel copies each value as it holds it
         while programs may be updating it (each aligned 8-byte word is read whole)."""
-        total = self.max_entries if limit is None else min(limit, self.max_entries)
+        if start and self.type not in (MapType.ARRAY, MapType.PERCPU_ARRAY):
+            raise ValueError(f"{self.name}: start is for arrays (the batch token is an index)")
+        room = self.max_entries - start
+        total = room if limit is None else min(limit, room)
         vsize = self._slot * self._ncpu if self.is_percpu else self.value_size
         kb = ctypes.create_string_buffer(max(total, 1) * self.key_size)
         vb = ctypes.create_string_buffer(max(total, 1) * vsize)
@@ -239,7 +245,9 @@ class Map(Pinnable):
         opts = _BatchOpts(ctypes.sizeof(_BatchOpts), 0, 0)
         # The batch token: for arrays the next index, for hashes a bucket (u32); key-sized at least.
         token_size = max(self.key_size, 8)
-        in_batch = None
+        # the token is the last key read (the kernel goes on after it): index start - 1
+        in_batch = (ctypes.create_string_buffer((start - 1).to_bytes(token_size, sys.byteorder),
+                                                token_size) if start else None)
         out_batch = ctypes.create_string_buffer(token_size)
         while n < total:
             count = _u32(min(chunk, total - n))

@@ -58,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--p2p-mode", choices=("vtep", "flow"),
                         help="point-to-point links as two VTEPs joined by a redirect pair (vtep, "
                              "the default) or as flow entries on the uplink, no device (flow)")
+    parser.add_argument("--max-links", type=int,
+                        help="VNIs (endpoints) the classifier's maps hold (65536; a point-to-point "
+                             "link takes two: 262144 for 100,000 flow-mode links)")
     parser.add_argument("--ack-wait", type=float,
                         help="s JetStream waits for an event's ack before redelivering it (30); "
                              "used when moa creates its consumer")

@@ -35,10 +35,11 @@ cannot be measured is reported as null with the reason in `notes`):
   through the object store as `moa materialize` sends it (materialize_30k_s), then the whole
   box's status, every page (status_30k_ms, pages, bytes), then its dematerialize
   (dematerialize_30k_s).
+- flow mode, 10,000 then 100,000 point-to-point links on a box of its own (flow_*: its module).
 
 The last two of the first list run on a classifier of their own in this process
-(moa_bus/lab/control_bench_classifier.py); the last two steps are in
-moa_bus/lab/control_bench_scale.py.
+(moa_bus/lab/control_bench_classifier.py); the two steps at scale are in
+moa_bus/lab/control_bench_scale.py, flow mode's in moa_bus/lab/control_bench_flow.py.
 """
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from moa_bus.lab import control_bench_classifier as classifier_steps
+from moa_bus.lab import control_bench_flow as flow_steps
 from moa_bus.lab import control_bench_scale as scale_steps
 from moa_bus.lab.host_testbed import BOX_ADDR, UPLINK, Testbed, ns_exec, nsenter, sh, unique_tag
 from moa_bus.service.embedded_nats import NatsServer, free_port
@@ -78,13 +80,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drop-events", type=int, default=200_000,
                         help="drop events pushed through the ring buffer (200000)")
     parser.add_argument("--iperf-seconds", type=float, default=5.0, help="per iperf3 run (5)")
+    parser.add_argument("--flow-links", metavar="SMALL,BIG", type=flow_steps.sizes,
+                        default=(flow_steps.FLOW_SMALL, flow_steps.FLOW_BIG),
+                        help="flow mode's two sizes in links (10000,100000; flow_links_*)")
     parser.add_argument("--only", metavar="STEPS",
                         help=f"comma-separated steps to run, of {', '.join(STEPS)} "
                              "(default: all; update, memory and restart need materialize)")
 
 
 STEPS = ("rtt", "materialize", "update", "memory", "restart", "throughput", "map_updates",
-         "drop_events", "during_apply", "big")
+         "drop_events", "during_apply", "big", "flow")
 
 
 # ---------------------------------------------------------------------------- documents
@@ -146,6 +151,7 @@ class Bench:
             "rtt_p50_us": None, "rtt_p99_us": None, "requests": args.requests, "restart_s": None,
             "drop_events_per_s": None, "drop_events": None, "drop_events_lost": None,
             "status_during_apply_ms": None, "materialize_30k_s": None, "status_30k_ms": None,
+            **{key: None for key in flow_steps.KEYS},
             "notes": [],
         }
         self.steps = set(args.only.split(",")) if getattr(args, "only", None) else set(STEPS)
@@ -203,7 +209,7 @@ class Bench:
                 except Exception as e:
                     self.note("drop events", e)
             for what, step in (("during_apply", scale_steps.during_apply),
-                               ("big", scale_steps.big)):
+                               ("big", scale_steps.big), ("flow", flow_steps.flow)):
                 if what in self.steps:
                     try:
                         await step(self, nc, bed)
@@ -224,23 +230,26 @@ class Bench:
             shutil.rmtree(tmp, ignore_errors=True)
         return self.out
 
-    def _start_serve(self, bed: Testbed, url: str, log: Path) -> subprocess.Popen[bytes]:
+    def _start_serve(self, bed: Testbed, url: str, log: Path, host: str | None = None,
+                     extra: list[str] = ()) -> subprocess.Popen[bytes]:
         env = {**os.environ, "MOA_NATS_URL": "", "MOA_UPLINK": "", "MOA_HOST": ""}
-        cmd = [sys.executable, "-m", "moa_bus.cli", "serve", "--nats", url, "--host", self.host,
-               "--uplink", UPLINK, "--local", BOX_ADDR, "--netns", bed.box,
-               "--pin-root", bed.pin_root, "--state-dir", bed.state_dir, "--allow-loss-only"]
+        cmd = [sys.executable, "-m", "moa_bus.cli", "serve", "--nats", url,
+               "--host", host or self.host, "--uplink", UPLINK, "--local", BOX_ADDR,
+               "--netns", bed.box, "--pin-root", bed.pin_root, "--state-dir", bed.state_dir,
+               "--allow-loss-only", *extra]
         with open(log, "ab") as f:
             return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
                                     env=env, cwd=str(Path(__file__).resolve().parents[2]))
 
-    async def _wait_ready(self, nc, serve: subprocess.Popen[bytes], log: Path) -> None:
+    async def _wait_ready(self, nc, serve: subprocess.Popen[bytes], log: Path,
+                          subjects: Subjects | None = None) -> None:
         import nats.errors
 
         for _ in range(600):
             if serve.poll() is not None:
                 raise RuntimeError(f"moa serve exited: {log.read_text(errors='replace')[-2000:]}")
             try:
-                await nc.request(self.subjects.op("status"), b"{}", timeout=1)
+                await nc.request((subjects or self.subjects).op("status"), b"{}", timeout=1)
                 return
             except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
                 await asyncio.sleep(0.1)
@@ -432,6 +441,7 @@ def _print(r: dict[str, Any]) -> None:
           f"status {_fmt(r['status_30k_ms'], ' ms')} ({_fmt(r.get('status_30k_pages'))} pages, "
           f"{_fmt(r.get('status_30k_bytes'))} B), dematerialize "
           f"{_fmt(r.get('dematerialize_30k_s'), ' s')}")
+    print(flow_steps.describe(r, _fmt))
     for n in r["notes"]:
         print(f"  not measured or partial: {n}")
 

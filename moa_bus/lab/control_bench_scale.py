@@ -28,11 +28,13 @@ def p2p_links(prefix: str, n: int, first_vni: int, bed: Testbed) -> list[dict]:
             for i in range(n)]
 
 
-async def whole_status(bench, nc) -> tuple[dict, int, int]:
-    """The whole box, every page (as `moa status` walks them): (merged, pages, bytes)."""
+async def whole_status(bench, nc, subjects=None) -> tuple[dict, int, int]:
+    """The whole box, every page (as `moa status` walks them): (merged, pages, bytes);
+    `subjects` another box's (default the bench's)."""
     pages, size, cursor = [], 0, None
+    subjects = subjects or bench.subjects
     while True:
-        msg = await nc.request(bench.subjects.op("status"), json.dumps(
+        msg = await nc.request(subjects.op("status"), json.dumps(
             {"cursor": cursor} if cursor else {}).encode(), timeout=60)
         page = json.loads(msg.data)
         if page.get("ok") is False:

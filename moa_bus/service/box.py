@@ -36,6 +36,7 @@ async def open_kernel_box(s: ServeSettings) -> OpenedBox:
     removed, what a materialization lacks is made (docs/architecture.md, "Desired state").
     `moa serve` and the tests of restarts both start a box through here."""
     from datapath.api import DatapathConfig, FqUnavailable, KernelDatapath
+    from datapath.classifier import ClassifierConfig
 
     uplink = require_uplink(s)
     store = StateStore(desired_dir(s))
@@ -44,7 +45,8 @@ async def open_kernel_box(s: ServeSettings) -> OpenedBox:
     config = DatapathConfig(uplink=uplink, local=local, netns=s.netns, pin_root=s.pin_root,
                             allow_loss_only=s.allow_loss_only, host=s.host,
                             horizon_ns=horizon_ns(s), fq_memory_max=fq_memory_max_bytes(s),
-                            p2p_mode=s.p2p_mode)
+                            p2p_mode=s.p2p_mode,
+                            classifier=ClassifierConfig(max_links=s.max_links))
     try:
         datapath = await KernelDatapath.start(config, [h.materialize for h in held.values()])
     except FqUnavailable as e:

@@ -6,10 +6,10 @@ MOA_HOST, MOA_UPLINK, MOA_STATE_DIR, MOA_NATS_PASSWORD, MOA_NATS_TOKEN here), th
 (TOML, keys named like the long options: nats, host, uplink, local, allow_loss_only, state_dir,
 embedded_port, stats_interval, drop_interval, netns, pin_root, nats_user, nats_password_file,
 nats_token_file, nats_nkey, nats_creds, nats_inbox_prefix, nats_ca, nats_cert, nats_key,
-connect_timeout, stream_replicas, ack_wait, horizon, fq_memory_max, metrics, p2p_mode; and nats_password,
-nats_token, which have no option: a secret never goes in a command line), then defaults. A
---config file that holds a secret must be readable by its owner only. A NATS URL may be a
-comma-separated list of a cluster's servers. A value that cannot be used is a SettingsError
+connect_timeout, stream_replicas, ack_wait, horizon, fq_memory_max, metrics, p2p_mode, max_links;
+and nats_password, nats_token, which have no option: a secret never goes in a command line),
+then defaults. A --config file that holds a secret must be readable by its owner only. A NATS URL
+may be a comma-separated list of a cluster's servers. A value that cannot be used is a SettingsError
 saying what to change (`moa serve` prints it and exits 2).
 """
 from __future__ import annotations
@@ -29,6 +29,9 @@ from moa_bus.service import connection, credentials
 from moa_bus.service.credentials import DEFAULT_STATE_DIR, CredentialError
 from moa_bus.service.embedded_nats import DEFAULT_PORT
 from moa_bus.service.subjects import check_host, default_host
+
+MAX_LINKS_DEFAULT = 65536  # ClassifierConfig.max_links
+MAX_LINKS_MAX = 1 << 24
 
 # Keys of --config that hold a secret: the file must then be readable by its owner only.
 SECRET_KEYS = ("nats_password", "nats_token")
@@ -77,6 +80,10 @@ class ServeSettings:
     # how point-to-point links are made: "vtep" (two VXLAN devices joined by a redirect pair) or
     # "flow" (moa_flow entries on the uplink, no device; docs/architecture.md, "Flow mode")
     p2p_mode: str = "vtep"
+    # VNIs (endpoints) the classifier's maps hold: a point-to-point link takes two. 262,144
+    # holds 100,000 flow-mode links; changing it on a box whose maps are pinned needs the pins
+    # removed (the load refuses a pinned map of another size)
+    max_links: int = MAX_LINKS_DEFAULT
 
     def nats_options(self, url: str, local_seed: str | None = None) -> connection.NatsOptions:
         """How to connect to `url`: with the embedded server's credential `local_seed`, else with
@@ -282,6 +289,9 @@ def check_ranges(s: ServeSettings) -> None:
     if s.p2p_mode not in ("vtep", "flow"):
         raise SettingsError(f"{setting_name('p2p_mode')} must be \"vtep\" or \"flow\", not "
                             f"{s.p2p_mode!r}")
+    if not 1 <= s.max_links <= MAX_LINKS_MAX:
+        raise SettingsError(f"{setting_name('max_links')} must be 1 to {MAX_LINKS_MAX} VNIs, "
+                            f"not {s.max_links}")
     if not 1 <= s.stream_replicas <= 5:
         raise SettingsError(f"{setting_name('stream_replicas')} must be 1 to 5 (JetStream's "
                             f"limit), not {s.stream_replicas}")
