@@ -89,7 +89,7 @@ def test_rewritten_toward_the_peer_and_redirected(flow_clf, v6, csum, tagged) ->
         assert Ether(r.data)[UDP].sport == sport
         if csum:  # scapy agrees with the incrementally updated checksum
             assert Ether(r.data)[UDP].chksum != 0
-    assert t.counters() == {"redirect": 3, "mismatch": 0, "error": 0}
+    assert t.counters() == {"redirect": 3, "mismatch": 0, "error": 0, "released": 0}
 
 
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
@@ -127,7 +127,7 @@ def test_the_other_direction_and_other_frames(flow_clf) -> None:
     for sent in (frame(555), frame(dst="192.0.2.99"), frame(v6=True)):
         r = ingress(flow_clf, sent)
         assert (r.retval, r.data) == (TC_ACT_OK, sent)
-    assert t.counters() == {"redirect": 1, "mismatch": 2, "error": 0}
+    assert t.counters() == {"redirect": 1, "mismatch": 2, "error": 0, "released": 0}
     # Removed: passed like any frame.
     assert t.remove([A, B]) == 2 and t.entries() == {}
     sent = frame()

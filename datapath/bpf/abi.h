@@ -417,7 +417,9 @@ enum moa_flow_counter {
 	MOA_FLOW_MISMATCH = 1,	/* an entry, but the frame's outer family or destination is not
 				 * the entry's (not addressed to the box): passed untouched */
 	MOA_FLOW_ERROR = 2,	/* a rewrite helper failed: dropped, never sent half rewritten */
-	MOA_NR_FLOW_COUNTERS = 3,
+	MOA_FLOW_RELEASED = 3,	/* of the redirected, those a local socket still owned: sent as a
+				 * clone, the original released (flow.h) */
+	MOA_NR_FLOW_COUNTERS = 4,
 };
 
 #endif /* MOA_ABI_H */

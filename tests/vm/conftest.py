@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from moa_bus.lab.vm import e2e, report, runner
+from moa_bus.lab.vm.stack_scenarios import MoaConfig
 
 
 @pytest.fixture(scope="session")
@@ -33,4 +34,16 @@ def reference_run(vm_image: runner.VmImage, tmp_path_factory) -> ReferenceRun:
     report.write_all(results, work / "results")
     # On failure the assertion messages point here: console.log, cmd.log, steps/*.{out,err}.
     print(f"VM reference run in {work}: {json.dumps(results.get('vm'))}")
+    return ReferenceRun(results, vm, work)
+
+
+@pytest.fixture(scope="session")
+def flow_run(vm_image: runner.VmImage, tmp_path_factory) -> ReferenceRun:
+    """A second boot with `moa serve --p2p-mode flow`: the point-to-point scenarios only
+    (e2e.P2P_SCENARIOS), judged by the same tests as the first (tests/vm/test_vm_flow_mode.py)."""
+    work = tmp_path_factory.mktemp("vm-flow")
+    results, vm = e2e.run_reference(work, mcfg=MoaConfig(p2p_mode="flow"),
+                                    only=e2e.P2P_SCENARIOS)
+    report.write_all(results, work / "results")
+    print(f"VM flow-mode run in {work}: {json.dumps(results.get('vm'))}")
     return ReferenceRun(results, vm, work)
