@@ -9,8 +9,8 @@ from schemas.messages import (
     DropEvent, Emulation,
     EmulationPatch, Endpoint, GilbertElliott, InvalidMessage, Link, LinkStats, LinkStatsBatch,
     LinkStatus, LinkUpdate, Materialize, MaterializationStatus, ReorderEarly, Schedule,
-    ScheduleReport, ScheduleStep, Slot, StatusReply, StatusRequest, Trace, Update, check_emulation,
-    direction,
+    ScheduleReport, ScheduleStep, Slot, StatusEmulation, StatusReply, StatusRequest, Trace,
+    TraceSummary, Update, check_emulation, direction, status_emulation,
 )
 from schemas.units import (
     format_duration, format_rate, format_size, parse_duration, parse_rate, parse_size,
@@ -22,8 +22,9 @@ __all__ = [
     "DropBatch", "DropEvent",
     "Emulation", "EmulationPatch", "Endpoint", "GilbertElliott", "InvalidMessage", "Link",
     "LinkStats", "LinkStatsBatch", "LinkStatus", "LinkUpdate", "Materialize", "ReorderEarly",
-    "MaterializationStatus", "Schedule", "ScheduleReport", "ScheduleStep", "Slot", "StatusReply",
-    "StatusRequest", "Trace", "Update", "check_emulation", "decode",
+    "MaterializationStatus", "Schedule", "ScheduleReport", "ScheduleStep", "Slot",
+    "StatusEmulation", "StatusReply", "StatusRequest", "Trace", "TraceSummary", "Update",
+    "status_emulation", "check_emulation", "decode",
     "direction",
     "encode", "format_duration", "format_rate", "format_size", "parse_duration", "parse_rate",
     "parse_size", "validate", "vni_fields",

@@ -21,6 +21,8 @@ to a Link's Emulation, a status carries both) and msgspec must see each type whe
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import typing
 from typing import TYPE_CHECKING, Annotated, Literal
 
@@ -107,6 +109,31 @@ class Trace(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tru
     its own size (docs/contract.md, "Message sizes")."""
     opportunities_ms: Annotated[tuple[TraceMs, ...], msgspec.Meta(min_length=1,
                                                                  max_length=TRACE_MAX)]
+
+    def summary(self) -> "TraceSummary":
+        """How status names this trace (TraceSummary)."""
+        ms = self.opportunities_ms
+        text = "".join(f"{x}\n" for x in ms).encode()
+        period = ms[-1]
+        return TraceSummary(opportunities=len(ms), period_ms=period,
+                            rate=max(1, len(ms) * TRACE_BITS * 1000 // period) if period else 0,
+                            sha256=hashlib.sha256(text).hexdigest())
+
+
+TRACE_BITS = 1500 * 8  # an opportunity carries 1,500 bytes
+
+
+class TraceSummary(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """A trace as status reports it (docs/contract.md, "Status"): not its content, which can
+    be larger than a message (the T-Mobile downlink trace's 194,846 opportunities are 1.2 MB of
+    JSON) and would be sent again with every page, but what identifies it. opportunities: how
+    many; period_ms: the last one's time (the trace repeats after it); rate: its mean in bit/s
+    (1,500 bytes an opportunity); sha256: of the trace as mm-link's text, each opportunity's
+    ms and a newline: what `sha256sum` prints for a trace file in that form."""
+    opportunities: int
+    period_ms: int
+    rate: int
+    sha256: str
 
 
 # The queue's management (docs/semantics.md, "Queue management"), in enum moa_aqm's order.
@@ -387,7 +414,7 @@ def check_values(e: Emulation | EmulationPatch, path: str) -> None:
             raise InvalidMessage(_join(path, name), f"{name} {v} is outside {lo}..{hi} (bytes)")
     if e.slot not in (UNSET, None):
         check_slot(e.slot, _join(path, "slot"))
-    if e.trace not in (UNSET, None):
+    if isinstance(e.trace, Trace):  # a status's TraceSummary names a trace checked when sent
         _check_trace(e.trace.opportunities_ms, _join(path, "trace.opportunities_ms"))
     if e.burst not in (UNSET, None):
         for name in ("p", "r", "loss_good", "loss_bad"):
@@ -743,11 +770,24 @@ class ScheduleReport(_Message, kw_only=True):
 
 # ----------------------------------------------------------------------------- status
 
+class StatusEmulation(Emulation, frozen=True, kw_only=True):
+    """An emulation as status reports it: Emulation's fields, a trace by its summary."""
+    trace: TraceSummary | None = None  # type: ignore[assignment]
+
+
+@functools.lru_cache(maxsize=4096)
+def status_emulation(e: Emulation) -> StatusEmulation:
+    """`e` as status reports it (a status walks every link: each distinct emulation once)."""
+    fields = {name: getattr(e, name) for name in e.__struct_fields__}
+    fields["trace"] = None if e.trace is None else e.trace.summary()
+    return StatusEmulation(**fields)
+
+
 class DirectionStatus(_Message, kw_only=True):
     """The emulation of the frames delivered towards one endpoint (its VNI's egress stage), for
     an endpoint with parameters of its own: the link's with that endpoint's fields over it."""
     vni: int
-    emulation: Emulation
+    emulation: StatusEmulation
 
 
 class LinkStatus(_Message, kw_only=True):
@@ -756,7 +796,7 @@ class LinkStatus(_Message, kw_only=True):
     id: str
     kind: LinkKind
     vnis: list[int]
-    emulation: Emulation
+    emulation: StatusEmulation
     counters: list[LinkStats]
     directions: list[DirectionStatus] = []
 

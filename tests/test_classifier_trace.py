@@ -395,7 +395,7 @@ def test_moa_show_names_a_trace() -> None:
     """`moa show`'s capacity column: a trace link shows its mean rate, not "unlimited"."""
     from moa_bus.cli.show import _emulation
     e = Emulation(trace=Trace(opportunities_ms=(0, 1, 1, 1, 4)))     # 5 x 1,500 B in 4 ms
-    assert _emulation(e)[3].startswith("trace ~15mbps")
+    assert _emulation(schemas.status_emulation(e))[3].startswith("trace ~15mbps")
 
 
 def test_aqm_on_a_trace(clf: Classifier) -> None:  # noqa: F811

@@ -23,7 +23,8 @@ from schemas import (
     Ack, AckError, Dematerialize, DirectionStatus, DropBatch, DropEvent, Emulation, EmulationPatch,
     Endpoint,
     GilbertElliott, InvalidMessage, Link, LinkStats, LinkStatsBatch, LinkStatus, LinkUpdate,
-    Materialize, MaterializationStatus, StatusReply, StatusRequest, Update, decode, encode,
+    Materialize, MaterializationStatus, StatusEmulation, StatusReply, StatusRequest, Trace, Update,
+    decode, encode,
 )
 from schemas import generate, messages, units
 
@@ -214,12 +215,14 @@ ROUND_TRIP = [
     LinkStatsBatch(host="h", time_ns=123, links=[_link_stats()]),
     StatusReply(host="h", fq_memory_bytes=1 << 20, materializations=[MaterializationStatus(
         id="m", generation=2, links=[LinkStatus(id="a-b", kind="p2p", vnis=[100, 101],
-                                                emulation=Emulation(latency=MS),
+                                                emulation=StatusEmulation(latency=MS),
                                                 counters=[_link_stats()]),
                                      LinkStatus(id="acc", kind="p2p", vnis=[1, 2],
-                                                emulation=Emulation(), counters=[],
+                                                emulation=StatusEmulation(), counters=[],
                                                 directions=[DirectionStatus(
-                                                    vni=2, emulation=Emulation(loss=0.5))])])]),
+                                                    vni=2, emulation=schemas.status_emulation(
+                                                        Emulation(loss=0.5, trace=Trace(
+                                                            opportunities_ms=(1, 2)))))])])]),
 ]
 
 

@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     client.add_arguments(parser)
 
 
-def rows(link: schemas.LinkStatus) -> list[tuple[list[int], schemas.Emulation]]:
+def rows(link: schemas.LinkStatus) -> list[tuple[list[int], schemas.StatusEmulation]]:
     """The table's rows of one link: one for the VNIs that follow the link's emulation, then one
     per direction with parameters of its own (docs/semantics.md, "Each direction"), each with
     the VNIs it is the receiving end of."""
@@ -56,7 +56,7 @@ def totals(status: schemas.StatusReply) -> Totals:
     return out
 
 
-def _jitter(e: schemas.Emulation) -> str:
+def _jitter(e: schemas.StatusEmulation) -> str:
     if not e.jitter:
         return "-"
     words = [schemas.format_duration(e.jitter)]
@@ -67,23 +67,22 @@ def _jitter(e: schemas.Emulation) -> str:
     return " ".join(words)
 
 
-def _emulation(e: schemas.Emulation) -> list[str]:
+def _emulation(e: schemas.StatusEmulation) -> list[str]:
     return [schemas.format_duration(e.latency) if e.latency else "-",
             _jitter(e),
             _loss(e),
             _capacity(e) + _charge(e) + _aqm(e) + _slot(e)]
 
 
-def _capacity(e: schemas.Emulation) -> str:
+def _capacity(e: schemas.StatusEmulation) -> str:
     """The rate, or a trace's mean rate over its period (docs/semantics.md, "Trace-driven
     capacity")."""
     if e.trace is None:
         return schemas.format_rate(e.capacity)
-    ms = e.trace.opportunities_ms
-    return f"trace ~{schemas.format_rate(max(1, len(ms) * 12_000_000 // ms[-1]))}"
+    return f"trace ~{schemas.format_rate(e.trace.rate)}"
 
 
-def _loss(e: schemas.Emulation) -> str:
+def _loss(e: schemas.StatusEmulation) -> str:
     out = ((f"{e.loss:g} (corr {e.loss_correlation:g})" if e.loss_correlation else f"{e.loss:g}")
            if e.loss else "-")
     if e.corrupt:
@@ -103,7 +102,7 @@ def _packets(link: schemas.LinkStatus, vnis: list[int], p: int) -> str:
     return f"{p:,} (+{dup:,} dup)" if dup else f"{p:,}"
 
 
-def _charge(e: schemas.Emulation) -> str:
+def _charge(e: schemas.StatusEmulation) -> str:
     """The frames' charge when it is not the default (24 bytes of overhead, no cells)."""
     out = f" oh {e.overhead}" if e.overhead != schemas.messages.DEFAULT_OVERHEAD else ""
     if e.cell_size:
@@ -111,7 +110,7 @@ def _charge(e: schemas.Emulation) -> str:
     return out
 
 
-def _slot(e: schemas.Emulation) -> str:
+def _slot(e: schemas.StatusEmulation) -> str:
     """Slots (docs/semantics.md, "Slots"): the gap (min-max, or a distribution's delay±jitter)
     and the most a slot releases (frames p, bytes B)."""
     sl = e.slot
@@ -126,7 +125,7 @@ def _slot(e: schemas.Emulation) -> str:
     return f" slot {gap}{limits}"
 
 
-def _aqm(e: schemas.Emulation) -> str:
+def _aqm(e: schemas.StatusEmulation) -> str:
     if e.aqm.kind == "taildrop":
         return ""
     return f" {e.aqm.kind}{'+ecn' if e.aqm.ecn else ''}"

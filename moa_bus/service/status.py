@@ -7,7 +7,9 @@ A status reply is a page: as many links as fit, and `next`, the cursor of the pa
 its first page: every materialization as committed then, with its generation and error (the
 desired state changes only in a commit, which awaits nothing, so a snapshot is consistent). A
 snapshot is kept SNAPSHOT_TTL seconds after its last page was asked for, at most SNAPSHOTS_KEPT
-of them. Counters are read when each page is made. A link too large for one page (a LAN of
+of them. Counters are read when each page is made. A trace is reported by its summary
+(schemas.TraceSummary), never its content: a page's size is the links', whatever traces they
+run. A link too large for one page (a LAN of
 thousands of members) is cut by endpoint: its pieces carry the link's id, kind and emulation,
 each with its own VNIs, their counters and the directions of theirs that have parameters of
 their own; a materialization that spans pages comes again with
@@ -68,8 +70,8 @@ def directions(link: schemas.Link, vnis: list[int] | None = None) -> list[schema
     """The effective emulation of each endpoint of `link` (of `vnis`, when given) that has
     parameters of its own (docs/semantics.md, "Each direction")."""
     keep = None if vnis is None else set(vnis)
-    return [schemas.DirectionStatus(vni=ep.vni,
-                                    emulation=schemas.direction(link.emulation, ep.emulation))
+    return [schemas.DirectionStatus(vni=ep.vni, emulation=schemas.status_emulation(
+                                        schemas.direction(link.emulation, ep.emulation)))
             for ep in link.endpoints
             if ep.emulation is not msgspec.UNSET and (keep is None or ep.vni in keep)]
 
@@ -229,7 +231,7 @@ class StatusPages:
             mats.append(schemas.MaterializationStatus(
                 id=mid, generation=h.generation, error=snap.unconverged.get(mid), links=[
                     schemas.LinkStatus(id=link.id, kind=link.kind, vnis=vnis,
-                                       emulation=link.emulation,
+                                       emulation=schemas.status_emulation(link.emulation),
                                        counters=_stats(mid, link.id, vnis, counters),
                                        directions=directions(link))
                     for link in h.links_by_id()
@@ -251,7 +253,8 @@ def _fit(mid: str, link: schemas.Link, offset: int, counters: Counters, room_lef
     def piece(b: int) -> bytes:
         part = vnis[offset:b]
         return schemas.encode(schemas.LinkStatus(
-            id=link.id, kind=link.kind, vnis=part, emulation=link.emulation,
+            id=link.id, kind=link.kind, vnis=part,
+            emulation=schemas.status_emulation(link.emulation),
             counters=_stats(mid, link.id, part, counters), directions=directions(link, part)))
 
     whole = piece(len(vnis))
