@@ -17,6 +17,25 @@ def in_ns(ns: str, cmd: str) -> str:
 
 
 # processes -------------------------------------------------------------------------------------
+def seqprobe_receiver(python: str, ns: str, port: int, *, also: tuple[str, ...] = ()) -> list[str]:
+    """A step's first lines for seqprobe's numbered datagrams (seqprobe.py): its receiver in
+    namespace `ns`, in the background, writing "$STEP.arrivals.json", killed when the step ends
+    whatever it ends in (with the processes whose pids the variables `also` will hold), then a
+    wait for Python's start under TCG. The step sends, then waits with RECEIVED."""
+    pids = ["_rx", *also]
+    return [
+        " ".join(f"{v}=''" for v in pids),
+        f"trap '_rc=$?; kill {' '.join('$' + v for v in pids)} 2>/dev/null || true; exit $_rc' "
+        "EXIT",
+        in_ns(ns, f'{python} -m moa_bus.lab.vm.seqprobe recv --port {port} '
+                  '--out "$STEP.arrivals.json" --idle 3 &'), "_rx=$!",
+        "sleep 4",  # Python's start under TCG
+    ]
+
+
+RECEIVED = "wait $_rx"  # the end of a step begun with seqprobe_receiver: all datagrams are in
+
+
 def start_daemon(ns: str | None, cmd: str, name: str) -> list[str]:
     """Start `cmd` in the background (in namespace `ns`, or the VM's root namespace); its output
     goes to "$OUT/<name>.log", its pid to "$OUT/<name>.pid" (for stop_daemon, e.g. in

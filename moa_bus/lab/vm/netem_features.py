@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from . import shaping
 from .batch import Batch, StepResult
 from .impairment_scenarios import netem_towards
-from .measure import in_ns
+from .measure import RECEIVED, in_ns, seqprobe_receiver
 from .moa_stack import MoaStack, link
 from .scripted_testbed import Testbed
 from .seqprobe import analyse
@@ -45,15 +45,12 @@ class NetemFeatures:
     netem_dst: str      # hv2's address on lan0
 
     def _probe(self, dst: str, count: int, interval_s: float) -> list[str]:
-        py = f"{self.stack.python} -m moa_bus.lab.vm.seqprobe"
+        py = self.stack.python
         return [
-            "_rx=''", "trap '_rc=$?; kill $_rx 2>/dev/null || true; exit $_rc' EXIT",
-            in_ns(self.tb.ns("hv2"), f'{py} recv --port {PORT} --out "$STEP.arrivals.json" '
-                                      "--idle 3 &"), "_rx=$!",
-            "sleep 4",  # Python's start under TCG
-            in_ns(self.tb.ns("hv1"), f"{py} send --dst {dst} --port {PORT} --count {count} "
-                                      f"--interval {interval_s}"),
-            "wait $_rx",
+            *seqprobe_receiver(py, self.tb.ns("hv2"), PORT),
+            in_ns(self.tb.ns("hv1"), f"{py} -m moa_bus.lab.vm.seqprobe send --dst {dst} "
+                                      f"--port {PORT} --count {count} --interval {interval_s}"),
+            RECEIVED,
         ]
 
     def features(self, batch: Batch) -> None:

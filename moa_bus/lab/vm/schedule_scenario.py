@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 
 from .batch import Batch, StepResult
-from .measure import in_ns, wait_until
+from .measure import RECEIVED, in_ns, seqprobe_receiver, wait_until
 from .moa_stack import HOST, MATERIALIZATION, STATE_DIR, MoaStack, link
 from .scripted_testbed import Testbed
 
@@ -65,11 +65,7 @@ class ScheduleScenario:
                  f"--link sd --down {DOWN_S} --up {UP_S} --lead {LEAD_S} "
                  '--out "$STEP.sched.json" --started "$STEP.start"')
         batch.add("schedule-moa", [
-            "_rx='' _p=''",
-            "trap '_rc=$?; kill $_rx $_p 2>/dev/null || true; exit $_rc' EXIT",
-            in_ns(self.tb.ns("hv2"), f"{py} -m moa_bus.lab.vm.seqprobe recv --port {PORT} "
-                                      '--out "$STEP.arrivals.json" --idle 3 &'), "_rx=$!",
-            "sleep 4",  # Python's start under TCG
+            *seqprobe_receiver(py, self.tb.ns("hv2"), PORT, also=("_p",)),
             in_ns(self.stack.box, f"{probe} &"), "_p=$!",
             wait_until('[ -s "$STEP.start" ]', timeout_s=120, poll_s=0.2),
             '[ "$(cat "$STEP.start")" != 0 ]',  # the Update was refused: its ack says why
@@ -80,7 +76,7 @@ class ScheduleScenario:
                                       f"--dst {link('sd').address('hv2')} --port {PORT} "
                                       f"--count {count} --interval {INTERVAL_S} "
                                       '--log "$STEP.sends.json"'),
-            "wait $_p", "wait $_rx",
+            "wait $_p", RECEIVED,
         ])
 
     def analyse(self, ok: dict[str, StepResult]) -> dict:

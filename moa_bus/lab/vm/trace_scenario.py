@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .batch import Batch, StepResult
-from .measure import in_ns
+from .measure import RECEIVED, in_ns, seqprobe_receiver
 from .moa_stack import HOST, MATERIALIZATION, MoaStack, link
 from .scripted_testbed import Testbed
 
@@ -80,19 +80,17 @@ class TraceScenario:
                                     "--id", MATERIALIZATION, check=check)
 
     def trace(self, batch: Batch) -> None:
-        py = f"{self.stack.python} -m moa_bus.lab.vm.seqprobe"
+        py = self.stack.python
         count = int((self.seconds + 2) / INTERVAL_S)
         batch.add("trace-moa", [
             f"zcat {TRACE} >{TRACE_IN_VM}",
-            "_rx=''", "trap '_rc=$?; kill $_rx 2>/dev/null || true; exit $_rc' EXIT",
-            in_ns(self.tb.ns("hv2"), f'{py} recv --port {PORT} --out "$STEP.arrivals.json" '
-                                      "--idle 3 &"), "_rx=$!",
-            "sleep 4",  # Python's start under TCG
+            *seqprobe_receiver(py, self.tb.ns("hv2"), PORT),
             *self._set("trace-on", "trace", TRACE_IN_VM, "queue", "1MB"),
-            in_ns(self.tb.ns("hv1"), f"{py} send --dst {link('tr').address('hv2')} "
+            in_ns(self.tb.ns("hv1"), f"{py} -m moa_bus.lab.vm.seqprobe send "
+                                      f"--dst {link('tr').address('hv2')} "
                                       f"--port {PORT} --count {count} --interval {INTERVAL_S} "
                                       f"--size {PAYLOAD}"),
-            "wait $_rx",
+            RECEIVED,
             # the direction follows the link's emulation again: later status pages stay small
             *self._set("trace-off", "trace", "inherit", "queue", "inherit", "capacity",
                        "inherit", check=False),
