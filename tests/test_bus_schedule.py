@@ -26,7 +26,9 @@ from moa_bus.service.box import desired_dir
 from moa_bus.service.subjects import Subjects
 from tests.fixtures.docs import materialize_doc, with_loss
 from tests.fixtures.nats import nats_client, nats_server  # noqa: F401
-from tests.fixtures.service import box_service, box_settings, kernel_holds
+from tests.fixtures.service import (
+    Collected, box_service, box_settings, collect, kernel_holds, request_json as _req,
+)
 from tests.fixtures.topology import topo  # noqa: F401
 
 pytestmark = [pytest.mark.netns, pytest.mark.nats]
@@ -34,34 +36,8 @@ pytestmark = [pytest.mark.netns, pytest.mark.nats]
 MS = 1_000_000
 
 
-async def _req(nc, subject: str, doc: object) -> dict:
-    data = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
-    return json.loads((await nc.request(subject, data, timeout=30)).data)
-
-
-class Reports:
-    def __init__(self) -> None:
-        self.got: list[dict] = []
-        self.changed = asyncio.Event()
-
-    async def on_msg(self, msg) -> None:
-        self.got.append(json.loads(msg.data))
-        self.changed.set()
-
-    async def wait_for(self, n: int, timeout: float = 30) -> list[dict]:
-        async def go() -> None:
-            while len(self.got) < n:
-                self.changed.clear()
-                await self.changed.wait()
-        await asyncio.wait_for(go(), timeout)
-        return self.got
-
-
-async def _reports(nc, s: Subjects) -> Reports:
-    r = Reports()
-    await nc.subscribe(s.schedule, cb=r.on_msg)
-    await nc.flush()
-    return r
+async def _reports(nc, s: Subjects) -> Collected:
+    return await collect(nc, s.schedule)
 
 
 def _emulations(status: dict) -> dict[str, dict]:

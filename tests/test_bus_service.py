@@ -32,7 +32,9 @@ from tests.fixtures.moabox import (
     vni_keys,
 )
 from tests.fixtures.nats import nats_client, nats_server  # noqa: F401
-from tests.fixtures.service import box_service, box_settings, kernel_holds, plan_of
+from tests.fixtures.service import (
+    Collected, box_service, box_settings, collect, kernel_holds, plan_of, request_json as _req,
+)
 from tests.fixtures.topology import topo  # noqa: F401
 
 pytestmark = [pytest.mark.netns, pytest.mark.nats]
@@ -47,34 +49,8 @@ def _host() -> str:
     return f"bustest{os.getpid()}"
 
 
-async def _req(nc, subject: str, doc: object, timeout: float = 30) -> dict:
-    data = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
-    return json.loads((await nc.request(subject, data, timeout=timeout)).data)
-
-
-class AckCollector:
-    def __init__(self) -> None:
-        self.acks: list[dict] = []
-        self.changed = asyncio.Event()
-
-    async def on_msg(self, msg) -> None:
-        self.acks.append(json.loads(msg.data))
-        self.changed.set()
-
-    async def wait_for(self, n: int, timeout: float = 30) -> list[dict]:
-        async def go() -> None:
-            while len(self.acks) < n:
-                self.changed.clear()
-                await self.changed.wait()
-        await asyncio.wait_for(go(), timeout)
-        return self.acks
-
-
-async def _acks(nc, s: Subjects) -> AckCollector:
-    acks = AckCollector()
-    await nc.subscribe(s.acks, cb=acks.on_msg)
-    await nc.flush()
-    return acks
+async def _acks(nc, s: Subjects) -> Collected:
+    return await collect(nc, s.acks)
 
 
 # -- what the box holds ---------------------------------------------------------------------------
@@ -365,7 +341,7 @@ async def test_jetstream_events_applied_in_order_once_after_restart(
             held = await _status(nc, s)
             assert set(held) == {d["id"] for d in final}
         kernel = await _snapshot(topo)
-        acks.acks.clear()
+        acks.got.clear()
 
         # started again (the desired state loaded from disk): nothing is applied a second time
         async with box_service(nats_server, topo, host):
@@ -374,7 +350,7 @@ async def test_jetstream_events_applied_in_order_once_after_restart(
             while not await js_stream_idle(nc, s.stream, s.durable) and loop.time() < deadline:
                 await asyncio.sleep(0.1)
             await asyncio.sleep(1.5)  # a redelivered event would be applied and acked by now
-            assert acks.acks == []
+            assert acks.got == []
             assert {m["id"]: m["generation"] for m in (await _status(nc, s)).values()} == {
                 m["id"]: m["generation"] for m in held.values()}
             # A start loads the uplink's classifier again and attaches it anew (the same
@@ -407,7 +383,7 @@ async def test_redelivery_after_crash_does_not_apply_twice(
             await armed.wait_ready(nc, host)
             await nc.jetstream().publish(s.event("materialize"), json.dumps(doc).encode())
             assert await asyncio.to_thread(armed.wait_killed) == -9, armed.log()
-            assert acks.acks == []  # died before the ack
+            assert acks.got == []  # died before the ack
             # it died after the change: the kernel holds r1 already
             assert set((await asyncio.to_thread(moa_devices, topo.box)).values()) == {
                 "moa:r1:l0", "moa:r1:l1"}
@@ -417,7 +393,7 @@ async def test_redelivery_after_crash_does_not_apply_twice(
             (ack,) = await acks.wait_for(1, timeout=60)
             # long enough for a second delivery (ack_wait) to show if the ack had not stuck
             await asyncio.sleep(2 * ACK_WAIT)
-            assert len(acks.acks) == 1, acks.acks
+            assert len(acks.got) == 1, acks.got
             assert (ack["id"], ack["op"], ack["ok"], ack["generation"]) == (
                 "r1", "materialize", True, 1), (ack, restarted.log())
             assert await js_stream_idle(nc, s.stream, s.durable)
@@ -459,17 +435,17 @@ async def test_redelivered_dematerialize_of_gone_id_acks_ok(
             armed.start()
             await armed.wait_ready(nc, host)
             await kernel_holds(nc, host, topo, doc)  # the restart kept it
-            acks.acks.clear()
+            acks.got.clear()
             await nc.jetstream().publish(s.event("dematerialize"), b'{"id": "d1"}')
             assert await asyncio.to_thread(armed.wait_killed) == -9, armed.log()
-            assert acks.acks == []
+            assert acks.got == []
             assert await asyncio.to_thread(moa_devices, topo.box) == {}  # removed, then died
 
             restarted = ServeProcess(cmd, tmp_path / "restarted.log").start()
             await restarted.wait_ready(nc, host)
             (ack,) = await acks.wait_for(1, timeout=60)
             await asyncio.sleep(2 * ACK_WAIT)
-            assert len(acks.acks) == 1, acks.acks
+            assert len(acks.got) == 1, acks.got
             assert (ack["id"], ack["op"], ack["ok"]) == ("d1", "dematerialize", True), (
                 ack, restarted.log())
             # the generation a never-killed service would have acked: the removal's

@@ -21,7 +21,7 @@ from moa_bus.service.embedded_nats import NatsServer
 from moa_bus.service.subjects import Subjects
 from tests.fixtures.moabox import ServeProcess, moa_devices, serve_cmd, vni_keys
 from tests.fixtures.nats import nats_client, nats_server  # noqa: F401
-from tests.fixtures.service import box_service
+from tests.fixtures.service import box_service, request_json as _req
 from tests.fixtures.topology import topo  # noqa: F401
 from tests.test_flow_netns import BOX6, _add_endpoint, hv_addr6
 
@@ -36,10 +36,6 @@ def p2p_doc(mid: str, a: int, b: int, loss: float = 0.0, link: str = "l0") -> di
         {"id": link, "endpoints": [{"vni": a, "remote": Testbed.hv_addr(1)},
                                    {"vni": b, "remote": Testbed.hv_addr(2)}],
          "emulation": {"loss": loss}}]}
-
-
-async def _req(nc, subject: str, doc: dict, timeout: float = 30) -> dict:
-    return json.loads((await nc.request(subject, json.dumps(doc).encode(), timeout=timeout)).data)
 
 
 def _entries(svc) -> dict:
