@@ -11,6 +11,10 @@ here): a netlink worker thread in the box's network namespace, the classifier (p
 attached to the uplink) and the pair program (pinned maps, attached to VTEPs). Pinned maps and attached programs outlive the service: `close()` leaves them, so traffic
 stays shaped while the service restarts. `teardown()` removes everything moa made (tests,
 uninstall).
+
+It is one module past 450 lines because it is one class, the contract's one implementation:
+each method is a short delegation to the planner, flow_mode, next_hops, limits or the
+classifier, run on the netlink worker; splitting it would split that class.
 """
 from __future__ import annotations
 
@@ -32,12 +36,13 @@ from datapath import flow_mode, limits, remotes, scheduled
 from datapath.flow import FlowTable
 from datapath.netlink.model import VXLAN_OVERHEAD, FqSizing, FqUnavailable, owner_key
 from datapath.held import HeldCheck
+from datapath.next_hops import NextHops
 from datapath.netlink.worker import NetlinkWorker
 from datapath.pair import PairMode, PairProgram
 from datapath.plan.operation import Env, Operation
 from datapath.plan.params import write_params
-from datapath.plan.planner import (Current, PlanConfig, PlanConflict, Stages, link_stages, plan,
-                                   stage_groups)
+from datapath.plan.planner import (Current, FlowContext, PlanConfig, PlanConflict, Stages,
+                                   link_stages, plan, stage_groups)
 from datapath.plan.runner import PlanError, run_plan
 from datapath.plan.uplink import EnsureUplink, ReleaseUplink, ResizeFq
 from datapath.step_writer import StepWriter
@@ -87,6 +92,7 @@ class KernelDatapath:
         self.uplink_index = worker.run(worker.nl.require_ifindex, config.uplink)
         self.uplink_mtu = worker.run(worker.nl.mtu, config.uplink)
         self.flows: FlowTable | None = env.flows
+        self.next_hops = NextHops()  # flow mode: the MAC each remote's entries carry
         self.plan_config = PlanConfig(uplink=config.uplink, local=config.local,
                                       vtep_mtu=config.vtep_mtu or self.uplink_mtu - VXLAN_OVERHEAD,
                                       port_hold=None if loss_only else config.fq,
@@ -299,9 +305,9 @@ class KernelDatapath:
             [ResizeFq(self.config.uplink, last, first or self.uplink_fq)] if last else [])
         return ops_first, ops_last, after
 
-    def _plan(self, m: schemas.Materialize,
-              figures: limits.Figures | None = None) -> list[Operation]:
-        """The plan for m, between the uplink's sch_fq growing and shrinking for it."""
+    def _plan(self, m: schemas.Materialize, figures: limits.Figures | None = None,
+              ) -> tuple[list[Operation], FlowContext | None]:
+        """The plan for m, between sch_fq growing and shrinking for it; its flow context."""
         if figures is None:
             figures = self._figures(m)
         first, last, _ = self._resize_ops(m.id, figures)
@@ -309,12 +315,14 @@ class KernelDatapath:
                                       self.config.uplink, self.uplink_index)
         ops = plan(m, self._read_current(m), self.plan_config, self._encode, self.uplink_index,
                    flow)
-        return first + ops + last
+        return first + ops + last, flow
 
     def _apply_plan(self, m: schemas.Materialize, figures: limits.Figures) -> list[Operation]:
-        ops = self._plan(m, figures)
+        ops, flow = self._plan(m, figures)
         run_plan(ops, self.env, label=m.id)
         self.uplink_fq = self._resize_ops(m.id, figures)[2]
+        if flow is not None:
+            self.next_hops.learned(flow.hops)
         return ops
 
     def _apply_params_sized(self, m: schemas.Materialize, figures: limits.Figures) -> int | None:
@@ -357,8 +365,14 @@ class KernelDatapath:
     async def plan(self, m: schemas.Materialize) -> list[str]:
         figures = self._admit(m)
         await self.worker.call(self._refuse_unrouted, m)
-        ops = await self.worker.call(self._plan, m, figures)
+        ops, _ = await self.worker.call(self._plan, m, figures)
         return [op.describe() for op in ops]
+
+    async def follow_next_hops(self) -> list[str]:
+        if self.flows is None or not self.next_hops.macs:
+            return []
+        return await self.worker.call(self.next_hops.follow, self.worker.nl.ipr, self.flows,
+                                      self.uplink_index)
 
     async def holds(self, m: schemas.Materialize) -> bool:
         return await self._held.holds(m)

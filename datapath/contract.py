@@ -81,6 +81,12 @@ class Datapath(Protocol):
         VNIs' parameters in the classifier's map and each of its VTEPs (by name), read now."""
         ...
 
+    async def follow_next_hops(self) -> list[str]:
+        """Flow mode: rewrite the entries toward each remote whose next hop's MAC moved in the
+        box's neighbour table since they were written (datapath/next_hops.py); what was
+        rewritten, one line a remote. Nothing in VTEP mode (a VTEP asks the table itself)."""
+        ...
+
     async def reconcile(self, desired: Sequence[schemas.Materialize]) -> ReconcileReport:
         """Converge the whole box to `desired`: materializations not in it are removed, every
         one in it is repaired, parameters and pair entries nobody owns are purged."""

@@ -120,6 +120,38 @@ async def test_flow_link_through_the_service(nats_server: NatsServer, topo: Test
         assert await _ping(topo, a, b, 2, 1) == (2, 0)
 
 
+async def test_entries_follow_a_hypervisor_whose_mac_changed(nats_server: NatsServer,
+                                                               topo: Testbed) -> None:
+    """A hypervisor's NIC changes (its underlay MAC): the box's neighbour table learns the new
+    MAC from its gratuitous ARP, and the service rewrites the flow entries toward it within a
+    check or two (datapath/next_hops.py); the link carries traffic again without a new
+    Materialize. Before the rewrite the old MAC's frames are dropped by hv2's device."""
+    s = Subjects(HOST)
+    a = await asyncio.to_thread(topo.add_endpoint, 1, 44, "192.168.44.1/24")
+    b = await asyncio.to_thread(topo.add_endpoint, 2, 45, "192.168.44.2/24")
+    async with box_service(nats_server, topo, HOST, settings=FLOW,
+                           next_hop_interval=0.5) as svc, nats_client(nats_server.url) as nc:
+        ack = await _req(nc, s.op("materialize"), p2p_doc("nh", 44, 45))
+        assert ack["ok"], ack
+        assert await _ping(topo, a, b) == (3, 3)
+        old = _hv_mac(topo, 2)
+        assert _entries(svc)[44].peer_mac == old
+        new = "02:00:00:00:45:45"
+        await asyncio.to_thread(ns_exec, topo.hv(2), "ip", "link", "set", "eth0", "address", new)
+        assert _hv_mac(topo, 2) == new
+        for _ in range(60):  # the gratuitous ARP, then a check of the service
+            if _entries(svc)[44].peer_mac == new:
+                break
+            await asyncio.sleep(0.1)
+        e = _entries(svc)
+        assert (e[44].peer_mac, e[45].peer_mac) == (new, _hv_mac(topo, 1)), e
+        assert svc.datapath.next_hops.macs[Testbed.hv_addr(2)] == new
+        assert await _ping(topo, a, b) == (3, 3)
+        assert await svc.datapath.follow_next_hops() == []  # nothing moved since
+        d = await _req(nc, s.op("dematerialize"), {"id": "nh"})
+        assert d["ok"], d
+
+
 async def test_mixed_box_flow_p2p_beside_a_vtep_lan(nats_server: NatsServer,
                                                      topo: Testbed) -> None:
     """One materialization: a P2P link (flow entries) and a LAN of three (VTEPs on a bridge)."""

@@ -40,27 +40,36 @@ def route(ipr: Any, address: str) -> tuple[int | None, str]:
     return routes[0].get("RTA_OIF"), routes[0].get("RTA_GATEWAY") or address
 
 
+def family(address: str) -> int:
+    """The socket family of `address`."""
+    return socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+
+
+def canonical(address: str) -> str:
+    return str(ipaddress.ip_address(address))
+
+
+def neighbours(ipr: Any, ifindex: int, fam: int) -> dict[str, str]:
+    """address -> link-layer address of every entry of the neighbour table on `ifindex` in
+    family `fam` that has one (reachable, stale, delay, probe, permanent, noarp)."""
+    out = {}
+    for msg in ipr.get_neighbours(family=fam, ifindex=ifindex):
+        dst, mac = msg.get("NDA_DST"), msg.get("NDA_LLADDR")
+        if dst is None or not mac or msg["state"] & (NUD_INCOMPLETE | NUD_FAILED):
+            continue
+        out[canonical(dst)] = str(mac).lower()
+    return out
+
+
 def neighbour(ipr: Any, ifindex: int, address: str) -> str | None:
     """The link-layer address the neighbour table holds for `address` on `ifindex`, or None."""
-    family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
-    want = ipaddress.ip_address(address)
-    for msg in ipr.get_neighbours(family=family, ifindex=ifindex):
-        dst = msg.get("NDA_DST")
-        if dst is None or ipaddress.ip_address(dst) != want:
-            continue
-        if msg["state"] & (NUD_INCOMPLETE | NUD_FAILED):
-            continue
-        mac = msg.get("NDA_LLADDR")
-        if mac:
-            return str(mac).lower()
-    return None
+    return neighbours(ipr, ifindex, family(address)).get(canonical(address))
 
 
 def solicit(address: str) -> None:
     """Make the kernel resolve the next hop toward `address` (module doc)."""
-    family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
     try:
-        with socket.socket(family, socket.SOCK_DGRAM) as s:
+        with socket.socket(family(address), socket.SOCK_DGRAM) as s:
             s.setblocking(False)
             s.sendto(b"", (address, DISCARD_PORT))
     except OSError:

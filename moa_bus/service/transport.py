@@ -112,6 +112,7 @@ class ServiceConfig:
     max_body_bytes: int = MAX_BODY_BYTES  # a request body or the document it names
     busy_retry: float = BUSY_RETRY_S  # s before a JetStream event refused busy comes again
     metrics: str | None = None  # ADDR:PORT of the Prometheus endpoint (moa_bus/service/metrics.py)
+    next_hop_interval: float = 2.0  # s between checks of flow mode's next hops (datapath/next_hops.py)
 
 
 class MoaService:
@@ -140,6 +141,7 @@ class MoaService:
         self._ops_sub: Subscription | None = None
         self._responders: set[asyncio.Task[None]] = set()
         self._pull_task: asyncio.Task[None] | None = None
+        self._hops_task: asyncio.Task[None] | None = None
         self._fetching = False
         self._stopping = asyncio.Event()
         self._last_seq = 0  # highest stream sequence applied by this process
@@ -174,6 +176,7 @@ class MoaService:
             self._docs = await self._ensure_docs()
             self._pull_task = asyncio.create_task(self._pull_loop(psub), name="moa-jetstream")
         self.telemetry.start()
+        self._hops_task = asyncio.create_task(self._follow_next_hops(), name="moa-next-hops")
         await self.nc.flush()
 
     async def stop(self) -> None:
@@ -184,6 +187,9 @@ class MoaService:
             await self._ops_sub.unsubscribe()
             self._ops_sub = None
         await self.micro.stop()
+        if self._hops_task is not None:
+            self._hops_task.cancel()
+            await asyncio.gather(self._hops_task, return_exceptions=True)
         if self._pull_task is not None:
             if self._fetching:  # idle in a fetch: nothing in hand, stop waiting
                 self._pull_task.cancel()
@@ -199,6 +205,16 @@ class MoaService:
             await self.nc.flush(timeout=2)
         except Exception as e:
             log.warning("flush at stop: %s", e)
+
+    async def _follow_next_hops(self) -> None:
+        """Flow mode's entries follow the box's neighbour table (datapath/next_hops.py)."""
+        while True:
+            await asyncio.sleep(self.config.next_hop_interval)
+            try:
+                for line in await self.datapath.follow_next_hops():
+                    log.warning("%s", line)
+            except Exception as e:  # noqa: BLE001 - the next check tries again
+                log.warning("following flow mode's next hops: %s", e)
 
     # ------------------------------------------------------------------ request/reply
 
