@@ -139,6 +139,18 @@ def _bpf_map_bytes(pin_root: str) -> int:
 
 # ---------------------------------------------------------------------------- the measurements
 
+
+async def stop_serve(serve: subprocess.Popen[bytes], timeout: float) -> None:
+    """Stop a `moa serve` of the bench as its unit would (SIGTERM), killed after `timeout` s."""
+    if serve.poll() is not None:
+        return
+    serve.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.to_thread(serve.wait, timeout)
+    except subprocess.TimeoutExpired:
+        serve.kill()
+        serve.wait()
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -218,13 +230,8 @@ class Bench:
         finally:
             if nc is not None:
                 await nc.close()
-            if serve is not None and serve.poll() is None:
-                serve.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.to_thread(serve.wait, 30)
-                except subprocess.TimeoutExpired:
-                    serve.kill()
-                    serve.wait()
+            if serve is not None:
+                await stop_serve(serve, 30)
             await asyncio.to_thread(server.stop)
             self.out["notes"] += [f"cleanup: {p}" for p in bed.cleanup()]
             shutil.rmtree(tmp, ignore_errors=True)

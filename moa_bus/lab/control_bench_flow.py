@@ -25,8 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
-import subprocess
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -91,29 +90,29 @@ def _moa_devices(bed: Testbed) -> int:
     return sum(1 for d in links if d.get("ifalias", "").startswith("moa:"))
 
 
-async def _timed_materialize(box: engine.MoaClient, doc: dict) -> float:
-    data = json.dumps(doc).encode()
+async def _timed(what: str, call) -> float:
+    """Seconds until the ack of `call` (an engine client call); RuntimeError when refused."""
     t0 = time.perf_counter()
-    ack = await box.materialize(data, timeout=3600)
+    ack = await call
     took = time.perf_counter() - t0
     if not ack.ok:
-        raise RuntimeError(f"the {len(doc['links'])}-link flow-mode materialize was refused: {ack}")
+        raise RuntimeError(f"{what} was refused: {ack}")
     return took
 
 
-async def _timed_dematerialize(box: engine.MoaClient, mid: str) -> float:
-    t0 = time.perf_counter()
-    ack = await box.dematerialize(mid, timeout=3600)
-    took = time.perf_counter() - t0
-    if not ack.ok:
-        raise RuntimeError(f"the flow-mode dematerialize of {mid} was refused: {ack}")
-    return took
+def _materialize(box: engine.MoaClient, doc: dict):
+    return _timed(f"the {len(doc['links'])}-link flow-mode materialize",
+                  box.materialize(json.dumps(doc).encode(), timeout=3600))
+
+
+def _dematerialize(box: engine.MoaClient, mid: str):
+    return _timed(f"the flow-mode dematerialize of {mid}", box.dematerialize(mid, timeout=3600))
 
 
 async def flow(bench, nc, _bed: Testbed) -> None:
     """The step (module doc): its own testbed and service (not the VTEP-mode steps' `_bed`),
     both gone when it returns; sizes from --flow-links."""
-    from moa_bus.lab.control_bench import _bpf_map_bytes, _rss_mib
+    from moa_bus.lab.control_bench import _bpf_map_bytes, _rss_mib, stop_serve
 
     links_small, links_big = getattr(bench.args, "flow_links", (FLOW_SMALL, FLOW_BIG))
     out = bench.out
@@ -132,17 +131,17 @@ async def flow(bench, nc, _bed: Testbed) -> None:
         box = engine.MoaClient(nc, host)
 
         small = {"id": "flow-small", "links": flow_links("s", links_small, FLOW_FIRST_VNI, bed)}
-        took = await _timed_materialize(box, small)
+        took = await _materialize(box, small)
         out["flow_materialize_10k_s"] = round(took, 3)
         out["flow_materialize_10k_target_s"] = TARGET_10K_S
         out["flow_materialize_10k_target_met"] = took <= TARGET_10K_S
         held = await asyncio.to_thread(_flow_entries, bed.pin_root)
         if held != 2 * links_small:
             raise RuntimeError(f"moa_flow holds {held} entries, not {2 * links_small}")
-        out["flow_dematerialize_10k_s"] = round(await _timed_dematerialize(box, "flow-small"), 3)
+        out["flow_dematerialize_10k_s"] = round(await _dematerialize(box, "flow-small"), 3)
 
         big = {"id": "flow-big", "links": flow_links("b", links_big, FLOW_FIRST_VNI, bed)}
-        out["flow_materialize_100k_s"] = round(await _timed_materialize(box, big), 3)
+        out["flow_materialize_100k_s"] = round(await _materialize(box, big), 3)
         out["flow_entries"] = await asyncio.to_thread(_flow_entries, bed.pin_root)
         out["flow_moa_devices"] = await asyncio.to_thread(_moa_devices, bed)
         if out["flow_entries"] != 2 * links_big or out["flow_moa_devices"] != 0:
@@ -166,19 +165,12 @@ async def flow(bench, nc, _bed: Testbed) -> None:
         out["flow_max_payload"] = nc.max_payload
         out["flow_rss_after_status_mib"] = _rss_mib(serve.pid)
 
-        out["flow_dematerialize_100k_s"] = round(await _timed_dematerialize(box, "flow-big"), 3)
+        out["flow_dematerialize_100k_s"] = round(await _dematerialize(box, "flow-big"), 3)
         left = await asyncio.to_thread(_flow_entries, bed.pin_root)
         if left:
             raise RuntimeError(f"after the dematerialize moa_flow still holds {left} entries")
     finally:
-        if serve is not None and serve.poll() is None:
-            serve.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(serve.wait, 60)
-            except subprocess.TimeoutExpired:
-                serve.kill()
-                serve.wait()
+        if serve is not None:
+            await stop_serve(serve, 60)
         out["notes"] += [f"cleanup (flow): {p}" for p in bed.cleanup()]
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
