@@ -40,10 +40,12 @@ def reference_run(vm_image: runner.VmImage, tmp_path_factory) -> ReferenceRun:
 @pytest.fixture(scope="session")
 def flow_run(vm_image: runner.VmImage, tmp_path_factory) -> ReferenceRun:
     """A second boot with `moa serve --p2p-mode flow`: the point-to-point scenarios only
-    (e2e.P2P_SCENARIOS), judged by the same tests as the first (tests/vm/test_vm_flow_mode.py)."""
+    (e2e.P2P_SCENARIOS), judged by the same tests as the first, and throughput at scale with
+    moa_flow full (tests/vm/test_vm_flow_mode.py; netem's side of it runs in the first boot
+    only, moa_bus/lab/vm/scale_scenarios.py)."""
     work = tmp_path_factory.mktemp("vm-flow")
     results, vm = e2e.run_reference(work, mcfg=MoaConfig(p2p_mode="flow"),
-                                    only=e2e.P2P_SCENARIOS)
+                                    only=(*e2e.P2P_SCENARIOS, "scale"), timeout_s=2700)
     report.write_all(results, work / "results")
     print(f"VM flow-mode run in {work}: {json.dumps(results.get('vm'))}")
     return ReferenceRun(results, vm, work)

@@ -2,17 +2,22 @@
 tolerances as in VTEP mode: a second boot (conftest.flow_run: `moa serve --p2p-mode flow`,
 e2e.P2P_SCENARIOS) judged by the very test functions that judge the first boot. The LAN
 scenarios, the P2P-against-LAN comparison and the held member's rollback have no
-point-to-point link of their own and are not run there.
+point-to-point link of their own and are not run there. Throughput at scale runs there too
+(moa_bus/lab/vm/scale_scenarios.py): `tput` is a flow-mode link, and the fillers fill moa_flow,
+the hash map the uplink's ingress looks every frame up in, as well as moa_links; judged as in
+VTEP mode (tests/vm/test_vm_scale.py: the rounds' mean + 2 SE >= 0.95).
 """
 from __future__ import annotations
 
 import functools
+import json
 
 import pytest
 
 from moa_bus.lab.vm import moa_stack
 from tests.vm import test_vm_impairments as imp
 from tests.vm import test_vm_moa as moa
+from tests.vm.test_vm_scale import _upper
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(3600)]
 
@@ -53,3 +58,22 @@ def test_the_box_ran_in_flow_mode_with_no_vtep_for_a_p2p_link(flow_run) -> None:
 @pytest.mark.parametrize("name", list(SAME_TESTS))
 def test_as_in_vtep_mode(flow_run, name: str) -> None:
     SAME_TESTS[name](flow_run)
+
+
+def test_a_full_flow_map_costs_moa_no_throughput(flow_run) -> None:
+    """One TCP flow over the flow-mode link `tput` with moa_links and moa_flow as materialized
+    and with both filled to 65,534 entries (moa_bus/lab/vm/fill_map.py --flow), in rounds of
+    (1, 65,534) back to back: the rounds' ratios' mean + 2 SE must reach 0.95."""
+    sc = flow_run.results.get("scale", {})
+    vm = flow_run.results["vm"]
+    assert not sc.get("errors"), (sc, vm, flow_run.folder)
+    assert sc.get("p2p_mode") == "flow", sc
+    fills = sc.get("moa_fill_by_round") or []
+    assert len(fills) == sc["runs"] >= 4, (sc, vm)
+    for fill in fills:  # both maps were full in every round
+        assert fill and fill["count"] == fill["flow_count"] == sc["links"] == 65_534, (sc, vm)
+    assert json.loads(sc["moa_fill"]) == fills[0]
+    ratios = sc["flow_tput_ratio_65534_by_round"]
+    assert len(ratios) == sc["runs"], (sc, vm)
+    assert _upper(ratios) >= 0.95, (sc, vm)
+    assert sc["moa_1_cpu_s_per_gb"] and sc["moa_65534_cpu_s_per_gb"], (sc, vm)

@@ -7,6 +7,8 @@ test judges the rounds' ratios statistically: their mean plus two standard error
 0.95, i.e. the rounds do not show a drop below 0.95 (about 97.5 % one-sided). That the test can
 fail is shown by the comparison in the same boot: netem + HTB with 4,095 u32 filters, whose
 rounds (0.56-0.65) fail the same check. CPU time per GB of each case is reported, not judged.
+This boot is VTEP mode's (vtep_tput_ratio_65534); flow mode's figure, with moa_flow full as
+well, comes from the flow-mode boot (tests/vm/test_vm_flow_mode.py, the same check).
 """
 from __future__ import annotations
 

@@ -175,9 +175,11 @@ def _vm_info(version: str, run: runner.VmRun, host_s: float) -> dict:
     }
 
 
-def reanalyse(workdir: Path, cfg: E2eConfig | None = None) -> dict:
-    """Results of an earlier run kept with --keep, without booting again."""
-    sc, ms = _scenarios(workdir, cfg or E2eConfig(), MoaConfig())
+def reanalyse(workdir: Path, cfg: E2eConfig | None = None,
+              mcfg: MoaConfig | None = None) -> dict:
+    """Results of an earlier run kept with --keep, without booting again (mcfg: the boot's
+    mode, as it was given: --p2p-mode)."""
+    sc, ms = _scenarios(workdir, cfg or E2eConfig(), mcfg or MoaConfig())
     results = analyse(sc, ms, workdir)
     results["vm"] = json.loads((workdir / "vm.json").read_text())
     return results
@@ -200,7 +202,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.reanalyse:
-        results = reanalyse(args.reanalyse)
+        results = reanalyse(args.reanalyse, mcfg=MoaConfig(p2p_mode=args.p2p_mode))
         files = report.write_all(results, args.results)
         print("\n".join(f"{k}: {f}" for k, f in files.items()))
         return 0 if results["vm"]["rc"] == 0 else 1

@@ -7,8 +7,18 @@ limit). Runs with the box as materialized (a few dozen VNIs in the classifier's 
 the map filled up to 65,534 VNIs by moa_bus/lab/vm/fill_map.py (traffic-less links, each with
 parameters of its own, written into the service's pinned maps: no VTEPs, since 32,767 links'
 worth of devices would take the VM hours to build; what is measured is the classifier's lookup
-in a full map, which is where a per-link cost would show), then the fillers removed. This is
-VTEP mode (vtep_tput_ratio_65534); flow mode's figure waits for flow mode in the service.
+in a full map, which is where a per-link cost would show), then the fillers removed. The
+figure is the mode's the box serves in (MoaStack.p2p_mode):
+
+  VTEP mode (vtep_tput_ratio_65534): `tput` has a VTEP per endpoint in the box; the fillers
+    are moa_links entries.
+  flow mode (flow_tput_ratio_65534, `moa serve --p2p-mode flow`): `tput` is a flow-mode link,
+    no VTEP: the uplink's ingress looks every frame's VNI up in the hash map moa_flow and
+    redirects it to the egress, shaped there under the peer's VNI (datapath/bpf/flow.h).
+    fill_map --flow fills moa_flow as well, up to 65,534 entries (the fillers as flow-mode
+    links toward addresses no packet carries), so that lookup meets a full hash map too.
+    netem + HTB is not run in this boot: its path does not depend on moa's mode, and the
+    VTEP-mode boot measures it (netem_note says so).
 
 netem + HTB. On the plain bridge lan0: HTB at the bond's root, the flow's class at 10 Gbit/s
 with a netem leaf (delay 1 ms), a u32 filter per link on the outer destination address. With 1
@@ -27,6 +37,7 @@ super-packet, which the report says.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from . import measure, shaping
@@ -88,6 +99,11 @@ class ScaleScenarios:
     netem_dst: str                  # hv2's address on lan0
     cfg: ScaleConfig = ScaleConfig()
 
+    @property
+    def flow(self) -> bool:
+        """The box serves point-to-point links in flow mode (`tput` has no VTEP)."""
+        return self.stack.p2p_mode == "flow"
+
     def _run(self, batch: Batch, name: str, dst: str, r: int) -> None:
         batch.add(f"scale-{name}-r{r}", [
             'head -1 /proc/stat >"$STEP.cpu0"',
@@ -103,12 +119,15 @@ class ScaleScenarios:
         tput = link("tput").address("hv2")
         fill = (f"{py} -m moa_bus.lab.vm.fill_map --pin-root {PIN_ROOT} "
                 f"--first-vni {FILLER_FIRST_VNI}")
+        flow = " --flow" if self.flow else ""  # moa_flow filled as well (the module's doc)
         batch.add("scale-moa-clear", shaping.clear(self.tb))
         for r in range(c.runs):
             self._run(batch, "moa-1", tput, r)
-            batch.add(f"scale-moa-fill-r{r}", [f"{fill} --total {c.links}"])
+            batch.add(f"scale-moa-fill-r{r}", [f"{fill} --total {c.links}{flow}"])
             self._run(batch, f"moa-{c.links}", tput, r)
             batch.add(f"scale-moa-unfill-r{r}", [f"{fill} --remove"])
+        if self.flow:  # netem's path is the same in either mode: the VTEP-mode boot runs it
+            return
         for r in range(c.runs):
             batch.add(f"scale-netem-setup-1-r{r}",
                       netem_htb(self.tb, self.netem_vni, 1, "/tmp/htb1.tc"))
@@ -121,15 +140,27 @@ class ScaleScenarios:
     # -- results ----------------------------------------------------------------------------
     def analyse(self, ok: dict[str, StepResult]) -> dict:
         c = self.cfg
-        out: dict = {"links": c.links, "runs": c.runs, "seconds": c.seconds,
-                     "method": "one TCP flow hv1 -> hv2, offloads on; moa: link tput (10 Gbit/s, "
-                               "1 ms), map filled with traffic-less VNIs (no devices); netem: "
-                               "HTB + netem (1 ms) + u32 per link, the flow's filter in the "
-                               "middle; rounds of (1, many) back to back, ratio = median of the "
-                               "rounds' ratios; CPU = the VM's busy time per GB received",
-                     "flow_tput_ratio_65534": None,
-                     "flow_note": "flow mode is not in the service yet: no figure"}
-        for name in ("moa-1", f"moa-{c.links}", "netem-1", f"netem-{c.netem_filters}"):
+        method = ("one TCP flow hv1 -> hv2, offloads on; moa: link tput (10 Gbit/s, 1 ms), "
+                  "map filled with traffic-less VNIs (no devices); netem: HTB + netem (1 ms) + "
+                  "u32 per link, the flow's filter in the middle; rounds of (1, many) back to "
+                  "back, ratio = median of the rounds' ratios; CPU = the VM's busy time per GB "
+                  "received")
+        if self.flow:
+            method = ("one TCP flow hv1 -> hv2, offloads on; moa in flow mode: link tput "
+                       "(10 Gbit/s, 1 ms, no VTEP), moa_links and moa_flow filled with "
+                       "traffic-less VNIs (flow entries toward addresses no packet carries); "
+                       "rounds of (1, many) back to back, ratio = median of the rounds' ratios; "
+                       "CPU = the VM's busy time per GB received")
+        out: dict = {"links": c.links, "runs": c.runs, "seconds": c.seconds, "method": method,
+                     "p2p_mode": self.stack.p2p_mode}
+        mine, other = (("flow", "vtep") if self.flow else ("vtep", "flow"))
+        out[f"{other}_tput_ratio_65534"] = None
+        out[f"{other}_note"] = (f"measured in a boot with --p2p-mode {other}, not this one "
+                                f"(--p2p-mode {mine})")
+        names = ["moa-1", f"moa-{c.links}"]
+        if not self.flow:
+            names += ["netem-1", f"netem-{c.netem_filters}"]
+        for name in names:
             gbps, cpu, by_round = [], [], []
             for r in range(c.runs):
                 s = ok.get(f"scale-{name}-r{r}")
@@ -152,20 +183,35 @@ class ScaleScenarios:
             out[f"{key}_gbps"] = measure.median(gbps) if gbps else None
             cpus = [x for x in cpu if x is not None]
             out[f"{key}_cpu_s_per_gb"] = measure.median(cpus) if cpus else None
-        for side, n in (("moa", c.links), ("netem", c.netem_filters)):
+        sides = [("moa", c.links)] + ([] if self.flow else [("netem", c.netem_filters)])
+        for side, n in sides:
             ones, manys = out[f"{side}_1_gbps_by_round"], out[f"{side}_{n}_gbps_by_round"]
             pairs = [m / o for o, m in zip(ones, manys) if o and m is not None]
-            ratio = "vtep_tput_ratio_65534" if side == "moa" else f"netem_tput_ratio_{n}"
+            ratio = f"{mine}_tput_ratio_65534" if side == "moa" else f"netem_tput_ratio_{n}"
             out[ratio] = measure.median(pairs) if pairs else None
             out[ratio + "_by_round"] = pairs
         out["netem_tput_ratio_65534"] = None
-        out["netem_note"] = (f"netem + HTB measured with {c.netem_filters:,} filters, not 65,534: "
-                             "u32 numbers a list's filters in 12 bits, and making one HTB class "
-                             "per link walks every class per new one (65,534 did not finish in "
-                             "10 minutes on the host, docs/benchmarks.md)")
-        fill = ok.get("scale-moa-fill-r0")
-        if fill is not None:
-            out["moa_fill"] = fill.out.strip().splitlines()[-1] if fill.out.strip() else None
+        if self.flow:
+            out[f"netem_tput_ratio_{c.netem_filters}"] = None
+            out["netem_note"] = ("netem + HTB not run in a flow-mode boot: its path does not "
+                                 "depend on moa's mode; the VTEP-mode boot measures it")
+        else:
+            out["netem_note"] = (f"netem + HTB measured with {c.netem_filters:,} filters, not "
+                                 "65,534: u32 numbers a list's filters in 12 bits, and making "
+                                 "one HTB class per link walks every class per new one (65,534 "
+                                 "did not finish in 10 minutes on the host, docs/benchmarks.md)")
+        fills = []  # fill_map's JSON line of each round (counts, seconds)
+        for r in range(c.runs):
+            fill = ok.get(f"scale-moa-fill-r{r}")
+            line = fill.out.strip().splitlines()[-1] if fill is not None and fill.out.strip() \
+                else None
+            if r == 0 and fill is not None:
+                out["moa_fill"] = line
+            try:
+                fills.append(json.loads(line) if line else None)
+            except ValueError:
+                fills.append(None)
+        out["moa_fill_by_round"] = fills
         setup = ok.get("scale-netem-setup-many-r0")
         if setup is not None:
             out["netem_tc_batch_s"] = next((float(w.split()[1]) for w in setup.out.splitlines()
