@@ -228,3 +228,23 @@ def test_batch_of_only_some_scenarios(tmp_path) -> None:
                    for n in names)
     with pytest.raises(ValueError, match="unknown scenarios"):
         e2e.full_batch(sc, ms, only=["lann"])
+
+
+def test_schedule_judge_allows_a_late_report_and_nothing_else() -> None:
+    """schedule_scenario.judge: a step's write happened between its due time and its reported
+    time; datagrams sent then (less the 2 ms guard) may go either way. Any other datagram's
+    fate is judged: one lost while the link was up is wrong."""
+    from moa_bus.lab.vm.schedule_scenario import judge
+
+    ms = 1_000_000
+    sends = [i * ms for i in range(100)]                       # one a ms
+    reports = [{"step": 0, "due_ns": 30 * ms, "applied_ns": 40 * ms, "late_ns": 10 * ms},
+               {"step": 1, "due_ns": 60 * ms, "applied_ns": 61 * ms, "late_ns": 1 * ms}]
+    down_from = 35                                             # really written at 35 ms
+    received = {i for i in range(100) if not down_from <= i < 60}
+    r = judge(sends, received, reports)
+    assert (r["wrong"], r["ambiguous"]) == (0, (40 - 28) + (61 - 58)), r
+    r = judge(sends, received - {10}, reports)                 # lost while up
+    assert r["wrong_first"] == [10], r
+    r = judge(sends, received | {50}, reports)                 # arrived while down
+    assert r["wrong_first"] == [50], r
