@@ -15,6 +15,7 @@ stay consistent only if one object hands out and takes back slots.
 from __future__ import annotations
 
 import ctypes
+import errno
 import heapq
 import sys
 import threading
@@ -28,12 +29,12 @@ from datapath.bpf import object_path
 from datapath.counter_table import CounterTable
 from datapath.counter_table import read as read_counter_table
 from datapath.counter_table import read_rows as read_counter_rows
-from datapath.counter_table import rows_of
+from datapath.counter_table import read_runs
 from datapath.distributions import DIST_IDS, DIST_SIZE, cdf_table, custom_table, table_key
 from datapath.distributions import table as dist_table
 from datapath.emulation import stage_bytes
 from datapath.traces import TraceStore
-from datapath.libbpf import BpfObject, Map, Program, RingBuffer
+from datapath.libbpf import BpfError, BpfObject, Map, Program, RingBuffer
 from datapath.libbpf import abi as _abi_mod
 
 __all__ = ["ClassifierConfig", "Classifier", "StageCounters", "CounterTable", "MAX_VNI",
@@ -413,13 +414,56 @@ class Classifier:
                 raise
 
     def raw_links(self, vnis: Iterable[int]) -> dict[int, bytes]:
-        """The raw struct moa_link of each of `vnis` the map holds (read from the kernel)."""
+        """The raw struct moa_link of each of `vnis` the map holds (read from the kernel): one
+        lookup each when they are few beside the links held, else the whole map in batch reads
+        (a plan of 20,000 new VNIs on a box holding few links: two syscalls rather than 20,000
+        lookups that find nothing)."""
+        vnis = list(vnis)
         out = {}
+        if len(vnis) >= 64 and len(vnis) * 8 >= len(self._slots):
+            # room for 1,024 more than held: a read that comes near filling it may have stopped
+            # short of a bucket (a hash map is read a bucket at a time), so it is not trusted
+            limit = len(self._slots) + 1024
+            keys, values, n = self.links_map.lookup_batch(limit)
+            if n <= limit - 512:
+                want = set(vnis)
+                size = self.links_map.value_size
+                for j in range(n):
+                    vni = int.from_bytes(keys[4 * j:4 * j + 4], sys.byteorder)
+                    if vni in want:
+                        out[vni] = values[j * size:(j + 1) * size]
+                return out
         for vni in vnis:
             raw = self.links_map.lookup(vni)
             if raw is not None:
                 out[vni] = bytes(raw)
         return out
+
+    def delete_links(self, vnis: Iterable[int]) -> int:
+        """Remove many links (delete_link's, in one batch delete of moa_links, which stops at
+        the first VNI the map lacks: from there one delete each); how many the map held."""
+        vnis = list(vnis)
+        for vni in vnis:
+            _check_vni(vni)
+        with self._lock:
+            done = 0
+            try:
+                done = self.links_map.delete_batch(
+                    b"".join(int(v).to_bytes(4, sys.byteorder) for v in vnis))
+            except BpfError as e:
+                done = getattr(e, "deleted", 0)
+                if e.errno != errno.ENOENT:
+                    self._free_slots(vnis[:done])
+                    raise
+                done += sum(1 for v in vnis[done:] if self.links_map.delete(v))
+            self._free_slots(vnis)
+        return done
+
+    def _free_slots(self, vnis: Iterable[int]) -> None:
+        for vni in vnis:
+            slot = self._slots.pop(vni, None)
+            if slot is not None:
+                heapq.heappush(self._free, slot)
 
     def delete_link(self, vni: int) -> bool:
         """Remove a link; its slot is free again (zeroed when handed out). False if unknown."""
@@ -521,28 +565,43 @@ class Classifier:
     def counters_of(self, vnis: Iterable[int]) -> dict[int, dict[str, StageCounters]]:
         """link_counters of many VNIs (those the classifier holds), read in bulk with the
         counter table's batch lookups (status and telemetry.links of 65,536 links)."""
+        import numpy as np
+
         with self._lock:
             slots = {v: s for v in vnis if (s := self._slots.get(v)) is not None}
         fields, values = read_counter_rows(self.counters_map, self.abi.LinkCounters,
                                            list(slots.values()))
-        drops = [(r, fields.index(f"drops_{r}")) for r in schemas.DROP_REASONS]
+        reasons = schemas.DROP_REASONS
+        dr = [fields.index(f"drops_{r}") for r in reasons]
         pk, by = fields.index("packets"), fields.index("bytes")
         sup, ho = fields.index("events_suppressed"), fields.index("handover")
         mk = fields.index("marks")
         so = [i for i, f in enumerate(fields) if f.startswith("sojourn_")]
+        if so:  # bucket 0, which the datapath leaves implicit (_histogram), figured in bulk
+            rest = values[:, :, so[1:]].sum(axis=2, dtype=np.uint64)
+            packets = values[:, :, pk]
+            values = values.copy()
+            values[:, :, so[0]] = np.where(packets > rest, packets - rest, 0)
+        # slices where the fields are consecutive (they are: arrays of struct moa_link_counters)
+        d0, d1 = (dr[0], dr[-1] + 1) if dr == list(range(dr[0], dr[-1] + 1)) else (None, None)
+        s0, s1 = (so[0], so[-1] + 1) if so == list(range(so[0], so[-1] + 1)) else (None, None)
         rows = values.tolist()  # [k][stage][field] of the k-th of `slots`, python ints
         shared: dict[tuple[int, int], dict[str, int]] = {}
         backlog = self.backlogs(slots, shared)
+        none = (0, 0)
         out: dict[int, dict[str, StageCounters]] = {}
-        for k, vni in enumerate(slots):
-            out[vni] = {name: StageCounters(
-                packets=row[pk], bytes=row[by], drops={r: row[i] for r, i in drops},
-                events_suppressed=row[sup], handover=row[ho], marks=row[mk],
-                **shared.get((vni, st), {}),
-                sojourn=_histogram(row[pk], [row[i] for i in so]),
-                backlog_ns=backlog.get((vni, st), (0, 0))[0],
-                backlog_bytes=backlog.get((vni, st), (0, 0))[1])
-                for st, (name, row) in enumerate(zip(schemas.STAGES, rows[k]))}
+        for vni, stages in zip(slots, rows):
+            out[vni] = per = {}
+            for st, (name, row) in enumerate(zip(schemas.STAGES, stages)):
+                b_ns, b_bytes = backlog.get((vni, st), none) if backlog else none
+                per[name] = StageCounters(
+                    packets=row[pk], bytes=row[by],
+                    drops=dict(zip(reasons, row[d0:d1] if d0 is not None else
+                                   [row[i] for i in dr])),
+                    events_suppressed=row[sup], handover=row[ho], marks=row[mk],
+                    **(shared.get((vni, st), {}) if shared else {}),
+                    sojourn=row[s0:s1] if s0 is not None else [row[i] for i in so],
+                    backlog_ns=b_ns, backlog_bytes=b_bytes)
         return out
 
     def backlogs(self, slots: Mapping[int, int],
@@ -552,51 +611,61 @@ class Classifier:
         that have a rate and a backlog now: the timeline's tail t_last minus the monotonic clock
         (bpf_ktime_get_ns's), and that time at the stage's rate as bytes (rounded down, L1
         overhead included as the timeline charges it). Computed from the state and the
-        parameters - of moa_state the rows of `slots` (datapath.counter_table.rows_of), of
-        moa_links one batch read, or a lookup per VNI when they are under an eighth of the links
-        held (a status page's few hundred), no cost on the datapath. A stage whose timeline
-        a locked step owns at that instant (t_last = MOA_OWNED) reads as empty. `shared`,
-        when given, gets the stages' counts kept in the same state (SHARED_COUNTS: corrupted,
-        duplicated) where they are not 0, by name."""
+        parameters - of moa_state the rows of `slots` (datapath.counter_table.read_runs), of
+        moa_links only the links with a stage whose tail is ahead of now (the others have no
+        backlog whatever their rate): one lookup each, or one batch read of the map when they
+        are an eighth of the links held or more - no cost on the datapath. A stage whose
+        timeline a locked step owns at that instant (t_last = MOA_OWNED) reads as empty.
+        `shared`, when given, gets the stages' counts kept in the same state (SHARED_COUNTS:
+        corrupted, duplicated) where they are not 0, by name."""
+        import numpy as np
+
         if not slots:
             return {}
         nst = self.abi.NR_STAGES
-        order = {vni: k for k, vni in enumerate(slots)}  # row k of sraw: the k-th of `slots`
-        sraw = rows_of(self.state_map, list(slots.values()), nst)
+        vnis = list(slots)  # row k * nst + stage of `state`: the k-th of `slots`
+        sraw, rows = read_runs(self.state_map, list(slots.values()), nst)
+        ssize = self.state_map.value_size
+        state = np.frombuffer(sraw, dtype=np.uint8).reshape(-1, nst, ssize)[
+            np.array(rows, dtype=np.intp)].reshape(len(vnis) * nst, ssize)
+
+        def word(offset: int) -> Any:  # one u64 field of every row
+            return state[:, offset:offset + 8].copy().view(np.uint64).reshape(-1)
+
+        now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        if shared is not None:
+            for name in SHARED_COUNTS:
+                col = word(getattr(self.abi.StageState, name).offset)
+                for idx in np.flatnonzero(col).tolist():
+                    shared.setdefault((vnis[idx // nst], idx % nst), {})[name] = int(col[idx])
+        t_last = word(self.abi.StageState.t_last.offset)
+        owned = (1 << 64) - 1
+        ahead = np.flatnonzero((t_last != np.uint64(owned)) & (t_last > np.uint64(now))).tolist()
+        if not ahead:
+            return {}
+        want = {vnis[idx // nst] for idx in ahead}
         lsize = self.links_map.value_size
-        if len(slots) * 8 < len(self._slots):
-            links = [(vni, raw) for vni in slots if (raw := self.links_map.lookup(vni)) is not None]
+        if len(want) * 8 < len(self._slots):
+            links = {vni: raw for vni in want if (raw := self.links_map.lookup(vni)) is not None}
         else:
             kraw, lraw, lgot = self.links_map.lookup_batch(len(self._slots) + 64)
-            links = [(int.from_bytes(kraw[4 * j:4 * j + 4], sys.byteorder),
-                      lraw[j * lsize:(j + 1) * lsize]) for j in range(lgot)]
-        now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-        ssize, toff = self.state_map.value_size, self.abi.StageState.t_last.offset
-        coffs = [(name, getattr(self.abi.StageState, name).offset) for name in SHARED_COUNTS]
+            links = {vni: lraw[j * lsize:(j + 1) * lsize] for j in range(lgot)
+                     if (vni := int.from_bytes(kraw[4 * j:4 * j + 4], sys.byteorder)) in want}
         soff = self.abi.Link.stage.offset
         psize = ctypes.sizeof(self.abi.StageParams)
         roff = self.abi.StageParams.rate_bps.offset
         out: dict[tuple[int, int], tuple[int, int]] = {}
-        owned = (1 << 64) - 1
-        for vni, link in links:
-            k = order.get(vni)
-            if k is None:
+        for idx in ahead:
+            vni, st = vnis[idx // nst], idx % nst
+            link = links.get(vni)
+            if link is None:
                 continue
-            for st in range(nst):
-                idx = k * nst + st
-                o = soff + st * psize + roff
-                rate = int.from_bytes(link[o:o + 8], sys.byteorder)
-                t_last = int.from_bytes(sraw[idx * ssize + toff:idx * ssize + toff + 8],
-                                        sys.byteorder)
-                for name, coff in coffs if shared is not None else ():
-                    n = int.from_bytes(sraw[idx * ssize + coff:idx * ssize + coff + 8],
-                                       sys.byteorder)
-                    if n:
-                        shared.setdefault((vni, st), {})[name] = n
-                if not rate or t_last == owned or t_last <= now:
-                    continue
-                ns = t_last - now
-                out[(vni, st)] = (ns, ns * rate // 8_000_000_000)
+            o = soff + st * psize + roff
+            rate = int.from_bytes(link[o:o + 8], sys.byteorder)
+            if not rate:
+                continue
+            ns = int(t_last[idx]) - now
+            out[(vni, st)] = (ns, ns * rate // 8_000_000_000)
         return out
 
     def global_counters(self) -> dict[str, int]:

@@ -65,35 +65,59 @@ def read(counters_map: Any, counters_type: Any, slots: dict[int, int]) -> Counte
                         values=summed.reshape(got // nst, nst, len(fields)))
 
 
-def rows_of(array_map: Any, slots: list[int], per: int) -> bytes:
-    """The `per` consecutive entries from index slot x per of each of `slots` (an array map:
-    moa_counters, moa_state), their values back to back in the order of `slots`. One batch read
-    of the window from the lowest slot to the highest when it is dense, else one per slot: a
-    status page's few hundred links lie anywhere among a box's 200,000 slots (pages go in link id
-    order), and reading the whole window for each page made a status walk quadratic."""
+RUN_GAP = 8  # unasked slots a run may span rather than begin another read (read_runs)
+
+
+def runs(slots: list[int], gap: int = RUN_GAP) -> list[tuple[int, int]]:
+    """The windows [lo, hi) that cover `slots` with one read each: the slots sorted, a window
+    going on past a slot when the next asked one is at most `gap` slots further, so that no
+    window reads more than `gap` unasked slots in a row."""
+    out: list[tuple[int, int]] = []
+    for s in sorted(set(slots)):
+        if out and s - out[-1][1] <= gap:
+            out[-1] = (out[-1][0], s + 1)
+        else:
+            out.append((s, s + 1))
+    return out
+
+
+def read_runs(array_map: Any, slots: list[int], per: int) -> tuple[bytes, list[int]]:
+    """(raw, rows): the `per` consecutive entries from index slot x per of each of `slots` (an
+    array map: moa_counters, moa_state) read with one batch read per run of near slots (`runs`),
+    and where each of `slots` begins in `raw`, in units of `per` entries. A status page's few
+    hundred links lie anywhere among a box's 200,000 slots (pages go in link id order), but
+    links made together hold consecutive slots, so a page's slots come in runs: reading the
+    window from a page's lowest slot to its highest made a status walk quadratic, one read per
+    slot made a page cost a syscall per link (docs/benchmarks.md, "Flow mode at scale")."""
     if not slots:
-        return b""
-    size = array_map._slot * array_map.ncpu if array_map.is_percpu else array_map.value_size
-    stride = per * size
-    lo, hi = min(slots), max(slots) + 1
-    if hi - lo <= 8 * len(slots):
-        _, raw, _ = array_map.lookup_batch((hi - lo) * per, start=lo * per)
-        return b"".join(raw[(s - lo) * stride:(s - lo + 1) * stride] for s in slots)
-    return b"".join(array_map.lookup_batch(per, chunk=per, start=s * per)[1] for s in slots)
+        return b"", []
+    at: dict[int, int] = {}  # slot -> its row in `raw`
+    reads: list[bytes] = []
+    row = 0
+    for lo, hi in runs(slots):
+        _, raw, got = array_map.lookup_batch((hi - lo) * per, start=lo * per)
+        if got != (hi - lo) * per:
+            raise OSError(f"{array_map.name}: {got} of {(hi - lo) * per} entries read from "
+                          f"index {lo * per}")
+        reads.append(raw)
+        at.update(zip(range(lo, hi), range(row, row + hi - lo)))
+        row += hi - lo
+    return (reads[0] if len(reads) == 1 else b"".join(reads)), [at[s] for s in slots]
 
 
 def read_rows(counters_map: Any, counters_type: Any,
               slots: list[int]) -> tuple[tuple[str, ...], Any]:
     """(fields, values): `values[k, stage, field]` the counters of `slots[k]`, summed over CPUs
-    as `read` sums them, read with `rows_of` (Classifier.counters_of: status and telemetry)."""
+    as `read` sums them, read with `read_runs` (Classifier.counters_of: status and telemetry)."""
     import numpy as np
 
     fields = counter_fields(counters_type)
     nst = len(schemas.STAGES)
-    raw = rows_of(counters_map, slots, nst)
+    raw, rows = read_runs(counters_map, slots, nst)
     words = counters_map._slot // 8
-    per_cpu = np.frombuffer(raw, dtype=np.uint64).reshape(len(slots) * nst, counters_map.ncpu,
-                                                          words)
+    per_cpu = np.frombuffer(raw, dtype=np.uint64).reshape(-1, nst, counters_map.ncpu, words)
     wanted = np.array([w for _, w in fields], dtype=np.intp)
-    summed = per_cpu[:, :, wanted].sum(axis=1, dtype=np.uint64)
+    summed = per_cpu.sum(axis=2, dtype=np.uint64)[:, :, wanted]  # every row read, then ours
+    if rows != list(range(len(summed))):
+        summed = summed[np.array(rows, dtype=np.intp)]
     return tuple(name for name, _ in fields), summed.reshape(len(slots), nst, len(fields))

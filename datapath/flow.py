@@ -19,6 +19,7 @@ under a second: one batch update).
 from __future__ import annotations
 
 import ctypes
+import errno
 import functools
 import ipaddress
 import struct
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from datapath.classifier import MAX_VNI, Classifier
+from datapath.libbpf import BpfError
 
 __all__ = ["FlowEntry", "FlowEnd", "Uplink", "FlowTable", "link_entries"]
 
@@ -107,6 +109,21 @@ def _text(raw: bytes, family: int) -> str:
     return str(ipaddress.ip_address(raw[:4] if family == 4 else raw[:16]))
 
 
+def _delete(m: Any, keys: list[int]) -> int:
+    """Delete `keys` (u32) from hash map `m`, those it holds; how many. One batch delete, which
+    stops at the first key the map lacks (ENOENT): from there one delete each."""
+    if len(keys) == 1:
+        return int(m.delete(keys[0]))
+    packed = b"".join(k.to_bytes(4, sys.byteorder) for k in keys)
+    try:
+        return m.delete_batch(packed)
+    except BpfError as e:
+        if e.errno != errno.ENOENT:
+            raise
+        done = e.deleted  # type: ignore[attr-defined]
+        return done + sum(1 for k in keys[done:] if m.delete(k))
+
+
 class FlowTable:
     """moa_flow and its counters on a classifier loaded with flow_mode (see the module doc)."""
 
@@ -167,7 +184,7 @@ class FlowTable:
 
     def remove(self, vnis: Iterable[int]) -> int:
         """Delete the entries of these VNIs; how many there were."""
-        return sum(1 for v in vnis if self.map.delete(_vni(v, "vni")))
+        return _delete(self.map, [_vni(v, "vni") for v in vnis])
 
     def raw(self) -> dict[int, bytes]:
         """Every entry as the kernel holds it (struct moa_flow's bytes), in batch reads."""
@@ -221,8 +238,7 @@ class FlowTable:
         """Delete entries and then their owners; how many entries there were."""
         vnis = list(vnis)
         n = self.remove(vnis)
-        for v in vnis:
-            self.owner_map.delete(v)
+        _delete(self.owner_map, vnis)
         return n
 
     def owners(self) -> dict[int, bytes]:

@@ -4,6 +4,7 @@ purges (docs/architecture.md, "Flow mode in the planner").
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import os
@@ -96,7 +97,9 @@ def flow_context(nl: Netlink, table: FlowTable | None, m: schemas.Materialize,
     return FlowContext(up, hops, table.encode)
 
 
+@functools.lru_cache(maxsize=4096)
 def _family(address: str) -> int:
+    """4 or 6 (cached: a box's links name the same few addresses, 4 times per link)."""
     return ipaddress.ip_address(address).version
 
 

@@ -115,9 +115,9 @@ def horizon_refusal(e: schemas.Emulation, path: str, horizon_ns: int, frame: int
     The field: capacity when one full frame alone exceeds the horizon; latency or jitter when
     they do; else the queue (given, or the default the capacity implies)."""
     fmt = schemas.format_duration
-    h = fmt(horizon_ns)
 
     def refuse(field: str, what: str) -> schemas.InvalidMessage:
+        h = fmt(horizon_ns)  # only for a refusal: admit asks this of every link
         return schemas.InvalidMessage(
             _join(path, field), f"{what} is beyond this box's horizon {h} (moa serve --horizon): "
             "no departure may be further ahead than that", code="unsupported")
@@ -300,12 +300,21 @@ class Budget:
         have it and the path of the emulation that sets it: planner.stage_groups, every
         direction counted), once they passed the horizon and the fq memory bound; else
         InvalidMessage `unsupported` naming the field."""
-        for (egress, port), _, path in stages:
+        # Links with the same stages are judged once, their endpoints counted together (the
+        # figures are sums and maxima): 10,000 links of one emulation are one judgement.
+        groups: dict[object, list] = {}
+        for (egress, port), n, path in stages:
+            key = _stages_key(egress, port)
+            held = groups.get(key) if key is not None else None
+            if held is not None:
+                held[1] += n
+                continue
             if egress is not None:
                 refusal = horizon_refusal(egress, path, self.horizon_ns, self.frame, port)
                 if refusal is not None:
                     raise refusal
-        figures = self.figures_of((st, n) for st, n, _ in stages)
+            groups[key if key is not None else object()] = [(egress, port), n]
+        figures = self.figures_of((st, n) for st, n in groups.values())
         refusal = fq_memory_refusal(self.box({mid: figures}), self.box(), self.fq_memory_max)
         if refusal is not None:
             raise refusal
@@ -317,6 +326,15 @@ class Budget:
             self.figures.pop(mid, None)
         else:
             self.figures[mid] = figures
+
+
+def _stages_key(egress: schemas.Emulation | None, port: schemas.Emulation | None) -> bytes | None:
+    """Equal stages, equal keys (their JSON); None for a stage with a trace or a distribution
+    table of its own (large: such links are judged one by one)."""
+    if any(e is not None and (e.trace is not None or e.distribution_table is not None)
+           for e in (egress, port)):
+        return None
+    return b"|".join(b"-" if e is None else schemas.encode(e) for e in (egress, port))
 
 
 _SHAPING = ("latency", "jitter", "capacity", "queue", "slot", "trace")

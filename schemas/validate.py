@@ -46,6 +46,7 @@ Rules (InvalidMessage for the first one broken; field is a path like "links[0].e
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -71,12 +72,23 @@ def check_id(value: str, path: str, what: str = "id") -> None:
                                    "letters, digits, '.', '_', '-', ':'")
 
 
-def _check_ip(value: str, path: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+@functools.lru_cache(maxsize=4096)
+def _parsed_ip(value: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address | None, bool]:
+    """(the address or None, whether it is unicast), cached: a document of 10,000 links names
+    the same few remotes 20,000 times."""
     try:
         ip = ipaddress.ip_address(value)
     except ValueError:
-        raise InvalidMessage(path, f"{value!r} is not an IPv4 or IPv6 address") from None
-    if ip.is_unspecified or ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255"):
+        return None, False
+    return ip, not (ip.is_unspecified or ip.is_multicast
+                    or ip == ipaddress.IPv4Address("255.255.255.255"))
+
+
+def _check_ip(value: str, path: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    ip, unicast = _parsed_ip(value)
+    if ip is None:
+        raise InvalidMessage(path, f"{value!r} is not an IPv4 or IPv6 address")
+    if not unicast:
         raise InvalidMessage(path, f"{ip} is not a unicast address")
     return ip
 

@@ -195,11 +195,55 @@ def test_every_abi_type_is_in_the_classifier_btf() -> None:
     assert abi.StageFlags.REORDER == 1 and abi.NR_STAGES == 2 and abi.NR_DROP_REASONS == 5
 
 
+def test_delete_links_in_one_batch_frees_their_slots_and_counts_those_held() -> None:
+    """delete_links (a plan's DeleteLinkParams in bulk): a VNI the map lacks stops the batch
+    delete, the rest go one by one; every slot freed is handed out again, lowest first."""
+    with Classifier.load(ClassifierConfig(max_links=16)) as c:
+        enc = c.encode_stages(Emulation(loss=0.1), None)
+        assert c.update_links({100 + i: enc for i in range(6)}) == 6
+        assert c.delete_links([100, 101, 999, 104]) == 3
+        assert sorted(c.vnis()) == [102, 103, 105] and c.delete_links([100]) == 0
+        assert [c.set_link(v, Emulation(loss=0.1)) for v in (200, 201, 202, 203)] == [0, 1, 4, 6]
+
+
+def test_runs_cover_the_slots_with_gaps_of_at_most_eight() -> None:
+    """counter_table.runs: the windows a status page's slots are read in (one batch read each)."""
+    from datapath.counter_table import runs
+
+    assert runs([]) == []
+    assert runs([5]) == [(5, 6)]
+    assert runs([3, 1, 2, 2]) == [(1, 4)]
+    assert runs([0, 9, 18, 28]) == [(0, 19), (28, 29)]  # 8 unasked slots between: one window
+    assert runs([40, 0, 63, 100, 101, 103]) == [(0, 1), (40, 41), (63, 64), (100, 104)]
+
+
+def test_counters_of_links_in_any_order_are_those_of_the_whole_read() -> None:
+    """Slots asked out of order, in runs with gaps (as a status page's links in id order hold
+    them): each VNI gets its own row, the same as in the read of every link."""
+    with Classifier.load(ClassifierConfig(max_links=64)) as c:
+        assert c.update_links({100 + i: c.encode_stages(Emulation(capacity=8_000_000), None)
+                               for i in range(64)}) == 64
+        for i in range(64):
+            if i % 3:
+                send(c, 100 + i, repeat=i)
+        c.set_stage_state(117, 0, c.abi.StageState(t_last=mono() + 10 * 10**9))
+        every = c.counters_of(range(100, 164))
+        asked = [163, 101, 117, 102, 150, 151, 100, 130, 140, 120, 162]
+        got = c.counters_of(asked)
+        assert list(got) == asked
+        for vni in asked:
+            assert got[vni]["egress"].packets == every[vni]["egress"].packets == (
+                0 if (vni - 100) % 3 == 0 else vni - 100)
+            assert got[vni]["ingress"] == every[vni]["ingress"]
+        assert got[117]["egress"].backlog_ns > 0 and got[117]["egress"].backlog_bytes > 0
+        assert got[101]["egress"].backlog_ns == 0
+
+
 def test_counters_of_a_few_links_of_many_are_those_of_the_whole_read() -> None:
-    """counters_of reads only the asked VNIs' rows (the window of their slots when it is dense,
-    else one read per slot; their parameters one lookup each when they are few, as a status
-    page's are): the counters and backlogs of links in the middle of the slots, near together
-    or far apart, are the same as when every link is read at once."""
+    """counters_of reads only the asked VNIs' rows (by runs of near slots; their parameters one
+    lookup each when they are few, as a status page's are): the counters and backlogs of links
+    in the middle of the slots, near together or far apart, are the same as when every link is
+    read at once."""
     with Classifier.load(ClassifierConfig(max_links=64)) as c:
         assert c.update_links({100 + i: c.encode_stages(Emulation(capacity=8_000_000), None)
                                for i in range(64)}) == 64
@@ -215,6 +259,7 @@ def test_counters_of_a_few_links_of_many_are_those_of_the_whole_read() -> None:
             assert few[vni]["egress"].backlog_ns > 0 and every[vni]["egress"].backlog_ns > 0
             assert few[vni]["ingress"] == every[vni]["ingress"]
         far = c.counters_of([163, 140, 100])  # slots 63, 40, 0: one read each, not the window
+        assert list(far) == [163, 140, 100]
         assert far[163]["egress"].packets == 1 and far[100]["egress"].packets == 0
         assert far[140]["egress"].packets == 7 and far[140]["egress"].backlog_ns > 0
         assert far[140]["ingress"] == every[140]["ingress"]

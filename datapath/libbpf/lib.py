@@ -196,8 +196,10 @@ def version() -> tuple[int, int]:
 
 
 def libbpf() -> ctypes.CDLL:
-    """The library, loaded on first use (from $MOA_LIBBPF or libbpf.so.1)."""
-    return load_libbpf()
+    """The library, loaded on first use (from $MOA_LIBBPF or libbpf.so.1). Called for every
+    map access: the loaded one is returned without taking the lock."""
+    lib = _libs.get(os.environ.get(LIBBPF_ENV) or LIBBPF_DEFAULT)
+    return lib if lib is not None else load_libbpf()
 
 
 @contextmanager

@@ -210,7 +210,8 @@ class Map(Pinnable):
 
     def delete_batch(self, keys: bytes) -> int:
         """Delete many keys in one syscall; every key must exist (ENOENT otherwise, after the
-        ones before it are deleted). Returns how many were deleted."""
+        ones before it are deleted: the error's `deleted` says how many). Returns how many were
+        deleted."""
         n, rem = divmod(len(keys), self.key_size)
         if rem:
             raise ValueError(f"{self.name}: {len(keys)} key bytes are not whole keys")
@@ -220,7 +221,10 @@ class Map(Pinnable):
         kb = ctypes.create_string_buffer(keys, len(keys))
         ret = libbpf().bpf_map_delete_batch(self.fd, kb, ctypes.byref(count), None)
         if ret < 0:
-            raise errno_error(f"batch delete from map {self.name} ({count.value} of {n} deleted)", -ret)
+            err = errno_error(f"batch delete from map {self.name} ({count.value} of {n} deleted)",
+                              -ret)
+            err.deleted = count.value  # type: ignore[attr-defined]
+            raise err
         return count.value
 
     def lookup_batch(self, limit: int | None = None, chunk: int = 4096,

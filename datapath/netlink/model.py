@@ -59,6 +59,8 @@ def _from_part(part: str) -> str:
 def owner_key(ident: str) -> str:
     """What parse_alias gives back for a device of `ident`: the id itself when its part fits,
     else its hashed part. Devices are matched to ids by comparing keys."""
+    if HASH_MARK not in ident and 3 * len(ident.encode()) <= ALIAS_PART_MAX:
+        return ident  # its part fits even if every byte is percent-encoded: it comes back whole
     return _from_part(alias_part(ident))
 
 

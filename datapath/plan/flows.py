@@ -7,6 +7,7 @@ first 16 of the link's. Reverts put back what the kernel held when the plan was 
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,8 +22,14 @@ def key_tag(ident: str) -> bytes:
     return hashlib.sha256(owner_key(ident).encode()).digest()[:16]
 
 
+@functools.lru_cache(maxsize=64)
+def _materialization_tag(materialization: str) -> bytes:
+    return key_tag(materialization)
+
+
 def owner_tag(materialization: str, link: str) -> bytes:
-    return key_tag(materialization) + key_tag(link)
+    """(the materialization's tag computed once for all its links)"""
+    return _materialization_tag(materialization) + key_tag(link)
 
 
 def _table(env: Env):  # type: ignore[no-untyped-def]

@@ -64,6 +64,15 @@ class DeleteLinkParams(Operation):
 
     vni: int
     previous: bytes | None = None
+    bulk = True
+
+    @classmethod
+    def apply_bulk(cls, ops: Sequence[Operation], env: Env) -> list[Operation]:
+        """Many VNIs in one batch delete (Classifier.delete_links)."""
+        if env.links is None:
+            return []
+        env.links.delete_links(op.vni for op in ops)  # type: ignore[attr-defined]
+        return []
 
     def apply(self, env: Env) -> None:
         if env.links is not None:

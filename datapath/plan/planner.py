@@ -384,12 +384,16 @@ def plan(m: schemas.Materialize, current: Current, cfg: PlanConfig,
         if frozenset((a, b)) not in intact_pairs:
             build.append(CreatePair(a, b))
     # 10. flow entries, once both endpoints' parameters are in.
+    owners: dict[str, bytes] = {}  # a link's owner, figured once for its two endpoints
     for vni, (spec, link) in sorted(want.flows.items()):
         assert flow is not None, "flow-mode links planned without a FlowContext"
-        entry, owner = flow.entry(vni, spec), owner_tag(mid, link)
-        if current.flows.get(vni) != flow.encode(entry) or current.flow_owners.get(vni) != owner:
-            build.append(SetFlow(entry, owner, current.flows.get(vni),
-                                 current.flow_owners.get(vni), mid, link))
+        owner = owners.get(link)
+        if owner is None:
+            owner = owners[link] = owner_tag(mid, link)
+        entry = flow.entry(vni, spec)
+        held = current.flows.get(vni)  # a new entry is written without being encoded twice
+        if held is None or held != flow.encode(entry) or current.flow_owners.get(vni) != owner:
+            build.append(SetFlow(entry, owner, held, current.flow_owners.get(vni), mid, link))
     return teardown + build
 
 

@@ -24,7 +24,7 @@ import itertools
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import msgspec
@@ -38,6 +38,9 @@ HEADROOM = 1024  # bytes of a message left for its headers (the error headers ar
 SNAPSHOT_TTL = 60.0  # s a snapshot outlives the last page asked of it
 SNAPSHOTS_KEPT = 32
 COUNTER_CHUNK = 512  # links whose counters are read at once while a page fills
+LOOP_SLICE_S = 0.01  # the longest telemetry.links holds the event loop between two yields
+WALK_GAP_S = 0.05  # a status page answered this recently: its walk's next page may be coming
+STATUS_FIRST_S = 5.0  # the longest one interval of telemetry.links gives way to status walks
 SMALL_BOX = 64  # links up to which a status is first made whole (one page, if it fits)
 _CURSOR_ROOM = 64  # schemas.Cursor's max_length: the `next` a page's size is figured with
 
@@ -51,6 +54,8 @@ def room(max_payload: int) -> int:
 
 def trim(hist: list[int]) -> list[int]:
     """A histogram without its trailing empty buckets (LinkStats.sojourn)."""
+    if not any(hist[1:]):  # the usual histogram: every frame in bucket 0 (an unshaped stage)
+        return list(hist[:1]) if hist and hist[0] else []
     n = len(hist)
     while n and not hist[n - 1]:
         n -= 1
@@ -115,6 +120,13 @@ class StatusPages:
         self._snapshots: OrderedDict[str, Snapshot] = OrderedDict()
         self._prefix = secrets.token_hex(4)  # cursors of another run of the service are unknown
         self._keys = itertools.count(1)
+        self._answered = -WALK_GAP_S  # time.monotonic() of the last page made
+
+    def walking(self) -> float:
+        """The seconds until a walk of pages is taken to be over (0: none): telemetry.links
+        waits that long before it goes on (link_rows), so that a walk's next page does not
+        queue behind a whole box's counters."""
+        return max(0.0, self._answered + WALK_GAP_S - time.monotonic())
 
     def snapshot(self, mid: str | None) -> Snapshot:
         """The desired state now (one materialization, or all); awaits nothing."""
@@ -157,6 +169,12 @@ class StatusPages:
     async def page(self, req: schemas.StatusRequest, max_payload: int) -> bytes:
         """The reply to `req`: one page of at most room(max_payload) bytes. Raises
         InvalidMessage (not_found: no such id, or the cursor's snapshot is gone)."""
+        try:
+            return await self._page(req, max_payload)
+        finally:
+            self._answered = time.monotonic()
+
+    async def _page(self, req: schemas.StatusRequest, max_payload: int) -> bytes:
         limit = room(max_payload)
         if req.cursor is None:
             snap, start, offset = self.snapshot(req.id), 0, 0
@@ -279,21 +297,44 @@ def _fit(mid: str, link: schemas.Link, offset: int, counters: Counters, room_lef
 
 # ------------------------------------------------------------------------------ telemetry
 
-async def link_rows(desired: DesiredState, datapath: Datapath,
-                    chunk: int = COUNTER_CHUNK * 4) -> list[bytes]:
+@dataclass
+class Work:
+    """CPU seconds the event loop's thread spent on one interval of telemetry.links (counted
+    between its yields, so not the other work the loop did meanwhile)."""
+    seconds: float = 0.0
+
+
+async def link_rows(desired: DesiredState, datapath: Datapath, chunk: int = COUNTER_CHUNK // 2,
+                    work: Work | None = None,
+                    give_way: Callable[[], float] | None = None) -> list[bytes]:
     """The encoded LinkStats of every stage of every VNI of every materialization the box
-    holds (as committed when called), `chunk` links at a time with the event loop free in
-    between: 60,000 VNIs take a few hundred ms of CPU."""
+    holds (as committed when called), `chunk` links at a time, the event loop let go
+    (yield_to_loop) whenever the chunks since the last time took LOOP_SLICE_S: 200,000 VNIs
+    take seconds of CPU, which a status page must not wait behind. `work` gets the CPU time.
+    `give_way() -> s` (StatusPages.walking): while a walk of status pages goes on, the
+    reading waits for it, STATUS_FIRST_S at most in all."""
     held = sorted(desired.held.items())  # a snapshot: a commit may come while we read
     links = [(mid, link) for mid, h in held for link in _sorted_links(h)]
     rows: list[bytes] = []
+    waited = 0.0
+    since, cpu = time.perf_counter(), time.thread_time()
     for i in range(0, len(links), chunk):
         part = links[i:i + chunk]
         counters = await datapath.counters([ep.vni for _, link in part
                                             for ep in link.endpoints])
         rows += [schemas.encode(x) for mid, link in part
                  for x in _stats(mid, link.id, [ep.vni for ep in link.endpoints], counters)]
-        await yield_to_loop()
+        if time.perf_counter() - since >= LOOP_SLICE_S:
+            if work is not None:
+                work.seconds += time.thread_time() - cpu
+            await yield_to_loop()
+            while give_way is not None and waited < STATUS_FIRST_S and (wait := give_way()):
+                wait = min(wait, STATUS_FIRST_S - waited)
+                await asyncio.sleep(wait)
+                waited += wait
+            since, cpu = time.perf_counter(), time.thread_time()
+    if work is not None:
+        work.seconds += time.thread_time() - cpu
     return rows
 
 

@@ -6,7 +6,9 @@ collected and published every `drop_interval` seconds as DropBatch messages of a
 `max_batch` events each (and never more bytes than the server's max_payload allows), so a burst
 is split across messages rather than cut: no event the datapath handed over is left out of the
 counts. Link counters go out as numbered parts (moa_bus/service/status.py, link_parts), each
-within max_payload, the event loop free between two parts.
+within max_payload, the event loop free between two parts and every LOOP_SLICE_S while they are
+read; on a box whose counters take longer than an interval to read, the intervals stretch so
+that they take at most LINKS_SHARE of the loop.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 
 from nats.aio.client import Client
 
@@ -25,11 +28,18 @@ from moa_bus.service.subjects import Subjects
 
 log = logging.getLogger("moa.bus")
 
+# The largest share of the event loop's time telemetry.links takes: an interval whose counters
+# took W s of CPU to read, encode and publish is followed by at least W s without any
+# (LINKS_SHARE 0.5), so that status and the apply queue keep half the loop on a box whose
+# counters take more than half an interval (100,000 links: docs/benchmarks.md, "Flow mode at
+# scale"); on a smaller box the intervals stay stats_interval apart.
+LINKS_SHARE = 0.5
+
 
 class Telemetry:
     def __init__(self, nc: Client, datapath: Datapath, desired: DesiredState,
                  subjects: Subjects, stats_interval: float = 1.0, drop_interval: float = 0.25,
-                 max_batch: int = 2000) -> None:
+                 max_batch: int = 2000, give_way: Callable[[], float] | None = None) -> None:
         self.nc = nc
         self.datapath = datapath
         self.desired = desired
@@ -37,10 +47,12 @@ class Telemetry:
         self.stats_interval = stats_interval
         self.drop_interval = drop_interval
         self.max_batch = max_batch
+        self.give_way = give_way  # status.StatusPages.walking: status.link_rows waits for it
         self._drops: list[schemas.DropEvent] = []
         self._losses = (0, 0)  # (suppressed, lost) totals already reported
         self._tasks: list[asyncio.Task[None]] = []
         self.events_published = 0
+        self.links_work = 0.0  # CPU seconds the last interval of telemetry.links took
 
     def start(self) -> None:
         self._losses = self.datapath.drop_event_losses()
@@ -62,7 +74,8 @@ class Telemetry:
 
     async def _every(self, interval: float, job) -> None:
         """`job` every `interval` s at a fixed rate (a tick a job overran is skipped), so that
-        a subscriber sees a whole interval's telemetry within two intervals."""
+        a subscriber sees a whole interval's telemetry within two intervals. A job may return
+        the seconds to rest after it ends: no tick comes sooner."""
         loop = asyncio.get_running_loop()
         due = loop.time()
         while True:
@@ -71,12 +84,15 @@ class Telemetry:
             if due < now:  # the job took longer than an interval: the next tick from now
                 due = now + interval - (now - due) % interval
             await asyncio.sleep(due - now)
+            rest = None
             try:
-                await job()
+                rest = await job()
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a NATS outage must not end the loop: it reconnects
                 log.warning("telemetry: %s", e)
+            if rest and loop.time() + rest > due + interval:
+                due = loop.time() + rest - interval
 
     async def flush_drops(self) -> None:
         suppressed_total, lost_total = self.datapath.drop_event_losses()
@@ -111,10 +127,18 @@ class Telemetry:
             used += size
         return out
 
-    async def publish_links(self) -> None:
-        """One interval's counters, in parts (status.link_parts)."""
+    async def publish_links(self) -> float:
+        """One interval's counters, in parts (status.link_parts); the rest the next interval
+        waits for after this one: as long as this one's CPU time (LINKS_SHARE)."""
         t = time.time_ns()
-        rows = await status.link_rows(self.desired, self.datapath)
+        work = status.Work()
+        rows = await status.link_rows(self.desired, self.datapath, work=work,
+                                      give_way=self.give_way)
+        cpu = time.thread_time()
         for part in status.link_parts(self.subjects.host, t, rows, self.nc.max_payload):
             await self.nc.publish(self.subjects.links, part)
+            work.seconds += time.thread_time() - cpu
             await status.yield_to_loop()
+            cpu = time.thread_time()
+        self.links_work = work.seconds
+        return work.seconds * (1 / LINKS_SHARE - 1)

@@ -132,7 +132,8 @@ class MoaService:
         self.status = status.StatusPages(desired, datapath, config.host,
                                          self.applier.unconverged)
         self.telemetry = Telemetry(nc, datapath, desired, self.subjects,
-                                   config.stats_interval, config.drop_interval)
+                                   config.stats_interval, config.drop_interval,
+                                   give_way=self.status.walking)
         self.micro = MicroService(SERVICE_NAME, VERSION, "moa: in-kernel link emulation",
                                   metadata={"host": config.host})
         self._endpoints: dict[str, tuple[str, Endpoint]] = {
