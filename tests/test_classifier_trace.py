@@ -86,8 +86,10 @@ class Driver:
             r = send(self.c, data, **kw)
             if mono() - m < SLACK:
                 break
-            saved.trace_origin += shift
+            # undone: the state as it was, in the clock frame it was in (t_last and t_depart
+            # too: restoring only trace_origin in the new frame left them one shift behind)
             self.c.set_stage_state(VNI, EGRESS, saved)
+            self.d -= shift
             self.redone += 1
             self.redone_drops += r.retval == TC_ACT_SHOT     # counted, then sent again
         if r.retval != TC_ACT_OK:

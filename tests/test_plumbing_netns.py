@@ -234,7 +234,7 @@ async def test_reconcile_after_crash_with_half_applied_plan(topo):
     a, b = p2p_endpoints(topo)
     m = p2p(topo)
     dp = await KernelDatapath.start(box_config(topo))
-    ops = dp.worker.run(dp._plan, m)
+    ops, _ = dp.worker.run(dp._plan, m)
     # The process "dies" after three operations: params of both VNIs and one VTEP.
     dp.worker.run(run_plan, ops[:3], dp.env)
     await dp.close()
@@ -254,7 +254,7 @@ async def test_reconcile_after_crash_with_half_applied_plan(topo):
     # A crash that left only parameters (no device): reconcile with an empty desired state
     # removes everything, orphaned parameters included.
     dp = await KernelDatapath.start(box_config(topo))
-    dp.worker.run(run_plan, dp.worker.run(dp._plan, lan(topo))[:2], dp.env)
+    dp.worker.run(run_plan, dp.worker.run(dp._plan, lan(topo))[0][:2], dp.env)
     await dp.close()
     dp = await KernelDatapath.start(box_config(topo))
     try:

@@ -48,7 +48,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -139,18 +138,6 @@ def _bpf_map_bytes(pin_root: str) -> int:
 
 # ---------------------------------------------------------------------------- the measurements
 
-
-async def stop_serve(serve: subprocess.Popen[bytes], timeout: float) -> None:
-    """Stop a `moa serve` of the bench as its unit would (SIGTERM), killed after `timeout` s."""
-    if serve.poll() is not None:
-        return
-    serve.send_signal(signal.SIGTERM)
-    try:
-        await asyncio.to_thread(serve.wait, timeout)
-    except subprocess.TimeoutExpired:
-        serve.kill()
-        serve.wait()
-
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -231,7 +218,7 @@ class Bench:
             if nc is not None:
                 await nc.close()
             if serve is not None:
-                await stop_serve(serve, 30)
+                await scale_steps.stop_serve(serve, 30)
             await asyncio.to_thread(server.stop)
             self.out["notes"] += [f"cleanup: {p}" for p in bed.cleanup()]
             shutil.rmtree(tmp, ignore_errors=True)

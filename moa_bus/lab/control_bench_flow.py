@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from moa_bus import engine
-from moa_bus.lab.control_bench_scale import _pct, whole_status
+from moa_bus.lab.control_bench_scale import _pct, stop_serve, whole_status
 from moa_bus.lab.host_testbed import Testbed, sh, unique_tag
 from moa_bus.service.subjects import Subjects
 
@@ -112,7 +112,7 @@ def _dematerialize(box: engine.MoaClient, mid: str):
 async def flow(bench, nc, _bed: Testbed) -> None:
     """The step (module doc): its own testbed and service (not the VTEP-mode steps' `_bed`),
     both gone when it returns; sizes from --flow-links."""
-    from moa_bus.lab.control_bench import _bpf_map_bytes, _rss_mib, stop_serve
+    from moa_bus.lab.control_bench import _bpf_map_bytes, _rss_mib
 
     links_small, links_big = getattr(bench.args, "flow_links", (FLOW_SMALL, FLOW_BIG))
     out = bench.out

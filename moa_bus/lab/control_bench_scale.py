@@ -1,10 +1,13 @@
 """`moa bench control`'s steps at scale (moa_bus/lab/control_bench.py runs them): whole-box
 status while a 10,000-link Materialize is applied, and a box of 30,000 point-to-point links
-(60,000 VTEPs) materialized through the object store, its status, its removal."""
+(60,000 VTEPs) materialized through the object store, its status, its removal; and what the
+other steps share (a percentile, a whole-box status walk, stopping a `moa serve`)."""
 from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import subprocess
 import time
 
 from moa_bus import engine, engine_paging
@@ -19,6 +22,18 @@ BIG_LINKS = 30_000
 def _pct(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+async def stop_serve(serve: subprocess.Popen[bytes], timeout: float) -> None:
+    """Stop a `moa serve` of the bench as its unit would (SIGTERM), killed after `timeout` s."""
+    if serve.poll() is not None:
+        return
+    serve.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.to_thread(serve.wait, timeout)
+    except subprocess.TimeoutExpired:
+        serve.kill()
+        serve.wait()
 
 
 def p2p_links(prefix: str, n: int, first_vni: int, bed: Testbed) -> list[dict]:
