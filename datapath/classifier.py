@@ -15,7 +15,6 @@ stay consistent only if one object hands out and takes back slots.
 from __future__ import annotations
 
 import ctypes
-import errno
 import heapq
 import sys
 import threading
@@ -446,16 +445,12 @@ class Classifier:
         for vni in vnis:
             _check_vni(vni)
         with self._lock:
-            done = 0
             try:
-                done = self.links_map.delete_batch(
+                done = self.links_map.delete_held(
                     b"".join(int(v).to_bytes(4, sys.byteorder) for v in vnis))
             except BpfError as e:
-                done = getattr(e, "deleted", 0)
-                if e.errno != errno.ENOENT:
-                    self._free_slots(vnis[:done])
-                    raise
-                done += sum(1 for v in vnis[done:] if self.links_map.delete(v))
+                self._free_slots(vnis[:getattr(e, "deleted", 0)])
+                raise
             self._free_slots(vnis)
         return done
 
@@ -582,9 +577,11 @@ class Classifier:
             packets = values[:, :, pk]
             values = values.copy()
             values[:, :, so[0]] = np.where(packets > rest, packets - rest, 0)
-        # slices where the fields are consecutive (they are: arrays of struct moa_link_counters)
-        d0, d1 = (dr[0], dr[-1] + 1) if dr == list(range(dr[0], dr[-1] + 1)) else (None, None)
-        s0, s1 = (so[0], so[-1] + 1) if so == list(range(so[0], so[-1] + 1)) else (None, None)
+        # drops and buckets are arrays of struct moa_link_counters: consecutive in `fields`
+        # (counter_fields lists them in place), so each is one slice of a row
+        d0, d1 = dr[0], dr[-1] + 1
+        s0, s1 = (so[0], so[-1] + 1) if so else (0, 0)
+        assert dr == list(range(d0, d1)) and so == list(range(s0, s1)), fields
         rows = values.tolist()  # [k][stage][field] of the k-th of `slots`, python ints
         shared: dict[tuple[int, int], dict[str, int]] = {}
         backlog = self.backlogs(slots, shared)
@@ -596,11 +593,10 @@ class Classifier:
                 b_ns, b_bytes = backlog.get((vni, st), none) if backlog else none
                 per[name] = StageCounters(
                     packets=row[pk], bytes=row[by],
-                    drops=dict(zip(reasons, row[d0:d1] if d0 is not None else
-                                   [row[i] for i in dr])),
+                    drops=dict(zip(reasons, row[d0:d1])),
                     events_suppressed=row[sup], handover=row[ho], marks=row[mk],
                     **(shared.get((vni, st), {}) if shared else {}),
-                    sojourn=row[s0:s1] if s0 is not None else [row[i] for i in so],
+                    sojourn=row[s0:s1],
                     backlog_ns=b_ns, backlog_bytes=b_bytes)
         return out
 

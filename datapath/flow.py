@@ -19,7 +19,6 @@ under a second: one batch update).
 from __future__ import annotations
 
 import ctypes
-import errno
 import functools
 import ipaddress
 import struct
@@ -29,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from datapath.classifier import MAX_VNI, Classifier
-from datapath.libbpf import BpfError
 
 __all__ = ["FlowEntry", "FlowEnd", "Uplink", "FlowTable", "link_entries"]
 
@@ -110,18 +108,10 @@ def _text(raw: bytes, family: int) -> str:
 
 
 def _delete(m: Any, keys: list[int]) -> int:
-    """Delete `keys` (u32) from hash map `m`, those it holds; how many. One batch delete, which
-    stops at the first key the map lacks (ENOENT): from there one delete each."""
+    """Delete `keys` (u32) from hash map `m`, those it holds; how many (Map.delete_held)."""
     if len(keys) == 1:
         return int(m.delete(keys[0]))
-    packed = b"".join(k.to_bytes(4, sys.byteorder) for k in keys)
-    try:
-        return m.delete_batch(packed)
-    except BpfError as e:
-        if e.errno != errno.ENOENT:
-            raise
-        done = e.deleted  # type: ignore[attr-defined]
-        return done + sum(1 for k in keys[done:] if m.delete(k))
+    return m.delete_held(b"".join(k.to_bytes(4, sys.byteorder) for k in keys))
 
 
 class FlowTable:

@@ -227,6 +227,20 @@ class Map(Pinnable):
             raise err
         return count.value
 
+    def delete_held(self, keys: bytes) -> int:
+        """Delete those of many keys the map holds; how many it held. One batch delete, which
+        stops at the first key the map lacks (ENOENT): from there one delete each. Another
+        error is raised with its `deleted`, the keys deleted before it."""
+        try:
+            return self.delete_batch(keys)
+        except BpfError as e:
+            if e.errno != errno_mod.ENOENT:
+                raise
+            done = e.deleted  # type: ignore[attr-defined]
+            size = self.key_size
+            return done + sum(1 for i in range(done * size, len(keys), size)
+                              if self.delete(keys[i:i + size]))
+
     def lookup_batch(self, limit: int | None = None, chunk: int = 4096,
                      start: int = 0) -> tuple[bytes, bytes, int]:
         """Up to `limit` entries (None: all) in one BPF_MAP_LOOKUP_BATCH per `chunk` of them:

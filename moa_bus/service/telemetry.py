@@ -52,7 +52,6 @@ class Telemetry:
         self._losses = (0, 0)  # (suppressed, lost) totals already reported
         self._tasks: list[asyncio.Task[None]] = []
         self.events_published = 0
-        self.links_work = 0.0  # CPU seconds the last interval of telemetry.links took
 
     def start(self) -> None:
         self._losses = self.datapath.drop_event_losses()
@@ -140,5 +139,4 @@ class Telemetry:
             work.seconds += time.thread_time() - cpu
             await status.yield_to_loop()
             cpu = time.thread_time()
-        self.links_work = work.seconds
         return work.seconds * (1 / LINKS_SHARE - 1)

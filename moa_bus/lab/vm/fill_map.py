@@ -33,7 +33,6 @@ import argparse
 import ipaddress
 import json
 import os
-import sys
 import time
 
 import schemas
@@ -105,13 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         flow_done = None
         if a.remove:
             mine = [v for v in clf.vnis() if v >= a.first_vni]
-            for vni in mine:
-                clf.delete_link(vni)
-            done = len(mine)
+            done = clf.delete_links(mine)
             if table is not None:
                 gone = [v for v in table.raw() if v >= a.first_vni]
-                flow_done = table.map.delete_batch(
-                    b"".join(v.to_bytes(4, sys.byteorder) for v in gone)) if gone else 0
+                flow_done = table.remove(gone)
         else:
             want = a.total - clf.link_count()
             stages = {a.first_vni + i: clf.encode_stages(_emulation(i), None)
