@@ -93,6 +93,8 @@ class KernelDatapath:
         self.uplink_mtu = worker.run(worker.nl.mtu, config.uplink)
         self.flows: FlowTable | None = env.flows
         self.next_hops = NextHops()  # flow mode: the MAC each remote's entries carry
+        if self.flows is not None:  # a restart: the entries outlive the service
+            self.next_hops.seed(worker.run(self.flows.entries).values())
         self.plan_config = PlanConfig(uplink=config.uplink, local=config.local,
                                       vtep_mtu=config.vtep_mtu or self.uplink_mtu - VXLAN_OVERHEAD,
                                       port_hold=None if loss_only else config.fq,
@@ -312,7 +314,7 @@ class KernelDatapath:
             figures = self._figures(m)
         first, last, _ = self._resize_ops(m.id, figures)
         flow = flow_mode.flow_context(self.worker.nl, self.flows, m, self.plan_config,
-                                      self.config.uplink, self.uplink_index)
+                                      self.config.uplink, self.uplink_index, self.next_hops.macs)
         ops = plan(m, self._read_current(m), self.plan_config, self._encode, self.uplink_index,
                    flow)
         return first + ops + last, flow
@@ -369,7 +371,7 @@ class KernelDatapath:
         return [op.describe() for op in ops]
 
     async def follow_next_hops(self) -> list[str]:
-        if self.flows is None or not self.next_hops.macs:
+        if self.flows is None or not (self.next_hops.macs or self.next_hops.pending):
             return []
         return await self.worker.call(self.next_hops.follow, self.worker.nl.ipr, self.flows,
                                       self.uplink_index)
@@ -415,7 +417,8 @@ class KernelDatapath:
         return self.classifier.counters_of(vnis)
 
     def box_counters(self) -> dict[str, int]:
-        return self.classifier.global_counters()
+        flows = self.flows.counters() if self.flows is not None else {}
+        return {**self.classifier.global_counters(), **{f"flow_{k}": v for k, v in flows.items()}}
 
     def fq_memory_bytes(self) -> int:
         return self.budget.box().memory

@@ -47,20 +47,23 @@ class Uplink:
 @dataclass(frozen=True)
 class FlowEnd:
     """One endpoint of a flow-mode link: its VNI, its VTEP's address and UDP port, the MAC to
-    send it to."""
+    send it to (None: not known yet)."""
     vni: int
     ip: str
-    mac: str
+    mac: str | None
     port: int = 4789
 
 
 @dataclass(frozen=True)
 class FlowEntry:
-    """moa_flow[vni]: frames arriving with `vni` leave toward `peer_*`, from `src_*`."""
+    """moa_flow[vni]: frames arriving with `vni` leave toward `peer_*`, from `src_*`.
+
+    peer_mac None: the next hop toward peer_ip has not answered yet, the entry is pending
+    (MOA_FLOW_F_PENDING: its frames are dropped and counted until it is written with a MAC)."""
     vni: int
     peer_vni: int
     peer_ip: str
-    peer_mac: str
+    peer_mac: str | None
     src_ip: str
     src_mac: str
     ifindex: int
@@ -128,7 +131,7 @@ class FlowTable:
         self.owner_map = classifier.obj.map(OWNER_MAP)
         self.counter_names = tuple(m.name.lower() for m in sorted(classifier.abi.FlowCounter))
         # struct moa_flow's fields at their offsets in BTF (abi.h), packed without ctypes.
-        kinds = {"peer_vni": "I", "ifindex": "I", "family": "B", "peer_mac": "6s",
+        kinds = {"peer_vni": "I", "ifindex": "I", "family": "B", "flags": "B", "peer_mac": "6s",
                  "src_mac": "6s", "src_ip": "16s", "peer_ip": "16s", "peer_port": "H"}
         fmt, at = "=", 0
         self._order = tuple(sorted(kinds, key=lambda n: getattr(self.Flow, n).offset))
@@ -140,6 +143,8 @@ class FlowTable:
         if struct.calcsize(fmt) != ctypes.sizeof(self.Flow):
             raise RuntimeError(f"struct moa_flow: {fmt} is not {ctypes.sizeof(self.Flow)} bytes")
         self._pack, self._unpack = struct.Struct(fmt).pack, struct.Struct(fmt).unpack
+        self.PENDING = int(classifier.abi.FlowFlags.PENDING)
+        self._flags_at = self.Flow.flags.offset
 
     def encode(self, e: FlowEntry) -> bytes:
         """The struct moa_flow of `e` (bytes), every field checked (ValueError naming it)."""
@@ -155,9 +160,11 @@ class FlowTable:
         if family != peer_family:
             raise ValueError(f"peer_ip: {e.peer_ip} is IPv{peer_family} but src_ip {e.src_ip} "
                              f"is IPv{family}: a frame keeps its outer family")
+        pending = e.peer_mac is None
         values = {"peer_vni": e.peer_vni, "ifindex": e.ifindex, "family": family,
-                  "peer_port": e.peer_port,
-                  "peer_mac": _mac(e.peer_mac, "peer_mac"), "src_mac": _mac(e.src_mac, "src_mac"),
+                  "peer_port": e.peer_port, "flags": self.PENDING if pending else 0,
+                  "peer_mac": bytes(6) if pending else _mac(e.peer_mac, "peer_mac"),
+                  "src_mac": _mac(e.src_mac, "src_mac"),
                   "src_ip": src, "peer_ip": peer}
         return self._pack(*(values[n] for n in self._order))
 
@@ -183,15 +190,16 @@ class FlowTable:
         return {int.from_bytes(keys[i * 4:i * 4 + 4], sys.byteorder):
                 values[i * size:(i + 1) * size] for i in range(n)}
 
+    def decode(self, vni: int, raw: bytes) -> FlowEntry:
+        """The FlowEntry of one entry as raw() gives it."""
+        f = dict(zip(self._order, self._unpack(raw)))
+        mac = None if f["flags"] & self.PENDING else ":".join(f"{x:02x}" for x in f["peer_mac"])
+        return FlowEntry(vni, f["peer_vni"], _text(f["peer_ip"], f["family"]), mac,
+                         _text(f["src_ip"], f["family"]),
+                         ":".join(f"{x:02x}" for x in f["src_mac"]), f["ifindex"], f["peer_port"])
+
     def entries(self) -> dict[int, FlowEntry]:
-        out = {}
-        for vni, raw in self.raw().items():
-            f = dict(zip(self._order, self._unpack(raw)))
-            out[vni] = FlowEntry(
-                vni, f["peer_vni"], _text(f["peer_ip"], f["family"]),
-                ":".join(f"{x:02x}" for x in f["peer_mac"]), _text(f["src_ip"], f["family"]),
-                ":".join(f"{x:02x}" for x in f["src_mac"]), f["ifindex"], f["peer_port"])
-        return out
+        return {vni: self.decode(vni, raw) for vni, raw in self.raw().items()}
 
     def sync(self, desired: Iterable[FlowEntry]) -> tuple[int, int]:
         """Make the table exactly `desired` (a restart's reconcile): write the entries that
@@ -237,6 +245,10 @@ class FlowTable:
         size = self.owner_map.value_size
         return {int.from_bytes(keys[i * 4:i * 4 + 4], sys.byteorder):
                 values[i * size:(i + 1) * size] for i in range(n)}
+
+    def pending(self, raw: bytes) -> bool:
+        """Whether an entry (as raw() gives it) waits for its next hop's MAC."""
+        return bool(raw[self._flags_at] & self.PENDING)
 
     def peer_port(self, raw: bytes) -> int:
         return dict(zip(self._order, self._unpack(raw)))["peer_port"]

@@ -8,12 +8,13 @@ import functools
 import ipaddress
 import logging
 import os
+from collections.abc import Mapping
 
 import schemas
 from datapath.classifier import ClassifierConfig
 from datapath.contract import MapUsage
-from datapath.flow import FLOW_MAP, OWNER_MAP, FlowTable, Uplink
-from datapath.libbpf import Map
+from datapath.flow import FLOW_MAP, OWNER_MAP, STATS_MAP, FlowTable, Uplink
+from datapath.libbpf import Map, abi
 from datapath.netlink.devices import Netlink
 from datapath.plan.flows import key_tag
 from datapath.plan.planner import Current, FlowContext, PlanConfig
@@ -21,16 +22,18 @@ from datapath.plan.planner import Current, FlowContext, PlanConfig
 log = logging.getLogger("datapath.flow_mode")
 
 P2P_MODES = ("vtep", "flow")
-NEXT_HOP_WAIT_S = 3.0  # ARP / neighbour discovery retries once a second: three tries
+NEXT_HOP_WAIT_S = 1.0  # a live next hop answers in milliseconds; a silent one goes pending
 
 
 def fit_pins(pin_root: str, config: ClassifierConfig) -> None:
     """A box switched between modes across a restart: moa_flow (and its owners) pinned at the
     other mode's size cannot be reused, so the pins go and the load makes new ones. Switching
     to VTEP mode drops the entries with them; switching to flow mode starts empty. Either way
-    the reconcile that follows plans every link anew in the box's mode."""
-    want = config.max_entries()[FLOW_MAP]
-    for name in (FLOW_MAP, OWNER_MAP):
+    the reconcile that follows plans every link anew in the box's mode. moa_flow_stats pinned
+    by a release with fewer counters goes too (its counts restart; libbpf would refuse it)."""
+    want = {FLOW_MAP: config.max_entries()[FLOW_MAP], OWNER_MAP: config.max_entries()[FLOW_MAP],
+            STATS_MAP: abi.load().constants["NR_FLOW_COUNTERS"]}
+    for name, size_wanted in want.items():
         path = os.path.join(pin_root, name)
         if not os.path.exists(path):
             continue
@@ -39,9 +42,10 @@ def fit_pins(pin_root: str, config: ClassifierConfig) -> None:
             size = pinned.max_entries
         finally:
             pinned.close()
-        if size != want:
-            log.warning("%s pinned with %d entries, this mode needs %d: unpinned (the box "
-                        "changed --p2p-mode; its links are planned anew)", name, size, want)
+        if size != size_wanted:
+            log.warning("%s pinned with %d entries, this box needs %d: unpinned (the box "
+                        "changed --p2p-mode or moa's release; its links are planned anew)",
+                        name, size, size_wanted)
             os.unlink(path)
 
 
@@ -61,13 +65,17 @@ def owned(current: Current, materialization: str) -> set[int]:
 
 
 def flow_context(nl: Netlink, table: FlowTable | None, m: schemas.Materialize,
-                 cfg: PlanConfig, uplink: str, uplink_index: int) -> FlowContext | None:
+                 cfg: PlanConfig, uplink: str, uplink_index: int,
+                 known: Mapping[str, str] | None = None) -> FlowContext | None:
     """What m's flow entries need: the uplink and the next-hop MAC of each remote of a
-    flow-mode link, resolved (datapath/netlink/nexthop.py) or refused: `unsupported`, naming
-    the endpoint's remote. None when m has no flow-mode link."""
+    flow-mode link (datapath/netlink/nexthop.py). A next hop the neighbour table does not
+    hold is solicited; one still silent after NEXT_HOP_WAIT_S keeps the MAC `known` has for
+    its remote (what the entries toward it carry: datapath/next_hops.py), else its entries
+    are written pending and the service resolves them later, as a VTEP would. None when m has
+    no flow-mode link. An endpoint whose frames would change family is refused: `unsupported`."""
     if table is None or not any(len(link.endpoints) == 2 for link in m.links):
         return None
-    hops: dict[str, str] = {}
+    remotes: set[str] = set()
     for i, link in enumerate(m.links):
         if len(link.endpoints) != 2:
             continue
@@ -81,18 +89,17 @@ def flow_context(nl: Netlink, table: FlowTable | None, m: schemas.Materialize,
                     f"frames arrive at {src} (IPv{_family(src)}): flow mode keeps a frame's "
                     "outer family (set both endpoints' local, or use --p2p-mode vtep)",
                     code="unsupported")
-        for j, ep in enumerate(link.endpoints):
-            if ep.remote in hops:
-                continue
-            hop, mac = nl.next_hop_mac(ep.remote, uplink_index, NEXT_HOP_WAIT_S)
-            if mac is None:
-                via = "" if hop == ep.remote else f" (its next hop {hop})"
-                raise schemas.InvalidMessage(
-                    f"links[{i}].endpoints[{j}].remote",
-                    f"remote {ep.remote}{via}: no neighbour entry on the uplink {uplink!r} "
-                    f"after {NEXT_HOP_WAIT_S:g} s of resolution, so flow mode has no MAC to "
-                    "send its frames to", code="unsupported")
-            hops[ep.remote] = mac
+            remotes.add(ep.remote)
+    found = nl.next_hop_macs(remotes, uplink_index, NEXT_HOP_WAIT_S)
+    known = known or {}
+    hops: dict[str, str | None] = {}
+    for remote, (hop, mac) in found.items():
+        hops[remote] = mac or known.get(remote)
+        if hops[remote] is None:
+            via = "" if hop == remote else f" through {hop}"
+            log.warning("remote %s%s: no neighbour entry on %s after %g s; its flow entries "
+                        "are written pending (frames dropped, counted as flow pending) until "
+                        "it answers", remote, via, uplink, NEXT_HOP_WAIT_S)
     up = Uplink(uplink_index, cfg.local, nl.mac_of(uplink))
     return FlowContext(up, hops, table.encode)
 

@@ -819,7 +819,11 @@ class StatusReply(_Message, kw_only=True):
     datapath: the classifier's box-wide counters since it was loaded (frames): non_vxlan,
     unknown_vni (passed untouched), ringbuf_fail (drop events lost), handover (LAN frames
     whose port wait the egress stage added), port_held (LAN frames a VTEP held until they left
-    the sender's port), events_suppressed. next: the cursor of the next page
+    the sender's port), events_suppressed; in flow mode also flow_redirect (frames rewritten
+    toward their peer), flow_mismatch (an entry's VNI but not addressed to the box: passed),
+    flow_error (a rewrite failed: dropped), flow_released (sent as a clone of a local
+    socket's frame), flow_pending (dropped: the peer's next hop has not answered ARP or
+    neighbour discovery yet). next: the cursor of the next page
     (StatusRequest.cursor), null on the last; a materialization or a link that does not fit
     in one page continues on the next under the same id (docs/contract.md, "Status")."""
     host: str

@@ -89,7 +89,8 @@ def test_rewritten_toward_the_peer_and_redirected(flow_clf, v6, csum, tagged) ->
         assert Ether(r.data)[UDP].sport == sport
         if csum:  # scapy agrees with the incrementally updated checksum
             assert Ether(r.data)[UDP].chksum != 0
-    assert t.counters() == {"redirect": 3, "mismatch": 0, "error": 0, "released": 0}
+    assert t.counters() == {"redirect": 3, "mismatch": 0, "error": 0, "released": 0,
+                            "pending": 0}
 
 
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
@@ -127,7 +128,8 @@ def test_the_other_direction_and_other_frames(flow_clf) -> None:
     for sent in (frame(555), frame(dst="192.0.2.99"), frame(v6=True)):
         r = ingress(flow_clf, sent)
         assert (r.retval, r.data) == (TC_ACT_OK, sent)
-    assert t.counters() == {"redirect": 1, "mismatch": 2, "error": 0, "released": 0}
+    assert t.counters() == {"redirect": 1, "mismatch": 2, "error": 0, "released": 0,
+                            "pending": 0}
     # Removed: passed like any frame.
     assert t.remove([A, B]) == 2 and t.entries() == {}
     sent = frame()
@@ -184,6 +186,30 @@ def test_table_api_round_trip_and_refusals(flow_clf) -> None:
             t.set([good, FlowEntry(**{**good.__dict__, **change})])
     assert t.entries()[A].peer_ip == HV_B6  # nothing of a refused batch was written
     assert t.set([good]) == 1 and t.entries()[A] == good
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_a_pending_entry_drops_and_counts_until_written_with_a_mac(flow_clf, v6) -> None:
+    """An entry whose next hop has not answered (peer_mac None: MOA_FLOW_F_PENDING) drops its
+    endpoint's frames with a counter of its own, never sends them to a zero MAC nor passes them
+    to the stack; written again with the MAC, it rewrites as any other."""
+    t = table(flow_clf, v6)
+    pending = FlowEntry(A, B, HV_B6 if v6 else HV_B4, None, BOX6 if v6 else BOX4, MAC_UP,
+                        UPLINK_IFINDEX)
+    t.set([pending])
+    raw = t.raw()[A]
+    assert t.pending(raw) and raw[t.Flow.peer_mac.offset:][:6] == bytes(6)
+    assert t.entries()[A] == pending and t.entries()[B].peer_mac == MAC_A
+    sent = frame(v6=v6)
+    for _ in range(3):
+        assert ingress(flow_clf, sent).retval == TC_ACT_SHOT
+    assert t.counters() == {"redirect": 0, "mismatch": 0, "error": 0, "released": 0,
+                            "pending": 3}
+    t.set([FlowEntry(**{**pending.__dict__, "peer_mac": MAC_B})])
+    assert not t.pending(t.raw()[A])
+    r = ingress(flow_clf, sent)
+    assert (r.retval, r.data) == (TC_ACT_REDIRECT, expected(sent, v6=v6, csum=True))
+    assert t.counters()["pending"] == 3 and t.counters()["redirect"] == 1
 
 
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])

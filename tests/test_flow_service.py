@@ -181,20 +181,57 @@ async def test_mixed_box_flow_p2p_beside_a_vtep_lan(nats_server: NatsServer,
         assert _entries(svc) == {} and vni_keys(topo.pin_root) == set()
 
 
-async def test_unresolvable_remote_is_refused_naming_it(nats_server: NatsServer,
-                                                        topo: Testbed) -> None:
-    """A remote on the uplink's subnet that answers no ARP: `unsupported`, naming the field;
-    nothing of the materialization is left."""
+async def test_a_silent_remote_goes_pending_and_resolves_when_it_answers(
+        nats_server: NatsServer, topo: Testbed) -> None:
+    """hv2 is cut from the underlay switch when its link is materialized: the ack is ok as in
+    VTEP mode, the entries toward hv2 are pending (their frames dropped and counted as
+    flow_pending in status), they survive a restart, and once hv2 is back the service's
+    solicitation finds its MAC and rewrites them: pings cross with no new Materialize
+    (datapath/next_hops.py). A pending remote whose link goes away is no longer solicited."""
     s = Subjects(HOST)
-    doc = p2p_doc("nohop", 70, 71)
-    doc["links"][0]["endpoints"][1]["remote"] = Testbed.hv_addr(9)
-    async with box_service(nats_server, topo, HOST, settings=FLOW) as svc, \
-            nats_client(nats_server.url) as nc:
-        ack = await _req(nc, s.op("materialize"), doc)
-        assert not ack["ok"], ack
-        assert ack["error"]["code"] == "unsupported", ack
-        assert ack["error"]["field"] == "links[0].endpoints[1].remote", ack
-        assert _entries(svc) == {} and vni_keys(topo.pin_root) == set()
+    a = await asyncio.to_thread(topo.add_endpoint, 1, 70, "192.168.70.1/24")
+    b = await asyncio.to_thread(topo.add_endpoint, 2, 71, "192.168.70.2/24")
+    hv2 = Testbed.hv_addr(2)
+    await asyncio.to_thread(sh, "ip", "-n", topo.fab, "link", "set", "phv2", "down")
+    await asyncio.to_thread(sh, "ip", "-n", topo.box, "neigh", "flush", "dev", UPLINK)
+    try:
+        async with box_service(nats_server, topo, HOST, settings=FLOW,
+                               next_hop_interval=0.5) as svc, \
+                nats_client(nats_server.url) as nc:
+            ack = await _req(nc, s.op("materialize"), p2p_doc("hop", 70, 71))
+            assert ack["ok"], ack
+            e = _entries(svc)
+            assert (e[70].peer_ip, e[70].peer_mac, e[71].peer_mac) == (
+                hv2, None, _hv_mac(topo, 1)), e
+            assert svc.datapath.next_hops.pending == {hv2}
+            assert await _ping(topo, a, b, 3, 1) == (3, 0)
+            st = await _req(nc, s.op("status"), {})
+            # (node a's ARP requests for b: the frames that reach the box while b is unknown)
+            assert st["datapath"]["flow_pending"] >= 1, st["datapath"]
+            # a second link toward a remote that never answers, then gone: not solicited
+            ghost = p2p_doc("ghost", 72, 73)
+            ghost["links"][0]["endpoints"][1]["remote"] = Testbed.hv_addr(9)
+            assert (await _req(nc, s.op("materialize"), ghost))["ok"]
+            assert Testbed.hv_addr(9) in svc.datapath.next_hops.pending
+            assert (await _req(nc, s.op("dematerialize"), {"id": "ghost"}))["ok"]
+            await svc.datapath.follow_next_hops()
+            assert svc.datapath.next_hops.pending == {hv2}
+        async with box_service(nats_server, topo, HOST, settings=FLOW,
+                               next_hop_interval=0.5) as svc:
+            assert svc.datapath.next_hops.pending == {hv2}  # read back from the entries
+            assert _entries(svc)[70].peer_mac is None
+            await asyncio.to_thread(sh, "ip", "-n", topo.fab, "link", "set", "phv2", "up")
+            for _ in range(100):  # a solicitation, the answer, the next check
+                if _entries(svc)[70].peer_mac is not None:
+                    break
+                await asyncio.sleep(0.1)
+            assert _entries(svc)[70].peer_mac == _hv_mac(topo, 2)
+            assert svc.datapath.next_hops.pending == set()
+            assert svc.datapath.next_hops.macs[hv2] == _hv_mac(topo, 2)
+            assert await _ping(topo, a, b) == (3, 3)
+            assert await svc.datapath.plan(svc.desired.held["hop"].materialize) == []
+    finally:
+        await asyncio.to_thread(sh, "ip", "-n", topo.fab, "link", "set", "phv2", "up")
 
 
 async def test_switching_modes_across_restarts_converges(nats_server: NatsServer,

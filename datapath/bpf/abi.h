@@ -403,12 +403,20 @@ struct moa_flow {
 	__u8 src_mac[6];	/* outer source MAC: the uplink's */
 	__u8 family;		/* 4 or 6: the outer IP version of both addresses, and of the
 				 * frames the entry applies to */
-	__u8 pad0;
+	__u8 flags;		/* MOA_FLOW_F_* */
 	__u16 peer_port;	/* the peer VTEP's UDP port (host order): the new destination port */
 	__u8 src_ip[16];	/* the box's address, the frame's outer destination on arrival and
 				 * its source on departure (IPv4: the first 4 bytes, the rest 0) */
 	__u8 peer_ip[16];	/* the peer endpoint's VTEP: the new outer destination */
 	/* 56 bytes */
+};
+
+/* moa_flow.flags */
+enum moa_flow_flag {
+	/* The next hop toward peer_ip has not answered ARP / neighbour discovery yet: peer_mac is
+	 * unknown, the endpoint's frames are dropped (MOA_FLOW_PENDING) until the service writes
+	 * the entry again with the MAC (datapath/next_hops.py). */
+	MOA_FLOW_F_PENDING = 1,
 };
 
 /* Index of the per-CPU __u64 counters of moa_flow_stats. */
@@ -419,7 +427,9 @@ enum moa_flow_counter {
 	MOA_FLOW_ERROR = 2,	/* a rewrite helper failed: dropped, never sent half rewritten */
 	MOA_FLOW_RELEASED = 3,	/* of the redirected, those a local socket still owned: sent as a
 				 * clone, the original released (flow.h) */
-	MOA_NR_FLOW_COUNTERS = 4,
+	MOA_FLOW_PENDING = 4,	/* an entry whose next hop is not resolved yet (MOA_FLOW_F_PENDING):
+				 * dropped, as a VTEP drops frames its neighbour entry cannot send */
+	MOA_NR_FLOW_COUNTERS = 5,
 };
 
 #endif /* MOA_ABI_H */

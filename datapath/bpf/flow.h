@@ -292,6 +292,12 @@ static __always_inline int moa_flow_forward(struct __sk_buff *skb)
 	f = bpf_map_lookup_elem(&moa_flow, &pkt.vni);
 	if (!f)
 		return TC_ACT_OK;
+	if (f->flags & MOA_FLOW_F_PENDING) {
+		/* No MAC to send it to yet: a frame passed to the stack would meet no VTEP there
+		 * (and draw an ICMP port unreachable), so it is dropped and counted. */
+		moa_flow_count(MOA_FLOW_PENDING);
+		return TC_ACT_SHOT;
+	}
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
 	l3 = moa_parse_eth(data, data_end, 0, &proto);

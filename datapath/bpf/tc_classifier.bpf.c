@@ -35,6 +35,7 @@ const volatile enum moa_dist moa_abi_dist;
 const volatile enum moa_aqm moa_abi_aqm;
 const volatile struct moa_drop_event moa_abi_drop_event;
 const volatile enum moa_flow_counter moa_abi_flow_counter;
+const volatile enum moa_flow_flag moa_abi_flow_flag;
 
 /* abi.h's macros, as enumerators Python can read from BTF. */
 enum moa_abi_consts {

@@ -17,6 +17,7 @@ Module attributes (built lazily from the classifier object on first access):
     ``MOA_STAGE_``/``MOA_DROP_``/``MOA_LOSS_`` prefixes stripped (``Stage.EGRESS``);
     ``StageFlags``: IntFlag from ``enum moa_stage_flags`` when the object's BTF has it;
     ``FlowCounter``: IntEnum of ``enum moa_flow_counter`` (flow mode's counters), likewise;
+    ``FlowFlags``: IntFlag of ``enum moa_flow_flag`` (moa_flow.flags), likewise;
     ``NR_STAGES``, ``NR_DROP_REASONS``: the ``MOA_NR_*`` enumerators;
     ``DROP_EVENT_VERSION`` (and any other ``MOA_ABI_*`` of ``enum moa_abi_consts``, which the
     object declares to carry abi.h's macros into BTF); ``constants``: all of these as a dict;
@@ -71,6 +72,7 @@ ENUMS = {
     "Dist": ("moa_dist", "MOA_DIST_", True),
     "Aqm": ("moa_aqm", "MOA_AQM_", True),
     "FlowCounter": ("moa_flow_counter", "MOA_FLOW_", False),
+    "FlowFlags": ("moa_flow_flag", "MOA_FLOW_F_", False),
 }
 
 # Optional: `enum moa_abi_consts { MOA_ABI_X = X, ... }` carries abi.h's #defines into BTF.
@@ -115,7 +117,7 @@ class Abi:
                     members[name[len(prefix):]] = value
                 else:
                     members[name.removeprefix("MOA_")] = value
-            base = enum.IntFlag if pyname == "StageFlags" else enum.IntEnum
+            base = enum.IntFlag if pyname in ("StageFlags", "FlowFlags") else enum.IntEnum
             setattr(self, pyname, base(pyname, members, module=__name__))
         # abi.h's macros, when the object mirrors them as enumerators (BTF has no macros).
         try:

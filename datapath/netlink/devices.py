@@ -15,6 +15,7 @@ import os
 import socket
 import struct
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -180,11 +181,11 @@ class Netlink(TrafficControl):
             raise DatapathNetlinkError(f"looking up the route to {address}: {e}") from e
         return routes[0].get("RTA_OIF") if routes else None
 
-    def next_hop_mac(self, address: str, ifindex: int, wait_s: float = 3.0,
-                     ) -> tuple[str, str | None]:
-        """(next hop, its MAC or None) toward `address` (datapath/netlink/nexthop.py)."""
+    def next_hop_macs(self, addresses: Iterable[str], ifindex: int, wait_s: float = 1.0,
+                      ) -> dict[str, tuple[str, str | None]]:
+        """address -> (next hop, its MAC or None) (datapath/netlink/nexthop.py)."""
         self._check_thread()
-        return nexthop.next_hop_mac(self.ipr, address, ifindex, wait_s)
+        return nexthop.next_hop_macs(self.ipr, addresses, ifindex, wait_s)
 
     def mac_of(self, name: str) -> str:
         return str(self._link_msg(self.require_ifindex(name)).get("IFLA_ADDRESS")).lower()

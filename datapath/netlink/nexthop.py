@@ -6,7 +6,7 @@ entry that has an address (reachable, stale, delay, probe, permanent, noarp) giv
 known: resolution is started by sending one empty UDP datagram to the remote's discard port
 (9): the kernel resolves the next hop to send it, by ARP or neighbour discovery, as for any
 frame. The table is then polled until `wait_s`; a next hop still unknown is the caller's to
-refuse. The socket is made on the netlink worker's thread, so it belongs to the box's network
+write as pending (datapath/next_hops.py solicits it again until it answers). The socket is made on the netlink worker's thread, so it belongs to the box's network
 namespace.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ import errno
 import ipaddress
 import socket
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -61,11 +62,6 @@ def neighbours(ipr: Any, ifindex: int, fam: int) -> dict[str, str]:
     return out
 
 
-def neighbour(ipr: Any, ifindex: int, address: str) -> str | None:
-    """The link-layer address the neighbour table holds for `address` on `ifindex`, or None."""
-    return neighbours(ipr, ifindex, family(address)).get(canonical(address))
-
-
 def solicit(address: str) -> None:
     """Make the kernel resolve the next hop toward `address` (module doc)."""
     try:
@@ -76,15 +72,27 @@ def solicit(address: str) -> None:
         pass  # unreachable: the table stays empty and the caller refuses
 
 
-def next_hop_mac(ipr: Any, address: str, ifindex: int, wait_s: float) -> tuple[str, str | None]:
-    """(the next hop's address, its MAC or None) toward `address` through `ifindex`."""
-    _, hop = route(ipr, address)
-    mac = neighbour(ipr, ifindex, hop)
-    if mac is not None:
-        return hop, mac
-    solicit(address)
+def next_hop_macs(ipr: Any, addresses: Iterable[str], ifindex: int, wait_s: float,
+                  ) -> dict[str, tuple[str, str | None]]:
+    """address -> (its next hop's address, that hop's MAC or None) through `ifindex`. The
+    unknown ones are solicited together and the table polled (one dump per family a poll)
+    until all are known or `wait_s` has passed."""
+    hops = {a: route(ipr, a)[1] for a in addresses}
+    known: dict[int, dict[str, str]] = {}
+
+    def look() -> dict[str, tuple[str, str | None]]:
+        known.clear()
+        for fam in {family(h) for h in hops.values()}:
+            known[fam] = neighbours(ipr, ifindex, fam)
+        return {a: (h, known[family(h)].get(canonical(h))) for a, h in hops.items()}
+
+    found = look()
+    missing = [a for a, (_, mac) in found.items() if mac is None]
+    for a in missing:
+        solicit(a)
     deadline = time.monotonic() + wait_s
-    while mac is None and time.monotonic() < deadline:
+    while missing and time.monotonic() < deadline:
         time.sleep(POLL_S)
-        mac = neighbour(ipr, ifindex, hop)
-    return hop, mac
+        found = look()
+        missing = [a for a, (_, mac) in found.items() if mac is None]
+    return found

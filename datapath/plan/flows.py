@@ -65,8 +65,9 @@ class SetFlow(Operation):
 
     def describe(self) -> str:
         e = self.entry
+        via = e.peer_mac or "a next hop not resolved yet (pending)"
         return (f"set flow VNI {e.vni} ({self.materialization}/{self.link}) -> VNI {e.peer_vni} "
-                f"at {e.peer_ip}:{e.peer_port} via {e.peer_mac}")
+                f"at {e.peer_ip}:{e.peer_port} via {via}")
 
 
 @dataclass(frozen=True)

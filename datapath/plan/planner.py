@@ -86,7 +86,7 @@ class FlowContext:
     """What a flow entry needs beyond the Materialize: the uplink (ifindex, MAC), each remote's
     next-hop MAC (datapath/netlink/nexthop.py), the table's encoding (FlowTable.encode)."""
     uplink: Uplink
-    hops: dict[str, str]
+    hops: dict[str, str | None]  # remote -> next hop's MAC; None: not resolved, entry pending
     encode: Callable[[FlowEntry], bytes]
 
     def entry(self, vni: int, spec: FlowSpec) -> FlowEntry:

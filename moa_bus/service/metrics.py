@@ -69,6 +69,18 @@ CLASSIFIER = {
                  "Egress frames that carried a LAN ingress stage's handover in skb->mark."),
     "port_held": ("moa_classifier_port_held_packets",
                   "LAN frames a member's VTEP held until they left the sender's port."),
+    # flow mode's counters (moa_flow_stats, datapath/bpf/flow.h)
+    "flow_redirect": ("moa_flow_redirected_packets",
+                      "Flow mode: frames rewritten toward their link's peer and redirected."),
+    "flow_mismatch": ("moa_flow_mismatch_packets",
+                      "Flow mode: frames of an entry's VNI not addressed to the box: passed."),
+    "flow_error": ("moa_flow_error_packets",
+                   "Flow mode: frames dropped because a rewrite helper failed."),
+    "flow_released": ("moa_flow_released_packets",
+                      "Flow mode: redirected frames a local socket owned, sent as a clone."),
+    "flow_pending": ("moa_flow_pending_packets",
+                     "Flow mode: frames dropped because the peer's next hop has not answered "
+                     "ARP or neighbour discovery yet."),
 }
 DROP_EVENT_COUNTERS = {
     "events_suppressed": ("moa_drop_events_suppressed",
