@@ -72,7 +72,7 @@ class DatapathConfig:
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     host: str = field(default_factory=socket.gethostname)
     # "flow": point-to-point links as moa_flow entries, no VTEPs (datapath/flow_mode.py)
-    p2p_mode: str = "vtep"
+    p2p_mode: str = "flow"
 
 
 class KernelDatapath:
@@ -314,7 +314,7 @@ class KernelDatapath:
             figures = self._figures(m)
         first, last, _ = self._resize_ops(m.id, figures)
         flow = flow_mode.flow_context(self.worker.nl, self.flows, m, self.plan_config,
-                                      self.config.uplink, self.uplink_index, self.next_hops.macs)
+                                      self.config.uplink, self.uplink_index, self.next_hops)
         ops = plan(m, self._read_current(m), self.plan_config, self._encode, self.uplink_index,
                    flow)
         return first + ops + last, flow

@@ -8,14 +8,15 @@ import functools
 import ipaddress
 import logging
 import os
-from collections.abc import Mapping
 
 import schemas
 from datapath.classifier import ClassifierConfig
 from datapath.contract import MapUsage
 from datapath.flow import FLOW_MAP, OWNER_MAP, STATS_MAP, FlowTable, Uplink
 from datapath.libbpf import Map, abi
+from datapath.netlink.nexthop import canonical
 from datapath.netlink.devices import Netlink
+from datapath.next_hops import NextHops
 from datapath.plan.flows import key_tag
 from datapath.plan.planner import Current, FlowContext, PlanConfig
 
@@ -66,13 +67,15 @@ def owned(current: Current, materialization: str) -> set[int]:
 
 def flow_context(nl: Netlink, table: FlowTable | None, m: schemas.Materialize,
                  cfg: PlanConfig, uplink: str, uplink_index: int,
-                 known: Mapping[str, str] | None = None) -> FlowContext | None:
+                 hops: NextHops | None = None) -> FlowContext | None:
     """What m's flow entries need: the uplink and the next-hop MAC of each remote of a
     flow-mode link (datapath/netlink/nexthop.py). A next hop the neighbour table does not
-    hold is solicited; one still silent after NEXT_HOP_WAIT_S keeps the MAC `known` has for
+    hold is solicited; one still silent after NEXT_HOP_WAIT_S keeps the MAC `hops` knows for
     its remote (what the entries toward it carry: datapath/next_hops.py), else its entries
-    are written pending and the service resolves them later, as a VTEP would. None when m has
-    no flow-mode link. An endpoint whose frames would change family is refused: `unsupported`."""
+    are written pending and the service resolves them later, as a VTEP would. A remote
+    already pending is solicited but not waited for again (a hypervisor that is down costs
+    each materialize toward it nothing). None when m has no flow-mode link. An endpoint whose
+    frames would change family is refused: `unsupported`."""
     if table is None or not any(len(link.endpoints) == 2 for link in m.links):
         return None
     remotes: set[str] = set()
@@ -90,18 +93,20 @@ def flow_context(nl: Netlink, table: FlowTable | None, m: schemas.Materialize,
                     "outer family (set both endpoints' local, or use --p2p-mode vtep)",
                     code="unsupported")
             remotes.add(ep.remote)
-    found = nl.next_hop_macs(remotes, uplink_index, NEXT_HOP_WAIT_S)
-    known = known or {}
-    hops: dict[str, str | None] = {}
+    hops = hops or NextHops()
+    waiting = {r for r in remotes if canonical(r) in hops.pending}
+    found = nl.next_hop_macs(remotes - waiting, uplink_index, NEXT_HOP_WAIT_S)
+    found.update(nl.next_hop_macs(waiting, uplink_index, 0.0) if waiting else {})
+    macs: dict[str, str | None] = {}
     for remote, (hop, mac) in found.items():
-        hops[remote] = mac or known.get(remote)
-        if hops[remote] is None:
+        macs[remote] = mac or hops.macs.get(canonical(remote))
+        if macs[remote] is None and remote not in waiting:
             via = "" if hop == remote else f" through {hop}"
             log.warning("remote %s%s: no neighbour entry on %s after %g s; its flow entries "
                         "are written pending (frames dropped, counted as flow pending) until "
                         "it answers", remote, via, uplink, NEXT_HOP_WAIT_S)
     up = Uplink(uplink_index, cfg.local, nl.mac_of(uplink))
-    return FlowContext(up, hops, table.encode)
+    return FlowContext(up, macs, table.encode)
 
 
 @functools.lru_cache(maxsize=4096)

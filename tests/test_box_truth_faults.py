@@ -163,7 +163,7 @@ async def test_a_full_link_map_rolls_back(topo: Testbed) -> None:
     map update error, in the middle of the parameter writes."""
     dp = await KernelDatapath.start(DatapathConfig(
         uplink=UPLINK, local=BOX_ADDR, netns=topo.box, pin_root=topo.pin_root,
-        allow_loss_only=True, classifier=ClassifierConfig(max_links=16)))
+        allow_loss_only=True, p2p_mode="vtep", classifier=ClassifierConfig(max_links=16)))
     applier = Applier(dp, DesiredState(), "fullm")
     applier.start()
     try:

@@ -55,7 +55,8 @@ async def test_full_stack_materialize_update_dematerialize(topo: Testbed, nats_s
 
     settings = ServeSettings(nats=nats_server.url, host=host, uplink=UPLINK, local=BOX_ADDR,
                                        netns=topo.box, pin_root=topo.pin_root, allow_loss_only=True,
-                                       stats_interval=0.3, state_dir=topo.state_dir)
+                                       stats_interval=0.3, state_dir=topo.state_dir,
+                                       p2p_mode="vtep")  # it looks at the VTEPs and pair
     stop = asyncio.Event()
     said: list[str] = []
     server = asyncio.create_task(serve(settings, factory, stop, said.append))

@@ -25,6 +25,7 @@ from moa_bus.cli import serve as serve_cli
 from moa_bus.lab.host_testbed import UPLINK, Testbed
 from moa_bus.service.box_checks import ScratchNetns
 from moa_bus.service.embedded_nats import NatsServer, free_port
+from tests.fixtures.moabox import vni_keys
 from moa_bus.service.settings import ServeSettings
 from tests.fixtures.nats import nats_server  # noqa: F401
 from tests.fixtures.topology import topo  # noqa: F401
@@ -128,7 +129,10 @@ async def test_readme_req_lines_against_a_real_service(topo: Testbed, nats_serve
                         break
                 assert ack["ok"] is True, ack
             if subject.endswith(".materialize") and kind == "ok":
-                assert len(moa_devices(topo)) >= 5, where  # 5 VTEPs (+ the LAN's bridge)
+                # moa serve's default mode: the LAN's 3 VTEPs and bridge, the p2p link as
+                # two flow entries
+                assert len(moa_devices(topo)) >= 4, where
+                assert len(vni_keys(topo.pin_root, "moa_flow")) == 2, where
             ran.append((subject, kind))
         # The README's sequence left the box as it found it.
         assert moa_devices(topo) == []

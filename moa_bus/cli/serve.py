@@ -56,8 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="worst-case sch_fq memory a change may bring the box to, e.g. 8GiB "
                              "(default: half the machine's memory)")
     parser.add_argument("--p2p-mode", choices=("vtep", "flow"),
-                        help="point-to-point links as two VTEPs joined by a redirect pair (vtep, "
-                             "the default) or as flow entries on the uplink, no device (flow)")
+                        help="point-to-point links as flow entries on the uplink, no device "
+                             "(flow, the default), or as two VTEPs joined by a redirect pair "
+                             "(vtep)")
     parser.add_argument("--max-links", type=int,
                         help="VNIs (endpoints) the classifier's maps hold (65536; a point-to-point "
                              "link takes two: 262144 for 100,000 flow-mode links)")

@@ -230,7 +230,7 @@ class Bench:
         cmd = [sys.executable, "-m", "moa_bus.cli", "serve", "--nats", url,
                "--host", host or self.host, "--uplink", UPLINK, "--local", BOX_ADDR,
                "--netns", bed.box, "--pin-root", bed.pin_root, "--state-dir", bed.state_dir,
-               "--allow-loss-only", *extra]
+               "--allow-loss-only", "--p2p-mode", "vtep", *extra]  # flow cases say flow
         with open(log, "ab") as f:
             return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
                                     env=env, cwd=str(Path(__file__).resolve().parents[2]))

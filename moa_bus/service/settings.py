@@ -79,7 +79,7 @@ class ServeSettings:
     fq_memory_max: int | None = None
     # how point-to-point links are made: "vtep" (two VXLAN devices joined by a redirect pair) or
     # "flow" (moa_flow entries on the uplink, no device; docs/architecture.md, "Flow mode")
-    p2p_mode: str = "vtep"
+    p2p_mode: str = "flow"
     # VNIs (endpoints) the classifier's maps hold: a point-to-point link takes two. 262,144
     # holds 100,000 flow-mode links; changing it on a box whose maps are pinned needs the pins
     # removed (the load refuses a pinned map of another size)
