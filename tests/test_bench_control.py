@@ -57,7 +57,8 @@ def test_request_reply_round_trip_figures_are_reported() -> None:
 
 def test_flow_mode_figures_are_reported() -> None:
     """Issue 16's flow-mode keys (flow_materialize_10k_s, its target judged,
-    flow_materialize_100k_s, flow_rss_mib, flow_status_100k_ms, flow_dematerialize_100k_s)
+    flow_materialize_100k_s, flow_rss_mib, flow_status_100k_ms, an update of one link and of
+    all, a restart's reconcile, flow_dematerialize_100k_s)
     through the same code as the full run, but with 200 and 2,000 links (`--flow-links
     200,2000`): the full 10,000 and 100,000 take minutes on this machine (docs/benchmarks.md
     has them). 2,000 links' status is
@@ -74,10 +75,12 @@ def test_flow_mode_figures_are_reported() -> None:
     for key in flow_steps.KEYS:
         assert out[key] is not None, (key, out)
     for key in ("flow_materialize_10k_s", "flow_dematerialize_10k_s", "flow_materialize_100k_s",
-                "flow_status_100k_ms", "flow_dematerialize_100k_s", "flow_rss_mib"):
+                "flow_status_100k_ms", "flow_dematerialize_100k_s", "flow_rss_mib",
+                "flow_update_1_of_100k_ms", "flow_update_all_100k_s", "flow_restart_100k_s"):
         assert out[key] > 0, (key, out)
     assert isinstance(out["flow_materialize_10k_target_met"], bool), out
     assert out["flow_entries"] == 4000 and out["flow_moa_devices"] == 0, out
+    assert out["flow_restart_plan_operations"] == 0, out  # the restart's reconcile converged
     assert out["flow_status_100k_pages"] >= 2, out
     assert out["flow_status_100k_bytes"] > out["flow_max_payload"], out
     # the VTEP-mode figures did not run: null, as every step's keys are when skipped

@@ -15,6 +15,12 @@ box and its pins are not touched. Then, in order:
 - the whole box's status, every page as `moa status` walks them (a reply of 100,000 links is
   larger than max_payload: docs/contract.md, "Message sizes"): the median of 3 walks
   (flow_status_100k_ms, with its pages and bytes);
+- an Update of one of those links (flow_update_1_of_100k_ms: the median of 5, each until its
+  ack) and one of all of them by their tag (flow_update_all_100k_s);
+- a restart of the service holding them, from the start of `moa serve` to serving
+  (flow_restart_100k_s: load from the pins, the reconcile of 100,000 links against the
+  kernel), checked: the entries all there, the box's dry-run plan for them empty
+  (flow_restart_plan_operations, 0);
 - their dematerialize (flow_dematerialize_100k_s).
 
 `links_small`/`links_big` are smaller in the test suite (tests/test_bench_control.py): the same
@@ -41,6 +47,7 @@ FLOW_SMALL, FLOW_BIG = 10_000, 100_000
 TARGET_10K_S = 1.0  # issue 16
 KEYS = ("flow_materialize_10k_s", "flow_materialize_10k_target_met", "flow_dematerialize_10k_s",
         "flow_materialize_100k_s", "flow_rss_mib", "flow_status_100k_ms",
+        "flow_update_1_of_100k_ms", "flow_update_all_100k_s", "flow_restart_100k_s",
         "flow_dematerialize_100k_s")
 
 
@@ -68,7 +75,10 @@ def describe(r: dict, fmt) -> str:
             f"{fmt(r['flow_materialize_100k_s'], ' s')}, service RSS "
             f"{fmt(r['flow_rss_mib'], ' MiB')}, whole-box status "
             f"{fmt(r['flow_status_100k_ms'], ' ms')} ({fmt(r.get('flow_status_100k_pages'))} "
-            f"pages), removed in {fmt(r['flow_dematerialize_100k_s'], ' s')}")
+            f"pages), one link updated in {fmt(r['flow_update_1_of_100k_ms'], ' ms')}, all in "
+            f"{fmt(r['flow_update_all_100k_s'], ' s')}, restarted (reconciled) in "
+            f"{fmt(r['flow_restart_100k_s'], ' s')}, removed in "
+            f"{fmt(r['flow_dematerialize_100k_s'], ' s')}")
 
 
 def flow_links(prefix: str, n: int, first_vni: int, bed: Testbed) -> list[dict]:
@@ -105,6 +115,40 @@ def _materialize(box: engine.MoaClient, doc: dict):
                   box.materialize(json.dumps(doc).encode(), timeout=3600))
 
 
+def _update(box: engine.MoaClient, doc: dict):
+    return _timed(f"the flow-mode update {doc['links']}",
+                  box.update(json.dumps(doc).encode(), timeout=3600))
+
+
+async def _updates(box: engine.MoaClient, links: int) -> tuple[float, float]:
+    """(the median of 5 one-link updates in ms, the update of all `links` by tag in s)."""
+    one = []
+    for i in range(5):
+        doc = {"id": "flow-big", "links": [{"link": f"b{i * (links // 5)}",
+                                            "emulation": {"loss": 0.002 + i / 1000}}]}
+        one.append(await _update(box, doc) * 1000)
+    every = await _update(box, {"id": "flow-big", "links": [
+        {"tag": "bench", "emulation": {"loss": 0.01}}]})
+    return _pct(one, 0.5), every
+
+
+async def _restart(bench, nc, bed: Testbed, serve, tmp: Path, host: str, big: dict):
+    """Stop `moa serve`, start it again: (the new process, seconds from its start to serving,
+    the operations its dry-run plan for `big` lists: 0 when the reconcile converged)."""
+    await stop_serve(serve, 60)
+    t0 = time.perf_counter()
+    serve = _start_flow_serve(bench, bed, tmp, host)
+    await bench._wait_ready(nc, serve, tmp / "serve.log", subjects=Subjects(host))
+    took = time.perf_counter() - t0
+    plan = await engine.MoaClient(nc, host).plan(json.dumps(big).encode(), timeout=3600)
+    return serve, took, plan.count
+
+
+def _start_flow_serve(bench, bed: Testbed, tmp: Path, host: str):
+    return bench._start_serve(bed, bench.url, tmp / "serve.log", host=host,
+                              extra=["--p2p-mode", "flow", "--max-links", str(FLOW_MAX_LINKS)])
+
+
 def _dematerialize(box: engine.MoaClient, mid: str):
     return _timed(f"the flow-mode dematerialize of {mid}", box.dematerialize(mid, timeout=3600))
 
@@ -124,9 +168,7 @@ async def flow(bench, nc, _bed: Testbed) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="moa-bench-flow-"))
     serve = None
     try:
-        serve = bench._start_serve(bed, bench.url, tmp / "serve.log", host=host,
-                                   extra=["--p2p-mode", "flow",
-                                          "--max-links", str(FLOW_MAX_LINKS)])
+        serve = _start_flow_serve(bench, bed, tmp, host)
         await bench._wait_ready(nc, serve, tmp / "serve.log", subjects=subjects)
         box = engine.MoaClient(nc, host)
 
@@ -164,6 +206,19 @@ async def flow(bench, nc, _bed: Testbed) -> None:
         out["flow_status_100k_pages"], out["flow_status_100k_bytes"] = pages, size
         out["flow_max_payload"] = nc.max_payload
         out["flow_rss_after_status_mib"] = _rss_mib(serve.pid)
+
+        one, every = await _updates(box, links_big)
+        out["flow_update_1_of_100k_ms"], out["flow_update_all_100k_s"] = round(one, 1), round(
+            every, 3)
+        for link in big["links"]:  # what the box holds now: the last update's loss
+            link["emulation"] = {"loss": 0.01}
+        serve, took, ops = await _restart(bench, nc, bed, serve, tmp, host, big)
+        out["flow_restart_100k_s"], out["flow_restart_plan_operations"] = round(took, 3), ops
+        held = await asyncio.to_thread(_flow_entries, bed.pin_root)
+        if held != 2 * links_big or ops:
+            raise RuntimeError(f"after the restart moa_flow holds {held} entries (not "
+                               f"{2 * links_big}) and the plan for flow-big lists {ops} "
+                               "operations (not 0)")
 
         out["flow_dematerialize_100k_s"] = round(await _dematerialize(box, "flow-big"), 3)
         left = await asyncio.to_thread(_flow_entries, bed.pin_root)
