@@ -153,6 +153,7 @@ async def test_three_roles_under_the_example_permissions(
         "--nats-nkey", str(rs.seeds["SERVICE_BOX1"]), "--nats-inbox-prefix", INBOX["SERVICE_BOX1"],
         "--uplink", UPLINK, "--netns", topo.box, "--pin-root", topo.pin_root,
         "--state-dir", topo.state_dir, "--allow-loss-only", "--stats-interval", "0.2",
+        "--p2p-mode", "vtep",  # kernel_holds looks at the VTEPs
         cwd=ROOT, env=serve_env(), stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     try:

@@ -195,7 +195,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated scenarios to run (of {', '.join(SCENARIOS)}); "
                         "default: all")
     p.add_argument("--p2p-mode", choices=("vtep", "flow"), default="vtep",
-                   help="moa serve's mode for point-to-point links (default vtep)")
+                   help="moa serve's mode for point-to-point links in this boot (default vtep, "
+                        "though moa serve's own default is flow: the reference boot runs every "
+                        "scenario, LANs included, in VTEP mode; `make test` boots a second time "
+                        "in flow mode for the point-to-point scenarios and scale)")
     p.add_argument("--reanalyse", type=Path, default=None, metavar="KEPT",
                    help="write results and plots from a folder kept with --keep, no boot")
 
