@@ -29,6 +29,7 @@ import msgspec
 
 import schemas
 from datapath.classifier import Classifier, ClassifierConfig, CounterTable, StageCounters
+from datapath.counter_table import CounterRows
 from datapath.contract import (ApplyResult, Datapath, DropCallback, MapUsage,
                                ReconcileReport)
 from datapath.drops import DropEventReader, OwnerLookup
@@ -51,7 +52,7 @@ log = logging.getLogger("datapath.api")
 
 __all__ = ["ApplyResult", "Datapath", "DatapathConfig", "KernelDatapath", "PlanError",
            "PlanConflict", "FqUnavailable", "ReconcileReport", "StageCounters", "CounterTable",
-           "MapUsage"]
+           "CounterRows", "MapUsage"]
 
 
 @dataclass(frozen=True)
@@ -415,6 +416,9 @@ class KernelDatapath:
 
     async def counters(self, vnis: Iterable[int]) -> dict[int, dict[str, StageCounters]]:
         return self.classifier.counters_of(vnis)
+
+    async def counter_rows(self, vnis: Iterable[int]) -> CounterRows:
+        return self.classifier.counter_rows(vnis)
 
     def box_counters(self) -> dict[str, int]:
         flows = self.flows.counters() if self.flows is not None else {}

@@ -25,10 +25,10 @@ from typing import Any
 
 import schemas
 from datapath.bpf import object_path
-from datapath.counter_table import CounterTable
+from datapath.counter_table import CounterRows, CounterTable
 from datapath.counter_table import read as read_counter_table
 from datapath.counter_table import read_rows as read_counter_rows
-from datapath.counter_table import read_runs
+from datapath.counter_table import read_runs, runs
 from datapath.distributions import DIST_IDS, DIST_SIZE, cdf_table, custom_table, table_key
 from datapath.distributions import table as dist_table
 from datapath.emulation import stage_bytes
@@ -557,37 +557,51 @@ class Classifier:
             slots = dict(self._slots)
         return read_counter_table(self.counters_map, self.abi.LinkCounters, slots)
 
-    def counters_of(self, vnis: Iterable[int]) -> dict[int, dict[str, StageCounters]]:
-        """link_counters of many VNIs (those the classifier holds), read in bulk with the
-        counter table's batch lookups (status and telemetry.links of 65,536 links)."""
+    def counter_rows(self, vnis: Iterable[int]) -> CounterRows:
+        """The counters of many VNIs (those of `vnis` the classifier holds, in the order asked)
+        as arrays (datapath.counter_table.CounterRows), read with the counter table's batch
+        lookups, moa_counters and moa_state by the same runs of slots: what counters_of gives
+        as objects, for a reader that builds its own (telemetry.links of 100,000 links)."""
         import numpy as np
 
         with self._lock:
             slots = {v: s for v in vnis if (s := self._slots.get(v)) is not None}
-        fields, values = read_counter_rows(self.counters_map, self.abi.LinkCounters,
-                                           list(slots.values()))
+        held = list(slots.values())
+        windows = runs(held)
+        fields, values = read_counter_rows(self.counters_map, self.abi.LinkCounters, held,
+                                           windows)
+        so = [i for i, f in enumerate(fields) if f.startswith("sojourn_")]
+        if so:  # bucket 0, which the datapath leaves implicit (_histogram), figured in bulk
+            rest = values[:, :, so[1:]].sum(axis=2, dtype=np.uint64)
+            packets = values[:, :, fields.index("packets")]
+            values = values.copy()
+            values[:, :, so[0]] = np.where(packets > rest, packets - rest, 0)
+        shared: dict[tuple[int, int], dict[str, int]] = {}
+        backlog = self.backlogs(slots, shared, windows)
+        return CounterRows(vnis=list(slots), fields=fields, values=values, backlog=backlog,
+                           shared=shared)
+
+    def counters_of(self, vnis: Iterable[int]) -> dict[int, dict[str, StageCounters]]:
+        """link_counters of many VNIs (those the classifier holds), read in bulk with the
+        counter table's batch lookups (counter_rows, as objects: status pages)."""
+        got = self.counter_rows(vnis)
+        fields = got.fields
         reasons = schemas.DROP_REASONS
         dr = [fields.index(f"drops_{r}") for r in reasons]
         pk, by = fields.index("packets"), fields.index("bytes")
         sup, ho = fields.index("events_suppressed"), fields.index("handover")
         mk = fields.index("marks")
         so = [i for i, f in enumerate(fields) if f.startswith("sojourn_")]
-        if so:  # bucket 0, which the datapath leaves implicit (_histogram), figured in bulk
-            rest = values[:, :, so[1:]].sum(axis=2, dtype=np.uint64)
-            packets = values[:, :, pk]
-            values = values.copy()
-            values[:, :, so[0]] = np.where(packets > rest, packets - rest, 0)
         # drops and buckets are arrays of struct moa_link_counters: consecutive in `fields`
         # (counter_fields lists them in place), so each is one slice of a row
         d0, d1 = dr[0], dr[-1] + 1
         s0, s1 = (so[0], so[-1] + 1) if so else (0, 0)
         assert dr == list(range(d0, d1)) and so == list(range(s0, s1)), fields
-        rows = values.tolist()  # [k][stage][field] of the k-th of `slots`, python ints
-        shared: dict[tuple[int, int], dict[str, int]] = {}
-        backlog = self.backlogs(slots, shared)
+        rows = got.values.tolist()  # [k][stage][field] of the k-th of got.vnis, python ints
+        backlog, shared = got.backlog, got.shared
         none = (0, 0)
         out: dict[int, dict[str, StageCounters]] = {}
-        for vni, stages in zip(slots, rows):
+        for vni, stages in zip(got.vnis, rows):
             out[vni] = per = {}
             for st, (name, row) in enumerate(zip(schemas.STAGES, stages)):
                 b_ns, b_bytes = backlog.get((vni, st), none) if backlog else none
@@ -602,6 +616,7 @@ class Classifier:
 
     def backlogs(self, slots: Mapping[int, int],
                  shared: dict[tuple[int, int], dict[str, int]] | None = None,
+                 windows: list[tuple[int, int]] | None = None,
                  ) -> dict[tuple[int, int], tuple[int, int]]:
         """{(vni, stage): (backlog_ns, backlog_bytes)} of the stages of `slots` (VNI -> slot)
         that have a rate and a backlog now: the timeline's tail t_last minus the monotonic clock
@@ -613,14 +628,15 @@ class Classifier:
         are an eighth of the links held or more - no cost on the datapath. A stage whose
         timeline a locked step owns at that instant (t_last = MOA_OWNED) reads as empty.
         `shared`, when given, gets the stages' counts kept in the same state (SHARED_COUNTS:
-        corrupted, duplicated) where they are not 0, by name."""
+        corrupted, duplicated) where they are not 0, by name. `windows`: runs of the slots'
+        values, when the caller has them."""
         import numpy as np
 
         if not slots:
             return {}
         nst = self.abi.NR_STAGES
         vnis = list(slots)  # row k * nst + stage of `state`: the k-th of `slots`
-        sraw, rows = read_runs(self.state_map, list(slots.values()), nst)
+        sraw, rows = read_runs(self.state_map, list(slots.values()), nst, windows)
         ssize = self.state_map.value_size
         state = np.frombuffer(sraw, dtype=np.uint8).reshape(-1, nst, ssize)[
             np.array(rows, dtype=np.intp)].reshape(len(vnis) * nst, ssize)

@@ -11,6 +11,7 @@ from typing import Protocol
 
 import schemas
 from datapath.classifier import CounterTable, StageCounters
+from datapath.counter_table import CounterRows
 from datapath.drops import OwnerLookup
 from datapath.scheduled import ScheduleWrites
 from datapath.step_writer import StepWriter
@@ -94,6 +95,11 @@ class Datapath(Protocol):
 
     async def counters(self, vnis: Iterable[int]) -> dict[int, dict[str, StageCounters]]:
         """Each VNI's stage counters ("egress", "ingress"), for the VNIs the kernel holds."""
+        ...
+
+    async def counter_rows(self, vnis: Iterable[int]) -> CounterRows:
+        """What `counters` reads, as arrays (datapath.counter_table.CounterRows): telemetry.links
+        builds its messages from them without an object per link and stage in between."""
         ...
 
     def box_counters(self) -> dict[str, int]: ...

@@ -27,6 +27,21 @@ class CounterTable:
         return self.fields.index(name)
 
 
+@dataclass(frozen=True)
+class CounterRows:
+    """The counters of some links at one read (Classifier.counter_rows), left as arrays so that
+    a reader of thousands of links (telemetry.links) makes no object per link and stage it
+    does not publish: `values[k, stage, field]` the counters `fields` of `vnis[k]` (summed over
+    CPUs as `read` sums them, sojourn_0 the histogram's bucket 0 as the datapath leaves it
+    implicit: packets minus the other buckets, 0 when those are ahead), `backlog` and `shared`
+    the (vni, stage index) entries Classifier.backlogs gives (absent: none, every count 0)."""
+    vnis: list[int]
+    fields: tuple[str, ...]
+    values: Any  # numpy.ndarray, shape (len(vnis), len(schemas.STAGES), len(fields))
+    backlog: dict[tuple[int, int], tuple[int, int]]
+    shared: dict[tuple[int, int], dict[str, int]]
+
+
 def counter_fields(counters_type: Any) -> tuple[tuple[str, int], ...]:
     """(name, 8-byte word index) of each counter of struct moa_link_counters (`counters_type`,
     its ctypes structure from BTF; drops[] as drops_<reason>, reserved words left out)."""
@@ -81,20 +96,23 @@ def runs(slots: list[int], gap: int = RUN_GAP) -> list[tuple[int, int]]:
     return out
 
 
-def read_runs(array_map: Any, slots: list[int], per: int) -> tuple[bytes, list[int]]:
+def read_runs(array_map: Any, slots: list[int], per: int,
+              windows: list[tuple[int, int]] | None = None) -> tuple[bytes, list[int]]:
     """(raw, rows): the `per` consecutive entries from index slot x per of each of `slots` (an
     array map: moa_counters, moa_state) read with one batch read per run of near slots (`runs`),
     and where each of `slots` begins in `raw`, in units of `per` entries. A status page's few
     hundred links lie anywhere among a box's 200,000 slots (pages go in link id order), but
     links made together hold consecutive slots, so a page's slots come in runs: reading the
     window from a page's lowest slot to its highest made a status walk quadratic, one read per
-    slot made a page cost a syscall per link (docs/benchmarks.md, "Flow mode at scale")."""
+    slot made a page cost a syscall per link (docs/benchmarks.md, "Flow mode at scale").
+    `windows`: runs(slots) when the caller has them (the same slots of moa_counters and
+    moa_state are read one after the other)."""
     if not slots:
         return b"", []
     at: dict[int, int] = {}  # slot -> its row in `raw`
     reads: list[bytes] = []
     row = 0
-    for lo, hi in runs(slots):
+    for lo, hi in (runs(slots) if windows is None else windows):
         _, raw, got = array_map.lookup_batch((hi - lo) * per, start=lo * per)
         if got != (hi - lo) * per:
             raise OSError(f"{array_map.name}: {got} of {(hi - lo) * per} entries read from "
@@ -105,15 +123,15 @@ def read_runs(array_map: Any, slots: list[int], per: int) -> tuple[bytes, list[i
     return (reads[0] if len(reads) == 1 else b"".join(reads)), [at[s] for s in slots]
 
 
-def read_rows(counters_map: Any, counters_type: Any,
-              slots: list[int]) -> tuple[tuple[str, ...], Any]:
+def read_rows(counters_map: Any, counters_type: Any, slots: list[int],
+              windows: list[tuple[int, int]] | None = None) -> tuple[tuple[str, ...], Any]:
     """(fields, values): `values[k, stage, field]` the counters of `slots[k]`, summed over CPUs
-    as `read` sums them, read with `read_runs` (Classifier.counters_of: status and telemetry)."""
+    as `read` sums them, read with `read_runs` (Classifier.counter_rows: status and telemetry)."""
     import numpy as np
 
     fields = counter_fields(counters_type)
     nst = len(schemas.STAGES)
-    raw, rows = read_runs(counters_map, slots, nst)
+    raw, rows = read_runs(counters_map, slots, nst, windows)
     words = counters_map._slot // 8
     per_cpu = np.frombuffer(raw, dtype=np.uint64).reshape(-1, nst, counters_map.ncpu, words)
     wanted = np.array([w for _, w in fields], dtype=np.intp)

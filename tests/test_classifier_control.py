@@ -264,3 +264,68 @@ def test_counters_of_a_few_links_of_many_are_those_of_the_whole_read() -> None:
         assert far[140]["egress"].packets == 7 and far[140]["egress"].backlog_ns > 0
         assert far[140]["ingress"] == every[140]["ingress"]
         assert every[141]["egress"].packets == 0 and every[141]["egress"].backlog_ns == 0
+
+
+def test_telemetry_rows_from_counter_rows_are_the_status_rows_of_counters_of() -> None:
+    """telemetry.links encodes its LinkStats from counter_rows' arrays (status._encoded_stats);
+    a status page makes them from counters_of's objects (status._stats): byte for byte the same
+    for counters of every kind - drops, marks, histograms short and long, counts kept in the
+    state, backlogs - and without a row for a VNI the classifier does not hold."""
+    import numpy as np
+
+    from moa_bus.service.status import _encoded_stats, _stats, trim
+
+    with Classifier.load(ClassifierConfig(max_links=64)) as c:
+        assert c.update_links({100 + i: c.encode_stages(Emulation(capacity=8_000_000), None)
+                               for i in range(64)}) == 64
+        m = c.counters_map
+        words = np.random.default_rng(7).integers(0, 1 << 40, size=(128, m.ncpu, m._slot // 8),
+                                                  dtype=np.uint64)
+        words[::3] = 0  # a stage that saw nothing
+        words[1::3, :, 2:] = 0  # one that only passed frames: its histogram is bucket 0
+        m.update_batch(np.arange(128, dtype=np.uint32).tobytes(), words.tobytes())
+        c.set_stage_state(107, 0, c.abi.StageState(t_last=mono() + 10 * 10**9, corrupted=3))
+        c.set_stage_state(108, 1, c.abi.StageState(duplicated=5))
+        links = [schemas.Link(id=f"l{i}", endpoints=[
+            schemas.Endpoint(vni=100 + 2 * i, remote="192.0.2.1"),
+            schemas.Endpoint(vni=100 + 2 * i + 1 if i != 5 else 999, remote="192.0.2.2")])
+            for i in range(32)]
+        part = [("m", link) for link in links]
+        vnis = [ep.vni for link in links for ep in link.endpoints]
+        got = c.counter_rows(vnis)
+        c.counter_rows = lambda _: got  # type: ignore[method-assign]  # one read for both
+        counters = c.counters_of(vnis)
+        want = [schemas.encode(x) for mid, link in part
+                for x in _stats(mid, link.id, [ep.vni for ep in link.endpoints], counters)]
+        assert _encoded_stats(part, got) == want
+        assert len(want) == 4 * 32 - 2
+        lengths = {len(trim(s.sojourn)) for v in counters.values() for s in v.values()}
+        assert {0, 1} < lengths and max(lengths) > 1
+        assert counters[107]["egress"].backlog_ns > 0 and counters[107]["egress"].corrupted == 3
+
+
+def test_telemetry_parts_cut_where_the_next_row_would_not_fit() -> None:
+    """link_parts puts rows in order into as few parts as fit room(max_payload) each (a row
+    larger than that alone in its part), cutting only where the next row would not fit."""
+    from moa_bus.service.status import link_parts, room
+
+    row = schemas.encode(schemas.LinkStats(materialization="m", link="l", vni=1, stage="egress",
+                                           packets=1, bytes=2, drops={}))
+    sizes = [0, 3, 40, 400, 5000, 0, 0, 900, 1, 7000, 2] * 9
+    rows = [row[:-1] + b" " * n + b"}" for n in sizes]
+    for max_payload in (1100, 1500, 3000, 8000, 1 << 20):
+        parts = [schemas.decode(schemas.LinkStatsBatch, p) for p in
+                 link_parts("h", 5, rows, max_payload)]
+        raw = list(link_parts("h", 5, rows, max_payload))
+        assert [p.part for p in parts] == list(range(1, len(parts) + 1))
+        assert {p.parts for p in parts} == {len(parts)}
+        assert sum(len(p.links) for p in parts) == len(rows)
+        at = 0
+        for p, data in zip(parts, raw):
+            n = len(p.links)
+            assert n >= 1 and (len(data) <= room(max_payload) or n == 1)
+            at += n
+            if at < len(rows):  # the next row did not fit
+                assert len(data) + len(rows[at]) + 1 > room(max_payload)
+    assert [schemas.decode(schemas.LinkStatsBatch, p).links for p in
+            link_parts("h", 5, [], 1 << 20)] == [[]]

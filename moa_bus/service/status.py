@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import msgspec
 
 import schemas
-from datapath.api import Datapath, StageCounters
+from datapath.api import CounterRows, Datapath, StageCounters
 from moa_bus.service.desired import DesiredState, Held
 from schemas import InvalidMessage
 
@@ -314,16 +314,16 @@ async def link_rows(desired: DesiredState, datapath: Datapath, chunk: int = COUN
     `give_way() -> s` (StatusPages.walking): while a walk of status pages goes on, the
     reading waits for it, STATUS_FIRST_S at most in all."""
     held = sorted(desired.held.items())  # a snapshot: a commit may come while we read
-    links = [(mid, link) for mid, h in held for link in _sorted_links(h)]
+    # (mid, link) of each in turn, `chunk` at a time: made as read, not 100,000 at the start
+    # (a Held is replaced, never changed, so its links are those of the snapshot)
+    links = itertools.chain.from_iterable(zip(itertools.repeat(mid), _sorted_links(h))
+                                          for mid, h in held)
     rows: list[bytes] = []
     waited = 0.0
     since, cpu = time.perf_counter(), time.thread_time()
-    for i in range(0, len(links), chunk):
-        part = links[i:i + chunk]
-        counters = await datapath.counters([ep.vni for _, link in part
-                                            for ep in link.endpoints])
-        rows += [schemas.encode(x) for mid, link in part
-                 for x in _stats(mid, link.id, [ep.vni for ep in link.endpoints], counters)]
+    while part := list(itertools.islice(links, chunk)):
+        got = await datapath.counter_rows([ep.vni for _, link in part for ep in link.endpoints])
+        rows += _encoded_stats(part, got)
         if time.perf_counter() - since >= LOOP_SLICE_S:
             if work is not None:
                 work.seconds += time.thread_time() - cpu
@@ -338,20 +338,71 @@ async def link_rows(desired: DesiredState, datapath: Datapath, chunk: int = COUN
     return rows
 
 
+def _encoded_stats(part: list[tuple[str, schemas.Link]], got: CounterRows) -> list[bytes]:
+    """The encoded LinkStats of `part`'s links (materialization id, link), each endpoint's
+    stages in turn, as _stats makes them from Datapath.counters: built from `got`'s arrays, a
+    column at a time made Python ints and every histogram's length (`trim`) found in bulk, no
+    StageCounters in between (telemetry.links makes 400,000 of them an interval on a box of
+    200,000 VNIs: docs/benchmarks.md, "Flow mode at scale"). A row makes only its message's
+    own objects, gone once encoded: objects that outlive many allocations are what sends
+    Python's collector on full passes over the box's links (the same section)."""
+    import numpy as np
+
+    fields, nst, reasons = got.fields, len(schemas.STAGES), schemas.DROP_REASONS
+    values = got.values.reshape(len(got.vnis) * nst, len(fields))  # row k * nst + stage
+    packets, nbytes, marks = values[:, [fields.index(f) for f in ("packets", "bytes", "marks")]
+                                    ].T.tolist()
+    drops = values[:, [fields.index(f"drops_{r}") for r in reasons]]
+    dropped, dflat, nd = drops.any(axis=1).tolist(), drops.ravel().tolist(), len(reasons)
+    nodrops = dict.fromkeys(reasons, 0)  # only read: every row without a drop shares it
+    so = [i for i, f in enumerate(fields) if f.startswith("sojourn_")]
+    ends = firsts = [0] * len(values)
+    longer: dict[int, list[int]] = {}  # row -> its buckets, where trim keeps more than one
+    if so:  # trim's length: up to the last bucket not empty (0 or 1 for an unshaped stage)
+        hist = values[:, so[0]:so[-1] + 1]  # consecutive: counter_fields lists them in place
+        seen = hist != 0
+        last = np.where(seen.any(axis=1), hist.shape[1] - seen[:, ::-1].argmax(axis=1), 0)
+        ends, firsts = last.tolist(), hist[:, 0].tolist()
+        shaped = np.flatnonzero(last > 1)
+        longer = dict(zip(shaped.tolist(), hist[shaped].tolist()))
+    index = {vni: k for k, vni in enumerate(got.vnis)}
+    backlog, shared, none, no = got.backlog, got.shared, (0, 0), {}
+    encode, stats = schemas.encode, schemas.LinkStats
+    out: list[bytes] = []
+    for mid, link in part:
+        for ep in link.endpoints:
+            if (k := index.get(vni := ep.vni)) is None:  # the kernel does not hold it
+                continue
+            for st, stage in enumerate(schemas.STAGES):
+                r = k * nst + st
+                c = shared.get((vni, st), no) if shared else no
+                b_ns, b_bytes = backlog.get((vni, st), none) if backlog else none
+                e = ends[r]
+                out.append(encode(stats(
+                    materialization=mid, link=link.id, vni=vni, stage=stage,
+                    packets=packets[r], bytes=nbytes[r], marks=marks[r],
+                    drops=dict(zip(reasons, dflat[r * nd:r * nd + nd])) if dropped[r]
+                    else nodrops,
+                    corrupted=c.get("corrupted", 0), duplicated=c.get("duplicated", 0),
+                    sojourn=[] if not e else [firsts[r]] if e == 1 else longer[r][:e],
+                    backlog_ns=b_ns, backlog_bytes=b_bytes)))
+    return out
+
+
 def link_parts(host: str, time_ns: int, rows: list[bytes], max_payload: int) -> Iterator[bytes]:
     """telemetry.links of one interval from its encoded entries (link_rows): LinkStatsBatch
     messages, `part` of `parts`, each at most room(max_payload) bytes."""
     limit = room(max_payload)
     envelope = len(schemas.encode(schemas.LinkStatsBatch(
         host=host, time_ns=time_ns, links=[], part=1 << 31, parts=1 << 31)))
+    # ends[i]: the bytes of rows[:i], a comma each; a part takes rows while they fit, one at least
+    ends = list(itertools.accumulate(map((1).__add__, map(len, rows)), initial=0))
     cuts: list[tuple[int, int]] = []
-    start, used = 0, envelope
-    for i, r in enumerate(rows):
-        if used + len(r) + 1 > limit and i > start:
-            cuts.append((start, i))
-            start, used = i, envelope
-        used += len(r) + 1
-    cuts.append((start, len(rows)))
+    start = 0
+    while start < len(rows) or not cuts:
+        stop = bisect.bisect_right(ends, ends[start] + limit - envelope, start + 2) - 1
+        cuts.append((start, min(stop, len(rows))))
+        start = cuts[-1][1]
     for k, (a, b) in enumerate(cuts, 1):
         yield schemas.encode(schemas.LinkStatsBatch(
             host=host, time_ns=time_ns,
