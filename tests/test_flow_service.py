@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from datapath.flow import FlowTable
 from datapath.libbpf import Map
 from moa_bus.lab.host_testbed import UPLINK, Testbed, ns_exec, sh
 from moa_bus.service.embedded_nats import NatsServer
+from moa_bus.service.metrics import ServiceMetrics
 from moa_bus.service.subjects import Subjects
 from tests.fixtures.moabox import ServeProcess, moa_devices, serve_cmd, vni_keys
 from tests.fixtures.nats import nats_client, nats_server  # noqa: F401
@@ -208,6 +210,9 @@ async def test_a_silent_remote_goes_pending_and_resolves_when_it_answers(
             st = await _req(nc, s.op("status"), {})
             # (node a's ARP requests for b: the frames that reach the box while b is unknown)
             assert st["datapath"]["flow_pending"] >= 1, st["datapath"]
+            text = ServiceMetrics(svc).render().decode()  # and in metrics (docs/metrics.md)
+            pending = re.search(r"^moa_flow_pending_packets_total (\S+)$", text, re.M)
+            assert pending and float(pending.group(1)) >= st["datapath"]["flow_pending"], text
             # a second link toward a remote that never answers, then gone: not solicited
             ghost = p2p_doc("ghost", 72, 73)
             ghost["links"][0]["endpoints"][1]["remote"] = Testbed.hv_addr(9)
