@@ -106,6 +106,7 @@ def _vni(value: int, field: str) -> int:
     return value
 
 
+@functools.lru_cache(maxsize=65536)  # an address per entry, the same few over 200,000
 def _text(raw: bytes, family: int) -> str:
     return str(ipaddress.ip_address(raw[:4] if family == 4 else raw[:16]))
 

@@ -52,15 +52,8 @@ class NextHops:
 
     def _now(self, ipr: Any, ifindex: int, remotes: Iterable[str]) -> dict[str, str | None]:
         """remote -> its next hop's MAC in the neighbour table now (None: not there)."""
-        table: dict[int, dict[str, str]] = {}
-        out: dict[str, str | None] = {}
-        for remote in remotes:
-            _, hop = nexthop.route(ipr, remote)
-            family = nexthop.family(hop)
-            if family not in table:
-                table[family] = nexthop.neighbours(ipr, ifindex, family)
-            out[remote] = table[family].get(nexthop.canonical(hop))
-        return out
+        hops = {r: nexthop.route(ipr, r)[1] for r in remotes}
+        return {r: mac for r, (_, mac) in nexthop.lookup(ipr, ifindex, hops).items()}
 
     def moved(self, ipr: Any, ifindex: int) -> dict[str, str]:
         """remote -> its next hop's MAC now, for the remotes whose MAC is not the one known."""
@@ -71,10 +64,9 @@ class NextHops:
         """Rewrite the entries whose remote's next hop moved or answered; solicit the pending
         ones still silent; what was done, one line a remote."""
         moved = self.moved(ipr, ifindex)
-        waiting: list[FlowEntry] = []
+        held = flows.raw() if moved or self.pending else {}  # one read serves both
+        waiting = [flows.decode(v, raw) for v, raw in held.items() if flows.pending(raw)]
         if self.pending:
-            waiting = [flows.decode(v, raw) for v, raw in flows.raw().items()
-                       if flows.pending(raw)]
             self.pending = {e.peer_ip for e in waiting}
         answered = {r: mac for r, mac in self._now(ipr, ifindex, self.pending).items()
                     if mac is not None}
@@ -85,9 +77,9 @@ class NextHops:
         fixed = [dataclasses.replace(e, peer_mac=answered[e.peer_ip])
                  for e in waiting if e.peer_ip in answered]
         if moved:
-            fixed += [dataclasses.replace(e, peer_mac=moved[e.peer_ip])
-                      for e in flows.entries().values()
-                      if e.peer_ip in moved and e.peer_mac not in (None, moved[e.peer_ip])]
+            resolved = (flows.decode(v, raw) for v, raw in held.items() if not flows.pending(raw))
+            fixed += [dataclasses.replace(e, peer_mac=moved[e.peer_ip]) for e in resolved
+                      if e.peer_ip in moved and e.peer_mac != moved[e.peer_ip]]
         flows.set(fixed)
         said = []
         for remote, mac in sorted({**moved, **answered}.items()):

@@ -6,8 +6,8 @@ entry that has an address (reachable, stale, delay, probe, permanent, noarp) giv
 known: resolution is started by sending one empty UDP datagram to the remote's discard port
 (9): the kernel resolves the next hop to send it, by ARP or neighbour discovery, as for any
 frame. The table is then polled until `wait_s`; a next hop still unknown is the caller's to
-write as pending (datapath/next_hops.py solicits it again until it answers). The socket is made on the netlink worker's thread, so it belongs to the box's network
-namespace.
+write as pending (datapath/next_hops.py solicits it again until it answers). The socket is
+made on the netlink worker's thread, so it belongs to the box's network namespace.
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def solicit(address: str) -> None:
             s.setblocking(False)
             s.sendto(b"", (address, DISCARD_PORT))
     except OSError:
-        pass  # unreachable: the table stays empty and the caller refuses
+        pass  # unreachable: the table stays empty and the entries stay pending
 
 
 def next_hop_macs(ipr: Any, addresses: Iterable[str], ifindex: int, wait_s: float,
@@ -78,21 +78,20 @@ def next_hop_macs(ipr: Any, addresses: Iterable[str], ifindex: int, wait_s: floa
     unknown ones are solicited together and the table polled (one dump per family a poll)
     until all are known or `wait_s` has passed."""
     hops = {a: route(ipr, a)[1] for a in addresses}
-    known: dict[int, dict[str, str]] = {}
-
-    def look() -> dict[str, tuple[str, str | None]]:
-        known.clear()
-        for fam in {family(h) for h in hops.values()}:
-            known[fam] = neighbours(ipr, ifindex, fam)
-        return {a: (h, known[family(h)].get(canonical(h))) for a, h in hops.items()}
-
-    found = look()
+    found = lookup(ipr, ifindex, hops)
     missing = [a for a, (_, mac) in found.items() if mac is None]
     for a in missing:
         solicit(a)
     deadline = time.monotonic() + wait_s
     while missing and time.monotonic() < deadline:
         time.sleep(POLL_S)
-        found = look()
+        found = lookup(ipr, ifindex, hops)
         missing = [a for a, (_, mac) in found.items() if mac is None]
     return found
+
+
+def lookup(ipr: Any, ifindex: int, hops: dict[str, str]) -> dict[str, tuple[str, str | None]]:
+    """address -> (its next hop, that hop's MAC in the neighbour table now or None), from
+    `hops` (address -> next hop, as `route` gives it): one neighbour dump per family."""
+    table = {fam: neighbours(ipr, ifindex, fam) for fam in {family(h) for h in hops.values()}}
+    return {a: (h, table[family(h)].get(canonical(h))) for a, h in hops.items()}
