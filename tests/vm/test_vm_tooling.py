@@ -232,8 +232,10 @@ def test_batch_of_only_some_scenarios(tmp_path) -> None:
 
 def test_schedule_judge_allows_a_late_report_and_nothing_else() -> None:
     """schedule_scenario.judge: a step's write happened between its due time and its reported
-    time; datagrams sent then (less the 2 ms guard) may go either way. Any other datagram's
-    fate is judged: one lost while the link was up is wrong."""
+    time; a datagram whose window at the classifier (from its send to its arrival, or to 2 ms
+    after its send if lost) meets that span may go either way. Any other datagram's fate is
+    judged: one lost while the link was up, or one that arrived although it was sent and
+    arrived while the link was down, is wrong."""
     from moa_bus.lab.vm.schedule_scenario import judge
 
     ms = 1_000_000
@@ -241,10 +243,25 @@ def test_schedule_judge_allows_a_late_report_and_nothing_else() -> None:
     reports = [{"step": 0, "due_ns": 30 * ms, "applied_ns": 40 * ms, "late_ns": 10 * ms},
                {"step": 1, "due_ns": 60 * ms, "applied_ns": 61 * ms, "late_ns": 1 * ms}]
     down_from = 35                                             # really written at 35 ms
-    received = {i for i in range(100) if not down_from <= i < 60}
-    r = judge(sends, received, reports)
-    assert (r["wrong"], r["ambiguous"]) == (0, (40 - 28) + (61 - 58)), r
-    r = judge(sends, received - {10}, reports)                 # lost while up
+    arrivals = {i: i * ms + ms // 4 for i in range(100) if not down_from <= i < 60}
+    r = judge(sends, arrivals, reports)
+    # around the down write (30-40 ms): sent at 30-40 (received until 34, lost from 35);
+    # around the up write (60-61 ms): lost at 58, 59 (within the guard), received at 60, 61
+    assert (r["wrong"], r["ambiguous"]) == (0, 11 + 4), r
+    r = judge(sends, {i: t for i, t in arrivals.items() if i != 10}, reports)  # lost while up
     assert r["wrong_first"] == [10], r
-    r = judge(sends, received | {50}, reports)                 # arrived while down
+    r = judge(sends, arrivals | {50: 50 * ms + ms // 4}, reports)    # arrived while down
     assert r["wrong_first"] == [50], r
+    # a sender stalled after its clock read: sent at 55 ms by its clock, arrived at 62 ms, after
+    # the up write: counted, not judged; arrived at 59 ms, before the up write could be: wrong
+    r = judge(sends, arrivals | {55: 62 * ms}, reports)
+    assert (r["wrong"], r["ambiguous"]) == (0, 16), r
+    r = judge(sends, arrivals | {55: 59 * ms}, reports)
+    assert r["wrong_first"] == [55], r
+    # a lost datagram whose sendto returned late (at 61.5 ms) may have met the link up: counted
+    returned = list(sends)
+    returned[45] = 61 * ms + ms // 2
+    r = judge(sends, arrivals, reports, returned)
+    assert (r["wrong"], r["ambiguous"]) == (0, 16), r
+    r = judge(sends, {i: t for i, t in arrivals.items() if i != 70}, reports, returned)
+    assert r["wrong_first"] == [70], r

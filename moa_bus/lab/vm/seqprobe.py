@@ -10,8 +10,10 @@ recv writes one JSON object: {"arrivals": [[seq, ns], ...]} (the kernel's receiv
 SO_TIMESTAMPNS, CLOCK_REALTIME ns), after `--idle`
 seconds without a datagram following the first (or 30 s without any). send paces the datagrams
 on the monotonic clock (a late one is sent at once, never skipped); with --log it writes
-{"sends": [ns, ...]}, each datagram's CLOCK_REALTIME send time by sequence number (the clock a
-schedule's reports use).
+{"sends": [ns, ...], "returned": [ns, ...]}, by sequence number each datagram's CLOCK_REALTIME
+time read before its sendto and after sendto returned (the clock a schedule's reports use; a
+sender descheduled between the two, as the VM's software emulation does for tens of ms, shows
+as a wide pair).
 """
 from __future__ import annotations
 
@@ -63,7 +65,8 @@ def send(dst: str, port: int, count: int, interval_s: float, size: int,
          log: str | None = None) -> int:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     pad = bytes(max(0, size - HEADER.size))
-    sends: list[int] = []  # with `log`: each datagram's CLOCK_REALTIME ns, taken before sendto
+    sends: list[int] = []  # with `log`: each datagram's CLOCK_REALTIME ns, read before sendto
+    returned: list[int] = []  # ... and read after sendto returned
     t0 = time.monotonic()
     for seq in range(count):
         wait = t0 + seq * interval_s - time.monotonic()
@@ -72,10 +75,12 @@ def send(dst: str, port: int, count: int, interval_s: float, size: int,
         if log:
             sends.append(time.time_ns())
         sock.sendto(HEADER.pack(seq) + pad, (dst, port))
+        if log:
+            returned.append(time.time_ns())
     sock.close()
     if log:
         with open(log, "w") as f:
-            json.dump({"sends": sends}, f)
+            json.dump({"sends": sends, "returned": returned}, f)
     return 0
 
 
