@@ -11,10 +11,10 @@ reported applied time (read when the write returned: a writer descheduled in bet
 late, as one boot under load did by 20 ms). A datagram met the classifier after its sendto
 began and, if it arrived, before its arrival, else within `guard` of sendto's return; one whose
 window meets a step's write may go either way and is counted, not judged (one CI boot saw a
-datagram arrive 22 ms after its clock read, its sender descheduled: such a window). Every other one
-met the link wholly up or wholly down: arrived if up, lost if down. The guard (2 ms) is the
-time from sendto's return on hv1 to the classifier on the box's uplink, which the VM's software
-emulation makes unsteady.
+datagram arrive 22 ms after its clock read, its sender descheduled; another boot, a sendto
+that took 18.6 ms). Every other one met the link wholly up or wholly down: arrived if up, lost
+if down. The guard (2 ms) is the time from sendto's return on hv1 to the classifier on the
+box's uplink, which the VM's software emulation makes unsteady.
 """
 from __future__ import annotations
 
