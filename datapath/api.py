@@ -30,7 +30,7 @@ import msgspec
 import schemas
 from datapath.classifier import Classifier, ClassifierConfig, CounterTable, StageCounters
 from datapath.counter_table import CounterRows
-from datapath.contract import (ApplyResult, Datapath, DropCallback, MapUsage,
+from datapath.contract import (ApplyResult, Datapath, DropCallback, LinkChange, MapUsage,
                                ReconcileReport)
 from datapath.drops import DropEventReader, OwnerLookup
 from datapath import flow_mode, limits, remotes, scheduled
@@ -50,7 +50,7 @@ from datapath.step_writer import StepWriter
 
 log = logging.getLogger("datapath.api")
 
-__all__ = ["ApplyResult", "Datapath", "DatapathConfig", "KernelDatapath", "PlanError",
+__all__ = ["ApplyResult", "Datapath", "DatapathConfig", "KernelDatapath", "LinkChange", "PlanError",
            "PlanConflict", "FqUnavailable", "ReconcileReport", "StageCounters", "CounterTable",
            "CounterRows", "MapUsage"]
 
@@ -280,6 +280,17 @@ class KernelDatapath:
         limits.refuse_shaping(m, self.loss_only)
         return self.budget.admit(m.id, self._stages(m))
 
+    def _admit_change(self, m: schemas.Materialize, change: LinkChange) -> limits.Figures | None:
+        """As _admit, judging only the links `change` names, and adjusting the figures m.id
+        holds by their difference; None when that cannot be (a schedule: admit the whole)."""
+        if m.schedule is not msgspec.UNSET:
+            return None
+        limits.refuse_shaping(m, self.loss_only, change.positions)
+        before = stage_groups(schemas.Materialize(id=m.id, links=list(change.before)),
+                              self.plan_config)
+        return self.budget.admit_change(m.id, before,
+                                        stage_groups(m, self.plan_config, change.positions))
+
     def schedule_writes(self, m: schemas.Materialize) -> scheduled.ScheduleWrites:
         """The map values each step of m's schedule writes, encoded now (m: the links in force
         now, with the schedule; admitted by `apply`)."""
@@ -349,7 +360,17 @@ class KernelDatapath:
         self.uplink_fq = after
         return n + len(first) + len(last)
 
-    async def apply(self, m: schemas.Materialize, *, params_only: bool = False) -> ApplyResult:
+    async def apply(self, m: schemas.Materialize, *, params_only: bool = False,
+                    change: LinkChange | None = None) -> ApplyResult:
+        figures = self._admit_change(m, change) if params_only and change is not None else None
+        if figures is not None:
+            # Only the changed links' parameters are written (one link of 100,000 costs one
+            # link's work: docs/architecture.md, "Updates").
+            changed = schemas.Materialize(id=m.id, links=[m.links[i] for i in change.positions])
+            n = await self.worker.call(self._apply_params_sized, changed, figures)
+            if n is not None:
+                self._applied(m, figures)
+                return ApplyResult(changed=n > 0, operations=n)
         figures = self._admit(m)
         if params_only:
             n = await self.worker.call(self._apply_params_sized, m, figures)

@@ -23,6 +23,15 @@ class ApplyResult:
     operations: int  # how many operations ran (parameter writes count one per VNI)
 
 
+@dataclass(frozen=True)
+class LinkChange:
+    """A change of a few links of what the box holds for a materialization (an Update): the
+    positions in the new content of the links it changed, and those links as they were held
+    before, in the same order (an Update changes links in place)."""
+    positions: tuple[int, ...]
+    before: tuple[schemas.Link, ...]
+
+
 @dataclass
 class ReconcileReport:
     """What `reconcile` did: the operations it applied (described, in order), the
@@ -49,11 +58,14 @@ class Datapath(Protocol):
 
     loss_only: bool
 
-    async def apply(self, m: schemas.Materialize, *, params_only: bool = False) -> ApplyResult:
+    async def apply(self, m: schemas.Materialize, *, params_only: bool = False,
+                    change: LinkChange | None = None) -> ApplyResult:
         """Converge the kernel to `m` for materialization m.id (no links: remove it all).
-        `params_only`: m differs from what was applied only in emulation (an Update). Raises
-        InvalidMessage (a setting this box cannot honour), PlanConflict, or PlanError (the box
-        was rolled back to what the kernel held before; `rollback_errors` when not all of it)."""
+        `params_only`: m differs from what was applied only in emulation (an Update);
+        `change` (with params_only): only in the emulation of the links it names, so only
+        those are judged and written. Raises InvalidMessage (a setting this box cannot
+        honour), PlanConflict, or PlanError (the box was rolled back to what the kernel held
+        before; `rollback_errors` when not all of it)."""
         ...
 
     def schedule_writes(self, m: schemas.Materialize) -> ScheduleWrites:

@@ -32,8 +32,9 @@ covers the largest stage, limit the total.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from collections import Counter
 from collections.abc import Iterable
+from functools import lru_cache
 from dataclasses import dataclass, field
 
 import msgspec
@@ -192,27 +193,61 @@ def frame_ratio(overhead: int, cell_size: int, cell_overhead: int, largest: int)
 @dataclass(frozen=True)
 class Figures:
     """What one materialization asks of sch_fq: on the uplink (egress stages) and in the LAN
-    members' VTEPs (port stages). `largest`: the largest single egress stage (one fq flow)."""
+    members' VTEPs (port stages). `largest`: the largest single egress stage (one fq flow).
+    `tally`: the same figures counted (Tally), so that a change of a few links adjusts them
+    exactly; None for a schedule's envelope, which a change of links cannot adjust."""
 
     egress_bytes: int = 0
     port_bytes: int = 0
     largest: int = 0
     egress_hold_ns: int = 0
     port_hold_ns: int = 0
+    tally: "Tally | None" = field(default=None, compare=False, repr=False)
 
     @classmethod
     def of(cls, stages: Iterable[tuple[schemas.Emulation | None, schemas.Emulation | None, int]],
            frame: int, line_rate_bps: int) -> "Figures":
         """From (egress, port, endpoints) per link: every endpoint has both stages."""
-        eb = pb = largest = eh = ph = 0
+        tally = Tally(frame, line_rate_bps)
         for egress, port, endpoints in stages:
-            one = stage_bytes(egress, frame, line_rate_bps)
-            eb += one * endpoints
-            pb += stage_bytes(port, frame, line_rate_bps) * endpoints
-            largest = max(largest, one)
-            eh = max(eh, hold_ns(egress, frame))
-            ph = max(ph, hold_ns(port, frame))
-        return cls(eb, pb, largest, eh, ph)
+            tally.add(egress, port, endpoints)
+        return tally.figures()
+
+
+@dataclass
+class Tally:
+    """Figures as counts: the sums, and for each maximum how many endpoints have each value
+    (few distinct values: links share emulations). Taking links out is then as exact as
+    putting them in, which a maximum alone cannot be: lowering the one link that held it."""
+
+    frame: int
+    line_rate_bps: int
+    egress_bytes: int = 0
+    port_bytes: int = 0
+    largest: Counter[int] = field(default_factory=Counter)
+    egress_hold: Counter[int] = field(default_factory=Counter)
+    port_hold: Counter[int] = field(default_factory=Counter)
+
+    def add(self, egress: schemas.Emulation | None, port: schemas.Emulation | None,
+            endpoints: int, sign: int = 1) -> None:
+        """`endpoints` endpoints with these stages (sign -1: taken out)."""
+        one = stage_bytes(egress, self.frame, self.line_rate_bps)
+        self.egress_bytes += sign * one * endpoints
+        self.port_bytes += sign * stage_bytes(port, self.frame, self.line_rate_bps) * endpoints
+        for counts, value in ((self.largest, one), (self.egress_hold, hold_ns(egress, self.frame)),
+                              (self.port_hold, hold_ns(port, self.frame))):
+            counts[value] += sign * endpoints
+            if counts[value] <= 0:
+                del counts[value]
+
+    def copy(self) -> "Tally":
+        return Tally(self.frame, self.line_rate_bps, self.egress_bytes, self.port_bytes,
+                     Counter(self.largest), Counter(self.egress_hold), Counter(self.port_hold))
+
+    def figures(self) -> Figures:
+        return Figures(self.egress_bytes, self.port_bytes, max(self.largest, default=0),
+                       max(self.egress_hold, default=0), max(self.port_hold, default=0),
+                       tally=self)
 
 
 @dataclass(frozen=True)
@@ -300,6 +335,29 @@ class Budget:
         have it and the path of the emulation that sets it: planner.stage_groups, every
         direction counted), once they passed the horizon and the fq memory bound; else
         InvalidMessage `unsupported` naming the field."""
+        tally = Tally(self.frame, self.line_rate_bps)
+        for (egress, port), n in self._judged(stages):
+            tally.add(egress, port, n)
+        return self._bounded(mid, tally.figures())
+
+    def admit_change(self, mid: str, before: list[tuple[Stages, int, str]],
+                     after: list[tuple[Stages, int, str]]) -> Figures | None:
+        """As `admit`, for a change of a few of mid's links: their stages `before` taken out of
+        the figures mid holds, their stages `after` judged and put in. None when what mid
+        holds is not counted (a schedule's envelope, or nothing held): admit the whole."""
+        held = self.figures.get(mid)
+        if held is None or held.tally is None:
+            return None
+        tally = held.tally.copy()
+        for (egress, port), n, _ in before:
+            tally.add(egress, port, n, sign=-1)
+        for (egress, port), n in self._judged(after):
+            tally.add(egress, port, n)
+        return self._bounded(mid, tally.figures())
+
+    def _judged(self, stages: list[tuple[Stages, int, str]]) -> list[tuple[Stages, int]]:
+        """The stages grouped, each group once past the horizon (InvalidMessage naming the
+        first field that passes it)."""
         # Links with the same stages are judged once, their endpoints counted together (the
         # figures are sums and maxima): 10,000 links of one emulation are one judgement.
         groups: dict[object, list] = {}
@@ -314,7 +372,9 @@ class Budget:
                 if refusal is not None:
                     raise refusal
             groups[key if key is not None else object()] = [(egress, port), n]
-        figures = self.figures_of((st, n) for st, n in groups.values())
+        return [(st, n) for st, n in groups.values()]
+
+    def _bounded(self, mid: str, figures: Figures) -> Figures:
         refusal = fq_memory_refusal(self.box({mid: figures}), self.box(), self.fq_memory_max)
         if refusal is not None:
             raise refusal
@@ -340,12 +400,15 @@ def _stages_key(egress: schemas.Emulation | None, port: schemas.Emulation | None
 _SHAPING = ("latency", "jitter", "capacity", "queue", "slot", "trace")
 
 
-def refuse_shaping(m: schemas.Materialize, loss_only: bool) -> None:
+def refuse_shaping(m: schemas.Materialize, loss_only: bool,
+                   positions: Iterable[int] | None = None) -> None:
     """On a loss-only box (no sch_fq in its kernel), any latency, jitter, capacity, queue or
-    slot is refused `unsupported`, naming the field (a link's, or one direction's own)."""
+    slot is refused `unsupported`, naming the field (a link's, or one direction's own); of
+    the links at `positions` only, when given (a change of a few)."""
     if not loss_only:
         return
-    for i, link in enumerate(m.links):
+    for i in range(len(m.links)) if positions is None else positions:
+        link = m.links[i]
         emulations = [(link.emulation, f"links[{i}].emulation")]
         emulations += [(ep.emulation, f"links[{i}].endpoints[{j}].emulation")
                        for j, ep in enumerate(link.endpoints) if ep.emulation is not msgspec.UNSET]

@@ -9,6 +9,8 @@ import argparse
 import hashlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import schemas
 from datapath import limits
@@ -293,3 +295,70 @@ def test_horizon_and_fq_memory_max_settings() -> None:
         with pytest.raises(SettingsError) as e:
             check_ranges(s)
         assert ("--horizon" in str(e.value)) == ("horizon" in bad), e.value
+
+
+# ------------------------------------------------------------------------------ a change of a few
+
+EMULATIONS = [None, Emulation(), Emulation(latency=MS), Emulation(latency=50 * MS, jitter=MS),
+              Emulation(capacity=10**8, latency=MS), Emulation(capacity=10**9, latency=20 * MS),
+              Emulation(capacity=10**6, queue=1 << 16), Emulation(latency=2 * S)]
+
+
+def _groups(links: list[tuple[int, int, int]]) -> list:
+    """stage_groups' shape from (egress emulation index, port emulation index, endpoints)."""
+    return [((EMULATIONS[e], EMULATIONS[p]), n, f"links[{i}].emulation")
+            for i, (e, p, n) in enumerate(links)]
+
+
+LINK = st.tuples(st.integers(0, len(EMULATIONS) - 1), st.integers(0, len(EMULATIONS) - 1),
+                 st.integers(1, 4))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(LINK, min_size=1, max_size=12), st.data())
+def test_a_change_of_a_few_links_adjusts_the_figures_to_those_of_the_whole(links, data) -> None:
+    """Budget.admit_change (an Update's path): the held figures less the changed links' stages
+    before, plus their stages after, equal the figures of the whole new content admitted
+    anew, whatever the change, lowering the one link that held a maximum included."""
+    budget = limits.Budget(H, FRAME, 10**10)
+    budget.held("m", budget.admit("m", _groups(links)))
+    changed = data.draw(st.lists(st.integers(0, len(links) - 1), min_size=1, unique=True))
+    after = list(links)
+    for i in changed:
+        e, p, _ = data.draw(LINK)
+        after[i] = (e, p, links[i][2])  # an Update keeps a link's endpoints
+    before_groups, after_groups = _groups(links), _groups(after)
+    figures = budget.admit_change("m", [before_groups[i] for i in changed],
+                                  [after_groups[i] for i in changed])
+    assert figures == limits.Budget(H, FRAME, 10**10).admit("m", after_groups)
+    budget.held("m", figures)  # and again from the adjusted tally: still exact
+    assert budget.admit_change("m", [after_groups[i] for i in changed],
+                               [before_groups[i] for i in changed]) == budget.admit(
+                                   "m", before_groups)
+
+
+def test_lowering_the_one_link_that_held_a_maximum_lowers_it() -> None:
+    budget = limits.Budget(H, FRAME, 10**10)
+    slow, fast = Emulation(latency=2 * S), Emulation(latency=MS)
+    groups = [((fast, None), 2, "links[0].emulation"), ((slow, None), 2, "links[1].emulation")]
+    budget.held("m", budget.admit("m", groups))
+    assert budget.figures["m"].egress_hold_ns == limits.hold_ns(slow, FRAME)
+    lowered = budget.admit_change("m", [groups[1]], [((fast, None), 2, "links[1].emulation")])
+    assert lowered.egress_hold_ns == limits.hold_ns(fast, FRAME)
+    assert lowered.egress_bytes == (budget.figures["m"].egress_bytes
+                                    - 2 * limits.stage_bytes(slow, FRAME, 10**10)
+                                    + 2 * limits.stage_bytes(fast, FRAME, 10**10))
+
+
+def test_a_change_is_judged_on_its_own_links_and_an_envelope_is_not_adjusted() -> None:
+    budget = limits.Budget(10 * S, FRAME, 10**10)
+    groups = [((Emulation(latency=MS), None), 2, "links[0].emulation")]
+    budget.held("m", budget.admit("m", groups))
+    with pytest.raises(schemas.InvalidMessage) as e:
+        budget.admit_change("m", groups, [((Emulation(latency=11 * S), None), 2,
+                                           "links[0].emulation")])
+    assert (e.value.code, e.value.field) == ("unsupported", "links[0].emulation.latency")
+    # a schedule's envelope (figures without a tally) and a materialization not held: None
+    budget.held("s", limits.Figures(egress_bytes=1))
+    assert budget.admit_change("s", groups, groups) is None
+    assert budget.admit_change("nobody", groups, groups) is None

@@ -355,3 +355,55 @@ async def test_a_remote_the_box_does_not_route_through_the_uplink_is_refused(
     v6 = [sh("ip", "netns", "exec", topo.box, "sysctl", "-n",
              f"net.ipv6.conf.{x['ifname']}.disable_ipv6").stdout.strip() for x in links]
     assert v6 == ["1", "1"]
+
+
+# ------------------------------------------------------------------------------ an update of a few
+
+async def test_an_update_of_a_few_links_is_judged_and_written_alone(
+        topo: Testbed, nats_server: NatsServer) -> None:
+    """An Update without a schedule judges and writes only the links it changes (what keeps
+    one link of 100,000 cheap: docs/architecture.md, "Updates"): its link's parameters are
+    written; the box's figures are those of the whole new content judged anew, also once the
+    link that held their maximum is lowered; another link's entry is not rewritten (a drift
+    there is the resent materialize's to repair, and it does); a change past --fq-memory-max is
+    refused, the link and the figures as they were."""
+    host = f"upd{os.getpid()}"
+    links = [{"id": f"l{i}", "endpoints": [{"vni": 800 + 2 * i, "remote": "10.201.0.11"},
+                                           {"vni": 801 + 2 * i, "remote": "10.201.0.12"}],
+              "emulation": {"latency": "1ms", "capacity": "100mbps"}} for i in range(12)]
+    doc = {"id": "many", "links": links}
+    async with box_service(nats_server, topo, host) as svc:
+        dp = as_if_fq(svc)
+
+        def latency(vni: int) -> int:
+            return dp.classifier.link(vni).stage[0].latency_ns
+
+        def whole():
+            return dp._figures(svc.desired.get("many").materialize)
+
+        assert (await _ask(svc, host, "materialize", doc))["ok"]
+        dp.classifier.set_link(800, egress=schemas.Emulation(latency=7_000_000))  # a drift
+        ack = await _ask(svc, host, "update", {"id": "many", "links": [
+            {"link": "l7", "emulation": {"latency": "3s"}}]})
+        assert ack["ok"], ack
+        assert (latency(814), latency(815), latency(816)) == (3 * S, 3 * S, 1_000_000)
+        assert latency(800) == 7_000_000  # not the update's link: not rewritten
+        assert dp.budget.figures["many"] == whole()
+        assert dp.budget.figures["many"].egress_hold_ns > 3 * S
+        ack = await _ask(svc, host, "update", {"id": "many", "links": [
+            {"link": "l7", "emulation": {"latency": "1ms"}}]})
+        assert ack["ok"] and latency(814) == 1_000_000, ack
+        assert dp.budget.figures["many"] == whole()
+        assert dp.budget.figures["many"].egress_hold_ns < S  # the one that held it lowered
+
+        held = dp.budget.figures["many"]
+        dp.budget.fq_memory_max = dp.fq_memory_bytes()
+        ack = await _ask(svc, host, "update", {"id": "many", "links": [
+            {"link": "l3", "emulation": {"latency": "2s"}}]})
+        assert (ack["ok"], ack["error"]["code"], ack["error"]["field"]) == (
+            False, "unsupported", "links"), ack
+        assert latency(806) == 1_000_000 and dp.budget.figures["many"] == held
+        dp.budget.fq_memory_max = None
+
+        assert (await _ask(svc, host, "materialize", doc))["ok"]  # the resend: drift repaired
+        assert latency(800) == 1_000_000

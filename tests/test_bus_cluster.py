@@ -117,8 +117,8 @@ class Recording:
     def __getattr__(self, name: str):
         return getattr(self._dp, name)
 
-    async def apply(self, m, *, params_only: bool = False):
-        r = await self._dp.apply(m, params_only=params_only)
+    async def apply(self, m, *, params_only: bool = False, change=None):
+        r = await self._dp.apply(m, params_only=params_only, change=change)
         self.applied.append((m.id, params_only, m.links[0].emulation.loss if m.links else None))
         return r
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable, Iterable
 
 import msgspec
 
@@ -137,12 +137,15 @@ def link_stages(link: schemas.Link, cfg: PlanConfig) -> list[Stages]:
             else (schemas.direction(shared, ep.emulation), port) for ep in link.endpoints]
 
 
-def stage_groups(m: schemas.Materialize, cfg: PlanConfig) -> list[tuple[Stages, int, str]]:
+def stage_groups(m: schemas.Materialize, cfg: PlanConfig,
+                 positions: Iterable[int] | None = None) -> list[tuple[Stages, int, str]]:
     """m's stages for the box's limits (datapath/limits.py): per link, the stages its endpoints
     without parameters of their own share, with how many they are, then each endpoint's own,
-    each with the path of the field that sets it (a refusal names it)."""
+    each with the path of the field that sets it (a refusal names it); of the links at
+    `positions` only, when given."""
     out: list[tuple[Stages, int, str]] = []
-    for i, link in enumerate(m.links):
+    for i in range(len(m.links)) if positions is None else positions:
+        link = m.links[i]
         stages = link_stages(link, cfg)
         own = [j for j, ep in enumerate(link.endpoints) if ep.emulation is not msgspec.UNSET]
         if len(own) < len(stages):

@@ -37,7 +37,7 @@ import msgspec
 
 import schemas
 from datapath import faults
-from datapath.api import Datapath, PlanConflict, PlanError
+from datapath.api import Datapath, LinkChange, PlanConflict, PlanError
 from moa_bus.service.desired import DesiredState
 from moa_bus.service.schedule import Scheduler, in_force, resolve_start
 from schemas import InvalidMessage
@@ -302,16 +302,21 @@ class Applier:
         return await self._changed("materialize", m, t0)
 
     async def _changed(self, op: str, m: schemas.Materialize, t0: float,
-                       params_only: bool = False,
+                       params_only: bool = False, change: LinkChange | None = None,
                        name: Callable[[InvalidMessage], InvalidMessage] | None = None) -> Outcome:
         """Apply m (with a schedule: the links it puts in force now, every state it goes
         through checked first), commit it, arm its schedule. m.id's running schedule is paused
-        meanwhile, and armed again if the change fails."""
+        meanwhile, and armed again if the change fails. `change`: an Update's links (only
+        they are judged and written, when m has no schedule)."""
         armed = self.scheduler.prepare(m)  # InvalidMessage naming schedule.steps[k]...
         paused = await self.scheduler.pause(m.id)
         try:
-            await self.datapath.apply(armed.content(armed.at) if armed else m,
-                                      params_only=params_only)
+            if armed is not None:
+                await self.datapath.apply(armed.content(armed.at), params_only=params_only)
+            elif change is not None:
+                await self.datapath.apply(m, params_only=params_only, change=change)
+            else:
+                await self.datapath.apply(m, params_only=params_only)
         except BaseException as e:
             if paused is not None:
                 self.scheduler.arm(paused)
@@ -319,7 +324,7 @@ class Applier:
                 raise name(e) from None
             raise
         self.unconverged.pop(m.id, None)
-        generation = await self.desired.commit(m)
+        generation = await self.desired.commit(m, same_vnis=op == "update")
         if armed is not None:
             armed.generation = generation
             self.desired.show(m.id, armed.content(armed.at).links)
@@ -350,10 +355,21 @@ class Applier:
         held = d.get(u.id)
         assert held is not None  # resolve_update raised not_found otherwise
         m = resolve_start(m, held.materialize, time.time_ns())
-        if d.same_content(m):
+        change = None
+        if m.schedule is msgspec.UNSET and held.materialize.schedule is msgspec.UNSET:
+            # Without a schedule an Update changes the links it names and nothing else: they
+            # are all that is compared, judged and written (not the whole materialization).
+            positions = tuple(j for j, link in enumerate(m.links) if link.id in origin)
+            before = tuple(held.materialize.links[j] for j in positions)
+            if all(m.links[j] == b for j, b in zip(positions, before)):
+                return self._acked("update", u.id, held.generation, t0)
+            change = LinkChange(positions, before)
+        elif d.same_content(m):
             return self._acked("update", u.id, held.generation, t0)
+        params_only = u.id not in self.unconverged
         # an error naming a link of m names the update's entry instead
-        return await self._changed("update", m, t0, params_only=u.id not in self.unconverged,
+        return await self._changed("update", m, t0, params_only=params_only,
+                                   change=change if params_only else None,
                                    name=lambda e: _in_update(e, m, origin))
 
     async def _plan_failed(self, mid: str, e: PlanError) -> InvalidMessage:

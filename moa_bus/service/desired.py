@@ -66,14 +66,18 @@ class _Stored(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class Held:
     materialize: schemas.Materialize
     generation: int
-    digest: bytes = b""  # of the canonical JSON of `materialize`: recognises a resend
+    # of the canonical JSON of `materialize`: recognises a resend; made when first asked for
+    # (an Update of one link of 100,000 does not encode them all)
+    known_digest: bytes = b""
     _by_id: list[schemas.Link] | None = field(default=None, repr=False, compare=False)
     # with a schedule: the links as its steps made them now (status shows these); None: as held
     in_force: list[schemas.Link] | None = field(default=None, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        if not self.digest:
-            self.digest = content_digest(self.materialize)
+    @property
+    def digest(self) -> bytes:
+        if not self.known_digest:
+            self.known_digest = content_digest(self.materialize)
+        return self.known_digest
 
     def links_by_id(self) -> list[schemas.Link]:
         """Its links in force, in id order (as status and telemetry list them), sorted once."""
@@ -288,9 +292,12 @@ class DesiredState:
             raise InvalidMessage("id", f"no materialization {u.id!r} on this box", "not_found")
         links = list(h.materialize.links)
         origin: dict[str, int] = {}
+        index: dict[str, int] | None = None  # link id -> position, made for the first entry by id
         for i, lu in enumerate(u.links):
             if lu.link is not None:
-                hits = [j for j, link in enumerate(links) if link.id == lu.link]
+                if index is None:
+                    index = {link.id: j for j, link in enumerate(links)}
+                hits = [index[lu.link]] if lu.link in index else []
                 if not hits:
                     raise InvalidMessage(f"links[{i}].link", f"materialization {u.id!r} has no "
                                                              f"link {lu.link!r}", "not_found")
@@ -328,23 +335,25 @@ class DesiredState:
     def _next(self) -> int:
         return self.generation + 1
 
-    def _handed_out(self, generation: int) -> None:
+    def _handed_out(self, generation: int, same_vnis: bool = False) -> None:
         self.generation = generation
-        self._owners = None
+        if not same_vnis:
+            self._owners = None
         if self.on_generation is not None:
             try:
                 self.on_generation(generation)
             except Exception as e:  # the file already holds it; the kernel copy is a floor
                 log.warning("could not record generation %d in the kernel: %s", generation, e)
 
-    async def commit(self, m: schemas.Materialize) -> int:
+    async def commit(self, m: schemas.Materialize, same_vnis: bool = False) -> int:
         """m is now what m.id must hold: durable, then its new generation returned. The file is
         written on a thread; until it is, readers see the state before (nothing else changes
-        the desired state meanwhile: the applier makes one change at a time)."""
+        the desired state meanwhile: the applier makes one change at a time). `same_vnis`:
+        m holds the links and VNIs held before (an Update), so who owns a VNI is unchanged."""
         h = await asyncio.to_thread(self._write, m)
         self.held[m.id] = h
         self.removed.pop(m.id, None)
-        self._handed_out(h.generation)
+        self._handed_out(h.generation, same_vnis)
         return h.generation
 
     def _write(self, m: schemas.Materialize) -> Held:
@@ -381,7 +390,7 @@ class DesiredState:
         keeps the one it took."""
         h = self.held.get(mid)
         if h is not None and generation in (None, h.generation):
-            self.held[mid] = Held(h.materialize, h.generation, h.digest, in_force=links)
+            self.held[mid] = Held(h.materialize, h.generation, h.known_digest, in_force=links)
 
     def vnis(self, mids: Iterable[str] | None = None) -> list[int]:
         return [ep.vni for mid, h in self.held.items() if mids is None or mid in mids
