@@ -551,11 +551,13 @@ class Classifier:
 
     def counter_table(self) -> CounterTable:
         """Every link's counters at once, summed over CPUs, in a few batch lookups of
-        moa_counters; takes no lock the datapath takes (datapath.counter_table.read). Safe
-        from any thread."""
+        moa_counters (and of moa_state, for SHARED_COUNTS); takes no lock the datapath takes
+        (datapath.counter_table.read). Safe from any thread."""
         with self._lock:
             slots = dict(self._slots)
-        return read_counter_table(self.counters_map, self.abi.LinkCounters, slots)
+        shared = {name: getattr(self.abi.StageState, name).offset for name in SHARED_COUNTS}
+        return read_counter_table(self.counters_map, self.abi.LinkCounters, slots,
+                                  self.state_map, shared)
 
     def counter_rows(self, vnis: Iterable[int]) -> CounterRows:
         """The counters of many VNIs (those of `vnis` the classifier holds, in the order asked)

@@ -18,7 +18,9 @@ class CounterTable:
     is that stage's (schemas.STAGES order) counter `fields[field]` (struct moa_link_counters'
     words: packets, bytes, drops_<reason> for each of schemas.DROP_REASONS, events_suppressed,
     handover, marks, sojourn_<k> for each histogram bucket k - sojourn_0 as the map holds it,
-    always 0: the datapath leaves bucket 0 implicit, packets minus the others), summed over CPUs: a numpy uint64 array."""
+    always 0: the datapath leaves bucket 0 implicit, packets minus the others), summed over CPUs,
+    then the counts kept in the stage's state when asked for (corrupted, duplicated): a numpy
+    uint64 array."""
     slots: dict[int, int]
     fields: tuple[str, ...]
     values: Any  # numpy.ndarray, shape (slots read, len(schemas.STAGES), len(fields))
@@ -60,12 +62,16 @@ def counter_fields(counters_type: Any) -> tuple[tuple[str, int], ...]:
     return tuple(out)
 
 
-def read(counters_map: Any, counters_type: Any, slots: dict[int, int]) -> CounterTable:
+def read(counters_map: Any, counters_type: Any, slots: dict[int, int],
+         state_map: Any = None, shared: dict[str, int] | None = None) -> CounterTable:
     """The counters of `slots` (VNI -> slot), summed over CPUs, in ceil(2 x slots / 4096) batch
     lookups of moa_counters (BPF_MAP_LOOKUP_BATCH) rather than one lookup per link and stage:
     slots are handed out lowest first, so the slots in use are the array's first indexes and
     only those are read. The read takes no lock the datapath takes and writes nothing: a
-    program keeps incrementing its own CPU's copy while the kernel copies every CPU's."""
+    program keeps incrementing its own CPU's copy while the kernel copies every CPU's.
+    `shared` (name -> byte offset in a moa_state entry, with `state_map`): counts a stage keeps
+    in its state rather than per CPU (corrupted, duplicated), read from moa_state the same way
+    and added as fields of those names."""
     import numpy as np  # only the metrics endpoint and the benchmarks read in bulk
 
     fields = counter_fields(counters_type)
@@ -76,8 +82,17 @@ def read(counters_map: Any, counters_type: Any, slots: dict[int, int]) -> Counte
     per_cpu = np.frombuffer(raw, dtype=np.uint64).reshape(got, counters_map.ncpu, words)
     wanted = np.array([w for _, w in fields], dtype=np.intp)
     summed = per_cpu[:, :, wanted].sum(axis=1, dtype=np.uint64)
-    return CounterTable(slots=slots, fields=tuple(name for name, _ in fields),
-                        values=summed.reshape(got // nst, nst, len(fields)))
+    names = tuple(name for name, _ in fields)
+    if shared:
+        _, sraw, sgot = state_map.lookup_batch(got)
+        if sgot != got:
+            raise OSError(f"{state_map.name}: {sgot} of {got} entries read")
+        state = np.frombuffer(sraw, dtype=np.uint8).reshape(got, state_map.value_size)
+        cols = [state[:, o:o + 8].copy().view(np.uint64) for o in shared.values()]
+        summed = np.concatenate([summed, *cols], axis=1)
+        names += tuple(shared)
+    return CounterTable(slots=slots, fields=names,
+                        values=summed.reshape(got // nst, nst, len(names)))
 
 
 RUN_GAP = 8  # unasked slots a run may span rather than begin another read (read_runs)

@@ -35,7 +35,7 @@ from tests.fixtures.service import box_service, box_settings, until_serving
 from tests.fixtures.topology import topo  # noqa: F401
 
 LINK_FAMILIES = ("moa_link_packets_total", "moa_link_bytes_total", "moa_link_marks_total",
-                 "moa_link_drops_total")
+                 "moa_link_corrupted_total", "moa_link_duplicated_total", "moa_link_drops_total")
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -90,6 +90,8 @@ def assert_links_equal_status(text: str, st: schemas.StatusReply) -> None:
         assert one(got, "moa_link_packets_total", **labels) == c.packets, labels
         assert one(got, "moa_link_bytes_total", **labels) == c.bytes, labels
         assert one(got, "moa_link_marks_total", **labels) == c.marks, labels
+        assert one(got, "moa_link_corrupted_total", **labels) == c.corrupted, labels
+        assert one(got, "moa_link_duplicated_total", **labels) == c.duplicated, labels
         for reason in schemas.DROP_REASONS:
             assert one(got, "moa_link_drops_total", reason=reason, **labels) == \
                 c.drops.get(reason, 0), (labels, reason)
@@ -126,13 +128,27 @@ async def test_a_scrape_is_the_kernels_counters_and_the_services_state(
         assert one(got, "moa_link_packets_total", vni="1100", direction="egress", **l0) >= 10
         assert one(got, "moa_link_bytes_total", vni="1101", direction="egress", **l0) >= 10 * 98
 
+        # Corruption and duplication (counted in each stage's state, not per CPU): every
+        # frame towards VNI 1101 corrupted and duplicated, so the pings fail, and both counts
+        # are in the scrape as status reads them.
+        ack = await box.update({"id": "m1", "links": [
+            {"link": "l0", "emulation": {"corrupt": 1.0, "duplicate": 1.0}}]})
+        assert ack.ok, ack
+        await asyncio.to_thread(topo.ping, a, b, 5, 0.05)
+        await asyncio.sleep(REUSE_S)
+        text = await scrape(url)
+        assert_links_equal_status(text, await box.status())
+        got = samples(text)
+        assert one(got, "moa_link_corrupted_total", vni="1101", direction="egress", **l0) >= 5
+        assert one(got, "moa_link_duplicated_total", vni="1101", direction="egress", **l0) >= 5
+
         # The service and the box.
         assert one(got, "moa_info", host=host, mode="loss-only") == 1
         assert one(got, "moa_materializations") == 1 and one(got, "moa_links") == 2
         assert one(got, "moa_generation") == ack.generation
         assert one(got, "moa_operations_total", op="materialize", code="ok") == 1
         assert one(got, "moa_operations_total", op="materialize", code="conflict") == 1
-        assert one(got, "moa_operations_total", op="update", code="ok") == 0
+        assert one(got, "moa_operations_total", op="update", code="ok") == 1
         assert one(got, "moa_apply_duration_seconds_count", op="materialize") == 2
         assert one(got, "moa_apply_queue_depth") == 0
         assert one(got, "moa_nats_connected") == 1
@@ -156,7 +172,7 @@ async def test_a_scrape_is_the_kernels_counters_and_the_services_state(
         reg.register(svc.metrics.links)
         ours = {k: v for k, v in samples(svc.metrics.links.render()).items()}
         theirs = {k: v for k, v in samples(generate_latest(reg).decode()).items()}
-        assert ours == theirs and len(ours) == 2 * 2 * 2 * (3 + len(schemas.DROP_REASONS))
+        assert ours == theirs and len(ours) == 2 * 2 * 2 * (5 + len(schemas.DROP_REASONS))
 
         # gzip when asked for; other paths are 404.
         status, headers, body = await asyncio.to_thread(get, url, {"Accept-Encoding": "gzip"})
@@ -250,7 +266,8 @@ def test_bench_metrics_runs_and_reads_every_link() -> None:
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["links"] == 2000
-    per_vni = len(schemas.STAGES) * (3 + len(schemas.DROP_REASONS))  # packets, bytes, marks
+    # packets, bytes, marks, corrupted, duplicated
+    per_vni = len(schemas.STAGES) * (5 + len(schemas.DROP_REASONS))
     assert 2000 * per_vni < out["samples"] < 2000 * per_vni + 300, out
     for key in ("read_ms", "render_ms", "client_render_ms", "scrape_ms", "scrape_cpu_ms",
                 "datapath_idle_ns", "datapath_scraping_ns", "loop_lag_idle_ms",

@@ -37,6 +37,11 @@ FAMILIES = (
                        "per-frame overhead).", "bytes"),
     ("moa_link_marks", "Frames a link stage's AQM marked CE instead of dropping them (ECN); "
                        "they passed, and count in moa_link_packets too.", "marks"),
+    ("moa_link_corrupted", "Frames a link stage corrupted (one bit of the inner payload "
+                           "flipped); they passed, and count in moa_link_packets too.",
+     "corrupted"),
+    ("moa_link_duplicated", "Frames of the copies a link stage sent (duplication), beside "
+                            "moa_link_packets.", "duplicated"),
 )
 DROPS = ("moa_link_drops", "Frames a link stage dropped, by reason (loss, queue, horizon, "
                            "link_down, aqm).")
