@@ -236,6 +236,9 @@ class DesiredState:
     removed: dict[str, int] = field(default_factory=dict)  # the last removals: id -> generation
     on_generation: Callable[[int], None] | None = None
     _owners: dict[int, tuple[str, str]] | None = None  # vni -> (materialization, link)
+    # moves whenever who owns a VNI may have changed (not on an Update): readers that label
+    # VNIs with their owners (the metrics endpoint) rebuild their labels when it moves
+    layout: int = 0
 
     @classmethod
     def open(cls, store: StateStore, floor: int = 0,
@@ -339,6 +342,7 @@ class DesiredState:
         self.generation = generation
         if not same_vnis:
             self._owners = None
+            self.layout += 1
         if self.on_generation is not None:
             try:
                 self.on_generation(generation)

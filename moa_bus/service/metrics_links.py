@@ -7,7 +7,8 @@ A box may hold tens of thousands of links, so these families are made for that s
   use) in a few BPF_MAP_LOOKUP_BATCH syscalls, summed over CPUs by numpy; no lock the datapath
   or the apply path takes, nothing written;
 - the label sets come from a snapshot of the desired state (one dict copy, atomic under the GIL)
-  and are rendered once per change of the box (its generation), not once per scrape;
+  and are rendered once per change of who owns the VNIs (`DesiredState.layout`: not on an
+  Update, which changes emulations only), not once per scrape;
 - each sample line is then one string concatenation, where prometheus_client's exposition
   builds, escapes and sorts every sample's labels again on every scrape (about 20 times
   slower at 30,000 VNIs: docs/benchmarks.md).
@@ -57,7 +58,7 @@ def _escape(value: str) -> str:
 @dataclass(frozen=True)
 class _Rows:
     """The label sets of one version of the box: per exported (VNI, stage), in order."""
-    key: tuple[int, tuple[int, ...]]  # (desired generation, the VNIs present in the kernel)
+    key: tuple[int, tuple[int, ...]]  # (desired layout, the VNIs present in the kernel)
     vnis: tuple[int, ...]
     labels: tuple[tuple[str, str, str, str], ...]  # per (vni, stage): LABELS' values
     text: tuple[str, ...]  # per (vni, stage): 'materialization="..",link="..",vni="..",direction=".."'
@@ -74,23 +75,23 @@ class LinkFamilies:
         self._lock = threading.Lock()
 
     def _owner_map(self) -> dict[int, tuple[str, str]]:
-        """vni -> (materialization, link) of the desired state, rebuilt when its generation
-        moves. The generation is read before the dict is copied: a change in between is seen
+        """vni -> (materialization, link) of the desired state, rebuilt when its layout
+        moves. The layout is read before the dict is copied: a change in between is seen
         again at the next read."""
-        generation = self.desired.generation
-        if self._owners is not None and self._owners[0] == generation:
+        layout = self.desired.layout
+        if self._owners is not None and self._owners[0] == layout:
             return self._owners[1]
         held = dict(self.desired.held)  # one C-level copy: atomic under the GIL
         owners = {ep.vni: (mid, link.id) for mid, h in held.items()
                   for link in h.materialize.links for ep in link.endpoints}
-        self._owners = (generation, owners)
+        self._owners = (layout, owners)
         return owners
 
     def _rows_for(self, slots: dict[int, int]) -> _Rows:
         owners = self._owner_map()
-        generation = self._owners[0] if self._owners else 0
+        layout = self._owners[0] if self._owners else 0
         vnis = tuple(sorted(v for v in owners if v in slots))
-        key = (generation, vnis)
+        key = (layout, vnis)
         if self._rows is not None and self._rows.key == key:
             return self._rows
         labels, text = [], []
