@@ -324,7 +324,9 @@ class Applier:
                 raise name(e) from None
             raise
         self.unconverged.pop(m.id, None)
-        generation = await self.desired.commit(m, same_vnis=op == "update")
+        generation = await self.desired.commit(
+            m, same_vnis=op == "update",
+            positions=change.positions if change is not None and armed is None else None)
         if armed is not None:
             armed.generation = generation
             self.desired.show(m.id, armed.content(armed.at).links)

@@ -4,8 +4,9 @@ This is its only owner (docs/architecture.md, "Desired state"). The applier asks
 message against everything else the box holds (a VNI another materialization uses: "conflict";
 an id, link or tag that is not there: "not_found"), turns an Update into the new content of
 its materialization here, once, and commits a change only after the datapath applied it.
-A commit is durable before it returns: the state store writes the materialization's whole
-content and generation to a file (write, fsync, rename, fsync the directory), so the ack that
+A commit is durable before it returns: the state store (moa_bus/service/state_store.py) writes
+the materialization's whole content and generation to a file (write, fsync, rename, fsync the
+directory), or for an Update of a few links one fsynced line of its journal, so the ack that
 follows never promises more than a restart would restore.
 
 Generations are box-wide: every change (a new content, a removal) takes the next number, so a
@@ -17,190 +18,23 @@ the larger of the two, so losing either one alone does not make it go back.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from urllib.parse import quote, unquote
 
 import msgspec
 
 import schemas
 from datapath import faults
+from moa_bus.service.state_store import Held, StateError, StateStore, content_digest
 from schemas import InvalidMessage
 from schemas.validate import check_direction
 
+__all__ = ["DesiredState", "Held", "StateError", "StateStore", "REMOVALS_KEPT"]
+
 log = logging.getLogger("moa.bus")
 
-FORMAT = 1
-_PREFIX, _SUFFIX = "mat.", ".json"
-_FLOOR = "generation"
-_NAME_MAX = 255 - len(_PREFIX) - len(_SUFFIX) - len(".tmp")  # a file name's 255 bytes
-
-
-class StateError(RuntimeError):
-    """The state directory cannot be read or written (names the file and why)."""
-
-
 REMOVALS_KEPT = 1024  # the last removals remembered (a redelivered dematerialize's generation)
-
-
-class _Floor(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """The `generation` file: the highest generation handed out when a file was last removed,
-    and the generation at which each of the last removed materializations went."""
-    format: int
-    generation: int
-    removed: dict[str, int] = {}
-
-
-class _Stored(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """One file of the store: a materialization's whole content and its generation."""
-    format: int
-    generation: int
-    materialize: msgspec.Raw
-
-
-@dataclass
-class Held:
-    materialize: schemas.Materialize
-    generation: int
-    # of the canonical JSON of `materialize`: recognises a resend; made when first asked for
-    # (an Update of one link of 100,000 does not encode them all)
-    known_digest: bytes = b""
-    _by_id: list[schemas.Link] | None = field(default=None, repr=False, compare=False)
-    # with a schedule: the links as its steps made them now (status shows these); None: as held
-    in_force: list[schemas.Link] | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def digest(self) -> bytes:
-        if not self.known_digest:
-            self.known_digest = content_digest(self.materialize)
-        return self.known_digest
-
-    def links_by_id(self) -> list[schemas.Link]:
-        """Its links in force, in id order (as status and telemetry list them), sorted once."""
-        if self._by_id is None:
-            links = self.materialize.links if self.in_force is None else self.in_force
-            self._by_id = sorted(links, key=lambda link: link.id)
-        return self._by_id
-
-
-def content_digest(m: schemas.Materialize) -> bytes:
-    return hashlib.blake2b(msgspec.json.encode(m, order="sorted"), digest_size=16).digest()
-
-
-class StateStore:
-    """Files in one directory: `mat.<id>.json` per materialization (the id percent-encoded;
-    one whose name would pass a file name's 255 bytes keeps 160 of them and 32 hex digits of
-    the id's SHA-256 after a `#`: the file holds the whole id), and `generation`: the highest
-    generation handed out and the last removals, rewritten before a file is removed."""
-
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
-        self.dir = Path(directory)
-
-    def _path(self, mid: str) -> Path:
-        name = quote(mid, safe="")
-        if len(name) > _NAME_MAX:  # a 128-character id of ':' is 384 once encoded
-            name = name[:160] + "#" + hashlib.sha256(mid.encode()).hexdigest()[:32]
-        return self.dir / f"{_PREFIX}{name}{_SUFFIX}"
-
-    def load(self) -> tuple[dict[str, Held], int]:
-        """Every materialization stored and the highest generation recorded (0: none); the
-        last removals in `self.removed`."""
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            names = sorted(os.listdir(self.dir))
-        except OSError as e:
-            raise StateError(f"state directory {self.dir}: {e.strerror}") from None
-        held: dict[str, Held] = {}
-        floor = 0
-        self.removed: dict[str, int] = {}
-        for name in names:
-            path = self.dir / name
-            if name.endswith(".tmp"):  # a write that a crash interrupted: never renamed
-                path.unlink(missing_ok=True)
-                continue
-            if name == _FLOOR:
-                recorded = self._read_floor(path)
-                floor = max(floor, recorded.generation)
-                self.removed = dict(recorded.removed)
-                continue
-            if not (name.startswith(_PREFIX) and name.endswith(_SUFFIX)):
-                continue
-            h = self._read(path)
-            mid = h.materialize.id
-            if self._path(mid).name != name:
-                raise StateError(f"{path}: holds materialization {mid!r}, not "
-                                 f"{unquote(name[len(_PREFIX):-len(_SUFFIX)])!r}")
-            held[mid] = h
-            floor = max(floor, h.generation)
-        return held, floor
-
-    def _read(self, path: Path) -> Held:
-        try:
-            stored = msgspec.json.decode(path.read_bytes(), type=_Stored)
-            if stored.format != FORMAT:
-                raise StateError(f"{path}: format {stored.format}, this moa reads {FORMAT}")
-            m = schemas.decode(schemas.Materialize, bytes(stored.materialize))
-        except OSError as e:
-            raise StateError(f"{path}: {e.strerror}") from None
-        except (msgspec.DecodeError, InvalidMessage) as e:
-            raise StateError(f"{path} is damaged ({e}): restore it from a backup or remove it "
-                             "(the box then drops that materialization at start)") from None
-        return Held(m, stored.generation)
-
-    def _read_floor(self, path: Path) -> _Floor:
-        try:
-            return msgspec.json.decode(path.read_bytes(), type=_Floor)
-        except OSError as e:
-            raise StateError(f"{path}: {e.strerror}") from None
-        except msgspec.DecodeError as e:
-            raise StateError(f"{path} is damaged ({e}): remove it (the kernel keeps a copy of "
-                             "the generation)") from None
-
-    def put(self, held: Held) -> None:
-        data = msgspec.json.encode(_Stored(format=FORMAT, generation=held.generation,
-                                           materialize=msgspec.Raw(
-                                               schemas.encode(held.materialize))))
-        self._write(self._path(held.materialize.id), data)
-
-    def remove(self, mid: str, generation: int, removed: dict[str, int]) -> None:
-        """Forget `mid`; `generation` (of the removal) and `removed` (the last removals, this
-        one included) are recorded first, so the highest generation handed out survives the
-        file that carried it."""
-        self._write(self.dir / _FLOOR, msgspec.json.encode(
-            _Floor(format=FORMAT, generation=generation, removed=removed)))
-        try:
-            self._path(mid).unlink(missing_ok=True)
-            self._sync_dir()
-        except OSError as e:
-            raise StateError(f"removing {self._path(mid)}: {e.strerror}") from None
-
-    def _write(self, path: Path, data: bytes) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            self._sync_dir()
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise StateError(f"writing {path}: {e.strerror}") from None
-
-    def _sync_dir(self) -> None:
-        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _direction_updated(link: schemas.Link, lu: schemas.LinkUpdate, path: str) -> schemas.Link:
@@ -349,22 +183,28 @@ class DesiredState:
             except Exception as e:  # the file already holds it; the kernel copy is a floor
                 log.warning("could not record generation %d in the kernel: %s", generation, e)
 
-    async def commit(self, m: schemas.Materialize, same_vnis: bool = False) -> int:
+    async def commit(self, m: schemas.Materialize, same_vnis: bool = False,
+                     positions: Sequence[int] | None = None) -> int:
         """m is now what m.id must hold: durable, then its new generation returned. The file is
         written on a thread; until it is, readers see the state before (nothing else changes
         the desired state meanwhile: the applier makes one change at a time). `same_vnis`:
-        m holds the links and VNIs held before (an Update), so who owns a VNI is unchanged."""
-        h = await asyncio.to_thread(self._write, m)
+        m holds the links and VNIs held before (an Update), so who owns a VNI is unchanged;
+        `positions`: m differs from what is held only in the links there (an Update's
+        LinkChange), so the store journals those."""
+        h = await asyncio.to_thread(self._write, m, positions)
         self.held[m.id] = h
         self.removed.pop(m.id, None)
         self._handed_out(h.generation, same_vnis)
         return h.generation
 
-    def _write(self, m: schemas.Materialize) -> Held:
+    def _write(self, m: schemas.Materialize, positions: Sequence[int] | None = None) -> Held:
         h = Held(m, self._next())
         faults.hit("state.before-write", m.id)
         if self.store is not None:
-            self.store.put(h)
+            if positions is not None and m.id in self.held:
+                self.store.append(h, positions)
+            else:
+                self.store.put(h)
         faults.hit("state.after-write", m.id)
         return h
 
