@@ -361,7 +361,8 @@ class Applier:
         if m.schedule is msgspec.UNSET and held.materialize.schedule is msgspec.UNSET:
             # Without a schedule an Update changes the links it names and nothing else: they
             # are all that is compared, judged and written (not the whole materialization).
-            positions = tuple(j for j, link in enumerate(m.links) if link.id in origin)
+            index = held.link_index()
+            positions = tuple(sorted(index[link_id] for link_id in origin))
             before = tuple(held.materialize.links[j] for j in positions)
             if all(m.links[j] == b for j, b in zip(positions, before)):
                 return self._acked("update", u.id, held.generation, t0)

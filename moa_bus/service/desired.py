@@ -129,11 +129,9 @@ class DesiredState:
             raise InvalidMessage("id", f"no materialization {u.id!r} on this box", "not_found")
         links = list(h.materialize.links)
         origin: dict[str, int] = {}
-        index: dict[str, int] | None = None  # link id -> position, made for the first entry by id
         for i, lu in enumerate(u.links):
             if lu.link is not None:
-                if index is None:
-                    index = {link.id: j for j, link in enumerate(links)}
+                index = h.link_index()
                 hits = [index[lu.link]] if lu.link in index else []
                 if not hits:
                     raise InvalidMessage(f"links[{i}].link", f"materialization {u.id!r} has no "
@@ -192,6 +190,9 @@ class DesiredState:
         `positions`: m differs from what is held only in the links there (an Update's
         LinkChange), so the store journals those."""
         h = await asyncio.to_thread(self._write, m, positions)
+        before = self.held.get(m.id)
+        if same_vnis and before is not None:
+            h.index = before.index  # the same links in the same places
         self.held[m.id] = h
         self.removed.pop(m.id, None)
         self._handed_out(h.generation, same_vnis)
@@ -234,7 +235,8 @@ class DesiredState:
         keeps the one it took."""
         h = self.held.get(mid)
         if h is not None and generation in (None, h.generation):
-            self.held[mid] = Held(h.materialize, h.generation, h.known_digest, in_force=links)
+            self.held[mid] = Held(h.materialize, h.generation, h.known_digest, in_force=links,
+                                  index=h.index)
 
     def vnis(self, mids: Iterable[str] | None = None) -> list[int]:
         return [ep.vni for mid, h in self.held.items() if mids is None or mid in mids

@@ -73,12 +73,20 @@ class Held:
     _by_id: list[schemas.Link] | None = field(default=None, repr=False, compare=False)
     # with a schedule: the links as its steps made them now (status shows these); None: as held
     in_force: list[schemas.Link] | None = field(default=None, repr=False, compare=False)
+    # link id -> its position in materialize.links; an Update's Held takes its predecessor's
+    # (same links, same places), so 100,000 links are indexed once, not once per Update
+    index: dict[str, int] | None = field(default=None, repr=False, compare=False)
 
     @property
     def digest(self) -> bytes:
         if not self.known_digest:
             self.known_digest = content_digest(self.materialize)
         return self.known_digest
+
+    def link_index(self) -> dict[str, int]:
+        if self.index is None:
+            self.index = {link.id: j for j, link in enumerate(self.materialize.links)}
+        return self.index
 
     def links_by_id(self) -> list[schemas.Link]:
         """Its links in force, in id order (as status and telemetry list them), sorted once."""
@@ -240,14 +248,7 @@ class StateStore:
             return
         path = self._journal(mid)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-            try:
-                view = memoryview(line)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _write_synced(path, line, os.O_APPEND)
             if not sizes[1]:
                 self._sync_dir()  # the journal's name, new, durable too
         except OSError as e:
@@ -279,14 +280,7 @@ class StateStore:
     def _write(self, path: Path, data: bytes) -> None:
         tmp = path.with_name(path.name + ".tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _write_synced(tmp, data, os.O_TRUNC)
             os.replace(tmp, path)
             self._sync_dir()
         except OSError as e:
@@ -299,3 +293,15 @@ class StateStore:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _write_synced(path: Path, data: bytes, mode: int) -> None:
+    """data written to path (created if missing; `mode`: O_TRUNC or O_APPEND), then fsynced."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | mode | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
