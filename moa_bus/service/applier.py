@@ -306,17 +306,14 @@ class Applier:
                        name: Callable[[InvalidMessage], InvalidMessage] | None = None) -> Outcome:
         """Apply m (with a schedule: the links it puts in force now, every state it goes
         through checked first), commit it, arm its schedule. m.id's running schedule is paused
-        meanwhile, and armed again if the change fails. `change`: an Update's links (only
-        they are judged and written, when m has no schedule)."""
+        meanwhile, and armed again if the change fails. `change`: an Update's links, when
+        neither m nor what it replaces has a schedule (only they are judged, written and
+        journaled)."""
         armed = self.scheduler.prepare(m)  # InvalidMessage naming schedule.steps[k]...
         paused = await self.scheduler.pause(m.id)
         try:
-            if armed is not None:
-                await self.datapath.apply(armed.content(armed.at), params_only=params_only)
-            elif change is not None:
-                await self.datapath.apply(m, params_only=params_only, change=change)
-            else:
-                await self.datapath.apply(m, params_only=params_only)
+            await self.datapath.apply(armed.content(armed.at) if armed else m,
+                                      params_only=params_only, change=change)
         except BaseException as e:
             if paused is not None:
                 self.scheduler.arm(paused)
@@ -326,7 +323,7 @@ class Applier:
         self.unconverged.pop(m.id, None)
         generation = await self.desired.commit(
             m, same_vnis=op == "update",
-            positions=change.positions if change is not None and armed is None else None)
+            positions=change.positions if change is not None else None)
         if armed is not None:
             armed.generation = generation
             self.desired.show(m.id, armed.content(armed.at).links)

@@ -174,8 +174,9 @@ class StateStore:
             raise StateError(f"{journal}: {e.strerror}") from None
         links = list(h.materialize.links)
         generation = h.generation
-        lines = data.split(b"\n")
-        torn = lines.pop()  # after the last newline: b"" unless a crash cut the last line
+        # what follows the last newline is b"", or a line a crash cut: never fsynced, never
+        # acked, dropped
+        lines = data.split(b"\n")[:-1]
         for k, line in enumerate(lines):
             try:
                 c = schemas.decode(_Changed, line)
@@ -191,7 +192,6 @@ class StateStore:
             for p, link in zip(c.positions, c.links):
                 links[p] = link
             generation = c.generation
-        del torn  # never fsynced, so never acked: dropped
         out = h
         if generation != h.generation:
             out = Held(msgspec.structs.replace(h.materialize, links=links), generation)
