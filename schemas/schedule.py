@@ -116,7 +116,7 @@ def links_at(m: Materialize, e: Expanded, cycle: int, k: int) -> list[Link]:
 def next_step(s: Schedule, start_ns: int, cycle: int, k: int) -> tuple[int, int, int] | None:
     """(cycle, k, due_ns) of the step after (cycle, k); None when the schedule is over."""
     if k + 1 < len(s.steps):
-        cycle, k = (cycle, k + 1)
+        k += 1
     elif s.repeat is None:
         return None
     else:

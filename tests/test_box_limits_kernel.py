@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import re
-import subprocess
 import time
 
 import pytest

@@ -23,7 +23,7 @@ from schemas import Emulation
 from tests.fixtures.bpf import selftest_o  # noqa: F401
 from tests.fixtures.classifier import (  # noqa: F401
     EGRESS, FRAME, INGRESS, INNER, RATE, SER, VNI, clf, mono, put_t_last, send)
-from tests.fixtures.packets import TC_ACT_OK, inner_tcp, outer_len, vxlan
+from tests.fixtures.packets import TC_ACT_OK, inner_tcp, vxlan
 
 NB = schemas.SOJOURN_BUCKETS
 

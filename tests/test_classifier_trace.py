@@ -23,7 +23,7 @@ import pytest
 
 import schemas
 from datapath.classifier import Classifier
-from datapath.traces import OPP_BYTES, mean_rate_bps, read_mahimahi, trace_key
+from datapath.traces import OPP_BYTES, read_mahimahi, trace_key
 from schemas import Emulation, InvalidMessage, Trace
 from tests.fixtures.bpf import pin_root  # noqa: F401
 from tests.fixtures.classifier import EGRESS, VNI, clf, mono, send  # noqa: F401

@@ -23,7 +23,7 @@ def _imports(path: Path) -> set[str]:
     """Every module an import statement of `path` names (relative imports resolved)."""
     tree = ast.parse(path.read_text(), str(path))
     parts = path.relative_to(ROOT).with_suffix("").parts
-    package = parts[:-1] if parts[-1] != "__init__" else parts[:-1]
+    package = parts[:-1]  # a module's package, and a package's own (__init__ dropped)
     out: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

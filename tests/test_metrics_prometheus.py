@@ -189,8 +189,8 @@ async def test_prometheus_scrapes_a_live_moa_serve(topo: Testbed, nats_server: N
             # Traffic has stopped: every link series in Prometheus equals status exactly.
             body = (await asyncio.to_thread(get, f"http://127.0.0.1:{port}/metrics"))[2].decode()
             for (mid, link, vni, stage), c in {
-                    (m.id, link.id, c.vni, c.stage): c for m in st.materializations
-                    for link in m.links for c in link.counters}.items():
+                    (m.id, ln.id, c.vni, c.stage): c for m in st.materializations
+                    for ln in m.links for c in ln.counters}.items():
                 sel = (f'{{materialization="{mid}",link="{link}",vni="{vni}",'
                        f'direction="{stage}"}}')
                 assert prom.value(f"moa_link_packets_total{sel}") == c.packets, sel

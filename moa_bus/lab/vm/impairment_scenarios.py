@@ -43,7 +43,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from . import measure, moa_stack, shaping, traffic
+from . import measure, shaping, traffic
 from .batch import Batch, StepResult
 from .measure import in_ns
 from .moa_stack import MoaStack, link

@@ -88,7 +88,7 @@ def netem_htb(tb: Testbed, dst_vni: int, filters: int, batch_file: str) -> list[
         # the step (set -e) and grep finding nothing else does not
         f'tc -n {box} -batch "{batch_file}" 2>"$STEP.tc.err"',
         '{ grep -v "quantum of class" "$STEP.tc.err" || true; } >&2',
-        f'echo "tc_batch_s $(echo "$_t0 $(date +%s.%N)" | awk \'{{printf "%.2f", $2 - $1}}\')"',
+        'echo "tc_batch_s $(echo "$_t0 $(date +%s.%N)" | awk \'{printf "%.2f", $2 - $1}\')"',
     ]
 
 
