@@ -8,9 +8,9 @@ plan ran. Who owns the desired state, and how a restart converges: docs/architec
 
 `KernelDatapath` is the real one of the contract in datapath.contract (`Datapath`, re-exported
 here): a netlink worker thread in the box's network namespace, the classifier (pinned maps,
-attached to the uplink) and the pair program (pinned maps, attached to VTEPs). Pinned maps and attached programs outlive the service: `close()` leaves them, so traffic
-stays shaped while the service restarts. `teardown()` removes everything moa made (tests,
-uninstall).
+attached to the uplink) and the pair program (pinned maps, attached to VTEPs). Pinned maps and
+attached programs outlive the service: `close()` leaves them, so traffic stays shaped while the
+service restarts. `teardown()` removes everything moa made (tests, uninstall).
 
 It is one module past 450 lines because it is one class, the contract's one implementation:
 each method is a short delegation to the planner, flow_mode, next_hops, limits or the
@@ -246,7 +246,7 @@ class KernelDatapath:
             purged += [f"VXLAN port {p}" for p in sorted(unused)]
         return purged
 
-    # -- converging ---------------------------------------------------------------------------------
+    # -- converging -------------------------------------------------------------------------------
 
     def _link_stages(self, link: schemas.Link) -> list[Stages]:
         return link_stages(link, self.plan_config)
@@ -433,7 +433,7 @@ class KernelDatapath:
         self._applied(m, figures)
         report.operations += [op.describe() for op in ops]
 
-    # -- reading counters ---------------------------------------------------------------------------
+    # -- reading counters -------------------------------------------------------------------------
 
     async def counters(self, vnis: Iterable[int]) -> dict[int, dict[str, StageCounters]]:
         return self.classifier.counters_of(vnis)
@@ -456,7 +456,7 @@ class KernelDatapath:
     def pair_counters(self) -> dict[str, int]:
         return self.pair.counters()
 
-    # -- the generation floor -----------------------------------------------------------------------
+    # -- the generation floor ---------------------------------------------------------------------
 
     def generation_floor(self) -> int:
         return self.classifier.box_generation()
@@ -465,7 +465,7 @@ class KernelDatapath:
         if generation > self.classifier.box_generation():
             self.classifier.set_box_generation(generation)
 
-    # -- drop telemetry -----------------------------------------------------------------------------
+    # -- drop telemetry ---------------------------------------------------------------------------
 
     def drop_events(self, callback: DropCallback, owner: OwnerLookup) -> None:
         """Call `callback(schemas.DropEvent)` in the running event loop for every drop event,

@@ -1,12 +1,12 @@
 """Classifier: load (and pin) tc_classifier.bpf.o, manage links, read counters and drop events.
 
-One object holds the programs (moa_egress, moa_ingress, moa_port_hold) and the maps of docs/architecture.md.
-A link (VNI) owns a slot: its state and counters live at index slot * 2 + stage of moa_state and
-moa_counters. set_link() hands out the lowest free slot the first time a VNI is set and zeroes
-that slot's state and counters before the link becomes visible to the datapath; later calls
-only replace the parameters (one atomic hash update), so the timeline is not reset. With
-pinned maps the slot table is rebuilt from moa_links on load, so a restarted service keeps
-every link's slot (and its timeline and counters).
+One object holds the programs (moa_egress, moa_ingress, moa_port_hold) and the maps of
+docs/architecture.md. A link (VNI) owns a slot: its state and counters live at index
+slot * 2 + stage of moa_state and moa_counters. set_link() hands out the lowest free slot the
+first time a VNI is set and zeroes that slot's state and counters before the link becomes
+visible to the datapath; later calls only replace the parameters (one atomic hash update), so
+the timeline is not reset. With pinned maps the slot table is rebuilt from moa_links on load, so
+a restarted service keeps every link's slot (and its timeline and counters).
 
 It is one module because the slot table it keeps is what every reader and writer of those maps
 indexes by: parameters, state, counters, backlogs, drop events and the custom distribution tables
@@ -205,7 +205,7 @@ class Classifier:
             self._tables[key] = tuple(table.v)
             self._tables_present.add(key)
 
-    # -- custom distribution tables -----------------------------------------------------------------
+    # -- custom distribution tables ---------------------------------------------------------------
 
     def _remember_tables(self, *stages: schemas.Emulation | None) -> None:
         """Keep the custom tables of these stages by key, for the writes that will need them.

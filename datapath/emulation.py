@@ -28,8 +28,10 @@ from datapath.traces import mean_rate_bps, trace_key
 if TYPE_CHECKING:  # datapath.libbpf.abi reads the compiled object's BTF at import
     from datapath.libbpf.abi import Abi
 
-__all__ = ["chain", "correlated_loss", "queue_bytes", "rate_bps", "queue_ns", "stage_params", "stage_bytes", "probability_threshold",
-           "DEFAULT_QUEUE_MS", "MIN_DEFAULT_QUEUE_BYTES", "MAX_DEFAULT_QUEUE_MS", "DEFAULT_OVERHEAD",
+__all__ = ["chain", "correlated_loss", "queue_bytes", "rate_bps", "queue_ns", "stage_params",
+           "stage_bytes", "probability_threshold",
+           "DEFAULT_QUEUE_MS", "MIN_DEFAULT_QUEUE_BYTES", "MAX_DEFAULT_QUEUE_MS",
+           "DEFAULT_OVERHEAD",
            "frame_wire", "full_frame"]
 
 NSEC = 1_000_000_000

@@ -11,7 +11,8 @@ process (read once, at import), or by `arm()` in-process. A spec is a comma-sepa
     state.after-write/big=kill         big's desired state is durable, the ack not yet sent
 
 A point's path segments are matched one by one, `*` matching any. `POINT=ACTION@N` fires at
-the N-th hit of the point instead of the first (a later plan of the same materialization). Points (who calls `hit`):
+the N-th hit of the point instead of the first (a later plan of the same materialization).
+Points (who calls `hit`):
 `plan.before/<id>/<i>`, `plan.after/<id>/<i>` and `plan.revert/<id>/<i>` (the undoing of
 operation i in a rollback) (datapath.plan.runner.run_plan),
 `rtnl.window/<k>` (datapath.netlink.raw.Rtnl.run), `params.before-write/<id>` and

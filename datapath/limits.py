@@ -7,11 +7,12 @@ with them; the tests check them directly.
 The longest a stage holds a packet (`hold_ns`): its latency plus its largest jitter (the jitter,
 or the jitter times its distribution's largest value) plus the longer of its
 queue and one full frame, both as time at the link's rate (the frame as the link charges it: its
-overhead and cells, `charged_frame`; the queue is already time at the rate of what it charges). The queue is the backlog a packet may
-find ahead of it plus its own serialisation (edt.h: backlog + itself <= queue), and a packet that
-finds the queue empty is always taken, however long its own serialisation. So a departure is at
-most `hold_ns` ahead of now for frames up to the VTEP MTU (a GSO packet of many frames can go
-further, and is dropped `horizon` like any departure beyond it).
+overhead and cells, `charged_frame`; the queue is already time at the rate of what it charges).
+The queue is the backlog a packet may find ahead of it plus its own serialisation
+(edt.h: backlog + itself <= queue), and a packet that finds the queue empty is always taken,
+however long its own serialisation. So a departure is at most `hold_ns` ahead of now for frames
+up to the VTEP MTU (a GSO packet of many frames can go further, and is dropped `horizon` like any
+departure beyond it).
 
 The horizon is the box's bound on how far ahead a departure may be: the classifier drops beyond
 it (MOA_DROP_HORIZON, config.h) and sch_fq's own horizon is the same or a hair longer (fq counts
@@ -131,7 +132,8 @@ def horizon_refusal(e: schemas.Emulation, path: str, horizon_ns: int, frame: int
     if e.latency > horizon_ns:
         return refuse("latency", f"latency {fmt(e.latency)}")
     if max_delay_ns(e) > horizon_ns:
-        what = "jitter" if e.distribution == "uniform" else f"{e.distribution} jitter at its largest"
+        what = ("jitter" if e.distribution == "uniform"
+                else f"{e.distribution} jitter at its largest")
         return refuse("jitter", f"latency + {what} = {fmt(max_delay_ns(e))}")
     if max_delay_ns(e) + slot_ns(e) > horizon_ns:
         return refuse("slot", f"the delay and the longest gap between slots "

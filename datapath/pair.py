@@ -1,8 +1,8 @@
 """The point-to-point redirect pair: two VTEPs of the box joined like a wire.
 
 One loaded copy of pair_redirect.bpf.o serves every pair; its maps are pinned under the pin root
-(`moa_pair_peers`, `moa_pair_stats`; the DEVMAP cannot be, see pair.h) so that attached programs keep working
-while the service is down and a restarted service finds the pairs again.
+(`moa_pair_peers`, `moa_pair_stats`; the DEVMAP cannot be, see pair.h) so that attached programs
+keep working while the service is down and a restarted service finds the pairs again.
 
 Mode (measured on the host kernel 6.18, namespaces, offloads on at the senders, iperf3 TCP 4 s;
 see tests/test_plumbing_netns.py and docs/kernel-facts.md): the tc ingress `bpf_redirect` carries

@@ -10,10 +10,10 @@ sleep to a little before it, then a spin on CLOCK_MONOTONIC) and writes the `moa
 entries, whole (`Map.update_batch`: each element replaced under RCU), through the map's pin.
 
 The protocol, on its stdin/stdout, every record a HEAD: `A` (group, tag, due CLOCK_MONOTONIC
-ns, key bytes, value bytes; the bytes follow) adds a write; `R` says the map is open; `C` (group) drops the group's
-writes not yet done and is answered `C` (group) once they are dropped, so a write of that
-group answered after it never happens; every write is answered `D` (group, tag, status 0 when
-written, CLOCK_MONOTONIC ns when the write returned).
+ns, key bytes, value bytes; the bytes follow) adds a write; `R` says the map is open; `C` (group)
+drops the group's writes not yet done and is answered `C` (group) once they are dropped, so a
+write of that group answered after it never happens; every write is answered `D` (group, tag,
+status 0 when written, CLOCK_MONOTONIC ns when the write returned).
 
     python -m datapath.step_writer /sys/fs/bpf/moa/moa_links
 """
@@ -29,7 +29,8 @@ import threading
 import time
 from collections.abc import Callable
 
-HEAD = struct.Struct("=cIQqII")  # kind, group, tag, due or done ns, key bytes or status, value bytes
+# kind, group, tag, due or done ns, key bytes or status, value bytes
+HEAD = struct.Struct("=cIQqII")
 # How long before a write the process is awake and spinning: the kernel may take ms to run
 # even a real-time process that wakes up while its CPUs are busy in the kernel (a kernel
 # without full preemption, as Debian's), and a process already running is not delayed by

@@ -36,7 +36,8 @@ def read_mahimahi(text: str) -> schemas.Trace:
         try:
             out.append(int(line.strip(), 10))
         except ValueError:
-            raise ValueError(f"line {lineno}: {line.strip()!r} is not a whole number of ms") from None
+            raise ValueError(f"line {lineno}: {line.strip()!r} "
+                             f"is not a whole number of ms") from None
     if not out:
         raise ValueError("no opportunities: the trace is empty")
     return schemas.Trace(opportunities_ms=tuple(out))

@@ -312,7 +312,7 @@ class MoaClient:
                                                 headers=headers)
         return ack.seq
 
-    # -- feeds ----------------------------------------------------------------------------------------
+    # -- feeds ------------------------------------------------------------------------------------
 
     def acks(self) -> Feed[schemas.Ack]:
         """Every Ack the box publishes (moa.<host>.acks), whichever way its change came."""

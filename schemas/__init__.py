@@ -5,7 +5,8 @@
 """
 from schemas.codec import decode, encode, validate
 from schemas.messages import (
-    DROP_REASONS, SOJOURN_BOUNDS_NS, SOJOURN_BUCKETS, SOJOURN_SHIFT, STAGES, Ack, AckError, Aqm, Dematerialize, DirectionStatus, DropBatch,
+    DROP_REASONS, SOJOURN_BOUNDS_NS, SOJOURN_BUCKETS, SOJOURN_SHIFT, STAGES, Ack, AckError, Aqm,
+    Dematerialize, DirectionStatus, DropBatch,
     DropEvent, Emulation,
     EmulationPatch, Endpoint, GilbertElliott, InvalidMessage, Link, LinkStats, LinkStatsBatch,
     LinkStatus, LinkUpdate, Materialize, MaterializationStatus, ReorderEarly, Schedule,
@@ -18,7 +19,8 @@ from schemas.units import (
 from schemas.validate import vni_fields
 
 __all__ = [
-    "DROP_REASONS", "SOJOURN_BOUNDS_NS", "SOJOURN_BUCKETS", "SOJOURN_SHIFT", "STAGES", "Ack", "AckError", "Aqm", "Dematerialize", "DirectionStatus",
+    "DROP_REASONS", "SOJOURN_BOUNDS_NS", "SOJOURN_BUCKETS", "SOJOURN_SHIFT", "STAGES", "Ack",
+    "AckError", "Aqm", "Dematerialize", "DirectionStatus",
     "DropBatch", "DropEvent",
     "Emulation", "EmulationPatch", "Endpoint", "GilbertElliott", "InvalidMessage", "Link",
     "LinkStats", "LinkStatsBatch", "LinkStatus", "LinkUpdate", "Materialize", "ReorderEarly",

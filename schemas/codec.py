@@ -37,8 +37,8 @@ _encoder = msgspec.json.Encoder()
 
 # msgspec: "<message> - at `$.links[0].vni`" (no suffix when the problem is at the root).
 _AT = re.compile(r"^(?P<message>.*) - at `\$(?P<path>.*)`$", re.DOTALL)
-_FIELD_MSG = re.compile(r"^Object (?P<what>contains unknown|missing required) field `(?P<name>.*)`$",
-                        re.DOTALL)
+_FIELD_MSG = re.compile(
+    r"^Object (?P<what>contains unknown|missing required) field `(?P<name>.*)`$", re.DOTALL)
 
 
 def _path_of(error: msgspec.ValidationError) -> tuple[str, str]:
@@ -53,7 +53,8 @@ def _path_of(error: msgspec.ValidationError) -> tuple[str, str]:
         path = f"{path}.{name}" if path else name
         what = "unknown field" if f["what"] == "contains unknown" else "missing required field"
         message = f"{what} {name!r}"
-    choices = CHOICES.get(".".join(path.rsplit(".", 2)[-2:])) or CHOICES.get(path.rsplit(".", 1)[-1])
+    choices = (CHOICES.get(".".join(path.rsplit(".", 2)[-2:]))
+               or CHOICES.get(path.rsplit(".", 1)[-1]))
     if choices and message.startswith("Invalid enum value"):
         message = f"{message} (one of: {', '.join(choices)})"
     return path, message.replace("`", "")

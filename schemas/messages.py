@@ -14,8 +14,8 @@ the markers are simply int.
 
 The rules of an emulation (check_values, check_across) live here, beside the Structs they
 constrain, because EmulationPatch.apply needs them (which keeps this one module, past 450 lines:
-the Structs of one message refer to each other and to those rules); the rules of whole messages (ids, VNIs,
-addresses) are in schemas/validate.py, which imports this module (never the other way).
+the Structs of one message refer to each other and to those rules); the rules of whole messages
+(ids, VNIs, addresses) are in schemas/validate.py, which imports this module (never the other way).
 The Structs and those rules are one module because the Structs nest (an Update's patch applies
 to a Link's Emulation, a status carries both) and msgspec must see each type where it is used.
 """
@@ -68,8 +68,8 @@ IpAddress = Annotated[str, msgspec.Meta(extra_json_schema={
 # enum moa_drop_reason and enum moa_stage of datapath/bpf/abi.h, by name in enumerator order
 # (index = value, prefix cut, lower case): the one Python table of them. schemas may not import
 # the datapath, so the datapath checks this table against the classifier's BTF when it loads it
-# (datapath/libbpf/abi.py, AbiError on a mismatch); tests/test_abi.py checks it against the BTF too and
-# tests/test_schemas.py against abi.h's text.
+# (datapath/libbpf/abi.py, AbiError on a mismatch); tests/test_abi.py checks it against the BTF too
+# and tests/test_schemas.py against abi.h's text.
 DropReason = Literal["loss", "queue", "horizon", "link_down", "aqm"]
 Stage = Literal["egress", "ingress"]
 DROP_REASONS: tuple[str, ...] = typing.get_args(DropReason)
@@ -434,8 +434,8 @@ def check_values(e: Emulation | EmulationPatch, path: str) -> None:
 
 def check_slot(s: Slot, path: str) -> None:
     """A slot's own rules: the fields of its form only, gaps within 0..4 s, max >= min, a
-    distribution's jitter above 0, and a gap that can be above 0 (a slot of gap 0 would release everything at once: netem reads
-    `slot 0` as no slots, moa asks for slot null)."""
+    distribution's jitter above 0, and a gap that can be above 0 (a slot of gap 0 would release
+    everything at once: netem reads `slot 0` as no slots, moa asks for slot null)."""
     fmt = units.format_duration
     uniform = s.distribution == "uniform"
     for name in ("min", "max", "delay", "jitter"):

@@ -193,7 +193,8 @@ def check_schedule(s: Schedule, path: str = "schedule") -> None:
             raise InvalidMessage(f"{at}.at", f"{fmt(step.at)} is not at least {gap} after the "
                                              f"step before ({fmt(before)}): offsets increase")
         before = step.at
-    if s.repeat is not None and not before + SCHEDULE_GAP_MIN_NS <= s.repeat <= SCHEDULE_SPAN_MAX_NS:
+    if (s.repeat is not None
+            and not before + SCHEDULE_GAP_MIN_NS <= s.repeat <= SCHEDULE_SPAN_MAX_NS):
         raise InvalidMessage(f"{path}.repeat", f"repeat {fmt(s.repeat)} must be at least {gap} "
                                                f"longer than the last offset ({fmt(before)}) "
                                                f"and at most {fmt(SCHEDULE_SPAN_MAX_NS)}")

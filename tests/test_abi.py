@@ -169,7 +169,8 @@ def _c_layout(names: dict[str, list[str]], tmp_path: Path) -> dict[str, int]:
             lines.append(f'\tprintf("%s %zu\\n", "{cname}.{p}", offsetof(struct {cname}, {p}));')
     src = tmp_path / "layout.c"
     src.write_text("#include <stdio.h>\n#include <stddef.h>\n#include <linux/bpf.h>\n"
-                   '#include "abi.h"\nint main(void)\n{\n' + "\n".join(lines) + "\n\treturn 0;\n}\n")
+                   '#include "abi.h"\nint main(void)\n{\n' + "\n".join(lines)
+                   + "\n\treturn 0;\n}\n")
     exe = tmp_path / "layout"
     subprocess.run(["clang", "-Wall", "-Werror", f"-I{BPF_DIR}", str(src), "-o", str(exe)],
                    check=True, capture_output=True, text=True)
@@ -202,7 +203,8 @@ def test_mirror_enums_match_the_c_compiler(mirror: abi_mod.Abi, tmp_path: Path) 
               "MOA_F_SLOT", "MOA_F_TRACE", "MOA_SOJOURN_SHIFT", "MOA_SOJOURN_BUCKETS",
               "MOA_TRACE_MAX", "MOA_TRACE_KEYS_MAX", "MOA_TRACE_OPP"]
     src = tmp_path / "enums.c"
-    src.write_text('#include <stdio.h>\n#include <linux/bpf.h>\n#include "abi.h"\nint main(void)\n{\n'
+    src.write_text('#include <stdio.h>\n#include <linux/bpf.h>\n#include "abi.h"\n'
+                   'int main(void)\n{\n'
                    + "".join(f'\tprintf("{v} %lld\\n", (long long){v});\n' for v in values)
                    + "\treturn 0;\n}\n")
     exe = tmp_path / "enums"
@@ -270,7 +272,8 @@ def test_missing_type_is_named(tmp_path: Path) -> None:
         abi_mod.Abi(str(compile_bpf(src, tmp_path)))
     src.write_text(src.read_text().replace("struct moa_link only_link;",
                                            "struct moa_link l; struct moa_stage_state s;"
-                                           "struct moa_link_counters c; struct moa_global_counters g;"
+                                           "struct moa_link_counters c; "
+                                           "struct moa_global_counters g;"
                                            "struct moa_drop_event e; struct moa_box b;"
                                            "struct moa_dist_table t; struct moa_dist_cdf f;"
                                            "struct moa_flow w;"))
@@ -354,7 +357,8 @@ def test_btf_packed_union_anonymous_and_arrays(cases: tuple[Btf, Path], tmp_path
               ("with_union", "neg"), ("with_union", "flag"), ("with_union", "alias"),
               ("with_union", "matrix"), ("with_union", "ptr")]
     prog = ["#include <stdio.h>", "#include <stddef.h>", "#include <linux/types.h>",
-            BTF_CASES.split("struct packed_one g_packed;")[0].split("#include <bpf/bpf_helpers.h>")[1],
+            BTF_CASES.split("struct packed_one g_packed;")[0]
+            .split("#include <bpf/bpf_helpers.h>")[1],
             "int main(void) {",
             'printf("%zu %zu\\n", sizeof(struct packed_one), sizeof(struct with_union));']
     prog += [f'printf("%zu\\n", offsetof(struct {s}, {f}));' for s, f in checks]

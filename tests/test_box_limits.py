@@ -53,7 +53,8 @@ def test_hold_is_latency_jitter_and_the_longer_of_queue_and_one_frame() -> None:
      "latency + jitter + queue"),
     (Emulation(latency=29 * S + 600 * MS, capacity=1_000_000), "queue", "default queue"),
 ], ids=["latency", "jitter", "queue", "default queue"])
-def test_a_delay_beyond_the_horizon_is_refused_unsupported_naming_the_field(e, field, words) -> None:
+def test_a_delay_beyond_the_horizon_is_refused_unsupported_naming_the_field(
+        e, field, words) -> None:
     r = refusal(e)
     assert r is not None and r.code == "unsupported"
     assert r.field == f"links[0].emulation.{field}"
@@ -267,7 +268,8 @@ def test_the_plan_matches_devices_of_a_long_id_by_their_key() -> None:
     mk, lk = parse_alias(make_alias(mid, link))
     have = {n: MoaDevice(name=n, index=v, kind="vxlan", materialization=mk, link=lk, up=True,
                          mtu=1450, master=None, vni=v, local="10.0.0.1", remote=r, port=4789,
-                         underlay=None) for n, v, r in (("mv1", 1, "10.0.0.2"), ("mv2", 2, "10.0.0.3"))}
+                         underlay=None)
+            for n, v, r in (("mv1", 1, "10.0.0.2"), ("mv2", 2, "10.0.0.3"))}
     ops = plan(m, Current(devices=have), cfg, lambda s: b"x")
     assert [type(op).__name__ for op in ops] == ["SetLinkParams", "SetLinkParams", "CreatePair"]
     other = schemas.Materialize(id="other", links=[schemas.Link(id="l", endpoints=[

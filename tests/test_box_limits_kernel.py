@@ -42,7 +42,8 @@ S = 10**9
 
 def p2p(mid: str, link: str, vnis: tuple[int, int], emulation: dict | None = None,
         port: int | None = None, remotes: tuple[str, str] = ("10.201.0.11", "10.201.0.12")) -> dict:
-    eps = [{"vni": v, "remote": r, **({"port": port} if port else {})} for v, r in zip(vnis, remotes)]
+    eps = [{"vni": v, "remote": r, **({"port": port} if port else {})}
+           for v, r in zip(vnis, remotes)]
     return {"id": mid, "links": [{"id": link, "endpoints": eps, "emulation": emulation or {}}]}
 
 
@@ -108,7 +109,8 @@ async def test_vxlan_on_an_endpoints_own_port_is_shaped(topo: Testbed, box: Kern
     # ... and shaped means shaped: every packet of the link is lost, on its counters.
     c0 = await box.counters([101])
     assert (await pings())[0] == 0
-    assert (await box.counters([101]))[101]["egress"].drops["loss"] - c0[101]["egress"].drops["loss"] == 5
+    assert ((await box.counters([101]))[101]["egress"].drops["loss"]
+            - c0[101]["egress"].drops["loss"] == 5)
 
     # A port stays while another materialization's VTEP uses it, and goes with the last one.
     other = p2p("ports2", "c-d", (102, 103), port=PORT)
@@ -132,7 +134,8 @@ async def test_ids_of_128_characters_each_work_end_to_end(topo: Testbed,
     link, lan = "L" * 127 + ":", ":" * 128
     doc = p2p(mid, link, (300, 301), {"loss": 0.1})
     doc["links"].append({"id": lan, "tags": ["t" * 128], "emulation": {"loss": 0.2},
-                         "endpoints": [{"vni": 310 + k, "remote": f"10.201.0.{100 + k}"} for k in (1, 2, 3)]})
+                         "endpoints": [{"vni": 310 + k, "remote": f"10.201.0.{100 + k}"}
+                                       for k in (1, 2, 3)]})
     s = Subjects(host)
     async with box_service(nats_server, topo, host) as svc:
         ack = json.loads((await svc.nc.request(s.op("materialize"), json.dumps(doc).encode(),
@@ -156,7 +159,8 @@ async def test_ids_of_128_characters_each_work_end_to_end(topo: Testbed,
         kernel = await asyncio.to_thread(box_state, topo.box, topo.pin_root)
     doc["links"][1]["emulation"] = {"loss": 0.3}
     async with box_service(nats_server, topo, host) as svc:  # a restart converges to it as is
-        assert snapshot_diff(kernel, await asyncio.to_thread(box_state, topo.box, topo.pin_root)) == []
+        assert snapshot_diff(
+            kernel, await asyncio.to_thread(box_state, topo.box, topo.pin_root)) == []
         assert await plan_of(svc.nc, host, doc) == []
         ack = json.loads((await svc.nc.request(s.op("dematerialize"),
                                                json.dumps({"id": mid}).encode(), timeout=60)).data)
@@ -195,7 +199,8 @@ def _htb(topo: Testbed) -> None:
        "u32", "match", "ip", "src", "10.201.0.11/32", "flowid", "1:20")
 
 
-async def test_the_uplinks_root_qdisc_tree_is_kept_in_the_kernel_and_put_back(topo: Testbed) -> None:
+async def test_the_uplinks_root_qdisc_tree_is_kept_in_the_kernel_and_put_back(
+        topo: Testbed) -> None:
     _htb(topo)
     before = _tree(topo)
     assert "qdisc htb 1: root" in before and "class htb 1:10" in before and "u32" in before
@@ -304,7 +309,8 @@ async def test_what_the_box_cannot_apply_is_refused_and_the_edge_cases_are_appli
         assert dp.classifier.link(601).stage[0].latency_ns == 10 * S
         before = dp.classifier.link_counters(601)["egress"]
         now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-        r = dp.classifier.egress_program.test_run(vxlan(601, inner_tcp()), ctx=dp.classifier.abi.SkBuff())
+        r = dp.classifier.egress_program.test_run(vxlan(601, inner_tcp()),
+                                                  ctx=dp.classifier.abi.SkBuff())
         after = dp.classifier.link_counters(601)["egress"]
         assert r.retval == TC_ACT_OK and after.packets == before.packets + 1
         assert after.drops["horizon"] == before.drops["horizon"] == 0

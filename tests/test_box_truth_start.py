@@ -34,9 +34,11 @@ pytestmark = [pytest.mark.netns, pytest.mark.nats]
 def doc(mid: str = "exp", loss: float = 0.01, extra: bool = False) -> dict:
     links = [
         {"id": "a-b", "tags": ["wan"], "emulation": {"loss": loss},
-         "endpoints": [{"vni": 100, "remote": "10.201.0.11"}, {"vni": 101, "remote": "10.201.0.12"}]},
+         "endpoints": [{"vni": 100, "remote": "10.201.0.11"},
+                       {"vni": 101, "remote": "10.201.0.12"}]},
         {"id": "c-d", "tags": ["wan"], "emulation": {"burst": {"p": 0.01, "r": 0.3}},
-         "endpoints": [{"vni": 102, "remote": "10.201.0.11"}, {"vni": 103, "remote": "10.201.0.13"}]},
+         "endpoints": [{"vni": 102, "remote": "10.201.0.11"},
+                       {"vni": 103, "remote": "10.201.0.13"}]},
         {"id": "lan", "tags": ["lan"], "emulation": {"loss": 0.02, "reorder": True},
          "endpoints": [{"vni": 200 + k, "remote": f"10.201.0.{100 + k}"} for k in range(1, 4)]},
     ]
@@ -268,7 +270,8 @@ async def test_generation_never_goes_back(topo: Testbed, nats_server: NatsServer
         assert len(moa_devices(topo.box)) == 2 + 2 + 3 + 1  # VTEPs and the LAN's bridge
         assert vni_keys(topo.pin_root) == {100, 101, 102, 103, 201, 202, 203}
         assert len(map_contents(topo.pin_root, "moa_pair_peers")) == 4
-        await change("update", {"id": "exp", "links": [{"link": "a-b", "emulation": {"loss": 0.3}}]})
+        await change("update", {"id": "exp",
+                                "links": [{"link": "a-b", "emulation": {"loss": 0.3}}]})
         svc.stop()
     finally:
         svc.kill9()

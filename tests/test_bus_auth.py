@@ -168,13 +168,14 @@ async def test_embedded_server_admits_only_the_generated_credential(topo: Testbe
 class PrivateMachine:
     """A network and mount namespace of its own, held by a `sleep`: loopback up, a veth `up0`
     with an address (the box's uplink) and a route through it to the hypervisors' addresses
-    that materialize_doc uses (moa refuses a remote routed elsewhere), a tmpfs on /var/lib (so /var/lib/moa is its own) and a
-    bpffs of its own on /sys/fs/bpf. `run()` runs a command inside (as root, or as nobody);
-    `close()` ends every process in it."""
+    that materialize_doc uses (moa refuses a remote routed elsewhere), a tmpfs on /var/lib (so
+    /var/lib/moa is its own) and a bpffs of its own on /sys/fs/bpf. `run()` runs a command inside
+    (as root, or as nobody); `close()` ends every process in it."""
 
     SETUP = ("set -e; mount -t tmpfs tmpfs /var/lib; mount -t bpf bpf /sys/fs/bpf; "
              "ip link set lo up; ip link add up0 type veth peer name up0p; ip link set up0 up; "
-             "ip link set up0p up; ip addr add 10.204.0.1/24 dev up0; ip route add 10.201.0.0/24 dev up0; echo ready; exec sleep 900")
+             "ip link set up0p up; ip addr add 10.204.0.1/24 dev up0; "
+             "ip route add 10.201.0.0/24 dev up0; echo ready; exec sleep 900")
 
     def __init__(self) -> None:
         self.holder = subprocess.Popen(
@@ -499,7 +500,8 @@ async def test_serve_password_from_the_environment_is_in_no_command_line(
 
 # --- the environment, documented ------------------------------------------------------------------
 
-_READ = re.compile(r"""(?:environ(?:\.get)?\(|environ\[|getenv\(|\benv\(|_?ENV\s*=\s*)\s*["'](MOA_[A-Z0-9_]+)["']""")
+_READ = re.compile(r"""(?:environ(?:\.get)?\(|environ\[|getenv\(|\benv\(|_?ENV\s*=\s*)"""
+                   r"""\s*["'](MOA_[A-Z0-9_]+)["']""")
 _SHELL = re.compile(r"\$\{?(MOA_[A-Z0-9_]+)")
 
 

@@ -68,7 +68,8 @@ class Cluster:
         for i, mport in enumerate(self.monitor):
             if not self.servers[i].running:
                 continue
-            with urllib.request.urlopen(f"http://127.0.0.1:{mport}/connz?limit=1024", timeout=2) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{mport}/connz?limit=1024",
+                                        timeout=2) as r:
                 conns = json.load(r).get("connections") or []
             if any(c.get("name") == client_name for c in conns):
                 return i
@@ -143,7 +144,8 @@ def _events(topo: Testbed) -> list[tuple[str, dict, tuple[str, bool, float]]]:
                         (mid, False, 0.0)))
         else:
             loss = (i + 1) / 1000
-            out.append(("update", {"id": "base", "links": [{"link": "l0", "emulation": {"loss": loss}}]},
+            out.append(("update",
+                        {"id": "base", "links": [{"link": "l0", "emulation": {"loss": loss}}]},
                         ("base", True, loss)))
     return out
 

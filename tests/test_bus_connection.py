@@ -1,4 +1,5 @@
-"""Connecting to a real nats-server: auth options, TLS, a bounded failure, reconnect after a restart."""
+"""Connecting to a real nats-server: auth options, TLS, a bounded failure, reconnect after a
+restart."""
 from __future__ import annotations
 
 import asyncio
@@ -43,7 +44,8 @@ async def test_plain_connect_and_reconnect_forever(nats_server: NatsServer) -> N
     async def on_reconnect() -> None:
         reconnected.set()
 
-    nc = await connect(NatsOptions(url=nats_server.url, connect_timeout=3), reconnected_cb=on_reconnect)
+    nc = await connect(NatsOptions(url=nats_server.url, connect_timeout=3),
+                       reconnected_cb=on_reconnect)
     try:
         assert await _roundtrip(nc) == b"hi"
         assert nc.options["max_reconnect_attempts"] == -1
@@ -65,7 +67,8 @@ async def test_user_password(tmp_path: Path) -> None:
         assert await _roundtrip(nc) == b"hi"
         await nc.close()
         with pytest.raises(BusConnectError) as err:
-            await connect(NatsOptions(url=server.url, user="moa", password="wrong", connect_timeout=1))
+            await connect(NatsOptions(url=server.url, user="moa", password="wrong",
+                                      connect_timeout=1))
         assert "uthoriz" in str(err.value)
     finally:
         server.stop()
@@ -116,7 +119,8 @@ def _make_certs(d: Path) -> None:
 async def test_tls_with_ca(tmp_path: Path) -> None:
     _make_certs(tmp_path)
     server = NatsServer(port=free_port(), state_dir=tmp_path / "n", extra_args=[
-        "--tls", "--tlscert", str(tmp_path / "server.pem"), "--tlskey", str(tmp_path / "server.key")])
+        "--tls", "--tlscert", str(tmp_path / "server.pem"),
+        "--tlskey", str(tmp_path / "server.key")])
     server.start()
     try:
         nc = await connect(NatsOptions(url=f"tls://127.0.0.1:{server.port}",

@@ -43,7 +43,8 @@ def doc(t: Testbed, mid: str, vnis: tuple[int, int], emulation: dict) -> bytes:
                                      {"vni": vnis[1], "remote": t.hv_addr(2)}]}]}).encode()
 
 
-async def test_full_stack_materialize_update_dematerialize(topo: Testbed, nats_server: NatsServer) -> None:
+async def test_full_stack_materialize_update_dematerialize(topo: Testbed,
+                                                           nats_server: NatsServer) -> None:
     host = f"fullstack{os.getpid()}"
     s = Subjects(host)
     holder: list = []
@@ -100,7 +101,8 @@ async def test_full_stack_materialize_update_dematerialize(topo: Testbed, nats_s
             ack = await req(op, data)
             assert ack["ok"] is False, (op, data)
             codes.append(ack["error"]["code"])
-        assert codes == ["invalid", "conflict", "unsupported", "not_found", "not_found", "malformed"]
+        assert codes == ["invalid", "conflict", "unsupported", "not_found", "not_found",
+                         "malformed"]
         assert kernel_state(topo, dp) == lossy
 
         # status and link telemetry carry the kernel's counters

@@ -83,7 +83,8 @@ def materialize_base(draw) -> dict:
     for i in range(n_links):
         eps = []
         for _ in range(draw(st.integers(2, 3))):
-            eps.append({"vni": vni, "remote": draw(st.sampled_from(["10.201.0.11", "10.201.0.12"]))})
+            eps.append({"vni": vni,
+                        "remote": draw(st.sampled_from(["10.201.0.11", "10.201.0.12"]))})
             vni += 1
         link: dict = {"id": f"l{i}", "endpoints": eps}
         if draw(st.booleans()):
@@ -121,8 +122,9 @@ def bad_materialize(draw) -> Case:
                                                      st.integers(16_777_216, 2**63 - 1)))
         return _case("materialize", doc, "invalid", f"{ep_path}.vni")
     if kind == "vni_type":
-        link["endpoints"][j]["vni"] = draw(st.one_of(st.text(max_size=5), st.floats(allow_nan=False, allow_infinity=False), st.booleans(),
-                                                     st.none(), st.lists(st.integers(), max_size=2)))
+        link["endpoints"][j]["vni"] = draw(st.one_of(
+            st.text(max_size=5), st.floats(allow_nan=False, allow_infinity=False), st.booleans(),
+            st.none(), st.lists(st.integers(), max_size=2)))
         return _case("materialize", doc, "invalid", f"{ep_path}.vni")
     if kind == "vni_dup":
         k = eps.index((i, j))
@@ -194,8 +196,9 @@ def bad_materialize(draw) -> Case:
         return _case("materialize", doc, "invalid", f"{ep_path}.port")
     if kind == "dup_link":
         if len(doc["links"]) < 2:
-            doc["links"].append({"id": "l1", "endpoints": [{"vni": 17_000_000, "remote": "10.201.0.11"},
-                                                           {"vni": 17_000_001, "remote": "10.201.0.12"}]})
+            doc["links"].append({"id": "l1", "endpoints": [
+                {"vni": 17_000_000, "remote": "10.201.0.11"},
+                {"vni": 17_000_001, "remote": "10.201.0.12"}]})
             doc["links"][1]["endpoints"][0]["vni"] = 16_777_000
             doc["links"][1]["endpoints"][1]["vni"] = 16_777_001
         doc["links"][1]["id"] = doc["links"][0]["id"]
@@ -222,10 +225,12 @@ def bad_update(draw) -> Case:
                                  "empty_patch", "no_links", "loss", "shaping", "bad_id"]))
     patch = {"loss": draw(st.floats(0, 1))}
     if kind == "unknown_id":
-        return _case("update", {"id": "nx-" + draw(ids), "links": [{"link": "a-b", "emulation": patch}]},
+        return _case("update",
+                     {"id": "nx-" + draw(ids), "links": [{"link": "a-b", "emulation": patch}]},
                      "not_found", "id")
     if kind == "bad_id":
-        return _case("update", {"id": draw(bad_ids), "links": [{"link": "a-b", "emulation": patch}]},
+        return _case("update",
+                     {"id": draw(bad_ids), "links": [{"link": "a-b", "emulation": patch}]},
                      "invalid", "id")
     if kind == "unknown_link":
         name = draw(ids.filter(lambda n: n not in ("a-b", "c-d", "lan")))
@@ -236,10 +241,12 @@ def bad_update(draw) -> Case:
         return _case("update", {"id": HELD_ID, "links": [{"tag": name, "emulation": patch}]},
                      "not_found", "links[0].tag")
     if kind == "both":
-        return _case("update", {"id": HELD_ID, "links": [{"link": "a-b", "tag": "wan", "emulation": patch}]},
+        return _case("update", {"id": HELD_ID,
+                                "links": [{"link": "a-b", "tag": "wan", "emulation": patch}]},
                      "invalid", "links[0]")
     if kind == "neither":
-        return _case("update", {"id": HELD_ID, "links": [{"emulation": patch}]}, "invalid", "links[0]")
+        return _case("update", {"id": HELD_ID, "links": [{"emulation": patch}]}, "invalid",
+                     "links[0]")
     if kind == "empty_patch":
         return _case("update", {"id": HELD_ID, "links": [{"link": "a-b", "emulation": {}}]},
                      "invalid", "links[0].emulation")
@@ -247,10 +254,12 @@ def bad_update(draw) -> Case:
         return _case("update", {"id": HELD_ID, "links": []}, "invalid", "links")
     if kind == "loss":
         bad = draw(st.sampled_from([-0.5, 1.5, 2, "half", True]))
-        return _case("update", {"id": HELD_ID, "links": [{"link": "c-d", "emulation": {"loss": bad}}]},
+        return _case("update",
+                     {"id": HELD_ID, "links": [{"link": "c-d", "emulation": {"loss": bad}}]},
                      "invalid", "links[0].emulation.loss")
     # latency on a loss-only box: refused by the datapath, which names the materialization's link
-    return _case("update", {"id": HELD_ID, "links": [{"tag": "slow", "emulation": {"latency": "5ms"}}]},
+    return _case("update",
+                 {"id": HELD_ID, "links": [{"tag": "slow", "emulation": {"latency": "5ms"}}]},
                  "unsupported", None, ".emulation.latency")
 
 

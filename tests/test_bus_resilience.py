@@ -16,7 +16,8 @@ from moa_bus.lab.host_testbed import Testbed
 from moa_bus.service.embedded_nats import NatsServer
 from moa_bus.service.subjects import Subjects
 from tests.fixtures.moabox import (
-    ServeProcess, ip_json, js_stream_idle, map_contents, moa_devices, p2p_materialize, serve_cmd, vni_keys,
+    ServeProcess, ip_json, js_stream_idle, map_contents, moa_devices, p2p_materialize, serve_cmd,
+    vni_keys,
 )
 from tests.fixtures.nats import nats_server  # noqa: F401
 from tests.fixtures.topology import topo  # noqa: F401
@@ -79,7 +80,8 @@ async def test_kill9_mid_materialization_then_restart_converges(
             acks.append(json.loads(msg.data))
         await nc.subscribe(s.acks, cb=on_ack)
         # Kill -9 once a tenth of the 400 VTEPs exist: the plan is in the middle.
-        killer = asyncio.create_task(_kill_when_devices(topo.box, 2 * LINKS // 10, first, 60, phase))
+        killer = asyncio.create_task(_kill_when_devices(topo.box, 2 * LINKS // 10, first, 60,
+                                                        phase))
         await asyncio.sleep(0.3)  # ip monitor is listening
         await nc.jetstream().publish(s.event("materialize"), json.dumps(doc).encode())
         made = await killer

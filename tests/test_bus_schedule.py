@@ -285,6 +285,7 @@ async def test_precision_under_load(nats_server, topo: Testbed) -> None:
         print(f"\n{N} steps, {done} status+update pairs meanwhile: late (us) median "
               f"{statistics.median(late):.1f}, p95 {q[94]:.1f}, p99 {q[98]:.1f}, "
               f"max {late[-1]:.1f}; over 1 ms: {sum(x > 1000 for x in late)}")
-        print("over 1 ms:", [(r["cycle"], r["step"], r["late_ns"] // 1000) for r in got[:N] if r["late_ns"] > MS])
+        print("over 1 ms:", [(r["cycle"], r["step"], r["late_ns"] // 1000)
+                             for r in got[:N] if r["late_ns"] > MS])
         assert sum(x <= 1000 for x in late) >= 0.95 * N, late
         assert (await _req(nc, s.op("update"), {"id": "sc5", "schedule": None}))["ok"]

@@ -212,7 +212,8 @@ async def test_bad_input_gets_coded_ack_and_kernel_unchanged(nats_server: NatsSe
              "invalid", "links[0].emulation.loss"),
             ("update", {"id": "held", "links": [{"link": "l0", "emulation": {"jitter": "1ms"}}]},
              "invalid", "links[0].emulation.jitter"),  # above the link's latency (0)
-            ("update", {"id": "held", "links": [{"link": "l0", "emulation": {"capacity": "1mbps"}}]},
+            ("update",
+             {"id": "held", "links": [{"link": "l0", "emulation": {"capacity": "1mbps"}}]},
              "unsupported", "links[0].emulation.capacity"),  # a loss-only box
             ("status", {"id": "nope"}, "not_found", "id"),
         ]

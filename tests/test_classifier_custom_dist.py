@@ -179,10 +179,12 @@ def test_a_restarted_classifier_finds_its_tables(pin_root: str) -> None:  # noqa
     """Pinned: the tables outlive the process, and the next one knows their content (a rollback
     after a restart may need to write one back)."""
     table = bimodal()
-    with Classifier.load(ClassifierConfig(max_links=8, horizon_ns=60 * 10**9), pin_root=pin_root) as c:
+    with Classifier.load(ClassifierConfig(max_links=8, horizon_ns=60 * 10**9),
+                         pin_root=pin_root) as c:
         c.set_link(VNI, egress=custom(table))
         before = c.raw_links([VNI])[VNI]
-    with Classifier.load(ClassifierConfig(max_links=8, horizon_ns=60 * 10**9), pin_root=pin_root) as c:
+    with Classifier.load(ClassifierConfig(max_links=8, horizon_ns=60 * 10**9),
+                         pin_root=pin_root) as c:
         key = dist.table_key(table)
         assert [int.from_bytes(bytes(k), "little") for k in c.dist_custom_map.keys()] == [key]
         assert c._tables[key] == dist.custom_table(table)

@@ -79,7 +79,8 @@ def table_cdf(name: str):
         return lambda x, left=False: min(1.0, max(0.0, (x + 8192) / 16384))
     t = sorted(dist.table(name))
     m = len(t)
-    return lambda x, left=False: (bisect.bisect_left(t, x) if left else bisect.bisect_right(t, x)) / m
+    return lambda x, left=False: (bisect.bisect_left(t, x) if left
+                                  else bisect.bisect_right(t, x)) / m
 
 
 def moments(name: str) -> tuple[float, float]:

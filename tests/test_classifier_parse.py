@@ -178,7 +178,8 @@ def reference_vni(frame: bytes, port: int = VXLAN_PORT) -> int | None:
 
 
 SEEDS = [vxlan(), vxlan(tags=1), vxlan(qinq=True), vxlan(ipv6=True), vxlan(ip_options=True),
-         vxlan(UNKNOWN_VNI), vxlan(inner=inner_udp()), vxlan(inner=inner_tcp(ipv6=True, payload=40))]
+         vxlan(UNKNOWN_VNI), vxlan(inner=inner_udp()),
+         vxlan(inner=inner_tcp(ipv6=True, payload=40))]
 
 
 SEED_OUTER = [(f, outer_len(f)) for f in SEEDS]

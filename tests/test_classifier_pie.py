@@ -2,9 +2,9 @@
 calculate_drop_prob in floating point): every update the kernel made, from the state it held
 before and the queue delay it used (both read back from moa_state), gives the model's
 probability within 1 %; the burst allowance is the model's; the model run on its own over the
-whole sequence of queue delays stays within 1 % (or 1e-6 below that). Early drops follow the probability
-(none while PIE is not congested), and with ECN ECT packets are marked, never dropped, while the
-probability is at most 10 %.
+whole sequence of queue delays stays within 1 % (or 1e-6 below that). Early drops follow the
+probability (none while PIE is not congested), and with ECN ECT packets are marked, never dropped,
+while the probability is at most 10 %.
 
 The queue is shaped by how many packets each round sends, steered by the backlog read from the
 timeline (the sleeps only pace the rounds: what the kernel did is read back, never assumed).

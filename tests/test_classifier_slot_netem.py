@@ -47,7 +47,8 @@ def test_a_copy_takes_its_own_place_in_the_slots(clf_ns: Classifier, netns: str)
 def test_a_copy_dropped_at_the_horizon_leaves_the_slot_as_its_original_left_it(
         clf_ns: Classifier, netns: str) -> None:
     """Slots of one frame: the original takes the current slot and its copy would need the
-    next one, beyond the horizon (the classifier's default, 10 s): the copy is dropped alone and the slot keeps the original."""
+    next one, beyond the horizon (the classifier's default, 10 s): the copy is dropped alone and the
+    slot keeps the original."""
     clf_ns.set_link(VNI, egress=Emulation(capacity=RATE, queue=0, duplicate=1.0,
                                           slot=Slot(min=4_000 * MS, packets=1)))
     t0 = mono() + 500 * MS

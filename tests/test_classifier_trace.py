@@ -242,7 +242,8 @@ def test_trace_held_once_per_content(clf: Classifier) -> None:  # noqa: F811
     link = clf.abi.Link.from_buffer_copy(clf.raw_links([VNI])[VNI])
     assert link.stage[EGRESS].rate_bps == 4 * 1500 * 8 * 1000 // 4
     assert link.stage[EGRESS].flags & int(clf.abi.StageFlags.TRACE)
-    assert link.stage[EGRESS].queue_ns == 0 and link.stage[EGRESS].trace_queue == 75_000  # 50 ms at 12 Mbit/s
+    assert (link.stage[EGRESS].queue_ns == 0
+            and link.stage[EGRESS].trace_queue == 75_000)  # 50 ms at 12 Mbit/s
 
 
 @pytest.mark.parametrize("body, field, words", [

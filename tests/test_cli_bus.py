@@ -143,7 +143,8 @@ async def test_client_commands_round_trip(nats_server: NatsServer, topo: Testbed
         assert rc == 1 and json.loads(out)["error"]["code"] == "not_found"
 
 
-async def test_materialize_rejects_bad_file_locally(nats_server: NatsServer, tmp_path: Path) -> None:
+async def test_materialize_rejects_bad_file_locally(nats_server: NatsServer,
+                                                    tmp_path: Path) -> None:
     f = tmp_path / "bad.json"
     f.write_text(json.dumps(materialize_doc("b", 16777216)))
     rc, _, err = await moa("materialize", str(f), "--nats", nats_server.url, "--host", _host())

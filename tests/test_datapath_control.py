@@ -118,7 +118,8 @@ async def test_parameter_update_needs_no_netlink(topo, box):
             assert p.loss_model == threshold and p.loss_threshold == round(0.25 * 2**32)
     assert box.classifier.link(3010).stage[0].loss_threshold == round(0.5 * 2**32)
     assert box.classifier.link(3000).stage[0].loss_model == box.classifier.abi.LossModel.NONE
-    assert {vni: box.classifier.slot(vni) for vni in box.classifier.vnis()} == before  # timelines kept
+    assert ({vni: box.classifier.slot(vni) for vni in box.classifier.vnis()}
+            == before)  # timelines kept
     # the full plan, reading the kernel, agrees that it holds what the fast path wrote
     assert await box.plan(m2) == []
 

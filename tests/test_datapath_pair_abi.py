@@ -58,7 +58,8 @@ def test_pair_records_from_btf_match_abi_h(tmp_path: Path) -> None:
 
 
 def test_counter_names_refuse_holes() -> None:
-    assert counter_names({"MOA_PAIR_B": 1, "MOA_PAIR_A": 0, "MOA_PAIR_NR_COUNTERS": 2}) == ("a", "b")
+    assert counter_names({"MOA_PAIR_B": 1, "MOA_PAIR_A": 0,
+                          "MOA_PAIR_NR_COUNTERS": 2}) == ("a", "b")
     try:
         counter_names({"MOA_PAIR_A": 0, "MOA_PAIR_C": 2, "MOA_PAIR_NR_COUNTERS": 3})
     except RuntimeError as e:

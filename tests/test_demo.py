@@ -31,10 +31,11 @@ def _prefix() -> str:
 
 
 def _start(prefix: str, duration: float) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MOA_NATS_URL": "", "MOA_HOST": "", "MOA_UPLINK": ""}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MOA_NATS_URL": "", "MOA_HOST": "",
+           "MOA_UPLINK": ""}
     env.pop("COLUMNS", None)
-    return subprocess.Popen([sys.executable, "-m", "moa_bus.cli", "demo", "--duration", str(duration),
-                             "--prefix", prefix], cwd=ROOT, stdin=subprocess.DEVNULL,
+    return subprocess.Popen([sys.executable, "-m", "moa_bus.cli", "demo", "--duration",
+                             str(duration), "--prefix", prefix], cwd=ROOT, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
 
 
@@ -81,7 +82,8 @@ def leftovers(prefix: str) -> dict[str, list[str]]:
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cmdline = (Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                       .decode(errors="replace"))
         except OSError:
             continue
         if prefix in cmdline:
@@ -133,7 +135,8 @@ def test_demo_measures_loss_and_cleans_up() -> None:
     assert lan[1] == lan[2], out
     # the live view: snapshots (not a terminal) with moving counters, and the loss-only story
     assert out.count("-- snapshot") == 3
-    counts = [int(x.replace(",", "")) for x in re.findall(r"│ p2p\s+│ p2p\s+│[^│]+│[^│]+│[^│]+│[^│]+│[^│]+│\s*([\d,]+)", out)]
+    counts = [int(x.replace(",", "")) for x in re.findall(
+        r"│ p2p\s+│ p2p\s+│[^│]+│[^│]+│[^│]+│[^│]+│[^│]+│\s*([\d,]+)", out)]
     assert len(counts) == 3 and counts[0] < counts[1] < counts[2], out
     if not story.kernel_has_fq():
         assert "unsupported" in out and "need sch_fq" in out and "make test-vm" in out

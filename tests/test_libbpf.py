@@ -112,10 +112,11 @@ def test_verifier_failure_carries_log(tmp_path: Path) -> None:
     assert str(bad) in str(e)
 
 
-# -- .rodata and max_entries ------------------------------------------------------------------------
+# -- .rodata and max_entries ----------------------------------------------------------------------
 
 def test_rodata_values_reach_the_program(selftest_o: Path) -> None:
-    with BpfObject.open(str(selftest_o), rodata={"st_echo": 1000, "st_wide": 200, "st_small": 34}) as o:
+    with BpfObject.open(str(selftest_o),
+                        rodata={"st_echo": 1000, "st_wide": 200, "st_small": 34}) as o:
         assert o.program("st_echo_prog").test_run(FRAME).retval == 1234
     with BpfObject.open(str(selftest_o)) as o:  # defaults as compiled
         assert o.program("st_echo_prog").test_run(FRAME).retval == 7
@@ -131,7 +132,8 @@ def test_rodata_unknown_name_and_overflow(selftest_o: Path) -> None:
 
 
 def test_max_entries_override(selftest_o: Path) -> None:
-    with BpfObject.open(str(selftest_o), max_entries={"moa_st_links": 1000, "moa_st_state": 8}) as o:
+    with BpfObject.open(str(selftest_o),
+                        max_entries={"moa_st_links": 1000, "moa_st_state": 8}) as o:
         links = o.map("moa_st_links")
         assert links.max_entries == 1000
         assert o.map("moa_st_state").max_entries == 8
@@ -159,7 +161,8 @@ def test_hash_map_crud_and_keys(obj: BpfObject, abi: abi_mod.Abi) -> None:
     assert links.lookup((5).to_bytes(4, "little")) == bytes(link)
     assert sorted(k.value for k in links.keys(ctypes.c_uint32)) == [5, 6]
     assert sorted(int.from_bytes(k, "little") for k in links.keys()) == [5, 6]
-    assert dict((k.value, v.slot) for k, v in links.items(ctypes.c_uint32, abi.Link)) == {5: 9, 6: 11}
+    assert (dict((k.value, v.slot) for k, v in links.items(ctypes.c_uint32, abi.Link))
+            == {5: 9, 6: 11})
     # The program sees what userspace wrote (st_lookup_prog returns links[mark].slot or -1).
     ctx = abi.SkBuff(mark=6)
     assert obj.program("st_lookup_prog").test_run(FRAME, ctx).retval == 11
@@ -203,7 +206,8 @@ def test_percpu_maps(obj: BpfObject, abi: abi_mod.Abi) -> None:
     assert all(isinstance(v, bytes) and len(v) == 256 for v in counters.lookup(0))
     # One value per CPU ...
     counters.update(1, [abi.LinkCounters(packets=10 + i) for i in range(ncpu)])
-    assert [c.packets for c in counters.lookup(1, abi.LinkCounters)] == [10 + i for i in range(ncpu)]
+    assert ([c.packets for c in counters.lookup(1, abi.LinkCounters)]
+            == [10 + i for i in range(ncpu)])
     # ... or one value for every CPU.
     counters.update(1, abi.LinkCounters(bytes=3))
     assert [c.bytes for c in counters.lookup(1, abi.LinkCounters)] == [3] * ncpu
@@ -219,7 +223,8 @@ def test_percpu_maps(obj: BpfObject, abi: abi_mod.Abi) -> None:
 
 # -- pinning ----------------------------------------------------------------------------------
 
-def test_pinned_maps_are_reused_across_opens(selftest_o: Path, pin_root: str, abi: abi_mod.Abi) -> None:
+def test_pinned_maps_are_reused_across_opens(selftest_o: Path, pin_root: str,
+                                             abi: abi_mod.Abi) -> None:
     with BpfObject.open(str(selftest_o), pin_root=pin_root) as first:
         first.map("moa_st_links").update(7, abi.Link(slot=42))
         assert first.map("moa_st_links").pin_path == f"{pin_root}/moa_st_links"

@@ -116,7 +116,8 @@ dev, dst = sys.argv[1], bytes.fromhex(sys.argv[2].replace(":", ""))
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
 s.bind((dev, 0))
 src = bytes.fromhex("02006d6f6101")  # /sys is the host's under nsenter --net: a fixed MAC
-tlvs = bytes.fromhex("0207046d6f61303031" "0403056574683030" "06020078" "0000")  # chassis, port, ttl, end
+tlvs = bytes.fromhex("0207046d6f61303031" "0403056574683030"
+                     "06020078" "0000")  # chassis, port, ttl, end
 for _ in range(5):
     s.send(dst + src + b"\x88\xcc" + tlvs.ljust(46, b"\0"))
 """
@@ -199,8 +200,8 @@ async def test_unknown_vni_and_foreign_devices_untouched(topo, box):
     sh("ip", "-n", topo.box, "link", "set", "other999", "up")
     await box.apply(p2p(topo))
     before = box.classifier.global_counters()["unknown_vni"]
-    r = ns_exec(topo.node(3), "ping", "-n", "-q", "-c", "3", "-i", "0.2", "-w", "10", "192.168.99.1",
-                check=False)
+    r = ns_exec(topo.node(3), "ping", "-n", "-q", "-c", "3", "-i", "0.2", "-w", "10",
+                "192.168.99.1", check=False)
     assert " 0% packet loss" in r.stdout
     assert box.classifier.global_counters()["unknown_vni"] - before >= 3
     assert 999 not in box.classifier.vnis()
@@ -210,7 +211,7 @@ async def test_unknown_vni_and_foreign_devices_untouched(topo, box):
     del n3
 
 
-# -- plans: rollback, reconcile, restart, teardown ----------------------------------------------------
+# -- plans: rollback, reconcile, restart, teardown ------------------------------------------------
 
 
 async def test_rollback_when_third_operation_fails(topo):

@@ -31,7 +31,8 @@ def encode(stages) -> bytes:
 def mat(mid: str = "m", emulation: str = "{}", remote_b: str = "10.0.0.12",
         lan: bool = True) -> schemas.Materialize:
     links = [f'''{{"id": "a-b", "emulation": {emulation}, "endpoints": [
-                  {{"vni": 100, "remote": "10.0.0.11"}}, {{"vni": 101, "remote": "{remote_b}"}}]}}''']
+                  {{"vni": 100, "remote": "10.0.0.11"}}, '''
+             f'''{{"vni": 101, "remote": "{remote_b}"}}]}}''']
     if lan:
         links.append('''{"id": "lan", "emulation": {"capacity": "100mbps"}, "endpoints": [
                   {"vni": 200, "remote": "10.0.0.11"}, {"vni": 201, "remote": "10.0.0.12"},
@@ -133,7 +134,8 @@ def test_held_port_stage_has_the_link_queue_within_60_ms():
 
 def test_vtep_moving_from_a_pair_to_a_lan_gets_held():
     """A kept VTEP that joins a bridge (its link grew from 2 to 3 endpoints) is held too."""
-    before = schemas.decode(schemas.Materialize, '''{"id": "m", "links": [{"id": "lan", "endpoints": [
+    before = schemas.decode(schemas.Materialize,
+                            '''{"id": "m", "links": [{"id": "lan", "endpoints": [
         {"vni": 200, "remote": "10.0.0.11"}, {"vni": 201, "remote": "10.0.0.12"}]}]}''')
     ops = plan(mat(lan=True), applied(before), HELD, encode, UPLINK_INDEX)
     assert not any(isinstance(op, DeleteVtep) for op in ops), "mv200 and mv201 are kept"

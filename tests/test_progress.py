@@ -48,7 +48,8 @@ async def _materialize(path: Path, url: str, host: str, tty: bool) -> tuple[int,
             captured.extend(chunk)
     reader = threading.Thread(target=pump, daemon=True) if tty else None
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "moa_bus.cli", "materialize", str(path), "--nats", url, "--host", host,
+        sys.executable, "-m", "moa_bus.cli", "materialize", str(path), "--nats", url,
+        "--host", host,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=slave if tty else asyncio.subprocess.PIPE, env=env)
     if tty:

@@ -61,8 +61,8 @@ def kernel_has_fq() -> bool:
 
 
 def moa_devices(t: Testbed) -> list[str]:
-    links = json.loads(subprocess.run(["ip", "-n", t.box, "-j", "link", "show"], capture_output=True,
-                                      text=True, check=True).stdout)
+    links = json.loads(subprocess.run(["ip", "-n", t.box, "-j", "link", "show"],
+                                      capture_output=True, text=True, check=True).stdout)
     return sorted(d["ifname"] for d in links if (d.get("ifalias") or "").startswith("moa"))
 
 
@@ -74,12 +74,14 @@ def test_readme_has_the_lines_it_promises() -> None:
     assert any("events." in line for line in lines)
     kinds = [expectation(line)[0] for line in lines]
     assert "needs_fq" in kinds and "error" in kinds
-    for cmd in ("make demo", "make test", "moa doctor", "moa watch", "moa show", "--allow-loss-only",
-                "examples/moa.toml", "examples/moa.service", "nsenter --net", "flow_limit"):
+    for cmd in ("make demo", "make test", "moa doctor", "moa watch", "moa show",
+                "--allow-loss-only", "examples/moa.toml", "examples/moa.service", "nsenter --net",
+                "flow_limit"):
         assert cmd in README, cmd
 
 
-async def test_readme_req_lines_against_a_real_service(topo: Testbed, nats_server: NatsServer) -> None:
+async def test_readme_req_lines_against_a_real_service(topo: Testbed,
+                                                       nats_server: NatsServer) -> None:
     has_fq = await asyncio.to_thread(kernel_has_fq)
     # The README's hypervisors (10.0.0.x) sit behind the box's uplink, as on a testbed: every
     # remote must be routed through it (docs/contract.md).

@@ -1,4 +1,5 @@
-"""schemas/: unit parsing, messages, strict decoding with field paths, validation, JSON Schema files.
+"""schemas/: unit parsing, messages, strict decoding with field paths, validation, JSON Schema
+files.
 
 Pure Python, no kernel and no network.
 """
@@ -94,7 +95,8 @@ def test_unit_rejects_with_reason(parse, value, words):
     (units.format_rate, 0, "unlimited"), (units.format_rate, 100 * 10**6, "100mbps"),
     (units.format_rate, 1_500_000_000, "1.5gbps"), (units.format_rate, 999, "999bps"),
     (units.format_size, 262_144, "256KiB"), (units.format_size, 64_000, "64KB"),
-    (units.format_size, 1536, "1.5KiB"), (units.format_size, 1500, "1.5KB"), (units.format_size, 215_358, "215.358KB"),
+    (units.format_size, 1536, "1.5KiB"), (units.format_size, 1500, "1.5KB"),
+    (units.format_size, 215_358, "215.358KB"),
     (units.format_size, 215_359_001, "215359001B"),
     (units.format_size, 0, "0B"), (units.format_size, 100, "100B"),
 ])
@@ -117,32 +119,38 @@ MATERIALIZE_EXAMPLE = """{"id": "rlz42.exp.proj",
  "links": [
   {"id": "a-b", "tags": ["wan"],
    "endpoints": [{"vni": 100, "remote": "10.0.0.11"}, {"vni": 101, "remote": "10.0.0.12"}],
-   "emulation": {"latency": "10ms", "jitter": "1ms", "loss": 0.01, "capacity": "100mbps", "queue": "256KiB"}},
+   "emulation": {"latency": "10ms", "jitter": "1ms", "loss": 0.01, "capacity": "100mbps",
+                 "queue": "256KiB"}},
   {"id": "lan1",
-   "endpoints": [{"vni": 200, "remote": "10.0.0.11"}, {"vni": 201, "remote": "10.0.0.12"}, {"vni": 202, "remote": "10.0.0.13"}],
+   "endpoints": [{"vni": 200, "remote": "10.0.0.11"}, {"vni": 201, "remote": "10.0.0.12"},
+                 {"vni": 202, "remote": "10.0.0.13"}],
    "emulation": {"latency": "2ms", "capacity": "1gbps"}}]}"""
 ACK_OK_EXAMPLE = ('{"id": "rlz42.exp.proj", "op": "materialize", "ok": true, "generation": 3, '
                   '"elapsed_ms": 8.1, "error": null}')
 ACK_ERROR_EXAMPLE = """{"id": "rlz42.exp.proj", "op": "materialize", "ok": false,
- "error": {"code": "invalid", "field": "links[0].endpoints[1].vni", "message": "0 is outside 1..16777215"}}"""
+ "error": {"code": "invalid", "field": "links[0].endpoints[1].vni",
+           "message": "0 is outside 1..16777215"}}"""
 
 
 def test_interfaces_materialize_example_decodes_exactly():
     m = decode(Materialize, MATERIALIZE_EXAMPLE)
     assert m == Materialize(id="rlz42.exp.proj", links=[
         Link(id="a-b", tags=["wan"],
-             endpoints=[Endpoint(vni=100, remote="10.0.0.11"), Endpoint(vni=101, remote="10.0.0.12")],
+             endpoints=[Endpoint(vni=100, remote="10.0.0.11"),
+                        Endpoint(vni=101, remote="10.0.0.12")],
              emulation=Emulation(latency=10 * MS, jitter=1 * MS, loss=0.01, capacity=100_000_000,
                                  queue=256 * 1024)),
         Link(id="lan1",
-             endpoints=[Endpoint(vni=200, remote="10.0.0.11"), Endpoint(vni=201, remote="10.0.0.12"),
+             endpoints=[Endpoint(vni=200, remote="10.0.0.11"),
+                        Endpoint(vni=201, remote="10.0.0.12"),
                         Endpoint(vni=202, remote="10.0.0.13")],
              emulation=Emulation(latency=2 * MS, capacity=1_000_000_000)),
     ])
     assert [link.kind for link in m.links] == ["p2p", "lan"]
     # After decode the unit fields are plain ints, so any msgspec encoder handles them.
     assert type(m.links[0].emulation.latency) is int and type(m.links[0].emulation.queue) is int
-    assert msgspec.json.decode(msgspec.json.encode(m))["links"][0]["emulation"]["latency"] == 10 * MS
+    assert (msgspec.json.decode(msgspec.json.encode(m))["links"][0]["emulation"]["latency"]
+            == 10 * MS)
 
 
 def test_interfaces_ack_examples_decode_and_encode_exactly():
@@ -260,10 +268,13 @@ def test_patch_apply_checks_rules_across_fields():
 
 @pytest.mark.parametrize("kind, text, field", [
     (Materialize, '{"id": "m", "links": [], "extra": 1}', "extra"),
-    (Materialize, '{"id": "m", "links": [{"id": "l", "endpoints": [], "colour": 1}]}', "links[0].colour"),
-    (Materialize, '{"id": "m", "links": [{"id": "l", "endpoints": [{"vni": 1, "remote": "10.0.0.1", "vlan": 2}]}]}',
+    (Materialize, '{"id": "m", "links": [{"id": "l", "endpoints": [], "colour": 1}]}',
+     "links[0].colour"),
+    (Materialize, '{"id": "m", "links": [{"id": "l", "endpoints": [{"vni": 1,'
+                  ' "remote": "10.0.0.1", "vlan": 2}]}]}',
      "links[0].endpoints[0].vlan"),
-    (Materialize, '{"id": "m", "links": [{"id": "l", "endpoints": [], "emulation": {"delay": "1ms"}}]}',
+    (Materialize, '{"id": "m", "links": [{"id": "l", "endpoints": [], "emulation":'
+                  ' {"delay": "1ms"}}]}',
      "links[0].emulation.delay"),
     (Update, '{"id": "m", "links": [{"link": "l", "emulation": {"latency": 1, "x": 1}}]}',
      "links[0].emulation.x"),
@@ -279,25 +290,33 @@ def test_unknown_field_is_named(kind, text, field):
 
 @pytest.mark.parametrize("kind, text, field, words", [
     (Materialize, '{"links": []}', "id", "missing required field"),
-    (Materialize, '{"id": "m", "links": [{"id": "l"}]}', "links[0].endpoints", "missing required field"),
+    (Materialize, '{"id": "m", "links": [{"id": "l"}]}', "links[0].endpoints",
+     "missing required field"),
     (Materialize, '{"id": "m", "links": {}}', "links", "Expected array, got object"),
     (Materialize, '{"id": 5, "links": []}', "id", "Expected str, got int"),
     (Materialize, '[]', "", "Expected object, got array"),
-    (Materialize, '{"id": "m", "links": [{"id": "l", "endpoints": [{"vni": "1", "remote": "10.0.0.1"}]}]}',
+    (Materialize, '{"id": "m", "links": [{"id": "l", "endpoints": [{"vni": "1",'
+                  ' "remote": "10.0.0.1"}]}]}',
      "links[0].endpoints[0].vni", "Expected int, got str"),
-    (Materialize, '{"id": "m", "links": [{"id": "l", "endpoints": [], "emulation": {"latency": "5 parsecs"}}]}',
+    (Materialize, '{"id": "m", "links": [{"id": "l", "endpoints": [], "emulation":'
+                  ' {"latency": "5 parsecs"}}]}',
      "links[0].emulation.latency", "unknown unit"),
-    (Materialize, '{"id": "m", "links": [{"id": "l", "endpoints": [], "emulation": {"capacity": -1}}]}',
+    (Materialize, '{"id": "m", "links": [{"id": "l", "endpoints": [], "emulation":'
+                  ' {"capacity": -1}}]}',
      "links[0].emulation.capacity", "negative"),
-    (Materialize, '{"id": "m", "links": [{"id": "l", "endpoints": [], "emulation": {"queue": [1]}}]}',
+    (Materialize, '{"id": "m", "links": [{"id": "l", "endpoints": [], "emulation":'
+                  ' {"queue": [1]}}]}',
      "links[0].emulation.queue", "not list"),
-    (Materialize, '{"id": "m", "links": [{"id": "l", "endpoints": [], "emulation": {"loss": "1%"}}]}',
+    (Materialize, '{"id": "m", "links": [{"id": "l", "endpoints": [], "emulation":'
+                  ' {"loss": "1%"}}]}',
      "links[0].emulation.loss", "Expected float, got str"),
-    (Materialize, '{"id": "m", "links": [{"id": "l", "endpoints": [], "emulation": {"loss": 1e400}}]}',
+    (Materialize, '{"id": "m", "links": [{"id": "l", "endpoints": [], "emulation":'
+                  ' {"loss": 1e400}}]}',
      "links[0].emulation.loss", "out of range"),
     (Ack, '{"id": null, "op": "x", "ok": "yes"}', "ok", "Expected bool, got str"),
-    (DropBatch, '{"host": "h", "events": [{"time_ns": 1, "vni": 1, "reason": "cosmic", "stage": "egress",'
-                ' "len": 1, "segs": 1}], "counts": {}, "suppressed": 0, "lost": 0}',
+    (DropBatch, '{"host": "h", "events": [{"time_ns": 1, "vni": 1, "reason": "cosmic",'
+                ' "stage": "egress", "len": 1, "segs": 1}], "counts": {}, "suppressed": 0,'
+                ' "lost": 0}',
      "events[0].reason", "Invalid enum value 'cosmic'"),
 ])
 def test_type_errors_name_the_field(kind, text, field, words):
@@ -340,7 +359,8 @@ TWO_LINKS = {"id": "m", "links": [
 
 RULES = [
     # (name, document, field, words)
-    ("vni 0", _with(BASE, EP0 + ("vni",), 0), "links[0].endpoints[0].vni", "0 is outside 1..16777215"),
+    ("vni 0", _with(BASE, EP0 + ("vni",), 0), "links[0].endpoints[0].vni",
+     "0 is outside 1..16777215"),
     ("vni too big", _with(BASE, EP0 + ("vni",), 1 << 24), "links[0].endpoints[0].vni", "outside"),
     ("vni negative", _with(BASE, EP0 + ("vni",), -5), "links[0].endpoints[0].vni", "outside"),
     ("vni duplicate in link", _with(BASE, ("links", 0, "endpoints", 1, "vni"), 10),
@@ -358,13 +378,14 @@ RULES = [
     ("tag charset", _with(BASE, ("links", 0, "tags"), ["ok", "not ok"]), "links[0].tags[1]", "tag"),
     ("remote not ip", _with(BASE, EP0 + ("remote",), "node1"), "links[0].endpoints[0].remote",
      "not an IPv4 or IPv6 address"),
-    ("remote unspecified", _with(BASE, EP0 + ("remote",), "0.0.0.0"), "links[0].endpoints[0].remote",
-     "unicast"),
-    ("remote multicast", _with(BASE, EP0 + ("remote",), "239.1.1.1"), "links[0].endpoints[0].remote",
-     "unicast"),
+    ("remote unspecified", _with(BASE, EP0 + ("remote",), "0.0.0.0"),
+     "links[0].endpoints[0].remote", "unicast"),
+    ("remote multicast", _with(BASE, EP0 + ("remote",), "239.1.1.1"),
+     "links[0].endpoints[0].remote", "unicast"),
     ("local family", _with(BASE, EP0 + ("local",), "2001:db8::1"), "links[0].endpoints[0].local",
      "different families"),
-    ("local not ip", _with(BASE, EP0 + ("local",), "x"), "links[0].endpoints[0].local", "not an IPv4"),
+    ("local not ip", _with(BASE, EP0 + ("local",), "x"), "links[0].endpoints[0].local",
+     "not an IPv4"),
     ("port 0", _with(BASE, EP0 + ("port",), 0), "links[0].endpoints[0].port", "outside 1..65535"),
     ("port big", _with(BASE, EP0 + ("port",), 65536), "links[0].endpoints[0].port", "outside"),
     ("negative latency", _materialize(latency=-1), "links[0].emulation.latency", "negative"),
@@ -377,8 +398,8 @@ RULES = [
     ("burst p", _materialize(burst={"p": 2, "r": 0.5}), "links[0].emulation.burst.p", "outside"),
     ("burst loss_bad", _materialize(burst={"p": 0.1, "r": 0.5, "loss_bad": -1}),
      "links[0].emulation.burst.loss_bad", "outside"),
-    ("burst and loss", _materialize(loss=0.1, burst={"p": 0.1, "r": 0.5}), "links[0].emulation.loss",
-     "loss must be 0 when burst"),
+    ("burst and loss", _materialize(loss=0.1, burst={"p": 0.1, "r": 0.5}),
+     "links[0].emulation.loss", "loss must be 0 when burst"),
     ("loss_correlation 1", _materialize(loss=0.1, loss_correlation=1.0),
      "links[0].emulation.loss_correlation", "below 1"),
     ("loss_correlation < 0", _materialize(loss=0.1, loss_correlation=-0.5),
@@ -443,7 +464,8 @@ RULES = [
      "links[0].emulation.distribution", "one of: uniform, normal, pareto, paretonormal"),
     ("delay_correlation 1", _materialize(latency="10ms", jitter="1ms", delay_correlation=1),
      "links[0].emulation.delay_correlation", "below 1"),
-    ("capacity tiny", _materialize(capacity="999bps"), "links[0].emulation.capacity", "minimum 1kbps"),
+    ("capacity tiny", _materialize(capacity="999bps"), "links[0].emulation.capacity",
+     "minimum 1kbps"),
     ("queue without capacity", _materialize(queue="64KB"), "links[0].emulation.queue",
      "needs a capacity"),
     ("queue tiny", _materialize(capacity="1mbps", queue=100), "links[0].emulation.queue",
@@ -560,12 +582,14 @@ def test_validation_accepts_the_edges():
     doc = _with(_with(doc, EP0 + ("vni",), 16777215), ("links", 0, "endpoints", 1, "vni"), 1)
     m = decode(Materialize, json.dumps(doc))
     e = m.links[0].emulation
-    assert (e.latency, e.jitter, e.loss, e.capacity, e.queue) == (3600 * S, 3600 * S, 1.0, 1000, 1500)
+    assert ((e.latency, e.jitter, e.loss, e.capacity, e.queue)
+            == (3600 * S, 3600 * S, 1.0, 1000, 1500))
     assert type(e.loss) is float
 
 
 def test_validation_normalizes_addresses():
-    doc = _with(_with(BASE, EP0 + ("remote",), "2001:DB8:0:0::1"), EP0 + ("local",), "2001:db8::0002")
+    doc = _with(_with(BASE, EP0 + ("remote",), "2001:DB8:0:0::1"), EP0 + ("local",),
+                "2001:db8::0002")
     ep = decode(Materialize, json.dumps(doc)).links[0].endpoints[0]
     assert (ep.remote, ep.local) == ("2001:db8::1", "2001:db8::2")
 
@@ -583,8 +607,8 @@ def test_validation_normalizes_addresses():
      "larger than latency"),
     ([{"link": "a", "emulation": {"capacity": 0, "queue": "64KiB"}}], "links[0].emulation.queue",
      "needs a capacity"),
-    ([{"link": "a", "emulation": {"loss": 0.1, "burst": {"p": 0.1, "r": 0.1}}}], "links[0].emulation.loss",
-     "loss must be 0"),
+    ([{"link": "a", "emulation": {"loss": 0.1, "burst": {"p": 0.1, "r": 0.1}}}],
+     "links[0].emulation.loss", "loss must be 0"),
     ([{"link": "a", "emulation": {"state": "off"}}], "links[0].emulation.state", "down"),
     ([{"link": "a", "emulation": {"aqm": {"kind": "codel", "target": "10s"}}}],
      "links[0].emulation.aqm.target", "outside"),
@@ -638,7 +662,8 @@ def test_validate_checks_structs_built_in_python():
         schemas.validate(Emulation(latency=-5))
     assert e.value.field == "latency"
     with pytest.raises(InvalidMessage) as e:
-        schemas.validate(DropBatch(host="h", events=[], counts={"gremlins": 1}, suppressed=0, lost=0))
+        schemas.validate(DropBatch(host="h", events=[], counts={"gremlins": 1}, suppressed=0,
+                                   lost=0))
     assert e.value.field == "counts"
 
 
@@ -726,7 +751,8 @@ def _copy(value):
 
 def _locations(doc, out):
     """Every (container, key) in doc, depth first."""
-    items = doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(doc, list) else ()
+    items = (doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(doc, list)
+             else ())
     for key, value in items:
         out.append((doc, key))
         _locations(value, out)
@@ -758,7 +784,8 @@ def _random_json(rng: random.Random, depth: int = 0) -> object:
         return _copy(rng.choice(_AWKWARD))
     if roll < 0.75:
         return [_random_json(rng, depth + 1) for _ in range(rng.randrange(4))]
-    return {rng.choice(["id", "links", "x"]): _random_json(rng, depth + 1) for _ in range(rng.randrange(4))}
+    return {rng.choice(["id", "links", "x"]): _random_json(rng, depth + 1)
+            for _ in range(rng.randrange(4))}
 
 
 def _payload(seed: int) -> bytes:
@@ -775,7 +802,8 @@ def _payload(seed: int) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
-_KINDS = [Materialize, Update, Dematerialize, StatusRequest, Ack, DropBatch, LinkStatsBatch, StatusReply]
+_KINDS = [Materialize, Update, Dematerialize, StatusRequest, Ack, DropBatch, LinkStatsBatch,
+          StatusReply]
 
 
 @settings(max_examples=10_000, deadline=None, database=None,
@@ -798,7 +826,8 @@ def test_fuzz_valid_materializations_round_trip():
     for doc in (BASE, TWO_LINKS):
         m = decode(Materialize, json.dumps(doc))
         assert decode(Materialize, encode(m)) == m
-    assert math.isfinite(decode(Materialize, json.dumps(_materialize(loss=0.5))).links[0].emulation.loss)
+    assert math.isfinite(
+        decode(Materialize, json.dumps(_materialize(loss=0.5))).links[0].emulation.loss)
 
 
 def test_aqm_decodes_with_rfc_defaults_left_to_the_datapath():

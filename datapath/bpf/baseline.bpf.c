@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
-/* The datapath benchmark's baseline: a tc program that does nothing (moa_bus/lab/datapath_bench.py). */
+/* The datapath benchmark's baseline: a tc program that does nothing
+ * (moa_bus/lab/datapath_bench.py). */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>

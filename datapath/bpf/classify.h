@@ -29,7 +29,8 @@
 #include "corrupt.h"
 #include "duplicate.h"
 
-/* Does the stage need its shared state (timeline, delay ordering, Gilbert-Elliott, duplicate, slots)? */
+/* Does the stage need its shared state (timeline, delay ordering, Gilbert-Elliott, duplicate,
+ * slots)? */
 static __always_inline int moa_needs_state(const struct moa_stage_params *p, __u64 handover)
 {
 	return p->rate_bps || p->latency_ns || p->jitter_ns || handover ||

@@ -82,7 +82,8 @@ struct {
 } moa_dist SEC(".maps");
 
 /* Custom tables (struct moa_dist_table) by content key (stage_params.dist_key): userspace writes
- * one before the first link that uses it and removes it when no link does (datapath/classifier.py). */
+ * one before the first link that uses it and removes it when no link does
+ * (datapath/classifier.py). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MOA_DIST_CUSTOM_MAX);

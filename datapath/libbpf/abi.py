@@ -98,7 +98,8 @@ class Abi:
             except BtfError:
                 raise AbiError(
                     f"{path}: BTF lacks struct {cname} (needed for abi.{pyname}); BTF only holds "
-                    f"types the object uses: use it in a map value, a global or a program") from None
+                    f"types the object uses: use it in a map value, a global or a program"
+                ) from None
             setattr(self, pyname, self.btf.ctype(f"struct {cname}"))
         for pyname, (cname, prefix, required) in ENUMS.items():
             try:

@@ -182,7 +182,8 @@ class Btf:
             elif kind == Kind.DECL_TAG:
                 (extra,) = struct.unpack_from("<i", data, pos)
                 pos += 4
-            t = BtfType(len(self.types), kind, self._str(name_off), vlen, kind_flag, size_or_type, extra)
+            t = BtfType(len(self.types), kind, self._str(name_off), vlen, kind_flag, size_or_type,
+                        extra)
             self.types.append(t)
             if t.name:
                 self._by_name.setdefault(t.name, []).append(t)
@@ -198,14 +199,16 @@ class Btf:
 
     def find(self, name: str, kinds: tuple[Kind, ...] | None = None) -> BtfType:
         """The type called `name` ("struct x", "enum y" or a bare name); struct/union win ties."""
-        prefixes = {"struct ": (Kind.STRUCT,), "union ": (Kind.UNION,), "enum ": (Kind.ENUM, Kind.ENUM64)}
+        prefixes = {"struct ": (Kind.STRUCT,), "union ": (Kind.UNION,),
+                    "enum ": (Kind.ENUM, Kind.ENUM64)}
         for prefix, pkinds in prefixes.items():
             if name.startswith(prefix):
                 name, kinds = name[len(prefix):], pkinds
         candidates = [t for t in self._by_name.get(name, []) if kinds is None or t.kind in kinds]
         if not candidates:
             what = "/".join(k.name.lower() for k in kinds) if kinds else "type"
-            raise BtfError(f"BTF has no {what} named {name!r} (BTF only holds types the object uses)")
+            raise BtfError(f"BTF has no {what} named {name!r} "
+                           f"(BTF only holds types the object uses)")
         order = [Kind.STRUCT, Kind.UNION, Kind.TYPEDEF, Kind.ENUM, Kind.ENUM64, Kind.INT]
         candidates.sort(key=lambda t: order.index(t.kind) if t.kind in order else len(order))
         return candidates[0]
@@ -221,7 +224,8 @@ class Btf:
 
     def size_of(self, type_id: int) -> int:
         t = self.resolve(type_id)
-        if t.kind in (Kind.INT, Kind.STRUCT, Kind.UNION, Kind.ENUM, Kind.ENUM64, Kind.FLOAT, Kind.DATASEC):
+        if t.kind in (Kind.INT, Kind.STRUCT, Kind.UNION, Kind.ENUM, Kind.ENUM64, Kind.FLOAT,
+                      Kind.DATASEC):
             return t.size_or_type
         if t.kind == Kind.PTR:
             return 8
@@ -328,7 +332,8 @@ def _layout(base: Any, name: str, fields: list[tuple[str, Any, int]], anon: list
     pos = 0
     npad = 0
     align = 1
-    for fname, ftype, off in sorted(fields, key=lambda f: f[2]) if base is ctypes.Structure else fields:
+    for fname, ftype, off in (sorted(fields, key=lambda f: f[2]) if base is ctypes.Structure
+                              else fields):
         falign = 1 if packed else ctypes.alignment(ftype)
         align = max(align, falign)
         if base is ctypes.Structure:

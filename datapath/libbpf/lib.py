@@ -50,7 +50,8 @@ class BpfLoadError(BpfError):
 
 
 class LibbpfMissing(BpfError):
-    """Something BPF needs is absent: libbpf, a libbpf symbol, bpffs, privilege, a kernel feature."""
+    """Something BPF needs is absent: libbpf, a libbpf symbol, bpffs, privilege, a kernel
+    feature."""
 
     def __init__(self, msg: str, log: str = "", errno: int | None = None) -> None:
         super().__init__(f"{msg}\n--- libbpf log ---\n{log}" if log else msg, errno)
@@ -66,7 +67,8 @@ def errno_error(what: str, err: int) -> BpfError:
 # ---------------------------------------------------------------------------------------------
 
 _c = ctypes
-_vp, _int, _u32, _u64, _sz, _str = _c.c_void_p, _c.c_int, _c.c_uint32, _c.c_uint64, _c.c_size_t, _c.c_char_p
+_vp, _int, _u32, _u64, _sz, _str = (_c.c_void_p, _c.c_int, _c.c_uint32, _c.c_uint64, _c.c_size_t,
+                                    _c.c_char_p)
 
 _PROTOS: dict[str, tuple[Any, list[Any]]] = {
     "libbpf_set_print": (_vp, [_vp]),

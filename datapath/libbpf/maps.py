@@ -52,7 +52,8 @@ def to_bytes(x: Any, size: int, what: str) -> bytes:
     elif isinstance(x, (ctypes.Structure, ctypes.Union, ctypes.Array, ctypes._SimpleCData)):
         b = ctypes.string_at(ctypes.addressof(x), ctypes.sizeof(x))
     else:
-        raise TypeError(f"{what}: expected bytes, a ctypes object or an int, not {type(x).__name__}")
+        raise TypeError(f"{what}: expected bytes, a ctypes object or an int, "
+                        f"not {type(x).__name__}")
     if len(b) != size:
         raise ValueError(f"{what}: {len(b)} bytes given, the map's size is {size}")
     return b
@@ -164,7 +165,8 @@ class Map(Pinnable):
     def lookup(self, key: Any, value_type: Any = None) -> Any:
         """The value at `key` (a list of per-CPU values for per-CPU maps), or None if absent."""
         k = self._key(key)
-        buf = ctypes.create_string_buffer(self._slot * self._ncpu if self.is_percpu else self.value_size)
+        buf = ctypes.create_string_buffer(self._slot * self._ncpu if self.is_percpu
+                                          else self.value_size)
         ret = libbpf().bpf_map_lookup_elem(self.fd, k, buf)
         if ret == -errno_mod.ENOENT:
             return None
@@ -182,8 +184,9 @@ class Map(Pinnable):
             vals = list(value) if isinstance(value, (list, tuple)) else [value] * self._ncpu
             if len(vals) != self._ncpu:
                 raise ValueError(f"{self.name}: {len(vals)} per-CPU values, {self._ncpu} CPUs")
-            data = b"".join(to_bytes(v, self.value_size, f"{self.name} value").ljust(self._slot, b"\0")
-                            for v in vals)
+            data = b"".join(
+                to_bytes(v, self.value_size, f"{self.name} value").ljust(self._slot, b"\0")
+                for v in vals)
         else:
             data = to_bytes(value, self.value_size, f"{self.name} value")
         buf = ctypes.create_string_buffer(data, len(data))
@@ -202,11 +205,14 @@ class Map(Pinnable):
         if n == 0:
             return
         count = _u32(n)
-        kb, vb = ctypes.create_string_buffer(keys, len(keys)), ctypes.create_string_buffer(values, len(values))
+        kb, vb = (ctypes.create_string_buffer(keys, len(keys)),
+                  ctypes.create_string_buffer(values, len(values)))
         opts = _BatchOpts(ctypes.sizeof(_BatchOpts), flags, 0)
-        ret = libbpf().bpf_map_update_batch(self.fd, kb, vb, ctypes.byref(count), ctypes.byref(opts))
+        ret = libbpf().bpf_map_update_batch(self.fd, kb, vb, ctypes.byref(count),
+                                            ctypes.byref(opts))
         if ret < 0:
-            raise errno_error(f"batch update of map {self.name} ({count.value} of {n} written)", -ret)
+            raise errno_error(f"batch update of map {self.name} "
+                              f"({count.value} of {n} written)", -ret)
 
     def delete_batch(self, keys: bytes) -> int:
         """Delete many keys in one syscall; every key must exist (ENOENT otherwise, after the

@@ -106,13 +106,15 @@ def _open(path: str) -> int:
     try:
         os.stat(path)  # not os.path.exists: a permission error must not read as "missing"
     except FileNotFoundError:
-        raise FileNotFoundError(f"BPF object {path} does not exist (build it with `make bpf`)") from None
+        raise FileNotFoundError(f"BPF object {path} does not exist "
+                                f"(build it with `make bpf`)") from None
     lib = libbpf()
     with captured() as lines:
         obj = lib.bpf_object__open_file(os.fsencode(path), None)
     if not obj:
         err = _c.get_errno()
-        raise BpfLoadError(f"cannot open BPF object {path}: {os.strerror(err)}", "".join(lines), err)
+        raise BpfLoadError(f"cannot open BPF object {path}: {os.strerror(err)}", "".join(lines),
+                           err)
     return obj
 
 
@@ -197,7 +199,8 @@ class BpfObject:
     def _set_rodata(self, values: dict[str, Any]) -> None:
         lib = libbpf()
         # libbpf names the internal map "<obj prefix>.rodata"; ".rodata.str1.1" etc. are strings.
-        rmap = next((m for m in self._iter_maps() if lib.bpf_map__name(m).endswith(b".rodata")), None)
+        rmap = next((m for m in self._iter_maps() if lib.bpf_map__name(m).endswith(b".rodata")),
+                    None)
         layout = self.btf.datasec(".rodata") if rmap else {}
         unknown = [k for k in values if k not in layout]
         if unknown:
@@ -210,7 +213,8 @@ class BpfObject:
         for name, value in values.items():
             off, vsize = layout[name]
             if off + vsize > size.value:
-                raise BpfError(f"{self.path}: .rodata var {name} at {off}+{vsize} beyond {size.value}")
+                raise BpfError(f"{self.path}: .rodata var {name} at {off}+{vsize} "
+                               f"beyond {size.value}")
             try:
                 b = to_bytes(value, vsize, f".rodata {name}")
             except OverflowError as e:
@@ -244,9 +248,10 @@ class BpfObject:
             raise LibbpfMissing(f"kernel feature missing: BPF helper #{m.group(2)} ({m.group(1)}) "
                                 f"is not available to this program type on this kernel "
                                 f"(loading {self.path})", text, err)
-        raise BpfLoadError(f"loading {self.path} failed: {os.strerror(err)} (errno {err})", text, err)
+        raise BpfLoadError(f"loading {self.path} failed: {os.strerror(err)} (errno {err})", text,
+                           err)
 
-    # -- after load ---------------------------------------------------------------------------------
+    # -- after load -------------------------------------------------------------------------------
 
     def _require_open(self) -> int:
         if self._obj is None:

@@ -162,7 +162,8 @@ class Netlink(TrafficControl):
             try:
                 self.ipr.link("add", **attrs)
             except NetlinkError as e:
-                raise DatapathNetlinkError(f"creating VTEP {spec.name} (VNI {spec.vni}): {e}") from e
+                raise DatapathNetlinkError(
+                    f"creating VTEP {spec.name} (VNI {spec.vni}): {e}") from e
             index = self._mark(spec.name, alias)
         ipv6_off(spec.name)  # before up (also for a device found half-made by an earlier run)
         if up:

@@ -9,10 +9,11 @@ The kernel keeps at most IFALIASZ - 1 = 255 bytes of an alias (pyroute2's encodi
 less: the kernel answered a 255-byte alias set through it with ERANGE), and two valid ids of 128
 characters, each ':' encoded as `%3A`, take up to 773. So each part gets at most 124 bytes
 (253 in all): a part that is longer keeps its first 91 bytes and ends in `#` and 32 hex digits
-of the SHA-256 of the whole id (no valid id contains `#`, so a hashed part is never mistaken for an id). Such a part is
-a key, not an id: `owner_key(id)` is what `parse_alias` gives back for a device of that id (the
-id itself when it fits), and everything that matches devices to ids compares keys. The id is
-recoverable from the desired state, which holds the whole id: the one whose key matches.
+of the SHA-256 of the whole id (no valid id contains `#`, so a hashed part is never mistaken for
+an id). Such a part is a key, not an id: `owner_key(id)` is what `parse_alias` gives back for a
+device of that id (the id itself when it fits), and everything that matches devices to ids compares
+keys. The id is recoverable from the desired state, which holds the whole id: the one whose key
+matches.
 """
 from __future__ import annotations
 

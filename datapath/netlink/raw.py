@@ -237,12 +237,15 @@ def new_vxlan(name: str, vni: int, local: str, remote: str, port: int, mtu: int)
     caller falls back to the checked single path)."""
     six = ipaddress.ip_address(remote).version == 6
     data = [u32(IFLA_VXLAN_ID, vni),
-            attr(IFLA_VXLAN_GROUP6 if six else IFLA_VXLAN_GROUP, ipaddress.ip_address(remote).packed),
-            attr(IFLA_VXLAN_LOCAL6 if six else IFLA_VXLAN_LOCAL, ipaddress.ip_address(local).packed),
+            attr(IFLA_VXLAN_GROUP6 if six else IFLA_VXLAN_GROUP,
+                 ipaddress.ip_address(remote).packed),
+            attr(IFLA_VXLAN_LOCAL6 if six else IFLA_VXLAN_LOCAL,
+                 ipaddress.ip_address(local).packed),
             attr(IFLA_VXLAN_PORT, struct.pack("!H", port)),
             u8(IFLA_VXLAN_LEARNING, 0)]
     body = (ifinfo() + string(IFLA_IFNAME, name) + u32(IFLA_MTU, mtu) +
-            attr(IFLA_LINKINFO, string(IFLA_INFO_KIND, "vxlan") + attr(IFLA_INFO_DATA, b"".join(data))))
+            attr(IFLA_LINKINFO, string(IFLA_INFO_KIND, "vxlan") +
+                 attr(IFLA_INFO_DATA, b"".join(data))))
     return Request(RTM_NEWLINK, body, NLM_F_CREATE | NLM_F_EXCL)
 
 
@@ -250,7 +253,8 @@ def mark(name: str, alias: str) -> Request:
     """RTM_SETLINK by name: moa's alias and no IPv6 address generation (devices.NO_IPV6_ADDR)."""
     af = attr(IFLA_AF_SPEC, attr(socket.AF_INET6, u8(IFLA_INET6_ADDR_GEN_MODE,
                                                      IN6_ADDR_GEN_MODE_NONE)))
-    return Request(RTM_SETLINK, ifinfo() + string(IFLA_IFNAME, name) + string(IFLA_IFALIAS, alias) + af)
+    return Request(RTM_SETLINK,
+                   ifinfo() + string(IFLA_IFNAME, name) + string(IFLA_IFALIAS, alias) + af)
 
 
 def set_up(name: str) -> Request:
@@ -258,7 +262,8 @@ def set_up(name: str) -> Request:
 
 
 def set_master(name: str, master_index: int) -> Request:
-    return Request(RTM_SETLINK, ifinfo() + string(IFLA_IFNAME, name) + u32(IFLA_MASTER, master_index))
+    return Request(RTM_SETLINK,
+                   ifinfo() + string(IFLA_IFNAME, name) + u32(IFLA_MASTER, master_index))
 
 
 def set_group(index: int, group: int) -> Request:
@@ -351,7 +356,8 @@ def parse_link(payload: bytes) -> dict:
                alias=_str(a.get(IFLA_IFALIAS)), mtu=_u32(a.get(IFLA_MTU)),
                master=_u32(a.get(IFLA_MASTER)), kind=kind, group=_u32(a.get(IFLA_GROUP)) or 0,
                address=a[IFLA_ADDRESS].hex(":") if IFLA_ADDRESS in a else None,
-               xdp_prog_id=_u32(attrs(a[IFLA_XDP]).get(IFLA_XDP_PROG_ID)) if IFLA_XDP in a else None)
+               xdp_prog_id=(_u32(attrs(a[IFLA_XDP]).get(IFLA_XDP_PROG_ID)) if IFLA_XDP in a
+                            else None))
     if kind == "vxlan" and IFLA_INFO_DATA in info:
         d = attrs(info[IFLA_INFO_DATA])
         port = d.get(IFLA_VXLAN_PORT)
@@ -368,7 +374,8 @@ def delete_name(name: str) -> Request:
 
 
 def add_clsact(index: int) -> Request:
-    body = _TCMSG.pack(socket.AF_UNSPEC, index, TC_CLSACT_HANDLE, TC_H_CLSACT, 0) + string(TCA_KIND, "clsact")
+    body = (_TCMSG.pack(socket.AF_UNSPEC, index, TC_CLSACT_HANDLE, TC_H_CLSACT, 0)
+            + string(TCA_KIND, "clsact"))
     return Request(RTM_NEWQDISC, body, NLM_F_CREATE | NLM_F_EXCL)
 
 

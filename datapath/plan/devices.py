@@ -251,7 +251,7 @@ class DetachFromBridge(Inverse):
         return f"detach {self.vtep} from bridge {self.bridge}"
 
 
-# -- deleting many devices at once -------------------------------------------------------------------
+# -- deleting many devices at once ----------------------------------------------------------------
 
 # Device groups moa uses for a moment to delete many devices with one RTM_DELLINK (a range
 # nothing else is expected to use; every member is checked before the delete anyway).

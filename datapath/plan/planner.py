@@ -401,6 +401,8 @@ def plan(m: schemas.Materialize, current: Current, cfg: PlanConfig,
 
 
 def plan_removal(materialization: str, current: Current, cfg: PlanConfig,
-                 encode: Callable[[Stages], bytes], uplink_index: int | None = None) -> list[Operation]:
+                 encode: Callable[[Stages], bytes],
+                 uplink_index: int | None = None) -> list[Operation]:
     """Everything of one materialization, torn down."""
-    return plan(schemas.Materialize(id=materialization, links=[]), current, cfg, encode, uplink_index)
+    return plan(schemas.Materialize(id=materialization, links=[]), current, cfg, encode,
+                uplink_index)

@@ -18,9 +18,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "req": ("moa_bus.cli.req", "send a request like `nats req`; exit 1 on an error ack"),
     "materialize": ("moa_bus.cli.materialize", "send a Materialize file (--dry-run: the plan)"),
     "dematerialize": ("moa_bus.cli.dematerialize", "remove a materialization"),
-    "set": ("moa_bus.cli.set", "change links' emulation: set LINK-OR-TAG latency 50ms ... (or netem delay 50ms ...)"),
+    "set": ("moa_bus.cli.set", "change links' emulation: set LINK-OR-TAG latency 50ms ... "
+            "(or netem delay 50ms ...)"),
     "status": ("moa_bus.cli.status", "what the box holds, with counters (JSON)"),
-    "show": ("moa_bus.cli.show", "a table of links with live counters (--watch; --netem: netem's words)"),
+    "show": ("moa_bus.cli.show", "a table of links with live counters "
+             "(--watch; --netem: netem's words)"),
     "watch": ("moa_bus.cli.watch", "print acks and telemetry as they come"),
     "bench": ("moa_bus.cli.bench", "benchmarks: datapath, control, e2e"),
     "doctor": ("moa_bus.cli.doctor", "what this kernel and machine can and cannot do"),
@@ -38,7 +40,8 @@ def add_lazy_subcommands(parser: argparse.ArgumentParser, commands: dict[str, tu
         p.set_defaults(**{f"_{dest}_module": module})
         if name == chosen:
             rest = argv[argv.index(name) + 1:]
-            importlib.import_module(module).add_arguments(p, *([rest] if _wants_argv(module) else []))
+            importlib.import_module(module).add_arguments(
+                p, *([rest] if _wants_argv(module) else []))
 
 
 def _wants_argv(module: str) -> bool:

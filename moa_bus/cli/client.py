@@ -74,7 +74,8 @@ def add_nats_arguments(parser: argparse.ArgumentParser) -> None:
                         "permissions give it one (env MOA_NATS_INBOX_PREFIX; default _INBOX)")
     for option in ("--nats-password", "--nats-token"):  # refused: see _NoSecretInArgv
         g.add_argument(option, action=_NoSecretInArgv, dest="_refused", help=argparse.SUPPRESS)
-    g.add_argument("--nats-ca", metavar="FILE", help="CA bundle to verify the server's TLS certificate")
+    g.add_argument("--nats-ca", metavar="FILE",
+                   help="CA bundle to verify the server's TLS certificate")
     g.add_argument("--nats-cert", metavar="FILE", help="client TLS certificate")
     g.add_argument("--nats-key", metavar="FILE", help="client TLS key")
     # default None, not 5: `moa serve` layers flags over its --config file, and a default here

@@ -82,7 +82,8 @@ def check_clang() -> Check:
     path = shutil.which("clang")
     if not path:
         objects = (BPF_DIR / "tc_classifier.bpf.o").exists()
-        return Check("clang", False, "not found" + ("; prebuilt BPF objects present" if objects else ""),
+        return Check("clang", False,
+                     "not found" + ("; prebuilt BPF objects present" if objects else ""),
                      "apt-get install clang llvm (needed to build the BPF objects)",
                      required=not objects)
     return Check("clang", True, first_line(run_command(path, "--version").stdout))
@@ -101,12 +102,14 @@ def netns_checks(allow_loss_only: bool) -> list[Check]:
         ok, err = ns.try_("tc", "qdisc", "add", "dev", "lo", "root", "fq")
         checks.append(Check(
             "sch_fq", ok, "fq qdisc (holds packets until their departure time)" if ok else err,
-            "latency and capacity need sch_fq: use a kernel with CONFIG_NET_SCH_FQ (Debian's has it), "
-            "or the VM tier (scripts/vm); with --allow-loss-only only loss works",
+            "latency and capacity need sch_fq: use a kernel with CONFIG_NET_SCH_FQ "
+            "(Debian's has it), or the VM tier (scripts/vm); "
+            "with --allow-loss-only only loss works",
             required=not allow_loss_only))
         ok, err = ns.try_("ip", "link", "add", "moabond0", "type", "bond")
         checks.append(Check("bonding", ok, "bond devices" if ok else err,
-                            "needed only when the uplink is a bond (CONFIG_BONDING)", required=False))
+                            "needed only when the uplink is a bond (CONFIG_BONDING)",
+                            required=False))
         ok, err = ns.try_("ip", "link", "add", "moavx0", "type", "vxlan", "id", "42", "dstport",
                           "4789", "local", "127.0.0.1", "nolearning")
         checks.append(Check("VXLAN", ok, "vxlan devices" if ok else err, "CONFIG_VXLAN"))
@@ -150,7 +153,8 @@ def check_nats(url: str | None) -> Check:
             pass
     except OSError as e:
         return Check("NATS", False, f"{host}:{port} unreachable: {e}",
-                     "start nats-server, fix --nats/MOA_NATS_URL, or omit it for the embedded server")
+                     "start nats-server, fix --nats/MOA_NATS_URL, "
+                     "or omit it for the embedded server")
     return Check("NATS", True, f"{host}:{port} accepts connections")
 
 

@@ -31,7 +31,8 @@ def epilog(serve: bool) -> str:
     names = {**CLIENT, **SERVE} if serve else CLIENT
     width = max(len(n) for n in names)
     lines = [textwrap.fill(text, 98, initial_indent=f"  {name:<{width}}  ",
-                           subsequent_indent=" " * (width + 4), break_on_hyphens=False) for name, text in names.items()]
+                           subsequent_indent=" " * (width + 4), break_on_hyphens=False)
+             for name, text in names.items()]
     precedence = ("the command line wins over the environment, which wins over --config"
                   if serve else "the command line wins over the environment")
     head = textwrap.fill(f"environment ({precedence}; a secret comes from the environment or a "

@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", help="the box's desired state (desired/<host>/), the "
                         "embedded nats-server's store (nats/) and credential (local.nk); env "
                         f"MOA_STATE_DIR; default {DEFAULT_STATE_DIR}")
-    parser.add_argument("--embedded-port", type=int, help=f"embedded nats-server's port ({DEFAULT_PORT})")
+    parser.add_argument("--embedded-port", type=int,
+                        help=f"embedded nats-server's port ({DEFAULT_PORT})")
     parser.add_argument("--stats-interval", type=float, help="s between link counter messages (1)")
     parser.add_argument("--drop-interval", type=float, help="s between drop batches (0.25)")
     parser.add_argument("--netns", help="the box's network namespace (default: the current one)")

@@ -22,9 +22,10 @@ direction follow the link's value again (`moa set access --endpoint 101 capacity
 
 `moa set LINK-OR-TAG netem WORDS`: netem's own words instead of the pairs, e.g. `moa set a-b
 netem delay 100ms 20ms distribution normal loss 1% 25% rate 10mbit` (`distribution NAME` of
-another table reads NAME.dist where tc does, or a path, here, and sends its values) (moa_bus/cli/netem_syntax.py;
-docs/contract.md, "netem's words"); a word moa does not implement is refused naming it, exit 2,
-and nothing is sent. --dry-run prints the Update it would send and sends nothing.
+another table reads NAME.dist where tc does, or a path, here, and sends its values)
+(moa_bus/cli/netem_syntax.py; docs/contract.md, "netem's words"); a word moa does not implement is
+refused naming it, exit 2, and nothing is sent. --dry-run prints the Update it would send and sends
+nothing.
 """
 from __future__ import annotations
 

@@ -172,7 +172,8 @@ def queue(link: schemas.LinkStatus, vnis: list[int]) -> list[str]:
     ns = max((c.backlog_ns for c in cs), default=0)
     size = sum(c.backlog_bytes for c in cs)
     backlog = f"{_short(ns)} {schemas.format_size(size)}" if ns else "-"
-    return [f"{bucket_label(quantile_bucket(hist, 0.5))} {bucket_label(quantile_bucket(hist, 0.99))}",
+    return [f"{bucket_label(quantile_bucket(hist, 0.5))} "
+            f"{bucket_label(quantile_bucket(hist, 0.99))}",
             backlog]
 
 
@@ -198,8 +199,8 @@ def build_table(status: schemas.StatusReply, previous: Totals | None = None,
                 shown = ",".join(map(str, vnis))
                 if several and vnis[0] in {x.vni for x in link.directions}:
                     shown = f"to {shown}"
-                row = [m.id, link.id, kind, shown, *_emulation(e), _packets(link, vnis, p), f"{b:,}", f"{d:,}",
-                       *queue(link, vnis)]
+                row = [m.id, link.id, kind, shown, *_emulation(e), _packets(link, vnis, p),
+                       f"{b:,}", f"{d:,}", *queue(link, vnis)]
                 if previous is not None and dt > 0:
                     p0, b0, _ = previous.get(key, (p, b, d))
                     row += [f"{(p - p0) / dt:,.0f}",

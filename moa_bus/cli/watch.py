@@ -38,7 +38,8 @@ def describe(kind: str, obj: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    kinds = [k for k in ("acks", "drops", "links") if getattr(args, k)] or ["acks", "drops", "links"]
+    kinds = ([k for k in ("acks", "drops", "links") if getattr(args, k)]
+             or ["acks", "drops", "links"])
 
     async def go(box: engine.MoaClient) -> int:
         feeds = {"acks": box.acks, "drops": box.drops, "links": box.link_stats}

@@ -232,8 +232,9 @@ class Bench:
                "--netns", bed.box, "--pin-root", bed.pin_root, "--state-dir", bed.state_dir,
                "--allow-loss-only", "--p2p-mode", "vtep", *extra]  # flow cases say flow
         with open(log, "ab") as f:
-            return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
-                                    env=env, cwd=str(Path(__file__).resolve().parents[2]))
+            return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=f,
+                                    stderr=subprocess.STDOUT, env=env,
+                                    cwd=str(Path(__file__).resolve().parents[2]))
 
     async def _wait_ready(self, nc, serve: subprocess.Popen[bytes], log: Path,
                           subjects: Subjects | None = None) -> None:
@@ -259,11 +260,12 @@ class Bench:
         return reply
 
     async def _rtt(self, nc, bed: Testbed, serve) -> None:
-        doc = json.dumps({"id": "rtt", "links": [_link("r", list(RTT_VNIS),
-                                                       [bed.hv_addr(1), bed.hv_addr(2)], {})]}).encode()
+        doc = json.dumps({"id": "rtt", "links": [
+            _link("r", list(RTT_VNIS), [bed.hv_addr(1), bed.hv_addr(2)], {})]}).encode()
         await self._request(nc, "materialize", doc)
         everything: list[float] = []
-        for kind, op, data in (("status", "status", b"{}"), ("materialize_unchanged", "materialize", doc)):
+        for kind, op, data in (("status", "status", b"{}"),
+                               ("materialize_unchanged", "materialize", doc)):
             for _ in range(50):  # warm-up
                 await nc.request(self.subjects.op(op), data, timeout=30)
             times = []
@@ -359,7 +361,8 @@ class Bench:
         ns_exec(bed.node(1), "ping", "-c", "2", "-i", "0.2", "-W", "2", f"{net}.2")  # ARP, or fail
         port = free_port()
         srv = subprocess.Popen([*nsenter(bed.node(2)), "iperf3", "-s", "-1", "-B", f"{net}.2",
-                                "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                "-p", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             for _ in range(50):
                 time.sleep(0.1)
@@ -384,7 +387,8 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("moa bench control: --requests must be at least 2000")
     for step in (args.only or "").split(","):
         if step and step not in STEPS:
-            raise SystemExit(f"moa bench control: --only: {step!r} is not one of {', '.join(STEPS)}")
+            raise SystemExit(f"moa bench control: --only: {step!r} is not one of "
+                             f"{', '.join(STEPS)}")
     if os.geteuid() != 0:
         raise SystemExit("moa bench control: needs root (network namespaces, BPF)")
     import uvloop
@@ -412,14 +416,16 @@ def _print(r: dict[str, Any]) -> None:
           f"changed in the kernel); 10,000 links' parameters written to the map: "
           f"{_fmt(r['map_update_10k_s'], ' s')}")
     print(f"  service RSS {_fmt(r['rss_mib'], ' MiB')}, pinned BPF maps "
-          f"{_fmt(r['bpf_map_bytes'], ' B')}, worst-case fq memory {_fmt(r['fq_memory_bytes'], ' B')}")
+          f"{_fmt(r['bpf_map_bytes'], ' B')}, worst-case fq memory "
+          f"{_fmt(r['fq_memory_bytes'], ' B')}")
     print(f"  restart: kill -9, then the first correct status reply after "
           f"{_fmt(r['restart_s'], ' s')}")
     print(f"  TCP through the pair {_fmt(r['pair_gbps'], ' Gbit/s')}, through a bridge "
           f"{_fmt(r['bridge_gbps'], ' Gbit/s')}")
     print(f"  request/reply round trip over {r['requests']} requests per kind: "
           f"p50 {_fmt(r['rtt_p50_us'], ' us')}, p99 {_fmt(r['rtt_p99_us'], ' us')} "
-          f"(status p50/p99 {_fmt(r.get('rtt_status_p50_us'))}/{_fmt(r.get('rtt_status_p99_us'))} us, "
+          f"(status p50/p99 {_fmt(r.get('rtt_status_p50_us'))}/"
+          f"{_fmt(r.get('rtt_status_p99_us'))} us, "
           f"unchanged materialize {_fmt(r.get('rtt_materialize_unchanged_p50_us'))}/"
           f"{_fmt(r.get('rtt_materialize_unchanged_p99_us'))} us)")
     print(f"  drop events ring buffer -> NATS: {_fmt(r['drop_events_per_s'], ' events/s')} "

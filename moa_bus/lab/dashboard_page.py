@@ -126,7 +126,8 @@ def render(dashboard: dict, url: str, start: float, end: float, step: float = 1.
                     pts = [(float(ts), float(v)) for ts, v in r["values"]]
                     panel.series.append((_legend(t.get("legendFormat", ""), r["metric"]), pts))
             if p["type"] == "stat":
-                last = sum(pts[-1][1] for _, pts in panel.series if pts) if panel.series else math.nan
+                last = (sum(pts[-1][1] for _, pts in panel.series if pts) if panel.series
+                        else math.nan)
                 body = f'<div class="stat">{html.escape(_fmt(last, unit))}</div>'
             else:
                 legend = "".join(

@@ -54,7 +54,8 @@ def nsenter(ns: str) -> list[str]:
     return ["nsenter", f"--net=/var/run/netns/{ns}"]
 
 
-def ns_exec(ns: str, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def ns_exec(ns: str, *args: str, check: bool = True,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return sh(*nsenter(ns), *args, check=check, timeout=timeout)
 
 

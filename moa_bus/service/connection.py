@@ -1,4 +1,5 @@
-"""Connecting to NATS: authentication and TLS options, a bounded first connect, then reconnect forever.
+"""Connecting to NATS: authentication and TLS options, a bounded first connect, then reconnect
+forever.
 
 Secrets reach this module as values read from files or the environment by the command line
 (moa_bus/cli/client.py) or the settings (settings.py): never from a command line.

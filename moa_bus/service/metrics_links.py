@@ -61,7 +61,8 @@ class _Rows:
     key: tuple[int, tuple[int, ...]]  # (desired layout, the VNIs present in the kernel)
     vnis: tuple[int, ...]
     labels: tuple[tuple[str, str, str, str], ...]  # per (vni, stage): LABELS' values
-    text: tuple[str, ...]  # per (vni, stage): 'materialization="..",link="..",vni="..",direction=".."'
+    # per (vni, stage): 'materialization="..",link="..",vni="..",direction=".."'
+    text: tuple[str, ...]
 
 
 class LinkFamilies:

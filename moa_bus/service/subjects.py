@@ -25,7 +25,8 @@ def default_host() -> str:
 def check_host(host: str) -> str:
     """A host id is one subject token: letters, digits, '_' and '-' (no '.', '*', '>', spaces)."""
     if not _TOKEN.fullmatch(host):
-        raise ValueError(f"host id {host!r} must be letters, digits, '_' or '-' (one NATS subject token)")
+        raise ValueError(f"host id {host!r} must be letters, digits, '_' or '-' "
+                         "(one NATS subject token)")
     return host
 
 

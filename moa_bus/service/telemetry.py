@@ -57,8 +57,10 @@ class Telemetry:
         self._losses = self.datapath.drop_event_losses()
         self.datapath.drop_events(self._drops.append, self.desired.owner)
         self._tasks = [
-            asyncio.create_task(self._every(self.drop_interval, self.flush_drops), name="moa-drops"),
-            asyncio.create_task(self._every(self.stats_interval, self.publish_links), name="moa-links"),
+            asyncio.create_task(self._every(self.drop_interval, self.flush_drops),
+                                name="moa-drops"),
+            asyncio.create_task(self._every(self.stats_interval, self.publish_links),
+                                name="moa-links"),
         ]
 
     async def stop(self) -> None:

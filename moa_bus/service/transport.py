@@ -107,12 +107,14 @@ class ServiceConfig:
     drop_interval: float = 0.25  # s between telemetry.drops batches
     ack_wait: float = 30.0  # s JetStream waits for our ack before redelivering (extended by +WPI)
     jetstream: bool = True
-    stream_replicas: int = 1  # JetStream replicas of the events stream when we create it (3 on a cluster)
+    # JetStream replicas of the events stream when we create it (3 on a cluster)
+    stream_replicas: int = 1
     queue_limit: int = QUEUE_LIMIT  # operations waiting in the apply queue; past it: busy
     max_body_bytes: int = MAX_BODY_BYTES  # a request body or the document it names
     busy_retry: float = BUSY_RETRY_S  # s before a JetStream event refused busy comes again
     metrics: str | None = None  # ADDR:PORT of the Prometheus endpoint (moa_bus/service/metrics.py)
-    next_hop_interval: float = 2.0  # s between checks of flow mode's next hops (datapath/next_hops.py)
+    # s between checks of flow mode's next hops (datapath/next_hops.py)
+    next_hop_interval: float = 2.0
 
 
 class MoaService:

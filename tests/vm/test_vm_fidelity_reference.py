@@ -30,7 +30,8 @@ def test_latency_20ms(reference_run, shaper: str) -> None:
     cfg = lat["configured_ms"]
     assert lat[f"{shaper}_rounds"] == lat["rounds"] == 5, (lat, reference_run.results["vm"])
     assert lat[f"{shaper}_count"] >= 0.99 * lat["baseline_count"], "probes lost"
-    assert cfg - 0.5 <= lat[f"{shaper}_added_median_ms"] <= cfg + 3, (lat, reference_run.results["vm"])
+    assert cfg - 0.5 <= lat[f"{shaper}_added_median_ms"] <= cfg + 3, (
+        lat, reference_run.results["vm"])
 
 
 def test_capacity(reference_run) -> None:

@@ -28,7 +28,8 @@ def _within_4_sigma(ratio: float, p: float, n: int) -> bool:
 def test_duplicate_share(reference_run, side: str) -> None:
     f = reference_run.results.get("features", {}).get("duplicate", {})
     r = f.get(side)
-    assert r and "error" not in r and r["received"] >= 0.98 * r["sent"], (f, reference_run.results["vm"])
+    assert r and "error" not in r and r["received"] >= 0.98 * r["sent"], (
+        f, reference_run.results["vm"])
     assert _within_4_sigma(r["duplicate_ratio"], 0.1, r["received"]), f
 
 
@@ -36,7 +37,8 @@ def test_duplicate_share(reference_run, side: str) -> None:
 def test_reorder_with_gap_share(reference_run, side: str) -> None:
     f = reference_run.results.get("features", {}).get("reorder", {})
     r = f.get(side)
-    assert r and "error" not in r and r["received"] >= 0.98 * r["sent"], (f, reference_run.results["vm"])
+    assert r and "error" not in r and r["received"] >= 0.98 * r["sent"], (
+        f, reference_run.results["vm"])
     assert _within_4_sigma(r["early_ratio"], 0.125, r["received"]), f
 
 
@@ -44,7 +46,8 @@ def test_reorder_with_gap_share(reference_run, side: str) -> None:
 def _slot_run(reference_run, name: str, side: str) -> dict:
     f = reference_run.results.get("features", {}).get(name, {})
     r = f.get(side)
-    assert r and "error" not in r and r["received"] >= 0.98 * r["sent"], (f, reference_run.results["vm"])
+    assert r and "error" not in r and r["received"] >= 0.98 * r["sent"], (
+        f, reference_run.results["vm"])
     assert r["burst_spacing_median_ms"] is not None, f
     assert abs(r["burst_spacing_median_ms"] - 20) <= 2, f
     return r

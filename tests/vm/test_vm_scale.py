@@ -8,8 +8,9 @@ test judges the rounds' ratios statistically: their mean plus two standard error
 fail is shown by the comparison in the same boot: netem + HTB with 4,095 u32 filters, whose
 rounds (0.56-0.65) fail the same check. Six rounds: with four, one stalled 1-filter run (a
 netem round of 1.09) once lifted netem's mean + 2 SE past 0.95 (docs/benchmarks.md). CPU time
-per GB of each case is reported, not judged. This boot is VTEP mode's (vtep_tput_ratio_65534); flow mode's figure, with moa_flow full as
-well, comes from the flow-mode boot (tests/vm/test_vm_flow_mode.py, the same check).
+per GB of each case is reported, not judged. This boot is VTEP mode's (vtep_tput_ratio_65534); flow
+mode's figure, with moa_flow full as well, comes from the flow-mode boot
+(tests/vm/test_vm_flow_mode.py, the same check).
 """
 from __future__ import annotations
 

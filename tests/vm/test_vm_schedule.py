@@ -33,6 +33,7 @@ def test_scheduled_steps_reported_in_time(reference_run) -> None:
 def test_scheduled_down_loses_exactly_what_was_sent_while_down(reference_run) -> None:
     r = _run(reference_run)
     assert r["wrong"] == 0, r
-    assert r["sent_while_down"] - r["ambiguous"] <= r["lost"] <= r["sent_while_down"] + r["ambiguous"], r
+    assert (r["sent_while_down"] - r["ambiguous"] <= r["lost"]
+            <= r["sent_while_down"] + r["ambiguous"]), r
     # the link was down for the 2 s between the steps: about 2,000 datagrams lost
     assert 1900 <= r["lost"] <= 2100, r

@@ -12,7 +12,8 @@ from moa_bus.lab.vm import batch, measure, scripted_testbed
 def _run(b: batch.Batch, out) -> subprocess.CompletedProcess:
     script = out / "cmd.sh"
     script.write_text(b.script())
-    return subprocess.run(["bash", str(script)], env={"MOA_VM_OUT": str(out), "PATH": "/usr/bin:/bin"},
+    return subprocess.run(["bash", str(script)],
+                          env={"MOA_VM_OUT": str(out), "PATH": "/usr/bin:/bin"},
                           capture_output=True, text=True, timeout=30)
 
 
@@ -113,7 +114,8 @@ def test_daemon_and_wait_until(tmp_path) -> None:
     b.add("alive", 'kill -0 "$(cat "$OUT/sleeper.pid")"')
     # gone or a zombie: an orphan's reaper (PID 1 here and in the VM) may not reap at once
     b.add("stop", [measure.stop_daemon("sleeper"), "sleep 0.2",
-                   'st=$(awk \'{print $3}\' "/proc/$(cat "$OUT/sleeper.pid")/stat" 2>/dev/null || true)',
+                   'st=$(awk \'{print $3}\' "/proc/$(cat "$OUT/sleeper.pid")/stat" '
+                   '2>/dev/null || true)',
                    '[ -z "$st" ] || [ "$st" = Z ]'])
     b.add("timeout", measure.wait_until("false", timeout_s=0.3))
     b.add("py", measure.python_startup("python3", "json"))

@@ -44,7 +44,8 @@ def preflight() -> str | None:
         return "moa demo needs root (namespaces, BPF, tc): run it as root, e.g. `sudo make demo`"
     for tool in ("ip", "tc", "nsenter", "ping"):
         if shutil.which(tool) is None:
-            return f"{tool} is missing: apt-get install iproute2 util-linux iputils-ping (make setup)"
+            return (f"{tool} is missing: apt-get install iproute2 util-linux iputils-ping "
+                    "(make setup)")
     with open("/proc/mounts") as f:
         if not any(line.split()[1] == "/sys/fs/bpf" for line in f):
             return "/sys/fs/bpf is not mounted: mount -t bpf bpf /sys/fs/bpf (make setup does it)"

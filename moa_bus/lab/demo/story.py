@@ -94,7 +94,8 @@ class Demo:
     def start_service(self, procs: Processes) -> None:
         self.out.step("2. NATS and the moa service")
         nats = procs.start_nats()
-        self.out.say(f"   nats-server with JetStream on {nats.url} (state in {procs.tmp / 'nats'}), "
+        self.out.say(f"   nats-server with JetStream on {nats.url} "
+                     f"(state in {procs.tmp / 'nats'}), "
                      f"admitting only the holder of the nkey in {nats.credential} (every moa "
                      "command below gets it as MOA_NATS_NKEY); `moa serve` without --nats starts "
                      "the same on 127.0.0.1:4222, with its credential in <state-dir>/local.nk")
@@ -118,13 +119,14 @@ class Demo:
     def emulate(self, procs: Processes) -> None:
         self.out.step("5. emulation on")
         if self.has_fq:
-            procs.moa("set", "p2p", "latency", P2P_LATENCY, "loss", str(P2P_LOSS), "--host", self.host)
+            procs.moa("set", "p2p", "latency", P2P_LATENCY, "loss", str(P2P_LOSS), "--host",
+                      self.host)
             procs.moa("set", "lan", "latency", LAN_LATENCY, "capacity", LAN_CAPACITY, "--host",
                       self.host)
             return
         procs.moa("set", "p2p", "loss", str(P2P_LOSS), "--host", self.host)
-        self.out.say("   Latency and capacity need sch_fq, which this kernel lacks, so the box runs "
-                     "loss-only and refuses them, per link:")
+        self.out.say("   Latency and capacity need sch_fq, which this kernel lacks, so the box "
+                     "runs loss-only and refuses them, per link:")
         rc, _ = procs.moa("set", "lan", "latency", LAN_LATENCY, "--host", self.host, check=False)
         if rc == 0:
             raise DemoError("a loss-only box accepted a latency")

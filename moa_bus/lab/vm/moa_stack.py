@@ -153,9 +153,10 @@ def link(link_id: str) -> MoaLink:
 
 # The rollback check (issue 10): a materialization of its own, a LAN of four whose VTEPs are
 # held at their ports (sch_fq + moa_port_hold: this kernel has sch_fq), then the same LAN
-# without its fourth member (three: still a LAN). The service is started with a failpoint (datapath/faults.py) that makes the
-# second plan's first operation -- deleting that member's VTEP -- fail right after it applied:
-# the rollback must give the VTEP back with its fq, its filter and its bridge.
+# without its fourth member (three: still a LAN). The service is started with a failpoint
+# (datapath/faults.py) that makes the second plan's first operation -- deleting that member's
+# VTEP -- fail right after it applied: the rollback must give the VTEP back with its fq, its
+# filter and its bridge.
 ROLLBACK_ID = "rollback"
 ROLLBACK_MEMBERS = (("hv1", 900), ("hv2", 901), ("hv3", 902), ("hv1", 903))
 ROLLBACK_FAILPOINT = f"plan.after/{ROLLBACK_ID}/0=error:netlink@2"

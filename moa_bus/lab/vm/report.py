@@ -56,7 +56,8 @@ def plot_goodput(goodput_mbps: dict[str, list[float]], configured_mbps: float, t
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     for name, values in sorted(goodput_mbps.items()):
         ax.plot(range(1, len(values) + 1), values, marker="o", label=name)
-    ax.axhline(configured_mbps, color="black", linestyle="--", label=f"configured {configured_mbps}")
+    ax.axhline(configured_mbps, color="black", linestyle="--",
+               label=f"configured {configured_mbps}")
     ax.axhline(theory_mbps, color="gray", linestyle=":", label=f"payload theory {theory_mbps:.2f}")
     ax.set_xlabel("time (s)")
     ax.set_ylabel("TCP goodput (Mbit/s)")

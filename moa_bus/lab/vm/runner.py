@@ -37,7 +37,8 @@ class VmRun:
 
 
 def prepare() -> VmImage:
-    """Run prepare.sh (idempotent; installs and downloads what is missing) and describe the image."""
+    """Run prepare.sh (idempotent; installs and downloads what is missing) and describe the
+    image."""
     proc = subprocess.run(
         [str(SCRIPTS / "prepare.sh"), "--print"], capture_output=True, text=True, timeout=1800
     )

@@ -116,7 +116,8 @@ class Testbed:
             cmds += [f"ip -n {box} link set {s} up" for s in self.slaves]
         else:
             cmds += [
-                f"ip link add {self.uplink_dev} netns {box} type veth peer name boxport netns {fab}",
+                f"ip link add {self.uplink_dev} netns {box} type veth peer name boxport "
+                f"netns {fab}",
                 f"ip -n {fab} link set boxport mtu {mtu} master fabric",
                 f"ip -n {fab} link set boxport up",
             ]

@@ -114,11 +114,11 @@ class StackScenarios:
                     f'tc -n {box} -j filter show dev {dev} egress >"$STEP.{tag}.filter.json"',
                     f'ip -n {box} -j -d link show dev {dev} >"$STEP.{tag}.link.json"']
         batch.add("moa-rollback", [
-            *s.timed_cli("rollback_materialize", "materialize", str(folder / "rollback-before.json"),
-                         "--host", moa_stack.HOST),
+            *s.timed_cli("rollback_materialize", "materialize",
+                         str(folder / "rollback-before.json"), "--host", moa_stack.HOST),
             *state("before"),
-            f'{s.cli("materialize", str(folder / "rollback-after.json"), "--host", moa_stack.HOST)} '
-            '>"$STEP.reply.json" && echo "rollback_rc 0" || echo "rollback_rc $?"',
+            f'{s.cli("materialize", str(folder / "rollback-after.json"), "--host", moa_stack.HOST)}'
+            ' >"$STEP.reply.json" && echo "rollback_rc 0" || echo "rollback_rc $?"',
             *state("after"),
             *s.timed_cli("rollback_dematerialize", "dematerialize", moa_stack.ROLLBACK_ID,
                          "--host", moa_stack.HOST),
@@ -159,7 +159,8 @@ class StackScenarios:
                   + measure.qdisc_stats(box, devs, "after"))
         self._add(batch, "bond-moa", measure.link_stats(box, devs, "before")
                   + self._iperf("cap", seconds=c.tcp_seconds, omit_s=1, parallel=c.bond_flows)
-                  + measure.link_stats(box, devs, "after") + measure.qdisc_stats(box, devs, "after"))
+                  + measure.link_stats(box, devs, "after")
+                  + measure.qdisc_stats(box, devs, "after"))
 
     def udp(self, batch: Batch) -> None:
         c = self.cfg
@@ -324,7 +325,8 @@ class StackScenarios:
         self._add(batch, "pvl-latency", [
             "_pings=''",
             in_ns(hv1, f"ping -n -q -c 10 -i 0.02 {link('pp').address('hv2')} >/dev/null || true"),
-            in_ns(hv1, f"ping -n -q -c 10 -i 0.02 {link('plan').address('hv2')} >/dev/null || true"),
+            in_ns(hv1, f"ping -n -q -c 10 -i 0.02 {link('plan').address('hv2')} "
+                       ">/dev/null || true"),
             *traffic.ping_bg(hv1, link("base").address("hv2"), m.pvl_pings, c.ping_interval_s,
                              "$STEP.base"),
             *traffic.ping_bg(hv1, link("pp").address("hv2"), m.pvl_pings, c.ping_interval_s,

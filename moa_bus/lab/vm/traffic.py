@@ -45,8 +45,8 @@ def pktgen_setup(ns: str, dev: str, dst_ip: str, dst_mac_cmd: str, *, mbps: int,
         f"_mac=$({dst_mac_cmd})",
         pktgen_write(ns, "kpktgend_0", "rem_device_all"),
         pktgen_write(ns, "kpktgend_0", f"add_device {dev}"),
-        *[pktgen_write(ns, dev, c) for c in ("count 0", "clone_skb 0", f"pkt_size {size}", "delay 0",
-                                    f"rate {mbps}", f"dst {dst_ip}", "dst_mac $_mac",
+        *[pktgen_write(ns, dev, c) for c in ("count 0", "clone_skb 0", f"pkt_size {size}",
+                                    "delay 0", f"rate {mbps}", f"dst {dst_ip}", "dst_mac $_mac",
                                     "udp_dst_min 9", "udp_dst_max 9")],
     ]
 
