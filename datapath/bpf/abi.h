@@ -17,7 +17,7 @@
 /* Which of the two classifier stages a parameter set, a state or a counter belongs to. */
 enum moa_stage {
 	MOA_STAGE_EGRESS = 0,	/* uplink egress: keyed by the receiving endpoint's VNI */
-	MOA_STAGE_INGRESS = 1,	/* uplink ingress: keyed by the sending endpoint's VNI (LAN ports) */
+	MOA_STAGE_INGRESS = 1,	/* uplink ingress: by the sending endpoint's VNI (LAN ports) */
 	MOA_NR_STAGES = 2,
 };
 
@@ -26,7 +26,7 @@ enum moa_drop_reason {
 	MOA_DROP_LOSS = 0,	/* random loss (Bernoulli or Gilbert-Elliott) */
 	MOA_DROP_QUEUE = 1,	/* tail drop: the link's backlog would exceed its queue */
 	MOA_DROP_HORIZON = 2,	/* departure further ahead than the horizon (fq would drop it) */
-	MOA_DROP_LINK_DOWN = 3,	/* the link is down (MOA_F_DOWN): every frame, before anything else */
+	MOA_DROP_LINK_DOWN = 3,	/* the link is down (MOA_F_DOWN): every frame, first of all */
 	MOA_DROP_AQM = 4,	/* the stage's AQM (CoDel) dropped it on its sojourn (aqm.h) */
 	MOA_NR_DROP_REASONS = 5,
 };
@@ -43,9 +43,9 @@ enum moa_stage_flags {
 	MOA_F_REORDER = 1 << 0,	/* jitter may reorder this link's packets (netem-like) */
 	MOA_F_DOWN = 1 << 1,	/* the link is down: drop every frame (MOA_DROP_LINK_DOWN) */
 	MOA_F_ECN = 1 << 2,	/* the AQM marks ECN-capable packets CE instead of dropping them */
-	MOA_F_CORRUPT = 1 << 3,	/* corrupt_threshold is set: flip a bit of some packets (corrupt.h) */
+	MOA_F_CORRUPT = 1 << 3,	/* corrupt_threshold set: flip a bit of some packets (corrupt.h) */
 	MOA_F_EARLY = 1 << 4,	/* netem's reorder: some packets skip the delay (early.h) */
-	MOA_F_DUPLICATE = 1 << 5,	/* netem's duplicate: some packets are sent twice (duplicate.h) */
+	MOA_F_DUPLICATE = 1 << 5,	/* netem's duplicate: some sent twice (duplicate.h) */
 	MOA_F_SLOT = 1 << 6,	/* departures are released in slots (slot.h): the locked path */
 	MOA_F_TRACE = 1 << 7,	/* capacity follows the trace moa_trace[trace_key] (trace.h); never
 				 * with MOA_F_EARLY, MOA_F_DUPLICATE or MOA_F_SLOT (refused) */
@@ -69,7 +69,7 @@ enum moa_aqm {
  * keyed by stage_params.dist_key, in the same form (sorted quantiles).
  */
 enum moa_dist {
-	MOA_DIST_UNIFORM = 0,		/* no table: uniform in [latency - jitter, latency + jitter] */
+	MOA_DIST_UNIFORM = 0,		/* no table: uniform, latency +- jitter */
 	MOA_DIST_NORMAL = 1,
 	MOA_DIST_PARETO = 2,
 	MOA_DIST_PARETONORMAL = 3,
@@ -140,7 +140,7 @@ struct moa_chain {
  */
 struct moa_stage_params {
 	__u64 rate_bps;		/* capacity in bit/s; 0 = unlimited (no timeline, no queue) */
-	__u64 queue_ns;		/* queue limit as time at rate_bps (queue bytes * 8e9 / rate); 0 = none */
+	__u64 queue_ns;		/* queue limit as time at rate_bps (bytes * 8e9 / rate); 0 = none */
 	__u64 latency_ns;	/* added after the capacity stage */
 	__u64 jitter_ns;	/* uniform in [latency - jitter, latency + jitter], clamped at 0 */
 	__u64 loss_threshold;	/* Bernoulli: P(drop) * 2^32 */
@@ -153,19 +153,20 @@ struct moa_stage_params {
 	__u8 aqm;		/* enum moa_aqm (needs rate_bps) */
 	__u16 cell_size;	/* 0 = none; else a frame costs ceil((len + overhead) / cell_size)
 				 * cells of cell_size + cell_overhead bytes (charge.h) */
-	__s32 delay_rho;	/* correlated jitter: weight of the previous latent draw, over 2^16 */
-	__s32 delay_innov;	/* and of the new normal draw, sqrt(1 - rho^2), over 2^16; 0 = none */
+	__s32 delay_rho;	/* correlated jitter: the previous latent draw's weight / 2^16 */
+	__s32 delay_innov;	/* the new draw's, sqrt(1 - rho^2), / 2^16; 0 = none */
 	__u32 aqm_target_ns;	/* CoDel: TARGET; PIE: QDELAY_REF */
-	__u32 aqm_interval_ns;	/* CoDel: INTERVAL (at most 3 s: interval^2 < 2^63); PIE: T_UPDATE */
+	__u32 aqm_interval_ns;	/* CoDel: INTERVAL (<= 3 s: interval^2 < 2^63); PIE: T_UPDATE */
 	__s16 cell_overhead;	/* bytes per cell besides its cell_size (ATM: 5); cell_size +
 				 * cell_overhead >= 1 */
-	__u8 slot_dist;		/* with MOA_F_SLOT: enum moa_dist of the gap between slots (UNIFORM:
-				 * slot_gap_ns + a uniform share of slot_span_ns; a table: slot_gap_ns
-				 * + slot_span_ns * v[q] / MOA_DIST_SCALE, clamped at 0) */
+	__u8 slot_dist;		/* with MOA_F_SLOT: enum moa_dist of the gap between slots
+				 * (UNIFORM: slot_gap_ns + a uniform share of slot_span_ns; a
+				 * table: slot_gap_ns + slot_span_ns * v[q] / MOA_DIST_SCALE,
+				 * clamped at 0) */
 	__u8 pad1;
 	__u32 dist_key;		/* dist == MOA_DIST_CUSTOM: the table's key in moa_dist_custom (a
 				 * hash of its content, written by userspace before the link) */
-	__u64 corrupt_threshold;	/* with MOA_F_CORRUPT: P(one bit flipped) * 2^32 (corrupt.h) */
+	__u64 corrupt_threshold;	/* MOA_F_CORRUPT: P(a bit flipped) * 2^32 (corrupt.h) */
 	struct moa_chain early;	/* with MOA_F_EARLY: which candidates skip the delay (early.h) */
 	struct moa_chain dup;	/* with MOA_F_DUPLICATE: which packets are sent twice */
 	__u32 early_gap;	/* with MOA_F_EARLY: a packet is a candidate after early_gap - 1
@@ -186,7 +187,7 @@ struct moa_stage_params {
 
 /* Value of moa_links, keyed by VNI (__u32, low 24 bits). Written by userspace only. */
 struct moa_link {
-	__u32 slot;		/* index of this link's state and counters: slot * MOA_NR_STAGES + stage */
+	__u32 slot;		/* this link's state and counters: slot * MOA_NR_STAGES + stage */
 	__u32 pad0;
 	struct moa_stage_params stage[MOA_NR_STAGES];
 };
@@ -247,22 +248,22 @@ struct moa_aqm_state {
 struct moa_stage_state {
 	struct bpf_spin_lock lock;
 	__u32 ge_bad;		/* Gilbert-Elliott: 1 while in the bad state */
-	__u64 t_last;		/* end of serialisation of the last accepted packet (monotonic ns) */
+	__u64 t_last;		/* the last accepted packet's end of serialisation (monotonic ns) */
 	__u64 t_depart;		/* latest departure handed to fq (keeps jitter from reordering) */
 	__u64 ev_window;	/* start of the current drop-event budget window */
 	__u32 ev_used;		/* drop events emitted in that window */
 	__u32 pad0;
-	__s64 delay_z;		/* correlated jitter: the last latent normal draw, over MOA_DIST_SCALE */
+	__s64 delay_z;		/* correlated jitter: the last latent draw / MOA_DIST_SCALE */
 	__u64 corrupted;	/* frames this stage corrupted (corrupt.h): shared, added to
 				 * atomically by the few packets it corrupts, read by userspace */
 	struct moa_aqm_state aqm;	/* under `lock` (aqm.h); bytes 56-111 */
-	__u32 early_count;	/* early.h, under `lock`: delayed packets since the last early one */
+	__u32 early_count;	/* early.h, under `lock`: delayed packets since the last early */
 	__u8 early_prev;	/* chain.h, under `lock`: the last reorder decision (1 = early) */
 	__u8 dup_prev;		/* chain.h, under `lock`: the last duplicate decision */
 	__u8 pad1[2];
 	__u64 duplicated;	/* frames of the copies this stage sent (duplicate.h): shared, added
 				 * to atomically by duplicated packets only, read by userspace */
-	__u64 slot_next;	/* under `lock` (slot.h): when the current slot opens (monotonic ns) */
+	__u64 slot_next;	/* under `lock` (slot.h): when this slot opens (monotonic ns) */
 	__u32 slot_pkts;	/* frames released in that slot so far */
 	__u32 slot_used;	/* and their bytes */
 	/* The trace's position (trace.h), under `lock`: the next byte the link can deliver is
@@ -295,7 +296,7 @@ struct moa_link_counters {
 	__u64 bytes;		/* passed, inner frame bytes as charged, without L1 overhead */
 	__u64 drops[MOA_NR_DROP_REASONS];
 	__u64 events_suppressed;	/* drops not reported as events: over budget */
-	__u64 handover;		/* egress: packets that arrived carrying an ingress-stage handover */
+	__u64 handover;		/* egress: packets that came with an ingress-stage handover */
 	__u64 marks;		/* ECN: packets the AQM marked CE instead of dropping (frames) */
 	__u64 sojourn[MOA_SOJOURN_BUCKETS];	/* passed frames by sojourn (bytes 80-255) */
 	/* 256 bytes, four cache lines (80 before the histogram). sojourn[0] is never written: the
@@ -404,7 +405,7 @@ struct moa_flow {
 	__u8 family;		/* 4 or 6: the outer IP version of both addresses, and of the
 				 * frames the entry applies to */
 	__u8 flags;		/* MOA_FLOW_F_* */
-	__u16 peer_port;	/* the peer VTEP's UDP port (host order): the new destination port */
+	__u16 peer_port;	/* the peer VTEP's UDP port, host order: the new destination */
 	__u8 src_ip[16];	/* the box's address, the frame's outer destination on arrival and
 				 * its source on departure (IPv4: the first 4 bytes, the rest 0) */
 	__u8 peer_ip[16];	/* the peer endpoint's VTEP: the new outer destination */
@@ -427,8 +428,9 @@ enum moa_flow_counter {
 	MOA_FLOW_ERROR = 2,	/* a rewrite helper failed: dropped, never sent half rewritten */
 	MOA_FLOW_RELEASED = 3,	/* of the redirected, those a local socket still owned: sent as a
 				 * clone, the original released (flow.h) */
-	MOA_FLOW_PENDING = 4,	/* an entry whose next hop is not resolved yet (MOA_FLOW_F_PENDING):
-				 * dropped, as a VTEP drops frames its neighbour entry cannot send */
+	MOA_FLOW_PENDING = 4,	/* an entry whose next hop is not resolved yet
+				 * (MOA_FLOW_F_PENDING): dropped, as a VTEP drops frames its
+				 * neighbour entry cannot send */
 	MOA_NR_FLOW_COUNTERS = 5,
 };
 

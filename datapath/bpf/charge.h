@@ -67,7 +67,8 @@ static __always_inline __u64 moa_gso_cells_wire(struct __sk_buff *skb,
 	if (!skb->gso_size || full * (segs - 1) >= bytes)
 		full = bytes / segs;
 	last = bytes - full * (segs - 1);
-	return (segs - 1) * moa_frame_wire(p, moa_padded(full)) + moa_frame_wire(p, moa_padded(last));
+	return (segs - 1) * moa_frame_wire(p, moa_padded(full)) +
+	       moa_frame_wire(p, moa_padded(last));
 }
 
 static __always_inline void moa_charge(struct __sk_buff *skb, const struct moa_pkt *pkt,

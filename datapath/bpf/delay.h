@@ -83,8 +83,9 @@ static __always_inline __u64 moa_delay_ns(const struct moa_stage_params *p,
 	if (p->dist == MOA_DIST_CUSTOM) {
 		key = p->dist_key;
 		tab = bpf_map_lookup_elem(&moa_dist_custom, &key);
-		/* Keeps the two lookups two call sites: merged, the map would be a register and
-		 * the verifier would no longer inline the built-in tables' array lookup (+10 ns). */
+		/* Keeps the two lookups two call sites: merged, the map would be a register
+		 * and the verifier would no longer inline the built-in tables' array lookup
+		 * (+10 ns). */
 		asm volatile("" : "+r"(tab));
 	} else {
 		key = p->dist;

@@ -61,7 +61,7 @@ class NetemFeatures:
                       + self._probe(self.netem_dst, count, interval) + shaping.clear(self.tb))
 
     def analyse(self, ok: dict[str, StepResult]) -> dict:
-        out: dict = {"method": __doc__.split("\n\n")[-1].strip()}
+        out: dict = {"method": " ".join(__doc__.split("\n\n")[-1].split())}
         for name, (_, opts, count, _) in FEATURES.items():
             r: dict = {"netem": opts}
             for side in ("moa", "netem"):

@@ -97,7 +97,7 @@ class ScheduleScenario:
         ])
 
     def analyse(self, ok: dict[str, StepResult]) -> dict:
-        out: dict = {"method": __doc__.split("\n\n")[-1].strip()}
+        out: dict = {"method": " ".join(__doc__.split("\n\n")[-1].split())}
         s = ok.get("schedule-moa")
         if s is None:
             return out

@@ -7,12 +7,12 @@ then hv1 sends numbered 1,472-byte datagrams (1,500-byte IP packets: one deliver
 each, docs/semantics.md, "Trace-driven capacity") at 36 Mbit/s for `seconds` + 2 s, above the
 trace's busiest second (31.6 Mbit/s), so the link is never idle and every opportunity carries
 one datagram; a 1 MB queue absorbs the sender's stalls. hv2 records each arrival's time
-(seqprobe.py: the kernel's receive time). The trace starts with the first frame towards hv2 \
-after it is set: the first
-datagram (the receiver is started before the trace is set). Its origin is the first arrival
-less the first opportunity after 0 ms; second k then holds the arrivals in [k, k + 1) s after
-it, against the trace's opportunities in that second (the trace repeats after its last
-opportunity, as mm-link's does). What is judged: every second within 5 % of the trace.
+(seqprobe.py: the kernel's receive time). The trace starts with the first frame towards hv2
+after it is set: the first datagram (the receiver is started before the trace is set). Its
+origin is the first arrival less the first opportunity after 0 ms; second k then holds the
+arrivals in [k, k + 1) s after it, against the trace's opportunities in that second (the trace
+repeats after its last opportunity, as mm-link's does). What is judged: every second within 5 %
+of the trace.
 """
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ class TraceScenario:
         ])
 
     def analyse(self, ok: dict[str, StepResult]) -> dict:
-        out: dict = {"method": __doc__.split("\n\n")[-1].strip(), "trace": TRACE.name}
+        out: dict = {"method": " ".join(__doc__.split("\n\n")[-1].split()), "trace": TRACE.name}
         s = ok.get("trace-moa")
         if s is None:
             return out
