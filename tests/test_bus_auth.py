@@ -37,6 +37,7 @@ from moa_bus.service.connection import BusConnectError, NatsOptions, connect
 from moa_bus.service.embedded_nats import NatsServer, free_port
 from moa_bus.service.serve_loop import serve
 from tests.fixtures.docs import materialize_doc
+from tests.fixtures.processes import stop
 from tests.fixtures.service import box_settings, kernel_holds, until_serving
 from tests.fixtures.topology import topo  # noqa: F401
 
@@ -492,9 +493,10 @@ async def test_serve_password_from_the_environment_is_in_no_command_line(
         finally:
             await nc.close()
     finally:
-        proc.terminate()
-        _, err = await asyncio.wait_for(proc.communicate(), 30)
-        server.stop()
+        try:
+            err = await stop(proc)
+        finally:
+            server.stop()
     assert proc.returncode == 0, err.decode()
 
 

@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 
 import nats
 import pytest
@@ -20,6 +19,7 @@ from moa_bus.service.settings import ServeSettings
 from moa_bus.service.subjects import Subjects
 from tests.fixtures.moabox import ServeProcess, serve_cmd
 from tests.fixtures.nats import nats_server  # noqa: F401
+from tests.fixtures.processes import run_moa
 from tests.fixtures.service import until_serving
 from tests.fixtures.topology import topo  # noqa: F401
 
@@ -148,12 +148,10 @@ async def test_moa_serve_on_uvloop_sigterm_leaves_datapath(topo: Testbed, nats_s
             await nc.close()
         f = tmp_path / "m.json"
         f.write_bytes(doc(topo, "sig1", (100, 101), {"loss": 0.25}))
-        cli = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "moa_bus.cli", "materialize", str(f), "--nats", nats_server.url,
-            "--host", host, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        rc, out, err = await run_moa(
+            "materialize", str(f), "--nats", nats_server.url, "--host", host,
             env={**os.environ, "MOA_NATS_URL": "", "MOA_UPLINK": ""})
-        out, err = await asyncio.wait_for(cli.communicate(), 60)
-        assert cli.returncode == 0, err
+        assert rc == 0, err
         assert json.loads(out)["ok"] is True
         assert await asyncio.to_thread(proc.stop) == 0, proc.log()  # SIGTERM
         assert "the datapath stays in place" in proc.log()

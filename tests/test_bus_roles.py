@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from moa_bus.service import credentials
 from moa_bus.service.embedded_nats import NatsServer, find_nats_server, free_port
 from tests.fixtures.docs import materialize_doc, with_loss
 from tests.fixtures.moabox import moa_devices
+from tests.fixtures.processes import run_moa, stop
 from tests.fixtures.service import kernel_holds
 from tests.fixtures.topology import topo  # noqa: F401
 
@@ -135,12 +135,7 @@ def serve_env(**extra: str) -> dict[str, str]:
 
 
 async def moa(*argv: str, env: dict[str, str]) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "moa_bus.cli", *argv, cwd=ROOT, env=env,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    return proc.returncode, out.decode(), err.decode()
+    return await run_moa(*argv, cwd=ROOT, env=env)
 
 
 async def test_three_roles_under_the_example_permissions(
@@ -267,22 +262,17 @@ async def test_three_roles_under_the_example_permissions(
         assert ack["ok"] is True, ack
         assert await asyncio.to_thread(moa_devices, topo.box) == {}
     finally:
-        if serve.returncode is None:
-            serve.send_signal(signal.SIGTERM)
-        _, err = await asyncio.wait_for(serve.communicate(), 30)
+        err = await stop(serve)
     assert serve.returncode == 0, err.decode()
     assert "the NATS server refused" not in err.decode(), err.decode()  # its role was enough
 
     # box1's credential used for box2: the server refuses what the service needs, and it says so
-    wrong = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "moa_bus.cli", "serve", "--nats", rs.url, "--host", "box2",
+    rc, _, said = await run_moa(
+        "serve", "--nats", rs.url, "--host", "box2",
         "--nats-nkey", str(rs.seeds["SERVICE_BOX1"]), "--nats-inbox-prefix", INBOX["SERVICE_BOX1"],
         "--uplink", UPLINK, "--netns", topo.box, "--pin-root", topo.pin_root,
         "--state-dir", topo.state_dir, "--allow-loss-only", "--connect-timeout", "3",
-        cwd=ROOT, env=serve_env(), stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-    _, err = await asyncio.wait_for(wrong.communicate(), 90)
-    said = err.decode()
-    assert wrong.returncode == 1, said
+        timeout=90, cwd=ROOT, env=serve_env(), stdout=asyncio.subprocess.DEVNULL)
+    assert rc == 1, said
     assert ('the NATS server refused: permissions violation for subscription to "moa.box2.*"'
             in said), said

@@ -9,7 +9,6 @@ import asyncio
 import json
 import os
 import socket
-import sys
 from pathlib import Path
 
 import nats
@@ -27,6 +26,7 @@ from moa_bus.service.settings import SettingsError
 from tests.fixtures.docs import materialize, materialize_doc, with_loss
 from tests.fixtures.moabox import moa_devices, vni_keys
 from tests.fixtures.nats import nats_client, nats_server  # noqa: F401
+from tests.fixtures.processes import run_moa
 from tests.fixtures.service import box_service, box_settings, kernel_holds
 from tests.fixtures.topology import topo  # noqa: F401
 
@@ -39,12 +39,8 @@ def _host() -> str:
 
 async def moa(*argv: str, stdin: bytes | None = None, env: dict | None = None,
               timeout: float = 60) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "moa_bus.cli", *argv,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env={**os.environ, **(env or {})})
-    out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
-    return proc.returncode, out.decode(), err.decode()
+    return await run_moa(*argv, stdin=b"" if stdin is None else stdin, timeout=timeout,
+                         env={**os.environ, **(env or {})})
 
 
 @pytest.mark.netns

@@ -19,6 +19,7 @@ from moa_bus.service.connection import BusConnectError
 from tests.fixtures.docs import materialize, materialize_doc
 from tests.fixtures.moabox import moa_devices, vni_keys
 from tests.fixtures.nats import nats_client, nats_server  # noqa: F401
+from tests.fixtures.processes import run
 from tests.fixtures.service import box_service, kernel_holds
 from tests.fixtures.topology import topo  # noqa: F401
 
@@ -111,11 +112,9 @@ async def test_the_example_engine_runs_end_to_end(topo: Testbed, nats_server: Na
             "--vni", "2200", *nodes]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     async with box_service(nats_server, topo, host, stats_interval=0.5):
-        proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
-                                                    stderr=asyncio.subprocess.PIPE, env=env)
-        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        rc, out, err = await run(*argv, timeout=120, env=env)
         text = out.decode()
-        assert proc.returncode == 0, text + err.decode()
+        assert rc == 0, text + err.decode()
         lines = text.splitlines()
         assert [line.split(":", 1)[0] for line in lines] == [
             "plan", "materialize", "status", "update", "telemetry", "dematerialize"], text
@@ -127,18 +126,13 @@ async def test_the_example_engine_runs_end_to_end(topo: Testbed, nats_server: Na
         assert vni_keys(topo.pin_root) == set()
         assert await asyncio.to_thread(moa_devices, topo.box) == {}
 
-        proc = await asyncio.create_subprocess_exec(*argv, "--keep", stdout=asyncio.subprocess.PIPE,
-                                                    stderr=asyncio.subprocess.PIPE, env=env)
-        out, err = await asyncio.wait_for(proc.communicate(), 120)
-        assert proc.returncode == 0, out.decode() + err.decode()
+        rc, out, err = await run(*argv, "--keep", timeout=120, env=env)
+        assert rc == 0, out.decode() + err.decode()
         assert vni_keys(topo.pin_root) == set(range(2200, 2207))
         devices = await asyncio.to_thread(moa_devices, topo.box)
         assert {alias for alias in devices.values()} >= {
             "moa:example-engine:wan0", "moa:example-engine:wan1", "moa:example-engine:lan"}
         # A second engine run on the same VNIs is refused by the box, and says so.
-        proc = await asyncio.create_subprocess_exec(
-            *argv, "--id", "other",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
-        out, err = await asyncio.wait_for(proc.communicate(), 120)
-        assert proc.returncode == 1
+        rc, out, err = await run(*argv, "--id", "other", timeout=120, env=env)
+        assert rc == 1
         assert "Refused: conflict" in err.decode(), out.decode() + err.decode()

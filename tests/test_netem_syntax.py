@@ -3,10 +3,8 @@ every valid emulation, netem's documented examples read as tc reads them, and ev
 does not implement is refused naming it, by the `moa set` command too, with nothing sent."""
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import sys
 
 import msgspec
 import pytest
@@ -22,6 +20,7 @@ from schemas.messages import (
     OVERHEAD_MAX, OVERHEAD_MIN, SLOT_GAP_MAX_NS, SLOT_LIMIT_MAX,
 )
 from schemas.units import MAX_DURATION_NS, MAX_RATE_BPS, MAX_SIZE_BYTES
+from tests.fixtures.processes import run_moa
 
 
 NO_CELLS = {"overhead": 24, "cell_size": 0, "cell_overhead": 0}  # what `rate` alone sets
@@ -380,11 +379,7 @@ def test_show_netem_prints_a_line_per_row() -> None:
 
 
 async def _moa(*argv: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "moa_bus.cli", *argv, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=dict(os.environ))
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    return proc.returncode, out.decode(), err.decode()
+    return await run_moa(*argv, env=dict(os.environ))
 
 
 async def test_moa_set_refuses_before_it_connects() -> None:

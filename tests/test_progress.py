@@ -20,6 +20,7 @@ from moa_bus.service.embedded_nats import NatsServer
 from tests.fixtures.docs import materialize_doc
 from tests.fixtures.moabox import moa_devices
 from tests.fixtures.nats import nats_server  # noqa: F401
+from tests.fixtures.processes import reap
 from tests.fixtures.service import box_service
 from tests.fixtures.topology import topo  # noqa: F401
 
@@ -55,7 +56,10 @@ async def _materialize(path: Path, url: str, host: str, tty: bool) -> tuple[int,
     if tty:
         os.close(slave)
         reader.start()
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        await reap(proc)
     if tty:
         await asyncio.to_thread(reader.join, 5)
         os.close(master)

@@ -28,6 +28,7 @@ from moa_bus.service.embedded_nats import NatsServer, free_port
 from tests.fixtures.moabox import vni_keys
 from moa_bus.service.settings import ServeSettings
 from tests.fixtures.nats import nats_server  # noqa: F401
+from tests.fixtures.processes import run_moa, stop
 from tests.fixtures.topology import topo  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,8 +93,9 @@ async def test_readme_req_lines_against_a_real_service(topo: Testbed,
         "--uplink", UPLINK, "--netns", topo.box, "--pin-root", topo.pin_root,
         "--state-dir", topo.state_dir, *([] if has_fq else ["--allow-loss-only"]),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env)
-    nc = await nats.connect(nats_server.url, connect_timeout=2, max_reconnect_attempts=1)
+    nc = None
     try:
+        nc = await nats.connect(nats_server.url, connect_timeout=2, max_reconnect_attempts=1)
         for _ in range(300):
             try:
                 await nc.request(f"moa.{HOST}.status", b"{}", timeout=0.5)
@@ -106,19 +108,16 @@ async def test_readme_req_lines_against_a_real_service(topo: Testbed,
         for line in req_lines():
             argv = shlex.split(line, comments=True)
             assert argv[:2] == ["moa", "req"], line
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "moa_bus.cli", *argv[1:], "--nats", nats_server.url,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
-            out, err = await asyncio.wait_for(proc.communicate(), 60)
+            rc, out, err = await run_moa(*argv[1:], "--nats", nats_server.url, env=env)
             reply = json.loads(out)
             kind, code = expectation(line)
             if kind == "needs_fq" and not has_fq:
                 kind, code = "error", "unsupported"
-            where = f"{line}\n-> rc {proc.returncode}: {out.decode()} {err.decode()}"
+            where = f"{line}\n-> rc {rc}: {out} {err}"
             if kind == "ok":
-                assert proc.returncode == 0, where
+                assert rc == 0, where
             else:
-                assert proc.returncode == 1 and reply["ok"] is False, where
+                assert rc == 1 and reply["ok"] is False, where
                 assert reply["error"]["code"] == code, where
             subject = argv[2]
             if subject.startswith("$SRV.PING"):
@@ -142,10 +141,9 @@ async def test_readme_req_lines_against_a_real_service(topo: Testbed,
         assert st["materializations"] == []
         assert len(ran) == len(req_lines())
     finally:
-        await nc.close()
-        if serve.returncode is None:
-            serve.terminate()
-        _, serr = await asyncio.wait_for(serve.communicate(), 30)
+        if nc is not None:
+            await nc.close()
+        serr = await stop(serve)
     assert serve.returncode == 0, serr
 
 
