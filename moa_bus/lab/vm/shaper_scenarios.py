@@ -72,6 +72,11 @@ class E2eConfig:
     dst: str = "hv2"
 
     @property
+    def tail_bound_ms(self) -> float:
+        """Issue 5's p90 bound on the added delay: configured + 2 ms (22 ms for 20)."""
+        return self.latency_ms + 2.0
+
+    @property
     def tcp_theory_bps(self) -> float:
         return self.capacity_bps * MSS / (INNER_TCP_FRAME + L1_OVERHEAD)
 
@@ -176,7 +181,7 @@ class ShaperScenarios:
         round's median and p90."""
         c = self.cfg
         lat: dict = {"configured_ms": c.latency_ms, "rounds": c.latency_rounds,
-                     "probes_per_round": c.pings}
+                     "probes_per_round": c.pings, "tail_bound_ms": c.tail_bound_ms}
         per_round: dict[str, list[list[float]]] = {}
         base_all: list[float] = []
         for r in range(c.latency_rounds):
@@ -198,7 +203,7 @@ class ShaperScenarios:
                        baseline_count=len(base_all))
         pooled: dict[str, list[float]] = {}
         for name, rounds in per_round.items():
-            lat.update(added_delay_stats(name, rounds))
+            lat.update(added_delay_stats(name, rounds, c.tail_bound_ms))
             pooled[name] = [x for rd in rounds for x in rd]
         return lat, pooled
 
@@ -255,17 +260,22 @@ class ShaperScenarios:
         return out
 
 
-def added_delay_stats(name: str, rounds: list[list[float]]) -> dict:
-    """`<name>_*` statistics of added delays (ms) measured in rounds: the tested figures are the
-    median over rounds of each round's median / p90 (a burst of host load spoils one round, not
-    a shaper); mean, p99, min and max are over all probes pooled."""
+def added_delay_stats(name: str, rounds: list[list[float]],
+                      tail_bound_ms: float | None = None) -> dict:
+    """`<name>_*` statistics of added delays (ms) measured in rounds: the median over rounds of
+    each round's median / p90 (a burst of host load spoils one round, not a shaper); mean, p99,
+    min and max are over all probes pooled. With `tail_bound_ms`, also how many probes of all
+    rounds were above it (`<name>_above_tail_bound`): a p90 bound stated as a count, which a
+    two-proportion test can compare between shapers (docs/benchmarks.md)."""
     added = [x for rd in rounds for x in rd]
     rounds = [rd for rd in rounds if rd]
     if not added:
         return {f"{name}_count": 0, f"{name}_rounds": 0}
     medians = [measure.median(rd) for rd in rounds]
     p90s = [measure.percentile(rd, 90) for rd in rounds]
-    return {
+    tail = {} if tail_bound_ms is None else {
+        f"{name}_above_tail_bound": sum(x > tail_bound_ms for x in added)}
+    return tail | {
         f"{name}_count": len(added),
         f"{name}_rounds": len(rounds),
         f"{name}_added_median_ms": measure.median(medians),

@@ -43,7 +43,7 @@ class StackResults:
             base_all += base
             b = measure.median(base)
             rounds.append([x - b for x in measure.parse_ping(s.out)])
-        lat.update(added_delay_stats("moa", rounds))
+        lat.update(added_delay_stats("moa", rounds, c.tail_bound_ms))
         if base_all:  # RTT over moa's unshaped link `base` (redirect pair + classifier)
             lat.update(moa_baseline_median_ms=measure.median(base_all),
                        moa_baseline_p90_ms=measure.percentile(base_all, 90))
