@@ -236,11 +236,15 @@ def test_vnis_of_equal_checksum_sum(v6) -> None:
 
 def test_bench_figures_measure_the_rewrite() -> None:
     """`moa bench datapath`'s flow figures (moa_bus/lab/datapath_bench.py): every run of the
-    rewrite cases was a rewrite (it raises otherwise), each figure a positive ns count."""
-    from moa_bus.lab.datapath_bench import measure_flow
+    rewrite cases was a rewrite (it raises otherwise), each figure a positive ns count; the
+    spread case met both maps full."""
+    from moa_bus.lab.datapath_bench import MANY, measure_flow
 
     r = measure_flow(repeat=1000, runs=1)
-    assert set(r) == {"ingress_ns", "flow_pass_ns", "flow_rewrite_ns", "flow_rewrite_csum_ns"}
+    assert set(r) == {"ingress_ns", "flow_pass_ns", "flow_rewrite_ns", "flow_rewrite_csum_ns",
+                      "flow_rewrite_spread_ns", f"flow_rewrite_spread_ns_{MANY}",
+                      f"flow_entries_{MANY}", f"flow_links_{MANY}"}
+    assert r[f"flow_entries_{MANY}"] == r[f"flow_links_{MANY}"] == MANY, r
     assert all(isinstance(v, (int, float)) and v > 0 for v in r.values()), r
 
 

@@ -62,8 +62,8 @@ def test_as_in_vtep_mode(flow_run, name: str) -> None:
 
 def test_a_full_flow_map_costs_moa_no_throughput(flow_run) -> None:
     """One TCP flow over the flow-mode link `tput` with moa_links and moa_flow as materialized
-    and with both filled to 65,534 entries (moa_bus/lab/vm/fill_map.py --flow), in rounds of
-    (1, 65,534) back to back: the rounds' ratios' mean + 2 SE must reach 0.95."""
+    and with both filled to 65,534 entries (moa_bus/lab/vm/fill_map.py --flow), in balanced rounds
+    of (1, 65,534, 65,534, 1) back to back: the rounds' ratios' mean + 2 SE must reach 0.95."""
     sc = flow_run.results.get("scale", {})
     vm = flow_run.results["vm"]
     assert not sc.get("errors"), (sc, vm, flow_run.folder)

@@ -28,11 +28,16 @@ others point at classes never made. Not 65,534 as Becker et al.: u32 numbers the
 list in 12 bits (4,095 at most), and HTB's class creation walks every class for each new one,
 so 65,534 classes did not finish within 10 minutes even on the host. Made with one `tc -batch`.
 
-Rounds: each round measures 1 link and then many, back to back (the host's load drifts between
-minutes); the ratio is the median of the rounds' ratios. Each run: iperf3 for `seconds`; the
-VM's CPU time per GB carried,
-from /proc/stat (all CPUs, busy = everything but idle and iowait) over each run, against the
-bytes the receiver got. Offloads on (GSO/GRO), as in a testbed: a per-packet cost is paid per
+Rounds, balanced (A B B A): 1 link, many, many again, 1 link again, back to back; a round's
+ratio is the two many-link runs' throughput over the two 1-link runs'. A run straight after
+another reads a few per cent below one after a pause (a fill, an unfill, a set-up: a flow-mode
+boot of 7 rounds read 0.864 Gbit/s for the 1-link runs after a run, 0.907 after the unfill;
+0.929 for the many-link runs after the fill, 0.893 after a run), and the host's load drifts
+between minutes: in A B B A each side has one run of each kind, and a drift in time lands on
+both sides alike. Each run: iperf3 for `seconds`; the VM's CPU time per GB carried, from
+/proc/stat (all CPUs, busy = everything but idle and iowait) over each run, against the bytes
+the receiver got; user, system and softirq time per GB as well (where a cost lands, should a
+ratio drop). Offloads on (GSO/GRO), as in a testbed: a per-packet cost is paid per
 super-packet, which the report says.
 """
 from __future__ import annotations
@@ -105,8 +110,8 @@ class ScaleScenarios:
         """The box serves point-to-point links in flow mode (`tput` has no VTEP)."""
         return self.stack.p2p_mode == "flow"
 
-    def _run(self, batch: Batch, name: str, dst: str, r: int) -> None:
-        batch.add(f"scale-{name}-r{r}", [
+    def _run(self, batch: Batch, name: str, dst: str, r: int, again: bool = False) -> None:
+        batch.add(f"scale-{name}-r{r}" + ("-again" if again else ""), [
             'head -1 /proc/stat >"$STEP.cpu0"',
             *measure.iperf3(self.tb.ns("hv2"), self.tb.ns("hv1"), dst, seconds=self.cfg.seconds,
                             port=self.cfg.port),
@@ -114,8 +119,7 @@ class ScaleScenarios:
         ])
 
     def scale(self, batch: Batch) -> None:
-        """Rounds of (1 link, many): the host's load drifts between minutes, so each round's
-        pair is measured back to back and the ratio is the median of the rounds' ratios."""
+        """Balanced rounds of (1 link, many, many, 1): the module's doc says why."""
         c, py = self.cfg, self.stack.python
         tput = link("tput").address("hv2")
         fill = (f"{py} -m moa_bus.lab.vm.fill_map --pin-root {PIN_ROOT} "
@@ -126,16 +130,23 @@ class ScaleScenarios:
             self._run(batch, "moa-1", tput, r)
             batch.add(f"scale-moa-fill-r{r}", [f"{fill} --total {c.links}{flow}"])
             self._run(batch, f"moa-{c.links}", tput, r)
+            self._run(batch, f"moa-{c.links}", tput, r, again=True)
             batch.add(f"scale-moa-unfill-r{r}", [f"{fill} --remove"])
+            self._run(batch, "moa-1", tput, r, again=True)
         if self.flow:  # netem's path is the same in either mode: the VTEP-mode boot runs it
             return
+        many = c.netem_filters
         for r in range(c.runs):
             batch.add(f"scale-netem-setup-1-r{r}",
                       netem_htb(self.tb, self.netem_vni, 1, "/tmp/htb1.tc"))
             self._run(batch, "netem-1", self.netem_dst, r)
             batch.add(f"scale-netem-setup-many-r{r}",
-                      netem_htb(self.tb, self.netem_vni, c.netem_filters, "/tmp/htbn.tc"))
-            self._run(batch, f"netem-{c.netem_filters}", self.netem_dst, r)
+                      netem_htb(self.tb, self.netem_vni, many, "/tmp/htbn.tc"))
+            self._run(batch, f"netem-{many}", self.netem_dst, r)
+            self._run(batch, f"netem-{many}", self.netem_dst, r, again=True)
+            batch.add(f"scale-netem-setup-1-r{r}-again",
+                      netem_htb(self.tb, self.netem_vni, 1, "/tmp/htb1.tc"))
+            self._run(batch, "netem-1", self.netem_dst, r, again=True)
         batch.add("scale-netem-clear", [*shaping.clear(self.tb), "rm -f /tmp/htb1.tc /tmp/htbn.tc"])
 
     # -- results ----------------------------------------------------------------------------
@@ -143,15 +154,17 @@ class ScaleScenarios:
         c = self.cfg
         method = ("one TCP flow hv1 -> hv2, offloads on; moa: link tput (10 Gbit/s, 1 ms), "
                   "map filled with traffic-less VNIs (no devices); netem: HTB + netem (1 ms) + "
-                  "u32 per link, the flow's filter in the middle; rounds of (1, many) back to "
-                  "back, ratio = median of the rounds' ratios; CPU = the VM's busy time per GB "
-                  "received")
+                  "u32 per link, the flow's filter in the middle; balanced rounds of (1, many, "
+                  "many, 1) back to back, a round's ratio = its many-link runs' throughput over "
+                  "its 1-link runs', the figure = the median of the rounds' ratios; CPU = the "
+                  "VM's busy time per GB received")
         if self.flow:
             method = ("one TCP flow hv1 -> hv2, offloads on; moa in flow mode: link tput "
                        "(10 Gbit/s, 1 ms, no VTEP), moa_links and moa_flow filled with "
                        "traffic-less VNIs (flow entries toward addresses no packet carries); "
-                       "rounds of (1, many) back to back, ratio = median of the rounds' ratios; "
-                       "CPU = the VM's busy time per GB received")
+                       "balanced rounds of (1, many, many, 1) back to back, a round's ratio = its "
+                       "many-link runs' throughput over its 1-link runs', the figure = the "
+                       "median of the rounds' ratios; CPU = the VM's busy time per GB received")
         out: dict = {"links": c.links, "runs": c.runs, "seconds": c.seconds, "method": method,
                      "p2p_mode": self.stack.p2p_mode}
         mine, other = (("flow", "vtep") if self.flow else ("vtep", "flow"))
@@ -163,27 +176,35 @@ class ScaleScenarios:
             names += ["netem-1", f"netem-{c.netem_filters}"]
         for name in names:
             gbps, cpu, by_round = [], [], []
+            split: dict[str, list[float]] = {"user": [], "system": [], "softirq": []}
             for r in range(c.runs):
-                s = ok.get(f"scale-{name}-r{r}")
-                by_round.append(None)
-                if s is None:
-                    continue
-                try:
-                    run = measure.parse_iperf3_tcp(s.out)
-                    busy = _busy_s(s.file(".cpu0").read_text(), s.file(".cpu1").read_text())
-                except (OSError, ValueError, KeyError, TypeError) as e:
-                    out.setdefault("errors", {})[f"{name}-r{r}"] = str(e)
-                    continue
-                gbps.append(run.goodput_bps / 1e9)
-                by_round[-1] = run.goodput_bps / 1e9
-                gb = run.goodput_bps * c.seconds / 8 / 1e9
-                cpu.append(busy / gb if gb else None)
+                got = []
+                for again in ("", "-again"):
+                    s = ok.get(f"scale-{name}-r{r}{again}")
+                    if s is None:
+                        continue
+                    try:
+                        run = measure.parse_iperf3_tcp(s.out)
+                        times = _cpu_s(s.file(".cpu0").read_text(), s.file(".cpu1").read_text())
+                    except (OSError, ValueError, KeyError, TypeError) as e:
+                        out.setdefault("errors", {})[f"{name}-r{r}{again}"] = str(e)
+                        continue
+                    got.append(run.goodput_bps / 1e9)
+                    gb = run.goodput_bps * c.seconds / 8 / 1e9
+                    if gb:
+                        cpu.append(times["busy"] / gb)
+                        for k, v in split.items():
+                            v.append(times[k] / gb)
+                gbps += got
+                # a round's figure needs both of its runs: one alone would unbalance the round
+                by_round.append(sum(got) / 2 if len(got) == 2 else None)
             key = name.replace("-", "_")
             out[f"{key}_gbps_runs"] = gbps
             out[f"{key}_gbps_by_round"] = by_round
             out[f"{key}_gbps"] = measure.median(gbps) if gbps else None
-            cpus = [x for x in cpu if x is not None]
-            out[f"{key}_cpu_s_per_gb"] = measure.median(cpus) if cpus else None
+            out[f"{key}_cpu_s_per_gb"] = measure.median(cpu) if cpu else None
+            for k, v in split.items():
+                out[f"{key}_{k}_s_per_gb"] = measure.median(v) if v else None
         sides = [("moa", c.links)] + ([] if self.flow else [("netem", c.netem_filters)])
         for side, n in sides:
             ones, manys = out[f"{side}_1_gbps_by_round"], out[f"{side}_{n}_gbps_by_round"]
@@ -220,12 +241,12 @@ class ScaleScenarios:
         return out
 
 
-def _busy_s(before: str, after: str) -> float:
-    """Busy CPU seconds between two `cpu` lines of /proc/stat (USER_HZ = 100)."""
+def _cpu_s(before: str, after: str) -> dict[str, float]:
+    """CPU seconds between two `cpu` lines of /proc/stat (USER_HZ = 100): busy (everything but
+    idle and iowait), and the user, system and softirq parts of it."""
     a = [int(x) for x in before.split()[1:]]
     b = [int(x) for x in after.split()[1:]]
     d = [y - x for x, y in zip(a, b)]
     idle = d[3] + (d[4] if len(d) > 4 else 0)
-    return (sum(d[:8]) - idle) / 100.0
-
-
+    return {"busy": (sum(d[:8]) - idle) / 100.0, "user": (d[0] + d[1]) / 100.0,
+            "system": d[2] / 100.0, "softirq": (d[6] if len(d) > 6 else 0) / 100.0}
