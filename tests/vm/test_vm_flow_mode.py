@@ -69,7 +69,7 @@ def test_a_full_flow_map_costs_moa_no_throughput(flow_run) -> None:
     assert not sc.get("errors"), (sc, vm, flow_run.folder)
     assert sc.get("p2p_mode") == "flow", sc
     fills = sc.get("moa_fill_by_round") or []
-    assert len(fills) == sc["runs"] >= 6, (sc, vm)
+    assert len(fills) == sc["runs"] >= 5, (sc, vm)
     for fill in fills:  # both maps were full in every round
         assert fill and fill["count"] == fill["flow_count"] == sc["links"] == 65_534, (sc, vm)
     assert json.loads(sc["moa_fill"]) == fills[0]

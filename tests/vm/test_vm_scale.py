@@ -8,9 +8,10 @@ Under TCG one 5 s run varies by about 8 % (rounds measured 0.89-1.08 in a quiet 
 test judges the rounds' ratios statistically: their mean plus two standard errors must reach
 0.95, i.e. the rounds do not show a drop below 0.95 (about 97.5 % one-sided). That the test can
 fail is shown by the comparison in the same boot: netem + HTB with 4,095 u32 filters, whose
-rounds (0.56-0.65) fail the same check. Six rounds: with four, one stalled 1-filter run (a
-netem round of 1.09) once lifted netem's mean + 2 SE past 0.95 (docs/benchmarks.md). CPU time
-per GB of each case is reported, not judged. This boot is VTEP mode's (vtep_tput_ratio_65534); flow
+rounds (0.55-0.70) fail the same check. Five balanced rounds: with four single-pair rounds,
+one stalled 1-filter run (a netem round of 1.09) once lifted netem's mean + 2 SE past 0.95; in
+a balanced round a stalled run is half of its side (docs/benchmarks.md). CPU time per GB of
+each case is reported, not judged. This boot is VTEP mode's (vtep_tput_ratio_65534); flow
 mode's figure, with moa_flow full as well, comes from the flow-mode boot
 (tests/vm/test_vm_flow_mode.py, the same check).
 """
@@ -37,7 +38,7 @@ def test_a_full_map_costs_moa_no_throughput(reference_run) -> None:
     assert not sc.get("errors"), (sc, vm)
     assert '"count": 65534' in (sc.get("moa_fill") or ""), (sc, vm)   # the map was full
     moa = sc["vtep_tput_ratio_65534_by_round"]
-    assert len(moa) == sc["runs"] >= 6, (sc, vm)
+    assert len(moa) == sc["runs"] >= 5, (sc, vm)
     assert _upper(moa) >= 0.95, (sc, vm)
     assert sc["moa_1_cpu_s_per_gb"] and sc["moa_65534_cpu_s_per_gb"], (sc, vm)
 

@@ -267,3 +267,51 @@ def test_schedule_judge_allows_a_late_report_and_nothing_else() -> None:
     assert (r["wrong"], r["ambiguous"]) == (0, 16), r
     r = judge(sends, {i: t for i, t in arrivals.items() if i != 70}, reports, returned)
     assert r["wrong_first"] == [70], r
+
+
+def test_scale_rounds_are_balanced_and_a_round_needs_both_runs(tmp_path) -> None:
+    """Throughput at scale (moa_bus/lab/vm/scale_scenarios.py): each round runs 1 link, many,
+    many, 1 link; a side's round figure is the mean of its two runs, a round missing one of
+    them has none (one run alone would unbalance it); CPU per GB is split by kind; the report
+    plots the rounds."""
+    from moa_bus.lab.vm import e2e, report, shaper_scenarios, stack_scenarios
+    from moa_bus.lab.vm.batch import StepResult
+
+    sc, ms = e2e._scenarios(tmp_path, shaper_scenarios.E2eConfig(),
+                            stack_scenarios.MoaConfig(p2p_mode="flow"))
+    scale = e2e.scale(sc, ms)
+    b = batch.Batch()
+    scale.scale(b)
+    names = [s.name for s in b.steps]
+    n = scale.cfg.links
+    assert names[1:7] == ["scale-moa-1-r0", "scale-moa-fill-r0", f"scale-moa-{n}-r0",
+                          f"scale-moa-{n}-r0-again", "scale-moa-unfill-r0",
+                          "scale-moa-1-r0-again"]
+    assert not any(x.startswith("scale-netem") for x in names)  # a flow-mode boot
+    steps = tmp_path / "steps"
+    steps.mkdir()
+    ok = {}
+    gbps = {"moa-1": (0.9, 1.0), f"moa-{n}": (0.95, 0.85)}  # (first run, again) per round
+    for name, (first, again) in gbps.items():
+        for r in range(scale.cfg.runs):
+            for suffix, g in (("", first), ("-again", again)):
+                step = f"scale-{name}-r{r}{suffix}"
+                if r == 1 and suffix == "-again" and name == "moa-1":
+                    continue  # this round's second 1-link run never ran
+                (steps / f"{step}.cpu0").write_text("cpu 100 0 200 1000 0 0 50 0 0 0\n")
+                # 4.5 s busy over the run: user 0.5, system 3, softirq 1 (USER_HZ 100)
+                (steps / f"{step}.cpu1").write_text("cpu 150 0 500 1200 0 0 150 0 0 0\n")
+                run = {"end": {"sum_sent": {"bytes": 1}, "sum_received": {
+                    "bits_per_second": g * 1e9}}}
+                ok[step] = StepResult(step, 0, 5.0, json.dumps(run), "", steps)
+    out = scale.analyse(ok)
+    ratios = out["flow_tput_ratio_65534_by_round"]
+    assert len(ratios) == scale.cfg.runs - 1 and out["moa_1_gbps_by_round"][1] is None, out
+    assert all(r == pytest.approx(0.9 / 0.95) for r in ratios), ratios
+    # 1 s of softirq over runs of 0.9 and 1.0 Gbit/s for 5 s: per GB between 1/0.625 and 1/0.5625
+    assert 1 / (1.0 * 5 / 8) <= out["moa_1_softirq_s_per_gb"] <= 1 / (0.9 * 5 / 8), out
+    assert out[f"moa_{n}_cpu_s_per_gb"] == pytest.approx(4.5 * out[f"moa_{n}_softirq_s_per_gb"])
+    sides = report.scale_sides(out)
+    assert list(sides) == [f"moa, flow mode, {n:,} links"] and sides[list(sides)[0]][0] == ratios
+    png = report.plot_scale(sides, 0.95, tmp_path / "scale.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

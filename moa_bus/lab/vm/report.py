@@ -71,8 +71,71 @@ def plot_goodput(goodput_mbps: dict[str, list[float]], configured_mbps: float, t
     return path
 
 
+def scale_sides(scale: dict) -> dict[str, tuple[list[float], float | None, float | None]]:
+    """A boot's throughput-at-scale sides (moa in the boot's mode; netem + HTB in a VTEP-mode
+    boot): label -> (the rounds' ratios, CPU s per GB with 1 link, with many)."""
+    n = scale.get("links", 65_534)
+    mode = scale.get("p2p_mode", "vtep")
+    sides = {f"moa, {mode} mode, {n:,} links": (
+        scale.get(f"{mode}_tput_ratio_65534_by_round") or [],
+        scale.get("moa_1_cpu_s_per_gb"), scale.get(f"moa_{n}_cpu_s_per_gb"))}
+    for key, ratios in scale.items():
+        if key.startswith("netem_tput_ratio_") and key.endswith("_by_round") and ratios:
+            filters = key.removeprefix("netem_tput_ratio_").removesuffix("_by_round")
+            sides[f"netem + HTB, {int(filters):,} filters"] = (
+                ratios, scale.get("netem_1_cpu_s_per_gb"),
+                scale.get(f"netem_{filters}_cpu_s_per_gb"))
+    return sides
+
+
+def plot_scale(sides: dict[str, tuple[list[float], float | None, float | None]],
+               bound: float, path: Path) -> Path:
+    """Throughput at scale: each side's rounds' ratios (many / 1 link) with their mean + 2 SE,
+    the bound as a line; beside it each side's VM CPU time per GB, 1 link against many."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, cx) = plt.subplots(1, 2, figsize=(10, 4.2), dpi=110,
+                                 gridspec_kw={"width_ratios": [3, 2]})
+    labels = list(sides)
+    for i, label in enumerate(labels):
+        ratios = sides[label][0]
+        ax.plot([i] * len(ratios), ratios, "o", alpha=0.6)
+        if len(ratios) > 1:
+            mean = sum(ratios) / len(ratios)
+            sd = math.sqrt(sum((r - mean) ** 2 for r in ratios) / (len(ratios) - 1))
+            ax.plot([i - 0.25, i + 0.25], [mean + 2 * sd / math.sqrt(len(ratios))] * 2,
+                    color="black", label="mean + 2 SE" if i == 0 else None)
+    ax.axhline(bound, color="red", linestyle="--", label=f"bound {bound} (mean + 2 SE must reach)")
+    ax.set_xticks(range(len(labels)), [lb.replace(", ", "\n", 1) for lb in labels], fontsize=8)
+    ax.set_ylabel("throughput, many / 1 (per round)")
+    ax.set_ylim(0, max([1.3] + [r for v in sides.values() for r in v[0]]) * 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    width = 0.38
+    for i, label in enumerate(labels):
+        _, one, many = sides[label]
+        cx.bar(i - width / 2, one or 0, width, color="tab:blue", label="1" if i == 0 else None)
+        cx.bar(i + width / 2, many or 0, width, color="tab:orange",
+               label="many" if i == 0 else None)
+    cx.set_xticks(range(len(labels)), ["\n".join(lb.split(", ")[:2]) for lb in labels],
+                  fontsize=8)
+    cx.set_ylabel("VM CPU s per GB received")
+    cx.legend(fontsize=8)
+    cx.grid(alpha=0.3, axis="y")
+    fig.suptitle("One TCP flow through the box, 1 link against a full map (VM, TCG)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def write_all(results: dict, folder: Path) -> dict[str, Path]:
-    """results.json (without raw samples), samples.json, latency_cdf.png, goodput.png."""
+    """results.json (without raw samples), samples.json, latency_cdf.png, goodput.png,
+    scale.png."""
     samples = results.get("samples", {})
     summary = {k: v for k, v in results.items() if k != "samples"}
     files = {
@@ -87,4 +150,6 @@ def write_all(results: dict, folder: Path) -> dict[str, Path]:
         cap = results["capacity"]
         files["goodput"] = plot_goodput(samples["goodput_mbps"], cap["configured_mbps"],
                                         cap["theory_goodput_mbps"], folder / "goodput.png")
+    if results.get("scale"):
+        files["scale"] = plot_scale(scale_sides(results["scale"]), 0.95, folder / "scale.png")
     return files

@@ -58,8 +58,10 @@ class ScaleConfig:
     links: int = 65_534
     netem_filters: int = 4_095  # u32's node ids are 12 bits: one list holds at most 4,095
     seconds: int = 5
-    runs: int = 6  # rounds; with 4, one stalled 1-link run (a netem round of 1.09) lifted
-    #                netem's mean + 2 SE past 0.95, docs/benchmarks.md
+    # Balanced rounds of four runs; five of them: with four single-pair rounds, one stalled run
+    # lifted netem's mean + 2 SE past 0.95; a stalled run is half of its round's side now
+    # (docs/benchmarks.md, "Balanced rounds")
+    runs: int = 5
     port: int = 5203
 
 
