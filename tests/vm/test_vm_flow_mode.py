@@ -15,9 +15,9 @@ import json
 import pytest
 
 from moa_bus.lab.vm import moa_stack
+from moa_bus.lab.vm.measure import mean_plus_2se
 from tests.vm import test_vm_impairments as imp
 from tests.vm import test_vm_moa as moa
-from tests.vm.test_vm_scale import _upper
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(3600)]
 
@@ -75,5 +75,5 @@ def test_a_full_flow_map_costs_moa_no_throughput(flow_run) -> None:
     assert json.loads(sc["moa_fill"]) == fills[0]
     ratios = sc["flow_tput_ratio_65534_by_round"]
     assert len(ratios) == sc["runs"], (sc, vm)
-    assert _upper(ratios) >= 0.95, (sc, vm)
+    assert mean_plus_2se(ratios) >= 0.95, (sc, vm)
     assert sc["moa_1_cpu_s_per_gb"] and sc["moa_65534_cpu_s_per_gb"], (sc, vm)

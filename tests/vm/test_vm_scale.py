@@ -17,19 +17,11 @@ mode's figure, with moa_flow full as well, comes from the flow-mode boot
 """
 from __future__ import annotations
 
-import math
-
 import pytest
 
+from moa_bus.lab.vm.measure import mean_plus_2se
+
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(2400)]
-
-
-def _upper(ratios: list[float]) -> float:
-    """Mean + 2 standard errors of the rounds' ratios."""
-    n = len(ratios)
-    mean = sum(ratios) / n
-    sd = math.sqrt(sum((r - mean) ** 2 for r in ratios) / (n - 1))
-    return mean + 2 * sd / math.sqrt(n)
 
 
 def test_a_full_map_costs_moa_no_throughput(reference_run) -> None:
@@ -39,7 +31,7 @@ def test_a_full_map_costs_moa_no_throughput(reference_run) -> None:
     assert '"count": 65534' in (sc.get("moa_fill") or ""), (sc, vm)   # the map was full
     moa = sc["vtep_tput_ratio_65534_by_round"]
     assert len(moa) == sc["runs"] >= 5, (sc, vm)
-    assert _upper(moa) >= 0.95, (sc, vm)
+    assert mean_plus_2se(moa) >= 0.95, (sc, vm)
     assert sc["moa_1_cpu_s_per_gb"] and sc["moa_65534_cpu_s_per_gb"], (sc, vm)
 
 
@@ -47,4 +39,4 @@ def test_the_same_check_catches_netems_per_filter_cost(reference_run) -> None:
     sc = reference_run.results.get("scale", {})
     netem = sc.get("netem_tput_ratio_4095_by_round") or []
     assert len(netem) == sc["runs"], sc
-    assert _upper(netem) < 0.95, sc
+    assert mean_plus_2se(netem) < 0.95, sc

@@ -237,3 +237,14 @@ def median(values: list[float]) -> float:
 
 def mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
+
+
+def mean_plus_2se(values: list[float]) -> float:
+    """Mean + 2 standard errors (sample standard deviation / sqrt(n)): the one-sided check of
+    the throughput-at-scale rounds (tests/vm/test_vm_scale.py) and its plot (report.py)."""
+    n = len(values)
+    if n < 2:
+        return math.nan
+    m = mean(values)
+    sd = math.sqrt(sum((x - m) ** 2 for x in values) / (n - 1))
+    return m + 2 * sd / math.sqrt(n)

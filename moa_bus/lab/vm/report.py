@@ -5,6 +5,8 @@ import json
 import math
 from pathlib import Path
 
+from . import measure
+
 
 def write_json(results: dict, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,9 +106,7 @@ def plot_scale(sides: dict[str, tuple[list[float], float | None, float | None]],
         ratios = sides[label][0]
         ax.plot([i] * len(ratios), ratios, "o", alpha=0.6)
         if len(ratios) > 1:
-            mean = sum(ratios) / len(ratios)
-            sd = math.sqrt(sum((r - mean) ** 2 for r in ratios) / (len(ratios) - 1))
-            ax.plot([i - 0.25, i + 0.25], [mean + 2 * sd / math.sqrt(len(ratios))] * 2,
+            ax.plot([i - 0.25, i + 0.25], [measure.mean_plus_2se(ratios)] * 2,
                     color="black", label="mean + 2 SE" if i == 0 else None)
     ax.axhline(bound, color="red", linestyle="--", label=f"bound {bound} (mean + 2 SE must reach)")
     ax.set_xticks(range(len(labels)), [lb.replace(", ", "\n", 1) for lb in labels], fontsize=8)
